@@ -1,0 +1,448 @@
+//! The Connect protocol as the E2B SDKs speak it (spec 3.3): JSON codec only, unary calls as
+//! plain `application/json`, server/client streams as 5-byte envelopes of
+//! `application/connect+json` with a mandatory end-of-stream envelope that carries errors.
+//!
+//! Owns: error codes, request decoding, unary and streaming response encoding, per-call headers
+//! (`Connect-Timeout-Ms`, `Keepalive-Ping-Interval`). Does not own any RPC's semantics.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// Flag bit of an envelope that ends the stream.
+pub const END_STREAM_FLAG: u8 = 0x02;
+/// Flag bit of a compressed envelope (never used by the SDKs; refused).
+pub const COMPRESSED_FLAG: u8 = 0x01;
+/// Largest request message accepted (64 MiB).
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// Connect error codes with their wire names and unary HTTP statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Code {
+    Canceled,
+    Unknown,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    ResourceExhausted,
+    FailedPrecondition,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    DataLoss,
+    Unauthenticated,
+}
+
+impl Code {
+    /// The snake_case wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Canceled => "canceled",
+            Code::Unknown => "unknown",
+            Code::InvalidArgument => "invalid_argument",
+            Code::DeadlineExceeded => "deadline_exceeded",
+            Code::NotFound => "not_found",
+            Code::AlreadyExists => "already_exists",
+            Code::PermissionDenied => "permission_denied",
+            Code::ResourceExhausted => "resource_exhausted",
+            Code::FailedPrecondition => "failed_precondition",
+            Code::Aborted => "aborted",
+            Code::OutOfRange => "out_of_range",
+            Code::Unimplemented => "unimplemented",
+            Code::Internal => "internal",
+            Code::Unavailable => "unavailable",
+            Code::DataLoss => "data_loss",
+            Code::Unauthenticated => "unauthenticated",
+        }
+    }
+
+    /// The HTTP status used for this code on unary responses.
+    pub fn http_status(self) -> StatusCode {
+        let n = match self {
+            Code::Canceled => 499,
+            Code::Unknown | Code::Internal | Code::DataLoss => 500,
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+            Code::DeadlineExceeded => 504,
+            Code::NotFound => 404,
+            Code::AlreadyExists | Code::Aborted => 409,
+            Code::PermissionDenied => 403,
+            Code::ResourceExhausted => 429,
+            Code::Unimplemented => 501,
+            Code::Unavailable => 503,
+            Code::Unauthenticated => 401,
+        };
+        StatusCode::from_u16(n).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+/// An RPC error: a code and a human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ConnectError {
+    /// The Connect code.
+    pub code: Code,
+    /// The message shown to the SDK user.
+    pub message: String,
+}
+
+impl ConnectError {
+    /// Builds an error.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ConnectError { code, message: message.into() }
+    }
+    /// `invalid_argument`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, message)
+    }
+    /// `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, message)
+    }
+    /// `internal`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Code::Internal, message)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "code": self.code.as_str(), "message": self.message })
+    }
+}
+
+impl IntoResponse for ConnectError {
+    /// The unary error form: HTTP status from the code table, JSON body with a string code.
+    fn into_response(self) -> Response {
+        let mut resp = (self.code.http_status(), self.json().to_string()).into_response();
+        resp.headers_mut()
+            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp
+    }
+}
+
+/// Per-call options read from the request headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallOptions {
+    /// `Connect-Timeout-Ms`, when present and non-zero.
+    pub timeout: Option<Duration>,
+    /// `Keepalive-Ping-Interval` in seconds (default 90 s).
+    pub keepalive: Duration,
+}
+
+impl CallOptions {
+    /// Reads the Connect call options from request headers.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let num = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let timeout = num("connect-timeout-ms").filter(|&ms| ms > 0).map(Duration::from_millis);
+        let keepalive = Duration::from_secs(num("keepalive-ping-interval").filter(|&s| s > 0).unwrap_or(90));
+        CallOptions { timeout, keepalive }
+    }
+}
+
+/// Decodes a unary request body (`application/json`; an empty body is `{}`).
+pub fn decode_unary<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ConnectError> {
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if !ct.starts_with("application/json") {
+        return Err(ConnectError::new(
+            Code::Unimplemented,
+            format!("unsupported content type {ct:?}: Paddock's envd speaks the Connect JSON codec"),
+        ));
+    }
+    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    serde_json::from_slice(body).map_err(|e| ConnectError::invalid(format!("invalid request message: {e}")))
+}
+
+/// The unary success response: HTTP 200 with the JSON message.
+pub fn unary_ok<T: Serialize>(msg: &T) -> Response {
+    match serde_json::to_vec(msg) {
+        Ok(body) => {
+            let mut resp = (StatusCode::OK, body).into_response();
+            resp.headers_mut()
+                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        Err(e) => ConnectError::internal(format!("encoding response: {e}")).into_response(),
+    }
+}
+
+/// Frames one envelope.
+pub fn envelope(flags: u8, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(5 + payload.len());
+    buf.put_u8(flags);
+    buf.put_u32(payload.len() as u32);
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+/// Incremental decoder of request envelopes (client streams, and the single envelope of
+/// server-streaming calls, possibly split across chunked HTTP/1.1 frames).
+pub struct EnvelopeReader {
+    body: axum::body::BodyDataStream,
+    buf: BytesMut,
+}
+
+impl EnvelopeReader {
+    /// Wraps a request body.
+    pub fn new(body: Body) -> Self {
+        EnvelopeReader { body: body.into_data_stream(), buf: BytesMut::new() }
+    }
+
+    /// Returns the next message, `Ok(None)` at the end of the body or after an end-stream envelope.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectError> {
+        loop {
+            if self.buf.len() >= 5 {
+                let flags = self.buf[0];
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                if len > MAX_MESSAGE {
+                    return Err(ConnectError::new(Code::ResourceExhausted, "request message too large"));
+                }
+                if self.buf.len() >= 5 + len {
+                    self.buf.advance(5);
+                    let payload = self.buf.split_to(len);
+                    if flags & COMPRESSED_FLAG != 0 {
+                        return Err(ConnectError::new(Code::Unimplemented, "compressed messages are not supported"));
+                    }
+                    if flags & END_STREAM_FLAG != 0 {
+                        return Ok(None);
+                    }
+                    let payload: &[u8] = if payload.is_empty() { b"{}" } else { &payload };
+                    return serde_json::from_slice(payload)
+                        .map(Some)
+                        .map_err(|e| ConnectError::invalid(format!("invalid request message: {e}")));
+                }
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => return Err(ConnectError::new(Code::Canceled, format!("reading request: {e}"))),
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err(ConnectError::invalid("request body ends inside an envelope")),
+            }
+        }
+    }
+}
+
+/// Reads the one request message of a server-streaming call.
+pub async fn decode_stream_request<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ConnectError> {
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/connect+json") {
+        return Err(ConnectError::new(
+            Code::Unimplemented,
+            format!("unsupported content type {ct:?}: expected application/connect+json"),
+        ));
+    }
+    EnvelopeReader::new(body)
+        .next()
+        .await?
+        .ok_or_else(|| ConnectError::invalid("missing request message"))
+}
+
+/// Sending half of a streaming response. Dropping it without [`StreamSender::finish`] still ends
+/// the stream properly (with an `unknown` error), so the client never misses the end envelope.
+pub struct StreamSender {
+    tx: Option<mpsc::Sender<Bytes>>,
+}
+
+impl StreamSender {
+    /// Sends one message. Returns false once the client has gone away.
+    pub async fn send<T: Serialize>(&self, msg: &T) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        match serde_json::to_vec(msg) {
+            Ok(payload) => tx.send(envelope(0, &payload)).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the client has gone away.
+    pub fn is_closed(&self) -> bool {
+        self.tx.as_ref().is_none_or(|tx| tx.is_closed())
+    }
+
+    /// Resolves when the client has gone away.
+    pub async fn closed(&self) {
+        match &self.tx {
+            Some(tx) => tx.closed().await,
+            None => {}
+        }
+    }
+
+    /// Ends the stream with `{}` or `{"error":…}`.
+    pub async fn finish(mut self, result: Result<(), ConnectError>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(end_envelope(result)).await;
+        }
+    }
+}
+
+impl Drop for StreamSender {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.try_send(end_envelope(Err(ConnectError::new(Code::Unknown, "stream ended unexpectedly"))));
+        }
+    }
+}
+
+fn end_envelope(result: Result<(), ConnectError>) -> Bytes {
+    let body = match result {
+        Ok(()) => serde_json::json!({}),
+        Err(e) => serde_json::json!({ "error": e.json() }),
+    };
+    envelope(END_STREAM_FLAG, body.to_string().as_bytes())
+}
+
+/// Creates a streaming response (HTTP 200, `application/connect+json`) and its sender.
+pub fn stream_response() -> (StreamSender, Response) {
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/connect+json"));
+    (StreamSender { tx: Some(tx) }, resp)
+}
+
+/// A streaming response that fails at once (errors of streams travel in the end envelope).
+pub fn stream_error(err: ConnectError) -> Response {
+    let mut resp = Response::new(Body::from(end_envelope(Err(err))));
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/connect+json"));
+    resp
+}
+
+/// serde helpers for proto3 JSON: `bytes` as base64, 64-bit ints as strings.
+pub mod pbjson {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// `bytes` fields: standard base64 with padding out; any base64 flavour in.
+    pub mod bytes {
+        use super::*;
+        /// Serializes bytes as standard padded base64.
+        pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+        }
+        /// Accepts standard or URL-safe base64, padded or not.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+            let s = String::deserialize(d)?;
+            decode(&s).map_err(serde::de::Error::custom)
+        }
+    }
+
+    /// Decodes any base64 flavour.
+    pub fn decode(s: &str) -> Result<Vec<u8>, String> {
+        let cleaned: String = s.trim_end_matches('=').replace('-', "+").replace('_', "/");
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(cleaned.as_bytes())
+            .map_err(|e| format!("invalid base64: {e}"))
+    }
+
+    /// `int64`/`uint64` fields: a JSON string out; a string or a number in.
+    pub mod int64 {
+        use super::*;
+        /// Serializes as a decimal string.
+        pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&v.to_string())
+        }
+        /// Accepts a string or a number.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+            #[derive(Deserialize)]
+            #[serde(untagged)]
+            enum N {
+                S(String),
+                I(i64),
+            }
+            match N::deserialize(d)? {
+                N::S(s) => s.parse().map_err(serde::de::Error::custom),
+                N::I(i) => Ok(i),
+            }
+        }
+    }
+
+    /// 32-bit ints: a number out; a number or a string in.
+    pub mod uint32 {
+        use super::*;
+        /// Serializes as a JSON number.
+        pub fn serialize<S: Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_u32(*v)
+        }
+        /// Accepts a string or a number.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+            #[derive(Deserialize)]
+            #[serde(untagged)]
+            enum N {
+                S(String),
+                I(u32),
+            }
+            match N::deserialize(d)? {
+                N::S(s) => s.parse().map_err(serde::de::Error::custom),
+                N::I(i) => Ok(i),
+            }
+        }
+    }
+
+    /// Whether a number is zero (proto3 omits zero values on output).
+    pub fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+        *v == T::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn envelopes_split_across_chunks_are_reassembled() {
+        let env = envelope(0, br#"{"a":1}"#);
+        let (a, b) = env.split_at(3);
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            vec![Ok(Bytes::copy_from_slice(a)), Ok(Bytes::copy_from_slice(b))];
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        let mut r = EnvelopeReader::new(body);
+        let v: Option<serde_json::Value> = r.next().await.expect("decodes");
+        assert_eq!(v, Some(serde_json::json!({"a":1})));
+        assert_eq!(r.next::<serde_json::Value>().await.expect("eof"), None);
+    }
+
+    #[test]
+    fn call_options_parse_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("connect-timeout-ms", HeaderValue::from_static("1500"));
+        h.insert("keepalive-ping-interval", HeaderValue::from_static("50"));
+        let o = CallOptions::from_headers(&h);
+        assert_eq!(o.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(o.keepalive, Duration::from_secs(50));
+        assert_eq!(CallOptions::from_headers(&HeaderMap::new()).timeout, None);
+    }
+
+    #[test]
+    fn base64_flavours_decode() {
+        assert_eq!(pbjson::decode("aGkK").expect("std"), b"hi\n");
+        assert_eq!(pbjson::decode("aGk=").expect("padded"), b"hi");
+        assert_eq!(pbjson::decode("_-8").expect("urlsafe"), vec![0xff, 0xef]);
+    }
+
+    #[test]
+    fn unary_error_uses_code_table() {
+        let resp = ConnectError::not_found("nope").into_response();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder: port forwarding socket (being written).

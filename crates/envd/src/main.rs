@@ -1,0 +1,2 @@
+//! envd binary entry point (being written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Placeholder: listeners (being written).

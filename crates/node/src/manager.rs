@@ -1,0 +1,5 @@
+//! Placeholder: LocalNode (being written).
+/// Node configuration.
+pub struct NodeConfig;
+/// The in-process node.
+pub struct LocalNode;

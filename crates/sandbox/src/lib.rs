@@ -1,0 +1,115 @@
+//! Sandbox runtime drivers. A [`RuntimeDriver`] turns a [`SandboxSpec`] into a running sandbox
+//! whose PID 1 is envd, and tears it down completely. The default driver is
+//! [`namespace::NamespaceDriver`] (Linux namespaces + cgroups + overlayfs); a microVM driver can
+//! implement the same trait later.
+//!
+//! Layout of a sandbox's state directory on the host (`SandboxSpec::state_dir`):
+//! `upper/` and `work/` (overlay writable layer), `root/` (overlay mount point, only mounted inside
+//! the sandbox's own mount namespace), `run/` (shared with envd, mounted at `/run/paddock` inside:
+//! `config.json` written by the node, `envd.sock` and `forward.sock` created by envd, `envd.log`),
+//! `state.json` (what [`RuntimeDriver::adopt`] needs after a restart of the node).
+#![warn(missing_docs)]
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use paddock_domain::{Resources, SandboxId};
+
+pub mod namespace;
+
+/// Where envd's run directory is mounted inside every sandbox.
+pub const SANDBOX_RUN_DIR: &str = "/run/paddock";
+/// Where the envd binary is bind-mounted (read-only) inside every sandbox.
+pub const SANDBOX_ENVD_PATH: &str = "/usr/local/bin/envd";
+/// Name of envd's HTTP socket in the run directory.
+pub const ENVD_SOCKET: &str = "envd.sock";
+/// Name of envd's port-forwarding socket in the run directory.
+pub const FORWARD_SOCKET: &str = "forward.sock";
+/// Environment variable naming the fd envd writes one line to when it is ready.
+pub const READY_FD_ENV: &str = "PADDOCK_READY_FD";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// The sandbox id (also names its cgroup).
+    pub id: SandboxId,
+    /// Hostname inside the sandbox.
+    pub hostname: String,
+    /// Template root filesystem, used read-only as the overlay's lower layer.
+    pub rootfs: PathBuf,
+    /// Per-sandbox state directory on the host (created by the driver if missing).
+    pub state_dir: PathBuf,
+    /// envd binary on the host.
+    pub envd_bin: PathBuf,
+    /// Resource limits.
+    pub resources: Resources,
+}
+
+/// A running sandbox, as the node needs to reach it.
+#[derive(Debug, Clone)]
+pub struct SandboxHandle {
+    /// The sandbox id.
+    pub id: SandboxId,
+    /// Host pid of the sandbox's PID 1 (envd).
+    pub init_pid: u32,
+    /// Host path of envd's run directory.
+    pub run_dir: PathBuf,
+    /// Host path of envd's HTTP socket.
+    pub envd_socket: PathBuf,
+    /// Host path of envd's port-forwarding socket.
+    pub forward_socket: PathBuf,
+}
+
+/// Runtime failures.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A host feature is missing or misconfigured.
+    #[error("host setup: {0}")]
+    Host(String),
+    /// Creating the sandbox failed; the message says at which step.
+    #[error("creating sandbox {id}: {message}")]
+    Create {
+        /// Which sandbox.
+        id: SandboxId,
+        /// What failed.
+        message: String,
+    },
+    /// The driver does not know this sandbox.
+    #[error("sandbox {0} is not running on this node")]
+    NotFound(SandboxId),
+    /// An I/O error with context.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A sandbox runtime. Implementations must be safe to call from many tasks at once.
+#[async_trait]
+pub trait RuntimeDriver: Send + Sync + 'static {
+    /// Short name for logs and `paddock doctor` (`namespace`, `microvm`).
+    fn name(&self) -> &'static str;
+
+    /// Starts a sandbox; returns once envd has signalled that it is listening.
+    /// On failure nothing of the sandbox is left behind.
+    async fn create(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError>;
+
+    /// Kills every process of the sandbox and removes its cgroups and state directory.
+    /// Idempotent: killing an unknown or already-dead sandbox is not an error.
+    async fn kill(&self, id: &SandboxId, state_dir: &std::path::Path) -> Result<(), RuntimeError>;
+
+    /// After a node restart: reattaches to a sandbox that is still running (from its
+    /// `state.json`), or cleans up what is left of it and returns `None`.
+    async fn adopt(&self, id: &SandboxId, state_dir: &std::path::Path) -> Result<Option<SandboxHandle>, RuntimeError>;
+
+    /// Kills and removes every sandbox this driver finds on the host (cgroups under its root)
+    /// that is not in `keep`. Returns how many were removed.
+    async fn reap_orphans(&self, keep: &[SandboxId]) -> Result<usize, RuntimeError>;
+
+    /// Notifies when a sandbox's PID 1 exits on its own (crash, OOM, `kill 1` from inside).
+    fn exits(&self) -> tokio::sync::broadcast::Receiver<SandboxId>;
+}

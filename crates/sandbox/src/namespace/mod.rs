@@ -1,0 +1,1 @@
+//! Placeholder: the namespace runtime driver (being written).
