@@ -1,1 +1,75 @@
-//! Placeholder (being written).
+//! The sandbox traffic proxy: the one listener the E2B SDKs reach for every sandbox and every
+//! port (`E2B_SANDBOX_URL`). It routes each request by `Host: <port>-<sandboxID>.<domain>` or by
+//! the `E2b-Sandbox-Id` / `E2b-Sandbox-Port` headers ([`route`]), asks a [`SandboxDirectory`]
+//! where the sandbox lives, and passes the request through — streaming bodies both ways and
+//! `Upgrade` (WebSocket) tunnels — to envd's Unix socket (port 49983) or to the sandbox's
+//! port-forwarding socket (any other port). Failures answer with the exact E2B JSON bodies the
+//! SDKs parse ([`reply`]).
+//!
+//! The proxy does not own sandboxes or know about nodes: the directory is its only view of them.
+//! Main types: [`Proxy`] (the request handler, usable without a socket), [`serve`] /
+//! [`Proxy::serve`] (the HTTP/1.1 accept loop with graceful shutdown), [`ProxyConfig`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::time::Duration;
+
+mod directory;
+mod handler;
+mod headers;
+mod pool;
+pub mod reply;
+pub mod route;
+mod server;
+mod upstream;
+
+pub use directory::{Lookup, SandboxDirectory, Upstream};
+pub use handler::{Proxy, ProxyBody};
+pub use route::{Route, RouteError};
+pub use server::serve;
+
+/// Tuning of a [`Proxy`]. [`ProxyConfig::default`] fits `paddock serve`.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The sandbox port served by envd; requests for it go to the envd socket.
+    pub envd_port: u16,
+    /// Refuse external requests to envd's orchestrator-only paths (`/init`, `/freeze`, ...),
+    /// as the reference edge does. The node reaches them through the socket directly.
+    pub refuse_envd_control_paths: bool,
+    /// Limit for connecting to a sandbox socket and, for forwarded ports, for the port status.
+    pub connect_timeout: Duration,
+    /// Idle upstream HTTP/1 connections kept per sandbox socket (and port) for reuse; 0 disables
+    /// reuse.
+    pub max_idle_per_upstream: usize,
+    /// How long an idle upstream connection may wait for reuse before it is closed.
+    pub idle_timeout: Duration,
+    /// How long a client connection may take to send the next request head, idle keep-alive
+    /// time included. Longer than the SDKs' keep-alive (Python: 300 s) so that the proxy never
+    /// closes a connection a client is about to reuse.
+    pub client_idle_timeout: Duration,
+    /// How long [`serve`] lets in-flight requests and tunnels finish after shutdown is asked for
+    /// before it cuts them.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            envd_port: paddock_domain::ENVD_PORT,
+            refuse_envd_control_paths: true,
+            connect_timeout: Duration::from_secs(10),
+            max_idle_per_upstream: 16,
+            idle_timeout: Duration::from_secs(30),
+            client_idle_timeout: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the proxy server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The listener failed with an error that is not about a single connection.
+    #[error("accepting connections on the proxy listener failed")]
+    Accept(#[source] std::io::Error),
+}

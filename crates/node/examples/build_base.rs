@@ -1,0 +1,16 @@
+//! Builds (or finds) the `base` template in a template directory, printing progress.
+//!
+//! `cargo run -p paddock-node --example build_base -- /var/cache/paddock/templates`
+
+use paddock_node::templates::TemplateStore;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "/var/cache/paddock/templates".into());
+    let store = TemplateStore::open(&root)?;
+    let template = store.ensure_base(&|line| println!("{line}")).await?;
+    println!("base template: {}", template.rootfs.display());
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! The default template `base`: Debian bookworm built with
+//! `debootstrap --variant=minbase --include=<PACKAGES>` from the host's Debian mirror, then
+//! configured inside a chroot: the `user` account with passwordless sudo, apt caches removed,
+//! mount points for the runtime, and the build host's resolv.conf, hostname and hosts replaced.
+//! debootstrap's output is streamed to the progress callback.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use chrono::Utc;
+use paddock_domain::{Resources, TemplateName};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use super::{Progress, Template, TemplateError, TemplateMeta, TemplateSource, TemplateStore};
+
+/// Name of the default template.
+pub const BASE_TEMPLATE: &str = "base";
+/// Debian suite of the base template.
+pub const SUITE: &str = "bookworm";
+/// Mirror used when the host's apt configuration names none.
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+/// Packages added to debootstrap's minbase: the tools of E2B's base image that Debian ships.
+pub const PACKAGES: &[&str] = &[
+    "python3",
+    "python3-pip",
+    "python3-venv",
+    "bash",
+    "coreutils",
+    "procps",
+    "ca-certificates",
+    "curl",
+    "wget",
+    "git",
+    "sudo",
+    "less",
+    "nano",
+    "vim-tiny",
+    "unzip",
+    "zip",
+    "xz-utils",
+    "jq",
+    "file",
+    "iproute2",
+    "iputils-ping",
+    "nodejs",
+];
+
+/// Runs inside the chroot after debootstrap.
+const CONFIGURE_SCRIPT: &str = r#"set -eu
+getent group user >/dev/null || groupadd --gid 1000 user
+id -u user >/dev/null 2>&1 || useradd --uid 1000 --gid 1000 --create-home --home-dir /home/user --shell /bin/bash user
+mkdir -p /home/user
+chown 1000:1000 /home/user
+chmod 0755 /home/user
+echo 'user ALL=(ALL:ALL) NOPASSWD: ALL' > /etc/sudoers.d/user
+chmod 0440 /etc/sudoers.d/user
+apt-get clean
+rm -rf /var/lib/apt/lists/*
+mkdir -p /usr/local/bin /run/paddock
+# debootstrap copies the build host's resolver and hostname: none of that belongs in a template.
+: > /etc/resolv.conf
+echo sandbox > /etc/hostname
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
+echo "configured: $(python3 --version), user $(id user)"
+"#;
+
+/// Lines of output kept for error messages.
+const TAIL_LINES: usize = 15;
+
+impl TemplateStore {
+    /// Returns the `base` template, building it with debootstrap first if it does not exist.
+    /// Concurrent callers wait for one build. Takes a minute or two the first time.
+    pub async fn ensure_base(&self, progress: Progress<'_>) -> Result<Template, TemplateError> {
+        let name = TemplateName::parse(BASE_TEMPLATE).expect("'base' is a valid template name");
+        if let Some(t) = self.get(&name)? {
+            return Ok(t);
+        }
+        let lock = self.lock_for(&name);
+        let _guard = lock.lock().await;
+        if let Some(t) = self.get(&name)? {
+            return Ok(t);
+        }
+        let debootstrap = find_program("debootstrap").ok_or(TemplateError::MissingTool {
+            tool: "debootstrap",
+            hint: "apt-get install debootstrap",
+        })?;
+        let chroot = find_program("chroot").ok_or(TemplateError::MissingTool {
+            tool: "chroot",
+            hint: "apt-get install coreutils",
+        })?;
+        let mirror = host_mirror();
+        let build = self.start_build(&name)?;
+        let rootfs = build.rootfs();
+        progress(&format!(
+            "[base] building Debian {SUITE} from {mirror} into {} (takes a minute or two)",
+            self.root.display()
+        ));
+        let started = std::time::Instant::now();
+
+        let mut cmd = Command::new(&debootstrap);
+        cmd.arg("--variant=minbase")
+            .arg(format!("--include={}", PACKAGES.join(",")))
+            .arg(SUITE)
+            .arg(&rootfs)
+            .arg(&mirror);
+        run_step("debootstrap", cmd, progress).await?;
+
+        let mut cmd = Command::new(&chroot);
+        cmd.arg(&rootfs)
+            .args(["/bin/sh", "-c", CONFIGURE_SCRIPT])
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("HOME", "/root")
+            .env("LC_ALL", "C");
+        run_step("configure", cmd, progress).await?;
+
+        let meta = TemplateMeta {
+            name: name.clone(),
+            resources: Resources::default(),
+            created_at: Utc::now(),
+            source: TemplateSource::Debootstrap {
+                suite: SUITE.into(),
+                mirror,
+                packages: PACKAGES.iter().map(|p| p.to_string()).collect(),
+            },
+        };
+        let template = self.commit(build, &meta)?;
+        progress(&format!(
+            "[base] template ready in {:.0?}",
+            started.elapsed()
+        ));
+        Ok(template)
+    }
+}
+
+/// Runs one build step, streaming its stdout and stderr lines to `progress` as
+/// `[base] <step>: <line>`; fails with the exit status and the last lines of output.
+async fn run_step(
+    step: &str,
+    mut cmd: Command,
+    progress: Progress<'_>,
+) -> Result<(), TemplateError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(TemplateError::io(format!("cannot start {step}")))?;
+    let mut out = child.stdout.take().map(|s| BufReader::new(s).lines());
+    let mut err = child.stderr.take().map(|s| BufReader::new(s).lines());
+    let mut tail = std::collections::VecDeque::with_capacity(TAIL_LINES);
+    while out.is_some() || err.is_some() {
+        let line = tokio::select! {
+            l = next_line(&mut out), if out.is_some() => l.map_err(TemplateError::io(format!("cannot read {step} output")))?,
+            l = next_line(&mut err), if err.is_some() => l.map_err(TemplateError::io(format!("cannot read {step} output")))?,
+        };
+        if let Some(line) = line {
+            progress(&format!("[base] {step}: {line}"));
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(TemplateError::io(format!("cannot wait for {step}")))?;
+    if status.success() {
+        return Ok(());
+    }
+    let tail: Vec<String> = tail.into_iter().collect();
+    Err(TemplateError::Build {
+        step: step.into(),
+        detail: format!("{status}; last output:\n{}", tail.join("\n")),
+    })
+}
+
+/// The next line of a stream; sets the stream to `None` at its end.
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut Option<tokio::io::Lines<R>>,
+) -> std::io::Result<Option<String>> {
+    let Some(l) = lines.as_mut() else {
+        return Ok(None);
+    };
+    let line = l.next_line().await?;
+    if line.is_none() {
+        *lines = None;
+    }
+    Ok(line)
+}
+
+/// Finds an executable in `PATH` or the sbin directories (root's `PATH` may lack them).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The Debian mirror of the host's apt configuration, or [`DEFAULT_MIRROR`].
+pub fn host_mirror() -> String {
+    mirror_from_apt_config(Path::new("/etc/apt")).unwrap_or_else(|| DEFAULT_MIRROR.to_string())
+}
+
+/// Looks for a mirror serving [`SUITE`] in `<etc_apt>/sources.list.d/*.sources` (deb822) and
+/// then `<etc_apt>/sources.list` (one-line format).
+pub fn mirror_from_apt_config(etc_apt: &Path) -> Option<String> {
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(etc_apt.join("sources.list.d"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "sources"))
+                .collect()
+        })
+        .unwrap_or_default();
+    sources.sort();
+    for file in sources {
+        if let Some(m) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| mirror_from_deb822(&t))
+        {
+            return Some(m);
+        }
+    }
+    let list = std::fs::read_to_string(etc_apt.join("sources.list")).ok()?;
+    mirror_from_one_line(&list)
+}
+
+/// The first `URIs:` of a deb822 stanza of type `deb` whose `Suites:` include [`SUITE`].
+pub fn mirror_from_deb822(text: &str) -> Option<String> {
+    for stanza in text.split("\n\n") {
+        let (mut types, mut uris, mut suites, mut enabled) =
+            (String::new(), String::new(), String::new(), true);
+        for line in stanza.lines() {
+            let line = line.trim();
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim().to_string();
+            match key.trim().to_ascii_lowercase().as_str() {
+                "types" => types = value,
+                "uris" => uris = value,
+                "suites" => suites = value,
+                "enabled" => enabled = value != "no",
+                _ => {}
+            }
+        }
+        if enabled
+            && types.split_whitespace().any(|t| t == "deb")
+            && suites.split_whitespace().any(|s| s == SUITE)
+        {
+            if let Some(uri) = uris.split_whitespace().find(|u| is_http(u)) {
+                return Some(uri.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    None
+}
+
+/// The URI of the first `deb [options] URI bookworm ...` line.
+pub fn mirror_from_one_line(text: &str) -> Option<String> {
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default();
+        let mut words = line.split_whitespace();
+        if words.next() != Some("deb") {
+            continue;
+        }
+        let mut rest: Vec<&str> = words.collect();
+        if rest.first().is_some_and(|w| w.starts_with('[')) {
+            let end = rest.iter().position(|w| w.ends_with(']'))?;
+            rest.drain(..=end);
+        }
+        if let [uri, suite, ..] = rest.as_slice() {
+            if *suite == SUITE && is_http(uri) {
+                return Some(uri.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    None
+}
+
+fn is_http(uri: &str) -> bool {
+    uri.starts_with("http://") || uri.starts_with("https://")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deb822_picks_the_bookworm_stanza() {
+        let text = "Types: deb\nURIs: http://security.debian.org/debian-security\nSuites: bookworm-security\n\
+                    Components: main\n\n# comment\nTypes: deb deb-src\nURIs: http://mirror.example/debian/\n\
+                    Suites: bookworm bookworm-updates\nComponents: main\n";
+        assert_eq!(
+            mirror_from_deb822(text),
+            Some("http://mirror.example/debian".into())
+        );
+        let disabled = "Types: deb\nURIs: http://a/debian\nSuites: bookworm\nEnabled: no\n";
+        assert_eq!(mirror_from_deb822(disabled), None);
+        assert_eq!(
+            mirror_from_deb822("Types: deb-src\nURIs: http://a\nSuites: bookworm\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn one_line_format() {
+        let text = "# deb http://old/debian bookworm main\n\
+                    deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main\n\
+                    deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian bookworm main contrib\n";
+        assert_eq!(
+            mirror_from_one_line(text),
+            Some("http://mirror.example/debian".into())
+        );
+        assert_eq!(mirror_from_one_line("deb cdrom:[x]/ bookworm main\n"), None);
+    }
+
+    #[test]
+    fn apt_config_prefers_sources_files_and_falls_back() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        assert_eq!(mirror_from_apt_config(tmp.path()), None);
+        std::fs::write(
+            tmp.path().join("sources.list"),
+            "deb http://list/debian bookworm main\n",
+        )
+        .expect("write");
+        assert_eq!(
+            mirror_from_apt_config(tmp.path()),
+            Some("http://list/debian".into())
+        );
+        std::fs::create_dir(tmp.path().join("sources.list.d")).expect("mkdir");
+        std::fs::write(
+            tmp.path().join("sources.list.d/debian.sources.disabled"),
+            "Types: deb\nURIs: http://disabled/debian\nSuites: bookworm\n",
+        )
+        .expect("write");
+        assert_eq!(
+            mirror_from_apt_config(tmp.path()),
+            Some("http://list/debian".into())
+        );
+        std::fs::write(
+            tmp.path().join("sources.list.d/debian.sources"),
+            "Types: deb\nURIs: http://d822/debian\nSuites: bookworm\n",
+        )
+        .expect("write");
+        assert_eq!(
+            mirror_from_apt_config(tmp.path()),
+            Some("http://d822/debian".into())
+        );
+    }
+
+    #[test]
+    fn missing_program_is_none() {
+        assert!(find_program("paddock-no-such-program").is_none());
+        assert!(find_program("sh").is_some());
+    }
+}

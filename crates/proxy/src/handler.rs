@@ -1,0 +1,362 @@
+//! The request handler: route, look up, pass through. [`Proxy::handle`] needs no socket, so it
+//! can be driven directly in tests; [`crate::serve`] wraps it in an HTTP/1.1 server.
+//!
+//! Streaming: request and response bodies are handed over frame by frame (nothing is buffered),
+//! so Connect server streams, chunked uploads and large downloads flow as they are produced.
+//! When the client goes away, hyper drops the handler future or the response body, which drops
+//! the upstream request and closes that upstream connection.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::directory::{Lookup, SandboxDirectory};
+use crate::headers::{is_upgrade, strip_hop_by_hop};
+use crate::pool::Pool;
+use crate::reply;
+use crate::route::{self, Route};
+use crate::upstream::{self, BoxError, ConnectError, Target, UpstreamBody};
+use crate::ProxyConfig;
+
+/// The body of every proxy response: the sandbox's streamed body or a proxy-made JSON error.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// envd paths only the node may call (spec 1.7); refused for external traffic.
+const ENVD_CONTROL_PATHS: [&str; 7] = [
+    "/init",
+    "/freeze",
+    "/unfreeze",
+    "/collapse",
+    "/fsfreeze",
+    "/fsthaw",
+    "/upgrade",
+];
+
+/// The sandbox traffic proxy. Cheap to clone; clones share the upstream connection pool.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: Arc<dyn SandboxDirectory>,
+    config: ProxyConfig,
+    pool: Arc<Pool>,
+    /// Flips to `true` to close every open upgrade tunnel (shutdown).
+    tunnels_stop: watch::Sender<bool>,
+}
+
+/// Why a request could not be exchanged with the sandbox.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("exchanging the request with the sandbox failed")]
+    Exchange(#[source] hyper::Error),
+}
+
+impl Proxy {
+    /// A proxy that finds sandboxes through `dir`.
+    pub fn new(dir: Arc<dyn SandboxDirectory>, config: ProxyConfig) -> Proxy {
+        let pool = Pool::new(config.max_idle_per_upstream, config.idle_timeout);
+        let (tunnels_stop, _) = watch::channel(false);
+        Proxy {
+            inner: Arc::new(Inner {
+                dir,
+                config,
+                pool,
+                tunnels_stop,
+            }),
+        }
+    }
+
+    /// The configuration this proxy runs with.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.inner.config
+    }
+
+    /// Closes every open upgrade tunnel (WebSocket); used by [`Proxy::serve`] at shutdown.
+    /// Final: tunnels opened afterwards on this proxy (or its clones) close at once as well.
+    pub fn close_tunnels(&self) {
+        self.inner.tunnels_stop.send_replace(true);
+    }
+
+    /// Answers one request: the sandbox's response, or a JSON error (400 unroutable, 502 sandbox
+    /// not found or port not open, 403 for envd control paths). Never fails.
+    ///
+    /// A protocol upgrade is tunnelled only when `req` carries hyper's upgrade handle, i.e. when
+    /// it came from a server connection with upgrades enabled.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let route = match route::resolve(req.uri(), req.headers()) {
+            Ok(route) => route,
+            Err(e) => {
+                tracing::debug!(error = %e, "unroutable request");
+                return reply::bad_request(&e.to_string());
+            }
+        };
+        let span = tracing::debug_span!(
+            "proxy",
+            sandbox_id = %route.sandbox_id,
+            port = route.port,
+            method = %req.method(),
+            path = req.uri().path(),
+        );
+        self.pass(route, req).instrument(span).await
+    }
+
+    async fn pass<B>(&self, route: Route, mut req: Request<B>) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let config = &self.inner.config;
+        let upstream = match self.inner.dir.lookup(&route.sandbox_id) {
+            Lookup::Running(upstream) => upstream,
+            Lookup::NotFound => {
+                tracing::debug!("sandbox not found");
+                return reply::sandbox_not_found(&route.sandbox_id);
+            }
+        };
+        let is_envd = route.port == config.envd_port;
+        if is_envd && config.refuse_envd_control_paths && is_control_path(req.uri().path()) {
+            return reply::forbidden_path(&route.sandbox_id, req.uri().path());
+        }
+        let target = if is_envd {
+            Target::Envd(upstream.envd_socket)
+        } else {
+            Target::Forward(upstream.forward_socket, route.port)
+        };
+
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let upstream_req = prepare_request(req, route.port, upgrade);
+
+        let mut response = match self.send(&target, upstream_req, upgrade).await {
+            Ok(response) => response,
+            Err(e) => return self.failure(&route, is_envd, e),
+        };
+        tracing::debug!(status = response.status().as_u16(), "upstream answered");
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                let stop = self.inner.tunnels_stop.subscribe();
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, stop).in_current_span());
+                let (mut parts, _) = response.into_parts();
+                parts.extensions = response_extensions(&parts.extensions);
+                strip_hop_by_hop(&mut parts.headers, true);
+                let empty = Empty::new().map_err(|never| match never {}).boxed();
+                return Response::from_parts(parts, empty);
+            }
+        }
+        let (mut parts, body) = response.into_parts();
+        parts.extensions = response_extensions(&parts.extensions);
+        strip_hop_by_hop(&mut parts.headers, false);
+        Response::from_parts(parts, body.boxed())
+    }
+
+    /// Sends on a pooled connection if one is idle (retrying on a fresh one if the pooled one
+    /// closed before the request went out), else on a new connection. Upgrades always get a
+    /// fresh connection, which is never pooled.
+    async fn send(
+        &self,
+        target: &Target,
+        mut req: Request<UpstreamBody>,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, SendError> {
+        let pool = &self.inner.pool;
+        if !upgrade {
+            while let Some(mut sender) = pool.checkout(target) {
+                match sender.try_send_request(req).await {
+                    Ok(response) => {
+                        pool.checkin_when_idle(target.clone(), sender);
+                        return Ok(response);
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(SendError::Exchange(e.into_error())),
+                    },
+                }
+            }
+        }
+        let mut sender = upstream::connect(target, self.inner.config.connect_timeout).await?;
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(SendError::Exchange)?;
+        if !upgrade {
+            pool.checkin_when_idle(target.clone(), sender);
+        }
+        Ok(response)
+    }
+
+    fn failure(&self, route: &Route, is_envd: bool, error: SendError) -> Response<ProxyBody> {
+        tracing::debug!(error = %ErrorChain(&error), "proxying failed");
+        let id = &route.sandbox_id;
+        match error {
+            SendError::Connect(ConnectError::Unreachable { .. }) => reply::sandbox_not_found(id),
+            SendError::Connect(ConnectError::Timeout) if is_envd => reply::sandbox_not_found(id),
+            SendError::Connect(
+                ConnectError::PortClosed | ConnectError::BadStatus(_) | ConnectError::Timeout,
+            ) => reply::port_not_open(id, route.port),
+            // The sandbox may have died under the request: say so if it did.
+            SendError::Connect(ConnectError::Handshake(_)) | SendError::Exchange(_) => {
+                match self.inner.dir.lookup(id) {
+                    Lookup::NotFound => reply::sandbox_not_found(id),
+                    Lookup::Running(_) => reply::upstream_failed(id, route.port),
+                }
+            }
+        }
+    }
+}
+
+/// Rewrites a client request for the upstream hop: origin-form URI, HTTP/1.1, hop-by-hop
+/// headers removed (the upgrade pair kept for upgrades), a `Host` if the client sent none.
+fn prepare_request<B>(req: Request<B>, port: u16, upgrade: bool) -> Request<UpstreamBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().cloned();
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = Some(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    // A bare path-and-query always forms a valid origin-form URI.
+    parts.uri = Uri::from_parts(uri).expect("origin-form uri from a path and query");
+    parts.version = Version::HTTP_11;
+    // The client connection's extensions (hyper's upgrade handle among them) mean nothing
+    // to the upstream connection.
+    parts.extensions = http::Extensions::new();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if !parts.headers.contains_key(header::HOST) {
+        let host = HeaderValue::from_str(&format!("localhost:{port}"))
+            .expect("a number is a valid header value");
+        parts.headers.insert(header::HOST, host);
+    }
+    let body = body.map_err(Into::into).boxed_unsync();
+    Request::from_parts(parts, body)
+}
+
+/// What of an upstream response's extensions the client side should see: only the reason
+/// phrase, so a non-standard one (`200 Fine`) passes through.
+fn response_extensions(upstream: &http::Extensions) -> http::Extensions {
+    let mut extensions = http::Extensions::new();
+    if let Some(reason) = upstream.get::<hyper::ext::ReasonPhrase>() {
+        extensions.insert(reason.clone());
+    }
+    extensions
+}
+
+fn is_control_path(path: &str) -> bool {
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    ENVD_CONTROL_PATHS.contains(&path)
+}
+
+/// Copies bytes both ways between the client's and the sandbox's upgraded connections until
+/// either side closes or the proxy shuts down.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, mut stop: watch::Receiver<bool>) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match r {
+            Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
+            Err(e) => tracing::debug!(error = %e, "tunnel failed"),
+        },
+        _ = stop.wait_for(|stop| *stop) => tracing::debug!("tunnel closed by shutdown"),
+    }
+}
+
+/// Displays an error with its sources, `a: b: c`.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    #[test]
+    fn control_paths() {
+        assert!(is_control_path("/init"));
+        assert!(is_control_path("/freeze/"));
+        assert!(!is_control_path("/"));
+        assert!(!is_control_path("/files"));
+        assert!(!is_control_path("/initx"));
+    }
+
+    #[test]
+    fn upstream_request_is_origin_form_http11_with_host() {
+        let req = Request::builder()
+            .uri("http://49983-iabc.example.com/files?path=%2Ftmp")
+            .version(Version::HTTP_10)
+            .header("connection", "keep-alive")
+            .header("x-access-token", "t")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let up = prepare_request(req, 49983, false);
+        assert_eq!(up.uri(), "/files?path=%2Ftmp");
+        assert_eq!(up.version(), Version::HTTP_11);
+        assert_eq!(up.headers()[header::HOST], "localhost:49983");
+        assert!(!up.headers().contains_key(header::CONNECTION));
+        assert_eq!(up.headers()["x-access-token"], "t");
+    }
+
+    struct Nobody;
+    impl SandboxDirectory for Nobody {
+        fn lookup(&self, _: &paddock_domain::SandboxId) -> Lookup {
+            Lookup::NotFound
+        }
+    }
+
+    #[tokio::test]
+    async fn handle_without_a_socket() {
+        let proxy = Proxy::new(Arc::new(Nobody), ProxyConfig::default());
+        let req = Request::builder()
+            .uri("/health")
+            .header("e2b-sandbox-id", "iabc")
+            .header("e2b-sandbox-port", "49983")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = proxy.handle(req).await;
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        let req = Request::builder()
+            .uri("/health")
+            .body(Full::new(Bytes::new()))
+            .expect("req");
+        assert_eq!(proxy.handle(req).await.status(), StatusCode::BAD_REQUEST);
+    }
+}

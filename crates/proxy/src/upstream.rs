@@ -1,0 +1,157 @@
+//! Opening HTTP/1.1 connections into a sandbox: straight to envd's Unix socket, or through the
+//! port-forwarding socket (2-byte big-endian port out, 1 status byte back, then the stream is
+//! the TCP connection to that port inside the sandbox). Each connection's driver runs on its own
+//! task with upgrades enabled and ends when the connection closes or its sender is dropped.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// Boxed error of request bodies passed upstream.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of requests sent into a sandbox.
+pub(crate) type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Forwarding-socket status byte: connected.
+const FORWARD_CONNECTED: u8 = 0;
+/// Forwarding-socket status byte: nothing listens on the port.
+const FORWARD_CLOSED: u8 = 1;
+
+/// One place inside a sandbox that takes HTTP connections; also the connection pool's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Target {
+    /// envd, through its own socket.
+    Envd(PathBuf),
+    /// Any other port, through the forwarding socket.
+    Forward(PathBuf, u16),
+}
+
+/// Why no connection into the sandbox could be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    /// The socket does not exist or refused the connection (the sandbox is gone).
+    #[error("sandbox socket {path} is unreachable")]
+    Unreachable {
+        /// The socket.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The forwarder reports that nothing listens on the port.
+    #[error("nothing listens on the sandbox port")]
+    PortClosed,
+    /// The forwarder answered with a status byte this proxy does not know.
+    #[error("port forwarder answered with unknown status {0}")]
+    BadStatus(u8),
+    /// Connecting took longer than the configured limit.
+    #[error("connecting into the sandbox timed out")]
+    Timeout,
+    /// The HTTP/1 client could not be set up on the stream.
+    #[error("http handshake with the sandbox failed")]
+    Handshake(#[source] hyper::Error),
+}
+
+/// Opens a new HTTP/1.1 connection to `target` and starts its driver task.
+pub(crate) async fn connect(
+    target: &Target,
+    timeout: Duration,
+) -> Result<SendRequest<UpstreamBody>, ConnectError> {
+    let stream = tokio::time::timeout(timeout, open(target))
+        .await
+        .map_err(|_| ConnectError::Timeout)??;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+async fn open(target: &Target) -> Result<UnixStream, ConnectError> {
+    let (path, port) = match target {
+        Target::Envd(path) => (path, None),
+        Target::Forward(path, port) => (path, Some(*port)),
+    };
+    let unreachable = |source| ConnectError::Unreachable {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(path).await.map_err(unreachable)?;
+    let Some(port) = port else {
+        return Ok(stream);
+    };
+    stream
+        .write_all(&port.to_be_bytes())
+        .await
+        .map_err(unreachable)?;
+    match stream.read_u8().await {
+        Ok(FORWARD_CONNECTED) => Ok(stream),
+        Ok(FORWARD_CLOSED) => Err(ConnectError::PortClosed),
+        Ok(other) => Err(ConnectError::BadStatus(other)),
+        // The forwarder hung up without a status: it could not reach the port.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ConnectError::PortClosed),
+        Err(e) => Err(unreachable(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    async fn forwarder_answering(status: Option<u8>) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fwd.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut port = [0u8; 2];
+            s.read_exact(&mut port).await.expect("port");
+            assert_eq!(u16::from_be_bytes(port), 8080);
+            if let Some(status) = status {
+                s.write_all(&[status]).await.expect("status");
+                // keep the stream open until the client is done
+                let _ = s.read_u8().await;
+            }
+        });
+        (dir, path)
+    }
+
+    #[tokio::test]
+    async fn forward_status_bytes() {
+        let t = Duration::from_secs(5);
+        let (_d, path) = forwarder_answering(Some(0)).await;
+        assert!(connect(&Target::Forward(path, 8080), t).await.is_ok());
+        let (_d, path) = forwarder_answering(Some(1)).await;
+        let r = connect(&Target::Forward(path, 8080), t).await;
+        assert!(matches!(r, Err(ConnectError::PortClosed)), "{r:?}");
+        let (_d, path) = forwarder_answering(Some(7)).await;
+        let r = connect(&Target::Forward(path, 8080), t).await;
+        assert!(matches!(r, Err(ConnectError::BadStatus(7))), "{r:?}");
+        let (_d, path) = forwarder_answering(None).await;
+        let r = connect(&Target::Forward(path, 8080), t).await;
+        assert!(matches!(r, Err(ConnectError::PortClosed)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn missing_socket_is_unreachable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = connect(
+            &Target::Envd(dir.path().join("nope.sock")),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(matches!(r, Err(ConnectError::Unreachable { .. })), "{r:?}");
+    }
+}

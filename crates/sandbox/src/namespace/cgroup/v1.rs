@@ -1,0 +1,131 @@
+//! cgroup v1: one hierarchy per controller (`/sys/fs/cgroup/<controller>`), possibly co-mounted
+//! (`cpu,cpuacct`). A sandbox joins `memory`, `cpu`, `pids` and, where mounted, `cpuacct` (usage)
+//! and `freezer` (pause).
+
+use std::path::PathBuf;
+
+use super::{create_dirs, write_knob, CgroupBackend, CgroupError, CgroupLimits};
+
+/// The cgroup v1 layout.
+#[derive(Debug, Clone)]
+pub struct V1Backend {
+    /// `(controller, mount point)`, in the order given.
+    controllers: Vec<(&'static str, PathBuf)>,
+    parent: String,
+}
+
+impl V1Backend {
+    /// A backend over `controllers` (`(name, mount point)`), with sandboxes under `parent`.
+    pub fn new(controllers: Vec<(&'static str, PathBuf)>, parent: &str) -> Self {
+        V1Backend {
+            controllers,
+            parent: parent.to_string(),
+        }
+    }
+
+    fn dir_of(&self, controller: &str, name: &str) -> Option<PathBuf> {
+        self.controllers
+            .iter()
+            .find(|(c, _)| *c == controller)
+            .map(|(_, mount)| mount.join(&self.parent).join(name))
+    }
+}
+
+impl CgroupBackend for V1Backend {
+    fn name(&self) -> &'static str {
+        "v1"
+    }
+
+    fn parent_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (_, mount) in &self.controllers {
+            let dir = mount.join(&self.parent);
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        dirs
+    }
+
+    fn prepare_parent(&self) -> Result<(), CgroupError> {
+        self.parent_dirs().iter().try_for_each(|d| create_dirs(d))
+    }
+
+    fn write_limits(&self, name: &str, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        if let Some(dir) = self.dir_of("memory", name) {
+            let bytes = limits.memory_bytes.to_string();
+            write_knob(&dir, "memory.limit_in_bytes", &bytes)?;
+            // memory+swap equal to memory: the sandbox cannot use swap. The file only exists
+            // when the kernel accounts swap.
+            if dir.join("memory.memsw.limit_in_bytes").exists() {
+                write_knob(&dir, "memory.memsw.limit_in_bytes", &bytes)?;
+            }
+        }
+        if let Some(dir) = self.dir_of("cpu", name) {
+            write_knob(&dir, "cpu.cfs_period_us", &limits.cpu_period_us.to_string())?;
+            write_knob(&dir, "cpu.cfs_quota_us", &limits.cpu_quota_us.to_string())?;
+        }
+        if let Some(dir) = self.dir_of("pids", name) {
+            write_knob(&dir, "pids.max", &limits.pids_max.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::namespace::cgroup::create;
+
+    fn read(p: PathBuf) -> String {
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn writes_all_limits_and_memsw_only_when_present() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mount = |c: &str| tmp.path().join(c);
+        let backend = V1Backend::new(
+            vec![
+                ("memory", mount("memory")),
+                ("cpu", mount("cpu")),
+                ("pids", mount("pids")),
+            ],
+            "paddock",
+        );
+        // Pretend the kernel accounts swap for sandbox "a" only.
+        std::fs::create_dir_all(mount("memory").join("paddock/a")).expect("mkdir");
+        std::fs::write(
+            mount("memory").join("paddock/a/memory.memsw.limit_in_bytes"),
+            "max",
+        )
+        .expect("write");
+        let limits = CgroupLimits {
+            memory_bytes: 536_870_912,
+            cpu_quota_us: 200_000,
+            cpu_period_us: 100_000,
+            pids_max: 4096,
+        };
+        create(&backend, "a", &limits).expect("create a");
+        create(&backend, "b", &limits).expect("create b");
+        let a = mount("memory").join("paddock/a");
+        assert_eq!(read(a.join("memory.limit_in_bytes")), "536870912");
+        assert_eq!(read(a.join("memory.memsw.limit_in_bytes")), "536870912");
+        assert!(!mount("memory")
+            .join("paddock/b/memory.memsw.limit_in_bytes")
+            .exists());
+        assert_eq!(
+            read(mount("cpu").join("paddock/b/cpu.cfs_quota_us")),
+            "200000"
+        );
+        assert_eq!(
+            read(mount("cpu").join("paddock/b/cpu.cfs_period_us")),
+            "100000"
+        );
+        assert_eq!(read(mount("pids").join("paddock/b/pids.max")), "4096");
+        assert_eq!(
+            backend.list().expect("list"),
+            vec!["a".to_string(), "b".to_string()]
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! Ending sandboxes and finding them again: `kill` (SIGKILL PID 1, empty and remove the cgroup,
+//! remove the state directory), `adopt` after a node restart (verify pid, start time and cgroup
+//! membership from `state.json`), and `reap_orphans` (every cgroup under the parent that the
+//! node does not claim).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use paddock_domain::SandboxId;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+use super::state::{self, SandboxState};
+use super::{chain, handle, mounts, sys, Inner, Live};
+use crate::{RuntimeError, SandboxHandle};
+
+/// How long processes of a killed sandbox may take to disappear from its cgroup.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `kill` waits for the shim to reap PID 1 before emptying the cgroup by force.
+const SHIM_EXIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(crate) async fn kill(
+    inner: &Arc<Inner>,
+    id: &SandboxId,
+    state_dir: &Path,
+) -> Result<(), RuntimeError> {
+    let recorded = match state::read(state_dir) {
+        Ok(Some(s)) if &s.id == id => Some(s),
+        // A missing or unreadable record does not stop the teardown.
+        _ => None,
+    };
+    stop_init(inner, id, recorded.as_ref()).await;
+    let extra = recorded.map(|s| s.cgroups).unwrap_or_default();
+    remove_blocking(inner, id.as_str(), Some(extra), Some(state_dir)).await?;
+    tracing::info!(sandbox_id = %id, "sandbox killed");
+    Ok(())
+}
+
+/// Marks the sandbox as killed (so its exit is not reported), SIGKILLs its PID 1 if it is still
+/// the same process, and waits briefly for the shim to notice.
+async fn stop_init(inner: &Arc<Inner>, id: &SandboxId, recorded: Option<&SandboxState>) {
+    let live = inner.live().remove(id);
+    if let Some(l) = &live {
+        l.killed.store(true, Ordering::SeqCst);
+    }
+    let target = live
+        .as_ref()
+        .map(|l| (l.init_pid, l.init_start_time))
+        .or_else(|| recorded.map(|s| (s.init_pid, s.init_start_time)));
+    if let Some((pid, start_time)) = target {
+        // Killing the pid namespace's init kills every process in the namespace.
+        if sys::process_start_time(pid) == Some(start_time) {
+            if let Ok(raw) = i32::try_from(pid) {
+                let _ = signal::kill(Pid::from_raw(raw), Signal::SIGKILL);
+            }
+            // Let the shim reap it before the cgroup is emptied by force: a shim killed first
+            // would leave PID 1 a zombie for the host's init.
+            let deadline = tokio::time::Instant::now() + SHIM_EXIT_TIMEOUT;
+            while sys::process_start_time(pid) == Some(start_time)
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+    if let Some(l) = live {
+        let mut done = l.done.clone();
+        let _ = tokio::time::timeout(SHIM_EXIT_TIMEOUT, done.wait_for(|d| *d)).await;
+    }
+}
+
+/// Empties and removes the cgroup of sandbox `name` (plus `extra` directories recorded for it)
+/// and its state directory, on a blocking thread.
+pub(crate) async fn remove_blocking(
+    inner: &Arc<Inner>,
+    name: &str,
+    extra: Option<Vec<PathBuf>>,
+    state_dir: Option<&Path>,
+) -> Result<(), RuntimeError> {
+    let mut cg = inner.cgroups.sandbox(name);
+    // Recorded directories count only if they are named after this sandbox.
+    for dir in extra.unwrap_or_default() {
+        if dir.file_name().and_then(|n| n.to_str()) == Some(name) && !cg.dirs.contains(&dir) {
+            cg.dirs.push(dir);
+        }
+    }
+    let state_dir = state_dir.map(Path::to_path_buf);
+    let what = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        let host = |e: super::cgroup::CgroupError| {
+            RuntimeError::Host(format!("sandbox {what}: {}", chain(&e)))
+        };
+        cg.kill_all(KILL_TIMEOUT).map_err(host)?;
+        cg.remove().map_err(host)?;
+        match state_dir {
+            Some(dir) => remove_state_dir(&dir),
+            None => Ok(()),
+        }
+    })
+    .await
+    .map_err(|e| RuntimeError::Host(format!("teardown task failed: {e}")))?
+}
+
+fn remove_state_dir(dir: &Path) -> Result<(), RuntimeError> {
+    // Nothing is mounted on the host by design; if something is, detach it so deleting the
+    // state directory can never reach into the template below an overlay.
+    let root = dir.join("root");
+    if mounts::is_mount_point(&root) {
+        mounts::detach(&root).map_err(|source| RuntimeError::Io {
+            context: format!("unmounting {}", root.display()),
+            source,
+        })?;
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(RuntimeError::Io {
+            context: format!("removing {}", dir.display()),
+            source,
+        }),
+    }
+}
+
+pub(crate) async fn adopt(
+    inner: &Arc<Inner>,
+    id: &SandboxId,
+    state_dir: &Path,
+) -> Result<Option<SandboxHandle>, RuntimeError> {
+    if let Some(l) = inner.live().get(id) {
+        return Ok(Some(handle(id.clone(), l.init_pid, state_dir)));
+    }
+    let recorded = match state::read(state_dir) {
+        Ok(Some(s)) if &s.id == id => Some(s),
+        _ => None,
+    };
+    if let Some(s) = recorded {
+        // Open the pidfd first: once the start time matches, the pidfd names that very process.
+        if let Ok(pidfd) = sys::pidfd_open(s.init_pid) {
+            let same = sys::process_start_time(s.init_pid) == Some(s.init_start_time)
+                && sys::process_state(s.init_pid) != Some('Z')
+                && inner.cgroups.sandbox(id.as_str()).contains(s.init_pid);
+            if same {
+                let killed = Arc::new(AtomicBool::new(false));
+                let (done_tx, done) = watch::channel(false);
+                let live = Live {
+                    init_pid: s.init_pid,
+                    init_start_time: s.init_start_time,
+                    killed: Arc::clone(&killed),
+                    done,
+                };
+                inner.live().insert(id.clone(), live);
+                watch_pidfd(inner, id.clone(), pidfd, killed, done_tx);
+                tracing::info!(sandbox_id = %id, init_pid = s.init_pid, "sandbox adopted");
+                return Ok(Some(handle(id.clone(), s.init_pid, state_dir)));
+            }
+        }
+    }
+    kill(inner, id, state_dir).await?;
+    tracing::info!(sandbox_id = %id, "sandbox was not running any more; cleaned up");
+    Ok(None)
+}
+
+/// Waits for an adopted sandbox's PID 1 (not our child, so a pidfd instead of `wait`).
+fn watch_pidfd(
+    inner: &Arc<Inner>,
+    id: SandboxId,
+    pidfd: std::os::fd::OwnedFd,
+    killed: Arc<AtomicBool>,
+    done: watch::Sender<bool>,
+) {
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        // SAFETY: `pidfd` is an open descriptor owned by the `OwnedFd` moved into the AsyncFd,
+        // so it stays open and names the same pidfd for the AsyncFd's whole lifetime.
+        let registered =
+            unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) };
+        match registered {
+            Ok(fd) => {
+                let _ = fd.readable().await;
+            }
+            Err(e) => tracing::warn!(sandbox_id = %id, error = %e, "cannot watch adopted sandbox"),
+        }
+        let _ = done.send(true);
+        if let Some(inner) = weak.upgrade() {
+            inner.on_exit(id, &killed);
+        }
+    });
+}
+
+pub(crate) async fn reap_orphans(
+    inner: &Arc<Inner>,
+    keep: &[SandboxId],
+) -> Result<usize, RuntimeError> {
+    let lister = Arc::clone(inner);
+    let names = tokio::task::spawn_blocking(move || lister.cgroups.list())
+        .await
+        .map_err(|e| RuntimeError::Host(format!("listing task failed: {e}")))?
+        .map_err(|e| RuntimeError::Host(chain(&e)))?;
+    let keep: HashSet<&str> = keep.iter().map(SandboxId::as_str).collect();
+    let mut removed = 0;
+    for name in names.iter().filter(|n| !keep.contains(n.as_str())) {
+        let id = SandboxId::parse(name).ok().filter(|id| id.as_str() == name);
+        match &id {
+            Some(id) => kill(inner, id, &inner.cfg.state_root.join(name)).await?,
+            // Not a sandbox id (nothing of ours has that name): only the cgroup goes.
+            None => remove_blocking(inner, name, None, None).await?,
+        }
+        tracing::info!(cgroup = %name, "removed orphaned sandbox");
+        removed += 1;
+    }
+    Ok(removed)
+}

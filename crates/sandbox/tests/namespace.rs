@@ -1,0 +1,427 @@
+//! The namespace driver against the real kernel (needs root): a tiny rootfs built from host
+//! binaries, and bash scripts standing in for envd.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use paddock_domain::{Resources, SandboxId};
+use paddock_sandbox::namespace::{NamespaceConfig, NamespaceDriver};
+use paddock_sandbox::{RuntimeDriver, SandboxSpec};
+
+/// envd stand-in: reports what it sees, signals ready and stays.
+const ENVD_OK: &str = r#"#!/bin/bash
+echo "$$|$PATH|$HOME|$PADDOCK_READY_FD|$(cat /etc/hostname)" > /run/paddock/probe
+echo "envd starting"
+echo ready >&"$PADDOCK_READY_FD"
+exec sleep 100000
+"#;
+/// envd stand-in that is ready, then dies on its own.
+const ENVD_EXITS: &str = "#!/bin/bash\necho ready >&\"$PADDOCK_READY_FD\"\nsleep 0.3\nexit 3\n";
+/// envd stand-in that fails before being ready.
+const ENVD_FAILS: &str = "#!/bin/bash\necho 'boom: cannot read config' >&2\nexit 1\n";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    rootfs: PathBuf,
+    scripts: PathBuf,
+}
+
+/// Builds the shared template rootfs once: bash, sleep, cat, their libraries, /etc/passwd.
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rootfs = dir.path().join("rootfs");
+        for d in ["bin", "etc", "root", "tmp"] {
+            std::fs::create_dir_all(rootfs.join(d)).expect("mkdir");
+        }
+        std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+            .expect("chmod");
+        let mut files = BTreeSet::new();
+        for bin in ["/bin/bash", "/bin/sleep", "/bin/cat"] {
+            files.insert(PathBuf::from(bin));
+            let out = std::process::Command::new("ldd")
+                .arg(bin)
+                .output()
+                .expect("ldd");
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+                let path = line
+                    .split("=>")
+                    .last()
+                    .and_then(|s| s.split_whitespace().next());
+                if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                    files.insert(PathBuf::from(p));
+                }
+            }
+        }
+        files.insert(PathBuf::from("/etc/passwd"));
+        for f in files {
+            let dst = rootfs.join(f.strip_prefix("/").expect("absolute"));
+            std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(&f, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", f.display()));
+        }
+        let scripts = dir.path().join("scripts");
+        std::fs::create_dir(&scripts).expect("mkdir");
+        for (name, text) in [
+            ("ok", ENVD_OK),
+            ("exits", ENVD_EXITS),
+            ("fails", ENVD_FAILS),
+        ] {
+            let p = scripts.join(name);
+            std::fs::write(&p, text).expect("write");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        Fixture {
+            rootfs,
+            scripts,
+            _dir: dir,
+        }
+    })
+}
+
+/// A cgroup parent of its own for one test; on drop (also when the test panics) kills and
+/// removes whatever is left under it in any hierarchy.
+struct TestParent(String);
+
+impl TestParent {
+    fn new() -> Self {
+        TestParent(format!("paddock-test-{}", SandboxId::generate()))
+    }
+}
+
+impl Drop for TestParent {
+    fn drop(&mut self) {
+        let parents: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join(&self.0))
+            .filter(|p| p.is_dir())
+            .collect();
+        for _ in 0..500 {
+            let mut busy = false;
+            for parent in &parents {
+                for child in std::fs::read_dir(parent)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                {
+                    if !child.is_dir() {
+                        continue;
+                    }
+                    for pid in std::fs::read_to_string(child.join("cgroup.procs"))
+                        .unwrap_or_default()
+                        .lines()
+                    {
+                        busy = true;
+                        let _ = std::process::Command::new("kill")
+                            .args(["-9", pid])
+                            .status();
+                    }
+                    let _ = std::fs::remove_dir(&child);
+                }
+            }
+            if !busy {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for parent in &parents {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+fn driver(parent: &TestParent, state_root: &Path) -> NamespaceDriver {
+    NamespaceDriver::new(NamespaceConfig {
+        shim_exe: PathBuf::from(env!("CARGO_BIN_EXE_paddock-sandbox-shim")),
+        shim_args: Vec::new(),
+        cgroup_parent: parent.0.clone(),
+        state_root: state_root.to_path_buf(),
+    })
+    .expect("driver")
+}
+
+fn spec(id: &SandboxId, state_root: &Path, envd: &str) -> SandboxSpec {
+    let f = fixture();
+    SandboxSpec {
+        id: id.clone(),
+        hostname: format!("sb-{}", &id.as_str()[..6]),
+        rootfs: f.rootfs.clone(),
+        state_dir: state_root.join(id.as_str()),
+        envd_bin: f.scripts.join(envd),
+        resources: Resources {
+            cpu_count: 1,
+            memory_mb: 256,
+            disk_mb: 1024,
+            pids_max: 123,
+        },
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn read(path: impl AsRef<Path>) -> String {
+    let path = path.as_ref();
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The first existing `dir/<name>` among the sandbox's cgroup directories.
+fn knob(dirs: &[PathBuf], names: &[&str]) -> String {
+    for d in dirs {
+        for n in names {
+            if d.join(n).exists() {
+                return read(d.join(n)).trim().to_string();
+            }
+        }
+    }
+    panic!("none of {names:?} in {dirs:?}");
+}
+
+#[tokio::test]
+async fn sandbox_is_isolated_and_kill_removes_everything() {
+    let states = tempfile::tempdir().expect("tempdir");
+    let parent = TestParent::new();
+    let driver = driver(&parent, states.path());
+    let id = SandboxId::generate();
+    let spec = spec(&id, states.path(), "ok");
+    let handle = driver.create(spec.clone()).await.expect("create");
+    let pid = handle.init_pid;
+    assert!(alive(pid));
+    assert_eq!(handle.run_dir, spec.state_dir.join("run"));
+    assert_eq!(handle.envd_socket, spec.state_dir.join("run/envd.sock"));
+
+    // Own namespaces of every kind.
+    for ns in ["pid", "net", "mnt", "uts", "ipc"] {
+        let mine = std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("own ns");
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).expect("sandbox ns");
+        assert_ne!(mine, theirs, "{ns} namespace is shared");
+    }
+
+    // What envd saw: PID 1, a clean environment, the hostname file.
+    let probe = read(spec.state_dir.join("run/probe"));
+    let fields: Vec<&str> = probe.trim().split('|').collect();
+    assert_eq!(fields[0], "1", "{probe}");
+    assert_eq!(
+        fields[1],
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
+    assert_eq!(fields[2], "/root");
+    assert_eq!(fields[3], "3");
+    assert_eq!(fields[4], spec.hostname);
+    // PID 1 (once bash has exec'd `sleep`) holds only stdio and the ready pipe; its output
+    // goes to envd.log.
+    let fds = || -> BTreeSet<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("fds")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let expected: BTreeSet<String> = ["0", "1", "2", "3"].into_iter().map(String::from).collect();
+    for _ in 0..500 {
+        if read(format!("/proc/{pid}/comm")).trim() == "sleep" && fds() == expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(fds(), expected);
+    let fd_target = |n: u32| std::fs::read_link(format!("/proc/{pid}/fd/{n}")).expect("fd link");
+    assert_eq!(fd_target(0), PathBuf::from("/dev/null"));
+    assert_eq!(fd_target(1), PathBuf::from("/run/paddock/envd.log"));
+    assert!(fd_target(3).to_string_lossy().starts_with("pipe:"));
+    assert!(read(spec.state_dir.join("run/envd.log")).contains("envd starting"));
+
+    // The UTS hostname, as a process in the sandbox's uts namespace sees it.
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-u", "hostname"])
+        .output()
+        .expect("nsenter");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), spec.hostname);
+    assert!(read(format!("/proc/{pid}/root/etc/hosts")).contains(&spec.hostname));
+
+    // /dev, /proc, /sys and lo inside.
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let meta = std::fs::metadata(root.join("dev").join(dev)).expect("device");
+        assert!(meta.file_type().is_char_device(), "/dev/{dev}");
+    }
+    assert_eq!(
+        std::fs::read_link(root.join("dev/ptmx")).expect("ptmx"),
+        PathBuf::from("pts/ptmx")
+    );
+    assert!(root.join("dev/pts/ptmx").exists());
+    assert!(root.join("proc/1/stat").exists());
+    let lo_flags = read(root.join("sys/class/net/lo/flags"));
+    let lo_flags =
+        u32::from_str_radix(lo_flags.trim().trim_start_matches("0x"), 16).expect("flags");
+    assert_eq!(lo_flags & 1, 1, "lo is down");
+    assert!(root.join("usr/local/bin/envd").is_file());
+
+    // Limits in the cgroup, which holds PID 1.
+    let dirs = driver.cgroup_dirs(&id);
+    assert_eq!(
+        knob(&dirs, &["memory.limit_in_bytes", "memory.max"]),
+        (256u64 << 20).to_string()
+    );
+    assert_eq!(knob(&dirs, &["pids.max"]), "123");
+    let cpu = knob(&dirs, &["cpu.cfs_quota_us", "cpu.max"]);
+    assert!(cpu == "100000" || cpu == "100000 100000", "{cpu}");
+    assert!(knob(&dirs, &["cgroup.procs"])
+        .lines()
+        .any(|l| l == pid.to_string()));
+
+    // Nothing of the sandbox is mounted on the host.
+    let host_mounts = read("/proc/self/mountinfo");
+    assert!(
+        !host_mounts.contains(spec.state_dir.to_str().expect("utf-8")),
+        "{host_mounts}"
+    );
+    assert!(!host_mounts.contains(fixture().rootfs.to_str().expect("utf-8")));
+
+    // Writes go to the writable layer, never into the template.
+    std::fs::write(root.join("tmp/hello"), "hi").expect("write inside");
+    assert_eq!(read(spec.state_dir.join("upper/tmp/hello")), "hi");
+    assert!(!fixture().rootfs.join("tmp/hello").exists());
+
+    driver.kill(&id, &spec.state_dir).await.expect("kill");
+    assert!(!alive(pid), "pid {pid} survived kill");
+    for d in &dirs {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+    assert!(!spec.state_dir.exists());
+    driver.kill(&id, &spec.state_dir).await.expect("kill twice");
+}
+
+#[tokio::test]
+async fn exit_of_envd_is_reported_but_kill_is_not() {
+    let states = tempfile::tempdir().expect("tempdir");
+    let parent = TestParent::new();
+    let driver = driver(&parent, states.path());
+    let mut exits = driver.exits();
+
+    let killed = SandboxId::generate();
+    let killed_spec = spec(&killed, states.path(), "ok");
+    driver.create(killed_spec.clone()).await.expect("create");
+    driver
+        .kill(&killed, &killed_spec.state_dir)
+        .await
+        .expect("kill");
+
+    let id = SandboxId::generate();
+    let spec = spec(&id, states.path(), "exits");
+    driver.create(spec.clone()).await.expect("create");
+    let got = tokio::time::timeout(Duration::from_secs(10), exits.recv())
+        .await
+        .expect("exit in time")
+        .expect("recv");
+    assert_eq!(got, id, "only the sandbox that died on its own is reported");
+    driver.kill(&id, &spec.state_dir).await.expect("cleanup");
+    assert!(!spec.state_dir.exists());
+}
+
+#[tokio::test]
+async fn failed_create_reports_the_log_and_leaves_nothing() {
+    let states = tempfile::tempdir().expect("tempdir");
+    let parent = TestParent::new();
+    let driver = driver(&parent, states.path());
+    let id = SandboxId::generate();
+    let spec = spec(&id, states.path(), "fails");
+    let err = driver
+        .create(spec.clone())
+        .await
+        .expect_err("envd never gets ready");
+    let msg = err.to_string();
+    assert!(msg.contains("envd exited before it was ready"), "{msg}");
+    assert!(msg.contains("boom: cannot read config"), "{msg}");
+    for d in driver.cgroup_dirs(&id) {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+    assert!(!spec.state_dir.exists());
+
+    let mut bad = spec.clone();
+    bad.rootfs = states.path().join("missing");
+    assert!(driver.create(bad).await.is_err());
+    assert!(!spec.state_dir.exists());
+}
+
+#[tokio::test]
+async fn adopt_after_restart_and_reap_orphans() {
+    let states = tempfile::tempdir().expect("tempdir");
+    let parent = TestParent::new();
+    let first = driver(&parent, states.path());
+    let kept = SandboxId::generate();
+    let orphan = SandboxId::generate();
+    let kept_spec = spec(&kept, states.path(), "ok");
+    let orphan_spec = spec(&orphan, states.path(), "ok");
+    let kept_pid = first
+        .create(kept_spec.clone())
+        .await
+        .expect("create")
+        .init_pid;
+    let orphan_pid = first
+        .create(orphan_spec.clone())
+        .await
+        .expect("create")
+        .init_pid;
+    drop(first);
+
+    // A new driver (the node restarted) finds the running sandbox again.
+    let second = driver(&parent, states.path());
+    let adopted = second
+        .adopt(&kept, &kept_spec.state_dir)
+        .await
+        .expect("adopt")
+        .expect("still running");
+    assert_eq!(adopted.init_pid, kept_pid);
+    // A sandbox without a state directory is cleaned up instead.
+    let ghost = SandboxId::generate();
+    assert!(second
+        .adopt(&ghost, &states.path().join(ghost.as_str()))
+        .await
+        .expect("adopt")
+        .is_none());
+
+    assert_eq!(
+        second
+            .reap_orphans(std::slice::from_ref(&kept))
+            .await
+            .expect("reap"),
+        1
+    );
+    assert!(!alive(orphan_pid));
+    assert!(!orphan_spec.state_dir.exists());
+    for d in second.cgroup_dirs(&orphan) {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+    assert!(alive(kept_pid));
+    assert_eq!(
+        second
+            .reap_orphans(std::slice::from_ref(&kept))
+            .await
+            .expect("reap"),
+        0
+    );
+
+    // The adopted sandbox's PID 1 dying is not reported when we kill it, and kill works on it.
+    second
+        .kill(&kept, &kept_spec.state_dir)
+        .await
+        .expect("kill adopted");
+    for d in second.cgroup_dirs(&kept) {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+    assert!(!kept_spec.state_dir.exists());
+    // Once dead, adopt cleans up and says so.
+    assert!(second
+        .adopt(&kept, &kept_spec.state_dir)
+        .await
+        .expect("adopt")
+        .is_none());
+}
