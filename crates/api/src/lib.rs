@@ -1,1 +1,185 @@
-//! Placeholder (being written).
+//! The Paddock control plane: the E2B-compatible REST API (spec section 2), `X-API-Key`
+//! authentication, the SQLite store and the sandbox lifecycle (creation, connect, timeouts and
+//! expiry, kill, exit watching, restart reconciliation). It drives sandboxes only through the
+//! [`paddock_node::Node`] trait.
+//!
+//! How a binary uses it (this is what `paddock serve` does):
+//!
+//! ```no_run
+//! # async fn serve(node: std::sync::Arc<dyn paddock_node::Node>) -> Result<(), Box<dyn std::error::Error>> {
+//! use paddock_api::{ApiConfig, ControlPlane};
+//!
+//! let config = ApiConfig::new("/var/lib/paddock");
+//! // Opens (creating, migrating) <data_dir>/paddock.db.
+//! let control = ControlPlane::open(config, node).await?;
+//! // Records whose sandboxes did not survive the restart become `stopped`.
+//! control.reconcile().await?;
+//! // Accept PADDOCK_API_KEY, or reuse/generate <data_dir>/api-key.
+//! let (key, generated) = control.ensure_api_key(std::env::var("PADDOCK_API_KEY").ok()).await?;
+//! # let _ = (key, generated);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! let background = tokio::spawn({
+//!     let control = control.clone();
+//!     async move { control.run_background().await } // expiry + exit watcher
+//! });
+//! axum::serve(listener, control.router())
+//!     .with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; })
+//!     .await?;
+//! control.shutdown().await; // kills every sandbox, records them stopped
+//! background.await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: [`store`] (the [`Store`] trait and [`SqliteStore`]), [`auth`] (key hashing and
+//! provisioning), [`routes`] (one file per endpoint), [`wire`] (JSON schemas), [`error`]
+//! ([`ApiError`]) and the private `lifecycle` core (one file per operation).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use paddock_node::Node;
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+mod lifecycle;
+pub mod routes;
+pub mod store;
+pub mod wire;
+
+pub use auth::{ensure_api_key, ensure_api_key_in, hash_api_key, KeySetupError};
+pub use error::ApiError;
+pub use lifecycle::reconcile::ReconcileReport;
+pub use lifecycle::Error as LifecycleError;
+pub use store::{SqliteStore, Store, StoreError};
+
+use lifecycle::Core;
+
+/// Name of the team that `PADDOCK_API_KEY` and the generated key belong to.
+pub const DEFAULT_TEAM: &str = "default";
+
+/// Settings of the control plane.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Directory holding `paddock.db` and the generated `api-key`.
+    pub data_dir: PathBuf,
+    /// Sandbox domain returned to clients as `domain` (`None` = `null`: clients use their own).
+    pub domain: Option<String>,
+}
+
+impl ApiConfig {
+    /// A configuration with no domain.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ApiConfig {
+            data_dir: data_dir.into(),
+            domain: None,
+        }
+    }
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The store could not be opened.
+    #[error("cannot open the control-plane database")]
+    Store(#[from] StoreError),
+}
+
+/// Shared state of the axum handlers: a cheap handle on the lifecycle core.
+#[derive(Clone)]
+pub struct AppState {
+    core: Arc<Core>,
+}
+
+/// The control plane: store, node and lifecycle behind one cheap-to-clone handle.
+///
+/// Lifecycle: [`ControlPlane::open`] (migrates and reconciles) → [`ControlPlane::ensure_api_key`]
+/// → serve [`ControlPlane::router`] while [`ControlPlane::run_background`] runs in a task →
+/// [`ControlPlane::shutdown`], which also ends `run_background`.
+#[derive(Clone)]
+pub struct ControlPlane {
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("config", &self.core.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    /// Opens (creating and migrating) `<data_dir>/paddock.db`. Call
+    /// [`ControlPlane::reconcile`] next, before serving.
+    pub async fn open(config: ApiConfig, node: Arc<dyn Node>) -> Result<Self, OpenError> {
+        let path = SqliteStore::path_in(&config.data_dir);
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+            .await
+            .map_err(StoreError::from)??;
+        Ok(Self::with_store(config, Arc::new(store), node))
+    }
+
+    /// Like [`ControlPlane::open`] with any [`Store`] implementation.
+    pub fn with_store(config: ApiConfig, store: Arc<dyn Store>, node: Arc<dyn Node>) -> Self {
+        ControlPlane {
+            core: Arc::new(Core::new(store, node, config)),
+        }
+    }
+
+    /// Brings the store in line with the node at startup: running and paused records are passed
+    /// to `Node::reconcile`; every live record it does not report as running is marked
+    /// `stopped`. Safe to call more than once.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, LifecycleError> {
+        self.core.reconcile().await
+    }
+
+    /// Makes sure an API key is accepted for the default team: `explicit` (e.g.
+    /// `PADDOCK_API_KEY`) or the key saved in `<data_dir>/api-key`, generated on first use.
+    /// Returns the key and whether it was just generated (print it then).
+    pub async fn ensure_api_key(
+        &self,
+        explicit: Option<String>,
+    ) -> Result<(String, bool), KeySetupError> {
+        auth::ensure_api_key_in(
+            self.core.store.as_ref(),
+            DEFAULT_TEAM,
+            explicit,
+            &self.core.config.data_dir,
+        )
+        .await
+    }
+
+    /// The REST API.
+    pub fn router(&self) -> axum::Router {
+        routes::router(AppState {
+            core: Arc::clone(&self.core),
+        })
+    }
+
+    /// Runs the expiry task and the exit watcher until [`ControlPlane::shutdown`].
+    pub async fn run_background(&self) {
+        tokio::join!(self.core.run_expiry(), self.core.run_exit_watcher());
+    }
+
+    /// Refuses new creates, stops every sandbox through the node and marks the records
+    /// `stopped`; ends [`ControlPlane::run_background`]. Failures to update records are logged
+    /// (the next start reconciles them).
+    pub async fn shutdown(&self) {
+        if let Err(err) = self.core.shutdown().await {
+            tracing::error!(error = %error::chain(&err), "recording the shutdown failed");
+        }
+    }
+
+    /// The store (for tools that inspect records).
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.core.store)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ApiConfig {
+        &self.core.config
+    }
+}

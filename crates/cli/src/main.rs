@@ -1,1 +1,64 @@
-fn main() {}
+//! `paddock`: the one binary of Paddock. A thin layer over the library crates: it parses flags,
+//! sets up logging and calls one library entry point per subcommand (see `commands/`).
+#![forbid(unsafe_code)]
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+/// Paddock: self-hosted, E2B-compatible sandboxes for untrusted code.
+#[derive(Parser)]
+#[command(name = "paddock", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane, one node and the proxy in one process.
+    Serve(commands::serve::ServeArgs),
+    /// Manage templates (sandbox root filesystems).
+    #[command(subcommand)]
+    Template(commands::template::TemplateCommand),
+    /// Internal: the per-sandbox helper process spawned by the namespace driver.
+    #[command(hide = true, name = "sandbox-shim")]
+    SandboxShim,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Command::SandboxShim = cli.command {
+        // Runs before any thread exists: the shim forks and unshares namespaces.
+        let code = paddock_sandbox::namespace::shim_main();
+        return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Serve(args) => commands::serve::run(args).await,
+            Command::Template(cmd) => commands::template::run(cmd).await,
+            Command::SandboxShim => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PADDOCK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,2 +1,125 @@
-//! envd binary entry point (being written).
-fn main() {}
+//! `paddock-envd`: parses flags, sets up logging and runs [`paddock_envd::server::run`] until
+//! SIGTERM or SIGINT. As PID 1 of a sandbox only signals with installed handlers reach it, so
+//! both are handled explicitly; SIGPIPE stays ignored (Rust's default), so a closed peer is an
+//! error, never a death.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use paddock_envd::server::{self, ServeOptions};
+use tokio::signal::unix::{signal, SignalKind};
+
+const USAGE: &str = "usage: paddock-envd [--run-dir DIR] [--port N] [--etc-dir DIR]\n\
+  --run-dir DIR   directory with config.json, envd.sock, forward.sock (default /run/paddock)\n\
+  --port N        TCP port on all interfaces, 0 = none (default 49983)\n\
+  --etc-dir DIR   directory with passwd and group (default /etc)\n\
+environment: ENVD_LOG (log filter, default info), PADDOCK_READY_FD (fd to write \"ready\" to)";
+
+fn parse_args(args: impl Iterator<Item = String>) -> Result<ServeOptions, String> {
+    let mut opts = ServeOptions::default();
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (arg.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or(format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "--run-dir" => opts.run_dir = PathBuf::from(value("--run-dir")?),
+            "--etc-dir" => opts.etc_dir = PathBuf::from(value("--etc-dir")?),
+            "--port" => {
+                let v = value("--port")?;
+                opts.port = v.parse().map_err(|_| format!("invalid port {v:?}"))?;
+            }
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(opts)
+}
+
+async fn terminated() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop envd with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn main() -> ExitCode {
+    let mut opts = match parse_args(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(msg) => {
+            if !msg.is_empty() {
+                eprintln!("paddock-envd: {msg}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ENVD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    opts.ready_fd = std::env::var("PADDOCK_READY_FD")
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("paddock-envd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::run(opts, terminated())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            tracing::error!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServeOptions, String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn parses_flags() {
+        let o = parse(&["--run-dir", "/tmp/x", "--port=0"]).expect("parses");
+        assert_eq!(o.run_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(o.port, 0);
+        assert_eq!(parse(&[]).expect("defaults").port, 49983);
+        assert!(parse(&["--port", "x"]).is_err());
+        assert!(parse(&["--bogus"]).is_err());
+        assert!(parse(&["--run-dir"]).is_err());
+    }
+}

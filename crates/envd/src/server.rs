@@ -1,1 +1,306 @@
-//! Placeholder: listeners (being written).
+//! envd's listeners: loads the boot configuration (`<run_dir>/config.json`), builds the state and
+//! router (with CORS per spec 3.1), and serves HTTP/1.1 on `<run_dir>/envd.sock` and on TCP
+//! `0.0.0.0:<port>`, plus the port forwarder on `<run_dir>/forward.sock`. Signals readiness on an
+//! inherited fd once everything is bound. Connections have no idle or read timeouts (long streams).
+
+use std::future::Future;
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http::{HeaderValue, Method, StatusCode};
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::process::reaper::Reaper;
+use crate::process::ProcessRegistry;
+use crate::state::{BootConfig, EnvdState};
+use crate::users::UserDb;
+
+/// The envd port inside a sandbox.
+pub const DEFAULT_PORT: u16 = 49983;
+
+/// How envd is started.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Directory shared with the node: `config.json`, `envd.sock`, `forward.sock`.
+    pub run_dir: PathBuf,
+    /// TCP port on all interfaces; 0 = no TCP listener.
+    pub port: u16,
+    /// Directory holding `passwd` and `group` (`/etc` in a sandbox).
+    pub etc_dir: PathBuf,
+    /// An inherited fd to write `ready\n` to once every listener is bound.
+    pub ready_fd: Option<RawFd>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            run_dir: PathBuf::from("/run/paddock"),
+            port: DEFAULT_PORT,
+            etc_dir: PathBuf::from("/etc"),
+            ready_fd: None,
+        }
+    }
+}
+
+/// Why envd could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The boot configuration exists but cannot be read or parsed.
+    #[error("cannot load boot configuration {path}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listener could not be set up.
+    #[error("cannot listen on {what}")]
+    Listen {
+        /// Which listener.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("serving {what} failed")]
+    Serve {
+        /// Which listener.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads `<run_dir>/config.json`; a missing file is the default configuration.
+pub fn load_boot_config(run_dir: &Path) -> Result<BootConfig, ServeError> {
+    let path = run_dir.join("config.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ServeError::Config {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BootConfig::default()),
+        Err(source) => Err(ServeError::Config { path, source }),
+    }
+}
+
+/// Headers a browser client may read (Connect's plus the spec's).
+const EXPOSE_HEADERS: &str = "Connect-Protocol-Version, Connect-Content-Encoding, Connect-Accept-Encoding, \
+     Grpc-Status, Grpc-Message, Grpc-Status-Details-Bin, Location, Cache-Control, X-Content-Type-Options";
+const ALLOW_METHODS: &str = "HEAD, GET, POST, PUT, PATCH, DELETE";
+
+/// CORS (spec 3.1): any origin, the listed methods, any request header, max-age 7200.
+/// Preflights are answered here, before token enforcement.
+pub async fn cors(req: Request, next: Next) -> Response {
+    let preflight = req.method() == Method::OPTIONS
+        && req.headers().contains_key(http::header::ORIGIN)
+        && req
+            .headers()
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD);
+    if preflight {
+        let allow_headers = req
+            .headers()
+            .get(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("*"));
+        let mut resp = StatusCode::NO_CONTENT.into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        h.insert(
+            http::header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static(ALLOW_METHODS),
+        );
+        h.insert(http::header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+        h.insert(
+            http::header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("7200"),
+        );
+        return resp;
+    }
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSE_HEADERS),
+    );
+    resp
+}
+
+/// The full application: envd's routes, token enforcement and CORS.
+pub fn app(state: EnvdState, processes: ProcessRegistry) -> Router {
+    crate::router(state, processes).layer(axum::middleware::from_fn(cors))
+}
+
+fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
+    let err = |source| ServeError::Listen {
+        what: path.display().to_string(),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Writes `ready\n` to the readiness fd and closes it.
+fn signal_ready(fd: RawFd) {
+    // SAFETY: the fd was handed to this process for exactly this purpose (PADDOCK_READY_FD) and
+    // nothing else in envd uses or closes it; ownership moves into the OwnedFd, closed on drop.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(owned);
+    if let Err(e) = file.write_all(b"ready\n") {
+        tracing::warn!(fd, error = %e, "cannot signal readiness");
+    }
+}
+
+/// Runs envd until `shutdown` resolves (or a listener fails). Running processes are killed on
+/// shutdown and the socket files removed.
+pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    // Reap from the start: orphans may appear before the first spawn.
+    let _reaper = Reaper::global();
+    if std::process::id() != 1 {
+        // Outside a pid namespace, become the reaper of our descendants, as PID 1 would be.
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot become a child subreaper");
+        }
+    }
+    let boot = load_boot_config(&opts.run_dir)?;
+    std::fs::create_dir_all(&opts.run_dir).map_err(|source| ServeError::Listen {
+        what: opts.run_dir.display().to_string(),
+        source,
+    })?;
+    let state = EnvdState::new(boot, UserDb::at(&opts.etc_dir), opts.run_dir.clone());
+    let processes = ProcessRegistry::new();
+    let app = app(state, processes.clone());
+
+    let envd_sock = opts.run_dir.join("envd.sock");
+    let forward_sock = opts.run_dir.join("forward.sock");
+    let unix = bind_unix(&envd_sock)?;
+    let forward = bind_unix(&forward_sock)?;
+    let tcp = if opts.port != 0 {
+        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], opts.port));
+        Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    what: addr.to_string(),
+                    source,
+                })?,
+        )
+    } else {
+        None
+    };
+    tracing::info!(
+        socket = %envd_sock.display(),
+        port = opts.port,
+        version = paddock_domain::ENVD_VERSION,
+        "envd listening"
+    );
+    if let Some(fd) = opts.ready_fd {
+        signal_ready(fd);
+    }
+
+    let unix_server = axum::serve(unix, app.clone());
+    let tcp_server = async {
+        match tcp {
+            Some(l) => axum::serve(l, app).await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        r = async { unix_server.await } => r.map_err(|source| ServeError::Serve { what: "unix socket".into(), source }),
+        r = tcp_server => r.map_err(|source| ServeError::Serve { what: "tcp".into(), source }),
+        () = crate::forward::serve(forward) => Ok(()),
+        () = shutdown => Ok(()),
+    };
+    tracing::info!("envd shutting down");
+    for process in processes.list() {
+        let _ = process.signal_group(nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = std::fs::remove_file(&envd_sock);
+    let _ = std::fs::remove_file(&forward_sock);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn preflight_bypasses_auth_and_responses_carry_cors() {
+        let boot = BootConfig {
+            access_token: Some("tok".into()),
+            ..Default::default()
+        };
+        let state = EnvdState::new(boot, UserDb::default(), std::env::temp_dir());
+        let app = app(state, ProcessRegistry::new());
+        let req = http::Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/process.Process/Start")
+            .header("origin", "https://example.com")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "connect-protocol-version,x-access-token",
+            )
+            .body(Body::empty())
+            .expect("req");
+        let resp = app.clone().oneshot(req).await.expect("preflight");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+        assert_eq!(resp.headers()["access-control-max-age"], "7200");
+        assert_eq!(
+            resp.headers()["access-control-allow-headers"],
+            "connect-protocol-version,x-access-token"
+        );
+        let req = http::Request::get("/envs")
+            .body(Body::empty())
+            .expect("req");
+        let resp = app.oneshot(req).await.expect("envs");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    }
+
+    #[test]
+    fn boot_config_is_optional_and_parsed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            load_boot_config(dir.path()).expect("default"),
+            BootConfig::default()
+        );
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"accessToken":"t","defaultUser":"root"}"#,
+        )
+        .expect("write");
+        let cfg = load_boot_config(dir.path()).expect("parsed");
+        assert_eq!(cfg.access_token.as_deref(), Some("t"));
+        assert_eq!(cfg.default_user.as_deref(), Some("root"));
+        std::fs::write(dir.path().join("config.json"), "{").expect("write");
+        assert!(load_boot_config(dir.path()).is_err());
+    }
+}

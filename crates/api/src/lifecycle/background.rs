@@ -1,0 +1,142 @@
+//! The two background tasks of the control plane, run by `ControlPlane::run_background` until
+//! shutdown:
+//! - **expiry** sleeps until the earliest end time of a running sandbox (re-planned whenever a
+//!   create, connect or set_timeout wakes it) and kills what has expired;
+//! - **exit watcher** follows `Node::exits()` and settles sandboxes that died by themselves as
+//!   `stopped`; if it falls behind it compares the store with `Node::live()`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::Utc;
+use paddock_domain::{SandboxId, SandboxState};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{Core, Error};
+
+/// Longest single sleep of the expiry task (a safety net; wake-ups normally come sooner).
+const MAX_EXPIRY_SLEEP: StdDuration = StdDuration::from_secs(60);
+/// Pause after a store failure before the expiry task tries again.
+const RETRY_AFTER_FAILURE: StdDuration = StdDuration::from_secs(1);
+
+impl Core {
+    /// Runs the expiry loop until shutdown.
+    pub(crate) async fn run_expiry(self: &Arc<Self>) {
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let sleep = match self.expire_due().await {
+                Ok(sleep) => sleep,
+                Err(err) => {
+                    tracing::error!(error = ?err, "expiry pass failed");
+                    RETRY_AFTER_FAILURE
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.expiry_wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Kills every running sandbox whose end time has passed; returns how long to sleep until the
+    /// next one is due.
+    async fn expire_due(self: &Arc<Self>) -> Result<StdDuration, Error> {
+        let now = Utc::now();
+        for id in self.store.ended_by(SandboxState::Running, now).await? {
+            // Claim synchronously so the next pass does not see it again, kill in the background.
+            if self
+                .claim_kill(&id, SandboxState::Running, "timeout reached")
+                .await?
+            {
+                let core = Arc::clone(self);
+                tokio::spawn(async move {
+                    if let Err(err) = core.finish_kill(&id).await {
+                        tracing::error!(sandbox_id = %id, error = ?err, "killing expired sandbox failed");
+                    }
+                });
+            }
+        }
+        let next = self.store.next_end_at(SandboxState::Running).await?;
+        Ok(match next {
+            Some(at) => (at - Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .min(MAX_EXPIRY_SLEEP),
+            None => MAX_EXPIRY_SLEEP,
+        })
+    }
+
+    /// Runs the exit watcher until shutdown or until the node stops reporting.
+    pub(crate) async fn run_exit_watcher(self: &Arc<Self>) {
+        let mut exits = self.node.exits();
+        let mut shutdown = self.shutdown.subscribe();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let event = tokio::select! {
+                event = exits.recv() => event,
+                _ = shutdown.changed() => return,
+            };
+            let result = match event {
+                Ok(id) => self.handle_exit(&id).await,
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(
+                        missed,
+                        "exit events lost; comparing the store with the node"
+                    );
+                    self.sweep_vanished().await
+                }
+                Err(RecvError::Closed) => {
+                    tracing::debug!("node exit channel closed");
+                    return;
+                }
+            };
+            if let Err(err) = result {
+                tracing::error!(error = ?err, "handling a sandbox exit failed");
+            }
+        }
+    }
+
+    /// Settles a sandbox that died by itself. Sandboxes being killed or created are left to the
+    /// operation in progress.
+    pub(crate) async fn handle_exit(&self, id: &SandboxId) -> Result<(), Error> {
+        let Some(rec) = self.store.sandbox(id).await? else {
+            return Ok(());
+        };
+        if !matches!(rec.state, SandboxState::Running | SandboxState::Paused) {
+            return Ok(());
+        }
+        let reason = "sandbox exited by itself";
+        if !self
+            .advance(id, rec.state, SandboxState::Error, Some(reason))
+            .await?
+        {
+            return Ok(());
+        }
+        tracing::warn!(sandbox_id = %id, "sandbox exited unexpectedly");
+        // Let the node release anything the dead sandbox still holds; unknown ids are fine.
+        if let Err(err) = self.node.kill(id).await {
+            tracing::warn!(sandbox_id = %id, error = %err, "cleanup of exited sandbox failed");
+        }
+        self.settle_stopped(id, SandboxState::Error, reason).await
+    }
+
+    /// Settles every running record the node no longer has.
+    async fn sweep_vanished(&self) -> Result<(), Error> {
+        let live: HashSet<SandboxId> = self.node.live().await.into_iter().collect();
+        let records = self
+            .store
+            .sandboxes_in_states(&[SandboxState::Running])
+            .await?;
+        for rec in records.into_iter().filter(|r| !live.contains(&r.id)) {
+            self.handle_exit(&rec.id).await?;
+        }
+        Ok(())
+    }
+}

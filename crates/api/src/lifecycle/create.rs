@@ -1,0 +1,193 @@
+//! Create: validate, look the template up, insert a `creating` record, ask the node, then move
+//! to `running` (or to `error` and `stopped`, cleaning the node up, on failure). The node call
+//! runs in its own task so a client that disconnects mid-create cannot leave a half-made
+//! sandbox behind. `Idempotency-Key` retries within 10 minutes get the same sandbox back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use paddock_domain::{SandboxId, SandboxState, TemplateName};
+use paddock_node::{CreateRequest, NodeError};
+
+use super::{new_access_token, validate, Core, Error, CLIENT_ID};
+use crate::store::{SandboxRecord, TeamId};
+
+/// How long an `Idempotency-Key` keeps returning the same sandbox.
+pub const IDEMPOTENCY_WINDOW_SECS: i64 = 600;
+
+/// What a client asked for, already decoded from JSON.
+#[derive(Debug, Clone, Default)]
+pub struct CreateSpec {
+    /// Template reference as sent (`templateID`).
+    pub template: String,
+    /// Seconds until the sandbox is killed.
+    pub timeout_secs: i64,
+    /// User metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Environment variables for the sandbox.
+    pub env_vars: HashMap<String, String>,
+    /// `autoPause` (pause on timeout) was requested.
+    pub auto_pause: bool,
+    /// The `Idempotency-Key` header (v2 only).
+    pub idempotency_key: Option<String>,
+}
+
+impl Core {
+    /// Creates a sandbox for `team`; returns its record once it runs.
+    pub(crate) async fn create(
+        self: &Arc<Self>,
+        team: &TeamId,
+        spec: CreateSpec,
+    ) -> Result<SandboxRecord, Error> {
+        let timeout = validate::timeout("timeout", spec.timeout_secs)?;
+        validate::metadata(&spec.metadata)?;
+        validate::env_vars(&spec.env_vars)?;
+        if spec.auto_pause {
+            return Err(Error::NotImplemented(
+                "autoPause (pausing sandboxes on timeout)",
+            ));
+        }
+        if spec.template.trim().is_empty() {
+            return Err(Error::Invalid("templateID must not be empty".into()));
+        }
+        if self.is_shutting_down() {
+            return Err(Error::ShuttingDown);
+        }
+        let template = TemplateName::parse(&spec.template)
+            .map_err(|_| Error::TemplateNotFound(spec.template.clone()))?;
+        let info = self
+            .node
+            .template(&template)
+            .await?
+            .ok_or_else(|| Error::TemplateNotFound(spec.template.clone()))?;
+
+        let Some(key) = spec.idempotency_key.clone() else {
+            return self
+                .create_new(team, spec, template, info.resources, timeout)
+                .await;
+        };
+        validate::idempotency_key(&key)?;
+        let lock = self.idempotency_lock(team, &key);
+        let _guard = lock.lock().await;
+        let since = Utc::now() - Duration::seconds(IDEMPOTENCY_WINDOW_SECS);
+        if let Some(id) = self.store.idempotent_sandbox(team, &key, since).await? {
+            if let Some(rec) = self.store.sandbox(&id).await? {
+                if rec.state == SandboxState::Running {
+                    tracing::debug!(sandbox_id = %id, "idempotent create returns existing sandbox");
+                    return Ok(rec);
+                }
+            }
+        }
+        let rec = self
+            .create_new(team, spec, template, info.resources, timeout)
+            .await?;
+        self.store
+            .record_idempotency(team, &key, &rec.id, Utc::now())
+            .await?;
+        Ok(rec)
+    }
+
+    async fn create_new(
+        self: &Arc<Self>,
+        team: &TeamId,
+        spec: CreateSpec,
+        template: TemplateName,
+        resources: paddock_domain::Resources,
+        timeout_secs: i64,
+    ) -> Result<SandboxRecord, Error> {
+        let now = Utc::now();
+        let record = SandboxRecord {
+            id: SandboxId::generate(),
+            team_id: team.clone(),
+            template: template.clone(),
+            alias: Some(spec.template.clone()),
+            state: SandboxState::Creating,
+            metadata: spec.metadata,
+            access_token: new_access_token(),
+            started_at: now,
+            end_at: now + Duration::seconds(timeout_secs),
+            resources,
+            client_id: CLIENT_ID.to_string(),
+            end_reason: None,
+        };
+        self.store.insert_sandbox(&record).await?;
+        tracing::info!(sandbox_id = %record.id, template = %template, "creating sandbox");
+
+        let request = CreateRequest {
+            id: record.id.clone(),
+            template,
+            env_vars: spec.env_vars,
+            access_token: record.access_token.clone(),
+            resources: None,
+        };
+        // Detached so that a cancelled request still finishes (and records) the create.
+        let core = Arc::clone(self);
+        let task =
+            tokio::spawn(async move { core.finish_create(record, request, timeout_secs).await });
+        task.await?
+    }
+
+    async fn finish_create(
+        &self,
+        mut record: SandboxRecord,
+        request: CreateRequest,
+        timeout_secs: i64,
+    ) -> Result<SandboxRecord, Error> {
+        let id = record.id.clone();
+        match self.node.create(request).await {
+            Ok(started) => {
+                SandboxState::Creating.transition(SandboxState::Running)?;
+                let now = Utc::now();
+                let end = now + Duration::seconds(timeout_secs);
+                if !self
+                    .store
+                    .set_running(&id, started.resources, now, end)
+                    .await?
+                {
+                    // Stopped (shutdown) while the node was starting it: undo the start.
+                    if let Err(e) = self.node.kill(&id).await {
+                        tracing::warn!(sandbox_id = %id, error = %e, "cleanup kill failed");
+                    }
+                    return Err(Error::StoppedDuringCreate(id));
+                }
+                tracing::info!(
+                    sandbox_id = %id,
+                    from = "creating",
+                    to = "running",
+                    "sandbox state changed"
+                );
+                self.expiry_wake.notify_one();
+                record.state = SandboxState::Running;
+                record.resources = started.resources;
+                record.started_at = now;
+                record.end_at = end;
+                Ok(record)
+            }
+            Err(err) => {
+                let reason = err.to_string();
+                tracing::error!(sandbox_id = %id, error = ?err, "sandbox creation failed");
+                let owned = self
+                    .advance(
+                        &id,
+                        SandboxState::Creating,
+                        SandboxState::Error,
+                        Some(&reason),
+                    )
+                    .await?;
+                if let Err(e) = self.node.kill(&id).await {
+                    tracing::warn!(sandbox_id = %id, error = %e, "cleanup after failed create failed");
+                }
+                if owned {
+                    self.settle_stopped(&id, SandboxState::Error, &reason)
+                        .await?;
+                }
+                Err(match err {
+                    NodeError::Busy(msg) => Error::Busy(msg),
+                    NodeError::TemplateNotFound(name) => Error::TemplateNotFound(name),
+                    other => Error::CreateFailed(other.to_string()),
+                })
+            }
+        }
+    }
+}

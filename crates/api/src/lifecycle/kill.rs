@@ -1,0 +1,69 @@
+//! Kill: `running|paused → stopping → node.kill → stopped`. The compare-and-set on `stopping`
+//! decides the single winner when a client kill, the expiry and shutdown race. The node call runs
+//! in its own task so a client disconnect cannot leave a record stuck in `stopping`.
+
+use std::sync::Arc;
+
+use paddock_domain::{SandboxId, SandboxState};
+
+use super::{Core, Error};
+use crate::store::TeamId;
+
+impl Core {
+    /// Kills one of the team's sandboxes (the `DELETE` endpoint).
+    pub(crate) async fn kill(self: &Arc<Self>, team: &TeamId, id: &SandboxId) -> Result<(), Error> {
+        let rec = self.visible(team, id).await?;
+        if !self
+            .advance(
+                id,
+                rec.state,
+                SandboxState::Stopping,
+                Some("killed by request"),
+            )
+            .await?
+        {
+            return Err(Error::SandboxNotFound(id.to_string()));
+        }
+        let core = Arc::clone(self);
+        let id = id.clone();
+        tokio::spawn(async move { core.finish_kill(&id).await }).await?
+    }
+
+    /// Claims a sandbox in `from` for killing (`from → stopping`); returns whether this caller
+    /// won. The winner must then call [`Core::finish_kill`].
+    pub(crate) async fn claim_kill(
+        &self,
+        id: &SandboxId,
+        from: SandboxState,
+        reason: &str,
+    ) -> Result<bool, Error> {
+        self.advance(id, from, SandboxState::Stopping, Some(reason))
+            .await
+    }
+
+    /// Asks the node to remove a `stopping` sandbox and records the outcome: `stopped`, or
+    /// `error` when the node failed (the node reconciles leftovers on restart).
+    pub(crate) async fn finish_kill(&self, id: &SandboxId) -> Result<(), Error> {
+        match self.node.kill(id).await {
+            Ok(()) => {
+                self.advance(id, SandboxState::Stopping, SandboxState::Stopped, None)
+                    .await?;
+                Ok(())
+            }
+            Err(source) => {
+                let reason = format!("kill failed: {source}");
+                self.advance(
+                    id,
+                    SandboxState::Stopping,
+                    SandboxState::Error,
+                    Some(&reason),
+                )
+                .await?;
+                Err(Error::Kill {
+                    id: id.clone(),
+                    source,
+                })
+            }
+        }
+    }
+}

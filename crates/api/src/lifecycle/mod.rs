@@ -1,0 +1,326 @@
+//! The sandbox lifecycle, independent of HTTP: one file per operation (create, connect, kill,
+//! timeout, list/get), the background tasks (expiry, exit watcher) and startup reconciliation.
+//! Every state change goes through [`SandboxState::transition`] and is persisted with a
+//! compare-and-set ([`Core::advance`]), so concurrent operations on one sandbox cannot both win.
+//!
+//! [`Core`] holds the store, the node and the expiry wake-up; routes call its operations and map
+//! [`Error`] to HTTP.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use paddock_domain::{SandboxId, SandboxState, TransitionError};
+use paddock_node::{Node, NodeError};
+use tokio::sync::{watch, Notify};
+
+use crate::store::{SandboxRecord, Store, StoreError, TeamId};
+use crate::ApiConfig;
+
+pub(crate) mod background;
+pub(crate) mod connect;
+pub(crate) mod create;
+pub(crate) mod kill;
+pub(crate) mod query;
+pub(crate) mod reconcile;
+pub(crate) mod timeout;
+pub(crate) mod validate;
+
+/// The `clientID` every sandbox reports (the reference's constant).
+pub const CLIENT_ID: &str = "6532622b";
+
+/// Why a lifecycle operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such template.
+    #[error("template '{0}' not found")]
+    TemplateNotFound(String),
+    /// No such sandbox for this team (or it is no longer running).
+    #[error("sandbox '{0}' not found")]
+    SandboxNotFound(String),
+    /// A feature Paddock does not have yet.
+    #[error("{0} is not implemented yet in Paddock")]
+    NotImplemented(&'static str),
+    /// The node has no capacity right now; retry later.
+    #[error("{0}")]
+    Busy(String),
+    /// The control plane is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The node could not start the sandbox; the message is the node's reason.
+    #[error("failed to create sandbox: {0}")]
+    CreateFailed(String),
+    /// The sandbox was killed (e.g. by shutdown) while it was being created.
+    #[error("sandbox '{0}' was stopped while it was being created")]
+    StoppedDuringCreate(SandboxId),
+    /// The node failed to kill a sandbox.
+    #[error("failed to kill sandbox {id}")]
+    Kill {
+        /// The sandbox.
+        id: SandboxId,
+        /// The node's error.
+        #[source]
+        source: NodeError,
+    },
+    /// Another node failure.
+    #[error("node request failed")]
+    Node(#[from] NodeError),
+    /// The store failed.
+    #[error("store request failed")]
+    Store(#[from] StoreError),
+    /// A detached lifecycle task panicked.
+    #[error("lifecycle task failed")]
+    Task(#[from] tokio::task::JoinError),
+    /// A bug: an operation asked for an illegal transition.
+    #[error("internal state error")]
+    Transition(#[from] TransitionError),
+}
+
+/// Per-(team, key) locks of creates that carry an `Idempotency-Key`.
+type IdempotencyLocks = Mutex<HashMap<(TeamId, String), Arc<tokio::sync::Mutex<()>>>>;
+
+/// The lifecycle core shared by routes and background tasks.
+pub(crate) struct Core {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) node: Arc<dyn Node>,
+    pub(crate) config: ApiConfig,
+    /// Wakes the expiry task when an end time moved earlier (create, set_timeout).
+    pub(crate) expiry_wake: Notify,
+    /// Flips to `true` once shutdown starts.
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// Serialises creates that carry the same `Idempotency-Key` within a team.
+    idempotency_locks: IdempotencyLocks,
+}
+
+impl Core {
+    pub(crate) fn new(store: Arc<dyn Store>, node: Arc<dyn Node>, config: ApiConfig) -> Self {
+        Core {
+            store,
+            node,
+            config,
+            expiry_wake: Notify::new(),
+            shutdown: watch::Sender::new(false),
+            idempotency_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Checks `from → to` with the state machine and persists it if the sandbox is still in
+    /// `from`. Returns whether this call made the change.
+    pub(crate) async fn advance(
+        &self,
+        id: &SandboxId,
+        from: SandboxState,
+        to: SandboxState,
+        reason: Option<&str>,
+    ) -> Result<bool, Error> {
+        from.transition(to)?;
+        let changed = self.store.set_state(id, from, to, reason).await?;
+        if changed {
+            tracing::info!(
+                sandbox_id = %id,
+                from = %from,
+                to = %to,
+                reason = reason.unwrap_or(""),
+                "sandbox state changed"
+            );
+        }
+        Ok(changed)
+    }
+
+    /// The record of a sandbox the team may see through the API: its own, running or paused.
+    pub(crate) async fn visible(
+        &self,
+        team: &TeamId,
+        id: &SandboxId,
+    ) -> Result<SandboxRecord, Error> {
+        match self.store.sandbox(id).await? {
+            Some(rec)
+                if &rec.team_id == team
+                    && matches!(rec.state, SandboxState::Running | SandboxState::Paused) =>
+            {
+                Ok(rec)
+            }
+            _ => Err(Error::SandboxNotFound(id.to_string())),
+        }
+    }
+
+    /// The lock serialising creates with one idempotency key.
+    fn idempotency_lock(&self, team: &TeamId, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .idempotency_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Drop locks nobody holds any more, so the map stays small.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        Arc::clone(locks.entry((team.clone(), key.to_string())).or_default())
+    }
+
+    /// Drives a sandbox that is no longer wanted from `state` to `stopped`, recording `reason`.
+    /// Used when the node no longer has it (exit, reconcile, failed create).
+    pub(crate) async fn settle_stopped(
+        &self,
+        id: &SandboxId,
+        state: SandboxState,
+        reason: &str,
+    ) -> Result<(), Error> {
+        use SandboxState::*;
+        let path: &[SandboxState] = match state {
+            Creating | Running | Paused => &[Stopping, Stopped],
+            Stopping | Error => &[Stopped],
+            Stopped => &[],
+        };
+        let mut current = state;
+        for &next in path {
+            if !self.advance(id, current, next, Some(reason)).await? {
+                // Someone else moved it meanwhile; they will finish the job.
+                return Ok(());
+            }
+            current = next;
+        }
+        Ok(())
+    }
+}
+
+/// A random envd access token: 32 random bytes as 64 hex characters.
+pub(crate) fn new_access_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+    use async_trait::async_trait;
+    use chrono::Utc;
+    use paddock_domain::{Resources, TemplateName};
+    use paddock_node::{CreateRequest, Endpoint, NodeSandbox, TemplateInfo};
+
+    /// A node with nothing on it; the state-machine tests never reach it.
+    struct EmptyNode(tokio::sync::broadcast::Sender<SandboxId>);
+
+    #[async_trait]
+    impl Node for EmptyNode {
+        async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
+            Err(NodeError::TemplateNotFound(req.template.to_string()))
+        }
+        async fn kill(&self, _id: &SandboxId) -> Result<(), NodeError> {
+            Ok(())
+        }
+        async fn template(&self, _n: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
+            Ok(None)
+        }
+        async fn live(&self) -> Vec<SandboxId> {
+            Vec::new()
+        }
+        fn exits(&self) -> tokio::sync::broadcast::Receiver<SandboxId> {
+            self.0.subscribe()
+        }
+        fn endpoint(&self, _id: &SandboxId) -> Option<Endpoint> {
+            None
+        }
+        async fn reconcile(&self, _expected: &[SandboxId]) -> Vec<SandboxId> {
+            Vec::new()
+        }
+        async fn shutdown(&self) {}
+    }
+
+    async fn core_with(state: SandboxState) -> (tempfile::TempDir, Core, SandboxId) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("paddock.db")).expect("open");
+        let team = store.ensure_team("t").await.expect("team");
+        let id = SandboxId::generate();
+        let now = Utc::now();
+        let rec = SandboxRecord {
+            id: id.clone(),
+            team_id: team,
+            template: TemplateName::parse("base").expect("valid"),
+            alias: None,
+            state,
+            metadata: Default::default(),
+            access_token: new_access_token(),
+            started_at: now,
+            end_at: now,
+            resources: Resources::default(),
+            client_id: CLIENT_ID.into(),
+            end_reason: None,
+        };
+        store.insert_sandbox(&rec).await.expect("insert");
+        let node = Arc::new(EmptyNode(tokio::sync::broadcast::channel(1).0));
+        let core = Core::new(Arc::new(store), node, crate::ApiConfig::new(dir.path()));
+        (dir, core, id)
+    }
+
+    #[tokio::test]
+    async fn illegal_transitions_are_refused_before_touching_the_store() {
+        let (_dir, core, id) = core_with(SandboxState::Stopped).await;
+        let err = core
+            .advance(&id, SandboxState::Stopped, SandboxState::Running, None)
+            .await
+            .expect_err("stopped is final");
+        assert!(matches!(err, Error::Transition(_)));
+        let rec = core
+            .store
+            .sandbox(&id)
+            .await
+            .expect("read")
+            .expect("exists");
+        assert_eq!(rec.state, SandboxState::Stopped);
+    }
+
+    #[tokio::test]
+    async fn settling_walks_the_state_machine_to_stopped() {
+        for start in [
+            SandboxState::Creating,
+            SandboxState::Running,
+            SandboxState::Stopping,
+            SandboxState::Error,
+        ] {
+            let (_dir, core, id) = core_with(start).await;
+            core.settle_stopped(&id, start, "test")
+                .await
+                .expect("settles");
+            let rec = core
+                .store
+                .sandbox(&id)
+                .await
+                .expect("read")
+                .expect("exists");
+            assert_eq!(rec.state, SandboxState::Stopped, "from {start}");
+            assert_eq!(rec.end_reason.as_deref(), Some("test"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_race_leaves_the_winner_alone() {
+        let (_dir, core, id) = core_with(SandboxState::Running).await;
+        // Someone else already moved it to stopping: settling from the stale `running` is a no-op.
+        assert!(core
+            .advance(&id, SandboxState::Running, SandboxState::Stopping, None)
+            .await
+            .expect("cas"));
+        core.settle_stopped(&id, SandboxState::Running, "late")
+            .await
+            .expect("no error");
+        let rec = core
+            .store
+            .sandbox(&id)
+            .await
+            .expect("read")
+            .expect("exists");
+        assert_eq!(rec.state, SandboxState::Stopping);
+    }
+
+    #[test]
+    fn access_tokens_are_64_hex_and_distinct() {
+        let (a, b) = (new_access_token(), new_access_token());
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

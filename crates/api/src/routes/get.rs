@@ -1,0 +1,22 @@
+//! `GET /sandboxes/{id}`: 200 with a `SandboxDetail`, 404 when unknown or not running.
+
+use axum::extract::State;
+use axum::Json;
+
+use crate::auth::Team;
+use crate::error::ApiError;
+use crate::extract::SandboxPath;
+use crate::wire::SandboxDetail;
+use crate::AppState;
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    team: Team,
+    path: SandboxPath,
+) -> Result<Json<SandboxDetail>, ApiError> {
+    let rec = state.core.get(&team.0, &path.0).await?;
+    Ok(Json(SandboxDetail::detail(
+        &rec,
+        state.core.config.domain.as_deref(),
+    )))
+}

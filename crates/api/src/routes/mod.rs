@@ -1,0 +1,46 @@
+//! The HTTP surface: one file per operation, each parsing the request, calling one lifecycle
+//! operation and shaping the E2B response. [`router`] wires them up; unknown routes get a 404 with
+//! the E2B error body.
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+mod connect;
+mod create;
+mod get;
+mod health;
+mod kill;
+mod list;
+mod pause;
+pub(crate) mod query;
+mod timeout;
+
+/// Builds the REST API router over `state`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/sandboxes", post(create::create_v1).get(list::list_v1))
+        .route("/v2/sandboxes", post(create::create_v2).get(list::list_v2))
+        .route("/sandboxes/{sandbox_id}", get(get::get).delete(kill::kill))
+        .route("/sandboxes/{sandbox_id}/connect", post(connect::connect_v1))
+        .route(
+            "/v2/sandboxes/{sandbox_id}/connect",
+            post(connect::connect_v2),
+        )
+        .route(
+            "/sandboxes/{sandbox_id}/timeout",
+            post(timeout::set_timeout),
+        )
+        .route("/sandboxes/{sandbox_id}/refreshes", post(timeout::refresh))
+        .route("/sandboxes/{sandbox_id}/pause", post(pause::pause))
+        .route("/sandboxes/{sandbox_id}/resume", post(pause::resume))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}

@@ -1,0 +1,223 @@
+//! Persistence of the control plane behind the [`Store`] trait: teams, API keys (SHA-256 hashes
+//! only), sandbox records and idempotency keys. SQL lives only in the backend modules
+//! ([`sqlite`] today; Postgres later), never in the lifecycle or HTTP code.
+//!
+//! State changes are compare-and-set ([`Store::set_state`], [`Store::set_running`]) so that two
+//! tasks racing on one sandbox (a kill and the expiry, say) cannot both win. Which transitions are
+//! legal is decided by [`SandboxState::transition`] in the caller, not here.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use paddock_domain::{Resources, SandboxId, SandboxState, TemplateName};
+
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// Identifier of a team (the owner of API keys and sandboxes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TeamId(String);
+
+impl TeamId {
+    /// Generates a fresh random team id (32 hex characters).
+    pub fn generate() -> Self {
+        TeamId(hex::encode(rand::random::<[u8; 16]>()))
+    }
+
+    /// Wraps an id read back from storage.
+    pub fn from_stored(raw: String) -> Self {
+        TeamId(raw)
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TeamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Everything the control plane remembers about one sandbox. Environment variables are not kept:
+/// they go to the node once and may hold secrets. The envd access token is kept because connect
+/// must return it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxRecord {
+    /// The sandbox id.
+    pub id: SandboxId,
+    /// Owning team.
+    pub team_id: TeamId,
+    /// Template the sandbox runs.
+    pub template: TemplateName,
+    /// The template reference exactly as the client asked for it (reported as `alias`).
+    pub alias: Option<String>,
+    /// Lifecycle state.
+    pub state: SandboxState,
+    /// User metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// envd access token (`envdAccessToken`).
+    pub access_token: String,
+    /// When the sandbox started (creation time until it runs).
+    pub started_at: DateTime<Utc>,
+    /// When the sandbox is killed unless its timeout is changed.
+    pub end_at: DateTime<Utc>,
+    /// Limits applied by the node.
+    pub resources: Resources,
+    /// The node/client id reported as `clientID`.
+    pub client_id: String,
+    /// Why the sandbox stopped or failed, once it has.
+    pub end_reason: Option<String>,
+}
+
+/// Sort order of a listing, by start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Newest first (ties broken by ascending id).
+    #[default]
+    Desc,
+    /// Oldest first (ties broken by ascending id).
+    Asc,
+}
+
+/// Position after which a page continues: the last row of the previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// `started_at` of the last row, in Unix milliseconds.
+    pub started_at_ms: i64,
+    /// Id of the last row.
+    pub id: String,
+}
+
+/// A filtered, paginated listing of one team's sandboxes.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    /// Whose sandboxes.
+    pub team_id: TeamId,
+    /// States to include (must not be empty).
+    pub states: Vec<SandboxState>,
+    /// Metadata pairs that must all match exactly.
+    pub metadata: Vec<(String, String)>,
+    /// Only this template (by name or requested alias).
+    pub template: Option<String>,
+    /// Only sandboxes started strictly after this time.
+    pub started_after: Option<DateTime<Utc>>,
+    /// Sort order.
+    pub order: Order,
+    /// Continue after this row.
+    pub cursor: Option<Cursor>,
+    /// Maximum number of rows to return.
+    pub limit: u32,
+}
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored value could not be decoded.
+    #[error("corrupt stored value in column {column}: {value:?}")]
+    Corrupt {
+        /// Which column.
+        column: &'static str,
+        /// The raw value.
+        value: String,
+    },
+    /// Metadata could not be encoded or decoded as JSON.
+    #[error("metadata json")]
+    Json(#[from] serde_json::Error),
+    /// The data directory or database file could not be prepared.
+    #[error("cannot prepare database at {path}")]
+    Io {
+        /// The path involved.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The blocking database task panicked or was cancelled.
+    #[error("database task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The persistence operations of the control plane. Implementations must be safe to call from
+/// many tasks at once; every method is one short transaction.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Returns the id of the team with this name, creating the team if it does not exist.
+    async fn ensure_team(&self, name: &str) -> Result<TeamId, StoreError>;
+    /// Registers an API key hash for a team (no-op if already registered for it).
+    async fn add_api_key(&self, team: &TeamId, key_hash: &str) -> Result<(), StoreError>;
+    /// The team an API key hash belongs to.
+    async fn team_for_key(&self, key_hash: &str) -> Result<Option<TeamId>, StoreError>;
+
+    /// Inserts a new sandbox record.
+    async fn insert_sandbox(&self, record: &SandboxRecord) -> Result<(), StoreError>;
+    /// Reads one sandbox record, whatever its state.
+    async fn sandbox(&self, id: &SandboxId) -> Result<Option<SandboxRecord>, StoreError>;
+    /// Moves a sandbox from `from` to `to` if it is still in `from`; records `reason` when given.
+    /// Returns whether the row changed.
+    async fn set_state(
+        &self,
+        id: &SandboxId,
+        from: SandboxState,
+        to: SandboxState,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError>;
+    /// Moves a sandbox from `creating` to `running`, recording the applied limits and its real
+    /// start and end times. Returns whether the row changed.
+    async fn set_running(
+        &self,
+        id: &SandboxId,
+        resources: Resources,
+        started_at: DateTime<Utc>,
+        end_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Sets the end time of a sandbox that is in `state`. Returns whether the row changed.
+    async fn set_end_at(
+        &self,
+        id: &SandboxId,
+        state: SandboxState,
+        end_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// One page of a team's sandboxes.
+    async fn list_sandboxes(&self, query: &ListQuery) -> Result<Vec<SandboxRecord>, StoreError>;
+    /// How many of a team's sandboxes are in `state`.
+    async fn count_in_state(&self, team: &TeamId, state: SandboxState) -> Result<u64, StoreError>;
+    /// Every sandbox (of any team) in one of `states`.
+    async fn sandboxes_in_states(
+        &self,
+        states: &[SandboxState],
+    ) -> Result<Vec<SandboxRecord>, StoreError>;
+    /// The earliest end time among sandboxes in `state`.
+    async fn next_end_at(&self, state: SandboxState) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// Sandboxes in `state` whose end time is at or before `now`.
+    async fn ended_by(
+        &self,
+        state: SandboxState,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SandboxId>, StoreError>;
+
+    /// The sandbox created for an `Idempotency-Key` of a team at or after `since`.
+    async fn idempotent_sandbox(
+        &self,
+        team: &TeamId,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<SandboxId>, StoreError>;
+    /// Remembers which sandbox an `Idempotency-Key` created (replacing an older entry).
+    async fn record_idempotency(
+        &self,
+        team: &TeamId,
+        key: &str,
+        sandbox: &SandboxId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+}

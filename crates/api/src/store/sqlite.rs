@@ -1,0 +1,580 @@
+//! The SQLite [`Store`]: one connection in WAL mode (`synchronous=NORMAL`, busy timeout) behind a
+//! mutex, used from async code through `spawn_blocking`; every call is one short critical
+//! section. The schema is migrated forward by `PRAGMA user_version`. Times are stored as Unix
+//! milliseconds, metadata as a JSON object (filtered with `json_each`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use paddock_domain::{Resources, SandboxId, SandboxState, TemplateName};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+
+use super::{ListQuery, Order, SandboxRecord, Store, StoreError, TeamId};
+
+/// Schema migrations; `user_version` is the number of entries applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE teams (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE api_keys (
+    key_hash    TEXT PRIMARY KEY,
+    team_id     TEXT NOT NULL REFERENCES teams(id),
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE sandboxes (
+    id           TEXT PRIMARY KEY,
+    team_id      TEXT NOT NULL REFERENCES teams(id),
+    template     TEXT NOT NULL,
+    alias        TEXT,
+    state        TEXT NOT NULL,
+    metadata     TEXT NOT NULL DEFAULT '{}',
+    access_token TEXT NOT NULL,
+    started_at   INTEGER NOT NULL,
+    end_at       INTEGER NOT NULL,
+    cpu_count    INTEGER NOT NULL,
+    memory_mb    INTEGER NOT NULL,
+    disk_mb      INTEGER NOT NULL,
+    pids_max     INTEGER NOT NULL,
+    client_id    TEXT NOT NULL,
+    end_reason   TEXT,
+    updated_at   INTEGER NOT NULL
+);
+CREATE INDEX sandboxes_team_state_started ON sandboxes(team_id, state, started_at);
+CREATE INDEX sandboxes_state_end ON sandboxes(state, end_at);
+CREATE TABLE idempotency_keys (
+    team_id     TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    sandbox_id  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (team_id, key)
+);
+"#];
+
+const SANDBOX_COLUMNS: &str = "id, team_id, template, alias, state, metadata, access_token, \
+    started_at, end_at, cpu_count, memory_mb, disk_mb, pids_max, client_id, end_reason";
+
+/// The SQLite implementation of [`Store`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating as needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// The database file inside a data directory: `<data_dir>/paddock.db`.
+    pub fn path_in(data_dir: &Path) -> PathBuf {
+        data_dir.join("paddock.db")
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave SQLite inconsistent (every write is
+            // its own statement or transaction), so a poisoned lock is still usable.
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard)
+        })
+        .await?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let applied = usize::try_from(version).unwrap_or(0);
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)?;
+        tx.commit()?;
+        tracing::debug!(version = index + 1, "applied database migration");
+    }
+    Ok(())
+}
+
+fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(ms: i64, column: &'static str) -> Result<DateTime<Utc>, StoreError> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or(StoreError::Corrupt {
+            column,
+            value: ms.to_string(),
+        })
+}
+
+fn now_ms() -> i64 {
+    to_ms(Utc::now())
+}
+
+/// Raw column values of one sandbox row, decoded after the statement is done.
+struct RawSandbox {
+    id: String,
+    team_id: String,
+    template: String,
+    alias: Option<String>,
+    state: String,
+    metadata: String,
+    access_token: String,
+    started_at: i64,
+    end_at: i64,
+    cpu_count: i64,
+    memory_mb: i64,
+    disk_mb: i64,
+    pids_max: i64,
+    client_id: String,
+    end_reason: Option<String>,
+}
+
+impl RawSandbox {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(RawSandbox {
+            id: row.get(0)?,
+            team_id: row.get(1)?,
+            template: row.get(2)?,
+            alias: row.get(3)?,
+            state: row.get(4)?,
+            metadata: row.get(5)?,
+            access_token: row.get(6)?,
+            started_at: row.get(7)?,
+            end_at: row.get(8)?,
+            cpu_count: row.get(9)?,
+            memory_mb: row.get(10)?,
+            disk_mb: row.get(11)?,
+            pids_max: row.get(12)?,
+            client_id: row.get(13)?,
+            end_reason: row.get(14)?,
+        })
+    }
+
+    fn decode(self) -> Result<SandboxRecord, StoreError> {
+        let corrupt = |column: &'static str, value: String| StoreError::Corrupt { column, value };
+        let id = SandboxId::parse(&self.id).map_err(|_| corrupt("id", self.id.clone()))?;
+        let template = TemplateName::parse(&self.template)
+            .map_err(|_| corrupt("template", self.template.clone()))?;
+        let state: SandboxState = self
+            .state
+            .parse()
+            .map_err(|_| corrupt("state", self.state.clone()))?;
+        let number = |column: &'static str, v: i64| {
+            u64::try_from(v).map_err(|_| corrupt(column, v.to_string()))
+        };
+        Ok(SandboxRecord {
+            id,
+            team_id: TeamId::from_stored(self.team_id),
+            template,
+            alias: self.alias,
+            state,
+            metadata: serde_json::from_str(&self.metadata)?,
+            access_token: self.access_token,
+            started_at: from_ms(self.started_at, "started_at")?,
+            end_at: from_ms(self.end_at, "end_at")?,
+            resources: Resources {
+                cpu_count: u32::try_from(self.cpu_count)
+                    .map_err(|_| corrupt("cpu_count", self.cpu_count.to_string()))?,
+                memory_mb: number("memory_mb", self.memory_mb)?,
+                disk_mb: number("disk_mb", self.disk_mb)?,
+                pids_max: number("pids_max", self.pids_max)?,
+            },
+            client_id: self.client_id,
+            end_reason: self.end_reason,
+        })
+    }
+}
+
+fn query_sandboxes(
+    conn: &Connection,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<Vec<SandboxRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let raws = stmt
+        .query_map(params_from_iter(values), RawSandbox::from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    raws.into_iter().map(RawSandbox::decode).collect()
+}
+
+fn state_placeholders(states: &[SandboxState], values: &mut Vec<Value>) -> String {
+    let marks: Vec<&str> = states
+        .iter()
+        .map(|s| {
+            values.push(Value::Text(s.as_str().to_string()));
+            "?"
+        })
+        .collect();
+    marks.join(", ")
+}
+
+/// Builds the listing statement and its parameters (kept apart for unit testing).
+fn list_sql(q: &ListQuery) -> (String, Vec<Value>) {
+    let mut values = vec![Value::Text(q.team_id.as_str().to_string())];
+    let mut sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes s WHERE team_id = ?");
+    if !q.states.is_empty() {
+        let marks = state_placeholders(&q.states, &mut values);
+        sql.push_str(&format!(" AND state IN ({marks})"));
+    }
+    for (key, value) in &q.metadata {
+        sql.push_str(
+            " AND EXISTS (SELECT 1 FROM json_each(s.metadata) j \
+             WHERE j.key = ? AND j.type = 'text' AND j.value = ?)",
+        );
+        values.push(Value::Text(key.clone()));
+        values.push(Value::Text(value.clone()));
+    }
+    if let Some(template) = &q.template {
+        sql.push_str(" AND (template = ? OR alias = ?)");
+        values.push(Value::Text(template.clone()));
+        values.push(Value::Text(template.clone()));
+    }
+    if let Some(after) = q.started_after {
+        sql.push_str(" AND started_at > ?");
+        values.push(Value::Integer(to_ms(after)));
+    }
+    let cmp = match q.order {
+        Order::Desc => "<",
+        Order::Asc => ">",
+    };
+    if let Some(cursor) = &q.cursor {
+        sql.push_str(&format!(
+            " AND (started_at {cmp} ? OR (started_at = ? AND id > ?))"
+        ));
+        values.push(Value::Integer(cursor.started_at_ms));
+        values.push(Value::Integer(cursor.started_at_ms));
+        values.push(Value::Text(cursor.id.clone()));
+    }
+    let dir = match q.order {
+        Order::Desc => "DESC",
+        Order::Asc => "ASC",
+    };
+    sql.push_str(&format!(" ORDER BY started_at {dir}, id ASC LIMIT ?"));
+    values.push(Value::Integer(i64::from(q.limit)));
+    (sql, values)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ensure_team(&self, name: &str) -> Result<TeamId, StoreError> {
+        let name = name.to_string();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            let existing: Option<String> = tx
+                .query_row("SELECT id FROM teams WHERE name = ?1", [&name], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let id = match existing {
+                Some(id) => TeamId::from_stored(id),
+                None => {
+                    let id = TeamId::generate();
+                    tx.execute(
+                        "INSERT INTO teams (id, name, created_at) VALUES (?1, ?2, ?3)",
+                        params![id.as_str(), name, now_ms()],
+                    )?;
+                    id
+                }
+            };
+            tx.commit()?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn add_api_key(&self, team: &TeamId, key_hash: &str) -> Result<(), StoreError> {
+        let (team, key_hash) = (team.clone(), key_hash.to_string());
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO api_keys (key_hash, team_id, created_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key_hash) DO UPDATE SET team_id = excluded.team_id",
+                params![key_hash, team.as_str(), now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn team_for_key(&self, key_hash: &str) -> Result<Option<TeamId>, StoreError> {
+        let key_hash = key_hash.to_string();
+        self.with_conn(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT team_id FROM api_keys WHERE key_hash = ?1")?;
+            let team: Option<String> = stmt.query_row([&key_hash], |r| r.get(0)).optional()?;
+            Ok(team.map(TeamId::from_stored))
+        })
+        .await
+    }
+
+    async fn insert_sandbox(&self, record: &SandboxRecord) -> Result<(), StoreError> {
+        let r = record.clone();
+        self.with_conn(move |conn| {
+            let metadata = serde_json::to_string(&r.metadata)?;
+            conn.execute(
+                &format!(
+                    "INSERT INTO sandboxes ({SANDBOX_COLUMNS}, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                ),
+                params![
+                    r.id.as_str(),
+                    r.team_id.as_str(),
+                    r.template.as_str(),
+                    r.alias,
+                    r.state.as_str(),
+                    metadata,
+                    r.access_token,
+                    to_ms(r.started_at),
+                    to_ms(r.end_at),
+                    i64::from(r.resources.cpu_count),
+                    r.resources.memory_mb as i64,
+                    r.resources.disk_mb as i64,
+                    r.resources.pids_max as i64,
+                    r.client_id,
+                    r.end_reason,
+                    now_ms(),
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sandbox(&self, id: &SandboxId) -> Result<Option<SandboxRecord>, StoreError> {
+        let id = id.as_str().to_string();
+        self.with_conn(move |conn| {
+            let sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE id = ?");
+            Ok(query_sandboxes(conn, &sql, vec![Value::Text(id)])?
+                .into_iter()
+                .next())
+        })
+        .await
+    }
+
+    async fn set_state(
+        &self,
+        id: &SandboxId,
+        from: SandboxState,
+        to: SandboxState,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let id = id.as_str().to_string();
+        let reason = reason.map(str::to_string);
+        self.with_conn(move |conn| {
+            let changed = conn.execute(
+                "UPDATE sandboxes SET state = ?1, end_reason = COALESCE(?2, end_reason), \
+                 updated_at = ?3 WHERE id = ?4 AND state = ?5",
+                params![to.as_str(), reason, now_ms(), id, from.as_str()],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn set_running(
+        &self,
+        id: &SandboxId,
+        resources: Resources,
+        started_at: DateTime<Utc>,
+        end_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let id = id.as_str().to_string();
+        self.with_conn(move |conn| {
+            let changed = conn.execute(
+                "UPDATE sandboxes SET state = 'running', cpu_count = ?1, memory_mb = ?2, \
+                 disk_mb = ?3, pids_max = ?4, started_at = ?5, end_at = ?6, updated_at = ?7 \
+                 WHERE id = ?8 AND state = 'creating'",
+                params![
+                    i64::from(resources.cpu_count),
+                    resources.memory_mb as i64,
+                    resources.disk_mb as i64,
+                    resources.pids_max as i64,
+                    to_ms(started_at),
+                    to_ms(end_at),
+                    now_ms(),
+                    id,
+                ],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn set_end_at(
+        &self,
+        id: &SandboxId,
+        state: SandboxState,
+        end_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let id = id.as_str().to_string();
+        self.with_conn(move |conn| {
+            let changed = conn.execute(
+                "UPDATE sandboxes SET end_at = ?1, updated_at = ?2 WHERE id = ?3 AND state = ?4",
+                params![to_ms(end_at), now_ms(), id, state.as_str()],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn list_sandboxes(&self, query: &ListQuery) -> Result<Vec<SandboxRecord>, StoreError> {
+        let (sql, values) = list_sql(query);
+        self.with_conn(move |conn| query_sandboxes(conn, &sql, values))
+            .await
+    }
+
+    async fn count_in_state(&self, team: &TeamId, state: SandboxState) -> Result<u64, StoreError> {
+        let team = team.clone();
+        self.with_conn(move |conn| {
+            let n: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM sandboxes WHERE team_id = ?1 AND state = ?2",
+                params![team.as_str(), state.as_str()],
+                |r| r.get(0),
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn sandboxes_in_states(
+        &self,
+        states: &[SandboxState],
+    ) -> Result<Vec<SandboxRecord>, StoreError> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut values = Vec::new();
+        let marks = state_placeholders(states, &mut values);
+        let sql = format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE state IN ({marks}) ORDER BY started_at"
+        );
+        self.with_conn(move |conn| query_sandboxes(conn, &sql, values))
+            .await
+    }
+
+    async fn next_end_at(&self, state: SandboxState) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.with_conn(move |conn| {
+            let ms: Option<i64> = conn.query_row(
+                "SELECT MIN(end_at) FROM sandboxes WHERE state = ?1",
+                [state.as_str()],
+                |r| r.get(0),
+            )?;
+            ms.map(|ms| from_ms(ms, "end_at")).transpose()
+        })
+        .await
+    }
+
+    async fn ended_by(
+        &self,
+        state: SandboxState,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SandboxId>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id FROM sandboxes WHERE state = ?1 AND end_at <= ?2 ORDER BY end_at",
+            )?;
+            let ids = stmt
+                .query_map(params![state.as_str(), to_ms(now)], |r| {
+                    r.get::<_, String>(0)
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            ids.into_iter()
+                .map(|raw| {
+                    SandboxId::parse(&raw).map_err(|_| StoreError::Corrupt {
+                        column: "id",
+                        value: raw,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn idempotent_sandbox(
+        &self,
+        team: &TeamId,
+        key: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<SandboxId>, StoreError> {
+        let (team, key) = (team.clone(), key.to_string());
+        self.with_conn(move |conn| {
+            let raw: Option<String> = conn
+                .query_row(
+                    "SELECT sandbox_id FROM idempotency_keys \
+                     WHERE team_id = ?1 AND key = ?2 AND created_at >= ?3",
+                    params![team.as_str(), key, to_ms(since)],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            raw.map(|raw| {
+                SandboxId::parse(&raw).map_err(|_| StoreError::Corrupt {
+                    column: "sandbox_id",
+                    value: raw,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn record_idempotency(
+        &self,
+        team: &TeamId,
+        key: &str,
+        sandbox: &SandboxId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (team, key, sandbox) = (team.clone(), key.to_string(), sandbox.as_str().to_string());
+        self.with_conn(move |conn| {
+            // Entries older than a day are of no use any more; prune them on the way.
+            conn.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < ?1",
+                [to_ms(at) - 24 * 3600 * 1000],
+            )?;
+            conn.execute(
+                "INSERT INTO idempotency_keys (team_id, key, sandbox_id, created_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (team_id, key) DO UPDATE SET \
+                 sandbox_id = excluded.sandbox_id, created_at = excluded.created_at",
+                params![team.as_str(), key, sandbox, to_ms(at)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+#[path = "sqlite_tests.rs"]
+mod tests;

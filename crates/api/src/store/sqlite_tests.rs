@@ -1,0 +1,159 @@
+//! Tests of the SQLite store against real database files in temporary directories.
+
+use super::*;
+use crate::store::Cursor;
+
+fn record(team: &TeamId, started_ms: i64, meta: &[(&str, &str)]) -> SandboxRecord {
+    let started = from_ms(started_ms, "t").expect("valid time");
+    SandboxRecord {
+        id: SandboxId::generate(),
+        team_id: team.clone(),
+        template: TemplateName::parse("base").expect("valid"),
+        alias: Some("base".into()),
+        state: SandboxState::Running,
+        metadata: meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        access_token: "tok".into(),
+        started_at: started,
+        end_at: started + chrono::Duration::seconds(60),
+        resources: Resources::default(),
+        client_id: "6532622b".into(),
+        end_reason: None,
+    }
+}
+
+fn open() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&SqliteStore::path_in(dir.path())).expect("open");
+    (dir, store)
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_records_round_trip() {
+    let (dir, store) = open();
+    let team = store.ensure_team("default").await.expect("team");
+    assert_eq!(
+        store.ensure_team("default").await.expect("team again"),
+        team
+    );
+    let rec = record(&team, 1_700_000_000_000, &[("k", "v w")]);
+    store.insert_sandbox(&rec).await.expect("insert");
+    drop(store);
+    let store = SqliteStore::open(&SqliteStore::path_in(dir.path())).expect("reopen");
+    assert_eq!(store.sandbox(&rec.id).await.expect("read"), Some(rec));
+}
+
+#[tokio::test]
+async fn state_changes_are_compare_and_set() {
+    let (_dir, store) = open();
+    let team = store.ensure_team("t").await.expect("team");
+    let rec = record(&team, 1_700_000_000_000, &[]);
+    store.insert_sandbox(&rec).await.expect("insert");
+    let (running, stopping) = (SandboxState::Running, SandboxState::Stopping);
+    assert!(store
+        .set_state(&rec.id, running, stopping, None)
+        .await
+        .expect("cas"));
+    assert!(!store
+        .set_state(&rec.id, running, stopping, None)
+        .await
+        .expect("cas lost"));
+    let got = store.sandbox(&rec.id).await.expect("read").expect("exists");
+    assert_eq!(got.state, stopping);
+}
+
+#[tokio::test]
+async fn listing_filters_metadata_and_pages_by_cursor() {
+    let (_dir, store) = open();
+    let team = store.ensure_team("t").await.expect("team");
+    let other = store.ensure_team("other").await.expect("team");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let meta: &[(&str, &str)] = if i % 2 == 0 {
+            &[("env", "prod")]
+        } else {
+            &[("env", "dev")]
+        };
+        let rec = record(&team, 1_700_000_000_000 + i * 1000, meta);
+        store.insert_sandbox(&rec).await.expect("insert");
+        ids.push(rec.id);
+    }
+    store
+        .insert_sandbox(&record(&other, 1_700_000_000_000, &[("env", "prod")]))
+        .await
+        .expect("x");
+    let mut q = ListQuery {
+        team_id: team.clone(),
+        states: vec![SandboxState::Running],
+        metadata: vec![("env".into(), "prod".into())],
+        template: None,
+        started_after: None,
+        order: Order::Desc,
+        cursor: None,
+        limit: 2,
+    };
+    let page1 = store.list_sandboxes(&q).await.expect("page 1");
+    assert_eq!(
+        page1.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        vec![ids[4].clone(), ids[2].clone()]
+    );
+    let last = page1.last().expect("non-empty");
+    q.cursor = Some(Cursor {
+        started_at_ms: to_ms(last.started_at),
+        id: last.id.to_string(),
+    });
+    let page2 = store.list_sandboxes(&q).await.expect("page 2");
+    assert_eq!(
+        page2.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        vec![ids[0].clone()]
+    );
+    q.metadata = vec![("env".into(), "nope".into())];
+    q.cursor = None;
+    assert!(store.list_sandboxes(&q).await.expect("none").is_empty());
+}
+
+#[tokio::test]
+async fn expiry_queries_and_idempotency() {
+    let (_dir, store) = open();
+    let team = store.ensure_team("t").await.expect("team");
+    let rec = record(&team, 1_700_000_000_000, &[]);
+    store.insert_sandbox(&rec).await.expect("insert");
+    let running = SandboxState::Running;
+    assert_eq!(
+        store.next_end_at(running).await.expect("next"),
+        Some(rec.end_at)
+    );
+    assert!(store
+        .ended_by(running, rec.started_at)
+        .await
+        .expect("none")
+        .is_empty());
+    assert_eq!(
+        store.ended_by(running, rec.end_at).await.expect("one"),
+        vec![rec.id.clone()]
+    );
+
+    let now = Utc::now();
+    store
+        .record_idempotency(&team, "k1", &rec.id, now)
+        .await
+        .expect("record");
+    let since = now - chrono::Duration::minutes(10);
+    assert_eq!(
+        store
+            .idempotent_sandbox(&team, "k1", since)
+            .await
+            .expect("get"),
+        Some(rec.id)
+    );
+    let later = now + chrono::Duration::seconds(1);
+    assert_eq!(
+        store
+            .idempotent_sandbox(&team, "k1", later)
+            .await
+            .expect("old"),
+        None
+    );
+}

@@ -1,0 +1,250 @@
+//! The in-test node and the request helpers shared by every test module.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use axum::http::HeaderMap;
+use axum::Router;
+use paddock_domain::{Resources, TemplateName};
+use paddock_node::{CreateRequest, Endpoint, Node, NodeError, NodeSandbox, TemplateInfo};
+use tokio::sync::broadcast;
+
+pub use std::sync::Arc;
+pub use std::time::Duration;
+
+pub use axum::body::Body;
+pub use axum::http::{Method, Request, StatusCode};
+pub use http_body_util::BodyExt as _;
+pub use paddock_api::{ApiConfig, ControlPlane};
+pub use paddock_domain::{SandboxId, SandboxState};
+pub use serde_json::{json, Value};
+pub use tower::ServiceExt as _;
+
+pub const KEY: &str = "e2b_test_key";
+
+/// A node that keeps its "sandboxes" in a set. Template `base` works, `busy` reports no
+/// capacity, `broken` fails in envd initialisation; everything else does not exist.
+pub struct FakeNode {
+    pub live: Mutex<HashSet<SandboxId>>,
+    pub killed: Mutex<Vec<SandboxId>>,
+    pub created: Mutex<Vec<CreateRequest>>,
+    pub exits: broadcast::Sender<SandboxId>,
+}
+
+impl FakeNode {
+    pub fn new() -> Arc<Self> {
+        Arc::new(FakeNode {
+            live: Mutex::new(HashSet::new()),
+            killed: Mutex::new(Vec::new()),
+            created: Mutex::new(Vec::new()),
+            exits: broadcast::channel(16).0,
+        })
+    }
+
+    pub fn is_live(&self, id: &str) -> bool {
+        self.live
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|s| s.as_str() == id)
+    }
+
+    pub fn was_killed(&self, id: &str) -> bool {
+        self.killed
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|s| s.as_str() == id)
+    }
+
+    /// Simulates a sandbox dying by itself.
+    pub fn die(&self, id: &str) {
+        let id = SandboxId::parse(id).expect("valid id");
+        self.live.lock().expect("lock").remove(&id);
+        self.exits.send(id).expect("a watcher is subscribed");
+    }
+}
+
+#[async_trait]
+impl Node for FakeNode {
+    async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
+        match req.template.as_str() {
+            "busy" => return Err(NodeError::Busy("all slots taken".into())),
+            "broken" => return Err(NodeError::Envd("envd did not answer /init".into())),
+            _ => {}
+        }
+        self.live.lock().expect("lock").insert(req.id.clone());
+        let sandbox = NodeSandbox {
+            id: req.id.clone(),
+            template: req.template.clone(),
+            resources: Resources {
+                cpu_count: 2,
+                memory_mb: 512,
+                disk_mb: 2048,
+                pids_max: 1024,
+            },
+        };
+        self.created.lock().expect("lock").push(req);
+        Ok(sandbox)
+    }
+
+    async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.live.lock().expect("lock").remove(id);
+        self.killed.lock().expect("lock").push(id.clone());
+        Ok(())
+    }
+
+    async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
+        Ok(["base", "busy", "broken"]
+            .contains(&name.as_str())
+            .then(|| TemplateInfo {
+                name: name.clone(),
+                resources: Resources::default(),
+            }))
+    }
+
+    async fn live(&self) -> Vec<SandboxId> {
+        self.live.lock().expect("lock").iter().cloned().collect()
+    }
+
+    fn exits(&self) -> broadcast::Receiver<SandboxId> {
+        self.exits.subscribe()
+    }
+
+    fn endpoint(&self, _id: &SandboxId) -> Option<Endpoint> {
+        None
+    }
+
+    async fn reconcile(&self, expected: &[SandboxId]) -> Vec<SandboxId> {
+        let live = self.live.lock().expect("lock");
+        expected
+            .iter()
+            .filter(|id| live.contains(id))
+            .cloned()
+            .collect()
+    }
+
+    async fn shutdown(&self) {
+        self.live.lock().expect("lock").clear();
+    }
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub data_dir: std::path::PathBuf,
+    pub node: Arc<FakeNode>,
+    pub control: ControlPlane,
+    pub router: Router,
+}
+
+pub async fn start_in(dir: tempfile::TempDir, node: Arc<FakeNode>) -> Harness {
+    let data_dir = dir.path().to_path_buf();
+    let mut config = ApiConfig::new(&data_dir);
+    config.domain = Some("sbx.example.com".into());
+    let control = ControlPlane::open(config, node.clone())
+        .await
+        .expect("open control plane");
+    control.reconcile().await.expect("reconcile");
+    control
+        .ensure_api_key(Some(KEY.into()))
+        .await
+        .expect("register key");
+    let router = control.router();
+    Harness {
+        dir,
+        data_dir,
+        node,
+        control,
+        router,
+    }
+}
+
+pub async fn start() -> Harness {
+    start_in(tempfile::tempdir().expect("tempdir"), FakeNode::new()).await
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Harness {
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        key: Option<&str>,
+        body: Option<&str>,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(key) = key {
+            req = req.header("X-API-KEY", key);
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .expect("request");
+        let res = self.router.clone().oneshot(req).await.expect("infallible");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, uri: &str, body: &str) -> Reply {
+        self.call(Method::POST, uri, Some(KEY), Some(body)).await
+    }
+
+    pub async fn get(&self, uri: &str) -> Reply {
+        self.call(Method::GET, uri, Some(KEY), None).await
+    }
+
+    pub async fn create(&self, body: Value) -> String {
+        let r = self.post("/v2/sandboxes", &body.to_string()).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["sandboxID"].as_str().expect("sandboxID").to_string()
+    }
+
+    pub async fn state_of(&self, id: &str) -> SandboxState {
+        let id = SandboxId::parse(id).expect("valid");
+        self.control
+            .store()
+            .sandbox(&id)
+            .await
+            .expect("store")
+            .expect("record")
+            .state
+    }
+}
+
+pub fn assert_error(r: &Reply, status: StatusCode, needle: &str) {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(r.body["code"], status.as_u16(), "{}", r.body);
+    let message = r.body["message"].as_str().expect("message");
+    assert!(
+        message.contains(needle),
+        "{message:?} should contain {needle:?}"
+    );
+}
+
+pub fn end_at(r: &Reply) -> chrono::DateTime<chrono::Utc> {
+    r.body["endAt"]
+        .as_str()
+        .expect("endAt")
+        .parse()
+        .expect("RFC 3339")
+}

@@ -1,0 +1,8 @@
+//! Drives the REST API through `ControlPlane::router()` (no socket) against a real SQLite store
+//! in a temporary directory and an in-test `FakeNode`: a real node needs root and a rootfs;
+//! the end-to-end suite covers that.
+
+mod create;
+mod harness;
+mod lifecycle;
+mod sandboxes;

@@ -1,0 +1,10 @@
+//! One module per subcommand.
+pub mod serve;
+pub mod template;
+
+use std::path::PathBuf;
+
+/// Where templates live: the flag, else `PADDOCK_TEMPLATES_DIR`, else `<data-dir>/templates`.
+pub fn templates_dir(flag: Option<PathBuf>, data_dir: &std::path::Path) -> PathBuf {
+    flag.unwrap_or_else(|| data_dir.join("templates"))
+}

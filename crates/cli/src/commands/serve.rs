@@ -1,0 +1,203 @@
+//! `paddock serve`: the control plane, one node and the proxy in one process, with embedded
+//! defaults (SQLite under the data dir, the namespace runtime, the `base` template built on first
+//! start). Prints the three `export` lines for the SDKs once ready; SIGTERM/SIGINT stop every
+//! sandbox and exit cleanly.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use paddock_domain::{SandboxId, TemplateName};
+use paddock_node::templates::TemplateStore;
+use paddock_node::{LocalNode, Node, NodeConfig};
+use paddock_sandbox::namespace::{NamespaceConfig, NamespaceDriver};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Flags of `paddock serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Where state lives: the database, sandboxes' writable layers, templates, the API key.
+    #[arg(long, default_value = "/var/lib/paddock")]
+    data_dir: PathBuf,
+    /// Address of the E2B REST API.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Address of the sandbox traffic proxy (envd and every port of every sandbox).
+    #[arg(long, default_value = "127.0.0.1:3002")]
+    proxy_listen: SocketAddr,
+    /// Templates directory (default `<data-dir>/templates`).
+    #[arg(long, env = "PADDOCK_TEMPLATES_DIR")]
+    templates_dir: Option<PathBuf>,
+    /// envd binary to put into sandboxes (default: `paddock-envd` next to this binary, or the
+    /// static build under `target/x86_64-unknown-linux-gnu/`).
+    #[arg(long, env = "PADDOCK_ENVD_BIN")]
+    envd_bin: Option<PathBuf>,
+    /// Domain returned to SDKs for `<port>-<sandboxID>.<domain>` hosts (default
+    /// `localhost:<proxy port>` when the proxy listens on loopback).
+    #[arg(long)]
+    domain: Option<String>,
+    /// Most sandboxes alive at once on this node.
+    #[arg(long, default_value_t = 1000)]
+    max_sandboxes: usize,
+    /// API key accepted for the default team (generated and kept in the data dir when unset).
+    #[arg(long, env = "PADDOCK_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+/// Runs `paddock serve` until SIGTERM or SIGINT.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize().context("resolving the data dir")?;
+
+    let templates_dir = super::templates_dir(args.templates_dir.clone(), &data_dir);
+    let templates = TemplateStore::open(&templates_dir)
+        .with_context(|| format!("opening templates in {}", templates_dir.display()))?;
+    let base = TemplateName::parse("base").context("template name")?;
+    if templates.get(&base)?.is_none() {
+        eprintln!("paddock: building the base template in {} (first start; takes a minute or two)", templates_dir.display());
+        templates
+            .ensure_base(&|line: &str| eprintln!("{line}"))
+            .await
+            .context("building the base template")?;
+        eprintln!("paddock: base template ready");
+    }
+
+    let envd_bin = resolve_envd(args.envd_bin.as_deref())?;
+    let exe = std::env::current_exe().context("locating the paddock binary")?;
+    let runtime = NamespaceDriver::new(NamespaceConfig {
+        shim_exe: exe,
+        shim_args: vec!["sandbox-shim".into()],
+        cgroup_parent: cgroup_parent(&data_dir),
+        state_root: data_dir.join("sandboxes"),
+    })
+    .context("setting up the namespace runtime")?;
+    let node = LocalNode::new(
+        NodeConfig { sandboxes_dir: data_dir.join("sandboxes"), envd_bin, max_sandboxes: args.max_sandboxes },
+        templates,
+        Arc::new(runtime),
+    )?;
+
+    let (api_key, generated) = paddock_api::ensure_api_key(&data_dir, args.api_key.clone())
+        .await
+        .context("setting up the API key")?;
+    let domain = args.domain.clone().or_else(|| {
+        args.proxy_listen.ip().is_loopback().then(|| format!("localhost:{}", args.proxy_listen.port()))
+    });
+    let control = paddock_api::ControlPlane::open(
+        paddock_api::ApiConfig { data_dir: data_dir.clone(), domain },
+        node.clone() as Arc<dyn Node>,
+    )
+    .await
+    .context("opening the control plane")?;
+    control.reconcile().await.context("reconciling sandboxes after start")?;
+
+    let api_listener =
+        TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let proxy_listener = TcpListener::bind(args.proxy_listen)
+        .await
+        .with_context(|| format!("listening on {}", args.proxy_listen))?;
+    let api_addr = api_listener.local_addr()?;
+    let proxy_addr = proxy_listener.local_addr()?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let background = tokio::spawn({
+        let control = control.clone();
+        let rx = stop_rx.clone();
+        async move {
+            tokio::select! {
+                _ = control.run_background() => {}
+                _ = stopped(rx) => {}
+            }
+        }
+    });
+    let api = tokio::spawn({
+        let router = control.router();
+        let rx = stop_rx.clone();
+        async move { axum::serve(api_listener, router).with_graceful_shutdown(stopped(rx)).await }
+    });
+    let proxy = tokio::spawn({
+        let dir: Arc<dyn paddock_proxy::SandboxDirectory> = Arc::new(NodeDirectory(node.clone()));
+        let rx = stop_rx.clone();
+        async move { paddock_proxy::serve(proxy_listener, dir, stopped(rx)).await }
+    });
+
+    if generated {
+        eprintln!("paddock: generated an API key and saved it in {}", data_dir.join("api-key").display());
+    }
+    println!("export E2B_API_URL=http://{api_addr}");
+    println!("export E2B_SANDBOX_URL=http://{proxy_addr}");
+    println!("export E2B_API_KEY={api_key}");
+    eprintln!("paddock: ready (api {api_addr}, proxy {proxy_addr}, data {})", data_dir.display());
+
+    wait_for_signal().await?;
+    eprintln!("paddock: shutting down, stopping sandboxes");
+    let _ = stop_tx.send(true);
+    control.shutdown().await;
+    let _ = background.await;
+    api.await.context("api task")?.context("api server")?;
+    proxy.await.context("proxy task")?.context("proxy server")?;
+    eprintln!("paddock: stopped");
+    Ok(())
+}
+
+/// Routes proxy lookups to the node's live sandboxes.
+struct NodeDirectory(Arc<LocalNode>);
+
+impl paddock_proxy::SandboxDirectory for NodeDirectory {
+    fn lookup(&self, id: &SandboxId) -> paddock_proxy::Lookup {
+        match self.0.endpoint(id) {
+            Some(e) => paddock_proxy::Lookup::Running(paddock_proxy::Upstream {
+                envd_socket: e.envd_socket,
+                forward_socket: e.forward_socket,
+            }),
+            None => paddock_proxy::Lookup::NotFound,
+        }
+    }
+}
+
+/// One cgroup subtree per data dir, so two servers on one host never reap each other's sandboxes.
+fn cgroup_parent(data_dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut h);
+    format!("paddock/{:08x}", h.finish() as u32)
+}
+
+fn resolve_envd(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = flag {
+        anyhow::ensure!(p.is_file(), "envd binary {} does not exist", p.display());
+        return Ok(p.to_path_buf());
+    }
+    let exe = std::env::current_exe().context("locating the paddock binary")?;
+    let dir = exe.parent().context("binary has no directory")?;
+    let profile = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let candidates = [
+        dir.join("paddock-envd"),
+        dir.join("../x86_64-unknown-linux-gnu").join(&profile).join("paddock-envd"),
+    ];
+    // Prefer the static build: a dynamically linked envd only runs in rootfs with a matching libc.
+    candidates
+        .iter()
+        .rev()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| format!("no envd binary found (looked at {candidates:?}); build it with scripts/setup.sh or pass --envd-bin"))
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! `paddock template import|list|delete`: manage the templates of the local node directly on disk.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use paddock_domain::TemplateName;
+use paddock_node::templates::TemplateStore;
+
+/// Where the templates are (shared by every template subcommand).
+#[derive(Args)]
+pub struct StoreArgs {
+    /// Data directory of `paddock serve`.
+    #[arg(long, default_value = "/var/lib/paddock")]
+    data_dir: PathBuf,
+    /// Templates directory (default `<data-dir>/templates`).
+    #[arg(long, env = "PADDOCK_TEMPLATES_DIR")]
+    templates_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn open(&self) -> anyhow::Result<TemplateStore> {
+        let dir = super::templates_dir(self.templates_dir.clone(), &self.data_dir);
+        TemplateStore::open(&dir).with_context(|| format!("opening templates in {}", dir.display()))
+    }
+}
+
+/// Template subcommands.
+#[derive(Subcommand)]
+pub enum TemplateCommand {
+    /// Register a root filesystem tarball (.tar, .tar.gz, .tar.zst) as a template.
+    Import {
+        /// Template name (`[a-z0-9._-]`).
+        name: String,
+        /// The tarball.
+        rootfs: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List templates.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Delete a template.
+    Delete {
+        /// Template name.
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Runs a template subcommand.
+pub async fn run(cmd: TemplateCommand) -> anyhow::Result<()> {
+    match cmd {
+        TemplateCommand::Import { name, rootfs, store } => {
+            let name = TemplateName::parse(&name)?;
+            let t = store.open()?.import(&name, &rootfs, &|line: &str| eprintln!("{line}")).await?;
+            println!("imported template {} ({})", t.name, t.rootfs.display());
+        }
+        TemplateCommand::List { store } => {
+            for t in store.open()?.list()? {
+                println!(
+                    "{}\t{} vCPU\t{} MiB\t{}",
+                    t.name,
+                    t.resources.cpu_count,
+                    t.resources.memory_mb,
+                    t.created_at.to_rfc3339()
+                );
+            }
+        }
+        TemplateCommand::Delete { name, store } => {
+            let name = TemplateName::parse(&name)?;
+            if store.open()?.delete(&name)? {
+                println!("deleted template {name}");
+            } else {
+                anyhow::bail!("template {name} does not exist");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! Spawning a process for `Start` (spec 3.4 steps 1–3): environment, working directory, user
+//! switch, stdin mode, pipes or a terminal, and a new process group (or session, for terminals).
+//! Uses `std::process::Command` with `pre_exec` (never tokio's child handling, which would race
+//! the reaper) and registers the child with the [`Reaper`] while forking.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
+
+use super::handle::{Input, Output, Process};
+use super::messages::{ProcessConfig, PtySize};
+use super::pty::{self, PtyMaster};
+use super::reaper::{ExitStatus, Reaper};
+use crate::connect::ConnectError;
+use crate::users::User;
+
+/// `PATH` of every process.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Everything needed to start one process, already resolved.
+pub struct SpawnSpec {
+    /// The requested configuration.
+    pub config: ProcessConfig,
+    /// Tag, if any.
+    pub tag: Option<String>,
+    /// The acting user.
+    pub user: User,
+    /// Working directory (must exist).
+    pub cwd: PathBuf,
+    /// Global environment (`EnvdState::global_env`).
+    pub global_env: HashMap<String, String>,
+    /// Terminal size when a PTY is requested.
+    pub pty: Option<PtySize>,
+    /// Whether stdin is a pipe (else `/dev/null`).
+    pub stdin: bool,
+}
+
+/// A spawned process, before its output is pumped.
+pub struct Spawned {
+    /// The process handle.
+    pub process: Arc<Process>,
+    /// Its output side.
+    pub output: Output,
+    /// Resolves with its exit status.
+    pub exit: oneshot::Receiver<ExitStatus>,
+}
+
+/// The environment of a process: PATH, the user's variables, global variables, request variables
+/// (later ones win).
+pub fn environment(
+    user: &User,
+    global: &HashMap<String, String>,
+    request: &HashMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), user.home.display().to_string()),
+        ("USER".into(), user.name.clone()),
+        ("LOGNAME".into(), user.name.clone()),
+    ];
+    if !user.shell.is_empty() {
+        env.push(("SHELL".into(), user.shell.clone()));
+    }
+    let mut global: Vec<_> = global.iter().collect();
+    global.sort();
+    let mut request: Vec<_> = request.iter().collect();
+    request.sort();
+    for (k, v) in global.into_iter().chain(request) {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+/// Identity the child switches to in `pre_exec`.
+#[derive(Clone)]
+struct Identity {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+}
+
+/// Starts the process. Errors are `invalid_argument` for spawn failures (bad command, missing
+/// cwd, terminal allocation) and `internal` for pipe setup.
+pub fn spawn(spec: SpawnSpec) -> Result<Spawned, ConnectError> {
+    if !spec.cwd.is_dir() {
+        return Err(ConnectError::invalid(format!(
+            "cwd {:?} does not exist or is not a directory",
+            spec.cwd.display().to_string()
+        )));
+    }
+    let mut cmd = Command::new(&spec.config.cmd);
+    cmd.args(&spec.config.args)
+        .env_clear()
+        .envs(environment(&spec.user, &spec.global_env, &spec.config.envs))
+        .current_dir(&spec.cwd);
+
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let identity = (euid == 0 || spec.user.uid != euid).then(|| Identity {
+        uid: spec.user.uid,
+        gid: spec.user.gid,
+        groups: spec.user.groups.clone(),
+    });
+    let use_pty = spec.pty.is_some();
+
+    // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
+    // functions (setsid, setpgid, ioctl, setgroups, setgid, setuid) on data prepared before the
+    // fork (the groups vector is moved in, never allocated in the child).
+    unsafe {
+        cmd.pre_exec(move || {
+            if use_pty {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // stdin is the terminal's slave end: make it the controlling terminal.
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::setpgid(0, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(id) = &identity {
+                if libc::setgroups(id.groups.len(), id.groups.as_ptr()) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setgid(id.gid) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setuid(id.uid) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+
+    let reaper = Reaper::global();
+    if let Some(size) = spec.pty {
+        let ((pid, master), exit) = reaper.spawn(|| {
+            let pair = pty::open(size)
+                .map_err(|e| ConnectError::invalid(format!("allocating a terminal: {e}")))?;
+            let dup = |fd: &OwnedFd| {
+                fd.try_clone()
+                    .map_err(|e| ConnectError::internal(format!("duplicating the terminal: {e}")))
+            };
+            cmd.stdin(Stdio::from(dup(&pair.slave)?))
+                .stdout(Stdio::from(dup(&pair.slave)?))
+                .stderr(Stdio::from(pair.slave));
+            let child = cmd.spawn().map_err(|e| spawn_error(&spec.config.cmd, e))?;
+            // Drop our copies of the slave so the master sees EOF when the child's side closes.
+            drop(cmd);
+            Ok::<_, ConnectError>((child.id(), (child.id(), pair.master)))
+        })?;
+        let master = Arc::new(
+            PtyMaster::new(master)
+                .map_err(|e| ConnectError::internal(format!("registering the terminal: {e}")))?,
+        );
+        let process = Arc::new(Process::new(
+            pid,
+            spec.tag,
+            spec.config,
+            Input::Pty(master.clone()),
+        ));
+        return Ok(Spawned {
+            process,
+            output: Output::Pty(master),
+            exit,
+        });
+    }
+
+    cmd.stdin(if spec.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let (mut child, exit) = reaper.spawn(|| {
+        let child = cmd.spawn().map_err(|e| spawn_error(&spec.config.cmd, e))?;
+        Ok::<_, ConnectError>((child.id(), child))
+    })?;
+    let pid = child.id();
+    let internal =
+        |what: &str, e: std::io::Error| ConnectError::internal(format!("setting up {what}: {e}"));
+    let stdout = child.stdout.take().map(OwnedFd::from);
+    let stderr = child.stderr.take().map(OwnedFd::from);
+    let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
+        return Err(ConnectError::internal(
+            "the output pipes of the process are missing",
+        ));
+    };
+    let stdout = pipe::Receiver::from_owned_fd(stdout).map_err(|e| internal("stdout", e))?;
+    let stderr = pipe::Receiver::from_owned_fd(stderr).map_err(|e| internal("stderr", e))?;
+    let input = match child.stdin.take() {
+        Some(stdin) => Input::Pipe(tokio::sync::Mutex::new(Some(
+            pipe::Sender::from_owned_fd(OwnedFd::from(stdin)).map_err(|e| internal("stdin", e))?,
+        ))),
+        None => Input::Disabled,
+    };
+    // `child` is dropped without waiting: the reaper owns its exit status.
+    drop(child);
+    let process = Arc::new(Process::new(pid, spec.tag, spec.config, input));
+    Ok(Spawned {
+        process,
+        output: Output::Pipes(stdout, stderr),
+        exit,
+    })
+}
+
+fn spawn_error(cmd: &str, e: std::io::Error) -> ConnectError {
+    ConnectError::invalid(format!("failed to start {cmd:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            name: "user".into(),
+            uid: 1000,
+            gid: 1000,
+            home: "/home/user".into(),
+            shell: "/bin/bash".into(),
+            groups: vec![1000],
+        }
+    }
+
+    #[test]
+    fn environment_layers_in_order() {
+        let global = HashMap::from([
+            ("E2B_SANDBOX".to_string(), "true".to_string()),
+            ("A".into(), "g".into()),
+        ]);
+        let request = HashMap::from([
+            ("A".to_string(), "r".to_string()),
+            ("HOME".into(), "/x".into()),
+        ]);
+        let env: HashMap<_, _> = environment(&user(), &global, &request)
+            .into_iter()
+            .collect();
+        assert_eq!(env["PATH"], DEFAULT_PATH);
+        assert_eq!(env["USER"], "user");
+        assert_eq!(env["LOGNAME"], "user");
+        assert_eq!(env["SHELL"], "/bin/bash");
+        assert_eq!(env["E2B_SANDBOX"], "true");
+        assert_eq!(env["A"], "r");
+        assert_eq!(env["HOME"], "/x");
+    }
+
+    #[test]
+    fn missing_cwd_is_invalid_argument() {
+        let spec = SpawnSpec {
+            config: ProcessConfig {
+                cmd: "/bin/true".into(),
+                ..Default::default()
+            },
+            tag: None,
+            user: user(),
+            cwd: "/nonexistent/dir".into(),
+            global_env: HashMap::new(),
+            pty: None,
+            stdin: false,
+        };
+        let err = spawn(spec).err().map(|e| e.code);
+        assert_eq!(err, Some(crate::connect::Code::InvalidArgument));
+    }
+}

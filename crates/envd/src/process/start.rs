@@ -1,0 +1,104 @@
+//! `Start` (spec 3.4): resolves user, cwd and environment, spawns the process, registers it,
+//! starts its output pump and its lifetime timer (`Connect-Timeout-Ms`), and attaches the
+//! request's stream to it. The process outlives the request: a disconnect only detaches.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use http::HeaderMap;
+use nix::sys::signal::Signal as NixSignal;
+use tokio::time::Instant;
+
+use super::attach::{forward, Deadline};
+use super::handle::{pump, Process};
+use super::messages::StartRequest;
+use super::spawn::{spawn, SpawnSpec, Spawned};
+use super::{Ctx, ProcessRegistry, RETAIN_EXITED};
+use crate::connect::{
+    decode_stream_request, stream_error, stream_response, CallOptions, ConnectError,
+};
+use crate::users::{basic_auth_user, resolve_path};
+
+/// `POST /process.Process/Start`.
+pub(super) async fn start(State(ctx): State<Ctx>, headers: HeaderMap, body: Body) -> Response {
+    let opts = CallOptions::from_headers(&headers);
+    let deadline = opts.timeout.map(|t| Instant::now() + t);
+    let req: StartRequest = match decode_stream_request(&headers, body).await {
+        Ok(r) => r,
+        Err(e) => return stream_error(e),
+    };
+    let spawned = match prepare(&ctx, &headers, req) {
+        Ok(s) => s,
+        Err(e) => return stream_error(e),
+    };
+    let process = spawned.process.clone();
+    tracing::info!(pid = process.pid, cmd = %process.config.cmd, "process started");
+    // Subscribe before the pump runs so no output is lost.
+    let subscription = process.subscribe();
+    ctx.registry.insert(process.clone());
+    tokio::spawn(run(ctx.registry.clone(), spawned));
+    if let Some(at) = deadline {
+        tokio::spawn(kill_at(process.clone(), at));
+    }
+    let (sender, resp) = stream_response();
+    let deadline = deadline.map(|at| Deadline { at, kill: true });
+    tokio::spawn(forward(
+        sender,
+        process,
+        subscription,
+        opts.keepalive,
+        deadline,
+    ));
+    resp
+}
+
+fn prepare(ctx: &Ctx, headers: &HeaderMap, req: StartRequest) -> Result<Spawned, ConnectError> {
+    if req.process.cmd.is_empty() {
+        return Err(ConnectError::invalid("process.cmd must not be empty"));
+    }
+    let user = ctx.state.rpc_user(basic_auth_user(headers).as_deref())?;
+    let cfg = ctx.state.config();
+    let cwd = resolve_path(
+        req.process.cwd.as_deref().unwrap_or(""),
+        &user,
+        cfg.default_workdir.as_deref(),
+    )
+    .map_err(|e| ConnectError::invalid(e.to_string()))?;
+    let pty = req.pty.map(|p| p.size.unwrap_or_default());
+    spawn(SpawnSpec {
+        config: req.process,
+        tag: req.tag,
+        user,
+        cwd,
+        global_env: ctx.state.global_env(),
+        pty,
+        stdin: req.stdin.unwrap_or(true),
+    })
+}
+
+/// Pumps the output to the end, then forgets the process after the retention period.
+async fn run(registry: ProcessRegistry, spawned: Spawned) {
+    let process = spawned.process.clone();
+    pump(spawned.process, spawned.output, spawned.exit).await;
+    tokio::time::sleep(RETAIN_EXITED).await;
+    registry.remove(&process);
+}
+
+/// Kills the process group when the `Start` deadline passes (even with no client attached).
+async fn kill_at(process: Arc<Process>, at: Instant) {
+    tokio::select! {
+        () = tokio::time::sleep_until(at) => {}
+        () = process.wait_ended() => return,
+    }
+    if process.is_running() {
+        tracing::info!(
+            pid = process.pid,
+            "process deadline exceeded: killing its process group"
+        );
+        if let Err(e) = process.signal_group(NixSignal::SIGKILL) {
+            tracing::warn!(pid = process.pid, error = %e, "killing a process at its deadline");
+        }
+    }
+}

