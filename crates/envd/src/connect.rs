@@ -280,9 +280,8 @@ impl StreamSender {
 
     /// Resolves when the client has gone away.
     pub async fn closed(&self) {
-        match &self.tx {
-            Some(tx) => tx.closed().await,
-            None => {}
+        if let Some(tx) = &self.tx {
+            tx.closed().await;
         }
     }
 

@@ -173,9 +173,30 @@ fn signal_ready(fd: RawFd) {
     }
 }
 
+/// Marks every inherited descriptor above stderr close-on-exec, so nothing the node handed to
+/// envd (the readiness pipe, stray fds) leaks into user processes.
+fn cloexec_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // F_SETFD on a closed or invalid descriptor (the directory's own fd, now closed) fails
+        // harmlessly with EBADF.
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+}
+
 /// Runs envd until `shutdown` resolves (or a listener fails). Running processes are killed on
 /// shutdown and the socket files removed.
 pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    cloexec_inherited_fds();
     // Reap from the start: orphans may appear before the first spawn.
     let _reaper = Reaper::global();
     if std::process::id() != 1 {

@@ -59,11 +59,13 @@ impl Envd {
             .spawn()
             .expect("spawn envd");
         drop(write_end);
-        let mut ready = String::new();
+        // Read exactly the line: parallel tests may have leaked the write end into other
+        // children, so EOF cannot be awaited.
+        let mut ready = [0u8; 6];
         std::fs::File::from(read_end)
-            .read_to_string(&mut ready)
+            .read_exact(&mut ready)
             .expect("ready pipe");
-        assert_eq!(ready, "ready\n", "envd did not signal readiness");
+        assert_eq!(&ready, b"ready\n", "envd did not signal readiness");
         Envd { child, dir }
     }
 
@@ -341,6 +343,16 @@ async fn users_envs_and_cwd() {
     let out = envd.stream("Start", msg, &[ROOT]).await.collect().await;
     assert!(out.stdout().starts_with("0\n/root\n"), "{}", out.stdout());
 
+    // No descriptor of envd leaks into processes (ls's own directory fd is 3).
+    let msg = json!({"process":{"cmd":"ls","args":["/proc/self/fd"]},"stdin":false});
+    assert_eq!(
+        envd.stream("Start", msg, &[])
+            .await
+            .collect()
+            .await
+            .stdout(),
+        "0\n1\n2\n3\n"
+    );
     let msg = json!({"process":{"cmd":"pwd","cwd":"/tmp"},"stdin":false});
     assert_eq!(
         envd.stream("Start", msg, &[])

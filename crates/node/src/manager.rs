@@ -42,7 +42,6 @@ struct SandboxMeta {
 #[derive(Debug, Clone)]
 struct Live {
     handle: SandboxHandle,
-    meta: SandboxMeta,
 }
 
 /// The in-process node.
@@ -184,7 +183,7 @@ impl Node for LocalNode {
             }
         };
         tracing::info!(sandbox_id = %req.id, template = %req.template, pid = handle.init_pid, "sandbox running");
-        self.table_mut().insert(req.id.clone(), Live { handle, meta: meta.clone() });
+        self.table_mut().insert(req.id.clone(), Live { handle });
         Ok(NodeSandbox { id: req.id, template: meta.template, resources: meta.resources })
     }
 
@@ -221,9 +220,9 @@ impl Node for LocalNode {
             let meta: Option<SandboxMeta> =
                 std::fs::read(dir.join("node.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
             match (meta, self.runtime.adopt(id, &dir).await) {
-                (Some(meta), Ok(Some(handle))) => {
+                (Some(_), Ok(Some(handle))) => {
                     tracing::info!(sandbox_id = %id, pid = handle.init_pid, "adopted running sandbox");
-                    self.table_mut().insert(id.clone(), Live { handle, meta });
+                    self.table_mut().insert(id.clone(), Live { handle });
                     adopted.push(id.clone());
                 }
                 (_, Ok(Some(_))) => {
