@@ -265,5 +265,6 @@ impl Node for LocalNode {
                 tracing::error!(sandbox_id = %id, error = %e, "stopping sandbox at shutdown");
             }
         }
+        self.runtime.release().await;
     }
 }

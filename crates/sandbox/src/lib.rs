@@ -112,4 +112,8 @@ pub trait RuntimeDriver: Send + Sync + 'static {
 
     /// Notifies when a sandbox's PID 1 exits on its own (crash, OOM, `kill 1` from inside).
     fn exits(&self) -> tokio::sync::broadcast::Receiver<SandboxId>;
+
+    /// Removes driver-wide host state (e.g. the parent cgroup) at shutdown, once every sandbox
+    /// has been killed. Best effort: what is still in use is left alone.
+    async fn release(&self);
 }

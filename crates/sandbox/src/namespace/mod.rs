@@ -190,6 +190,21 @@ impl RuntimeDriver for NamespaceDriver {
     fn exits(&self) -> broadcast::Receiver<SandboxId> {
         self.inner.exits.subscribe()
     }
+
+    async fn release(&self) {
+        // rmdir only succeeds on empty cgroups, so a parent still in use (a sandbox left
+        // running, another server sharing the top-level `paddock`) is never disturbed.
+        for dir in self.inner.cgroups.parent_dirs() {
+            let mut cur = Some(dir.as_path());
+            for _ in 0..self.inner.cfg.cgroup_parent.split('/').count() {
+                let Some(d) = cur else { break };
+                if std::fs::remove_dir(d).is_err() {
+                    break;
+                }
+                cur = d.parent();
+            }
+        }
+    }
 }
 
 /// The handle of a sandbox whose state directory is `state_dir`.

@@ -99,7 +99,7 @@ pub fn shim_main() -> i32 {
     match run() {
         Ok(code) => code,
         Err(e) => {
-            let msg = error_chain(&e);
+            let msg = crate::namespace::chain(&e);
             eprintln!("paddock shim: {msg}");
             send(&ShimMessage::Error(msg));
             1
@@ -142,7 +142,7 @@ fn run() -> Result<i32, ShimError> {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
-            eprintln!("paddock shim: sandbox init: {}", error_chain(&err));
+            eprintln!("paddock shim: sandbox init: {}", crate::namespace::chain(&err));
             // SAFETY: _exit ends the child without running the parent's atexit handlers or
             // flushing its copied stdio buffers.
             unsafe { libc::_exit(127) }
@@ -256,17 +256,6 @@ fn send(msg: &ShimMessage) {
     let _ = out.flush();
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,9 +297,9 @@ mod tests {
             std::io::Error::from_raw_os_error(libc::EPERM),
         );
         assert!(
-            error_chain(&e).starts_with("mounting proc: "),
+            crate::namespace::chain(&e).starts_with("mounting proc: "),
             "{}",
-            error_chain(&e)
+            crate::namespace::chain(&e)
         );
     }
 }
