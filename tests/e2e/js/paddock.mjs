@@ -186,8 +186,8 @@ export class PaddockServer {
     ]
   }
 
-  cleanup() {
+  cleanup({ keepLog = false } = {}) {
     fs.rmSync(this.dataDir, { recursive: true, force: true })
-    fs.rmSync(this.logPath, { force: true })
+    if (!keepLog) fs.rmSync(this.logPath, { force: true })
   }
 }

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, List
 
 import pytest
+import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -36,6 +37,15 @@ def paddock(request: pytest.FixtureRequest):
     except ServerError as e:
         pytest.exit(f"cannot start paddock serve: {e}", returncode=1)
     os.environ.update(server.client_env())
+    # A sandbox left running on purpose: SIGTERM at the end must stop it without leaks.
+    survivor = requests.post(
+        server.api_url + "/v2/sandboxes",
+        json={"templateID": "base", "timeout": 3600, "metadata": {"role": "survivor"}},
+        headers={"X-API-Key": server.api_key},
+        timeout=120,
+    )
+    if survivor.status_code == 201:
+        server.track(survivor.json()["sandboxID"])
 
     yield server
 

@@ -125,7 +125,7 @@ class PaddockServer:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir.parent / (self.data_dir.name + ".log")
+        return self.data_dir.parent / f"{self.data_dir.name}-{self.api_port}.log"
 
     @property
     def api_url(self) -> str:
@@ -221,6 +221,14 @@ class PaddockServer:
             f"paddock serve was not healthy within {timeout:.0f} s; log tail:\n" + self.log_tail()
         )
 
+    def crash(self) -> int:
+        """SIGKILL, as a crash or an OOM kill would; returns the exit status."""
+        if self.proc is None:
+            raise ServerError("server was never started")
+        self.proc.kill()
+        self.exit_code = self.proc.wait()
+        return self.exit_code
+
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit code. Kills it (and raises) after `timeout`."""
         if self.proc is None:
@@ -245,9 +253,10 @@ class PaddockServer:
         found += [f"cgroup left: {c}" for c in leaked_cgroups(self.created_ids)]
         return found
 
-    def cleanup(self) -> None:
+    def cleanup(self, keep_data_dir: bool = False) -> None:
         """Removes the data dir and the log (only call after a successful stop)."""
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        if not keep_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
         try:
             self.log_path.unlink()
         except FileNotFoundError:

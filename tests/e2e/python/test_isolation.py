@@ -45,7 +45,8 @@ def test_template_is_not_modified_by_a_sandbox(pair, new_sandbox):
 
 def test_processes_are_private(pair):
     a, b = pair
-    handle = a.commands.run("sleep 300 # marker-of-sandbox-a", background=True)
+    # `sh -c '...' NAME` keeps NAME in the shell's argv (bash would exec a lone `sleep` directly).
+    handle = a.commands.run("sh -c 'sleep 300; true' marker-of-sandbox-a", background=True)
     try:
         ps_a = a.commands.run("ps -eo pid,args").stdout
         ps_b = b.commands.run("ps -eo pid,args").stdout

@@ -42,7 +42,9 @@ after(async () => {
     console.error(`--- paddock serve log tail (${server.logPath}) ---\n${server.logTail(120)}`)
     assert.fail('unclean shutdown:\n  ' + problems.join('\n  '))
   }
-  server.cleanup()
+  // The data dir goes; the server log stays for a look at any failed test above.
+  server.cleanup({ keepLog: true })
+  console.log(`paddock serve log: ${server.logPath}`)
 })
 
 describe('commands', () => {
