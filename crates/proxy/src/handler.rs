@@ -168,27 +168,31 @@ impl Proxy {
         Response::from_parts(parts, body.boxed())
     }
 
-    /// Sends on a pooled connection if one is idle (retrying on a fresh one if the pooled one
-    /// closed before the request went out), else on a new connection. Upgrades always get a
+    /// Sends on a pooled connection if one is idle, else on a new connection. Only requests
+    /// without a body use the pool: they can be replayed on a fresh connection when the pooled
+    /// one turns out to have been closed by the sandbox meanwhile (e.g. after envd answered an
+    /// upload without reading its epilogue), which a streamed body cannot. Upgrades always get a
     /// fresh connection, which is never pooled.
     async fn send(
         &self,
         target: &Target,
-        mut req: Request<UpstreamBody>,
+        req: Request<UpstreamBody>,
         upgrade: bool,
     ) -> Result<Response<Incoming>, SendError> {
         let pool = &self.inner.pool;
-        if !upgrade {
+        let mut req = req;
+        if !upgrade && req.body().is_end_stream() {
             while let Some(mut sender) = pool.checkout(target) {
+                let replay = replay_of(&req);
                 match sender.try_send_request(req).await {
                     Ok(response) => {
                         pool.checkin_when_idle(target.clone(), sender);
                         return Ok(response);
                     }
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => req = unsent,
-                        None => return Err(SendError::Exchange(e.into_error())),
-                    },
+                    Err(mut e) => {
+                        tracing::debug!(error = %e.error(), "pooled connection failed; retrying");
+                        req = e.take_message().unwrap_or(replay);
+                    }
                 }
             }
         }
@@ -359,4 +363,15 @@ mod tests {
             .expect("req");
         assert_eq!(proxy.handle(req).await.status(), StatusCode::BAD_REQUEST);
     }
+}
+
+/// A copy of a bodiless request, to send again on a fresh connection.
+fn replay_of(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
+    let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
+    let mut copy = Request::new(empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
 }
