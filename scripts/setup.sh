@@ -23,7 +23,7 @@ done
 
 # Host packages: debootstrap builds the base template, runc is the benchmark's baseline, zstd
 # unpacks .tar.zst templates, iproute2 for networking, python3-venv for the SDK tests.
-packages=(debootstrap runc zstd iproute2 python3-venv ca-certificates build-essential pkg-config)
+packages=(debootstrap runc zstd iproute2 python3-venv ca-certificates curl build-essential pkg-config)
 if [ "$test_deps" = 1 ]; then
   command -v node >/dev/null || packages+=(nodejs)
   command -v npm >/dev/null || packages+=(npm)
@@ -49,13 +49,16 @@ if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 if ! command -v cargo >/dev/null; then
-  cat >&2 <<'MSG'
-setup.sh: cargo is not installed. Install Rust (stable) with rustup, then run this again:
-
-    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y
-    . "$HOME/.cargo/env"
+  log "cargo not found: installing Rust (stable, minimal profile) with rustup"
+  if curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    cat >&2 <<'MSG'
+setup.sh: could not install Rust with rustup (no access to static.rust-lang.org?). Install a
+stable Rust toolchain (1.85 or newer) by other means, put cargo on PATH, and run this again.
 MSG
-  exit 1
+    exit 1
+  fi
 fi
 log "using $(cargo --version)"
 
@@ -63,8 +66,9 @@ log "building paddock (cargo build --release -p paddock-cli)"
 cargo build --release -p paddock-cli
 
 # envd runs inside every sandbox, whatever libc its rootfs has: link it statically.
-log "building the static envd (cargo build --release -p paddock-envd --target x86_64-unknown-linux-gnu)"
+triple="$(uname -m)-unknown-linux-gnu"
+log "building the static envd (cargo build --release -p paddock-envd --target $triple)"
 RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --release -p paddock-envd --target x86_64-unknown-linux-gnu
+  cargo build --release -p paddock-envd --target "$triple"
 
-log "ready: target/release/paddock, target/x86_64-unknown-linux-gnu/release/paddock-envd"
+log "ready: target/release/paddock, target/$triple/release/paddock-envd"

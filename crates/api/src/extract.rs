@@ -1,6 +1,6 @@
 //! Request extractors: [`Json`], which turns every malformed body into a 400 with the E2B error
 //! body (an empty body counts as `{}`; the content type is not enforced), and [`SandboxPath`],
-//! which validates the `{sandboxID}` path segment.
+//! which parses the `{sandboxID}` path segment (an id that cannot exist is simply not found).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -36,7 +36,9 @@ where
     }
 }
 
-/// The `{sandboxID}` path parameter, parsed with [`SandboxId::parse`] (400 when invalid).
+/// The `{sandboxID}` path parameter, parsed with [`SandboxId::parse`]. An unparseable id is a
+/// 404 `sandbox '<raw>' not found`, like any unknown id: the SDKs map 404 to "not found"
+/// (`kill` returns false, `connect` raises `SandboxNotFoundException`).
 #[derive(Debug, Clone)]
 pub struct SandboxPath(pub SandboxId);
 
@@ -49,6 +51,6 @@ impl<S: Send + Sync> FromRequestParts<S> for SandboxPath {
             .map_err(|e| ApiError::BadRequest(format!("invalid path: {}", e.body_text())))?;
         SandboxId::parse(&raw)
             .map(SandboxPath)
-            .map_err(|_| ApiError::BadRequest(format!("invalid sandbox id {raw:?}")))
+            .map_err(|_| ApiError::NotFound(format!("sandbox '{raw}' not found")))
     }
 }

@@ -137,8 +137,9 @@ impl ControlPlane {
     }
 
     /// Makes sure an API key is accepted for the default team: `explicit` (e.g.
-    /// `PADDOCK_API_KEY`) or the key saved in `<data_dir>/api-key`, generated on first use.
-    /// Returns the key and whether it was just generated (print it then).
+    /// `PADDOCK_API_KEY`), which then becomes the team's only key (earlier keys are revoked and
+    /// a stale `<data_dir>/api-key` is removed), or else the key saved in `<data_dir>/api-key`,
+    /// generated on first use. Returns the key and whether it was just generated (print it then).
     pub async fn ensure_api_key(
         &self,
         explicit: Option<String>,
@@ -159,14 +160,16 @@ impl ControlPlane {
         })
     }
 
-    /// Runs the expiry task and the exit watcher until [`ControlPlane::shutdown`].
+    /// Runs the expiry task (which also retries failed node cleanups and prunes `stopped`
+    /// records older than 7 days) and the exit watcher until [`ControlPlane::shutdown`].
     pub async fn run_background(&self) {
         tokio::join!(self.core.run_expiry(), self.core.run_exit_watcher());
     }
 
-    /// Refuses new creates, stops every sandbox through the node and marks the records
-    /// `stopped`; ends [`ControlPlane::run_background`]. Failures to update records are logged
-    /// (the next start reconciles them).
+    /// Refuses new creates (503), waits up to 20 s for creates and kills in flight, stops every
+    /// sandbox through the node, kills every record still unsettled and marks it `stopped`;
+    /// ends [`ControlPlane::run_background`]. Failures to update records are logged (the next
+    /// start reconciles them).
     pub async fn shutdown(&self) {
         if let Err(err) = self.core.shutdown().await {
             tracing::error!(error = %error::chain(&err), "recording the shutdown failed");

@@ -21,6 +21,8 @@ enum Command {
     /// Manage templates (sandbox root filesystems).
     #[command(subcommand)]
     Template(commands::template::TemplateCommand),
+    /// Check that this host has the kernel and host features a node needs.
+    Doctor(commands::doctor::DoctorArgs),
     /// Internal: the per-sandbox helper process spawned by the namespace driver.
     #[command(hide = true, name = "sandbox-shim")]
     SandboxShim,
@@ -34,7 +36,10 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     init_logging();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -45,6 +50,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Serve(args) => commands::serve::run(args).await,
             Command::Template(cmd) => commands::template::run(cmd).await,
+            Command::Doctor(args) => commands::doctor::run(args).await,
             Command::SandboxShim => Ok(()),
         }
     });

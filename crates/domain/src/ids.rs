@@ -40,7 +40,9 @@ impl SandboxId {
         let id = raw.split('-').next().unwrap_or_default();
         if id.is_empty()
             || id.len() > 64
-            || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         {
             return Err(IdError::Sandbox(raw.to_string()));
         }
@@ -148,12 +150,18 @@ mod tests {
         assert!(SandboxId::parse("").is_err());
         assert!(SandboxId::parse("../etc").is_err());
         assert!(SandboxId::parse("ABC").is_err());
-        assert_eq!(SandboxId::parse("abc123-6532622b").map(String::from), Ok("abc123".into()));
+        assert_eq!(
+            SandboxId::parse("abc123-6532622b").map(String::from),
+            Ok("abc123".into())
+        );
     }
 
     #[test]
     fn template_names() {
-        assert_eq!(TemplateName::parse("base:default").map(String::from), Ok("base".into()));
+        assert_eq!(
+            TemplateName::parse("base:default").map(String::from),
+            Ok("base".into())
+        );
         assert!(TemplateName::parse("code-interpreter-v1").is_ok());
         assert!(TemplateName::parse("team/x").is_err());
         assert!(TemplateName::parse(".hidden").is_err());

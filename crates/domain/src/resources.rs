@@ -17,6 +17,11 @@ pub struct Resources {
 
 impl Default for Resources {
     fn default() -> Self {
-        Resources { cpu_count: 2, memory_mb: 512, disk_mb: 10 * 1024, pids_max: 4096 }
+        Resources {
+            cpu_count: 2,
+            memory_mb: 512,
+            disk_mb: 10 * 1024,
+            pids_max: 4096,
+        }
     }
 }

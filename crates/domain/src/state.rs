@@ -63,7 +63,10 @@ impl SandboxState {
 
     /// Whether the sandbox still holds node resources.
     pub fn is_live(self) -> bool {
-        matches!(self, SandboxState::Creating | SandboxState::Running | SandboxState::Paused)
+        matches!(
+            self,
+            SandboxState::Creating | SandboxState::Running | SandboxState::Paused
+        )
     }
 
     /// The lowercase wire name (`running`, `paused`, ...).

@@ -53,13 +53,22 @@ pub async fn require_token(State(state): State<EnvdState>, req: Request, next: N
 
 /// Computes a `v1_` signature (spec 3.2) for `path`, `operation` (`read`/`write`), `username`
 /// (empty when not given), the access token and an optional expiry (unix seconds).
-pub fn sign(path: &str, operation: &str, username: &str, token: &str, expiration: Option<i64>) -> String {
+pub fn sign(
+    path: &str,
+    operation: &str,
+    username: &str,
+    token: &str,
+    expiration: Option<i64>,
+) -> String {
     let raw = match expiration {
         Some(exp) => format!("{path}:{operation}:{username}:{token}:{exp}"),
         None => format!("{path}:{operation}:{username}:{token}"),
     };
     let digest = Sha256::digest(raw.as_bytes());
-    format!("v1_{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest))
+    format!(
+        "v1_{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    )
 }
 
 /// Why a `/files` request was not authorised.
@@ -91,9 +100,15 @@ pub fn authorize_files(
     expiration: Option<i64>,
     now: i64,
 ) -> Result<(), FilesAuthError> {
-    let Some(expected) = expected_token else { return Ok(()) };
+    let Some(expected) = expected_token else {
+        return Ok(());
+    };
     if let Some(t) = header_token(headers) {
-        return if token_matches(expected, t) { Ok(()) } else { Err(FilesAuthError::BadToken) };
+        return if token_matches(expected, t) {
+            Ok(())
+        } else {
+            Err(FilesAuthError::BadToken)
+        };
     }
     let sig = signature.ok_or(FilesAuthError::MissingSignature)?;
     if let Some(exp) = expiration {
@@ -101,7 +116,13 @@ pub fn authorize_files(
             return Err(FilesAuthError::Expired);
         }
     }
-    let want = sign(path, operation, username.unwrap_or(""), expected, expiration);
+    let want = sign(
+        path,
+        operation,
+        username.unwrap_or(""),
+        expected,
+        expiration,
+    );
     if token_matches(&want, sig) {
         Ok(())
     } else {
@@ -118,20 +139,53 @@ mod tests {
         let h = HeaderMap::new();
         let sig = sign("/x", "read", "root", "tok", Some(100));
         assert!(sig.starts_with("v1_"));
-        assert_eq!(authorize_files(Some("tok"), &h, "/x", "read", Some("root"), Some(&sig), Some(100), 50), Ok(()));
         assert_eq!(
-            authorize_files(Some("tok"), &h, "/x", "read", Some("root"), Some(&sig), Some(100), 101),
+            authorize_files(
+                Some("tok"),
+                &h,
+                "/x",
+                "read",
+                Some("root"),
+                Some(&sig),
+                Some(100),
+                50
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            authorize_files(
+                Some("tok"),
+                &h,
+                "/x",
+                "read",
+                Some("root"),
+                Some(&sig),
+                Some(100),
+                101
+            ),
             Err(FilesAuthError::Expired)
         );
         assert_eq!(
-            authorize_files(Some("tok"), &h, "/x", "write", Some("root"), Some(&sig), Some(100), 50),
+            authorize_files(
+                Some("tok"),
+                &h,
+                "/x",
+                "write",
+                Some("root"),
+                Some(&sig),
+                Some(100),
+                50
+            ),
             Err(FilesAuthError::BadSignature)
         );
         assert_eq!(
             authorize_files(Some("tok"), &h, "/x", "read", None, None, None, 50),
             Err(FilesAuthError::MissingSignature)
         );
-        assert_eq!(authorize_files(None, &h, "/x", "read", None, None, None, 50), Ok(()));
+        assert_eq!(
+            authorize_files(None, &h, "/x", "read", None, None, None, 50),
+            Ok(())
+        );
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //! plain `application/json`, server/client streams as 5-byte envelopes of
 //! `application/connect+json` with a mandatory end-of-stream envelope that carries errors.
 //!
-//! Owns: error codes, request decoding, unary and streaming response encoding, per-call headers
-//! (`Connect-Timeout-Ms`, `Keepalive-Ping-Interval`). Does not own any RPC's semantics.
+//! Owns: error codes, request decoding (with size limits: [`MAX_UNARY_BODY`] for unary bodies,
+//! [`MAX_STREAM_REQUEST`] for the request of a server stream, [`MAX_MESSAGE`] per client-stream
+//! envelope), unary and streaming response encoding, per-call headers (`Connect-Timeout-Ms`,
+//! `Keepalive-Ping-Interval`, both clamped). Does not own any RPC's semantics.
 
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::StreamExt;
@@ -20,8 +23,16 @@ use tokio::sync::mpsc;
 pub const END_STREAM_FLAG: u8 = 0x02;
 /// Flag bit of a compressed envelope (never used by the SDKs; refused).
 pub const COMPRESSED_FLAG: u8 = 0x01;
-/// Largest request message accepted (64 MiB).
+/// Largest request message of a client stream (`StreamInput`) accepted (64 MiB).
 pub const MAX_MESSAGE: usize = 64 << 20;
+/// Largest request message of a server-streaming call (`Start`, `Connect`, `WatchDir`): 4 MiB.
+pub const MAX_STREAM_REQUEST: usize = 4 << 20;
+/// Largest unary request body accepted (64 MiB, like [`MAX_MESSAGE`]); see [`body_limit`].
+pub const MAX_UNARY_BODY: usize = MAX_MESSAGE;
+/// Largest honoured `Keepalive-Ping-Interval` (one day).
+pub const MAX_KEEPALIVE: Duration = Duration::from_secs(86_400);
+/// Largest honoured `Connect-Timeout-Ms` (30 days).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
 
 /// Connect error codes with their wire names and unary HTTP statuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +111,10 @@ pub struct ConnectError {
 impl ConnectError {
     /// Builds an error.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        ConnectError { code, message: message.into() }
+        ConnectError {
+            code,
+            message: message.into(),
+        }
     }
     /// `invalid_argument`.
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -114,6 +128,10 @@ impl ConnectError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(Code::Internal, message)
     }
+    /// `resource_exhausted`.
+    pub fn exhausted(message: impl Into<String>) -> Self {
+        Self::new(Code::ResourceExhausted, message)
+    }
 
     fn json(&self) -> serde_json::Value {
         serde_json::json!({ "code": self.code.as_str(), "message": self.message })
@@ -124,8 +142,10 @@ impl IntoResponse for ConnectError {
     /// The unary error form: HTTP status from the code table, JSON body with a string code.
     fn into_response(self) -> Response {
         let mut resp = (self.code.http_status(), self.json().to_string()).into_response();
-        resp.headers_mut()
-            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         resp
     }
 }
@@ -133,14 +153,15 @@ impl IntoResponse for ConnectError {
 /// Per-call options read from the request headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallOptions {
-    /// `Connect-Timeout-Ms`, when present and non-zero.
+    /// `Connect-Timeout-Ms`, when present and non-zero; at most [`MAX_TIMEOUT`].
     pub timeout: Option<Duration>,
-    /// `Keepalive-Ping-Interval` in seconds (default 90 s).
+    /// `Keepalive-Ping-Interval` in seconds (default 90 s); at most [`MAX_KEEPALIVE`].
     pub keepalive: Duration,
 }
 
 impl CallOptions {
-    /// Reads the Connect call options from request headers.
+    /// Reads the Connect call options from request headers, clamping absurd values so that
+    /// deadlines computed from them never overflow.
     pub fn from_headers(headers: &HeaderMap) -> Self {
         let num = |name: &str| {
             headers
@@ -148,14 +169,65 @@ impl CallOptions {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
-        let timeout = num("connect-timeout-ms").filter(|&ms| ms > 0).map(Duration::from_millis);
-        let keepalive = Duration::from_secs(num("keepalive-ping-interval").filter(|&s| s > 0).unwrap_or(90));
+        let timeout = num("connect-timeout-ms")
+            .filter(|&ms| ms > 0)
+            .map(|ms| Duration::from_millis(ms).min(MAX_TIMEOUT));
+        let keepalive = Duration::from_secs(
+            num("keepalive-ping-interval")
+                .filter(|&s| s > 0)
+                .unwrap_or(90),
+        )
+        .min(MAX_KEEPALIVE);
         CallOptions { timeout, keepalive }
+    }
+
+    /// The instant the call's deadline passes, if it has one.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.timeout.map(|t| after(tokio::time::Instant::now(), t))
+    }
+}
+
+/// `at + d`, saturating at a far-away instant instead of overflowing.
+pub fn after(at: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(MAX_TIMEOUT))
+        .unwrap_or(at)
+}
+
+/// The body-size layer of the Connect routers: unary bodies up to [`MAX_UNARY_BODY`] (axum's
+/// default of 2 MiB is too small for `SendInput`). Streaming bodies are not affected; their
+/// envelopes are limited by [`EnvelopeReader`].
+pub fn body_limit() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(MAX_UNARY_BODY)
+}
+
+/// The whole body of a unary call. A body over the router's limit is rejected with a Connect
+/// `resource_exhausted` error (not axum's plain-text 413).
+#[derive(Debug, Clone)]
+pub struct UnaryBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for UnaryBody {
+    type Rejection = ConnectError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(body) => Ok(UnaryBody(body)),
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ConnectError::exhausted(
+                format!("request message too large: the limit is {MAX_UNARY_BODY} bytes"),
+            )),
+            Err(e) => Err(ConnectError::new(
+                Code::Canceled,
+                format!("reading request: {}", e.body_text()),
+            )),
+        }
     }
 }
 
 /// Decodes a unary request body (`application/json`; an empty body is `{}`).
-pub fn decode_unary<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ConnectError> {
+pub fn decode_unary<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, ConnectError> {
     let ct = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -163,11 +235,18 @@ pub fn decode_unary<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Re
     if !ct.starts_with("application/json") {
         return Err(ConnectError::new(
             Code::Unimplemented,
-            format!("unsupported content type {ct:?}: Paddock's envd speaks the Connect JSON codec"),
+            format!(
+                "unsupported content type {ct:?}: Paddock's envd speaks the Connect JSON codec"
+            ),
         ));
     }
-    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
-    serde_json::from_slice(body).map_err(|e| ConnectError::invalid(format!("invalid request message: {e}")))
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|e| ConnectError::invalid(format!("invalid request message: {e}")))
 }
 
 /// The unary success response: HTTP 200 with the JSON message.
@@ -175,8 +254,10 @@ pub fn unary_ok<T: Serialize>(msg: &T) -> Response {
     match serde_json::to_vec(msg) {
         Ok(body) => {
             let mut resp = (StatusCode::OK, body).into_response();
-            resp.headers_mut()
-                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             resp
         }
         Err(e) => ConnectError::internal(format!("encoding response: {e}")).into_response(),
@@ -197,12 +278,22 @@ pub fn envelope(flags: u8, payload: &[u8]) -> Bytes {
 pub struct EnvelopeReader {
     body: axum::body::BodyDataStream,
     buf: BytesMut,
+    limit: usize,
 }
 
 impl EnvelopeReader {
-    /// Wraps a request body.
+    /// Wraps a client-stream request body (envelopes up to [`MAX_MESSAGE`]).
     pub fn new(body: Body) -> Self {
-        EnvelopeReader { body: body.into_data_stream(), buf: BytesMut::new() }
+        Self::with_limit(body, MAX_MESSAGE)
+    }
+
+    /// Wraps a request body whose envelopes may carry at most `limit` bytes each.
+    pub fn with_limit(body: Body, limit: usize) -> Self {
+        EnvelopeReader {
+            body: body.into_data_stream(),
+            buf: BytesMut::new(),
+            limit,
+        }
     }
 
     /// Returns the next message, `Ok(None)` at the end of the body or after an end-stream envelope.
@@ -210,37 +301,56 @@ impl EnvelopeReader {
         loop {
             if self.buf.len() >= 5 {
                 let flags = self.buf[0];
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-                if len > MAX_MESSAGE {
-                    return Err(ConnectError::new(Code::ResourceExhausted, "request message too large"));
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if len > self.limit {
+                    return Err(ConnectError::exhausted(format!(
+                        "request message too large: {len} bytes, the limit is {}",
+                        self.limit
+                    )));
                 }
                 if self.buf.len() >= 5 + len {
                     self.buf.advance(5);
                     let payload = self.buf.split_to(len);
                     if flags & COMPRESSED_FLAG != 0 {
-                        return Err(ConnectError::new(Code::Unimplemented, "compressed messages are not supported"));
+                        return Err(ConnectError::new(
+                            Code::Unimplemented,
+                            "compressed messages are not supported",
+                        ));
                     }
                     if flags & END_STREAM_FLAG != 0 {
                         return Ok(None);
                     }
                     let payload: &[u8] = if payload.is_empty() { b"{}" } else { &payload };
-                    return serde_json::from_slice(payload)
-                        .map(Some)
-                        .map_err(|e| ConnectError::invalid(format!("invalid request message: {e}")));
+                    return serde_json::from_slice(payload).map(Some).map_err(|e| {
+                        ConnectError::invalid(format!("invalid request message: {e}"))
+                    });
                 }
             }
             match self.body.next().await {
                 Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(ConnectError::new(Code::Canceled, format!("reading request: {e}"))),
+                Some(Err(e)) => {
+                    return Err(ConnectError::new(
+                        Code::Canceled,
+                        format!("reading request: {e}"),
+                    ))
+                }
                 None if self.buf.is_empty() => return Ok(None),
-                None => return Err(ConnectError::invalid("request body ends inside an envelope")),
+                None => {
+                    return Err(ConnectError::invalid(
+                        "request body ends inside an envelope",
+                    ))
+                }
             }
         }
     }
 }
 
 /// Reads the one request message of a server-streaming call.
-pub async fn decode_stream_request<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ConnectError> {
+pub async fn decode_stream_request<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ConnectError> {
     let ct = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -251,7 +361,7 @@ pub async fn decode_stream_request<T: DeserializeOwned>(headers: &HeaderMap, bod
             format!("unsupported content type {ct:?}: expected application/connect+json"),
         ));
     }
-    EnvelopeReader::new(body)
+    EnvelopeReader::with_limit(body, MAX_STREAM_REQUEST)
         .next()
         .await?
         .ok_or_else(|| ConnectError::invalid("missing request message"))
@@ -296,7 +406,10 @@ impl StreamSender {
 impl Drop for StreamSender {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.try_send(end_envelope(Err(ConnectError::new(Code::Unknown, "stream ended unexpectedly"))));
+            let _ = tx.try_send(end_envelope(Err(ConnectError::new(
+                Code::Unknown,
+                "stream ended unexpectedly",
+            ))));
         }
     }
 }
@@ -312,18 +425,23 @@ fn end_envelope(result: Result<(), ConnectError>) -> Bytes {
 /// Creates a streaming response (HTTP 200, `application/connect+json`) and its sender.
 pub fn stream_response() -> (StreamSender, Response) {
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
+    let stream =
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/connect+json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/connect+json"),
+    );
     (StreamSender { tx: Some(tx) }, resp)
 }
 
 /// A streaming response that fails at once (errors of streams travel in the end envelope).
 pub fn stream_error(err: ConnectError) -> Response {
     let mut resp = Response::new(Body::from(end_envelope(Err(err))));
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/connect+json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/connect+json"),
+    );
     resp
 }
 
@@ -430,6 +548,88 @@ mod tests {
         assert_eq!(o.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(o.keepalive, Duration::from_secs(50));
         assert_eq!(CallOptions::from_headers(&HeaderMap::new()).timeout, None);
+    }
+
+    #[test]
+    fn huge_call_options_are_clamped_and_never_overflow() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connect-timeout-ms",
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        h.insert(
+            "keepalive-ping-interval",
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        let o = CallOptions::from_headers(&h);
+        assert_eq!(o.timeout, Some(MAX_TIMEOUT));
+        assert_eq!(o.keepalive, MAX_KEEPALIVE);
+        let now = tokio::time::Instant::now();
+        assert!(o.deadline().expect("deadline") > now);
+        // Even unclamped durations saturate instead of panicking.
+        assert!(after(now, Duration::MAX) > now);
+        assert_eq!(
+            after(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+    }
+
+    fn stream_body(flags: u8, payload: &[u8]) -> (HeaderMap, Body) {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/connect+json"),
+        );
+        (h, Body::from(envelope(flags, payload)))
+    }
+
+    #[tokio::test]
+    async fn stream_requests_are_limited_to_4_mib_but_client_streams_are_not() {
+        let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(MAX_STREAM_REQUEST));
+        let (h, body) = stream_body(0, big.as_bytes());
+        let err = decode_stream_request::<serde_json::Value>(&h, body)
+            .await
+            .expect_err("too large");
+        assert_eq!(err.code, Code::ResourceExhausted);
+        let (_, body) = stream_body(0, big.as_bytes());
+        let v: Option<serde_json::Value> = EnvelopeReader::new(body).next().await.expect("decodes");
+        assert_eq!(
+            v.expect("message")["a"].as_str().map(str::len),
+            Some(MAX_STREAM_REQUEST)
+        );
+        let (h, body) = stream_body(0, br#"{"a":1}"#);
+        let v: serde_json::Value = decode_stream_request(&h, body).await.expect("small");
+        assert_eq!(v, serde_json::json!({"a":1}));
+    }
+
+    #[tokio::test]
+    async fn oversize_unary_bodies_are_connect_errors() {
+        use tower::ServiceExt;
+        let app = axum::Router::new()
+            .route(
+                "/x",
+                axum::routing::post(|UnaryBody(b): UnaryBody| async move { b.len().to_string() }),
+            )
+            .layer(DefaultBodyLimit::max(16));
+        let send = |n: usize| {
+            let req = http::Request::post("/x")
+                .body(Body::from(vec![b' '; n]))
+                .expect("req");
+            app.clone().oneshot(req)
+        };
+        let ok = send(16).await.expect("response");
+        assert_eq!(ok.status(), StatusCode::OK);
+        let resp = send(17).await.expect("response");
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            resp.headers()[http::header::CONTENT_TYPE],
+            "application/json"
+        );
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["code"], "resource_exhausted");
     }
 
     #[test]

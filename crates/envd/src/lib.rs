@@ -32,5 +32,8 @@ pub fn router(state: EnvdState, processes: process::ProcessRegistry) -> Router {
         .merge(filesystem::router())
         .with_state(state.clone())
         .merge(process::router(state.clone(), processes))
-        .layer(axum::middleware::from_fn_with_state(state, auth::require_token))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            auth::require_token,
+        ))
 }

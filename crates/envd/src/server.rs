@@ -197,6 +197,12 @@ fn cloexec_inherited_fds() {
 /// shutdown and the socket files removed.
 pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     cloexec_inherited_fds();
+    // Many connections, pipes and watchers: use the hard open-files limit (children get the
+    // original soft limit back, see `process::rlimit`).
+    match crate::process::rlimit::raise_nofile() {
+        Ok(limit) => tracing::debug!(limit, "open-files limit raised"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     // Reap from the start: orphans may appear before the first spawn.
     let _reaper = Reaper::global();
     if std::process::id() != 1 {

@@ -73,7 +73,11 @@ impl EnvdState {
             default_workdir: boot.default_workdir,
             last_init: None,
         };
-        EnvdState { inner: Arc::new(RwLock::new(cfg)), users, run_dir }
+        EnvdState {
+            inner: Arc::new(RwLock::new(cfg)),
+            users,
+            run_dir,
+        }
     }
 
     /// A snapshot of the configuration.
@@ -110,6 +114,8 @@ impl EnvdState {
             Some(n) => n.to_string(),
             None => self.config().default_user,
         };
-        self.users.lookup(&name).map_err(|e| ConnectError::new(Code::Unauthenticated, e.to_string()))
+        self.users
+            .lookup(&name)
+            .map_err(|e| ConnectError::new(Code::Unauthenticated, e.to_string()))
     }
 }

@@ -46,7 +46,9 @@ pub struct UserDb {
 
 impl Default for UserDb {
     fn default() -> Self {
-        UserDb { etc: PathBuf::from("/etc") }
+        UserDb {
+            etc: PathBuf::from("/etc"),
+        }
     }
 }
 
@@ -66,7 +68,9 @@ impl UserDb {
             if f.len() < 7 {
                 continue;
             }
-            let (Ok(uid), Ok(gid)) = (f[2].parse::<u32>(), f[3].parse::<u32>()) else { continue };
+            let (Ok(uid), Ok(gid)) = (f[2].parse::<u32>(), f[3].parse::<u32>()) else {
+                continue;
+            };
             if f[0] == name || numeric == Some(uid) {
                 let groups = self.groups_of(f[0], gid);
                 return Ok(User {
@@ -128,15 +132,23 @@ fn name_of(file: &Path, id: u32) -> String {
 /// The user named by an RPC's `Authorization: Basic base64("<user>:")` header, if any.
 pub fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let b64 = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic "))?;
-    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let b64 = v
+        .strip_prefix("Basic ")
+        .or_else(|| v.strip_prefix("basic "))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
     let s = String::from_utf8(raw).ok()?;
     let user = s.split(':').next().unwrap_or_default();
     (!user.is_empty()).then(|| user.to_string())
 }
 
 /// Resolves a client path for `user` (spec 3.2) to a clean absolute path.
-pub fn resolve_path(path: &str, user: &User, default_workdir: Option<&str>) -> Result<PathBuf, UserError> {
+pub fn resolve_path(
+    path: &str,
+    user: &User,
+    default_workdir: Option<&str>,
+) -> Result<PathBuf, UserError> {
     let joined = if path.is_empty() {
         match default_workdir {
             Some(w) if !w.is_empty() => PathBuf::from(w),
@@ -182,7 +194,11 @@ mod tests {
             "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\n",
         )
         .expect("passwd");
-        std::fs::write(dir.path().join("group"), "root:x:0:\nuser:x:1000:\nsudo:x:27:user\n").expect("group");
+        std::fs::write(
+            dir.path().join("group"),
+            "root:x:0:\nuser:x:1000:\nsudo:x:27:user\n",
+        )
+        .expect("group");
         let db = UserDb::at(dir.path());
         (dir, db)
     }
@@ -194,7 +210,10 @@ mod tests {
         assert_eq!((u.uid, u.gid), (1000, 1000));
         assert_eq!(u.groups, vec![1000, 27]);
         assert_eq!(db.lookup("0").expect("root").name, "root");
-        assert_eq!(db.lookup("nobody"), Err(UserError::UnknownUser("nobody".into())));
+        assert_eq!(
+            db.lookup("nobody"),
+            Err(UserError::UnknownUser("nobody".into()))
+        );
         assert_eq!(db.user_name(1000), "user");
         assert_eq!(db.group_name(4242), "4242");
     }
@@ -203,18 +222,36 @@ mod tests {
     fn resolves_paths_per_spec() {
         let (_d, db) = db();
         let u = db.lookup("user").expect("user");
-        assert_eq!(resolve_path("", &u, None).expect("home"), PathBuf::from("/home/user"));
-        assert_eq!(resolve_path("", &u, Some("/work")).expect("wd"), PathBuf::from("/work"));
-        assert_eq!(resolve_path("~/a/../b", &u, None).expect("tilde"), PathBuf::from("/home/user/b"));
-        assert_eq!(resolve_path("x/y", &u, Some("/work")).expect("rel"), PathBuf::from("/home/user/x/y"));
-        assert_eq!(resolve_path("/../../etc", &u, None).expect("abs"), PathBuf::from("/etc"));
+        assert_eq!(
+            resolve_path("", &u, None).expect("home"),
+            PathBuf::from("/home/user")
+        );
+        assert_eq!(
+            resolve_path("", &u, Some("/work")).expect("wd"),
+            PathBuf::from("/work")
+        );
+        assert_eq!(
+            resolve_path("~/a/../b", &u, None).expect("tilde"),
+            PathBuf::from("/home/user/b")
+        );
+        assert_eq!(
+            resolve_path("x/y", &u, Some("/work")).expect("rel"),
+            PathBuf::from("/home/user/x/y")
+        );
+        assert_eq!(
+            resolve_path("/../../etc", &u, None).expect("abs"),
+            PathBuf::from("/etc")
+        );
         assert!(resolve_path("~root/x", &u, None).is_err());
     }
 
     #[test]
     fn parses_basic_auth() {
         let mut h = HeaderMap::new();
-        h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("Basic cm9vdDo="));
+        h.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Basic cm9vdDo="),
+        );
         assert_eq!(basic_auth_user(&h).as_deref(), Some("root"));
         assert_eq!(basic_auth_user(&HeaderMap::new()), None);
     }

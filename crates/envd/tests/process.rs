@@ -1,10 +1,12 @@
 //! Drives the real `paddock-envd` binary over its Unix socket with Connect envelopes, as the E2B
 //! SDKs do: Start/Connect/List/SendInput/StreamInput/CloseStdin/SendSignal/Update, PTYs,
-//! deadlines, keepalives, users, token enforcement and zombie reaping.
+//! deadlines, keepalives, users, token enforcement, zombie reaping, request-size and header
+//! limits, and the open-files limit.
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -27,6 +29,11 @@ struct Envd {
 
 impl Envd {
     fn launch(config: Value) -> Envd {
+        Self::launch_with(config, None)
+    }
+
+    /// Launches envd, optionally with a lowered soft open-files limit.
+    fn launch_with(config: Value, nofile_soft: Option<u64>) -> Envd {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
@@ -49,7 +56,26 @@ impl Envd {
         std::fs::write(run.join("config.json"), config.to_string()).expect("config");
 
         let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
-        let child = Command::new(env!("CARGO_BIN_EXE_paddock-envd"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_paddock-envd"));
+        if let Some(soft) = nofile_soft {
+            let (_, hard) =
+                nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                    .expect("getrlimit");
+            let limit = libc::rlimit {
+                rlim_cur: soft.min(hard),
+                rlim_max: hard,
+            };
+            // SAFETY: setrlimit is a plain system call on a value copied into the closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["--port", "0", "--run-dir"])
             .arg(&run)
             .arg("--etc-dir")
@@ -706,4 +732,78 @@ async fn orphans_are_reaped() {
         }
     }
     assert!(zombies.is_empty(), "zombie children of envd: {zombies:?}");
+}
+
+#[tokio::test]
+async fn large_unary_input_is_accepted() {
+    let envd = Envd::launch(root_config());
+    let mut frames = envd
+        .stream(
+            "Start",
+            json!({"process":{"cmd":"wc","args":["-c"]}}),
+            &[ROOT],
+        )
+        .await;
+    let pid = frames.event().await["start"]["pid"].as_u64().expect("pid");
+    // 3 MiB of stdin is a 4 MiB JSON body: over axum's default 2 MiB limit.
+    let data = vec![b'x'; 3 << 20];
+    let input = json!({"process":{"pid":pid},"input":{"stdin":B64.encode(&data)}});
+    assert_eq!(envd.unary("SendInput", input, &[]).await, (200, json!({})));
+    assert_eq!(
+        envd.unary("CloseStdin", json!({"process":{"pid":pid}}), &[])
+            .await,
+        (200, json!({}))
+    );
+    let out = frames.collect().await;
+    assert_eq!(out.stdout().trim(), (3 << 20).to_string());
+}
+
+#[tokio::test]
+async fn huge_timeout_and_keepalive_headers_are_clamped() {
+    let envd = Envd::launch(root_config());
+    let huge = [
+        ROOT,
+        ("connect-timeout-ms", "18446744073709551615"),
+        ("keepalive-ping-interval", "18446744073709551615"),
+    ];
+    let out = envd.run("echo fine", &huge).await.collect().await;
+    assert_eq!(out.stdout(), "fine\n");
+    assert_eq!(out.end["status"], "exit status 0");
+    // Connect with the same headers to a running process.
+    let mut frames = envd.run("sleep 0.5; echo late", &[ROOT]).await;
+    let pid = frames.event().await["start"]["pid"].as_u64().expect("pid");
+    let out = envd
+        .stream("Connect", json!({"process":{"pid":pid}}), &huge[1..])
+        .await
+        .collect()
+        .await;
+    assert_eq!(out.stdout(), "late\n");
+}
+
+/// The soft open-files limit of a process, from `/proc/<pid>/limits`.
+fn soft_nofile(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    line.split_whitespace()
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .expect("soft limit")
+}
+
+#[tokio::test]
+async fn envd_raises_its_open_files_limit_but_children_keep_the_original() {
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .expect("getrlimit");
+    let soft = 256.min(hard);
+    let envd = Envd::launch_with(root_config(), Some(soft));
+    assert_eq!(soft_nofile(envd.child.id()), hard);
+    let out = envd
+        .run("ulimit -Sn; ulimit -Hn", &[ROOT])
+        .await
+        .collect()
+        .await;
+    assert_eq!(out.stdout(), format!("{soft}\n{hard}\n"));
 }

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use paddock_domain::{Resources, SandboxId, TemplateName};
 
+pub mod doctor;
 pub mod manager;
 pub mod templates;
 

@@ -2,20 +2,27 @@
 //! state directories under `<data_dir>/sandboxes/<id>`, writes each sandbox's envd boot
 //! configuration, drives the [`RuntimeDriver`], and forwards sandbox deaths to the control plane.
 //!
-//! Lifecycle of one sandbox here: `create` (template lookup → capacity check → state dir +
-//! `node.json` + `run/config.json` → runtime create → table insert) → traffic via
-//! [`Node::endpoint`] → `kill` or death (runtime exit event) → runtime cleanup → table removal.
+//! Lifecycle of one sandbox here: `create` (template lookup → slot reservation → state dir +
+//! `node.json` + `run/config.json` → runtime create → table insert → liveness re-check) →
+//! traffic via [`Node::endpoint`] → `kill` or death (runtime exit event, or found dead by a
+//! resync after missed events) → runtime cleanup → table removal.
+//!
+//! Capacity: a create reserves its slot synchronously (sandboxes being created count with the
+//! live ones against `max_sandboxes`) before its first await, and gives it back when it fails.
+//! Shutdown closes the node to new creates, waits (bounded) for the ones in flight, kills every
+//! sandbox, then releases the runtime.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use paddock_domain::{Resources, SandboxId, TemplateName};
 use paddock_envd::BootConfig;
 use paddock_sandbox::{RuntimeDriver, SandboxHandle, SandboxSpec};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 
 use crate::templates::TemplateStore;
 use crate::{CreateRequest, Endpoint, Node, NodeError, NodeSandbox, TemplateInfo};
@@ -39,9 +46,21 @@ struct SandboxMeta {
     resources: Resources,
 }
 
+/// How long shutdown waits for creates in flight before killing what is live.
+const SHUTDOWN_CREATE_WAIT: Duration = Duration::from_secs(15);
+
 #[derive(Debug, Clone)]
 struct Live {
     handle: SandboxHandle,
+}
+
+/// The sandboxes of this node: running, and being created (slots reserved).
+#[derive(Debug, Default)]
+struct Table {
+    live: HashMap<SandboxId, Live>,
+    creating: HashSet<SandboxId>,
+    /// Set by shutdown: no new creates, and creates in flight do not enter `live`.
+    shutting_down: bool,
 }
 
 /// The in-process node.
@@ -49,34 +68,60 @@ pub struct LocalNode {
     cfg: NodeConfig,
     templates: TemplateStore,
     runtime: Arc<dyn RuntimeDriver>,
-    live: RwLock<HashMap<SandboxId, Live>>,
+    table: RwLock<Table>,
+    /// Woken whenever a create gives its reservation back.
+    create_done: Notify,
     exits: broadcast::Sender<SandboxId>,
+}
+
+/// A reserved slot for one create; dropping it (failure, cancellation) frees the slot.
+struct Reservation<'a> {
+    node: &'a LocalNode,
+    id: SandboxId,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.node.table_mut().creating.remove(&self.id);
+        self.node.create_done.notify_waiters();
+    }
 }
 
 impl LocalNode {
     /// Builds a node over a runtime driver and a template store, and starts forwarding the
     /// runtime's exit notifications. Must be called inside a tokio runtime.
-    pub fn new(cfg: NodeConfig, templates: TemplateStore, runtime: Arc<dyn RuntimeDriver>) -> Result<Arc<Self>, NodeError> {
+    pub fn new(
+        cfg: NodeConfig,
+        templates: TemplateStore,
+        runtime: Arc<dyn RuntimeDriver>,
+    ) -> Result<Arc<Self>, NodeError> {
         std::fs::create_dir_all(&cfg.sandboxes_dir).map_err(|source| NodeError::Io {
             context: format!("creating {}", cfg.sandboxes_dir.display()),
             source,
         })?;
         let (exits, _) = broadcast::channel(256);
-        let node = Arc::new(LocalNode { cfg, templates, runtime, live: RwLock::new(HashMap::new()), exits });
+        let node = Arc::new(LocalNode {
+            cfg,
+            templates,
+            runtime,
+            table: RwLock::new(Table::default()),
+            create_done: Notify::new(),
+            exits,
+        });
         let weak = Arc::downgrade(&node);
         let mut rx = node.runtime.exits();
         tokio::spawn(async move {
             loop {
-                let id = match rx.recv().await {
-                    Ok(id) => id,
+                let received = rx.recv().await;
+                let Some(node) = weak.upgrade() else { return };
+                match received {
+                    Ok(id) => node.on_exit(id).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "sandbox exit notifications lagged");
-                        continue;
+                        tracing::warn!(missed = n, "sandbox exit notifications lagged; resyncing");
+                        node.resync().await;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
-                };
-                let Some(node) = weak.upgrade() else { return };
-                node.on_exit(id).await;
+                }
             }
         });
         Ok(node)
@@ -91,16 +136,57 @@ impl LocalNode {
         self.cfg.sandboxes_dir.join(id.as_str())
     }
 
-    fn table(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SandboxId, Live>> {
-        self.live.read().unwrap_or_else(|p| p.into_inner())
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        // Single inserts and removes cannot leave the table inconsistent, so a poisoned lock
+        // is still usable.
+        self.table.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn table_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SandboxId, Live>> {
-        self.live.write().unwrap_or_else(|p| p.into_inner())
+    fn table_mut(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves a slot for creating `id`, synchronously, so concurrent creates cannot all pass
+    /// the capacity check before any of them is live.
+    fn reserve(&self, id: &SandboxId) -> Result<Reservation<'_>, NodeError> {
+        let mut table = self.table_mut();
+        if table.shutting_down {
+            return Err(NodeError::Busy("shutting down".into()));
+        }
+        if table.live.contains_key(id) || table.creating.contains(id) {
+            return Err(NodeError::Busy(format!(
+                "sandbox {id} already exists on this node"
+            )));
+        }
+        let used = table.live.len() + table.creating.len();
+        if used >= self.cfg.max_sandboxes {
+            return Err(NodeError::Busy(format!(
+                "{} sandboxes running and {} starting, limit {}",
+                table.live.len(),
+                table.creating.len(),
+                self.cfg.max_sandboxes
+            )));
+        }
+        table.creating.insert(id.clone());
+        Ok(Reservation {
+            node: self,
+            id: id.clone(),
+        })
+    }
+
+    /// Drops every sandbox of the table whose PID 1 the runtime no longer sees running, as if
+    /// its exit had been reported (used after exit notifications were lost).
+    async fn resync(&self) {
+        let ids: Vec<SandboxId> = self.table().live.keys().cloned().collect();
+        for id in ids {
+            if !self.runtime.is_alive(&id) {
+                self.on_exit(id).await;
+            }
+        }
     }
 
     async fn on_exit(&self, id: SandboxId) {
-        let was_live = self.table_mut().remove(&id).is_some();
+        let was_live = self.table_mut().live.remove(&id).is_some();
         if !was_live {
             return;
         }
@@ -111,7 +197,11 @@ impl LocalNode {
         let _ = self.exits.send(id);
     }
 
-    fn prepare_state_dir(&self, req: &CreateRequest, meta: &SandboxMeta) -> Result<PathBuf, NodeError> {
+    fn prepare_state_dir(
+        &self,
+        req: &CreateRequest,
+        meta: &SandboxMeta,
+    ) -> Result<PathBuf, NodeError> {
         let dir = self.state_dir(&req.id);
         let io = |context: String| move |source| NodeError::Io { context, source };
         let run = dir.join("run");
@@ -120,7 +210,8 @@ impl LocalNode {
             context: "encoding node.json".into(),
             source: std::io::Error::other(e),
         })?;
-        write_private(&dir.join("node.json"), &meta_json).map_err(io("writing node.json".into()))?;
+        write_private(&dir.join("node.json"), &meta_json)
+            .map_err(io("writing node.json".into()))?;
         let boot = BootConfig {
             access_token: Some(req.access_token.clone()),
             env_vars: req.env_vars.clone(),
@@ -133,7 +224,8 @@ impl LocalNode {
             context: "encoding envd config".into(),
             source: std::io::Error::other(e),
         })?;
-        write_private(&run.join("config.json"), &boot_json).map_err(io("writing envd config".into()))?;
+        write_private(&run.join("config.json"), &boot_json)
+            .map_err(io("writing envd config".into()))?;
         Ok(dir)
     }
 }
@@ -142,7 +234,12 @@ impl LocalNode {
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(data)
 }
 
@@ -153,13 +250,11 @@ impl Node for LocalNode {
             .templates
             .get(&req.template)?
             .ok_or_else(|| NodeError::TemplateNotFound(req.template.to_string()))?;
-        {
-            let n = self.table().len();
-            if n >= self.cfg.max_sandboxes {
-                return Err(NodeError::Busy(format!("{n} sandboxes running, limit {}", self.cfg.max_sandboxes)));
-            }
-        }
-        let meta = SandboxMeta { template: req.template.clone(), resources: req.resources.unwrap_or(template.resources) };
+        let reservation = self.reserve(&req.id)?;
+        let meta = SandboxMeta {
+            template: req.template.clone(),
+            resources: req.resources.unwrap_or(template.resources),
+        };
         let state_dir = match self.prepare_state_dir(&req, &meta) {
             Ok(d) => d,
             Err(e) => {
@@ -182,24 +277,63 @@ impl Node for LocalNode {
                 return Err(e.into());
             }
         };
-        tracing::info!(sandbox_id = %req.id, template = %req.template, pid = handle.init_pid, "sandbox running");
-        self.table_mut().insert(req.id.clone(), Live { handle });
-        Ok(NodeSandbox { id: req.id, template: meta.template, resources: meta.resources })
+        let pid = handle.init_pid;
+        let accepted = {
+            let mut table = self.table_mut();
+            if table.shutting_down {
+                false
+            } else {
+                table.live.insert(req.id.clone(), Live { handle });
+                true
+            }
+        };
+        if !accepted {
+            // Shutdown is waiting for this reservation; leave nothing behind before giving it up.
+            if let Err(e) = self.runtime.kill(&req.id, &self.state_dir(&req.id)).await {
+                tracing::error!(sandbox_id = %req.id, error = %e, "stopping a sandbox created during shutdown");
+            }
+            return Err(NodeError::Busy("shutting down".into()));
+        }
+        drop(reservation);
+        // envd may have died between the runtime's bookkeeping and the insert above, and its
+        // exit notification may already have been handled (and ignored) before it.
+        if !self.runtime.is_alive(&req.id) {
+            let removed = self.table_mut().live.remove(&req.id).is_some();
+            if removed {
+                if let Err(e) = self.runtime.kill(&req.id, &self.state_dir(&req.id)).await {
+                    tracing::error!(sandbox_id = %req.id, error = %e, "cleaning up a sandbox that died at start");
+                }
+            }
+            tracing::warn!(sandbox_id = %req.id, "sandbox exited right after it started");
+            return Err(NodeError::Runtime(paddock_sandbox::RuntimeError::Create {
+                id: req.id,
+                message: "envd exited right after it was ready".into(),
+            }));
+        }
+        tracing::info!(sandbox_id = %req.id, template = %req.template, pid, "sandbox running");
+        Ok(NodeSandbox {
+            id: req.id,
+            template: meta.template,
+            resources: meta.resources,
+        })
     }
 
     async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {
-        self.table_mut().remove(id);
+        self.table_mut().live.remove(id);
         self.runtime.kill(id, &self.state_dir(id)).await?;
         tracing::info!(sandbox_id = %id, "sandbox killed");
         Ok(())
     }
 
     async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
-        Ok(self.templates.get(name)?.map(|t| TemplateInfo { name: t.name, resources: t.resources }))
+        Ok(self.templates.get(name)?.map(|t| TemplateInfo {
+            name: t.name,
+            resources: t.resources,
+        }))
     }
 
     async fn live(&self) -> Vec<SandboxId> {
-        self.table().keys().cloned().collect()
+        self.table().live.keys().cloned().collect()
     }
 
     fn exits(&self) -> broadcast::Receiver<SandboxId> {
@@ -207,7 +341,7 @@ impl Node for LocalNode {
     }
 
     fn endpoint(&self, id: &SandboxId) -> Option<Endpoint> {
-        self.table().get(id).map(|l| Endpoint {
+        self.table().live.get(id).map(|l| Endpoint {
             envd_socket: l.handle.envd_socket.clone(),
             forward_socket: l.handle.forward_socket.clone(),
         })
@@ -217,19 +351,22 @@ impl Node for LocalNode {
         let mut adopted = Vec::new();
         for id in expected {
             let dir = self.state_dir(id);
-            let meta: Option<SandboxMeta> =
-                std::fs::read(dir.join("node.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let meta: Option<SandboxMeta> = std::fs::read(dir.join("node.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
             match (meta, self.runtime.adopt(id, &dir).await) {
                 (Some(_), Ok(Some(handle))) => {
                     tracing::info!(sandbox_id = %id, pid = handle.init_pid, "adopted running sandbox");
-                    self.table_mut().insert(id.clone(), Live { handle });
+                    self.table_mut().live.insert(id.clone(), Live { handle });
                     adopted.push(id.clone());
                 }
                 (_, Ok(Some(_))) => {
                     tracing::warn!(sandbox_id = %id, "running sandbox without node.json; killing it");
                     let _ = self.runtime.kill(id, &dir).await;
                 }
-                (_, Ok(None)) => tracing::info!(sandbox_id = %id, "sandbox did not survive the restart"),
+                (_, Ok(None)) => {
+                    tracing::info!(sandbox_id = %id, "sandbox did not survive the restart")
+                }
                 (_, Err(e)) => {
                     tracing::warn!(sandbox_id = %id, error = %e, "cannot adopt sandbox; killing it");
                     let _ = self.runtime.kill(id, &dir).await;
@@ -245,7 +382,8 @@ impl Node for LocalNode {
         if let Ok(entries) = std::fs::read_dir(&self.cfg.sandboxes_dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name();
-                let keep = SandboxId::parse(&name.to_string_lossy()).is_ok_and(|id| adopted.contains(&id));
+                let keep =
+                    SandboxId::parse(&name.to_string_lossy()).is_ok_and(|id| adopted.contains(&id));
                 if !keep {
                     if let Ok(id) = SandboxId::parse(&name.to_string_lossy()) {
                         let _ = self.runtime.kill(&id, &entry.path()).await;
@@ -258,7 +396,27 @@ impl Node for LocalNode {
     }
 
     async fn shutdown(&self) {
-        let ids: Vec<SandboxId> = self.table().keys().cloned().collect();
+        self.table_mut().shutting_down = true;
+        // Creates in flight finish (and, seeing the flag, remove their sandbox) before the
+        // table is emptied, so none of them outlives the shutdown.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_CREATE_WAIT;
+        loop {
+            let notified = self.create_done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let in_flight = self.table().creating.len();
+            if in_flight == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(
+                    in_flight,
+                    "creates still running at shutdown; they stop their sandboxes when done"
+                );
+                break;
+            }
+        }
+        let ids: Vec<SandboxId> = self.table().live.keys().cloned().collect();
         let kills = ids.iter().map(|id| self.kill(id));
         for (id, res) in ids.iter().zip(futures::future::join_all(kills).await) {
             if let Err(e) = res {
@@ -268,3 +426,7 @@ impl Node for LocalNode {
         self.runtime.release().await;
     }
 }
+
+#[cfg(test)]
+#[path = "manager_tests.rs"]
+mod tests;

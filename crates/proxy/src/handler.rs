@@ -171,7 +171,8 @@ impl Proxy {
     /// Sends on a pooled connection if one is idle, else on a new connection. Only requests
     /// without a body use the pool: they can be replayed on a fresh connection when the pooled
     /// one turns out to have been closed by the sandbox meanwhile (e.g. after envd answered an
-    /// upload without reading its epilogue), which a streamed body cannot. Upgrades always get a
+    /// upload without reading its epilogue), which a streamed body cannot. A request hyper had
+    /// already written is replayed only for GET, HEAD and OPTIONS. Upgrades always get a
     /// fresh connection, which is never pooled.
     async fn send(
         &self,
@@ -190,8 +191,15 @@ impl Proxy {
                         return Ok(response);
                     }
                     Err(mut e) => {
+                        // With the message back, hyper never wrote it: resending is safe. Without
+                        // it the sandbox may already have acted on the request, so only methods
+                        // that are safe to repeat are sent again.
+                        req = match e.take_message() {
+                            Some(unsent) => unsent,
+                            None if is_safe_to_repeat(replay.method()) => replay,
+                            None => return Err(SendError::Exchange(e.into_error())),
+                        };
                         tracing::debug!(error = %e.error(), "pooled connection failed; retrying");
-                        req = e.take_message().unwrap_or(replay);
                     }
                 }
             }
@@ -212,7 +220,13 @@ impl Proxy {
         let id = &route.sandbox_id;
         match error {
             SendError::Connect(ConnectError::Unreachable { .. }) => reply::sandbox_not_found(id),
-            SendError::Connect(ConnectError::Timeout) if is_envd => reply::sandbox_not_found(id),
+            // envd listens as long as the sandbox runs, so a slow connect usually means the
+            // sandbox is gone; if it is still listed, it is only slow to accept.
+            SendError::Connect(ConnectError::Timeout) if is_envd => match self.inner.dir.lookup(id)
+            {
+                Lookup::NotFound => reply::sandbox_not_found(id),
+                Lookup::Running(_) => reply::upstream_failed(id, route.port),
+            },
             SendError::Connect(
                 ConnectError::PortClosed | ConnectError::BadStatus(_) | ConnectError::Timeout,
             ) => reply::port_not_open(id, route.port),
@@ -308,6 +322,25 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
+/// Whether a request may be sent a second time without its effect happening twice.
+fn is_safe_to_repeat(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    )
+}
+
+/// A copy of a bodiless request, to send again on a fresh connection.
+fn replay_of(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
+    let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
+    let mut copy = Request::new(empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,15 +396,54 @@ mod tests {
             .expect("req");
         assert_eq!(proxy.handle(req).await.status(), StatusCode::BAD_REQUEST);
     }
-}
 
-/// A copy of a bodiless request, to send again on a fresh connection.
-fn replay_of(req: &Request<UpstreamBody>) -> Request<UpstreamBody> {
-    let empty = Empty::new().map_err(|never| match never {}).boxed_unsync();
-    let mut copy = Request::new(empty);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
+    /// Lists every sandbox as running, with sockets that do not exist.
+    struct Everybody;
+    impl SandboxDirectory for Everybody {
+        fn lookup(&self, _: &paddock_domain::SandboxId) -> Lookup {
+            Lookup::Running(crate::Upstream {
+                envd_socket: "/nonexistent/envd.sock".into(),
+                forward_socket: "/nonexistent/forward.sock".into(),
+            })
+        }
+    }
+
+    async fn body_text(response: Response<ProxyBody>) -> String {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn envd_connect_timeout_reports_not_found_only_for_unlisted_sandboxes() {
+        let route = Route {
+            sandbox_id: paddock_domain::SandboxId::parse("iabc").expect("id"),
+            port: 49983,
+        };
+        let timeout = || SendError::Connect(ConnectError::Timeout);
+
+        let listed = Proxy::new(Arc::new(Everybody), ProxyConfig::default());
+        let response = listed.failure(&route, true, timeout());
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let body = body_text(response).await;
+        assert!(!body.contains("was not found"), "{body}");
+        assert!(body.contains("did not answer"), "{body}");
+
+        let gone = Proxy::new(Arc::new(Nobody), ProxyConfig::default());
+        let body = body_text(gone.failure(&route, true, timeout())).await;
+        assert!(body.contains("The sandbox was not found"), "{body}");
+    }
+
+    #[test]
+    fn only_safe_methods_are_repeated() {
+        assert!(is_safe_to_repeat(&http::Method::GET));
+        assert!(is_safe_to_repeat(&http::Method::HEAD));
+        assert!(is_safe_to_repeat(&http::Method::OPTIONS));
+        assert!(!is_safe_to_repeat(&http::Method::POST));
+        assert!(!is_safe_to_repeat(&http::Method::DELETE));
+    }
 }

@@ -2,8 +2,15 @@
 //! port-forwarding socket (2-byte big-endian port out, 1 status byte back, then the stream is
 //! the TCP connection to that port inside the sandbox). Each connection's driver runs on its own
 //! task with upgrades enabled and ends when the connection closes or its sender is dropped.
+//!
+//! The sockets live in a directory the sandbox can write, so a socket path is never connected
+//! to by name: [`open`] opens the final component without following symlinks, checks that it
+//! is a socket and connects through `/proc/self/fd/<n>`, which reaches exactly that inode.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -87,7 +94,7 @@ async fn open(target: &Target) -> Result<UnixStream, ConnectError> {
         path: path.clone(),
         source,
     };
-    let mut stream = UnixStream::connect(path).await.map_err(unreachable)?;
+    let mut stream = connect_no_follow(path).await.map_err(unreachable)?;
     let Some(port) = port else {
         return Ok(stream);
     };
@@ -103,6 +110,34 @@ async fn open(target: &Target) -> Result<UnixStream, ConnectError> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ConnectError::PortClosed),
         Err(e) => Err(unreachable(e)),
     }
+}
+
+/// Connects to the Unix socket at `path` without following a symlink in its last component:
+/// a sandbox could otherwise point `envd.sock` at any socket of the host.
+async fn connect_no_follow(path: &Path) -> std::io::Result<UnixStream> {
+    let handle = open_socket_inode(path)?;
+    // The magic link resolves to the inode `handle` refers to, whatever `path` names by now.
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", handle.as_raw_fd()));
+    let stream = UnixStream::connect(&by_fd).await;
+    drop(handle);
+    stream
+}
+
+/// Opens `path` with `O_PATH | O_NOFOLLOW` (and `O_CLOEXEC`, which std always adds) and checks
+/// that it is a socket. A symlink fails with `ELOOP`; anything else that is not a socket fails
+/// with `InvalidInput`.
+fn open_socket_inode(path: &Path) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_socket() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a unix socket",
+        ));
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -142,6 +177,34 @@ mod tests {
         let (_d, path) = forwarder_answering(None).await;
         let r = connect(&Target::Forward(path, 8080), t).await;
         assert!(matches!(r, Err(ConnectError::PortClosed)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn symlinked_or_non_socket_paths_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = dir.path().join("host.sock");
+        let listener = UnixListener::bind(&real).expect("bind");
+        let t = Duration::from_secs(1);
+
+        // The real socket works through the fd path.
+        assert!(connect(&Target::Envd(real.clone()), t).await.is_ok());
+        let (_accepted, _) = listener.accept().await.expect("accepted");
+
+        // A symlink to it is not followed, for envd and for the forwarder.
+        let link = dir.path().join("envd.sock");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        let r = connect(&Target::Envd(link.clone()), t).await;
+        assert!(matches!(r, Err(ConnectError::Unreachable { .. })), "{r:?}");
+        let r = connect(&Target::Forward(link, 8080), t).await;
+        assert!(matches!(r, Err(ConnectError::Unreachable { .. })), "{r:?}");
+        let none = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+        assert!(none.is_err(), "the symlinked socket was connected");
+
+        // A regular file is not a socket.
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").expect("write");
+        let r = connect(&Target::Envd(file), t).await;
+        assert!(matches!(r, Err(ConnectError::Unreachable { .. })), "{r:?}");
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@ mod support;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use futures::{SinkExt, StreamExt};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use paddock_proxy::{ProxyConfig, Upstream};
+use paddock_proxy::{ProxyConfig, SandboxDirectory as _, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -424,5 +425,129 @@ async fn shutdown_finishes_within_the_grace_period() {
     assert!(
         TcpStream::connect(env.addr).await.is_err(),
         "listener is closed"
+    );
+}
+
+#[tokio::test]
+async fn a_symlinked_envd_socket_is_not_followed() {
+    let env = start(ProxyConfig::default()).await;
+    let id = paddock_domain::SandboxId::parse(SANDBOX).expect("id");
+    let paddock_proxy::Lookup::Running(real) = env.directory.lookup(&id) else {
+        panic!("the test sandbox is listed");
+    };
+    // A sandbox replaced its envd.sock with a symlink to a socket elsewhere on the host.
+    let evil_dir = tempfile::tempdir().expect("tempdir");
+    let link = evil_dir.path().join("envd.sock");
+    std::os::unix::fs::symlink(&real.envd_socket, &link).expect("symlink");
+    env.directory.insert(
+        "ievil",
+        Upstream {
+            envd_socket: link,
+            forward_socket: real.forward_socket.clone(),
+        },
+    );
+    let req = Request::builder()
+        .uri(format!("http://{}/echo", env.addr))
+        .header("E2b-Sandbox-Id", "ievil")
+        .header("E2b-Sandbox-Port", ENVD_PORT.to_string())
+        .body(empty())
+        .expect("request");
+    let (status, _, body) = env.get(req).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        body,
+        r#"{"sandboxId":"ievil","message":"The sandbox was not found","code":502}"#
+    );
+    assert_eq!(env.envd_conns.load(Ordering::SeqCst), 0, "symlink followed");
+
+    // The real socket is still reached.
+    let req = env.to(ENVD_PORT, "/echo").body(empty()).expect("request");
+    let (status, _, _) = env.get(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(env.envd_conns.load(Ordering::SeqCst), 1);
+}
+
+/// A raw "envd" that answers the first request of each connection and closes the connection,
+/// unanswered, on the second one. Returns the request lines it read.
+async fn serve_closing_envd(path: &std::path::Path) -> Arc<Mutex<Vec<String>>> {
+    let listener = tokio::net::UnixListener::bind(path).expect("bind");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for answered in [true, false] {
+                    let head = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = buf.drain(..end + 4).collect();
+                            break String::from_utf8_lossy(&head).into_owned();
+                        }
+                        let mut chunk = [0u8; 1024];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let line = head.lines().next().unwrap_or_default().to_string();
+                    log.lock().expect("lock").push(line);
+                    if !answered {
+                        return; // closes the connection without an answer
+                    }
+                    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    seen
+}
+
+#[tokio::test]
+async fn pooled_requests_are_replayed_only_when_safe() {
+    let env = start(ProxyConfig::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("envd.sock");
+    let seen = serve_closing_envd(&socket).await;
+    env.directory.insert(
+        "iclosing",
+        Upstream {
+            envd_socket: socket.clone(),
+            forward_socket: socket,
+        },
+    );
+    let send = |method: &'static str, path: &'static str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", env.addr))
+            .header("E2b-Sandbox-Id", "iclosing")
+            .header("E2b-Sandbox-Port", ENVD_PORT.to_string())
+            .body(empty())
+            .expect("request");
+        env.get(req)
+    };
+    // Fills the pool with a connection that will close on its next request.
+    assert_eq!(send("GET", "/a").await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A GET that hits the closing connection is sent again on a fresh one.
+    assert_eq!(send("GET", "/b").await.0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A POST may have been acted on: it is not sent twice.
+    let (status, _, body) = send("POST", "/c").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(!body.contains("was not found"), "{body}");
+    let seen = seen.lock().expect("lock").clone();
+    let lines: Vec<&str> = seen.iter().map(String::as_str).collect();
+    assert_eq!(
+        lines,
+        [
+            "GET /a HTTP/1.1",
+            "GET /b HTTP/1.1",
+            "GET /b HTTP/1.1",
+            "POST /c HTTP/1.1"
+        ]
     );
 }

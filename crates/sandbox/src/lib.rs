@@ -104,7 +104,11 @@ pub trait RuntimeDriver: Send + Sync + 'static {
 
     /// After a node restart: reattaches to a sandbox that is still running (from its
     /// `state.json`), or cleans up what is left of it and returns `None`.
-    async fn adopt(&self, id: &SandboxId, state_dir: &std::path::Path) -> Result<Option<SandboxHandle>, RuntimeError>;
+    async fn adopt(
+        &self,
+        id: &SandboxId,
+        state_dir: &std::path::Path,
+    ) -> Result<Option<SandboxHandle>, RuntimeError>;
 
     /// Kills and removes every sandbox this driver finds on the host (cgroups under its root)
     /// that is not in `keep`. Returns how many were removed.
@@ -112,6 +116,11 @@ pub trait RuntimeDriver: Send + Sync + 'static {
 
     /// Notifies when a sandbox's PID 1 exits on its own (crash, OOM, `kill 1` from inside).
     fn exits(&self) -> tokio::sync::broadcast::Receiver<SandboxId>;
+
+    /// Whether sandbox `id` was started or adopted by this driver, has not been killed, and its
+    /// PID 1 is still running. Cheap (no I/O beyond `/proc`), so callers can use it to catch an
+    /// exit whose notification they missed (subscribed too late, or lagged behind).
+    fn is_alive(&self, id: &SandboxId) -> bool;
 
     /// Removes driver-wide host state (e.g. the parent cgroup) at shutdown, once every sandbox
     /// has been killed. Best effort: what is still in use is left alone.

@@ -22,6 +22,27 @@ exec sleep 100000
 const ENVD_EXITS: &str = "#!/bin/bash\necho ready >&\"$PADDOCK_READY_FD\"\nsleep 0.3\nexit 3\n";
 /// envd stand-in that fails before being ready.
 const ENVD_FAILS: &str = "#!/bin/bash\necho 'boom: cannot read config' >&2\nexit 1\n";
+/// envd stand-in that probes what root inside the sandbox can do, as `key=value` lines.
+/// Writing `domainname` is harmless: it is per UTS namespace.
+const ENVD_PROBE: &str = r#"#!/bin/bash
+shopt -s nullglob dotglob
+{
+  mknod /tmp/blk b 8 0 2>/dev/null && echo mknod=yes || echo mknod=no
+  for f in kcore keys timer_list sched_debug kmsg sysrq-trigger latency_stats; do
+    if [[ -e /proc/$f ]]; then
+      [[ -c /proc/$f ]] && echo "$f=null" || echo "$f=visible"
+    fi
+  done
+  for d in /proc/acpi /proc/scsi /sys/firmware; do
+    entries=("$d"/*)
+    [[ -d $d ]] && echo "$d=${#entries[@]}"
+  done
+  err=$( { echo probe > /proc/sys/kernel/domainname; } 2>&1 ) && echo proc_sys=writable || echo "proc_sys=$err"
+  echo done=1
+} > /run/paddock/hardening 2>&1
+echo ready >&"$PADDOCK_READY_FD"
+exec sleep 100000
+"#;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -41,7 +62,7 @@ fn fixture() -> &'static Fixture {
         std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777))
             .expect("chmod");
         let mut files = BTreeSet::new();
-        for bin in ["/bin/bash", "/bin/sleep", "/bin/cat"] {
+        for bin in ["/bin/bash", "/bin/sleep", "/bin/cat", "/bin/mknod"] {
             files.insert(PathBuf::from(bin));
             let out = std::process::Command::new("ldd")
                 .arg(bin)
@@ -70,6 +91,7 @@ fn fixture() -> &'static Fixture {
             ("ok", ENVD_OK),
             ("exits", ENVD_EXITS),
             ("fails", ENVD_FAILS),
+            ("probe", ENVD_PROBE),
         ] {
             let p = scripts.join(name);
             std::fs::write(&p, text).expect("write");
@@ -314,14 +336,19 @@ async fn exit_of_envd_is_reported_but_kill_is_not() {
         .await
         .expect("kill");
 
+    assert!(!driver.is_alive(&killed));
+
     let id = SandboxId::generate();
     let spec = spec(&id, states.path(), "exits");
-    driver.create(spec.clone()).await.expect("create");
+    let pid = driver.create(spec.clone()).await.expect("create").init_pid;
+    assert!(driver.is_alive(&id));
     let got = tokio::time::timeout(Duration::from_secs(10), exits.recv())
         .await
         .expect("exit in time")
         .expect("recv");
     assert_eq!(got, id, "only the sandbox that died on its own is reported");
+    assert!(!driver.is_alive(&id));
+    assert!(!alive(pid));
     driver.kill(&id, &spec.state_dir).await.expect("cleanup");
     assert!(!spec.state_dir.exists());
 }
@@ -424,4 +451,143 @@ async fn adopt_after_restart_and_reap_orphans() {
         .await
         .expect("adopt")
         .is_none());
+}
+
+/// A `Name:\tvalue` line of `/proc/<pid>/status`.
+fn status_field(pid: u32, name: &str) -> String {
+    read(format!("/proc/{pid}/status"))
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("{name} missing from /proc/{pid}/status"))
+}
+
+#[tokio::test]
+async fn sandbox_root_is_confined() {
+    let states = tempfile::tempdir().expect("tempdir");
+    let parent = TestParent::new();
+    let driver = driver(&parent, states.path());
+    let id = SandboxId::generate();
+    let spec = spec(&id, states.path(), "probe");
+    let pid = driver.create(spec.clone()).await.expect("create").init_pid;
+
+    // Capabilities: Docker's default set without MKNOD in every set, none ambient; sudo's
+    // setuid still works (no_new_privs off).
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(status_field(pid, set), "00000000a00425fb", "{set}");
+    }
+    assert_eq!(status_field(pid, "CapAmb"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "0");
+
+    // What root inside found.
+    let probe = read(spec.state_dir.join("run/hardening"));
+    let lines: Vec<&str> = probe.lines().collect();
+    assert!(lines.contains(&"done=1"), "{probe}");
+    assert!(lines.contains(&"mknod=no"), "{probe}");
+    assert!(lines.contains(&"keys=null"), "{probe}");
+    assert!(!probe.contains("=visible"), "{probe}");
+    for dir in ["/proc/acpi", "/proc/scsi", "/sys/firmware"] {
+        if let Some(line) = lines.iter().find(|l| l.starts_with(&format!("{dir}="))) {
+            assert_eq!(*line, format!("{dir}=0"), "{probe}");
+        }
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("proc_sys=") && l.ends_with("Read-only file system")),
+        "{probe}"
+    );
+    let mountinfo = read(format!("/proc/{pid}/mountinfo"));
+    for dir in ["/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq", "/sys"] {
+        if let Some(line) = mountinfo
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some(dir))
+        {
+            let opts = line.split_whitespace().nth(5).expect("mount options");
+            assert!(opts.split(',').any(|o| o == "ro"), "{dir}: {line}");
+        }
+    }
+
+    // Devices (cgroup v1): everything denied but the sandbox's own character devices, and a
+    // process in the sandbox's devices cgroup cannot open any other host device.
+    let devices = driver
+        .cgroup_dirs(&id)
+        .into_iter()
+        .find(|d| d.join("devices.list").exists());
+    if let Some(dir) = devices {
+        let list: BTreeSet<String> = read(dir.join("devices.list"))
+            .lines()
+            .map(String::from)
+            .collect();
+        let expected: BTreeSet<String> = paddock_sandbox::namespace::cgroup::DEVICE_ALLOW
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(list, expected);
+        let script = format!(
+            "echo $$ > {}/cgroup.procs || exit 9; \
+             exec 3</dev/null || exit 2; {{ exec 4</dev/kmsg; }} 2>/dev/null && exit 3; exit 0",
+            dir.display()
+        );
+        let status = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .status()
+            .expect("bash");
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "/dev/kmsg opened from the sandbox's cgroup"
+        );
+    }
+
+    driver.kill(&id, &spec.state_dir).await.expect("kill");
+    assert!(!alive(pid));
+}
+
+#[tokio::test]
+async fn template_symlinks_cannot_redirect_setup_to_the_host() {
+    let states = tempfile::tempdir().expect("tempdir");
+    let parent = TestParent::new();
+    let driver = driver(&parent, states.path());
+    let host = tempfile::tempdir().expect("tempdir");
+    // Stand-ins for host directories a malicious template points at (`etc ->
+    // /proc/1/root/etc` reaches the real /etc the same way).
+    let decoy = host.path().join("etc");
+    std::fs::create_dir(&decoy).expect("mkdir");
+    std::fs::write(decoy.join("hosts"), "host file\n").expect("write");
+    for (link, rel_target) in [
+        ("etc", "etc"),
+        ("run", "etc"),
+        ("usr/local", "etc"),
+        ("usr/local/bin/envd", "etc/hosts"),
+        ("proc", "etc"),
+    ] {
+        let rootfs = host
+            .path()
+            .join(format!("rootfs-{}", link.replace('/', "-")));
+        let link_path = rootfs.join(link);
+        std::fs::create_dir_all(link_path.parent().expect("parent")).expect("mkdir");
+        std::os::unix::fs::symlink(host.path().join(rel_target), &link_path).expect("symlink");
+        let id = SandboxId::generate();
+        let mut spec = spec(&id, states.path(), "ok");
+        spec.rootfs = rootfs;
+        let err = driver.create(spec.clone()).await.expect_err(link);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("/{link} is a symlink")) && msg.contains("refuses to follow"),
+            "{link}: {msg}"
+        );
+        assert_eq!(read(decoy.join("hosts")), "host file\n", "{link}");
+        let entries: Vec<_> = std::fs::read_dir(&decoy)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(entries, vec![std::ffi::OsString::from("hosts")], "{link}");
+        assert!(!spec.state_dir.exists(), "{link}");
+        for d in driver.cgroup_dirs(&id) {
+            assert!(!d.exists(), "{} left behind", d.display());
+        }
+    }
 }

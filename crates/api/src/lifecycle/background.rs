@@ -1,18 +1,20 @@
 //! The two background tasks of the control plane, run by `ControlPlane::run_background` until
 //! shutdown:
 //! - **expiry** sleeps until the earliest end time of a running sandbox (re-planned whenever a
-//!   create, connect or set_timeout wakes it) and kills what has expired;
+//!   create, connect or set_timeout wakes it) and kills what has expired; it also retries failed
+//!   node cleanups and prunes old `stopped` records (see `cleanup`);
 //! - **exit watcher** follows `Node::exits()` and settles sandboxes that died by themselves as
 //!   `stopped`; if it falls behind it compares the store with `Node::live()`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration as StdDuration;
+use std::time::{Duration as StdDuration, Instant};
 
 use chrono::Utc;
 use paddock_domain::{SandboxId, SandboxState};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::cleanup::PRUNE_EVERY;
 use super::{Core, Error};
 
 /// Longest single sleep of the expiry task (a safety net; wake-ups normally come sooner).
@@ -21,20 +23,36 @@ const MAX_EXPIRY_SLEEP: StdDuration = StdDuration::from_secs(60);
 const RETRY_AFTER_FAILURE: StdDuration = StdDuration::from_secs(1);
 
 impl Core {
-    /// Runs the expiry loop until shutdown.
+    /// Runs the expiry loop until shutdown. Each pass also retries failed node cleanups and,
+    /// at most once per [`PRUNE_EVERY`], deletes old `stopped` records.
     pub(crate) async fn run_expiry(self: &Arc<Self>) {
         let mut shutdown = self.shutdown.subscribe();
+        let mut last_prune: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let sleep = match self.expire_due().await {
+            if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                last_prune = Some(Instant::now());
+                if let Err(err) = self.prune_stopped().await {
+                    tracing::error!(error = ?err, "pruning stopped sandboxes failed");
+                }
+            }
+            let mut sleep = match self.expire_due().await {
                 Ok(sleep) => sleep,
                 Err(err) => {
                     tracing::error!(error = ?err, "expiry pass failed");
                     RETRY_AFTER_FAILURE
                 }
             };
+            match self.retry_cleanups().await {
+                Ok(Some(next)) => sleep = sleep.min(next),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::error!(error = ?err, "retrying sandbox cleanups failed");
+                    sleep = sleep.min(RETRY_AFTER_FAILURE);
+                }
+            }
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
                 _ = self.expiry_wake.notified() => {}
@@ -54,7 +72,7 @@ impl Core {
                 .await?
             {
                 let core = Arc::clone(self);
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     if let Err(err) = core.finish_kill(&id).await {
                         tracing::error!(sandbox_id = %id, error = ?err, "killing expired sandbox failed");
                     }
@@ -121,10 +139,7 @@ impl Core {
         }
         tracing::warn!(sandbox_id = %id, "sandbox exited unexpectedly");
         // Let the node release anything the dead sandbox still holds; unknown ids are fine.
-        if let Err(err) = self.node.kill(id).await {
-            tracing::warn!(sandbox_id = %id, error = %err, "cleanup of exited sandbox failed");
-        }
-        self.settle_stopped(id, SandboxState::Error, reason).await
+        self.clean_up_or_retry(id, reason).await
     }
 
     /// Settles every running record the node no longer has.

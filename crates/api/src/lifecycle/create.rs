@@ -1,7 +1,9 @@
 //! Create: validate, look the template up, insert a `creating` record, ask the node, then move
 //! to `running` (or to `error` and `stopped`, cleaning the node up, on failure). The node call
 //! runs in its own task so a client that disconnects mid-create cannot leave a half-made
-//! sandbox behind. `Idempotency-Key` retries within 10 minutes get the same sandbox back.
+//! sandbox behind. `Idempotency-Key` retries within 10 minutes get the same sandbox back: the key
+//! is recorded by that task, which holds the key's lock until the create is done, so a retry
+//! after a client disconnect waits for and returns the first create's sandbox.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -31,6 +33,13 @@ pub struct CreateSpec {
     pub auto_pause: bool,
     /// The `Idempotency-Key` header (v2 only).
     pub idempotency_key: Option<String>,
+}
+
+/// The right to create the sandbox for an `Idempotency-Key`: the key and its held lock, kept
+/// by the create task until the create is finished and recorded.
+struct IdempotencyClaim {
+    key: String,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Core {
@@ -64,12 +73,12 @@ impl Core {
 
         let Some(key) = spec.idempotency_key.clone() else {
             return self
-                .create_new(team, spec, template, info.resources, timeout)
+                .create_new(team, spec, template, info.resources, timeout, None)
                 .await;
         };
         validate::idempotency_key(&key)?;
         let lock = self.idempotency_lock(team, &key);
-        let _guard = lock.lock().await;
+        let guard = lock.lock_owned().await;
         let since = Utc::now() - Duration::seconds(IDEMPOTENCY_WINDOW_SECS);
         if let Some(id) = self.store.idempotent_sandbox(team, &key, since).await? {
             if let Some(rec) = self.store.sandbox(&id).await? {
@@ -79,13 +88,9 @@ impl Core {
                 }
             }
         }
-        let rec = self
-            .create_new(team, spec, template, info.resources, timeout)
-            .await?;
-        self.store
-            .record_idempotency(team, &key, &rec.id, Utc::now())
-            .await?;
-        Ok(rec)
+        let claim = IdempotencyClaim { key, _guard: guard };
+        self.create_new(team, spec, template, info.resources, timeout, Some(claim))
+            .await
     }
 
     async fn create_new(
@@ -95,6 +100,7 @@ impl Core {
         template: TemplateName,
         resources: paddock_domain::Resources,
         timeout_secs: i64,
+        claim: Option<IdempotencyClaim>,
     ) -> Result<SandboxRecord, Error> {
         let now = Utc::now();
         let record = SandboxRecord {
@@ -111,9 +117,6 @@ impl Core {
             client_id: CLIENT_ID.to_string(),
             end_reason: None,
         };
-        self.store.insert_sandbox(&record).await?;
-        tracing::info!(sandbox_id = %record.id, template = %template, "creating sandbox");
-
         let request = CreateRequest {
             id: record.id.clone(),
             template,
@@ -121,10 +124,22 @@ impl Core {
             access_token: record.access_token.clone(),
             resources: None,
         };
-        // Detached so that a cancelled request still finishes (and records) the create.
+        // Detached (and tracked, so shutdown waits for it) so that a cancelled request still
+        // finishes and records the create, idempotency key included.
         let core = Arc::clone(self);
-        let task =
-            tokio::spawn(async move { core.finish_create(record, request, timeout_secs).await });
+        let task = self.spawn_create(async move {
+            core.store.insert_sandbox(&record).await?;
+            tracing::info!(sandbox_id = %record.id, template = %record.template, "creating sandbox");
+            if let Some(claim) = &claim {
+                core.store
+                    .record_idempotency(&record.team_id, &claim.key, &record.id, Utc::now())
+                    .await?;
+            }
+            let result = core.finish_create(record, request, timeout_secs).await;
+            // A retry with the same key waits for this moment, then finds the outcome.
+            drop(claim);
+            result
+        })?;
         task.await?
     }
 
@@ -157,6 +172,15 @@ impl Core {
                     to = "running",
                     "sandbox state changed"
                 );
+                if self.node.endpoint(&id).is_none() {
+                    // It died while being created: its exit event found it `creating` and was
+                    // ignored, so settle it here.
+                    tracing::warn!(sandbox_id = %id, "sandbox exited while it was being created");
+                    self.handle_exit(&id).await?;
+                    return Err(Error::CreateFailed(
+                        "the sandbox exited while it was starting".into(),
+                    ));
+                }
                 self.expiry_wake.notify_one();
                 record.state = SandboxState::Running;
                 record.resources = started.resources;
@@ -175,12 +199,10 @@ impl Core {
                         Some(&reason),
                     )
                     .await?;
-                if let Err(e) = self.node.kill(&id).await {
-                    tracing::warn!(sandbox_id = %id, error = %e, "cleanup after failed create failed");
-                }
                 if owned {
-                    self.settle_stopped(&id, SandboxState::Error, &reason)
-                        .await?;
+                    self.clean_up_or_retry(&id, &reason).await?;
+                } else if let Err(e) = self.node.kill(&id).await {
+                    tracing::warn!(sandbox_id = %id, error = %e, "cleanup after failed create failed");
                 }
                 Err(match err {
                     NodeError::Busy(msg) => Error::Busy(msg),

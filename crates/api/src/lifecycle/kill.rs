@@ -1,6 +1,7 @@
 //! Kill: `running|paused → stopping → node.kill → stopped`. The compare-and-set on `stopping`
 //! decides the single winner when a client kill, the expiry and shutdown race. The node call runs
-//! in its own task so a client disconnect cannot leave a record stuck in `stopping`.
+//! in its own (tracked) task so a client disconnect cannot leave a record stuck in `stopping`; a
+//! failed node kill leaves the record in `error` and is retried by the expiry task.
 
 use std::sync::Arc;
 
@@ -26,7 +27,9 @@ impl Core {
         }
         let core = Arc::clone(self);
         let id = id.clone();
-        tokio::spawn(async move { core.finish_kill(&id).await }).await?
+        self.tasks
+            .spawn(async move { core.finish_kill(&id).await })
+            .await?
     }
 
     /// Claims a sandbox in `from` for killing (`from → stopping`); returns whether this caller
@@ -42,7 +45,7 @@ impl Core {
     }
 
     /// Asks the node to remove a `stopping` sandbox and records the outcome: `stopped`, or
-    /// `error` when the node failed (the node reconciles leftovers on restart).
+    /// `error` when the node failed; the expiry task then retries the kill with backoff.
     pub(crate) async fn finish_kill(&self, id: &SandboxId) -> Result<(), Error> {
         match self.node.kill(id).await {
             Ok(()) => {
@@ -52,13 +55,17 @@ impl Core {
             }
             Err(source) => {
                 let reason = format!("kill failed: {source}");
-                self.advance(
-                    id,
-                    SandboxState::Stopping,
-                    SandboxState::Error,
-                    Some(&reason),
-                )
-                .await?;
+                if self
+                    .advance(
+                        id,
+                        SandboxState::Stopping,
+                        SandboxState::Error,
+                        Some(&reason),
+                    )
+                    .await?
+                {
+                    self.schedule_cleanup_retry(id);
+                }
                 Err(Error::Kill {
                     id: id.clone(),
                     source,

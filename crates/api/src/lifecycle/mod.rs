@@ -4,7 +4,8 @@
 //! compare-and-set ([`Core::advance`]), so concurrent operations on one sandbox cannot both win.
 //!
 //! [`Core`] holds the store, the node and the expiry wake-up; routes call its operations and map
-//! [`Error`] to HTTP.
+//! [`Error`] to HTTP. Node work that must finish even if the client goes away (creates, kills)
+//! runs on detached tasks tracked by [`Core::tasks`], so shutdown can wait for them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,11 +13,13 @@ use std::sync::{Arc, Mutex};
 use paddock_domain::{SandboxId, SandboxState, TransitionError};
 use paddock_node::{Node, NodeError};
 use tokio::sync::{watch, Notify};
+use tokio_util::task::TaskTracker;
 
 use crate::store::{SandboxRecord, Store, StoreError, TeamId};
 use crate::ApiConfig;
 
 pub(crate) mod background;
+pub(crate) mod cleanup;
 pub(crate) mod connect;
 pub(crate) mod create;
 pub(crate) mod kill;
@@ -90,6 +93,13 @@ pub(crate) struct Core {
     pub(crate) expiry_wake: Notify,
     /// Flips to `true` once shutdown starts.
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Held while a create checks the shutdown flag and spawns its task, and while shutdown
+    /// sets the flag: no create task can start after shutdown has begun waiting for them.
+    create_gate: Mutex<()>,
+    /// The detached create and kill tasks still running.
+    pub(crate) tasks: TaskTracker,
+    /// Sandboxes whose node cleanup failed, retried by the expiry task.
+    pub(crate) cleanups: cleanup::Retries,
     /// Serialises creates that carry the same `Idempotency-Key` within a team.
     idempotency_locks: IdempotencyLocks,
 }
@@ -102,6 +112,9 @@ impl Core {
             config,
             expiry_wake: Notify::new(),
             shutdown: watch::Sender::new(false),
+            create_gate: Mutex::new(()),
+            tasks: TaskTracker::new(),
+            cleanups: cleanup::Retries::default(),
             idempotency_locks: Mutex::new(HashMap::new()),
         }
     }
@@ -150,8 +163,31 @@ impl Core {
         }
     }
 
+    /// Spawns a create task on [`Core::tasks`] unless shutdown has begun.
+    pub(crate) fn spawn_create<F>(
+        &self,
+        task: F,
+    ) -> Result<tokio::task::JoinHandle<F::Output>, Error>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let _gate = self.create_gate.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_shutting_down() {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(self.tasks.spawn(task))
+    }
+
+    /// Sets the shutdown flag; after this no create task starts.
+    pub(crate) fn begin_shutdown(&self) {
+        let _gate = self.create_gate.lock().unwrap_or_else(|p| p.into_inner());
+        self.shutdown.send_replace(true);
+        self.tasks.close();
+    }
+
     /// The lock serialising creates with one idempotency key.
-    fn idempotency_lock(&self, team: &TeamId, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn idempotency_lock(&self, team: &TeamId, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self
             .idempotency_locks
             .lock()

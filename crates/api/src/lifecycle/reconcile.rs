@@ -1,7 +1,8 @@
 //! Startup reconciliation and shutdown. At startup the records the store believes are alive are
 //! checked against the node: running and paused ones are passed to `Node::reconcile`, and every
 //! record the node does not report back (including half-done creates and kills) ends `stopped`.
-//! Shutdown stops all sandboxes through the node and settles every live record.
+//! Shutdown refuses new creates, waits (bounded) for creates and kills in flight, stops all
+//! sandboxes through the node and kills and settles every live record.
 
 use std::collections::HashSet;
 
@@ -17,6 +18,9 @@ const UNSETTLED: [SandboxState; 5] = [
     SandboxState::Stopping,
     SandboxState::Error,
 ];
+
+/// How long shutdown waits for creates and kills in flight before stopping the node.
+pub(crate) const SHUTDOWN_TASK_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// What reconciliation did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -62,12 +66,27 @@ impl Core {
         Ok(report)
     }
 
-    /// Stops accepting creates, stops every sandbox on the node and settles their records.
+    /// Stops accepting creates (they get [`Error::ShuttingDown`]), waits up to
+    /// [`SHUTDOWN_TASK_WAIT`] for creates and kills in flight, stops every sandbox through the
+    /// node, then kills (again, idempotently) and settles every record still unsettled — a
+    /// create that outlived the wait included.
     pub(crate) async fn shutdown(&self) -> Result<(), Error> {
-        self.shutdown.send_replace(true);
+        self.begin_shutdown();
+        if tokio::time::timeout(SHUTDOWN_TASK_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "sandbox operations still running at shutdown; stopping anyway"
+            );
+        }
         self.node.shutdown().await;
         let records = self.store.sandboxes_in_states(&UNSETTLED).await?;
         for rec in records {
+            if let Err(err) = self.node.kill(&rec.id).await {
+                tracing::warn!(sandbox_id = %rec.id, error = %err, "kill at shutdown failed");
+            }
             self.settle_stopped(&rec.id, rec.state, "server shut down")
                 .await?;
         }

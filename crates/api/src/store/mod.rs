@@ -154,6 +154,9 @@ pub trait Store: Send + Sync + 'static {
     async fn ensure_team(&self, name: &str) -> Result<TeamId, StoreError>;
     /// Registers an API key hash for a team (no-op if already registered for it).
     async fn add_api_key(&self, team: &TeamId, key_hash: &str) -> Result<(), StoreError>;
+    /// Makes `key_hash` the only API key of `team`: every other key of the team is revoked in
+    /// the same transaction.
+    async fn set_only_api_key(&self, team: &TeamId, key_hash: &str) -> Result<(), StoreError>;
     /// The team an API key hash belongs to.
     async fn team_for_key(&self, key_hash: &str) -> Result<Option<TeamId>, StoreError>;
 
@@ -204,6 +207,9 @@ pub trait Store: Send + Sync + 'static {
         state: SandboxState,
         now: DateTime<Utc>,
     ) -> Result<Vec<SandboxId>, StoreError>;
+
+    /// Deletes `stopped` sandbox records that stopped before `before`; returns how many.
+    async fn prune_stopped(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// The sandbox created for an `Idempotency-Key` of a team at or after `since`.
     async fn idempotent_sandbox(

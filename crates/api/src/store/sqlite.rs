@@ -328,6 +328,12 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn set_only_api_key(&self, team: &TeamId, key_hash: &str) -> Result<(), StoreError> {
+        let (team, key_hash) = (team.clone(), key_hash.to_string());
+        self.with_conn(move |conn| admin::set_only_api_key(conn, &team, &key_hash))
+            .await
+    }
+
     async fn team_for_key(&self, key_hash: &str) -> Result<Option<TeamId>, StoreError> {
         let key_hash = key_hash.to_string();
         self.with_conn(move |conn| {
@@ -522,6 +528,11 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn prune_stopped(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.with_conn(move |conn| admin::prune_stopped(conn, before))
+            .await
+    }
+
     async fn idempotent_sandbox(
         &self,
         team: &TeamId,
@@ -574,6 +585,9 @@ impl Store for SqliteStore {
         .await
     }
 }
+
+#[path = "sqlite_admin.rs"]
+mod admin;
 
 #[cfg(test)]
 #[path = "sqlite_tests.rs"]

@@ -157,3 +157,65 @@ async fn expiry_queries_and_idempotency() {
         None
     );
 }
+
+#[tokio::test]
+async fn set_only_api_key_revokes_the_teams_other_keys() {
+    let (_dir, store) = open();
+    let team = store.ensure_team("default").await.expect("team");
+    let other = store.ensure_team("other").await.expect("team");
+    store.add_api_key(&team, "old").await.expect("add");
+    store.add_api_key(&other, "theirs").await.expect("add");
+    store.set_only_api_key(&team, "new").await.expect("replace");
+    assert_eq!(store.team_for_key("old").await.expect("lookup"), None);
+    assert_eq!(
+        store.team_for_key("new").await.expect("lookup"),
+        Some(team.clone())
+    );
+    // Other teams keep their keys; replacing with the same key again is a no-op.
+    assert_eq!(
+        store.team_for_key("theirs").await.expect("lookup"),
+        Some(other)
+    );
+    store.set_only_api_key(&team, "new").await.expect("again");
+    assert_eq!(store.team_for_key("new").await.expect("lookup"), Some(team));
+}
+
+#[tokio::test]
+async fn prune_stopped_deletes_only_old_stopped_records() {
+    let (_dir, store) = open();
+    let team = store.ensure_team("t").await.expect("team");
+    let stopped = record(&team, 1_700_000_000_000, &[]);
+    let running = record(&team, 1_700_000_000_000, &[]);
+    for rec in [&stopped, &running] {
+        store.insert_sandbox(rec).await.expect("insert");
+    }
+    for (from, to) in [
+        (SandboxState::Running, SandboxState::Stopping),
+        (SandboxState::Stopping, SandboxState::Stopped),
+    ] {
+        assert!(store
+            .set_state(&stopped.id, from, to, None)
+            .await
+            .expect("cas"));
+    }
+    let now = Utc::now();
+    store
+        .record_idempotency(&team, "k", &stopped.id, now)
+        .await
+        .expect("key");
+    // Stopped just now: not older than a cut-off in the past.
+    let week_ago = now - chrono::Duration::days(7);
+    assert_eq!(store.prune_stopped(week_ago).await.expect("prune"), 0);
+    let later = now + chrono::Duration::seconds(1);
+    assert_eq!(store.prune_stopped(later).await.expect("prune"), 1);
+    assert_eq!(store.sandbox(&stopped.id).await.expect("read"), None);
+    assert!(store.sandbox(&running.id).await.expect("read").is_some());
+    let since = now - chrono::Duration::seconds(1);
+    assert_eq!(
+        store
+            .idempotent_sandbox(&team, "k", since)
+            .await
+            .expect("lookup"),
+        None
+    );
+}

@@ -95,8 +95,21 @@ async fn malformed_input_is_400_naming_the_problem() {
         )
         .await;
     assert_error(&r, StatusCode::BAD_REQUEST, "envVars");
+}
+
+#[tokio::test]
+async fn malformed_sandbox_ids_are_404_not_found() {
+    let h = start().await;
     let r = h.get("/sandboxes/NOT_AN_ID").await;
-    assert_error(&r, StatusCode::BAD_REQUEST, "invalid sandbox id");
+    assert_error(&r, StatusCode::NOT_FOUND, "sandbox 'NOT_AN_ID' not found");
+    let r = h
+        .call(Method::DELETE, "/sandboxes/NOT_AN_ID", Some(KEY), None)
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "sandbox 'NOT_AN_ID' not found");
+    let r = h
+        .post("/sandboxes/NOT_AN_ID/connect", r#"{"timeout":10}"#)
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "sandbox 'NOT_AN_ID' not found");
 }
 
 #[tokio::test]

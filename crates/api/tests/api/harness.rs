@@ -1,6 +1,7 @@
 //! The in-test node and the request helpers shared by every test module.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -8,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::Router;
 use paddock_domain::{Resources, TemplateName};
 use paddock_node::{CreateRequest, Endpoint, Node, NodeError, NodeSandbox, TemplateInfo};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Semaphore};
 
 pub use std::sync::Arc;
 pub use std::time::Duration;
@@ -24,12 +25,19 @@ pub use tower::ServiceExt as _;
 pub const KEY: &str = "e2b_test_key";
 
 /// A node that keeps its "sandboxes" in a set. Template `base` works, `busy` reports no
-/// capacity, `broken` fails in envd initialisation; everything else does not exist.
+/// capacity, `broken` fails in envd initialisation, `slow` waits for a permit of `slow_gate`,
+/// `fragile` starts but is dead by the time create returns; everything else does not exist.
 pub struct FakeNode {
     pub live: Mutex<HashSet<SandboxId>>,
     pub killed: Mutex<Vec<SandboxId>>,
     pub created: Mutex<Vec<CreateRequest>>,
     pub exits: broadcast::Sender<SandboxId>,
+    /// Creates of `slow` sandboxes wait for a permit here.
+    pub slow_gate: Semaphore,
+    /// Creates currently inside `Node::create`.
+    pub in_create: AtomicUsize,
+    /// How many of the next kills fail.
+    pub kill_failures: AtomicUsize,
 }
 
 impl FakeNode {
@@ -39,6 +47,9 @@ impl FakeNode {
             killed: Mutex::new(Vec::new()),
             created: Mutex::new(Vec::new()),
             exits: broadcast::channel(16).0,
+            slow_gate: Semaphore::new(0),
+            in_create: AtomicUsize::new(0),
+            kill_failures: AtomicUsize::new(0),
         })
     }
 
@@ -69,12 +80,20 @@ impl FakeNode {
 #[async_trait]
 impl Node for FakeNode {
     async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
+        self.in_create.fetch_add(1, Ordering::SeqCst);
+        let _done = InCreate(&self.in_create);
         match req.template.as_str() {
             "busy" => return Err(NodeError::Busy("all slots taken".into())),
             "broken" => return Err(NodeError::Envd("envd did not answer /init".into())),
+            "slow" => self.slow_gate.acquire().await.expect("gate open").forget(),
             _ => {}
         }
-        self.live.lock().expect("lock").insert(req.id.clone());
+        if req.template.as_str() == "fragile" {
+            // Died right after starting: gone from the node, exit reported while `creating`.
+            let _ = self.exits.send(req.id.clone());
+        } else {
+            self.live.lock().expect("lock").insert(req.id.clone());
+        }
         let sandbox = NodeSandbox {
             id: req.id.clone(),
             template: req.template.clone(),
@@ -90,13 +109,20 @@ impl Node for FakeNode {
     }
 
     async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {
+        let fail = self
+            .kill_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Err(NodeError::Envd("kill failed for the test".into()));
+        }
         self.live.lock().expect("lock").remove(id);
         self.killed.lock().expect("lock").push(id.clone());
         Ok(())
     }
 
     async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
-        Ok(["base", "busy", "broken"]
+        Ok(["base", "busy", "broken", "slow", "fragile"]
             .contains(&name.as_str())
             .then(|| TemplateInfo {
                 name: name.clone(),
@@ -112,8 +138,15 @@ impl Node for FakeNode {
         self.exits.subscribe()
     }
 
-    fn endpoint(&self, _id: &SandboxId) -> Option<Endpoint> {
-        None
+    fn endpoint(&self, id: &SandboxId) -> Option<Endpoint> {
+        self.live
+            .lock()
+            .expect("lock")
+            .contains(id)
+            .then(|| Endpoint {
+                envd_socket: "/nonexistent/envd.sock".into(),
+                forward_socket: "/nonexistent/forward.sock".into(),
+            })
     }
 
     async fn reconcile(&self, expected: &[SandboxId]) -> Vec<SandboxId> {
@@ -127,6 +160,15 @@ impl Node for FakeNode {
 
     async fn shutdown(&self) {
         self.live.lock().expect("lock").clear();
+    }
+}
+
+/// Decrements the in-create counter when a create ends, however it ends.
+struct InCreate<'a>(&'a AtomicUsize);
+
+impl Drop for InCreate<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

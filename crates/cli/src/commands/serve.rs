@@ -32,7 +32,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PADDOCK_TEMPLATES_DIR")]
     templates_dir: Option<PathBuf>,
     /// envd binary to put into sandboxes (default: `paddock-envd` next to this binary, or the
-    /// static build under `target/x86_64-unknown-linux-gnu/`).
+    /// static build under `target/<arch>-unknown-linux-gnu/`).
     #[arg(long, env = "PADDOCK_ENVD_BIN")]
     envd_bin: Option<PathBuf>,
     /// Domain returned to SDKs for `<port>-<sandboxID>.<domain>` hosts (default
@@ -51,14 +51,20 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let data_dir = args.data_dir.canonicalize().context("resolving the data dir")?;
+    let data_dir = args
+        .data_dir
+        .canonicalize()
+        .context("resolving the data dir")?;
 
     let templates_dir = super::templates_dir(args.templates_dir.clone(), &data_dir);
     let templates = TemplateStore::open(&templates_dir)
         .with_context(|| format!("opening templates in {}", templates_dir.display()))?;
     let base = TemplateName::parse("base").context("template name")?;
     if templates.get(&base)?.is_none() {
-        eprintln!("paddock: building the base template in {} (first start; takes a minute or two)", templates_dir.display());
+        eprintln!(
+            "paddock: building the base template in {} (first start; takes a minute or two)",
+            templates_dir.display()
+        );
         templates
             .ensure_base(&|line: &str| eprintln!("{line}"))
             .await
@@ -76,7 +82,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     })
     .context("setting up the namespace runtime")?;
     let node = LocalNode::new(
-        NodeConfig { sandboxes_dir: data_dir.join("sandboxes"), envd_bin, max_sandboxes: args.max_sandboxes },
+        NodeConfig {
+            sandboxes_dir: data_dir.join("sandboxes"),
+            envd_bin,
+            max_sandboxes: args.max_sandboxes,
+        },
         templates,
         Arc::new(runtime),
     )?;
@@ -85,18 +95,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("setting up the API key")?;
     let domain = args.domain.clone().or_else(|| {
-        args.proxy_listen.ip().is_loopback().then(|| format!("localhost:{}", args.proxy_listen.port()))
+        args.proxy_listen
+            .ip()
+            .is_loopback()
+            .then(|| format!("localhost:{}", args.proxy_listen.port()))
     });
     let control = paddock_api::ControlPlane::open(
-        paddock_api::ApiConfig { data_dir: data_dir.clone(), domain },
+        paddock_api::ApiConfig {
+            data_dir: data_dir.clone(),
+            domain,
+        },
         node.clone() as Arc<dyn Node>,
     )
     .await
     .context("opening the control plane")?;
-    control.reconcile().await.context("reconciling sandboxes after start")?;
+    control
+        .reconcile()
+        .await
+        .context("reconciling sandboxes after start")?;
 
-    let api_listener =
-        TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let api_listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
     let proxy_listener = TcpListener::bind(args.proxy_listen)
         .await
         .with_context(|| format!("listening on {}", args.proxy_listen))?;
@@ -120,7 +140,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let api = tokio::spawn({
         let router = control.router();
         let rx = stop_rx.clone();
-        async move { axum::serve(api_listener, router).with_graceful_shutdown(stopped(rx)).await }
+        async move {
+            axum::serve(api_listener, router)
+                .with_graceful_shutdown(stopped(rx))
+                .await
+        }
     });
     let proxy = tokio::spawn({
         let dir: Arc<dyn paddock_proxy::SandboxDirectory> = Arc::new(NodeDirectory(node.clone()));
@@ -129,12 +153,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     if generated {
-        eprintln!("paddock: generated an API key and saved it in {}", data_dir.join("api-key").display());
+        eprintln!(
+            "paddock: generated an API key and saved it in {}",
+            data_dir.join("api-key").display()
+        );
     }
     println!("export E2B_API_URL=http://{api_addr}");
     println!("export E2B_SANDBOX_URL=http://{proxy_addr}");
     println!("export E2B_API_KEY={api_key}");
-    eprintln!("paddock: ready (api {api_addr}, proxy {proxy_addr}, data {})", data_dir.display());
+    eprintln!(
+        "paddock: ready (api {api_addr}, proxy {proxy_addr}, data {})",
+        data_dir.display()
+    );
 
     wait_for_signal().await?;
     eprintln!("paddock: shutting down, stopping sandboxes");
@@ -163,11 +193,18 @@ impl paddock_proxy::SandboxDirectory for NodeDirectory {
 }
 
 /// One cgroup subtree per data dir, so two servers on one host never reap each other's sandboxes.
+/// The name must be the same across releases (a restarted server reaps and adopts under it), so
+/// it is FNV-1a (32-bit) of the path's bytes, not `DefaultHasher`, whose output may change.
 fn cgroup_parent(data_dir: &Path) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    data_dir.hash(&mut h);
-    format!("paddock/{:08x}", h.finish() as u32)
+    use std::os::unix::ffi::OsStrExt;
+    let hash = data_dir
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+        });
+    format!("paddock/{hash:08x}")
 }
 
 fn resolve_envd(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -176,19 +213,12 @@ fn resolve_envd(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
         return Ok(p.to_path_buf());
     }
     let exe = std::env::current_exe().context("locating the paddock binary")?;
-    let dir = exe.parent().context("binary has no directory")?;
-    let profile = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    let candidates = [
-        dir.join("paddock-envd"),
-        dir.join("../x86_64-unknown-linux-gnu").join(&profile).join("paddock-envd"),
-    ];
-    // Prefer the static build: a dynamically linked envd only runs in rootfs with a matching libc.
-    candidates
-        .iter()
-        .rev()
-        .find(|p| p.is_file())
-        .cloned()
-        .with_context(|| format!("no envd binary found (looked at {candidates:?}); build it with scripts/setup.sh or pass --envd-bin"))
+    // The static build comes first: a dynamically linked envd only runs in rootfs with a
+    // matching libc.
+    let candidates = paddock_node::doctor::host::envd_candidates(&exe);
+    candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
+        format!("no envd binary found (looked at {candidates:?}); build it with scripts/setup.sh or pass --envd-bin")
+    })
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

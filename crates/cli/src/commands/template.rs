@@ -54,9 +54,16 @@ pub enum TemplateCommand {
 /// Runs a template subcommand.
 pub async fn run(cmd: TemplateCommand) -> anyhow::Result<()> {
     match cmd {
-        TemplateCommand::Import { name, rootfs, store } => {
+        TemplateCommand::Import {
+            name,
+            rootfs,
+            store,
+        } => {
             let name = TemplateName::parse(&name)?;
-            let t = store.open()?.import(&name, &rootfs, &|line: &str| eprintln!("{line}")).await?;
+            let t = store
+                .open()?
+                .import(&name, &rootfs, &|line: &str| eprintln!("{line}"))
+                .await?;
             println!("imported template {} ({})", t.name, t.rootfs.display());
         }
         TemplateCommand::List { store } => {

@@ -20,7 +20,6 @@ pub mod watchers;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -29,7 +28,7 @@ use http::{HeaderMap, HeaderValue};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::connect::{decode_unary, unary_ok, ConnectError};
+use crate::connect::{body_limit, decode_unary, unary_ok, ConnectError, UnaryBody};
 use crate::state::EnvdState;
 use crate::users::{basic_auth_user, resolve_path, User};
 
@@ -67,23 +66,29 @@ pub fn router() -> Router<EnvdState> {
     Router::new()
         .route(
             "/filesystem.Filesystem/Stat",
-            post(|s: State<EnvdState>, h: HeaderMap, b: Bytes| unary(s, h, b, stat::stat)),
+            post(|s: State<EnvdState>, h: HeaderMap, b: UnaryBody| unary(s, h, b, stat::stat)),
         )
         .route(
             "/filesystem.Filesystem/MakeDir",
-            post(|s: State<EnvdState>, h: HeaderMap, b: Bytes| unary(s, h, b, make_dir::make_dir)),
+            post(|s: State<EnvdState>, h: HeaderMap, b: UnaryBody| {
+                unary(s, h, b, make_dir::make_dir)
+            }),
         )
         .route(
             "/filesystem.Filesystem/Move",
-            post(|s: State<EnvdState>, h: HeaderMap, b: Bytes| unary(s, h, b, move_::move_entry)),
+            post(|s: State<EnvdState>, h: HeaderMap, b: UnaryBody| {
+                unary(s, h, b, move_::move_entry)
+            }),
         )
         .route(
             "/filesystem.Filesystem/ListDir",
-            post(|s: State<EnvdState>, h: HeaderMap, b: Bytes| unary(s, h, b, list_dir::list_dir)),
+            post(|s: State<EnvdState>, h: HeaderMap, b: UnaryBody| {
+                unary(s, h, b, list_dir::list_dir)
+            }),
         )
         .route(
             "/filesystem.Filesystem/Remove",
-            post(|s: State<EnvdState>, h: HeaderMap, b: Bytes| unary(s, h, b, remove::remove)),
+            post(|s: State<EnvdState>, h: HeaderMap, b: UnaryBody| unary(s, h, b, remove::remove)),
         )
         .route(
             "/filesystem.Filesystem/WatchDir",
@@ -102,6 +107,7 @@ pub fn router() -> Router<EnvdState> {
             post(watchers::remove_watcher_handler),
         )
         .layer(Extension(watchers))
+        .layer(body_limit())
 }
 
 /// A response that old SDKs get in a reduced form (spec 3.5 legacy quirk).
@@ -143,7 +149,7 @@ fn is_legacy_sdk(headers: &HeaderMap) -> bool {
 async fn unary<Req, Res>(
     State(state): State<EnvdState>,
     headers: HeaderMap,
-    body: Bytes,
+    UnaryBody(body): UnaryBody,
     op: fn(&EnvdState, &Caller, Req) -> Result<Res, ConnectError>,
 ) -> Response
 where

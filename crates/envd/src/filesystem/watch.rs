@@ -5,12 +5,14 @@
 //!
 //! Stream lifecycle: `start` first, then one `filesystem` message per event, `keepalive` after
 //! each `Keepalive-Ping-Interval` of silence; the stream ends with `internal` on watcher errors,
-//! `deadline_exceeded` when `Connect-Timeout-Ms` elapses, or silently when the client goes away
-//! (dropping the watcher removes the inotify watches).
+//! `resource_exhausted` when more than [`STREAM_BUFFER`] notifications pile up unsent (events
+//! were dropped; the client must re-list), `deadline_exceeded` when `Connect-Timeout-Ms` elapses,
+//! or silently when the client goes away (dropping the watcher removes the inotify watches).
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -18,7 +20,7 @@ use axum::response::Response;
 use http::HeaderMap;
 use notify::event::{EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::connect::{
     decode_stream_request, stream_error, stream_response, CallOptions, Code, ConnectError,
@@ -34,6 +36,9 @@ use crate::users::UserDb;
 /// What a watcher delivers: a batch of events (one notification may carry several), or the
 /// error that stopped it.
 pub type WatchItem = Result<Vec<FilesystemEvent>, String>;
+
+/// Notifications buffered between the watcher thread and one `WatchDir` stream.
+pub const STREAM_BUFFER: usize = 1024;
 
 /// Filesystem magic numbers of network (and FUSE) filesystems, refused unless allowed.
 const NETWORK_FS_MAGICS: [u64; 5] = [
@@ -182,23 +187,16 @@ pub async fn watch_dir_handler(
         Ok(who) => who,
         Err(e) => return stream_error(e),
     };
-    let (tx, rx) = mpsc::unbounded_channel::<WatchItem>();
+    let (sink, feed) = channel(STREAM_BUFFER);
     let users = state.users.clone();
-    let watcher = match blocking(move || {
-        start_watch(users, &who, &req, move |item| {
-            // The receiver is gone only once the stream has ended.
-            let _ = tx.send(item);
-        })
-    })
-    .await
-    {
+    let watcher = match blocking(move || start_watch(users, &who, &req, sink)).await {
         Ok(w) => w,
         Err(e) => return stream_error(e),
     };
     let (sender, resp) = stream_response();
     tokio::spawn(async move {
         let _watcher = watcher;
-        let result = pump(&sender, rx, opts).await;
+        let result = pump(&sender, feed, opts).await;
         if let Some(result) = result {
             sender.finish(result).await;
         }
@@ -206,12 +204,33 @@ pub async fn watch_dir_handler(
     resp
 }
 
+/// The receiving side of a watcher: its notifications and the signal that some were dropped.
+struct Feed {
+    rx: mpsc::Receiver<WatchItem>,
+    overflow: Arc<Notify>,
+}
+
+/// A bounded channel from the watcher thread (which must never block) to a stream. When it is
+/// full the notification is dropped and the overflow is signalled.
+fn channel(capacity: usize) -> (impl Fn(WatchItem) + Send + 'static, Feed) {
+    let (tx, rx) = mpsc::channel::<WatchItem>(capacity);
+    let overflow = Arc::new(Notify::new());
+    let signal = overflow.clone();
+    let sink = move |item| match tx.try_send(item) {
+        // Closed: the stream has ended and the watcher is about to be dropped.
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => signal.notify_one(),
+    };
+    (sink, Feed { rx, overflow })
+}
+
 /// Forwards watcher events to the stream; `None` when the client went away.
 async fn pump(
     sender: &crate::connect::StreamSender,
-    mut rx: mpsc::UnboundedReceiver<WatchItem>,
+    feed: Feed,
     opts: CallOptions,
 ) -> Option<Result<(), ConnectError>> {
+    let Feed { mut rx, overflow } = feed;
     if !sender.send(&WatchDirResponse::Start(Empty {})).await {
         return None;
     }
@@ -224,6 +243,14 @@ async fn pump(
     tokio::pin!(deadline);
     loop {
         tokio::select! {
+            biased;
+            () = overflow.notified() => {
+                return Some(Err(ConnectError::exhausted(format!(
+                    "filesystem events were dropped: more than {} notifications were pending, \
+                     the client reads too slowly",
+                    rx.max_capacity()
+                ))));
+            }
             item = rx.recv() => match item {
                 Some(Ok(events)) => {
                     for event in events {
@@ -284,6 +311,63 @@ mod tests {
             Some(EventType::Remove)
         );
         assert_eq!(event_type(&EventKind::Access(AccessKind::Any)), None);
+    }
+
+    #[tokio::test]
+    async fn overflow_ends_the_stream_with_resource_exhausted() {
+        use futures::StreamExt;
+        let (sink, feed) = channel(4);
+        let event = FilesystemEvent {
+            name: "f".into(),
+            event_type: EventType::Write,
+            entry: None,
+        };
+        for _ in 0..5 {
+            sink(Ok(vec![event.clone()]));
+        }
+        let (sender, resp) = crate::connect::stream_response();
+        let opts = CallOptions {
+            timeout: None,
+            keepalive: std::time::Duration::from_secs(60),
+        };
+        let task = tokio::spawn(async move {
+            let result = pump(&sender, feed, opts).await;
+            if let Some(result) = result {
+                sender.finish(result).await;
+            }
+        });
+        let mut body = resp.into_body().into_data_stream();
+        let mut frames = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(std::time::Duration::from_secs(5), body.next())
+            .await
+            .expect("the stream ends")
+        {
+            frames.push(chunk.expect("chunk"));
+        }
+        task.await.expect("pump");
+        let last = frames.last().expect("end envelope");
+        assert_eq!(last[0], crate::connect::END_STREAM_FLAG);
+        let end: serde_json::Value = serde_json::from_slice(&last[5..]).expect("json");
+        assert_eq!(end["error"]["code"], "resource_exhausted");
+        assert!(end["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("dropped")));
+    }
+
+    #[tokio::test]
+    async fn a_full_feed_never_blocks_the_watcher_thread() {
+        let (sink, feed) = channel(2);
+        // Called from a plain thread, as notify does; must return at once even when full.
+        let handle = std::thread::spawn(move || {
+            for _ in 0..100 {
+                sink(Ok(Vec::new()));
+            }
+        });
+        handle.join().expect("sink thread");
+        assert_eq!(feed.rx.len(), 2);
+        tokio::time::timeout(std::time::Duration::from_secs(1), feed.overflow.notified())
+            .await
+            .expect("overflow signalled");
     }
 
     #[test]

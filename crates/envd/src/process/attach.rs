@@ -17,7 +17,7 @@ use super::handle::{Process, Subscription};
 use super::messages::{EventResponse, KeepAlive, ProcessEvent, SelectorRequest, StartEvent};
 use super::Ctx;
 use crate::connect::{
-    decode_stream_request, stream_error, stream_response, CallOptions, Code, ConnectError,
+    after, decode_stream_request, stream_error, stream_response, CallOptions, Code, ConnectError,
     StreamSender,
 };
 
@@ -33,10 +33,7 @@ pub(super) struct Deadline {
 /// `POST /process.Process/Connect`.
 pub(super) async fn connect(State(ctx): State<Ctx>, headers: HeaderMap, body: Body) -> Response {
     let opts = CallOptions::from_headers(&headers);
-    let deadline = opts.timeout.map(|t| Deadline {
-        at: Instant::now() + t,
-        kill: false,
-    });
+    let deadline = opts.deadline().map(|at| Deadline { at, kill: false });
     let req: SelectorRequest = match decode_stream_request(&headers, body).await {
         Ok(r) => r,
         Err(e) => return stream_error(e),
@@ -139,7 +136,7 @@ pub(super) async fn forward(
                     return;
                 }
             },
-            _ = sleep_until(last + keepalive) => {
+            _ = sleep_until(after(last, keepalive)) => {
                 if !send(&sender, &ProcessEvent::Keepalive(KeepAlive {})).await {
                     return;
                 }
@@ -151,5 +148,5 @@ pub(super) async fn forward(
 }
 
 fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86400 * 365)
+    after(Instant::now(), Duration::from_secs(86400 * 365))
 }

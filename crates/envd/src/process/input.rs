@@ -1,14 +1,16 @@
 //! Input RPCs (spec 3.4): `SendInput` (unary), `StreamInput` (client stream: a `start` envelope
 //! naming the process, then `data` envelopes; keepalives ignored) and `CloseStdin`.
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use http::{HeaderMap, HeaderValue};
 
 use super::messages::{Empty, ProcessInput, SelectorRequest, SendInputRequest, StreamInputRequest};
 use super::{unary, Ctx};
-use crate::connect::{envelope, stream_error, Code, ConnectError, EnvelopeReader, END_STREAM_FLAG};
+use crate::connect::{
+    envelope, stream_error, Code, ConnectError, EnvelopeReader, UnaryBody, END_STREAM_FLAG,
+};
 
 /// Writes one `ProcessInput` to a process.
 async fn write(
@@ -28,7 +30,7 @@ async fn write(
 pub(super) async fn send_input(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    body: Bytes,
+    UnaryBody(body): UnaryBody,
 ) -> Response {
     unary(&headers, &body, |req: SendInputRequest| async move {
         write(&ctx, &req.process, req.input).await?;
@@ -41,7 +43,7 @@ pub(super) async fn send_input(
 pub(super) async fn close_stdin(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    body: Bytes,
+    UnaryBody(body): UnaryBody,
 ) -> Response {
     unary(&headers, &body, |req: SelectorRequest| async move {
         ctx.registry.running(&req.process)?.close_stdin().await?;

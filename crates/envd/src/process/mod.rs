@@ -4,8 +4,8 @@
 //! retained for [`RETAIN_EXITED`] so `Connect` can still replay their end.
 //!
 //! Files: [`messages`] (JSON types), [`spawn`] (fork/exec), [`handle`] (one process and its
-//! output pump), [`reaper`] (the PID-1 zombie reaper), [`pty`] (terminals), and one file per RPC
-//! group: `start.rs`, `attach.rs` (Connect), `input.rs`, `signal.rs`, `update.rs`.
+//! output pump), [`reaper`] (the PID-1 zombie reaper), [`pty`] (terminals), [`rlimit`] (the
+//! open-files limit), and one file per RPC group: `start.rs`, `attach.rs` (Connect), `input.rs`, `signal.rs`, `update.rs`.
 
 mod attach;
 pub mod handle;
@@ -13,6 +13,7 @@ mod input;
 pub mod messages;
 pub mod pty;
 pub mod reaper;
+pub mod rlimit;
 mod signal;
 pub mod spawn;
 mod start;
@@ -29,7 +30,7 @@ use axum::routing::post;
 use axum::Router;
 use http::HeaderMap;
 
-use crate::connect::{decode_unary, unary_ok, ConnectError};
+use crate::connect::{body_limit, decode_unary, unary_ok, ConnectError, UnaryBody};
 use crate::state::EnvdState;
 use handle::Process;
 use messages::{ListResponse, ProcessInfo, ProcessSelectorJson, Selector};
@@ -128,6 +129,7 @@ pub fn router(state: EnvdState, registry: ProcessRegistry) -> Router {
         .route("/process.Process/CloseStdin", post(input::close_stdin))
         .route("/process.Process/SendSignal", post(signal::send_signal))
         .route("/process.Process/Update", post(update::update))
+        .layer(body_limit())
         .with_state(Ctx { state, registry })
 }
 
@@ -153,7 +155,7 @@ where
 }
 
 /// `List`: the running processes with their original configuration.
-async fn list(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
+async fn list(State(ctx): State<Ctx>, headers: HeaderMap, UnaryBody(body): UnaryBody) -> Response {
     unary(&headers, &body, |_: messages::Empty| async move {
         let processes = ctx
             .registry

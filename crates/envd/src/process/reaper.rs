@@ -2,15 +2,17 @@
 //! re-parented to it and must be reaped; its own children's exit statuses must still reach the
 //! tasks waiting for them. A dedicated thread waits with `waitid(P_ALL, WEXITED | WNOWAIT)`
 //! (which does not reap), then takes the registry lock and reaps that one pid, dispatching the
-//! status to the registered waiter, or keeping it (bounded) for a waiter that registers later.
+//! status to the registered waiter, or keeping it (bounded in number and age) for a waiter that
+//! registers later with [`Reaper::register`].
 //!
 //! Spawning happens under the same lock ([`Reaper::spawn`]), so a child's pid is registered
 //! before its status can be dispatched, and std's own `waitpid` after a failed `exec` never
-//! races with the reaper.
+//! races with the reaper. A kept status for the pid of a freshly spawned child necessarily belongs
+//! to an earlier process that had the same pid (pids wrap around), so it is discarded.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
@@ -18,7 +20,9 @@ use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
 /// How many unclaimed exit statuses are kept for late waiters.
-const MAX_UNCLAIMED: usize = 4096;
+const MAX_UNCLAIMED: usize = 1024;
+/// How long an unclaimed exit status is kept for a late waiter.
+const UNCLAIMED_TTL: Duration = Duration::from_secs(60);
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +36,10 @@ pub enum ExitStatus {
 #[derive(Default)]
 struct Table {
     waiters: HashMap<i32, oneshot::Sender<ExitStatus>>,
-    unclaimed: HashMap<i32, ExitStatus>,
-    unclaimed_order: VecDeque<i32>,
+    /// Reaped statuses nobody waited for, with when they were reaped.
+    unclaimed: HashMap<i32, (ExitStatus, Instant)>,
+    /// Pids of `unclaimed` in reaping order (may hold stale entries of claimed pids).
+    unclaimed_order: VecDeque<(i32, Instant)>,
     /// Bumped on every spawn, to wake the thread when it had no children.
     generation: u64,
 }
@@ -77,6 +83,11 @@ impl Reaper {
         let mut table = self.lock();
         let (pid, out) = spawn()?;
         table.generation += 1;
+        // The new child cannot have been reaped yet (reaping takes this lock), so a kept status
+        // for its pid is that of an older process which had the same pid.
+        if table.unclaimed.remove(&(pid as i32)).is_some() {
+            tracing::debug!(pid, "discarding the stale exit status of a reused pid");
+        }
         let rx = register_locked(&mut table, pid as i32);
         drop(table);
         self.spawned.notify_all();
@@ -128,14 +139,7 @@ impl Reaper {
             }
             None => {
                 tracing::debug!(pid = raw, ?status, "reaped an unclaimed child");
-                if table.unclaimed.insert(raw, status).is_none() {
-                    table.unclaimed_order.push_back(raw);
-                }
-                while table.unclaimed_order.len() > MAX_UNCLAIMED {
-                    if let Some(old) = table.unclaimed_order.pop_front() {
-                        table.unclaimed.remove(&old);
-                    }
-                }
+                table.keep_unclaimed(raw, status, Instant::now());
             }
         }
     }
@@ -153,10 +157,42 @@ impl Reaper {
     }
 }
 
+impl Table {
+    /// Keeps the status of a reaped child nobody waits for, dropping expired and excess ones.
+    fn keep_unclaimed(&mut self, pid: i32, status: ExitStatus, now: Instant) {
+        self.unclaimed.insert(pid, (status, now));
+        self.unclaimed_order.push_back((pid, now));
+        self.expire_unclaimed(now);
+    }
+
+    /// Drops statuses older than [`UNCLAIMED_TTL`] and the oldest beyond [`MAX_UNCLAIMED`].
+    fn expire_unclaimed(&mut self, now: Instant) {
+        while let Some(&(pid, at)) = self.unclaimed_order.front() {
+            let current = self.unclaimed.get(&pid).map(|(_, t)| *t) == Some(at);
+            let expired = now.saturating_duration_since(at) >= UNCLAIMED_TTL;
+            let excess = self.unclaimed.len() > MAX_UNCLAIMED;
+            if current && !expired && !excess {
+                break;
+            }
+            self.unclaimed_order.pop_front();
+            if current {
+                self.unclaimed.remove(&pid);
+            }
+        }
+        // Stale order entries (claimed pids) are only skipped at the front; keep the queue from
+        // growing without bound when pids are claimed out of order.
+        if self.unclaimed_order.len() > 2 * MAX_UNCLAIMED {
+            let unclaimed = &self.unclaimed;
+            self.unclaimed_order
+                .retain(|(pid, at)| unclaimed.get(pid).map(|(_, t)| *t) == Some(*at));
+        }
+    }
+}
+
 fn register_locked(table: &mut Table, pid: i32) -> oneshot::Receiver<ExitStatus> {
     let (tx, rx) = oneshot::channel();
-    if let Some(status) = table.unclaimed.remove(&pid) {
-        table.unclaimed_order.retain(|p| *p != pid);
+    table.expire_unclaimed(Instant::now());
+    if let Some((status, _)) = table.unclaimed.remove(&pid) {
         let _ = tx.send(status);
     } else {
         table.waiters.insert(pid, tx);
@@ -206,6 +242,57 @@ mod tests {
             .expect("in time")
             .expect("status");
         assert_eq!(status, ExitStatus::Exited(0));
+    }
+
+    /// A reaper without its thread, to drive the table by hand.
+    fn detached() -> Reaper {
+        Reaper {
+            table: Mutex::new(Table::default()),
+            spawned: Condvar::new(),
+        }
+    }
+
+    #[test]
+    fn a_reused_pid_never_gets_the_old_status() {
+        let reaper = detached();
+        let now = Instant::now();
+        reaper
+            .lock()
+            .keep_unclaimed(4242, ExitStatus::Exited(3), now);
+        // A new child that got pid 4242 after wrap-around must wait for its own exit.
+        let ((), mut rx) = reaper
+            .spawn(|| Ok::<_, std::io::Error>((4242, ())))
+            .expect("spawns");
+        assert!(matches!(
+            rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        assert!(reaper.lock().unclaimed.is_empty());
+        assert!(reaper.lock().waiters.contains_key(&4242));
+    }
+
+    #[test]
+    fn unclaimed_statuses_expire_and_are_bounded() {
+        let mut table = Table::default();
+        let start = Instant::now();
+        table.keep_unclaimed(10, ExitStatus::Exited(1), start);
+        table.keep_unclaimed(11, ExitStatus::Exited(2), start + Duration::from_secs(30));
+        table.expire_unclaimed(start + UNCLAIMED_TTL + Duration::from_secs(1));
+        assert!(!table.unclaimed.contains_key(&10));
+        assert!(table.unclaimed.contains_key(&11));
+        for pid in 0..(MAX_UNCLAIMED as i32 + 100) {
+            table.keep_unclaimed(
+                1000 + pid,
+                ExitStatus::Exited(0),
+                start + Duration::from_secs(31),
+            );
+        }
+        assert_eq!(table.unclaimed.len(), MAX_UNCLAIMED);
+        assert!(!table.unclaimed.contains_key(&1000));
+        assert!(table.unclaimed_order.len() <= 2 * MAX_UNCLAIMED);
+        table.expire_unclaimed(start + Duration::from_secs(31) + UNCLAIMED_TTL);
+        assert!(table.unclaimed.is_empty());
+        assert!(table.unclaimed_order.is_empty());
     }
 
     #[test]

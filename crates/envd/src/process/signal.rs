@@ -1,7 +1,6 @@
 //! `SendSignal` (spec 3.4): SIGTERM or SIGKILL to the process group of a running process; other
 //! signals are `unimplemented`, unknown processes `not_found`, OS failures `internal`.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::Response;
 use http::HeaderMap;
@@ -9,13 +8,13 @@ use nix::sys::signal::Signal as NixSignal;
 
 use super::messages::{Empty, SendSignalRequest, Signal};
 use super::{unary, Ctx};
-use crate::connect::{Code, ConnectError};
+use crate::connect::{Code, ConnectError, UnaryBody};
 
 /// `POST /process.Process/SendSignal`.
 pub(super) async fn send_signal(
     State(ctx): State<Ctx>,
     headers: HeaderMap,
-    body: Bytes,
+    UnaryBody(body): UnaryBody,
 ) -> Response {
     unary(&headers, &body, |req: SendSignalRequest| async move {
         let signal = match req.signal {

@@ -1,7 +1,10 @@
 //! Spawning a process for `Start` (spec 3.4 steps 1–3): environment, working directory, user
 //! switch, stdin mode, pipes or a terminal, and a new process group (or session, for terminals).
 //! Uses `std::process::Command` with `pre_exec` (never tokio's child handling, which would race
-//! the reaper) and registers the child with the [`Reaper`] while forking.
+//! the reaper) and registers the child with the [`Reaper`] while forking. The child gets envd's
+//! original open-files limit back. Blocking: call it from the blocking pool, inside the runtime
+//! (the terminal master and the pipes are registered with tokio). If setting up a spawned child
+//! fails, its process group is killed, so no untracked process is left running.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -10,6 +13,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
@@ -17,6 +22,7 @@ use super::handle::{Input, Output, Process};
 use super::messages::{ProcessConfig, PtySize};
 use super::pty::{self, PtyMaster};
 use super::reaper::{ExitStatus, Reaper};
+use super::rlimit;
 use crate::connect::ConnectError;
 use crate::users::User;
 
@@ -109,12 +115,19 @@ pub fn spawn(spec: SpawnSpec) -> Result<Spawned, ConnectError> {
         groups: spec.user.groups.clone(),
     });
     let use_pty = spec.pty.is_some();
+    let nofile = rlimit::child_nofile();
 
     // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (setsid, setpgid, ioctl, setgroups, setgid, setuid) on data prepared before the
-    // fork (the groups vector is moved in, never allocated in the child).
+    // functions (setrlimit, setsid, setpgid, ioctl, setgroups, setgid, setuid — plain system
+    // calls) on data prepared before the fork (the groups vector and the limit are moved in,
+    // nothing is allocated in the child).
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(limit) = &nofile {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, limit) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             if use_pty {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -143,9 +156,14 @@ pub fn spawn(spec: SpawnSpec) -> Result<Spawned, ConnectError> {
 
     let reaper = Reaper::global();
     if let Some(size) = spec.pty {
-        let ((pid, master), exit) = reaper.spawn(|| {
-            let pair = pty::open(size)
-                .map_err(|e| ConnectError::invalid(format!("allocating a terminal: {e}")))?;
+        let pair = pty::open(size)
+            .map_err(|e| ConnectError::invalid(format!("allocating a terminal: {e}")))?;
+        // Registered before the fork: once the child runs, nothing can fail any more.
+        let master = Arc::new(
+            PtyMaster::new(pair.master)
+                .map_err(|e| ConnectError::internal(format!("registering the terminal: {e}")))?,
+        );
+        let (pid, exit) = reaper.spawn(|| {
             let dup = |fd: &OwnedFd| {
                 fd.try_clone()
                     .map_err(|e| ConnectError::internal(format!("duplicating the terminal: {e}")))
@@ -156,12 +174,8 @@ pub fn spawn(spec: SpawnSpec) -> Result<Spawned, ConnectError> {
             let child = cmd.spawn().map_err(|e| spawn_error(&spec.config.cmd, e))?;
             // Drop our copies of the slave so the master sees EOF when the child's side closes.
             drop(cmd);
-            Ok::<_, ConnectError>((child.id(), (child.id(), pair.master)))
+            Ok::<_, ConnectError>((child.id(), child.id()))
         })?;
-        let master = Arc::new(
-            PtyMaster::new(master)
-                .map_err(|e| ConnectError::internal(format!("registering the terminal: {e}")))?,
-        );
         let process = Arc::new(Process::new(
             pid,
             spec.tag,
@@ -187,6 +201,25 @@ pub fn spawn(spec: SpawnSpec) -> Result<Spawned, ConnectError> {
         Ok::<_, ConnectError>((child.id(), child))
     })?;
     let pid = child.id();
+    let (output, input) = match pipes(&mut child) {
+        Ok(io) => io,
+        Err(e) => {
+            abandon(pid);
+            return Err(e);
+        }
+    };
+    // `child` is dropped without waiting: the reaper owns its exit status.
+    drop(child);
+    let process = Arc::new(Process::new(pid, spec.tag, spec.config, input));
+    Ok(Spawned {
+        process,
+        output,
+        exit,
+    })
+}
+
+/// Registers the child's pipes with tokio.
+fn pipes(child: &mut std::process::Child) -> Result<(Output, Input), ConnectError> {
     let internal =
         |what: &str, e: std::io::Error| ConnectError::internal(format!("setting up {what}: {e}"));
     let stdout = child.stdout.take().map(OwnedFd::from);
@@ -204,14 +237,21 @@ pub fn spawn(spec: SpawnSpec) -> Result<Spawned, ConnectError> {
         ))),
         None => Input::Disabled,
     };
-    // `child` is dropped without waiting: the reaper owns its exit status.
-    drop(child);
-    let process = Arc::new(Process::new(pid, spec.tag, spec.config, input));
-    Ok(Spawned {
-        process,
-        output: Output::Pipes(stdout, stderr),
-        exit,
-    })
+    Ok((Output::Pipes(stdout, stderr), input))
+}
+
+/// Kills the process group of a child whose setup failed (it leads its own group or session);
+/// the reaper collects it.
+fn abandon(pid: u32) {
+    tracing::warn!(
+        pid,
+        "setting up a started process failed: killing its process group"
+    );
+    let Ok(raw) = i32::try_from(pid) else { return };
+    match killpg(Pid::from_raw(raw), Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pid, error = %e, "killing an abandoned process group"),
+    }
 }
 
 fn spawn_error(cmd: &str, e: std::io::Error) -> ConnectError {
@@ -253,6 +293,57 @@ mod tests {
         assert_eq!(env["E2B_SANDBOX"], "true");
         assert_eq!(env["A"], "r");
         assert_eq!(env["HOME"], "/x");
+    }
+
+    #[tokio::test]
+    async fn abandoned_children_are_killed_with_their_group() {
+        // A child leading its own group, with a grandchild in the same group.
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "sleep 30 & exec sleep 30"]);
+        // SAFETY: setpgid is async-signal-safe and touches no memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setpgid(0, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let (pid, exit) = Reaper::global()
+            .spawn(|| cmd.spawn().map(|c| (c.id(), c.id())))
+            .expect("spawns");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        abandon(pid);
+        let status = tokio::time::timeout(std::time::Duration::from_secs(5), exit)
+            .await
+            .expect("killed in time")
+            .expect("status");
+        assert_eq!(status, ExitStatus::Signaled(libc::SIGKILL, false));
+        // The grandchild died too (it may linger as a zombie until someone reaps it).
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(live_members(pid), Vec::<u32>::new());
+    }
+
+    /// Pids of the group `pgid` that are not zombies.
+    fn live_members(pgid: u32) -> Vec<u32> {
+        let mut live = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // Fields after the parenthesised command: state, ppid, pgrp, ...
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.get(2) == Some(&pgid.to_string().as_str()) && fields.first() != Some(&"Z") {
+                live.push(pid);
+            }
+        }
+        live
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! `Start` (spec 3.4): resolves user, cwd and environment, spawns the process, registers it,
 //! starts its output pump and its lifetime timer (`Connect-Timeout-Ms`), and attaches the
 //! request's stream to it. The process outlives the request: a disconnect only detaches.
+//!
+//! Everything blocking (reading `/etc/passwd`, `openpty`, fork/exec under the reaper's lock) runs
+//! on the blocking pool, and the process is registered and pumped there too, so a client that
+//! goes away while the spawn is in flight cannot leave an untracked child behind.
 
 use std::sync::Arc;
 
@@ -12,7 +16,7 @@ use nix::sys::signal::Signal as NixSignal;
 use tokio::time::Instant;
 
 use super::attach::{forward, Deadline};
-use super::handle::{pump, Process};
+use super::handle::{pump, Process, Subscription};
 use super::messages::StartRequest;
 use super::spawn::{spawn, SpawnSpec, Spawned};
 use super::{Ctx, ProcessRegistry, RETAIN_EXITED};
@@ -24,24 +28,17 @@ use crate::users::{basic_auth_user, resolve_path};
 /// `POST /process.Process/Start`.
 pub(super) async fn start(State(ctx): State<Ctx>, headers: HeaderMap, body: Body) -> Response {
     let opts = CallOptions::from_headers(&headers);
-    let deadline = opts.timeout.map(|t| Instant::now() + t);
+    let deadline = opts.deadline();
     let req: StartRequest = match decode_stream_request(&headers, body).await {
         Ok(r) => r,
         Err(e) => return stream_error(e),
     };
-    let spawned = match prepare(&ctx, &headers, req) {
-        Ok(s) => s,
-        Err(e) => return stream_error(e),
+    let launched = tokio::task::spawn_blocking(move || launch(&ctx, &headers, req, deadline)).await;
+    let (process, subscription) = match launched {
+        Ok(Ok(started)) => started,
+        Ok(Err(e)) => return stream_error(e),
+        Err(e) => return stream_error(ConnectError::internal(format!("start task failed: {e}"))),
     };
-    let process = spawned.process.clone();
-    tracing::info!(pid = process.pid, cmd = %process.config.cmd, "process started");
-    // Subscribe before the pump runs so no output is lost.
-    let subscription = process.subscribe();
-    ctx.registry.insert(process.clone());
-    tokio::spawn(run(ctx.registry.clone(), spawned));
-    if let Some(at) = deadline {
-        tokio::spawn(kill_at(process.clone(), at));
-    }
     let (sender, resp) = stream_response();
     let deadline = deadline.map(|at| Deadline { at, kill: true });
     tokio::spawn(forward(
@@ -52,6 +49,27 @@ pub(super) async fn start(State(ctx): State<Ctx>, headers: HeaderMap, body: Body
         deadline,
     ));
     resp
+}
+
+/// Spawns the process and registers it with its pump and deadline. Runs on the blocking pool
+/// (inside the runtime, so tasks can be spawned and fds registered).
+fn launch(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    req: StartRequest,
+    deadline: Option<Instant>,
+) -> Result<(Arc<Process>, Subscription), ConnectError> {
+    let spawned = prepare(ctx, headers, req)?;
+    let process = spawned.process.clone();
+    tracing::info!(pid = process.pid, cmd = %process.config.cmd, "process started");
+    // Subscribe before the pump runs so no output is lost.
+    let subscription = process.subscribe();
+    ctx.registry.insert(process.clone());
+    tokio::spawn(run(ctx.registry.clone(), spawned));
+    if let Some(at) = deadline {
+        tokio::spawn(kill_at(process.clone(), at));
+    }
+    Ok((process, subscription))
 }
 
 fn prepare(ctx: &Ctx, headers: &HeaderMap, req: StartRequest) -> Result<Spawned, ConnectError> {

@@ -191,6 +191,19 @@ impl RuntimeDriver for NamespaceDriver {
         self.inner.exits.subscribe()
     }
 
+    fn is_alive(&self, id: &SandboxId) -> bool {
+        let Some((pid, start_time)) = self
+            .inner
+            .live()
+            .get(id)
+            .map(|l| (l.init_pid, l.init_start_time))
+        else {
+            return false;
+        };
+        // Same process (not a recycled pid) and not a zombie the shim has yet to reap.
+        sys::process_start_time(pid) == Some(start_time) && sys::process_state(pid) != Some('Z')
+    }
+
     async fn release(&self) {
         // rmdir only succeeds on empty cgroups, so a parent still in use (a sandbox left
         // running, another server sharing the top-level `paddock`) is never disturbed.

@@ -1,8 +1,12 @@
 //! The sandbox's file system view, built by its PID 1 inside its own (private) mount namespace
-//! before exec: the overlay root, `/proc`, a minimal `/dev`, read-only `/sys`, envd's run
-//! directory and binary, `/etc/hostname` and `/etc/hosts`, then `pivot_root`. Nothing here
-//! touches the host's mount table: every function must run after `unshare(CLONE_NEWNS)` and
-//! [`make_private`].
+//! before exec: the overlay root, `/proc` with its sensitive parts masked or read-only, a
+//! minimal `/dev`, read-only `/sys`, envd's run directory and binary, then `pivot_root`, and
+//! after it `/etc/hostname` and `/etc/hosts`. Nothing here touches the host's mount table:
+//! every function must run after `unshare(CLONE_NEWNS)` and [`make_private`].
+//!
+//! Before `pivot_root` paths resolve on the host, so a symlink in the template (`etc ->
+//! /proc/1/root/etc`) would redirect mounts and writes out of the sandbox: [`build_root`]
+//! refuses a template in which any existing component of a path it mounts on is a symlink.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -34,6 +38,22 @@ type Result<T> = std::result::Result<T, SetupError>;
 /// Host device nodes bind-mounted into the sandbox's `/dev`.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
+/// `/proc` files hidden behind `/dev/null` (kernel memory, keyrings, timers, the kernel log,
+/// SysRq), as runc masks them. Missing ones (kernel config) are skipped.
+pub(crate) const MASKED_PROC_FILES: [&str; 7] = [
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "kmsg",
+    "sysrq-trigger",
+    "latency_stats",
+];
+/// Directories hidden behind an empty read-only tmpfs, relative to the new root.
+pub(crate) const MASKED_DIRS: [&str; 3] = ["proc/acpi", "proc/scsi", "sys/firmware"];
+/// `/proc` directories made read-only (kernel tunables, buses, file systems, IRQ affinity).
+pub(crate) const READ_ONLY_PROC_DIRS: [&str; 4] = ["sys", "bus", "fs", "irq"];
+
 /// Where things go in the new root.
 #[derive(Debug)]
 pub(crate) struct RootLayout<'a> {
@@ -43,8 +63,6 @@ pub(crate) struct RootLayout<'a> {
     pub state_dir: &'a Path,
     /// envd on the host.
     pub envd_bin: &'a Path,
-    /// Hostname of the sandbox.
-    pub hostname: &'a str,
 }
 
 impl RootLayout<'_> {
@@ -76,6 +94,13 @@ pub(crate) fn make_private() -> Result<()> {
 pub(crate) fn build_root(layout: &RootLayout<'_>) -> Result<()> {
     let root = layout.root();
     mount_overlay(layout, &root)?;
+    // Every path setup mounts on or creates while host path resolution still applies, and
+    // `/etc` (written after pivot_root, refused too for a clear error instead of a loop).
+    let run_rel = crate::SANDBOX_RUN_DIR.trim_start_matches('/');
+    let envd_rel = crate::SANDBOX_ENVD_PATH.trim_start_matches('/');
+    for rel in ["proc", "dev", "sys", "etc", run_rel, envd_rel] {
+        refuse_symlinks(&root, rel)?;
+    }
     mount_fs(
         &root.join("proc"),
         "proc",
@@ -85,14 +110,15 @@ pub(crate) fn build_root(layout: &RootLayout<'_>) -> Result<()> {
     mount_dev(&root.join("dev"))?;
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs(&root.join("sys"), "sysfs", ro, None)?;
-    let run = root.join(crate::SANDBOX_RUN_DIR.trim_start_matches('/'));
+    mask_kernel_files(&root)?;
+    let run = root.join(run_rel);
     mkdir(&run)?;
     bind(
         &layout.state_dir.join("run"),
         &run,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
-    let envd = root.join(crate::SANDBOX_ENVD_PATH.trim_start_matches('/'));
+    let envd = root.join(envd_rel);
     if let Some(dir) = envd.parent() {
         mkdir(dir)?;
     }
@@ -101,8 +127,69 @@ pub(crate) fn build_root(layout: &RootLayout<'_>) -> Result<()> {
         layout.envd_bin,
         &envd,
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-    )?;
-    write_etc(&root, layout.hostname)
+    )
+}
+
+/// Fails when an existing component of `root/rel` is a symlink. Components that do not exist
+/// yet are created by setup itself (never as symlinks), so checking stops at the first one.
+pub(crate) fn refuse_symlinks(root: &Path, rel: &str) -> Result<()> {
+    let mut path = root.to_path_buf();
+    let mut shown = String::new();
+    for part in rel.split('/') {
+        path.push(part);
+        shown.push('/');
+        shown.push_str(part);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(SetupError::new(format!("inspecting {}", path.display()), e)),
+        };
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            return Err(SetupError::new(
+                "checking the template",
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{shown} is a symlink (to {target}) in the template; sandbox setup \
+                         refuses to follow it, make it a real directory or file"
+                    ),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Hides the sensitive parts of the freshly mounted `/proc` and `/sys` under `root`: files
+/// behind `/dev/null`, directories behind an empty read-only tmpfs, and the `/proc` tunables
+/// read-only (bind-mounted onto themselves, then remounted read-only).
+fn mask_kernel_files(root: &Path) -> Result<()> {
+    let proc_dir = root.join("proc");
+    let null = Path::new("/dev/null");
+    for name in MASKED_PROC_FILES {
+        let path = proc_dir.join(name);
+        if path.exists() {
+            bind(null, &path, MsFlags::empty())?;
+        }
+    }
+    let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for rel in MASKED_DIRS {
+        let path = root.join(rel);
+        if path.is_dir() {
+            mount(Some("tmpfs"), &path, Some("tmpfs"), ro, Some("mode=555"))
+                .map_err(|e| SetupError::new(format!("masking {}", path.display()), e))?;
+        }
+    }
+    for name in READ_ONLY_PROC_DIRS {
+        let path = proc_dir.join(name);
+        if path.is_dir() {
+            bind(&path, &path, ro)?;
+        }
+    }
+    Ok(())
 }
 
 fn mount_overlay(layout: &RootLayout<'_>, root: &Path) -> Result<()> {
@@ -171,7 +258,9 @@ fn mount_dev(dev: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_etc(root: &Path, hostname: &str) -> Result<()> {
+/// Writes `/etc/hostname` and `/etc/hosts`. Runs after [`pivot`], so whatever the template's
+/// `/etc` holds, paths resolve inside the sandbox.
+pub(crate) fn write_etc(root: &Path, hostname: &str) -> Result<()> {
     let etc = root.join("etc");
     mkdir(&etc)?;
     let hosts = format!(
@@ -274,6 +363,30 @@ mod tests {
         )));
         assert!(!overlay_safe(Path::new("/tmp/a,b")));
         assert!(!overlay_safe(Path::new("/tmp/a:b")));
+    }
+
+    #[test]
+    fn symlinked_setup_paths_are_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("usr/local")).expect("mkdir");
+        std::os::unix::fs::symlink("/proc/1/root/etc", root.join("etc")).expect("symlink");
+        std::os::unix::fs::symlink("/tmp", root.join("usr/local/bin")).expect("symlink");
+        // Missing paths and real directories are fine.
+        refuse_symlinks(root, "run/paddock").expect("missing");
+        refuse_symlinks(root, "usr").expect("real dir");
+        let err = refuse_symlinks(root, "etc").expect_err("etc is a symlink");
+        let msg = crate::namespace::chain(&err);
+        assert!(
+            msg.contains("/etc is a symlink (to /proc/1/root/etc)"),
+            "{msg}"
+        );
+        let err = refuse_symlinks(root, "usr/local/bin/envd").expect_err("parent is a symlink");
+        assert!(
+            crate::namespace::chain(&err).contains("/usr/local/bin is a symlink"),
+            "{}",
+            crate::namespace::chain(&err)
+        );
     }
 
     #[test]

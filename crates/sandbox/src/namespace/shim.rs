@@ -11,8 +11,8 @@
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{IntoRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{fcntl, open, FcntlArg, FdFlag, OFlag};
 use nix::sched::CloneFlags;
@@ -138,11 +138,16 @@ fn run() -> Result<i32, ShimError> {
     let child = match unsafe { nix::unistd::fork() }.map_err(|e| ShimError::Sys("forking", e))? {
         ForkResult::Child => {
             drop(ready_r);
-            let err = match child_main(&spec, ready_w) {
+            // The child keeps its end of the ready pipe open until it exits (`_exit` runs no
+            // destructors), so the shim sees EOF only after the error below is in the log.
+            let err = match child_main(&spec, &ready_w) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
-            eprintln!("paddock shim: sandbox init: {}", crate::namespace::chain(&err));
+            eprintln!(
+                "paddock shim: sandbox init: {}",
+                crate::namespace::chain(&err)
+            );
             // SAFETY: _exit ends the child without running the parent's atexit handlers or
             // flushing its copied stdio buffers.
             unsafe { libc::_exit(127) }
@@ -177,7 +182,7 @@ fn run() -> Result<i32, ShimError> {
 }
 
 /// PID 1 of the sandbox: builds the root, then execs envd. Only returns on failure.
-fn child_main(spec: &ShimSpec, ready: OwnedFd) -> Result<Infallible, SetupError> {
+fn child_main(spec: &ShimSpec, ready: &OwnedFd) -> Result<Infallible, SetupError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| SetupError::new("setting the parent-death signal", e))?;
     nix::unistd::setsid().map_err(|e| SetupError::new("setsid", e))?;
@@ -186,13 +191,13 @@ fn child_main(spec: &ShimSpec, ready: OwnedFd) -> Result<Infallible, SetupError>
         rootfs: &spec.rootfs,
         state_dir: &spec.state_dir,
         envd_bin: &spec.envd_bin,
-        hostname: &spec.hostname,
     };
     mounts::build_root(&layout)?;
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| SetupError::new("setting the hostname", e))?;
     sys::interface_up("lo").map_err(|e| SetupError::new("bringing lo up", e))?;
     mounts::pivot(&layout.root())?;
+    mounts::write_etc(Path::new("/"), &spec.hostname)?;
 
     let null = open("/dev/null", OFlag::O_RDONLY, Mode::empty())
         .map_err(|e| SetupError::new("opening /dev/null", e))?;
@@ -211,7 +216,7 @@ fn child_main(spec: &ShimSpec, ready: OwnedFd) -> Result<Infallible, SetupError>
     dup(null, 0)?;
     dup(log, 1)?;
     dup(log, 2)?;
-    let ready = ready.into_raw_fd();
+    let ready = ready.as_raw_fd();
     if ready == READY_FD {
         fcntl(ready, FcntlArg::F_SETFD(FdFlag::empty()))
             .map_err(|e| SetupError::new("clearing close-on-exec", e))?;
@@ -241,6 +246,9 @@ fn child_main(spec: &ShimSpec, ready: OwnedFd) -> Result<Infallible, SetupError>
         cstr("HOME=/root")?,
         cstr(&format!("{}={READY_FD}", crate::READY_FD_ENV))?,
     ];
+    // Last, because everything above (mounts, pivot_root, sethostname) needs CAP_SYS_ADMIN.
+    sys::restrict_capabilities(sys::cap_mask(&sys::DEFAULT_CAPS))
+        .map_err(|e| SetupError::new("dropping capabilities", e))?;
     let err =
         nix::unistd::execve(&path, &args, &env).map_err(|e| SetupError::new("executing envd", e));
     match err {

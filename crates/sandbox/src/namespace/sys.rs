@@ -1,6 +1,7 @@
 //! Raw system calls the namespace driver needs that `nix` does not wrap: bringing `lo` up with
-//! `SIOCSIFFLAGS`, `close_range`, `pidfd_open`, and reading a process's start time. Every
-//! `unsafe` block of the driver outside `mounts.rs` lives here.
+//! `SIOCSIFFLAGS`, `close_range`, `pidfd_open`, restricting capabilities (`PR_CAPBSET_DROP`,
+//! `capset`), and reading a process's start time. Every `unsafe` block of the driver outside
+//! `mounts.rs` lives here.
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -70,6 +71,127 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Capability numbers (`linux/capability.h`) of the default set.
+pub(crate) mod cap {
+    pub const CHOWN: u32 = 0;
+    pub const DAC_OVERRIDE: u32 = 1;
+    pub const FOWNER: u32 = 3;
+    pub const FSETID: u32 = 4;
+    pub const KILL: u32 = 5;
+    pub const SETGID: u32 = 6;
+    pub const SETUID: u32 = 7;
+    pub const SETPCAP: u32 = 8;
+    pub const NET_BIND_SERVICE: u32 = 10;
+    pub const NET_RAW: u32 = 13;
+    pub const SYS_CHROOT: u32 = 18;
+    pub const AUDIT_WRITE: u32 = 29;
+    pub const SETFCAP: u32 = 31;
+}
+
+/// The capabilities a sandbox keeps: Docker's default set without `MKNOD`. envd (root, PID 1)
+/// needs `SETUID`/`SETGID` (it starts processes as `user` with setgroups/setgid/setuid),
+/// `CHOWN` (uploads and new directories are chowned to the user), `DAC_OVERRIDE`/`FOWNER`
+/// (it reads and writes the user's files and their `user.*` xattrs) and `KILL` (signals to the
+/// user's processes); PTYs, inotify and `PR_SET_CHILD_SUBREAPER` need none. Everything else
+/// (`SYS_ADMIN`, `SYS_MODULE`, `SYS_PTRACE`, `NET_ADMIN`, `SYS_RAWIO`, `MKNOD`, ...) is gone from
+/// the bounding set, so not even `sudo` or a setuid binary can get it back.
+pub(crate) const DEFAULT_CAPS: [u32; 13] = [
+    cap::CHOWN,
+    cap::DAC_OVERRIDE,
+    cap::FSETID,
+    cap::FOWNER,
+    cap::SETGID,
+    cap::SETUID,
+    cap::SETFCAP,
+    cap::SETPCAP,
+    cap::NET_BIND_SERVICE,
+    cap::NET_RAW,
+    cap::SYS_CHROOT,
+    cap::KILL,
+    cap::AUDIT_WRITE,
+];
+
+/// The capability mask (bit `n` = capability `n`) of `caps`.
+pub(crate) fn cap_mask(caps: &[u32]) -> u64 {
+    caps.iter().fold(0, |m, c| m | (1u64 << c))
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets, passed as two 32-bit halves.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Drops every capability not in `keep` (a [`cap_mask`]) from the calling thread's bounding
+/// set, then sets its permitted, effective and inheritable sets to exactly `keep`. The ambient
+/// set empties with them. `no_new_privs` stays off, so setuid binaries (`sudo`) still work,
+/// but only ever within `keep`. Call last before exec, in a single-threaded process.
+pub(crate) fn restrict_capabilities(keep: u64) -> io::Result<()> {
+    for cap in 0..64u32 {
+        if keep & (1u64 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: prctl(PR_CAPBSET_DROP) takes a capability number and changes only the calling
+        // thread's bounding set; no memory is passed.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAPBSET_DROP,
+                libc::c_ulong::from(cap),
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            // EINVAL: past the last capability this kernel knows; nothing more to drop.
+            if err.raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(err);
+        }
+    }
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let half = |shift: u32| {
+        let bits = (keep >> shift) as u32;
+        CapData {
+            effective: bits,
+            permitted: bits,
+            inheritable: bits,
+        }
+    };
+    let data = [half(0), half(32)];
+    // SAFETY: capset(2) with a version-3 header reads exactly two `CapData` structs, which
+    // `data` provides; both live until the call returns and pid 0 means the calling thread.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`), or `None`
 /// when the process does not exist.
 pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
@@ -101,6 +223,13 @@ mod tests {
         let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 1000 10";
         assert_eq!(parse_start_time(stat), Some(123456));
         assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn default_caps_are_dockers_without_mknod() {
+        // Docker's default bounding set is 0xa80425fb; MKNOD is capability 27.
+        assert_eq!(cap_mask(&DEFAULT_CAPS), 0xa804_25fb & !(1 << 27));
+        assert_eq!(cap_mask(&DEFAULT_CAPS), 0xa004_25fb);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use paddock_domain::Resources;
 mod v1;
 mod v2;
 
-pub use v1::V1Backend;
+pub use v1::{V1Backend, DEVICE_ALLOW};
 pub use v2::V2Backend;
 
 /// CFS period used for the CPU limit, in microseconds.
@@ -365,7 +365,7 @@ pub(crate) fn detect_from(
     }
     if on_v2.is_empty() {
         let mut controllers = Vec::new();
-        for ctrl in ["memory", "cpu", "pids", "cpuacct", "freezer"] {
+        for ctrl in ["memory", "cpu", "pids", "cpuacct", "freezer", "devices"] {
             if let Some(mount) = v1_mount(ctrl) {
                 controllers.push((ctrl, mount));
             }
@@ -406,6 +406,7 @@ mod tests {
 34 30 0:30 / /sys/fs/cgroup/memory rw,nosuid shared:8 - cgroup cgroup rw,memory
 35 30 0:31 / /sys/fs/cgroup/pids rw,nosuid shared:9 - cgroup cgroup rw,pids
 36 30 0:32 / /sys/fs/cgroup/freezer rw,nosuid shared:10 - cgroup cgroup rw,freezer
+37 30 0:33 / /sys/fs/cgroup/devices rw,nosuid shared:11 - cgroup cgroup rw,devices
 ";
 
     #[test]
@@ -433,7 +434,7 @@ mod tests {
     #[test]
     fn mountinfo_parsing_finds_v1_and_v2() {
         let mounts = parse_mountinfo(HYBRID);
-        assert_eq!(mounts.len(), 6);
+        assert_eq!(mounts.len(), 7);
         assert_eq!(
             mounts[0],
             CgroupMount {
@@ -460,6 +461,7 @@ mod tests {
                 PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/paddock"),
                 PathBuf::from("/sys/fs/cgroup/pids/paddock"),
                 PathBuf::from("/sys/fs/cgroup/freezer/paddock"),
+                PathBuf::from("/sys/fs/cgroup/devices/paddock"),
             ]
         );
         let cg = backend.sandbox("iabc");

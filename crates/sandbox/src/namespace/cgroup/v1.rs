@@ -1,10 +1,26 @@
 //! cgroup v1: one hierarchy per controller (`/sys/fs/cgroup/<controller>`), possibly co-mounted
-//! (`cpu,cpuacct`). A sandbox joins `memory`, `cpu`, `pids` and, where mounted, `cpuacct` (usage)
-//! and `freezer` (pause).
+//! (`cpu,cpuacct`). A sandbox joins `memory`, `cpu`, `pids` and, where mounted, `cpuacct` (usage),
+//! `freezer` (pause) and `devices` (an allowlist of the character devices a sandbox may open:
+//! [`DEVICE_ALLOW`]). cgroup v2 has no devices controller (it needs a BPF program), so on a pure
+//! v2 host the sandbox relies on the missing `MKNOD` capability and the fixed `/dev` instead.
 
 use std::path::PathBuf;
 
 use super::{create_dirs, write_knob, CgroupBackend, CgroupError, CgroupLimits};
+
+/// Device rules a sandbox gets after `a` (everything) is denied: `/dev/null`, `zero`, `full`,
+/// `random`, `urandom`, `tty`, `console`, `pts/ptmx` and every pseudo-terminal (major 136).
+pub const DEVICE_ALLOW: [&str; 9] = [
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
 
 /// The cgroup v1 layout.
 #[derive(Debug, Clone)]
@@ -68,6 +84,13 @@ impl CgroupBackend for V1Backend {
         if let Some(dir) = self.dir_of("pids", name) {
             write_knob(&dir, "pids.max", &limits.pids_max.to_string())?;
         }
+        if let Some(dir) = self.dir_of("devices", name) {
+            // Each write adds one rule; the shim joins only after all are in place.
+            write_knob(&dir, "devices.deny", "a")?;
+            for rule in DEVICE_ALLOW {
+                write_knob(&dir, "devices.allow", rule)?;
+            }
+        }
         Ok(())
     }
 }
@@ -90,6 +113,7 @@ mod tests {
                 ("memory", mount("memory")),
                 ("cpu", mount("cpu")),
                 ("pids", mount("pids")),
+                ("devices", mount("devices")),
             ],
             "paddock",
         );
@@ -123,6 +147,10 @@ mod tests {
             "100000"
         );
         assert_eq!(read(mount("pids").join("paddock/b/pids.max")), "4096");
+        // On a plain directory each rule overwrites the last; the kernel keeps them all.
+        let devices = mount("devices").join("paddock/b");
+        assert_eq!(read(devices.join("devices.deny")), "a");
+        assert_eq!(read(devices.join("devices.allow")), DEVICE_ALLOW[8]);
         assert_eq!(
             backend.list().expect("list"),
             vec!["a".to_string(), "b".to_string()]
