@@ -5,8 +5,9 @@
 //! Processes and threads: [`NamespaceDriver`] runs inside the node's tokio runtime and never
 //! forks there; it spawns one [`shim_main`] process per sandbox (a fresh exec, in its own process
 //! group) that joins the cgroups, unshares and forks PID 1 (see `shim`). File system setup of the
-//! sandbox happens in PID 1 (`mounts`), cgroups in `cgroup`, raw syscalls in `sys`. One tokio task
-//! per sandbox waits for it to end and reports on [`RuntimeDriver::exits`].
+//! sandbox happens in PID 1 (`mounts`), its seccomp filter is [`seccomp`], cgroups in `cgroup`,
+//! raw syscalls in `sys`. One tokio task per sandbox waits for it to end and reports on
+//! [`RuntimeDriver::exits`].
 //!
 //! Lifecycle of one sandbox: `create` (state dir, cgroup, shim, wait for `ready`) → running →
 //! `kill` (SIGKILL PID 1 and the cgroup, remove cgroup and state dir), or, after a node restart,
@@ -27,6 +28,7 @@ use crate::{RuntimeDriver, RuntimeError, SandboxHandle, SandboxSpec};
 pub mod cgroup;
 mod create;
 mod mounts;
+pub mod seccomp;
 mod shim;
 mod state;
 mod sys;

@@ -10,7 +10,7 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -23,6 +23,7 @@ use nix::unistd::{dup2, ForkResult};
 use serde::{Deserialize, Serialize};
 
 use super::mounts::{self, RootLayout, SetupError};
+use super::seccomp::{self, SeccompError, SeccompProgram};
 use super::sys;
 
 /// The descriptor envd finds its ready pipe on.
@@ -89,6 +90,8 @@ enum ShimError {
     JoinCgroup(PathBuf, #[source] std::io::Error),
     #[error("{0}")]
     Sys(&'static str, #[source] nix::Error),
+    #[error("building the sandbox's seccomp filter")]
+    Seccomp(#[source] SeccompError),
 }
 
 /// Entry point of the shim process: reads a [`ShimSpec`] as JSON from stdin, starts the sandbox
@@ -117,6 +120,8 @@ fn run() -> Result<i32, ShimError> {
         .read_to_end(&mut raw)
         .map_err(ShimError::ReadSpec)?;
     let spec: ShimSpec = serde_json::from_slice(&raw).map_err(ShimError::ParseSpec)?;
+    // Compiled before anything changes, so an unsupported host fails cleanly.
+    let filter = seccomp::compile().map_err(ShimError::Seccomp)?;
 
     let me = std::process::id().to_string();
     for file in &spec.cgroup_procs {
@@ -140,7 +145,7 @@ fn run() -> Result<i32, ShimError> {
             drop(ready_r);
             // The child keeps its end of the ready pipe open until it exits (`_exit` runs no
             // destructors), so the shim sees EOF only after the error below is in the log.
-            let err = match child_main(&spec, &ready_w) {
+            let err = match child_main(&spec, &ready_w, &filter) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -182,7 +187,11 @@ fn run() -> Result<i32, ShimError> {
 }
 
 /// PID 1 of the sandbox: builds the root, then execs envd. Only returns on failure.
-fn child_main(spec: &ShimSpec, ready: &OwnedFd) -> Result<Infallible, SetupError> {
+fn child_main(
+    spec: &ShimSpec,
+    ready: &OwnedFd,
+    filter: &SeccompProgram,
+) -> Result<Infallible, SetupError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| SetupError::new("setting the parent-death signal", e))?;
     nix::unistd::setsid().map_err(|e| SetupError::new("setsid", e))?;
@@ -246,7 +255,16 @@ fn child_main(spec: &ShimSpec, ready: &OwnedFd) -> Result<Infallible, SetupError
         cstr("HOME=/root")?,
         cstr(&format!("{}={READY_FD}", crate::READY_FD_ENV))?,
     ];
-    // Last, because everything above (mounts, pivot_root, sethostname) needs CAP_SYS_ADMIN.
+    // Last, because everything above (mounts, pivot_root, sethostname) needs CAP_SYS_ADMIN;
+    // the filter first, since without `no_new_privs` installing it needs CAP_SYS_ADMIN too.
+    // Neither capset, prctl nor execve is on the deny-list.
+    filter.install().map_err(|e| {
+        let cause = match e {
+            SeccompError::Install(os) => os,
+            other => io::Error::other(other),
+        };
+        SetupError::new("installing the seccomp filter", cause)
+    })?;
     sys::restrict_capabilities(sys::cap_mask(&sys::DEFAULT_CAPS))
         .map_err(|e| SetupError::new("dropping capabilities", e))?;
     let err =

@@ -1,6 +1,6 @@
 //! Raw system calls the namespace driver needs that `nix` does not wrap: bringing `lo` up with
 //! `SIOCSIFFLAGS`, `close_range`, `pidfd_open`, restricting capabilities (`PR_CAPBSET_DROP`,
-//! `capset`), and reading a process's start time. Every `unsafe` block of the driver outside
+//! `capset`), installing a seccomp filter, and reading a process's start time. Every `unsafe` block of the driver outside
 //! `mounts.rs` lives here.
 
 use std::io;
@@ -184,6 +184,39 @@ pub(crate) fn restrict_capabilities(keep: u64) -> io::Result<()> {
             libc::SYS_capset,
             &mut header as *mut CapHeader,
             data.as_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Installs the BPF program `filter` as a seccomp filter of the calling thread
+/// (`seccomp(SECCOMP_SET_MODE_FILTER)`, no flags). Leaves `no_new_privs` alone, so the caller
+/// needs `CAP_SYS_ADMIN` unless it set `no_new_privs` itself. Makes no allocation.
+pub(crate) fn seccomp_set_filter(filter: &[seccompiler::sock_filter]) -> io::Result<()> {
+    /// `struct sock_fprog`.
+    #[repr(C)]
+    struct SockFprog {
+        len: libc::c_ushort,
+        filter: *const seccompiler::sock_filter,
+    }
+    let len = libc::c_ushort::try_from(filter.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "filter too long"))?;
+    let prog = SockFprog {
+        len,
+        filter: filter.as_ptr(),
+    };
+    // SAFETY: seccompiler's `sock_filter` is `#[repr(C)]` with the kernel's layout; the kernel
+    // copies `len` instructions from `prog.filter`, which points into `filter`, and both
+    // outlive the call. No flags, so only the calling thread changes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0 as libc::c_ulong,
+            &prog as *const SockFprog,
         )
     };
     if rc < 0 {
