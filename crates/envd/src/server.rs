@@ -214,6 +214,7 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
         }
     }
     let boot = load_boot_config(&opts.run_dir)?;
+    crate::process::oom::init(&opts.run_dir);
     std::fs::create_dir_all(&opts.run_dir).map_err(|source| ServeError::Listen {
         what: opts.run_dir.display().to_string(),
         source,

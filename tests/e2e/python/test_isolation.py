@@ -109,4 +109,10 @@ def test_memory_limit_is_enforced(new_sandbox):
     with pytest.raises(CommandExitException) as exc:
         sandbox.commands.run(hog, timeout=60)
     assert "survived" not in exc.value.stdout
+    # The OOM kill is reported to the caller as such, not as a bare "signal: killed".
+    assert exc.value.exit_code == -1
+    assert "out of memory" in (exc.value.error or ""), exc.value.error
     assert sandbox.commands.run("echo still-alive").stdout == "still-alive\n"
+    # envd (PID 1) is never the OOM killer's choice: user processes score higher.
+    scores = sandbox.commands.run("cat /proc/1/oom_score_adj /proc/self/oom_score_adj").stdout.split()
+    assert int(scores[1]) > int(scores[0]), scores

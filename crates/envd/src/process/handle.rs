@@ -309,6 +309,7 @@ fn signal_text(sig: i32) -> String {
 /// Copies the process's output to attached streams until every output is closed, waits for the
 /// exit status, then publishes the end event. Runs as its own task, independent of any request.
 pub async fn pump(process: Arc<Process>, output: Output, exit: oneshot::Receiver<ExitStatus>) {
+    let oom_before = super::oom::kills();
     match output {
         Output::Pipes(mut stdout, mut stderr) => {
             let (mut out_open, mut err_open) = (true, true);
@@ -349,7 +350,17 @@ pub async fn pump(process: Arc<Process>, output: Output, exit: oneshot::Receiver
         }
     }
     let end = match exit.await {
-        Ok(status) => end_event(status),
+        Ok(status) => {
+            let mut end = end_event(status);
+            let oom_killed = matches!(status, ExitStatus::Signaled(sig, _) if sig == libc::SIGKILL)
+                && super::oom::kills()
+                    .zip(oom_before)
+                    .is_some_and(|(now, before)| now > before);
+            if oom_killed {
+                end.error = Some(format!("{}: {}", end.status, super::oom::OOM_NOTE));
+            }
+            end
+        }
         Err(_) => EndEvent {
             exit_code: -1,
             exited: false,

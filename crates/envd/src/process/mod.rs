@@ -11,6 +11,7 @@ mod attach;
 pub mod handle;
 mod input;
 pub mod messages;
+pub mod oom;
 pub mod pty;
 pub mod reaper;
 pub mod rlimit;

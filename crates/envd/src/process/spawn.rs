@@ -26,6 +26,9 @@ use super::rlimit;
 use crate::connect::ConnectError;
 use crate::users::User;
 
+/// `oom_score_adj` of every process envd starts (envd's own is -1000 or 0).
+pub const CHILD_OOM_SCORE_ADJ: &[u8] = b"200";
+
 /// `PATH` of every process.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -116,13 +119,27 @@ pub fn spawn(spec: SpawnSpec) -> Result<Spawned, ConnectError> {
     });
     let use_pty = spec.pty.is_some();
     let nofile = rlimit::child_nofile();
+    // The OOM killer must pick a user's process, never envd (PID 1, whose death ends the
+    // sandbox): envd runs with oom_score_adj -1000 where the node may set it, and its children
+    // get CHILD_OOM_SCORE_ADJ (raising a score needs no privilege).
+    let oom_adj_path = c"/proc/self/oom_score_adj";
 
     // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (setrlimit, setsid, setpgid, ioctl, setgroups, setgid, setuid — plain system
-    // calls) on data prepared before the fork (the groups vector and the limit are moved in,
+    // functions (open/write/close of a static C string path, setrlimit, setsid, setpgid, ioctl,
+    // setgroups, setgid, setuid — plain system calls) on data prepared before the fork (the groups vector and the limit are moved in,
     // nothing is allocated in the child).
     unsafe {
         cmd.pre_exec(move || {
+            let fd = libc::open(oom_adj_path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                // Best effort: a failure leaves the inherited score.
+                let _ = libc::write(
+                    fd,
+                    CHILD_OOM_SCORE_ADJ.as_ptr().cast(),
+                    CHILD_OOM_SCORE_ADJ.len(),
+                );
+                libc::close(fd);
+            }
             if let Some(limit) = &nofile {
                 if libc::setrlimit(libc::RLIMIT_NOFILE, limit) < 0 {
                     return Err(std::io::Error::last_os_error());

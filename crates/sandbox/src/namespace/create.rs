@@ -153,6 +153,11 @@ async fn start(
         state_dir: spec.state_dir.clone(),
         envd_bin: spec.envd_bin.clone(),
         cgroup_procs: cg.procs_files(),
+        memory_cgroup: cg
+            .dirs
+            .iter()
+            .find(|d| d.join("memory.oom_control").exists() || d.join("memory.events").exists())
+            .cloned(),
     };
     let json =
         serde_json::to_vec(&shim_spec).map_err(|e| format!("encoding the shim spec: {e}"))?;

@@ -63,6 +63,8 @@ pub(crate) struct RootLayout<'a> {
     pub state_dir: &'a Path,
     /// envd on the host.
     pub envd_bin: &'a Path,
+    /// The sandbox's memory cgroup on the host, shown read-only at `/run/paddock/memcg`.
+    pub memory_cgroup: Option<&'a Path>,
 }
 
 impl RootLayout<'_> {
@@ -118,6 +120,11 @@ pub(crate) fn build_root(layout: &RootLayout<'_>) -> Result<()> {
         &run,
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
+    if let Some(memcg) = layout.memory_cgroup {
+        let target = run.join("memcg");
+        mkdir(&target)?;
+        bind(memcg, &target, ro)?;
+    }
     let envd = root.join(envd_rel);
     if let Some(dir) = envd.parent() {
         mkdir(dir)?;

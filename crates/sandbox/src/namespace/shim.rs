@@ -42,6 +42,10 @@ pub(crate) struct ShimSpec {
     pub envd_bin: PathBuf,
     /// `cgroup.procs` files to join before unsharing.
     pub cgroup_procs: Vec<PathBuf>,
+    /// The sandbox's memory cgroup directory, bind-mounted read-only at `/run/paddock/memcg`
+    /// so envd can tell OOM kills from other SIGKILLs.
+    #[serde(default)]
+    pub memory_cgroup: Option<PathBuf>,
 }
 
 /// A line the shim writes to the node.
@@ -200,6 +204,7 @@ fn child_main(
         rootfs: &spec.rootfs,
         state_dir: &spec.state_dir,
         envd_bin: &spec.envd_bin,
+        memory_cgroup: spec.memory_cgroup.as_deref(),
     };
     mounts::build_root(&layout)?;
     nix::unistd::sethostname(&spec.hostname)
@@ -258,6 +263,15 @@ fn child_main(
     // Last, because everything above (mounts, pivot_root, sethostname) needs CAP_SYS_ADMIN;
     // the filter first, since without `no_new_privs` installing it needs CAP_SYS_ADMIN too.
     // Neither capset, prctl nor execve is on the deny-list.
+    // envd must survive the sandbox's own OOMs, so the kernel kills the user's process instead:
+    // envd's children get a raised score (see envd's spawn), and envd asks for -1000 here.
+    // Lowering a score needs CAP_SYS_RESOURCE, which a node may itself lack (a node running in
+    // a container); then the raised scores of the children alone steer the OOM killer.
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        if e.kind() != io::ErrorKind::PermissionDenied {
+            return Err(SetupError::new("protecting envd from the OOM killer", e));
+        }
+    }
     filter.install().map_err(|e| {
         let cause = match e {
             SeccompError::Install(os) => os,
@@ -308,6 +322,7 @@ mod tests {
             state_dir: "/s".into(),
             envd_bin: "/e".into(),
             cgroup_procs: vec!["/sys/fs/cgroup/pids/p/x/cgroup.procs".into()],
+            memory_cgroup: Some("/sys/fs/cgroup/memory/p/x".into()),
         };
         let json = serde_json::to_string(&spec).expect("serialize");
         assert_eq!(
