@@ -1,0 +1,161 @@
+"""Resource leaks over many sandbox lifecycles: 200 create/run/kill cycles through the SDK must
+leave the host exactly as it was (cgroups, mounts, state dirs, network namespaces, interfaces,
+nftables rules, processes, and the server's open fds)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Set
+
+from e2b import Sandbox
+from paddock_server import leaked_cgroups
+
+CYCLES = 200
+
+
+def _netns_ids() -> Set[str]:
+    found = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                found.add(os.readlink(f"/proc/{pid}/ns/net"))
+            except OSError:
+                pass
+    return found
+
+
+def _links() -> List[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+    names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+    return sorted(n for n in names if n.startswith(("pdk", "veth", "paddock")))
+
+
+def _nft_ruleset() -> Optional[str]:
+    if shutil.which("nft") is None:
+        return None
+    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+
+
+def _descendants(root: int) -> List[int]:
+    parents: Dict[int, int] = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                parents[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, frontier = [], [root]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        found += kids
+        frontier += kids
+    return found
+
+
+def _shims() -> int:
+    r = subprocess.run(["pgrep", "-f", "sandbox-shim"], capture_output=True, text=True)
+    return len(r.stdout.split())
+
+
+def _mount_lines(needle: str) -> List[str]:
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        return [line for line in f if needle in line]
+
+
+@dataclass
+class Snapshot:
+    netns: int
+    links: List[str]
+    nft: Optional[str]
+    descendants: int
+    shims: int
+    fds: int
+    mounts: int
+    host_procs: int
+
+    @classmethod
+    def take(cls, paddock) -> "Snapshot":
+        pid = paddock.proc.pid
+        return cls(
+            netns=len(_netns_ids()),
+            links=_links(),
+            nft=_nft_ruleset(),
+            descendants=len(_descendants(pid)),
+            shims=_shims(),
+            fds=len(os.listdir(f"/proc/{pid}/fd")),
+            mounts=len(_mount_lines(str(paddock.data_dir))),
+            host_procs=sum(1 for p in os.listdir("/proc") if p.isdigit()),
+        )
+
+
+def _settled(paddock, base: Snapshot, timeout: float = 15) -> Snapshot:
+    """Snapshots until process-level counts are back (kills finish asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = Snapshot.take(paddock)
+        if (now.descendants <= base.descendants and now.netns <= base.netns + 1
+                and now.fds <= base.fds + 10) or time.monotonic() > deadline:
+            return now
+        time.sleep(0.25)
+
+
+def test_create_kill_cycles_leave_nothing(paddock):
+    # Warm up once so lazily created things (template caches, connection pools) are in the baseline.
+    warm = Sandbox.create(timeout=120)
+    paddock.track(warm.sandbox_id)
+    warm.commands.run("true")
+    warm.kill()
+    base = _settled(paddock, Snapshot.take(paddock), timeout=5)
+
+    ids: List[str] = []
+    started = time.monotonic()
+    for i in range(CYCLES):
+        s = Sandbox.create(timeout=120)
+        paddock.track(s.sandbox_id)
+        ids.append(s.sandbox_id)
+        r = s.commands.run("true")
+        assert r.exit_code == 0, (i, r)
+        if i == 0:
+            # The checks below look for real things: make sure they exist while a sandbox runs.
+            live = Snapshot.take(paddock)
+            assert leaked_cgroups({s.sandbox_id}), "no cgroup found for a running sandbox"
+            assert (paddock.data_dir / "sandboxes" / s.sandbox_id).is_dir()
+            assert live.netns == base.netns + 1 and live.descendants > base.descendants, (base, live)
+        s.kill()
+    elapsed = time.monotonic() - started
+    print(f"\n{CYCLES} create/run/kill cycles in {elapsed:.1f} s ({elapsed / CYCLES * 1000:.0f} ms each)")
+
+    now = _settled(paddock, base)
+    problems: List[str] = []
+    cg = leaked_cgroups(set(ids))
+    if cg:
+        problems.append(f"{len(cg)} cgroup dirs left, e.g. {cg[:3]}")
+    mounts = [line for line in _mount_lines(str(paddock.data_dir)) if any(sid in line for sid in ids)]
+    if mounts or now.mounts > base.mounts:
+        problems.append(f"mounts left: {now.mounts - base.mounts} more, e.g. {mounts[:3]}")
+    state = [sid for sid in ids if (paddock.data_dir / "sandboxes" / sid).exists()]
+    if state:
+        problems.append(f"{len(state)} state dirs left under {paddock.data_dir}/sandboxes, e.g. {state[:3]}")
+    if now.netns > base.netns + 1:
+        problems.append(f"network namespaces: {base.netns} -> {now.netns}")
+    if now.links != base.links:
+        problems.append(f"interfaces: {base.links} -> {now.links}")
+    if now.nft != base.nft:
+        problems.append("nftables ruleset changed")
+    if now.descendants > base.descendants or now.shims > base.shims:
+        problems.append(
+            f"processes under paddock: {base.descendants} -> {now.descendants}, "
+            f"sandbox-shim: {base.shims} -> {now.shims}"
+        )
+    if now.host_procs > base.host_procs + 10:
+        problems.append(f"host processes: {base.host_procs} -> {now.host_procs}")
+    if now.fds > base.fds + 10:
+        problems.append(f"paddock fds: {base.fds} -> {now.fds}")
+    assert not problems, "\n".join(problems)
