@@ -150,13 +150,24 @@ impl Process {
         if !self.is_running() {
             return Ok(());
         }
-        match killpg(Pid::from_raw(self.pid as i32), signal) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(ConnectError::internal(format!(
-                "sending {signal} to process {}: {e}",
-                self.pid
-            ))),
+        let group = Pid::from_raw(self.pid as i32);
+        // SIGKILL is repeated until the group is empty: members forking while the first signal
+        // is delivered (a fork bomb) can otherwise leave survivors that keep the sandbox at its
+        // pids limit. The group id cannot be reused while any member is alive.
+        let rounds = if signal == NixSignal::SIGKILL { KILL_ROUNDS } else { 1 };
+        for _ in 0..rounds {
+            match killpg(group, signal) {
+                Ok(()) => std::thread::yield_now(),
+                Err(nix::errno::Errno::ESRCH) => return Ok(()),
+                Err(e) => {
+                    return Err(ConnectError::internal(format!(
+                        "sending {signal} to process {}: {e}",
+                        self.pid
+                    )))
+                }
+            }
         }
+        Ok(())
     }
 
     /// Writes to stdin (`pty == false`) or to the terminal (`pty == true`).
@@ -234,6 +245,9 @@ impl Process {
         }
     }
 }
+
+/// Most times SIGKILL is sent to a process group before giving up on stragglers.
+const KILL_ROUNDS: usize = 1000;
 
 /// The end event for an exit status, with Go's `ProcessState.String()` texts.
 pub fn end_event(status: ExitStatus) -> EndEvent {
