@@ -26,10 +26,39 @@ pub struct NewSandbox {
     /// Outbound network access (snake_case on the wire).
     #[serde(rename = "allow_internet_access")]
     pub allow_internet_access: Option<bool>,
+    /// Egress configuration (`SandboxNetworkConfig`).
+    pub network: Option<NetworkBody>,
     /// Metadata (`null` = none).
     pub metadata: Option<BTreeMap<String, String>>,
     /// Environment variables (`null` = none).
     pub env_vars: Option<HashMap<String, String>>,
+}
+
+/// `SandboxNetworkConfig` (create) and `SandboxNetworkUpdateConfig` (`PUT …/network`, which
+/// also carries `allow_internet_access`). Fields Paddock cannot honour yet are kept so that
+/// validation can refuse them instead of ignoring them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkBody {
+    /// Allowed destinations (CIDR or IP), checked before `denyOut`.
+    pub allow_out: Option<Vec<String>>,
+    /// Denied destinations (CIDR or IP).
+    pub deny_out: Option<Vec<String>>,
+    /// Update only: outbound access at all.
+    #[serde(rename = "allow_internet_access")]
+    pub allow_internet_access: Option<bool>,
+    /// Public traffic to the sandbox's ports (only `true`/`null` is supported).
+    pub allow_public_traffic: Option<bool>,
+    /// DNS servers (not supported yet).
+    pub dns_servers: Option<Vec<String>>,
+    /// Egress proxy (not supported).
+    pub egress_proxy: Option<serde_json::Value>,
+    /// Host masking (not supported).
+    pub mask_request_host: Option<String>,
+    /// TLS interception ports (not supported).
+    pub https_ports: Option<Vec<serde_json::Value>>,
+    /// Header rules per domain (not supported).
+    pub rules: Option<serde_json::Value>,
 }
 
 /// `autoResume` of a create body.

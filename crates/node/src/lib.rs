@@ -17,6 +17,7 @@ pub mod manager;
 pub mod templates;
 
 pub use manager::{LocalNode, NodeConfig};
+pub use paddock_network::{Cidr, EgressPolicy, Network, NetworkConfig};
 
 /// What the control plane asks a node to start.
 #[derive(Debug, Clone)]
@@ -31,6 +32,8 @@ pub struct CreateRequest {
     pub access_token: String,
     /// Limits; `None` = the template's.
     pub resources: Option<Resources>,
+    /// Egress policy (ignored when the node runs without networking).
+    pub network: EgressPolicy,
 }
 
 /// A sandbox the node has started.
@@ -81,6 +84,9 @@ pub enum NodeError {
     /// envd did not accept initialisation.
     #[error("envd initialisation failed: {0}")]
     Envd(String),
+    /// Sandbox networking failed.
+    #[error(transparent)]
+    Network(#[from] paddock_network::NetworkError),
     /// Template store failure.
     #[error(transparent)]
     Template(#[from] templates::TemplateError),
@@ -110,6 +116,9 @@ pub trait Node: Send + Sync + 'static {
     fn exits(&self) -> tokio::sync::broadcast::Receiver<SandboxId>;
     /// Where to route traffic for a sandbox.
     fn endpoint(&self, id: &SandboxId) -> Option<Endpoint>;
+    /// Replaces the egress policy of a live sandbox. A node without networking accepts any
+    /// policy: its sandboxes have no egress at all.
+    async fn update_network(&self, id: &SandboxId, policy: EgressPolicy) -> Result<(), NodeError>;
     /// Reattaches to sandboxes that survived a node restart; kills everything else it finds.
     /// Returns the ids that are still running.
     async fn reconcile(&self, expected: &[SandboxId]) -> Vec<SandboxId>;

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
 
 use crate::templates::TemplateStore;
-use crate::{CreateRequest, Endpoint, Node, NodeError, NodeSandbox, TemplateInfo};
+use crate::{CreateRequest, EgressPolicy, Endpoint, Node, NodeError, NodeSandbox, TemplateInfo};
 
 /// Static configuration of a node.
 #[derive(Debug, Clone)]
@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub envd_bin: PathBuf,
     /// Most sandboxes this node runs at once; creates beyond it get [`NodeError::Busy`].
     pub max_sandboxes: usize,
+    /// Per-sandbox networking; `None` = sandboxes get only `lo`.
+    pub network: Option<paddock_network::Network>,
 }
 
 /// What the node remembers about a sandbox next to its state directory (`node.json`), so a
@@ -194,7 +196,15 @@ impl LocalNode {
         if let Err(e) = self.runtime.kill(&id, &self.state_dir(&id)).await {
             tracing::error!(sandbox_id = %id, error = %e, "cleaning up an exited sandbox");
         }
+        self.release_network(&id).await;
         let _ = self.exits.send(id);
+    }
+
+    /// Gives the sandbox's network slot back (a no-op without networking or lease).
+    async fn release_network(&self, id: &SandboxId) {
+        if let Some(net) = &self.cfg.network {
+            net.release(id.as_str());
+        }
     }
 
     fn prepare_state_dir(
@@ -262,6 +272,19 @@ impl Node for LocalNode {
                 return Err(e);
             }
         };
+        let network = match &self.cfg.network {
+            None => None,
+            Some(net) => match net.acquire(req.id.as_str(), &req.network).await {
+                Ok(lease) => Some(paddock_sandbox::SandboxNetwork {
+                    netns: lease.netns_path,
+                    dns: lease.dns,
+                }),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(self.state_dir(&req.id));
+                    return Err(e.into());
+                }
+            },
+        };
         let spec = SandboxSpec {
             id: req.id.clone(),
             hostname: req.id.to_string(),
@@ -269,10 +292,17 @@ impl Node for LocalNode {
             state_dir,
             envd_bin: self.cfg.envd_bin.clone(),
             resources: meta.resources,
+            network,
         };
-        let handle = match self.runtime.create(spec).await {
+        let created = self.runtime.create(spec).await;
+        if let Some(net) = &self.cfg.network {
+            // After the start, not during it: building slots contends for the RTNL lock.
+            net.refill();
+        }
+        let handle = match created {
             Ok(h) => h,
             Err(e) => {
+                self.release_network(&req.id).await;
                 let _ = std::fs::remove_dir_all(self.state_dir(&req.id));
                 return Err(e.into());
             }
@@ -292,6 +322,7 @@ impl Node for LocalNode {
             if let Err(e) = self.runtime.kill(&req.id, &self.state_dir(&req.id)).await {
                 tracing::error!(sandbox_id = %req.id, error = %e, "stopping a sandbox created during shutdown");
             }
+            self.release_network(&req.id).await;
             return Err(NodeError::Busy("shutting down".into()));
         }
         drop(reservation);
@@ -303,6 +334,7 @@ impl Node for LocalNode {
                 if let Err(e) = self.runtime.kill(&req.id, &self.state_dir(&req.id)).await {
                     tracing::error!(sandbox_id = %req.id, error = %e, "cleaning up a sandbox that died at start");
                 }
+                self.release_network(&req.id).await;
             }
             tracing::warn!(sandbox_id = %req.id, "sandbox exited right after it started");
             return Err(NodeError::Runtime(paddock_sandbox::RuntimeError::Create {
@@ -320,9 +352,21 @@ impl Node for LocalNode {
 
     async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {
         self.table_mut().live.remove(id);
-        self.runtime.kill(id, &self.state_dir(id)).await?;
+        let killed = self.runtime.kill(id, &self.state_dir(id)).await;
+        self.release_network(id).await;
+        killed?;
         tracing::info!(sandbox_id = %id, "sandbox killed");
         Ok(())
+    }
+
+    async fn update_network(&self, id: &SandboxId, policy: EgressPolicy) -> Result<(), NodeError> {
+        if !self.table().live.contains_key(id) {
+            return Err(NodeError::SandboxNotFound(id.clone()));
+        }
+        match &self.cfg.network {
+            Some(net) => Ok(net.update(id.as_str(), &policy).await?),
+            None => Ok(()),
+        }
     }
 
     async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {

@@ -139,6 +139,7 @@ fn node(rt: &Arc<GatedRuntime>, max: usize) -> (tempfile::TempDir, Arc<LocalNode
         sandboxes_dir: dir.path().join("sandboxes"),
         envd_bin: dir.path().join("envd"),
         max_sandboxes: max,
+        network: None,
     };
     let runtime: Arc<dyn RuntimeDriver> = rt.clone();
     let node = LocalNode::new(cfg, store, runtime).expect("node");
@@ -152,6 +153,7 @@ fn request(id: &SandboxId) -> CreateRequest {
         env_vars: HashMap::new(),
         access_token: "token".into(),
         resources: None,
+        network: Default::default(),
     }
 }
 

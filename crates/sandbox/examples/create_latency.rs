@@ -65,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
             state_dir: states.path().join(id.as_str()),
             envd_bin: envd.clone(),
             resources: Resources::default(),
+            network: None,
         };
         let state_dir = spec.state_dir.clone();
         let t = Instant::now();

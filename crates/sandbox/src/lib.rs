@@ -43,6 +43,17 @@ pub struct SandboxSpec {
     pub envd_bin: PathBuf,
     /// Resource limits.
     pub resources: Resources,
+    /// Network to join; `None` = a fresh namespace with only `lo`.
+    pub network: Option<SandboxNetwork>,
+}
+
+/// A prepared network namespace for a sandbox (see `paddock-network`).
+#[derive(Debug, Clone)]
+pub struct SandboxNetwork {
+    /// Path the shim opens to join the namespace (`/proc/<pid>/fd/<fd>` of the node).
+    pub netns: PathBuf,
+    /// Nameservers written to the sandbox's `/etc/resolv.conf`.
+    pub dns: Vec<std::net::IpAddr>,
 }
 
 /// A running sandbox, as the node needs to reach it.

@@ -183,6 +183,7 @@ fn spec(id: &SandboxId, state_root: &Path, envd: &str) -> SandboxSpec {
             disk_mb: 1024,
             pids_max: 123,
         },
+        network: None,
     }
 }
 

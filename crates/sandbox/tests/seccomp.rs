@@ -419,6 +419,7 @@ async fn processes_in_a_sandbox_run_under_the_filter() {
             disk_mb: 1024,
             pids_max: 100,
         },
+        network: None,
     };
     let handle = driver.create(spec.clone()).await.expect("create");
     let status = std::fs::read_to_string(format!("/proc/{}/status", handle.init_pid))

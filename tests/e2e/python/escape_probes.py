@@ -153,9 +153,9 @@ def raw_syscall(sbx: Sandbox, name: str, *args: Arg, user: str = "root") -> Dict
 
 
 _CONNECT_SRC = r"""
-import errno, json, socket
+import errno, json, socket, threading
 out = {}
-for host, port in TARGETS:
+def probe(host, port):
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM)
     s.settimeout(3)
@@ -168,6 +168,12 @@ for host, port in TARGETS:
         out[f"{host}:{port}"] = errno.errorcode.get(e.errno, str(e.errno))
     finally:
         s.close()
+# In parallel: dropped packets make every probe wait for its timeout.
+threads = [threading.Thread(target=probe, args=t) for t in TARGETS]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
 print(json.dumps(out))
 """
 

@@ -356,11 +356,16 @@ UNREACHABLE = {"ECONNREFUSED", "ENETUNREACH", "EHOSTUNREACH", "ETIMEDOUT", "EACC
 
 
 class TestNetworkIsolation:
-    """What a sandbox can reach over IP. docs/security.md today: no interface but `lo`."""
+    """What a sandbox can reach over IP (docs/security.md): `lo` and `eth0`, a veth to the host
+    whose nftables rules let it out to the internet only, never to the host, other sandboxes or
+    link-local addresses."""
 
-    def test_only_loopback_interface(self, victim):
-        r = run(victim, "ip -o link | awk -F': ' '{print $2}'")
-        assert r.stdout.split() == ["lo"], r
+    def test_interfaces_are_loopback_and_one_veth(self, victim):
+        r = run(victim, "ip -o link | awk -F': ' '{print $2}' | cut -d@ -f1")
+        assert r.stdout.split() == ["lo", "eth0"], r
+        # No way to change them: NET_ADMIN is not in the capability set.
+        r = run(victim, "ip link set eth0 down")
+        assert r.exit_code != 0 and "Operation not permitted" in r.stderr, r
 
     def test_host_loopback_services_unreachable(self, victim, paddock):
         res = connect_from(victim, [("127.0.0.1", paddock.api_port), ("127.0.0.1", paddock.proxy_port),
@@ -386,13 +391,12 @@ class TestNetworkIsolation:
             time.sleep(0.3)
             assert len(listener.accepted) == from_host, f"sandbox reached the host: {listener.accepted}"
         assert set(res.values()) <= UNREACHABLE, res
-        non_lo = {k: v for k, v in res.items() if not k.startswith(("127.", "::1:"))}
-        assert set(non_lo.values()) == {"ENETUNREACH"}, non_lo  # today: no route at all
+        assert "connected" not in res.values(), res
 
     def test_cloud_metadata_unreachable(self, victim):
         res = connect_from(victim, [("169.254.169.254", 80), ("fd00:ec2::254", 80)])
         assert set(res.values()) <= UNREACHABLE and "connected" not in res.values(), res
-        assert res["169.254.169.254:80"] == "ENETUNREACH", res
+        assert res["169.254.169.254:80"] in {"ENETUNREACH", "ETIMEDOUT", "EHOSTUNREACH"}, res
 
     def test_other_sandbox_unreachable(self, victim, paddock):
         other = _create(paddock)
@@ -502,10 +506,10 @@ def test_fork_bomb_is_contained(fork_bomb):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the bomb outlives `timeout` (its supervisor dies under the memory/pids pressure) and "
-    "keeps the sandbox's cgroup at pids.max and its memory limit: envd survives (oom_score_adj "
-    "-1000) but cannot start anything, so the sandbox stops answering until it is killed "
-    "(only that sandbox: host and neighbours are fine)",
+    reason="the bomb outlives `timeout` and keeps the sandbox's cgroup at its pids, memory and CPU "
+    "limits: envd survives (children have a higher OOM score) but shares the cgroup with the bomb, "
+    "gets too little CPU to answer, so the sandbox stops answering until it is killed (only that "
+    "sandbox: host and neighbours are fine; docs/security.md)",
 )
 def test_fork_bomb_sandbox_survives(fork_bomb):
     assert fork_bomb.sandbox_answers, fork_bomb

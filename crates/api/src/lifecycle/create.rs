@@ -33,6 +33,10 @@ pub struct CreateSpec {
     pub auto_pause: bool,
     /// The `Idempotency-Key` header (v2 only).
     pub idempotency_key: Option<String>,
+    /// `allow_internet_access` as sent.
+    pub allow_internet_access: Option<bool>,
+    /// `network` as sent.
+    pub network: Option<crate::wire::NetworkBody>,
 }
 
 /// The right to create the sandbox for an `Idempotency-Key`: the key and its held lock, kept
@@ -52,6 +56,7 @@ impl Core {
         let timeout = validate::timeout("timeout", spec.timeout_secs)?;
         validate::metadata(&spec.metadata)?;
         validate::env_vars(&spec.env_vars)?;
+        validate::egress(spec.allow_internet_access, spec.network.as_ref())?;
         if spec.auto_pause {
             return Err(Error::NotImplemented(
                 "autoPause (pausing sandboxes on timeout)",
@@ -102,6 +107,7 @@ impl Core {
         timeout_secs: i64,
         claim: Option<IdempotencyClaim>,
     ) -> Result<SandboxRecord, Error> {
+        let egress = validate::egress(spec.allow_internet_access, spec.network.as_ref())?;
         let now = Utc::now();
         let record = SandboxRecord {
             id: SandboxId::generate(),
@@ -123,6 +129,7 @@ impl Core {
             env_vars: spec.env_vars,
             access_token: record.access_token.clone(),
             resources: None,
+            network: egress,
         };
         // Detached (and tracked, so shutdown waits for it) so that a cancelled request still
         // finishes and records the create, idempotency key included.

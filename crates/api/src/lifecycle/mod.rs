@@ -23,6 +23,7 @@ pub(crate) mod cleanup;
 pub(crate) mod connect;
 pub(crate) mod create;
 pub(crate) mod kill;
+pub(crate) mod network;
 pub(crate) mod query;
 pub(crate) mod reconcile;
 pub(crate) mod timeout;
@@ -259,6 +260,13 @@ mod tests {
         }
         fn endpoint(&self, _id: &SandboxId) -> Option<Endpoint> {
             None
+        }
+        async fn update_network(
+            &self,
+            id: &SandboxId,
+            _policy: paddock_node::EgressPolicy,
+        ) -> Result<(), NodeError> {
+            Err(NodeError::SandboxNotFound(id.clone()))
         }
         async fn reconcile(&self, _expected: &[SandboxId]) -> Vec<SandboxId> {
             Vec::new()

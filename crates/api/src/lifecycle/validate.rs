@@ -84,6 +84,81 @@ pub fn idempotency_key(key: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Builds the egress policy of a create (`allow_internet_access` + `network`) or of a
+/// `PUT /sandboxes/{id}/network` (where `allow_internet_access` sits inside the body). Only IPs
+/// and CIDRs are enforced; features that cannot be honoured yet are refused with a 400 rather
+/// than silently ignored.
+pub fn egress(
+    allow_internet_access: Option<bool>,
+    network: Option<&crate::wire::NetworkBody>,
+) -> Result<paddock_node::EgressPolicy, Error> {
+    let mut policy = paddock_node::EgressPolicy {
+        allow_internet_access: allow_internet_access.unwrap_or(true),
+        ..Default::default()
+    };
+    let Some(net) = network else {
+        return Ok(policy);
+    };
+    if let Some(allow) = net.allow_internet_access {
+        policy.allow_internet_access = allow;
+    }
+    let unsupported = |field: &str| {
+        Err(Error::Invalid(format!(
+            "network.{field} is not supported by this server yet"
+        )))
+    };
+    if net.allow_public_traffic == Some(false) {
+        return unsupported("allowPublicTraffic=false");
+    }
+    if net.dns_servers.as_ref().is_some_and(|d| !d.is_empty()) {
+        return unsupported("dnsServers");
+    }
+    if net.egress_proxy.as_ref().is_some_and(|v| !v.is_null()) {
+        return unsupported("egressProxy");
+    }
+    if net.mask_request_host.is_some() {
+        return unsupported("maskRequestHost");
+    }
+    if net.https_ports.as_ref().is_some_and(|p| !p.is_empty()) {
+        return unsupported("httpsPorts");
+    }
+    if net
+        .rules
+        .as_ref()
+        .is_some_and(|r| !r.is_null() && r.as_object().is_none_or(|o| !o.is_empty()))
+    {
+        return unsupported("rules");
+    }
+    for entry in net.allow_out.iter().flatten() {
+        match entry.parse::<paddock_node::Cidr>() {
+            Ok(c) => policy.allow_out.push(c),
+            Err(_) if looks_like_domain(entry) => {
+                return Err(Error::Invalid(
+                    "network.allowOut: domain names in allowOut are not supported yet".into(),
+                ))
+            }
+            Err(e) => return Err(Error::Invalid(format!("network.allowOut: {e}"))),
+        }
+    }
+    for entry in net.deny_out.iter().flatten() {
+        let c = entry
+            .parse::<paddock_node::Cidr>()
+            .map_err(|e| Error::Invalid(format!("network.denyOut: {e} (only IPs and CIDRs)")))?;
+        policy.deny_out.push(c);
+    }
+    Ok(policy)
+}
+
+/// Whether `s` is shaped like a domain or `*.domain` (letters, digits, dots, dashes).
+fn looks_like_domain(s: &str) -> bool {
+    let s = s.strip_prefix("*.").unwrap_or(s);
+    !s.is_empty()
+        && s.contains('.')
+        && s.bytes().any(|b| b.is_ascii_alphabetic())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +195,60 @@ mod tests {
         assert!(idempotency_key("3f2c-11aa").is_ok());
         assert!(idempotency_key("").is_err());
         assert!(idempotency_key("has space").is_err());
+    }
+
+    #[test]
+    fn egress_policy_from_the_wire() {
+        use crate::wire::NetworkBody;
+        let open = egress(None, None).expect("default");
+        assert!(open.is_open());
+        let closed = egress(Some(false), None).expect("closed");
+        assert!(!closed.allow_internet_access);
+        let body = NetworkBody {
+            allow_out: Some(vec!["1.1.1.1".into(), "10.0.0.0/8".into()]),
+            deny_out: Some(vec!["0.0.0.0/0".into()]),
+            ..Default::default()
+        };
+        let p = egress(None, Some(&body)).expect("lists");
+        assert_eq!(p.allow_out.len(), 2);
+        assert_eq!(p.deny_out[0].to_string(), "0.0.0.0/0");
+        let update = NetworkBody {
+            allow_internet_access: Some(false),
+            ..Default::default()
+        };
+        assert!(
+            !egress(None, Some(&update))
+                .expect("update")
+                .allow_internet_access
+        );
+        let msg = |b: NetworkBody| match egress(None, Some(&b)) {
+            Err(Error::Invalid(m)) => m,
+            other => panic!("expected a 400, got {other:?}"),
+        };
+        for domain in ["example.com", "*.example.com"] {
+            let m = msg(NetworkBody {
+                allow_out: Some(vec![domain.into()]),
+                ..Default::default()
+            });
+            assert!(
+                m.contains("domain names in allowOut are not supported yet"),
+                "{m}"
+            );
+        }
+        assert!(msg(NetworkBody {
+            allow_out: Some(vec!["1.2.3.4/40".into()]),
+            ..Default::default()
+        })
+        .starts_with("network.allowOut"));
+        assert!(msg(NetworkBody {
+            deny_out: Some(vec!["example.com".into()]),
+            ..Default::default()
+        })
+        .starts_with("network.denyOut"));
+        assert!(msg(NetworkBody {
+            egress_proxy: Some(serde_json::json!({"address": "p:1"})),
+            ..Default::default()
+        })
+        .contains("egressProxy"));
     }
 }

@@ -25,6 +25,8 @@ fn spec(body: NewSandbox, default_timeout: i64, idempotency_key: Option<String>)
         env_vars: body.env_vars.unwrap_or_default(),
         auto_pause: body.auto_pause.unwrap_or(false),
         idempotency_key,
+        allow_internet_access: body.allow_internet_access,
+        network: body.network,
     }
 }
 

@@ -2,7 +2,7 @@
 //! operation and shaping the E2B response. [`router`] wires them up; unknown routes get a 404 with
 //! the E2B error body.
 
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::error::ApiError;
@@ -14,6 +14,7 @@ mod get;
 mod health;
 mod kill;
 mod list;
+mod network;
 mod pause;
 pub(crate) mod query;
 mod timeout;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
             post(timeout::set_timeout),
         )
         .route("/sandboxes/{sandbox_id}/refreshes", post(timeout::refresh))
+        .route("/sandboxes/{sandbox_id}/network", put(network::update))
         .route("/sandboxes/{sandbox_id}/pause", post(pause::pause))
         .route("/sandboxes/{sandbox_id}/resume", post(pause::resume))
         .fallback(not_found)

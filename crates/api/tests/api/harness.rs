@@ -134,6 +134,18 @@ impl Node for FakeNode {
         self.live.lock().expect("lock").iter().cloned().collect()
     }
 
+    async fn update_network(
+        &self,
+        id: &SandboxId,
+        _policy: paddock_node::EgressPolicy,
+    ) -> Result<(), NodeError> {
+        if self.live.lock().expect("lock").contains(id) {
+            Ok(())
+        } else {
+            Err(NodeError::SandboxNotFound(id.clone()))
+        }
+    }
+
     fn exits(&self) -> broadcast::Receiver<SandboxId> {
         self.exits.subscribe()
     }

@@ -45,6 +45,19 @@ pub struct ServeArgs {
     /// API key accepted for the default team (generated and kept in the data dir when unset).
     #[arg(long, env = "PADDOCK_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Sandbox networking: `nat` (own network namespace, veth, NAT egress, nftables policy;
+    /// needs `nft`) or `none` (only `lo`, no IP connectivity at all).
+    #[arg(long, env = "PADDOCK_NETWORK", value_enum, default_value_t = NetworkMode::Nat)]
+    network: NetworkMode,
+}
+
+/// `--network` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkMode {
+    /// Per-sandbox network namespace with NAT egress.
+    Nat,
+    /// Loopback only.
+    None,
 }
 
 /// Runs `paddock serve` until SIGTERM or SIGINT.
@@ -81,11 +94,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         state_root: data_dir.join("sandboxes"),
     })
     .context("setting up the namespace runtime")?;
+    let network = match args.network {
+        NetworkMode::None => None,
+        NetworkMode::Nat => Some(
+            paddock_node::Network::start(paddock_node::NetworkConfig {
+                // A restarted server gets its own slice (and cleans up its leftovers) first.
+                preferred_slice: data_dir_hash(&data_dir) % 16,
+                ..paddock_node::NetworkConfig::default()
+            })
+            .await
+            .context("setting up sandbox networking (use --network none to run without)")?,
+        ),
+    };
     let node = LocalNode::new(
         NodeConfig {
             sandboxes_dir: data_dir.join("sandboxes"),
             envd_bin,
             max_sandboxes: args.max_sandboxes,
+            network: network.clone(),
         },
         templates,
         Arc::new(runtime),
@@ -170,6 +196,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     eprintln!("paddock: shutting down, stopping sandboxes");
     let _ = stop_tx.send(true);
     control.shutdown().await;
+    if let Some(net) = &network {
+        net.shutdown().await;
+    }
     let _ = background.await;
     api.await.context("api task")?.context("api server")?;
     proxy.await.context("proxy task")?.context("proxy server")?;
@@ -196,15 +225,19 @@ impl paddock_proxy::SandboxDirectory for NodeDirectory {
 /// The name must be the same across releases (a restarted server reaps and adopts under it), so
 /// it is FNV-1a (32-bit) of the path's bytes, not `DefaultHasher`, whose output may change.
 fn cgroup_parent(data_dir: &Path) -> String {
+    format!("paddock/{:08x}", data_dir_hash(data_dir))
+}
+
+/// FNV-1a (32-bit) of the data dir path's bytes: stable across releases.
+fn data_dir_hash(data_dir: &Path) -> u32 {
     use std::os::unix::ffi::OsStrExt;
-    let hash = data_dir
+    data_dir
         .as_os_str()
         .as_bytes()
         .iter()
         .fold(0x811c_9dc5_u32, |h, b| {
             (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-        });
-    format!("paddock/{hash:08x}")
+        })
 }
 
 fn resolve_envd(flag: Option<&Path>) -> anyhow::Result<PathBuf> {

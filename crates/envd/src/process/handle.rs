@@ -154,7 +154,11 @@ impl Process {
         // SIGKILL is repeated until the group is empty: members forking while the first signal
         // is delivered (a fork bomb) can otherwise leave survivors that keep the sandbox at its
         // pids limit. The group id cannot be reused while any member is alive.
-        let rounds = if signal == NixSignal::SIGKILL { KILL_ROUNDS } else { 1 };
+        let rounds = if signal == NixSignal::SIGKILL {
+            KILL_ROUNDS
+        } else {
+            1
+        };
         for _ in 0..rounds {
             match killpg(group, signal) {
                 Ok(()) => std::thread::yield_now(),

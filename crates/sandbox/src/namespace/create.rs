@@ -158,6 +158,12 @@ async fn start(
             .iter()
             .find(|d| d.join("memory.oom_control").exists() || d.join("memory.events").exists())
             .cloned(),
+        netns: spec.network.as_ref().map(|n| n.netns.clone()),
+        dns: spec
+            .network
+            .as_ref()
+            .map(|n| n.dns.clone())
+            .unwrap_or_default(),
     };
     let json =
         serde_json::to_vec(&shim_spec).map_err(|e| format!("encoding the shim spec: {e}"))?;
@@ -292,6 +298,7 @@ mod tests {
             state_dir: tmp.path().join("s"),
             envd_bin: envd,
             resources: Default::default(),
+            network: None,
         };
         assert_eq!(validate(&spec), Ok(()));
         spec.hostname = "bad host".into();

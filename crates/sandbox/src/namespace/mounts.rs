@@ -286,6 +286,19 @@ pub(crate) fn write_etc(root: &Path, hostname: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes `/etc/resolv.conf` under `root` with one `nameserver` line per address (after
+/// `pivot_root`, like [`write_etc`]; a symlink there is replaced, not followed).
+pub(crate) fn write_resolv_conf(root: &Path, dns: &[std::net::IpAddr]) -> Result<()> {
+    let path = root.join("etc").join("resolv.conf");
+    let text: String = dns.iter().map(|ip| format!("nameserver {ip}\n")).collect();
+    if path.is_symlink() {
+        std::fs::remove_file(&path)
+            .map_err(|e| SetupError::new(format!("removing {}", path.display()), e))?;
+    }
+    std::fs::write(&path, text)
+        .map_err(|e| SetupError::new(format!("writing {}", path.display()), e))
+}
+
 /// Makes `root` the root of the mount namespace and detaches the old root.
 pub(crate) fn pivot(root: &Path) -> Result<()> {
     nix::unistd::chdir(root).map_err(|e| SetupError::new("entering new root", e))?;

@@ -46,6 +46,13 @@ pub(crate) struct ShimSpec {
     /// so envd can tell OOM kills from other SIGKILLs.
     #[serde(default)]
     pub memory_cgroup: Option<PathBuf>,
+    /// A prepared network namespace to join (`/proc/<node pid>/fd/<fd>`) instead of unsharing
+    /// an empty one.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// Nameservers for `/etc/resolv.conf` (written only when non-empty).
+    #[serde(default)]
+    pub dns: Vec<std::net::IpAddr>,
 }
 
 /// A line the shim writes to the node.
@@ -135,11 +142,26 @@ fn run() -> Result<i32, ShimError> {
         .map_err(|e| ShimError::Sys("opening /dev/null", e))?;
     let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| ShimError::Sys("creating the ready pipe", e))?;
-    let flags = CloneFlags::CLONE_NEWNS
+    let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWNET
         | CloneFlags::CLONE_NEWPID;
+    match &spec.netns {
+        // Joined before the other namespaces are unshared, while /proc is still the host's.
+        Some(path) => {
+            let fd = open(
+                path.as_path(),
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| ShimError::Sys("opening the network namespace", e))?;
+            // SAFETY: `open` just returned this descriptor and nothing else owns it.
+            let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            nix::sched::setns(&fd, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| ShimError::Sys("joining the network namespace", e))?;
+        }
+        None => flags |= CloneFlags::CLONE_NEWNET,
+    }
     nix::sched::unshare(flags).map_err(|e| ShimError::Sys("unsharing namespaces", e))?;
 
     // SAFETY: the shim is single-threaded (see `shim_main`), so the child may run arbitrary
@@ -209,9 +231,15 @@ fn child_main(
     mounts::build_root(&layout)?;
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| SetupError::new("setting the hostname", e))?;
-    sys::interface_up("lo").map_err(|e| SetupError::new("bringing lo up", e))?;
+    if spec.netns.is_none() {
+        // A prepared namespace has lo up already (and the ioctl would take the RTNL lock).
+        sys::interface_up("lo").map_err(|e| SetupError::new("bringing lo up", e))?;
+    }
     mounts::pivot(&layout.root())?;
     mounts::write_etc(Path::new("/"), &spec.hostname)?;
+    if !spec.dns.is_empty() {
+        mounts::write_resolv_conf(Path::new("/"), &spec.dns)?;
+    }
 
     let null = open("/dev/null", OFlag::O_RDONLY, Mode::empty())
         .map_err(|e| SetupError::new("opening /dev/null", e))?;
@@ -323,6 +351,8 @@ mod tests {
             envd_bin: "/e".into(),
             cgroup_procs: vec!["/sys/fs/cgroup/pids/p/x/cgroup.procs".into()],
             memory_cgroup: Some("/sys/fs/cgroup/memory/p/x".into()),
+            netns: Some("/proc/1/fd/9".into()),
+            dns: vec!["1.1.1.1".parse().expect("ip")],
         };
         let json = serde_json::to_string(&spec).expect("serialize");
         assert_eq!(

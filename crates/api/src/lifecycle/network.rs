@@ -1,0 +1,33 @@
+//! `PUT /sandboxes/{id}/network`: replaces a running sandbox's egress policy (full replacement:
+//! omitted fields are cleared) on its node.
+
+use paddock_domain::{SandboxId, SandboxState};
+use paddock_node::NodeError;
+
+use super::{validate, Core, Error};
+use crate::store::TeamId;
+use crate::wire::NetworkBody;
+
+impl Core {
+    /// Validates `body` and applies it to sandbox `id` of `team`.
+    pub(crate) async fn update_network(
+        &self,
+        team: &TeamId,
+        id: &SandboxId,
+        body: &NetworkBody,
+    ) -> Result<(), Error> {
+        let policy = validate::egress(None, Some(body))?;
+        let rec = self.visible(team, id).await?;
+        if rec.state != SandboxState::Running {
+            return Err(Error::SandboxNotFound(id.to_string()));
+        }
+        match self.node.update_network(id, policy).await {
+            Ok(()) => {
+                tracing::info!(sandbox_id = %id, "sandbox network updated");
+                Ok(())
+            }
+            Err(NodeError::SandboxNotFound(_)) => Err(Error::SandboxNotFound(id.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

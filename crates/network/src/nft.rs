@@ -1,0 +1,222 @@
+//! The nftables side: the text of the `inet <table>` ruleset installed at start, of each slot's
+//! policy chain, and running `nft -f -` with it (a subprocess; only at start, for non-default
+//! policies, updates and releases — never for a create with the default policy).
+//!
+//! Ruleset, for interfaces `<prefix>*` (the host ends of sandbox veths):
+//! - input: only replies (`ct state established,related`) from a sandbox reach the host; every
+//!   new connection to any host address and port is dropped.
+//! - forward: from a sandbox, drop the pool CIDR (no sandbox-to-sandbox), link-local
+//!   (169.254.0.0/16: cloud metadata) and all IPv6; then the slot's own chain through the
+//!   `egress` verdict map; then accept. To a sandbox only replies pass.
+//! - nat postrouting: masquerade this instance's slice leaving through any other interface.
+//!
+//! Several servers on one host each own a slice of the range and a table; the filter rules of
+//! every table cover all `<prefix>*` interfaces and the whole range, so no instance's
+//! sandboxes reach another's.
+
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::policy::{Cidr, EgressPolicy};
+use crate::NetworkError;
+
+/// Names and ranges of the nftables objects of one [`crate::Network`].
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    /// Table name (family `inet`), one per instance.
+    pub table: String,
+    /// Interface name prefix shared by every instance on the host (`pdk`).
+    pub prefix: String,
+    /// Every sandbox address of every instance on the host (`10.213.0.0/16`).
+    pub all: Cidr,
+    /// This instance's slice of `all`.
+    pub pool: Cidr,
+}
+
+impl Names {
+    /// The chain holding the policy of the slot whose host interface is `iface`.
+    pub fn chain(&self, iface: &str) -> String {
+        format!("slot_{iface}")
+    }
+
+    /// Full ruleset: replaces any table of the same name atomically. Filter rules cover every
+    /// instance's interfaces and addresses (duplicates across tables are harmless); the verdict
+    /// map and NAT only this instance's.
+    pub fn ruleset(&self) -> String {
+        let t = &self.table;
+        let p = &self.prefix;
+        let all = &self.all;
+        let pool = &self.pool;
+        format!(
+            "add table inet {t}
+delete table inet {t}
+table inet {t} {{
+  map egress {{
+    type ifname : verdict
+  }}
+  chain input {{
+    type filter hook input priority filter - 10; policy accept;
+    iifname \"{p}*\" ct state established,related accept
+    iifname \"{p}*\" drop
+  }}
+  chain forward {{
+    type filter hook forward priority filter - 10; policy accept;
+    iifname \"{p}*\" ip daddr {all} drop
+    iifname \"{p}*\" ip daddr 169.254.0.0/16 drop
+    iifname \"{p}*\" meta nfproto ipv6 drop
+    iifname vmap @egress
+    iifname \"{p}*\" accept
+    oifname \"{p}*\" ct state established,related accept
+    oifname \"{p}*\" drop
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {pool} oifname != \"{p}*\" masquerade
+  }}
+}}
+"
+        )
+    }
+
+    /// Creates (if needed) and fills the policy chain of `iface`, and maps the interface to it.
+    pub fn set_policy(&self, iface: &str, policy: &EgressPolicy, exists: bool) -> String {
+        let t = &self.table;
+        let chain = self.chain(iface);
+        let mut s = String::new();
+        if !exists {
+            s.push_str(&format!("add chain inet {t} {chain}\n"));
+            s.push_str(&format!(
+                "add element inet {t} egress {{ \"{iface}\" : jump {chain} }}\n"
+            ));
+        }
+        s.push_str(&format!("flush chain inet {t} {chain}\n"));
+        let rule = |c: &Cidr, verdict: &str| {
+            let family = if c.addr().is_ipv4() { "ip" } else { "ip6" };
+            format!("add rule inet {t} {chain} {family} daddr {c} {verdict}\n")
+        };
+        for c in &policy.allow_out {
+            s.push_str(&rule(c, "accept"));
+        }
+        for c in &policy.deny_out {
+            s.push_str(&rule(c, "drop"));
+        }
+        if !policy.allow_internet_access {
+            s.push_str(&format!("add rule inet {t} {chain} drop\n"));
+        }
+        s
+    }
+
+    /// Removes the policy chain of `iface` and its map element.
+    pub fn remove_policy(&self, iface: &str) -> String {
+        let t = &self.table;
+        let chain = self.chain(iface);
+        format!("delete element inet {t} egress {{ \"{iface}\" }}\ndelete chain inet {t} {chain}\n")
+    }
+
+    /// Deletes the table (whether or not it exists).
+    pub fn delete_table(&self) -> String {
+        let t = &self.table;
+        format!("add table inet {t}\ndelete table inet {t}\n")
+    }
+}
+
+/// Fails unless the `nft` binary runs.
+pub(crate) fn check_installed() -> Result<(), NetworkError> {
+    match std::process::Command::new("nft")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(NetworkError::NftMissing),
+    }
+}
+
+/// Runs `nft -f -` with `script` as one transaction.
+pub(crate) async fn run(script: &str) -> Result<(), NetworkError> {
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|_| NetworkError::NftMissing)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(|e| NetworkError::Nft(format!("writing the script: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| NetworkError::Nft(format!("waiting for nft: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetworkError::Nft(
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', " | "),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Names {
+        Names {
+            table: "paddock".into(),
+            prefix: "pdk".into(),
+            all: "10.213.0.0/16".parse().expect("cidr"),
+            pool: "10.213.16.0/20".parse().expect("cidr"),
+        }
+    }
+
+    #[test]
+    fn ruleset_text() {
+        let r = names().ruleset();
+        assert!(r.starts_with("add table inet paddock\ndelete table inet paddock\n"));
+        for line in [
+            "iifname \"pdk*\" ct state established,related accept\n    iifname \"pdk*\" drop",
+            "iifname \"pdk*\" ip daddr 10.213.0.0/16 drop",
+            "iifname \"pdk*\" ip daddr 169.254.0.0/16 drop",
+            "iifname vmap @egress",
+            "ip saddr 10.213.16.0/20 oifname != \"pdk*\" masquerade",
+        ] {
+            assert!(r.contains(line), "missing {line:?} in {r}");
+        }
+    }
+
+    #[test]
+    fn policy_text() {
+        let n = names();
+        assert_eq!(
+            n.set_policy("pdk3", &EgressPolicy::default(), true),
+            "flush chain inet paddock slot_pdk3\n"
+        );
+        let p = EgressPolicy {
+            allow_internet_access: false,
+            allow_out: vec!["1.1.1.1".parse().expect("cidr")],
+            deny_out: vec!["8.0.0.0/8".parse().expect("cidr")],
+        };
+        assert_eq!(
+            n.set_policy("pdk3", &p, false),
+            "add chain inet paddock slot_pdk3
+add element inet paddock egress { \"pdk3\" : jump slot_pdk3 }
+flush chain inet paddock slot_pdk3
+add rule inet paddock slot_pdk3 ip daddr 1.1.1.1/32 accept
+add rule inet paddock slot_pdk3 ip daddr 8.0.0.0/8 drop
+add rule inet paddock slot_pdk3 drop
+"
+        );
+        assert_eq!(
+            n.remove_policy("pdk3"),
+            "delete element inet paddock egress { \"pdk3\" }\ndelete chain inet paddock slot_pdk3\n"
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! Real slots (needs root, `nft`): NAT to an "outside" network namespace this test makes itself
+//! (198.18.x.0/30 on its own veth), isolation from the host and between slots, runtime policy
+//! updates, and a clean shutdown. Traffic never leaves this machine.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use paddock_network::{EgressPolicy, Network, NetworkConfig};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+/// Runs `f` on a fresh thread inside the network namespace `ns`.
+fn in_netns<T: Send + 'static>(ns: &OwnedFd, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.try_clone().expect("dup");
+    std::thread::spawn(move || {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("thread")
+}
+
+fn open(path: &Path) -> OwnedFd {
+    let fd = nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .expect("open netns");
+    // SAFETY: fresh descriptor owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A TCP server that answers every connection with the peer's address, then closes.
+fn serve(listener: TcpListener) -> u16 {
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let peer = conn
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let _ = conn.write_all(peer.as_bytes());
+        }
+    });
+    port
+}
+
+/// Connects from inside `ns`; returns what the server said, or `None` if unreachable.
+fn probe(ns: &OwnedFd, addr: SocketAddr) -> Option<String> {
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(700)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+}
+
+/// The "outside": a namespace with `eth0` = 198.18.<n>.2/30, host end `<host_if>` = .1.
+async fn outside(host_if: &str, n: u8) -> OwnedFd {
+    let ns = std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+        open(Path::new("/proc/thread-self/ns/net"))
+    })
+    .join()
+    .expect("thread");
+    let (conn, h, _) = rtnetlink::new_connection().expect("netlink");
+    tokio::spawn(conn);
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name("eth0".to_string())
+        .setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&ns))
+        .build();
+    let _ = del_link(&h, host_if).await;
+    h.link()
+        .add(
+            LinkVeth::new(host_if, "eth0")
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .build(),
+        )
+        .execute()
+        .await
+        .expect("veth");
+    let idx = index(&h, host_if).await.expect("index");
+    h.address()
+        .add(idx, IpAddr::V4(Ipv4Addr::new(198, 18, n, 1)), 30)
+        .execute()
+        .await
+        .expect("addr");
+    h.link()
+        .set(LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await
+        .expect("up");
+    let ns2 = ns.try_clone().expect("dup");
+    in_netns(&ns2, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async move {
+            let (conn, h, _) = rtnetlink::new_connection().expect("netlink");
+            tokio::spawn(conn);
+            let eth = index(&h, "eth0").await.expect("eth0");
+            h.address()
+                .add(eth, IpAddr::V4(Ipv4Addr::new(198, 18, n, 2)), 30)
+                .execute()
+                .await
+                .expect("addr");
+            h.link()
+                .set(LinkUnspec::new_with_index(eth).up().build())
+                .execute()
+                .await
+                .expect("up");
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(Ipv4Addr::new(198, 18, n, 1))
+                .build();
+            h.route().add(route).execute().await.expect("route");
+        })
+    });
+    ns
+}
+
+async fn index(h: &rtnetlink::Handle, name: &str) -> Option<u32> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    links
+        .try_next()
+        .await
+        .ok()
+        .flatten()
+        .map(|l| l.header.index)
+}
+
+async fn del_link(h: &rtnetlink::Handle, name: &str) -> Option<()> {
+    let idx = index(h, name).await?;
+    h.link().del(idx).execute().await.ok()
+}
+
+fn links_with_prefix(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .expect("sysfs")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+fn nft_table_exists(table: &str) -> bool {
+    std::process::Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("nft")
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat_isolation_policy_and_shutdown() {
+    let cfg = NetworkConfig {
+        cidr: "10.251.0.0/20".parse().expect("cidr"),
+        slices: 1,
+        pool_size: 2,
+        dns: vec![],
+        table: "pdtest_a".into(),
+        prefix: "pdta".into(),
+        ..NetworkConfig::default()
+    };
+    let net = Network::start(cfg).await.expect("start");
+    let out_ns = outside("pdxa", 7).await;
+    let out_port = in_netns(&out_ns, || {
+        serve(TcpListener::bind("198.18.7.2:0").expect("bind"))
+    });
+    let outside_addr: SocketAddr = format!("198.18.7.2:{out_port}").parse().expect("addr");
+    // A host service listening on every host address.
+    let host_port = serve(TcpListener::bind("0.0.0.0:0").expect("bind"));
+
+    let a = net
+        .acquire("a", &EgressPolicy::default())
+        .await
+        .expect("lease a");
+    let b = net
+        .acquire("b", &EgressPolicy::default())
+        .await
+        .expect("lease b");
+    assert_ne!(a.address, b.address);
+    let a_ns = open(&a.netns_path);
+    let b_ns = open(&b.netns_path);
+
+    // Egress through NAT: the outside sees the host's address on its link, not the sandbox's.
+    assert_eq!(probe(&a_ns, outside_addr).as_deref(), Some("198.18.7.1"));
+    // No host service, whichever host address is tried.
+    for host_ip in [a.gateway, Ipv4Addr::new(198, 18, 7, 1), b.gateway] {
+        let addr = SocketAddr::new(IpAddr::V4(host_ip), host_port);
+        assert_eq!(probe(&a_ns, addr), None, "host service reachable at {addr}");
+    }
+    // No sandbox-to-sandbox, although b serves on its own eth0 address.
+    let b_ip = b.address;
+    let b_port = in_netns(&b_ns, move || {
+        serve(TcpListener::bind((b_ip, 0)).expect("bind"))
+    });
+    let b_addr = SocketAddr::new(IpAddr::V4(b_ip), b_port);
+    assert!(
+        probe(&b_ns, b_addr).is_some(),
+        "b's own server must answer inside b"
+    );
+    assert_eq!(probe(&a_ns, b_addr), None, "a reached b");
+
+    // Policy at runtime.
+    let deny = EgressPolicy {
+        allow_internet_access: false,
+        ..EgressPolicy::default()
+    };
+    net.update("a", &deny).await.expect("deny");
+    assert_eq!(probe(&a_ns, outside_addr), None, "deny did not block");
+    let allow_one = EgressPolicy {
+        allow_internet_access: false,
+        allow_out: vec!["198.18.7.2".parse().expect("cidr")],
+        deny_out: vec![],
+    };
+    net.update("a", &allow_one).await.expect("allow one");
+    assert!(
+        probe(&a_ns, outside_addr).is_some(),
+        "allowOut did not allow"
+    );
+    let deny_out = EgressPolicy {
+        deny_out: vec!["198.18.0.0/16".parse().expect("cidr")],
+        ..EgressPolicy::default()
+    };
+    net.update("a", &deny_out).await.expect("denyOut");
+    assert_eq!(probe(&a_ns, outside_addr), None, "denyOut did not block");
+    net.update("a", &EgressPolicy::default())
+        .await
+        .expect("open");
+    assert!(
+        probe(&a_ns, outside_addr).is_some(),
+        "reopening did not allow"
+    );
+    // b was never affected; a sandbox created closed is closed from the start.
+    assert!(probe(&b_ns, outside_addr).is_some());
+    let c = net.acquire("c", &deny).await.expect("lease c");
+    let c_ns = open(&c.netns_path);
+    assert_eq!(probe(&c_ns, outside_addr), None);
+    assert!(net.update("nobody", &deny).await.is_err());
+
+    // Release deletes the slot's interface at once; slots are never reused.
+    net.release("a");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while links_with_prefix("pdta").contains(&a.interface) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "released slot still exists"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let d = net
+        .acquire("d", &EgressPolicy::default())
+        .await
+        .expect("lease d");
+    assert_ne!(d.interface, a.interface);
+
+    drop((a_ns, b_ns, c_ns));
+    net.shutdown().await;
+    assert_eq!(links_with_prefix("pdta"), Vec::<String>::new());
+    assert!(!nft_table_exists("pdtest_a_a"));
+    let (conn, h, _) = rtnetlink::new_connection().expect("netlink");
+    tokio::spawn(conn);
+    del_link(&h, "pdxa").await;
+}
+
+#[tokio::test]
+async fn pool_fills_in_the_background() {
+    let cfg = NetworkConfig {
+        cidr: "10.251.16.0/27".parse().expect("cidr"),
+        slices: 2,
+        preferred_slice: 1,
+        pool_size: 3,
+        dns: vec![],
+        table: "pdtest_b".into(),
+        prefix: "pdtb".into(),
+        ..NetworkConfig::default()
+    };
+    let net = Network::start(cfg.clone()).await.expect("start");
+    assert_eq!(net.pool().to_string(), "10.251.16.16/28");
+    assert_eq!(net.table(), "pdtest_b_b");
+    assert_eq!(net.interface_prefix(), "pdtbb");
+    // A second server on the host gets the other slice; a third finds none.
+    let other = Network::start(cfg.clone()).await.expect("second server");
+    assert_eq!(other.pool().to_string(), "10.251.16.0/28");
+    assert!(Network::start(cfg).await.is_err());
+    other.shutdown().await;
+    drop(other);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while net.ready() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "pool never filled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A /28 has 4 blocks: 3 pooled + 1 more, then the pool is exhausted.
+    let mut leases = Vec::new();
+    for i in 0..4 {
+        leases.push(
+            net.acquire(&format!("s{i}"), &EgressPolicy::default())
+                .await
+                .expect("lease"),
+        );
+    }
+    assert!(net.acquire("s4", &EgressPolicy::default()).await.is_err());
+    net.release("s0");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match net.acquire("s4", &EgressPolicy::default()).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "freed block never reused: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    net.shutdown().await;
+    assert_eq!(links_with_prefix("pdtb"), Vec::<String>::new());
+    assert!(!nft_table_exists("pdtest_b_b"));
+    assert!(!nft_table_exists("pdtest_b_a"));
+}
