@@ -2,7 +2,7 @@
 //! the namespace driver needs are where it can use them. The verdict mirrors the driver's own
 //! [`paddock_sandbox::namespace::cgroup::detect`], which is asked too.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::Check;
 
@@ -36,64 +36,7 @@ impl Layout {
     }
 }
 
-/// A cgroup filesystem mount found in mountinfo.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CgroupMount {
-    /// Where it is mounted.
-    pub mount_point: PathBuf,
-    /// `None` for cgroup2, else the v1 controllers of this hierarchy.
-    pub v1_controllers: Option<Vec<String>>,
-}
-
-/// The cgroup mounts in the text of `/proc/self/mountinfo`.
-pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
-    let mut mounts = Vec::new();
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let Some(mount_point) = left.split_whitespace().nth(4) else {
-            continue;
-        };
-        let mut right = right.split_whitespace();
-        let (Some(fstype), Some(_source), Some(opts)) = (right.next(), right.next(), right.next())
-        else {
-            continue;
-        };
-        let mount_point = PathBuf::from(unescape(mount_point));
-        let v1_controllers = match fstype {
-            "cgroup2" => None,
-            "cgroup" => Some(
-                opts.split(',')
-                    .filter(|o| !o.contains('=') && !is_mount_flag(o))
-                    .map(str::to_string)
-                    .collect(),
-            ),
-            _ => continue,
-        };
-        mounts.push(CgroupMount {
-            mount_point,
-            v1_controllers,
-        });
-    }
-    mounts
-}
-
-fn is_mount_flag(opt: &str) -> bool {
-    matches!(
-        opt,
-        "rw" | "ro" | "xattr" | "noprefix" | "clone_children" | "cpuset_v2_mode" | "favordynmods"
-    )
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for space and friends).
-pub(crate) fn unescape(field: &str) -> String {
-    field
-        .replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
+pub use paddock_sandbox::namespace::cgroup::{parse_mountinfo, unescape, CgroupMount};
 
 /// The layout of `mounts`.
 pub fn layout(mounts: &[CgroupMount]) -> Layout {
@@ -252,6 +195,7 @@ pub fn analyze(mounts: &[CgroupMount], v2_controllers: &[String]) -> Check {
 mod tests {
     use super::*;
     use crate::doctor::Status;
+    use std::path::PathBuf;
 
     const HYBRID: &str = "\
 30 23 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:4 - tmpfs tmpfs ro,mode=755

@@ -271,15 +271,15 @@ fn is_cgroupfs(dir: &Path) -> bool {
 
 /// A cgroup filesystem mount found in mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CgroupMount {
+pub struct CgroupMount {
     /// Where it is mounted.
     pub mount_point: PathBuf,
     /// `None` for cgroup2, else the v1 controllers of this hierarchy.
     pub v1_controllers: Option<Vec<String>>,
 }
 
-/// Finds cgroup mounts in the text of `/proc/self/mountinfo`.
-pub(crate) fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
+/// The cgroup mounts in the text of `/proc/self/mountinfo`.
+pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
     let mut mounts = Vec::new();
     for line in text.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
@@ -293,27 +293,39 @@ pub(crate) fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
         else {
             continue;
         };
-        let mount_point = PathBuf::from(mount_point.replace("\\040", " "));
-        match fstype {
-            "cgroup2" => mounts.push(CgroupMount {
-                mount_point,
-                v1_controllers: None,
-            }),
-            "cgroup" => {
-                let controllers = opts
-                    .split(',')
-                    .filter(|o| !o.contains('=') && !matches!(*o, "rw" | "ro"))
+        let mount_point = PathBuf::from(unescape(mount_point));
+        let v1_controllers = match fstype {
+            "cgroup2" => None,
+            "cgroup" => Some(
+                opts.split(',')
+                    .filter(|o| !o.contains('=') && !is_mount_flag(o))
                     .map(str::to_string)
-                    .collect();
-                mounts.push(CgroupMount {
-                    mount_point,
-                    v1_controllers: Some(controllers),
-                });
-            }
-            _ => {}
-        }
+                    .collect(),
+            ),
+            _ => continue,
+        };
+        mounts.push(CgroupMount {
+            mount_point,
+            v1_controllers,
+        });
     }
     mounts
+}
+
+fn is_mount_flag(opt: &str) -> bool {
+    matches!(
+        opt,
+        "rw" | "ro" | "xattr" | "noprefix" | "clone_children" | "cpuset_v2_mode" | "favordynmods"
+    )
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for space and friends).
+pub fn unescape(field: &str) -> String {
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// Controllers every sandbox needs.
@@ -442,7 +454,8 @@ mod tests {
                 v1_controllers: None
             }
         );
-        assert_eq!(mounts[1].v1_controllers, Some(vec!["xattr".to_string()]));
+        // `xattr,name=systemd`: a named hierarchy with mount options only, no controllers.
+        assert_eq!(mounts[1].v1_controllers, Some(vec![]));
         assert_eq!(
             mounts[2].v1_controllers,
             Some(vec!["cpu".to_string(), "cpuacct".to_string()])
