@@ -2,8 +2,6 @@
 //! the namespace driver needs are where it can use them. The verdict mirrors the driver's own
 //! [`paddock_sandbox::namespace::cgroup::detect`], which is asked too.
 
-use std::path::Path;
-
 use super::Check;
 
 /// Controllers every sandbox needs.
@@ -37,6 +35,7 @@ impl Layout {
 }
 
 pub use paddock_sandbox::namespace::cgroup::{parse_mountinfo, unescape, CgroupMount};
+use paddock_sandbox::namespace::cgroup::{v1_mount_of, v2_root_of};
 
 /// The layout of `mounts`.
 pub fn layout(mounts: &[CgroupMount]) -> Layout {
@@ -92,20 +91,8 @@ pub fn check() -> Check {
 pub fn analyze(mounts: &[CgroupMount], v2_controllers: &[String]) -> Check {
     let name = "cgroups";
     let layout = layout(mounts);
-    let v1_mount = |ctrl: &str| -> Option<&Path> {
-        mounts
-            .iter()
-            .find(|m| {
-                m.v1_controllers
-                    .as_ref()
-                    .is_some_and(|c| c.iter().any(|x| x == ctrl))
-            })
-            .map(|m| m.mount_point.as_path())
-    };
-    let v2_root = mounts
-        .iter()
-        .find(|m| m.v1_controllers.is_none())
-        .map(|m| m.mount_point.display().to_string());
+    let v1_mount = |ctrl: &str| v1_mount_of(mounts, ctrl);
+    let v2_root = v2_root_of(mounts).map(|p| p.display().to_string());
     let on_v2 = |ctrl: &str| v2_controllers.iter().any(|c| c == ctrl);
 
     if layout == Layout::None {

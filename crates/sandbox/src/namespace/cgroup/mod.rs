@@ -339,25 +339,33 @@ pub fn detect(parent: &str) -> Result<Box<dyn CgroupBackend>, CgroupError> {
     detect_from(&parse_mountinfo(&text), parent)
 }
 
+/// Where the v1 hierarchy holding `controller` is mounted, if any.
+pub fn v1_mount_of<'a>(mounts: &'a [CgroupMount], controller: &str) -> Option<&'a Path> {
+    mounts
+        .iter()
+        .find(|m| {
+            m.v1_controllers
+                .as_ref()
+                .is_some_and(|c| c.iter().any(|x| x == controller))
+        })
+        .map(|m| m.mount_point.as_path())
+}
+
+/// Where cgroup2 is mounted, if it is.
+pub fn v2_root_of(mounts: &[CgroupMount]) -> Option<&Path> {
+    mounts
+        .iter()
+        .find(|m| m.v1_controllers.is_none())
+        .map(|m| m.mount_point.as_path())
+}
+
 /// [`detect`] over already parsed mounts.
 pub(crate) fn detect_from(
     mounts: &[CgroupMount],
     parent: &str,
 ) -> Result<Box<dyn CgroupBackend>, CgroupError> {
-    let v1_mount = |ctrl: &str| {
-        mounts
-            .iter()
-            .find(|m| {
-                m.v1_controllers
-                    .as_ref()
-                    .is_some_and(|c| c.iter().any(|x| x == ctrl))
-            })
-            .map(|m| m.mount_point.clone())
-    };
-    let v2_root = mounts
-        .iter()
-        .find(|m| m.v1_controllers.is_none())
-        .map(|m| m.mount_point.clone());
+    let v1_mount = |ctrl: &str| v1_mount_of(mounts, ctrl).map(Path::to_path_buf);
+    let v2_root = v2_root_of(mounts).map(Path::to_path_buf);
     let v2_controllers: Vec<String> = v2_root
         .as_ref()
         .and_then(|root| std::fs::read_to_string(root.join("cgroup.controllers")).ok())
