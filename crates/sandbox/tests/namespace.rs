@@ -1,6 +1,8 @@
 //! The namespace driver against the real kernel (needs root): a tiny rootfs built from host
 //! binaries, and bash scripts standing in for envd.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -64,20 +66,7 @@ fn fixture() -> &'static Fixture {
         let mut files = BTreeSet::new();
         for bin in ["/bin/bash", "/bin/sleep", "/bin/cat", "/bin/mknod"] {
             files.insert(PathBuf::from(bin));
-            let out = std::process::Command::new("ldd")
-                .arg(bin)
-                .output()
-                .expect("ldd");
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-                let path = line
-                    .split("=>")
-                    .last()
-                    .and_then(|s| s.split_whitespace().next());
-                if let Some(p) = path.filter(|p| p.starts_with('/')) {
-                    files.insert(PathBuf::from(p));
-                }
-            }
+            files.extend(common::shared_libraries(bin));
         }
         files.insert(PathBuf::from("/etc/passwd"));
         for f in files {

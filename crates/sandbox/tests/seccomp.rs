@@ -5,6 +5,8 @@
 
 #![cfg(target_arch = "x86_64")]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -323,20 +325,7 @@ fn rootfs(dir: &Path) -> PathBuf {
             .join("bin")
             .join(Path::new(bin).file_name().expect("name"));
         std::fs::copy(bin, &dst).unwrap_or_else(|e| panic!("copy {bin}: {e}"));
-        let out = std::process::Command::new("ldd")
-            .arg(bin)
-            .output()
-            .expect("ldd");
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-... (0x...)"
-            let path = line
-                .split("=>")
-                .last()
-                .and_then(|s| s.split_whitespace().next());
-            if let Some(p) = path.filter(|p| p.starts_with('/')) {
-                libs.insert(PathBuf::from(p));
-            }
-        }
+        libs.extend(common::shared_libraries(bin));
     }
     libs.insert(PathBuf::from("/etc/passwd"));
     for f in libs {
