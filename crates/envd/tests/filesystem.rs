@@ -537,3 +537,60 @@ async fn files_require_token_or_signature_when_a_token_is_set() {
         (StatusCode::UNAUTHORIZED, Some(401))
     );
 }
+
+/// The epilogue after a multipart body's final boundary (and the rest of a body after an early
+/// error) is read before the answer: a server that answers without reading the whole request
+/// closes the connection, and the client (the proxy) still writing the body gets a broken pipe
+/// instead of the answer.
+#[tokio::test]
+async fn upload_reads_the_body_to_its_end() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let env = Env::new(None);
+    let boundary = "paddock-test-boundary";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"epi.txt\"\r\n\
+         Content-Type: text/plain\r\n\r\nhello\r\n--{boundary}--\r\n"
+    );
+    let body_of = |head: String| {
+        let read_all = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&read_all);
+        use futures::StreamExt;
+        let chunks = futures::stream::iter(vec![
+            Ok::<_, std::io::Error>(Bytes::from(head)),
+            // The epilogue arrives as a chunk of its own, after the final boundary.
+            Ok(Bytes::from_static(b"\r\n")),
+        ])
+        .chain(futures::stream::poll_fn(move |_| {
+            flag.store(true, Ordering::SeqCst);
+            std::task::Poll::Ready(None)
+        }));
+        (Body::from_stream(chunks), read_all)
+    };
+    let ct = format!("multipart/form-data; boundary={boundary}");
+
+    let (body, read_all) = body_of(head.clone());
+    let (status, written) = env.post_file("", &[("content-type", &ct)], body).await;
+    assert_eq!(status, StatusCode::OK, "{written}");
+    assert!(
+        read_all.load(Ordering::SeqCst),
+        "the epilogue was left unread"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.home().join("epi.txt")).expect("read"),
+        "hello"
+    );
+
+    // An error answered before the body was looked at (an unknown encoding) drains it too.
+    let (body, read_all) = body_of(head);
+    let (status, _) = env
+        .post_file(
+            "",
+            &[("content-type", &ct), ("content-encoding", "br")],
+            body,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(read_all.load(Ordering::SeqCst), "the body was left unread");
+}

@@ -4,6 +4,12 @@
 //! inflated on the fly. Every file is streamed to disk: missing parents are created for the
 //! acting user, the target is truncated and chowned to the user, and its `user.e2b.*` metadata
 //! is replaced by the request's `X-Metadata-*` headers.
+//!
+//! Whatever the handler leaves of the body (the epilogue after a multipart body's final
+//! boundary, or the rest after an early error) is read and dropped before the response goes
+//! out, up to [`DRAIN_CAP`] bytes: the HTTP server closes a connection whose request it did not
+//! read to the end, and a client (or the proxy) still writing that body would see a broken pipe
+//! instead of the answer.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::OpenOptions;
@@ -11,6 +17,9 @@ use std::io;
 use std::os::unix::fs::fchown;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -31,6 +40,47 @@ use crate::state::EnvdState;
 
 /// A request body as a stream of (decoded) chunks.
 type BodyStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Most bytes of an unread body rest that are read (and dropped) after handling.
+pub const DRAIN_CAP: usize = 1 << 20;
+/// Longest wait for that rest.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The raw request body, shared between the handler (which may stop reading early) and the
+/// drain after it. One consumer at a time: the lock is held only within one poll.
+#[derive(Clone)]
+struct SharedBody(Arc<Mutex<BodyStream>>);
+
+impl SharedBody {
+    fn new(body: Body) -> Self {
+        SharedBody(Arc::new(Mutex::new(Box::pin(
+            body.into_data_stream().map_err(io::Error::other),
+        ))))
+    }
+
+    /// Reads the rest of the body, up to `cap` bytes and [`DRAIN_TIMEOUT`].
+    async fn drain(mut self, cap: usize) {
+        let mut left = cap;
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while let Some(Ok(chunk)) = self.next().await {
+                if chunk.len() >= left {
+                    break;
+                }
+                left -= chunk.len();
+            }
+        })
+        .await;
+    }
+}
+
+impl Stream for SharedBody {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        inner.as_mut().poll_next(cx)
+    }
+}
 
 /// One written file, as the SDKs expect it in the response array.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -54,7 +104,10 @@ pub async fn upload(
     query: Result<Query<FilesQuery>, QueryRejection>,
     body: Body,
 ) -> Response {
-    match handle(&state, &headers, query, body).await {
+    let raw = SharedBody::new(body);
+    let result = handle(&state, &headers, query, raw.clone()).await;
+    raw.drain(DRAIN_CAP).await;
+    match result {
         Ok(written) => {
             let mut resp = (
                 StatusCode::OK,
@@ -75,7 +128,7 @@ async fn handle(
     state: &EnvdState,
     headers: &HeaderMap,
     query: Result<Query<FilesQuery>, QueryRejection>,
-    body: Body,
+    body: SharedBody,
 ) -> Result<Vec<WrittenFile>, FilesError> {
     let Query(query) = query.map_err(|e| FilesError::BadRequest(format!("invalid query: {e}")))?;
     let caller = authorize(state, headers, &query, "write")?;
@@ -107,8 +160,7 @@ async fn handle(
 }
 
 /// The body stream, inflated when `Content-Encoding: gzip`.
-fn decoded_body(headers: &HeaderMap, body: Body) -> Result<BodyStream, FilesError> {
-    let raw = body.into_data_stream().map_err(io::Error::other);
+fn decoded_body(headers: &HeaderMap, raw: SharedBody) -> Result<BodyStream, FilesError> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
