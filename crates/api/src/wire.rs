@@ -40,7 +40,7 @@ pub struct NewSandbox {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkBody {
-    /// Allowed destinations (CIDR or IP), checked before `denyOut`.
+    /// Allowed destinations (CIDR, IP, `domain` or `*.domain`), checked before `denyOut`.
     pub allow_out: Option<Vec<String>>,
     /// Denied destinations (CIDR or IP).
     pub deny_out: Option<Vec<String>>,

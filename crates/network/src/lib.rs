@@ -2,7 +2,9 @@
 //! network slots (see `slot`: a network namespace held by a descriptor, a veth pair, an address
 //! block), hands one out per sandbox as a [`Lease`], and enforces egress with one nftables table
 //! (see `nft`): NAT to the outside, no sandbox-to-sandbox, no host services, no link-local
-//! addresses, and a per-sandbox [`EgressPolicy`] that can change at runtime.
+//! addresses, and a per-sandbox [`EgressPolicy`] that can change at runtime. Domain names in a
+//! policy are enforced by the egress proxy (see `egress`), which judges the HTTP and TLS
+//! connections the ruleset redirects to it.
 //!
 //! Slots are built in the background with bounded concurrency, so a create only pops one from
 //! the pool (and runs `nft` only for a non-default policy). A slot is never reused: release
@@ -17,11 +19,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod egress;
 mod nft;
 pub mod policy;
 mod slot;
+mod sniff;
 
-pub use policy::{Cidr, CidrError, EgressPolicy};
+pub use egress::{SNIFF_MAX, SNIFF_TIMEOUT};
+pub use policy::{Cidr, CidrError, DomainError, DomainPattern, EgressPolicy, Verdict};
 
 use slot::Slot;
 
@@ -52,6 +57,10 @@ pub struct NetworkConfig {
     pub prefix: String,
     /// Where the per-slice lock files live (default `/run/paddock`).
     pub lock_dir: PathBuf,
+    /// TCP port of the egress proxy on every host address (default `0`: any free port). Only
+    /// sandboxes' redirected HTTP/TLS connections reach it; the ruleset closes it to every
+    /// other interface.
+    pub egress_proxy_port: u16,
 }
 
 impl Default for NetworkConfig {
@@ -66,6 +75,7 @@ impl Default for NetworkConfig {
             table: "paddock".into(),
             prefix: "pdk".into(),
             lock_dir: PathBuf::from("/run/paddock"),
+            egress_proxy_port: 0,
         }
     }
 }
@@ -209,6 +219,8 @@ struct Inner {
     fill_permits: tokio::sync::Semaphore,
     /// Serialises `nft` transactions touching slot chains.
     nft_lock: tokio::sync::Mutex<()>,
+    /// Judges the redirected connections of sandboxes whose policy names domains.
+    egress: egress::Proxy,
     fill_done: tokio::sync::Notify,
 }
 
@@ -280,14 +292,24 @@ impl Network {
             tracing::info!(interface = %stale, "removing a network slot left by an earlier run");
             slot::delete_link(&host, &stale).await?;
         }
+        let egress = egress::Proxy::start(cfg.cidr, cfg.egress_proxy_port).await?;
         let names = nft::Names {
             table: format!("{}_{letter}", cfg.table),
             prefix: cfg.prefix.clone(),
             all: cfg.cidr,
             pool,
+            proxy_port: egress.port(),
+            dns: cfg
+                .dns
+                .iter()
+                .filter_map(|ip| match ip {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                })
+                .collect(),
         };
         nft::run(&names.ruleset()).await?;
-        tracing::info!(pool = %pool, table = %names.table, interfaces = %iface_prefix, "sandbox networking ready");
+        tracing::info!(pool = %pool, table = %names.table, interfaces = %iface_prefix, egress_proxy_port = egress.port(), "sandbox networking ready");
         let net = Network {
             inner: Arc::new(Inner {
                 cfg,
@@ -301,6 +323,7 @@ impl Network {
                 shutting_down: AtomicBool::new(false),
                 fill_permits: tokio::sync::Semaphore::new(FILL_CONCURRENCY),
                 nft_lock: tokio::sync::Mutex::new(()),
+                egress,
                 fill_done: tokio::sync::Notify::new(),
             }),
         };
@@ -316,6 +339,11 @@ impl Network {
     /// The nftables table of this server (family `inet`).
     pub fn table(&self) -> &str {
         &self.inner.names.table
+    }
+
+    /// Port of the egress proxy (see [`NetworkConfig::egress_proxy_port`]).
+    pub fn egress_proxy_port(&self) -> u16 {
+        self.inner.egress.port()
     }
 
     /// Prefix of this server's host-side interface names.
@@ -342,6 +370,10 @@ impl Network {
                 self.inner.build().await?
             }
         };
+        self.inner
+            .egress
+            .registry()
+            .set(slot.block.guest, id, policy);
         if !policy.is_open() {
             let _guard = self.inner.nft_lock.lock().await;
             if let Err(e) = nft::run(&self.inner.names.set_policy(&slot.iface, policy, false)).await
@@ -370,21 +402,29 @@ impl Network {
         Ok(lease)
     }
 
-    /// Replaces the egress policy of sandbox `id` (atomically, one nft transaction).
+    /// Replaces the egress policy of sandbox `id` (atomically, one nft transaction). The egress
+    /// proxy judges new and open connections with the new policy from here on.
     pub async fn update(&self, id: &str, policy: &EgressPolicy) -> Result<(), NetworkError> {
         let _guard = self.inner.nft_lock.lock().await;
-        let (iface, exists) = {
+        let (iface, guest, exists) = {
             let st = self.inner.state();
             let slot = st
                 .leased
                 .get(id)
                 .ok_or_else(|| NetworkError::NoLease(id.into()))?;
-            (slot.iface.clone(), slot.has_chain)
+            (slot.iface.clone(), slot.block.guest, slot.has_chain)
         };
+        let registry = self.inner.egress.registry();
+        let old = registry.set(guest, id, policy);
         if !exists && policy.is_open() {
             return Ok(());
         }
-        nft::run(&self.inner.names.set_policy(&iface, policy, exists)).await?;
+        if let Err(e) = nft::run(&self.inner.names.set_policy(&iface, policy, exists)).await {
+            if let Some(old) = old {
+                registry.set(guest, id, &old);
+            }
+            return Err(e);
+        }
         if let Some(slot) = self.inner.state().leased.get_mut(id) {
             slot.has_chain = true;
         }
@@ -418,6 +458,7 @@ impl Network {
     /// Deletes the table and every slot (pooled and leased). Call after every sandbox is gone.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.egress.stop();
         let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
         loop {
             let notified = self.inner.fill_done.notified();
@@ -527,6 +568,7 @@ impl Inner {
 
     /// Deletes a slot: its policy chain, its veth pair, its namespace; frees its block.
     async fn destroy(&self, slot: Slot) {
+        self.egress.registry().remove(slot.block.guest);
         if slot.has_chain {
             let _guard = self.nft_lock.lock().await;
             if let Err(e) = nft::run(&self.names.remove_policy(&slot.iface)).await {

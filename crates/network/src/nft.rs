@@ -3,12 +3,21 @@
 //! policies, updates and releases — never for a create with the default policy).
 //!
 //! Ruleset, for interfaces `<prefix>*` (the host ends of sandbox veths):
-//! - input: only replies (`ct state established,related`) from a sandbox reach the host; every
-//!   new connection to any host address and port is dropped.
+//! - input: only replies (`ct state established,related`) from a sandbox reach the host, and
+//!   connections a sandbox chain redirected to an egress proxy (`ct status dnat`: nothing else
+//!   DNATs sandbox traffic to a host address); every other new connection to any host address
+//!   and port is dropped. The egress proxy's port is closed to every other interface.
+//! - nat prerouting: for the slots in the `proxied` set (policies with domain names), TCP to
+//!   ports 80 and 443 of a non-local address outside the sandbox range and link-local is
+//!   redirected to the egress proxy (see `egress`).
 //! - forward: from a sandbox, drop the pool CIDR (no sandbox-to-sandbox), link-local
 //!   (169.254.0.0/16: cloud metadata) and all IPv6; then the slot's own chain through the
 //!   `egress` verdict map; then accept. To a sandbox only replies pass.
 //! - nat postrouting: masquerade this instance's slice leaving through any other interface.
+//!
+//! A slot chain accepts `allowOut` CIDRs, then (for a policy with domain names) DNS on port 53
+//! to the configured nameservers, then drops `denyOut` CIDRs, then drops everything when
+//! internet access is off.
 //!
 //! Several servers on one host each own a slice of the range and a table; the filter rules of
 //! every table cover all `<prefix>*` interfaces and the whole range, so no instance's
@@ -17,6 +26,8 @@
 use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt;
+
+use std::net::Ipv4Addr;
 
 use crate::policy::{Cidr, EgressPolicy};
 use crate::NetworkError;
@@ -32,6 +43,10 @@ pub(crate) struct Names {
     pub all: Cidr,
     /// This instance's slice of `all`.
     pub pool: Cidr,
+    /// Port of the egress proxy (listening on every host address).
+    pub proxy_port: u16,
+    /// Nameservers of the sandboxes, reachable on port 53 when a policy names domains.
+    pub dns: Vec<Ipv4Addr>,
 }
 
 impl Names {
@@ -48,6 +63,7 @@ impl Names {
         let p = &self.prefix;
         let all = &self.all;
         let pool = &self.pool;
+        let port = self.proxy_port;
         format!(
             "add table inet {t}
 delete table inet {t}
@@ -55,10 +71,19 @@ table inet {t} {{
   map egress {{
     type ifname : verdict
   }}
+  set proxied {{
+    type ifname
+  }}
   chain input {{
     type filter hook input priority filter - 10; policy accept;
     iifname \"{p}*\" ct state established,related accept
+    iifname \"{p}*\" meta l4proto tcp ct status dnat accept
     iifname \"{p}*\" drop
+    iifname != \"{p}*\" tcp dport {port} drop
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname @proxied ip daddr != {{ {all}, 169.254.0.0/16 }} tcp dport {{ 80, 443 }} fib daddr type != local redirect to :{port}
   }}
   chain forward {{
     type filter hook forward priority filter - 10; policy accept;
@@ -91,12 +116,29 @@ table inet {t} {{
             ));
         }
         s.push_str(&format!("flush chain inet {t} {chain}\n"));
+        // Adding an element that exists is a no-op, deleting one that does not is an error:
+        // add first so both are safe.
+        s.push_str(&format!("add element inet {t} proxied {{ \"{iface}\" }}\n"));
+        if !policy.has_domains() {
+            s.push_str(&format!(
+                "delete element inet {t} proxied {{ \"{iface}\" }}\n"
+            ));
+        }
         let rule = |c: &Cidr, verdict: &str| {
             let family = if c.addr().is_ipv4() { "ip" } else { "ip6" };
             format!("add rule inet {t} {chain} {family} daddr {c} {verdict}\n")
         };
         for c in &policy.allow_out {
             s.push_str(&rule(c, "accept"));
+        }
+        if policy.has_domains() {
+            for ns in &self.dns {
+                for proto in ["udp", "tcp"] {
+                    s.push_str(&format!(
+                        "add rule inet {t} {chain} ip daddr {ns} {proto} dport 53 accept\n"
+                    ));
+                }
+            }
         }
         for c in &policy.deny_out {
             s.push_str(&rule(c, "drop"));
@@ -111,7 +153,13 @@ table inet {t} {{
     pub fn remove_policy(&self, iface: &str) -> String {
         let t = &self.table;
         let chain = self.chain(iface);
-        format!("delete element inet {t} egress {{ \"{iface}\" }}\ndelete chain inet {t} {chain}\n")
+        format!(
+            "delete element inet {t} egress {{ \"{iface}\" }}
+delete chain inet {t} {chain}
+add element inet {t} proxied {{ \"{iface}\" }}
+delete element inet {t} proxied {{ \"{iface}\" }}
+"
+        )
     }
 
     /// Deletes the table (whether or not it exists).
@@ -174,6 +222,8 @@ mod tests {
             prefix: "pdk".into(),
             all: "10.213.0.0/16".parse().expect("cidr"),
             pool: "10.213.16.0/20".parse().expect("cidr"),
+            proxy_port: 40123,
+            dns: vec![Ipv4Addr::new(192, 0, 2, 53)],
         }
     }
 
@@ -182,11 +232,14 @@ mod tests {
         let r = names().ruleset();
         assert!(r.starts_with("add table inet paddock\ndelete table inet paddock\n"));
         for line in [
-            "iifname \"pdk*\" ct state established,related accept\n    iifname \"pdk*\" drop",
+            "iifname \"pdk*\" ct state established,related accept\n    iifname \"pdk*\" meta l4proto tcp ct status dnat accept\n    iifname \"pdk*\" drop\n",
             "iifname \"pdk*\" ip daddr 10.213.0.0/16 drop",
             "iifname \"pdk*\" ip daddr 169.254.0.0/16 drop",
             "iifname vmap @egress",
             "ip saddr 10.213.16.0/20 oifname != \"pdk*\" masquerade",
+            "set proxied {\n    type ifname\n  }",
+            "iifname \"pdk*\" meta l4proto tcp ct status dnat accept\n    iifname \"pdk*\" drop\n    iifname != \"pdk*\" tcp dport 40123 drop",
+            "type nat hook prerouting priority dstnat; policy accept;\n    iifname @proxied ip daddr != { 10.213.0.0/16, 169.254.0.0/16 } tcp dport { 80, 443 } fib daddr type != local redirect to :40123",
         ] {
             assert!(r.contains(line), "missing {line:?} in {r}");
         }
@@ -197,18 +250,24 @@ mod tests {
         let n = names();
         assert_eq!(
             n.set_policy("pdk3", &EgressPolicy::default(), true),
-            "flush chain inet paddock slot_pdk3\n"
+            "flush chain inet paddock slot_pdk3
+add element inet paddock proxied { \"pdk3\" }
+delete element inet paddock proxied { \"pdk3\" }
+"
         );
         let p = EgressPolicy {
             allow_internet_access: false,
             allow_out: vec!["1.1.1.1".parse().expect("cidr")],
             deny_out: vec!["8.0.0.0/8".parse().expect("cidr")],
+            allow_domains: vec![],
         };
         assert_eq!(
             n.set_policy("pdk3", &p, false),
             "add chain inet paddock slot_pdk3
 add element inet paddock egress { \"pdk3\" : jump slot_pdk3 }
 flush chain inet paddock slot_pdk3
+add element inet paddock proxied { \"pdk3\" }
+delete element inet paddock proxied { \"pdk3\" }
 add rule inet paddock slot_pdk3 ip daddr 1.1.1.1/32 accept
 add rule inet paddock slot_pdk3 ip daddr 8.0.0.0/8 drop
 add rule inet paddock slot_pdk3 drop
@@ -216,7 +275,33 @@ add rule inet paddock slot_pdk3 drop
         );
         assert_eq!(
             n.remove_policy("pdk3"),
-            "delete element inet paddock egress { \"pdk3\" }\ndelete chain inet paddock slot_pdk3\n"
+            "delete element inet paddock egress { \"pdk3\" }
+delete chain inet paddock slot_pdk3
+add element inet paddock proxied { \"pdk3\" }
+delete element inet paddock proxied { \"pdk3\" }
+"
+        );
+    }
+
+    #[test]
+    fn domain_policy_text() {
+        let n = names();
+        let p = EgressPolicy {
+            allow_internet_access: true,
+            allow_out: vec!["1.1.1.1".parse().expect("cidr")],
+            deny_out: vec!["0.0.0.0/0".parse().expect("cidr")],
+            allow_domains: vec!["*.example.com".parse().expect("domain")],
+        };
+        // In the proxied set; DNS to the nameservers after allowOut, before denyOut.
+        assert_eq!(
+            n.set_policy("pdk3", &p, true),
+            "flush chain inet paddock slot_pdk3
+add element inet paddock proxied { \"pdk3\" }
+add rule inet paddock slot_pdk3 ip daddr 1.1.1.1/32 accept
+add rule inet paddock slot_pdk3 ip daddr 192.0.2.53 udp dport 53 accept
+add rule inet paddock slot_pdk3 ip daddr 192.0.2.53 tcp dport 53 accept
+add rule inet paddock slot_pdk3 ip daddr 0.0.0.0/0 drop
+"
         );
     }
 }

@@ -221,7 +221,7 @@ async fn nat_isolation_policy_and_shutdown() {
     let allow_one = EgressPolicy {
         allow_internet_access: false,
         allow_out: vec!["198.18.7.2".parse().expect("cidr")],
-        deny_out: vec![],
+        ..EgressPolicy::default()
     };
     net.update("a", &allow_one).await.expect("allow one");
     assert!(
@@ -326,4 +326,140 @@ async fn pool_fills_in_the_background() {
     assert_eq!(links_with_prefix("pdtb"), Vec::<String>::new());
     assert!(!nft_table_exists("pdtest_b_b"));
     assert!(!nft_table_exists("pdtest_b_a"));
+}
+
+/// A TCP server that reads the client's first bytes, answers with the peer's address, closes.
+fn serve_after_reading(listener: TcpListener) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let peer = conn
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let _ = conn.write_all(peer.as_bytes());
+        }
+    });
+}
+
+/// Connects from inside `ns`, sends `payload`, returns the answer (`None`: unreachable, reset
+/// or closed without a word).
+fn exchange(ns: &OwnedFd, addr: SocketAddr, payload: &'static [u8]) -> Option<String> {
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(700)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        s.write_all(payload).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        (!out.is_empty()).then_some(out)
+    })
+}
+
+/// A real ClientHello with SNI `api.example.com` (see `src/sniff.rs`), and one without SNI.
+const HELLO: &[u8] = include_bytes!("data/clienthello-openssl.bin");
+const HELLO_NO_SNI: &[u8] = include_bytes!("data/clienthello-openssl-nosni.bin");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_rules_through_the_egress_proxy() {
+    let cfg = NetworkConfig {
+        cidr: "10.251.32.0/24".parse().expect("cidr"),
+        slices: 1,
+        pool_size: 1,
+        // The outside plays the nameserver too.
+        dns: vec![IpAddr::V4(Ipv4Addr::new(198, 18, 8, 2))],
+        table: "pdtest_c".into(),
+        prefix: "pdtc".into(),
+        ..NetworkConfig::default()
+    };
+    let net = Network::start(cfg).await.expect("start");
+    let out_ns = outside("pdxc", 8).await;
+    in_netns(&out_ns, || {
+        for port in [80, 443, 53, 8080] {
+            serve_after_reading(TcpListener::bind(("198.18.8.2", port)).expect("bind"));
+        }
+    });
+    let at = |port: u16| SocketAddr::from(([198, 18, 8, 2], port));
+    const HTTP_ALLOWED: &[u8] = b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n";
+    const HTTP_WILD: &[u8] = b"GET / HTTP/1.1\r\nHost: A.Wild.Test:80\r\n\r\n";
+    const HTTP_APEX: &[u8] = b"GET / HTTP/1.1\r\nHost: wild.test\r\n\r\n";
+    const HTTP_DENIED: &[u8] = b"GET / HTTP/1.1\r\nHost: denied.test\r\n\r\n";
+    // The proxy connects from the host: the outside sees the host's address on its link.
+    let host_side = Some("198.18.8.1".to_string());
+
+    let domains = EgressPolicy {
+        deny_out: vec!["0.0.0.0/0".parse().expect("cidr")],
+        allow_domains: vec![
+            "allowed.test".parse().expect("domain"),
+            "*.wild.test".parse().expect("domain"),
+            "*.example.com".parse().expect("domain"),
+        ],
+        ..EgressPolicy::default()
+    };
+    let a = net.acquire("a", &domains).await.expect("lease a");
+    let a_ns = open(&a.netns_path);
+    assert_eq!(exchange(&a_ns, at(80), HTTP_ALLOWED), host_side);
+    assert_eq!(exchange(&a_ns, at(80), HTTP_WILD), host_side);
+    assert_eq!(
+        exchange(&a_ns, at(80), HTTP_APEX),
+        None,
+        "*.wild.test matched wild.test"
+    );
+    assert_eq!(exchange(&a_ns, at(80), HTTP_DENIED), None);
+    assert_eq!(exchange(&a_ns, at(443), HELLO), host_side);
+    assert_eq!(exchange(&a_ns, at(443), HELLO_NO_SNI), None);
+    // A name is judged on its own port's protocol only: an HTTP request on 443 has no SNI.
+    assert_eq!(exchange(&a_ns, at(443), HTTP_ALLOWED), None);
+    // Other ports follow the IP rules (denied), except DNS to the nameservers.
+    assert_eq!(exchange(&a_ns, at(8080), HTTP_ALLOWED), None);
+    // DNS to the nameserver passes (NATed, so the outside sees the host's address too).
+    assert_eq!(exchange(&a_ns, at(53), b"dns"), host_side);
+    // The proxy's port and the host's other ports stay closed to a sandbox.
+    let proxy = SocketAddr::new(IpAddr::V4(a.gateway), net.egress_proxy_port());
+    assert_eq!(
+        exchange(&a_ns, proxy, HTTP_ALLOWED),
+        None,
+        "proxy port reachable"
+    );
+    let host_http = SocketAddr::new(IpAddr::V4(a.gateway), 80);
+    assert_eq!(exchange(&a_ns, host_http, HTTP_ALLOWED), None);
+
+    // Runtime updates: without domains nothing is proxied, IP rules decide.
+    let deny_all = EgressPolicy {
+        deny_out: vec!["0.0.0.0/0".parse().expect("cidr")],
+        ..EgressPolicy::default()
+    };
+    net.update("a", &deny_all).await.expect("deny all");
+    assert_eq!(exchange(&a_ns, at(80), HTTP_ALLOWED), None);
+    assert_eq!(
+        exchange(&a_ns, at(53), b"dns"),
+        None,
+        "DNS open without domains"
+    );
+    // An allowed address passes whatever name is sent, on any port.
+    let ip_and_domains = EgressPolicy {
+        allow_out: vec!["198.18.8.2".parse().expect("cidr")],
+        ..domains.clone()
+    };
+    net.update("a", &ip_and_domains)
+        .await
+        .expect("ip + domains");
+    assert_eq!(exchange(&a_ns, at(80), HTTP_DENIED), host_side);
+    assert_eq!(exchange(&a_ns, at(8080), HTTP_DENIED), host_side);
+    net.update("a", &domains).await.expect("domains again");
+    assert_eq!(exchange(&a_ns, at(80), HTTP_DENIED), None);
+    assert_eq!(exchange(&a_ns, at(80), HTTP_ALLOWED), host_side);
+    net.update("a", &EgressPolicy::default())
+        .await
+        .expect("open");
+    assert_eq!(exchange(&a_ns, at(8080), HTTP_DENIED), host_side);
+
+    drop(a_ns);
+    net.shutdown().await;
+    assert!(!nft_table_exists("pdtest_c_a"));
+    let (conn, h, _) = rtnetlink::new_connection().expect("netlink");
+    tokio::spawn(conn);
+    del_link(&h, "pdxc").await;
 }

@@ -1,5 +1,7 @@
 //! `PUT /sandboxes/{id}/network`: replaces a running sandbox's egress policy (full replacement:
-//! omitted fields are cleared) on its node.
+//! omitted fields are cleared) on its node. `allowOut` may name domains (`example.com`,
+//! `*.example.com`) next to a deny of all other traffic, as at create (see `validate::egress`);
+//! the node's egress proxy judges new and open HTTP/TLS connections with the new policy at once.
 
 use paddock_domain::{SandboxId, SandboxState};
 use paddock_node::NodeError;

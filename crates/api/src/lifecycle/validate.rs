@@ -85,9 +85,10 @@ pub fn idempotency_key(key: &str) -> Result<(), Error> {
 }
 
 /// Builds the egress policy of a create (`allow_internet_access` + `network`) or of a
-/// `PUT /sandboxes/{id}/network` (where `allow_internet_access` sits inside the body). Only IPs
-/// and CIDRs are enforced; features that cannot be honoured yet are refused with a 400 rather
-/// than silently ignored.
+/// `PUT /sandboxes/{id}/network` (where `allow_internet_access` sits inside the body).
+/// `allowOut` takes IPs, CIDRs and domain names (`example.com`, `*.example.com`), which need a
+/// deny of everything else (as in E2B); `denyOut` only IPs and CIDRs. Features that cannot be
+/// honoured yet are refused with a 400 rather than silently ignored.
 pub fn egress(
     allow_internet_access: Option<bool>,
     network: Option<&crate::wire::NetworkBody>,
@@ -129,34 +130,41 @@ pub fn egress(
     {
         return unsupported("rules");
     }
+    for entry in net.deny_out.iter().flatten() {
+        let c = entry.parse::<paddock_node::Cidr>().map_err(|e| {
+            // E2B's message first, then ours.
+            Error::Invalid(format!(
+                "invalid denied CIDR {entry}: network.denyOut: {e} (only IPs and CIDRs, no domain names)"
+            ))
+        })?;
+        policy.deny_out.push(c);
+    }
     for entry in net.allow_out.iter().flatten() {
         match entry.parse::<paddock_node::Cidr>() {
             Ok(c) => policy.allow_out.push(c),
             Err(_) if looks_like_domain(entry) => {
-                return Err(Error::Invalid(
-                    "network.allowOut: domain names in allowOut are not supported yet".into(),
-                ))
+                let domain = entry
+                    .parse()
+                    .map_err(|e| Error::Invalid(format!("network.allowOut: {e}")))?;
+                policy.allow_domains.push(domain);
             }
             Err(e) => return Err(Error::Invalid(format!("network.allowOut: {e}"))),
         }
     }
-    for entry in net.deny_out.iter().flatten() {
-        let c = entry
-            .parse::<paddock_node::Cidr>()
-            .map_err(|e| Error::Invalid(format!("network.denyOut: {e} (only IPs and CIDRs)")))?;
-        policy.deny_out.push(c);
+    if policy.has_domains() && !policy.denies_all() {
+        return Err(Error::Invalid(DOMAINS_REQUIRE_DENY_ALL.into()));
     }
     Ok(policy)
 }
 
-/// Whether `s` is shaped like a domain or `*.domain` (letters, digits, dots, dashes).
+/// E2B's 400 message for domains in `allowOut` without a deny of all other traffic.
+pub const DOMAINS_REQUIRE_DENY_ALL: &str = "When specifying allowed domains in allow out, you must include 'ALL_TRAFFIC' in deny out to block all other traffic.";
+
+/// Whether `s` is meant as a domain rather than an address: no `/` and no `:` (CIDRs and IPv6),
+/// and not only digits and dots (a mistyped IPv4 address).
 fn looks_like_domain(s: &str) -> bool {
-    let s = s.strip_prefix("*.").unwrap_or(s);
-    !s.is_empty()
-        && s.contains('.')
-        && s.bytes().any(|b| b.is_ascii_alphabetic())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    let s = s.trim();
+    !s.is_empty() && !s.contains(['/', ':']) && !s.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 #[cfg(test)]
@@ -225,26 +233,76 @@ mod tests {
             Err(Error::Invalid(m)) => m,
             other => panic!("expected a 400, got {other:?}"),
         };
+        // Domains need a deny of everything else (denyOut 0.0.0.0/0 or no internet access).
         for domain in ["example.com", "*.example.com"] {
             let m = msg(NetworkBody {
                 allow_out: Some(vec![domain.into()]),
                 ..Default::default()
             });
-            assert!(
-                m.contains("domain names in allowOut are not supported yet"),
-                "{m}"
-            );
+            assert_eq!(m, DOMAINS_REQUIRE_DENY_ALL);
+            let m = msg(NetworkBody {
+                allow_out: Some(vec![domain.into()]),
+                deny_out: Some(vec!["10.0.0.0/8".into()]),
+                ..Default::default()
+            });
+            assert_eq!(m, DOMAINS_REQUIRE_DENY_ALL);
+        }
+        let p = egress(
+            None,
+            Some(&NetworkBody {
+                allow_out: Some(vec![
+                    "Allowed.Test".into(),
+                    "*.wild.test".into(),
+                    "1.1.1.1".into(),
+                ]),
+                deny_out: Some(vec!["0.0.0.0/0".into()]),
+                ..Default::default()
+            }),
+        )
+        .expect("domains with deny all");
+        let names: Vec<String> = p.allow_domains.iter().map(|d| d.to_string()).collect();
+        assert_eq!(names, ["allowed.test", "*.wild.test"]);
+        assert_eq!(p.allow_out.len(), 1);
+        assert!(egress(
+            Some(false),
+            Some(&NetworkBody {
+                allow_out: Some(vec!["example.com".into()]),
+                ..Default::default()
+            }),
+        )
+        .expect("no internet access counts as deny all")
+        .has_domains());
+        for bad in [
+            "exa mple.com",
+            "a..b",
+            "*.",
+            "ex*ample.com",
+            "-a.com",
+            "1.2.3.4.5",
+        ] {
+            let m = msg(NetworkBody {
+                allow_out: Some(vec![bad.into()]),
+                deny_out: Some(vec!["0.0.0.0/0".into()]),
+                ..Default::default()
+            });
+            assert!(m.starts_with("network.allowOut"), "{bad}: {m}");
         }
         assert!(msg(NetworkBody {
             allow_out: Some(vec!["1.2.3.4/40".into()]),
             ..Default::default()
         })
         .starts_with("network.allowOut"));
-        assert!(msg(NetworkBody {
-            deny_out: Some(vec!["example.com".into()]),
-            ..Default::default()
-        })
-        .starts_with("network.denyOut"));
+        for domain in ["example.com", "*.example.com"] {
+            let m = msg(NetworkBody {
+                deny_out: Some(vec![domain.into()]),
+                ..Default::default()
+            });
+            assert!(
+                m.starts_with(&format!("invalid denied CIDR {domain}")),
+                "{m}"
+            );
+            assert!(m.contains("network.denyOut"), "{m}");
+        }
         assert!(msg(NetworkBody {
             egress_proxy: Some(serde_json::json!({"address": "p:1"})),
             ..Default::default()
