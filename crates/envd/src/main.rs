@@ -74,6 +74,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    paddock_envd::process::cgroup::init_from_env();
     opts.ready_fd = std::env::var("PADDOCK_READY_FD")
         .ok()
         .and_then(|v| v.trim().parse().ok());

@@ -1,7 +1,7 @@
 //! `paddock doctor`: checks that this host has the kernel and userland features the node needs
-//! (root, namespaces, overlayfs, cgroups, seccomp, networking tools, disk space, envd) and says
-//! how to fix what is missing. Every check is a function returning one or more [`Check`]s;
-//! [`run`] collects them into a [`Report`], printable as a table or as JSON.
+//! (root, namespaces, overlayfs, loop devices, cgroups, seccomp, networking tools, disk space,
+//! envd) and says how to fix what is missing. Every check is a function returning one or more
+//! [`Check`]s; [`run`] collects them into a [`Report`], printable as a table or as JSON.
 //!
 //! Checks never change the host beyond throwaway namespaces and a temp dir they remove again:
 //! anything that needs `unshare` runs in a spawned `unshare` subprocess, never in this (possibly
@@ -195,6 +195,7 @@ pub fn run(opts: &DoctorOptions) -> Report {
     checks.extend(system::namespaces());
     checks.push(system::user_namespace_limit());
     checks.push(system::overlayfs());
+    checks.push(system::loop_devices());
     checks.push(cgroups::check());
     checks.push(system::seccomp());
     checks.push(host::nftables());

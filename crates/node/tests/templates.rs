@@ -88,11 +88,14 @@ fn check_rootfs(rootfs: &Path) {
         std::fs::read_link(rootfs.join("bin")).expect("symlink"),
         Path::new("usr/bin")
     );
+    // Stored shifted into the sandboxes' id range: uid 1000 inside is BASE + 1000 on the host.
+    const BASE: u32 = paddock_sandbox::idmap::IdMap::DEFAULT.base;
     let owned = std::fs::metadata(rootfs.join("data/owned.txt")).expect("owned");
     assert_eq!(
         (owned.uid(), owned.gid(), owned.mode() & 0o777),
-        (1000, 1000, 0o600)
+        (BASE + 1000, BASE + 1000, 0o600)
     );
+    assert_eq!(std::fs::metadata(rootfs).expect("root").uid(), BASE);
     let ro = std::fs::metadata(rootfs.join("ro")).expect("ro");
     assert_eq!(ro.mode() & 0o777, 0o555);
     assert!(rootfs.join("ro/inside").is_file());
@@ -107,7 +110,7 @@ fn check_rootfs(rootfs: &Path) {
     assert_eq!(group, "root:x:0:\nuser:x:1000:\n");
     let home = std::fs::metadata(rootfs.join("home/user")).expect("home");
     assert!(home.is_dir());
-    assert_eq!((home.uid(), home.gid()), (1000, 1000));
+    assert_eq!((home.uid(), home.gid()), (BASE + 1000, BASE + 1000));
     assert!(rootfs.join("run/paddock").is_dir());
     assert_eq!(
         std::fs::metadata(rootfs.join("tmp")).expect("tmp").mode() & 0o7777,

@@ -54,6 +54,9 @@ async fn main() -> anyhow::Result<()> {
         shim_args: Vec::new(),
         cgroup_parent: parent,
         state_root: states.path().to_path_buf(),
+        disk_dir: states.path().join(".disks"),
+        id_map: Some(paddock_sandbox::idmap::IdMap::DEFAULT),
+        hardened: true,
     })?;
     let (mut creates, mut kills) = (Vec::new(), Vec::new());
     for _ in 0..count {

@@ -4,8 +4,9 @@
 //! implement the same trait later.
 //!
 //! Layout of a sandbox's state directory on the host (`SandboxSpec::state_dir`):
-//! `upper/` and `work/` (overlay writable layer), `root/` (overlay mount point, only mounted inside
-//! the sandbox's own mount namespace), `run/` (shared with envd, mounted at `/run/paddock` inside:
+//! `disk.img` and `disk/` (the sandbox's own disk, mounted on the host, holding the overlay's
+//! writable layer `upper/` and `work/`; see [`namespace::disk`]), `root/` (overlay mount point,
+//! only mounted inside the sandbox's own mount namespace), `run/` (shared with envd, mounted at `/run/paddock` inside:
 //! `config.json` written by the node, `envd.sock` and `forward.sock` created by envd, `envd.log`),
 //! `state.json` (what [`RuntimeDriver::adopt`] needs after a restart of the node).
 #![warn(missing_docs)]
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use paddock_domain::{Resources, SandboxId};
 
+pub mod idmap;
 pub mod namespace;
 
 /// Where envd's run directory is mounted inside every sandbox.
@@ -27,6 +29,10 @@ pub const ENVD_SOCKET: &str = "envd.sock";
 pub const FORWARD_SOCKET: &str = "forward.sock";
 /// Environment variable naming the fd envd writes one line to when it is ready.
 pub const READY_FD_ENV: &str = "PADDOCK_READY_FD";
+/// Environment variable listing (comma-separated) the fds of the `cgroup.procs` files envd's
+/// children write `0` into to leave envd's cgroup for the user one (opened by the node, so
+/// the sandbox never sees the cgroup file system).
+pub const USER_CGROUP_FDS_ENV: &str = "PADDOCK_USER_CGROUP_FDS";
 
 /// What to run.
 #[derive(Debug, Clone)]

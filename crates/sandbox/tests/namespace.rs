@@ -86,6 +86,8 @@ fn fixture() -> &'static Fixture {
             std::fs::write(&p, text).expect("write");
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         }
+        paddock_sandbox::idmap::shift_tree(&rootfs, &paddock_sandbox::idmap::IdMap::DEFAULT)
+            .expect("shift");
         Fixture {
             rootfs,
             scripts,
@@ -154,6 +156,9 @@ fn driver(parent: &TestParent, state_root: &Path) -> NamespaceDriver {
         shim_args: Vec::new(),
         cgroup_parent: parent.0.clone(),
         state_root: state_root.to_path_buf(),
+        disk_dir: state_root.join(".disks"),
+        id_map: Some(paddock_sandbox::idmap::IdMap::DEFAULT),
+        hardened: true,
     })
     .expect("driver")
 }
@@ -236,18 +241,46 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect()
     };
-    let expected: BTreeSet<String> = ["0", "1", "2", "3"].into_iter().map(String::from).collect();
+    // ... and the user cgroup's `cgroup.procs` of each split hierarchy (v1: pids and cpu,
+    // comounted or not), above the ready pipe.
+    let user_cgroups: Vec<PathBuf> = driver
+        .cgroup_dirs(&id)
+        .into_iter()
+        .map(|d| d.join("user"))
+        .filter(|d| d.is_dir())
+        .collect();
+    let mut expected: BTreeSet<String> =
+        ["0", "1", "2", "3"].into_iter().map(String::from).collect();
+    expected.extend((0..user_cgroups.len()).map(|i| (4 + i).to_string()));
     for _ in 0..500 {
         if read(format!("/proc/{pid}/comm")).trim() == "sleep" && fds() == expected {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(fds(), expected);
+    assert_eq!(
+        fds(),
+        expected,
+        "{:?}",
+        std::fs::read_link(format!("/proc/{pid}/fd/4"))
+    );
     let fd_target = |n: u32| std::fs::read_link(format!("/proc/{pid}/fd/{n}")).expect("fd link");
     assert_eq!(fd_target(0), PathBuf::from("/dev/null"));
     assert_eq!(fd_target(1), PathBuf::from("/run/paddock/envd.log"));
     assert!(fd_target(3).to_string_lossy().starts_with("pipe:"));
+    for i in 0..user_cgroups.len() as u32 {
+        assert!(
+            fd_target(4 + i).ends_with("user/cgroup.procs"),
+            "{:?}",
+            fd_target(4 + i)
+        );
+    }
+    if let Some(pids) = user_cgroups.iter().find(|d| d.join("pids.max").exists()) {
+        assert_eq!(
+            read(pids.join("pids.max")).trim(),
+            (123 - paddock_sandbox::namespace::cgroup::ENVD_PIDS_RESERVE).to_string()
+        );
+    }
     assert!(read(spec.state_dir.join("run/envd.log")).contains("envd starting"));
 
     // The UTS hostname, as a process in the sandbox's uts namespace sees it.
@@ -289,17 +322,35 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
         .lines()
         .any(|l| l == pid.to_string()));
 
-    // Nothing of the sandbox is mounted on the host.
+    // Of the sandbox only its disk is mounted on the host.
     let host_mounts = read("/proc/self/mountinfo");
-    assert!(
-        !host_mounts.contains(spec.state_dir.to_str().expect("utf-8")),
+    let state_mounts: Vec<&str> = host_mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|p| p.starts_with(spec.state_dir.to_str().expect("utf-8")))
+        .collect();
+    let disk_dir = spec.state_dir.join("disk");
+    assert_eq!(
+        state_mounts,
+        [disk_dir.to_str().expect("utf-8")],
         "{host_mounts}"
+    );
+    assert_eq!(
+        paddock_sandbox::namespace::disk::loop_devices_under(&spec.state_dir).len(),
+        1
     );
     assert!(!host_mounts.contains(fixture().rootfs.to_str().expect("utf-8")));
 
     // Writes go to the writable layer, never into the template.
     std::fs::write(root.join("tmp/hello"), "hi").expect("write inside");
-    assert_eq!(read(spec.state_dir.join("upper/tmp/hello")), "hi");
+    assert_eq!(read(spec.state_dir.join("disk/upper/tmp/hello")), "hi");
+    // ... on the sandbox's own disk of `disk_mb` (1 GiB) MiB.
+    let fs = nix::sys::statvfs::statvfs(&root).expect("statvfs");
+    let total = fs.blocks() as u64 * fs.fragment_size() as u64;
+    assert!(
+        total > 900 << 20 && total <= 1 << 30,
+        "root file system of {total} bytes"
+    );
     assert!(!fixture().rootfs.join("tmp/hello").exists());
 
     driver.kill(&id, &spec.state_dir).await.expect("kill");
@@ -308,6 +359,16 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
         assert!(!d.exists(), "{} left behind", d.display());
     }
     assert!(!spec.state_dir.exists());
+    assert!(!read("/proc/self/mountinfo").contains(spec.state_dir.to_str().expect("utf-8")));
+    // The loop device detaches itself once the sandbox's mount namespace is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !paddock_sandbox::namespace::disk::loop_devices_under(&spec.state_dir).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "loop device left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     driver.kill(&id, &spec.state_dir).await.expect("kill twice");
 }
 
@@ -560,6 +621,8 @@ async fn template_symlinks_cannot_redirect_setup_to_the_host() {
         let link_path = rootfs.join(link);
         std::fs::create_dir_all(link_path.parent().expect("parent")).expect("mkdir");
         std::os::unix::fs::symlink(host.path().join(rel_target), &link_path).expect("symlink");
+        paddock_sandbox::idmap::shift_tree(&rootfs, &paddock_sandbox::idmap::IdMap::DEFAULT)
+            .expect("shift");
         let id = SandboxId::generate();
         let mut spec = spec(&id, states.path(), "ok");
         spec.rootfs = rootfs;

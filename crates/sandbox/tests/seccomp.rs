@@ -333,6 +333,8 @@ fn rootfs(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
         std::fs::copy(&f, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", f.display()));
     }
+    paddock_sandbox::idmap::shift_tree(&rootfs, &paddock_sandbox::idmap::IdMap::DEFAULT)
+        .expect("shift");
     rootfs
 }
 
@@ -393,6 +395,9 @@ async fn processes_in_a_sandbox_run_under_the_filter() {
         shim_args: Vec::new(),
         cgroup_parent: parent.0.clone(),
         state_root: states.clone(),
+        disk_dir: dir.path().join("disks"),
+        id_map: Some(paddock_sandbox::idmap::IdMap::DEFAULT),
+        hardened: true,
     })
     .expect("driver");
     let id = SandboxId::generate();

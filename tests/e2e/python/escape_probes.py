@@ -290,6 +290,14 @@ def host_cgroup_file(paths: Dict[str, str], controller: str, name: str) -> Optio
     return None
 
 
+def read_counter_with_user(path: Optional[Path], key: str) -> int:
+    """`read_counter` of a sandbox cgroup file plus the same file of its `user` child (where
+    the node puts the user's processes on cgroup v1; v1 counters do not include children)."""
+    if path is None:
+        return 0
+    return read_counter(path, key) + read_counter(path.parent / "user" / path.name, key)
+
+
 def read_counter(path: Optional[Path], key: str) -> int:
     """The value of `key` in a flat-keyed cgroup file (e.g. `max 12`), 0 if absent."""
     if path is None:

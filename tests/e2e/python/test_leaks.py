@@ -1,6 +1,6 @@
 """Resource leaks over many sandbox lifecycles: 200 create/run/kill cycles through the SDK must
-leave the host exactly as it was (cgroups, mounts, state dirs, network namespaces, interfaces,
-nftables rules, processes, and the server's open fds)."""
+leave the host exactly as it was (cgroups, mounts, loop devices, state dirs, network namespaces,
+interfaces, nftables rules, processes, and the server's open fds)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from e2b import Sandbox
 from paddock_server import leaked_cgroups
 
 CYCLES = 200
+POOL_DISKS = 4  # paddock_sandbox::namespace::DISK_POOL_SIZE
 
 
 def _netns_ids() -> Set[str]:
@@ -69,6 +70,28 @@ def _mount_lines(needle: str) -> List[str]:
         return [line for line in f if needle in line]
 
 
+def _sandbox_mounts(data_dir: Path) -> List[str]:
+    """Mount points under the data dir, except the driver's pool of ready disks (which the
+    driver refills in the background, so its count varies)."""
+    pool = str(data_dir / "disks" / "pool")
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p.startswith(str(data_dir)) and not p.startswith(pool)]
+
+
+def _loop_devices(under: Path) -> List[str]:
+    """Loop devices whose image file lies under `under` (deleted images too)."""
+    found = []
+    for name in os.listdir("/sys/block"):
+        try:
+            backing = Path(f"/sys/block/{name}/loop/backing_file").read_text().strip()
+        except OSError:
+            continue
+        if backing.startswith(str(under)):
+            found.append(f"{name}: {backing}")
+    return sorted(found)
+
+
 @dataclass
 class Snapshot:
     netns: int
@@ -78,6 +101,7 @@ class Snapshot:
     shims: int
     fds: int
     mounts: int
+    loops: int
     host_procs: int
 
     @classmethod
@@ -90,18 +114,27 @@ class Snapshot:
             descendants=len(_descendants(pid)),
             shims=_shims(),
             fds=len(os.listdir(f"/proc/{pid}/fd")),
-            mounts=len(_mount_lines(str(paddock.data_dir))),
+            mounts=len(_sandbox_mounts(paddock.data_dir)),
+            loops=len(_loop_devices(paddock.data_dir / "sandboxes")),
             host_procs=sum(1 for p in os.listdir("/proc") if p.isdigit()),
         )
 
 
-def _settled(paddock, base: Snapshot, timeout: float = 15) -> Snapshot:
+def _own_loops(paddock, ids: List[str]) -> List[str]:
+    """Loop devices backed by the images of the sandboxes `ids` (others, like the session's
+    survivor, may run)."""
+    return [d for d in _loop_devices(paddock.data_dir / "sandboxes") if any(sid in d for sid in ids)]
+
+
+def _settled(paddock, base: Snapshot, ids: List[str], timeout: float = 15) -> Snapshot:
     """Snapshots until process-level counts are back (kills finish asynchronously)."""
     deadline = time.monotonic() + timeout
     while True:
         now = Snapshot.take(paddock)
+        # A killed sandbox's loop device detaches itself once its mount namespace is gone.
         if (now.descendants <= base.descendants and now.netns <= base.netns + 1
-                and now.fds <= base.fds + 10 and len(now.links) <= len(base.links)) \
+                and now.fds <= base.fds + 10 and len(now.links) <= len(base.links)
+                and not _own_loops(paddock, ids)) \
                 or time.monotonic() > deadline:
             return now
         time.sleep(0.25)
@@ -113,7 +146,7 @@ def test_create_kill_cycles_leave_nothing(paddock):
     paddock.track(warm.sandbox_id)
     warm.commands.run("true")
     warm.kill()
-    base = _settled(paddock, Snapshot.take(paddock), timeout=5)
+    base = _settled(paddock, Snapshot.take(paddock), [warm.sandbox_id], timeout=5)
 
     ids: List[str] = []
     started = time.monotonic()
@@ -129,11 +162,13 @@ def test_create_kill_cycles_leave_nothing(paddock):
             assert leaked_cgroups({s.sandbox_id}), "no cgroup found for a running sandbox"
             assert (paddock.data_dir / "sandboxes" / s.sandbox_id).is_dir()
             assert live.netns == base.netns + 1 and live.descendants > base.descendants, (base, live)
+            # Its disk: mounted on the host, on a loop device backed by its image.
+            assert live.mounts == base.mounts + 1 and live.loops == base.loops + 1, (base, live)
         s.kill()
     elapsed = time.monotonic() - started
     print(f"\n{CYCLES} create/run/kill cycles in {elapsed:.1f} s ({elapsed / CYCLES * 1000:.0f} ms each)")
 
-    now = _settled(paddock, base)
+    now = _settled(paddock, base, ids)
     problems: List[str] = []
     cg = leaked_cgroups(set(ids))
     if cg:
@@ -141,6 +176,12 @@ def test_create_kill_cycles_leave_nothing(paddock):
     mounts = [line for line in _mount_lines(str(paddock.data_dir)) if any(sid in line for sid in ids)]
     if mounts or now.mounts > base.mounts:
         problems.append(f"mounts left: {now.mounts - base.mounts} more, e.g. {mounts[:3]}")
+    loops = _own_loops(paddock, ids)
+    if loops or now.loops > base.loops:
+        problems.append(f"{len(loops)} loop devices backed by sandbox images left, e.g. {loops[:3]}")
+    pool = _loop_devices(paddock.data_dir / "disks")
+    if len(pool) > POOL_DISKS:
+        problems.append(f"{len(pool)} loop devices backed by pool images (at most {POOL_DISKS}): {pool}")
     state = [sid for sid in ids if (paddock.data_dir / "sandboxes" / sid).exists()]
     if state:
         problems.append(f"{len(state)} state dirs left under {paddock.data_dir}/sandboxes, e.g. {state[:3]}")

@@ -49,6 +49,11 @@ pub struct ServeArgs {
     /// needs `nft`) or `none` (only `lo`, no IP connectivity at all).
     #[arg(long, env = "PADDOCK_NETWORK", value_enum, default_value_t = NetworkMode::Nat)]
     network: NetworkMode,
+    /// Benchmarks only: sandboxes without user namespace, seccomp filter, capability cut or
+    /// `/proc` masks (and with `--network none`), to measure what hardening costs. Never use
+    /// it for untrusted code.
+    #[arg(long, hide = true)]
+    unhardened_for_benchmarks: bool,
 }
 
 /// `--network` choices.
@@ -92,8 +97,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shim_args: vec!["sandbox-shim".into()],
         cgroup_parent: cgroup_parent(&data_dir),
         state_root: data_dir.join("sandboxes"),
+        disk_dir: data_dir.join("disks"),
+        id_map: (!args.unhardened_for_benchmarks).then_some(paddock_sandbox::idmap::IdMap::DEFAULT),
+        hardened: !args.unhardened_for_benchmarks,
     })
     .context("setting up the namespace runtime")?;
+    if args.unhardened_for_benchmarks {
+        if args.network != NetworkMode::None {
+            anyhow::bail!("--unhardened-for-benchmarks needs --network none");
+        }
+        eprintln!(
+            "paddock: WARNING: sandboxes run UNHARDENED (no user namespace, seccomp, capability \
+             cut or /proc masks); for benchmarks only, never for untrusted code"
+        );
+    }
     let network = match args.network {
         NetworkMode::None => None,
         NetworkMode::Nat => Some(

@@ -8,6 +8,7 @@
 //! open-files limit), and one file per RPC group: `start.rs`, `attach.rs` (Connect), `input.rs`, `signal.rs`, `update.rs`.
 
 mod attach;
+pub mod cgroup;
 pub mod handle;
 mod input;
 pub mod messages;

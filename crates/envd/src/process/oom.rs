@@ -18,10 +18,17 @@ pub fn init(run_dir: &Path) {
     let _ = MEMCG.set(run_dir.join("memcg"));
 }
 
-/// The sandbox's OOM-kill count so far, if the memory cgroup is visible.
+/// The sandbox's OOM-kill count so far, if the memory cgroup is visible: its own counter plus
+/// the one of its `user` child (where the node puts the user's processes; a v1 counter does not
+/// include its children's kills).
 pub fn kills() -> Option<u64> {
     let dir = MEMCG.get()?;
-    ["memory.events", "memory.oom_control"]
+    let own = count_in(dir)?;
+    Some(own + count_in(&dir.join("user")).unwrap_or(0))
+}
+
+fn count_in(dir: &Path) -> Option<u64> {
+    ["memory.events.local", "memory.oom_control"]
         .iter()
         .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
         .and_then(|text| parse_oom_kill(&text))

@@ -123,13 +123,16 @@ pub fn spawn(spec: SpawnSpec) -> Result<Spawned, ConnectError> {
     // sandbox): envd runs with oom_score_adj -1000 where the node may set it, and its children
     // get CHILD_OOM_SCORE_ADJ (raising a score needs no privilege).
     let oom_adj_path = c"/proc/self/oom_score_adj";
+    let user_cgroup = super::cgroup::fds();
 
     // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (open/write/close of a static C string path, setrlimit, setsid, setpgid, ioctl,
+    // functions (write to the user cgroup's descriptors, open/write/close of a static C string path, setrlimit, setsid, setpgid, ioctl,
     // setgroups, setgid, setuid — plain system calls) on data prepared before the fork (the groups vector and the limit are moved in,
     // nothing is allocated in the child).
     unsafe {
         cmd.pre_exec(move || {
+            // First, while the child still has envd's ids (v1 moves need matching ids).
+            super::cgroup::join_in_child(user_cgroup);
             let fd = libc::open(oom_adj_path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd >= 0 {
                 // Best effort: a failure leaves the inherited score.

@@ -1,4 +1,4 @@
-//! Kernel feature checks: root, kernel version, namespaces, overlayfs, seccomp. Namespace and
+//! Kernel feature checks: root, kernel version, namespaces, overlayfs, loop devices, seccomp. Namespace and
 //! mount tests run in spawned `unshare` subprocesses.
 
 use std::path::{Path, PathBuf};
@@ -295,10 +295,66 @@ pub fn seccomp_check(status: &str, actions_avail: Option<&str>) -> Check {
     }
 }
 
+/// Per-sandbox disks (the quota on the writable layer): loop devices, ext4 and `mkfs.ext4`.
+pub fn loop_devices() -> Check {
+    let control = Path::new(paddock_sandbox::namespace::disk::LOOP_CONTROL);
+    let ext4 = std::fs::read_to_string("/proc/filesystems")
+        .map(|t| filesystems_contains(&t, "ext4"))
+        .unwrap_or(false);
+    loop_devices_check(control.exists(), ext4, find_program("mkfs.ext4"))
+}
+
+/// Grades [`loop_devices`] from what was found.
+pub fn loop_devices_check(control: bool, ext4: bool, mkfs: Option<PathBuf>) -> Check {
+    let name = "disk quota (loop devices)";
+    if !control {
+        return Check::fail(
+            name,
+            format!(
+                "{} is missing: sandboxes cannot get their own disk",
+                paddock_sandbox::namespace::disk::LOOP_CONTROL
+            ),
+            "modprobe loop (in a container: pass /dev/loop-control and /dev/loop* through)",
+        );
+    }
+    if !ext4 {
+        return Check::fail(
+            name,
+            "the kernel has no ext4",
+            "modprobe ext4 (or boot a kernel with CONFIG_EXT4_FS)",
+        );
+    }
+    match mkfs {
+        Some(p) => Check::ok(
+            name,
+            format!("loop devices, ext4 and {} are available", p.display()),
+        ),
+        None => Check::fail(name, "mkfs.ext4 is missing", "apt-get install e2fsprogs"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::doctor::Status;
+
+    #[test]
+    fn loop_device_grading() {
+        let mkfs = Some(PathBuf::from("/sbin/mkfs.ext4"));
+        assert_eq!(
+            loop_devices_check(true, true, mkfs.clone()).status,
+            Status::Ok
+        );
+        let no_loop = loop_devices_check(false, true, mkfs.clone());
+        assert_eq!(no_loop.status, Status::Fail);
+        assert!(
+            no_loop.detail.contains("/dev/loop-control"),
+            "{}",
+            no_loop.detail
+        );
+        assert_eq!(loop_devices_check(true, false, mkfs).status, Status::Fail);
+        assert_eq!(loop_devices_check(true, true, None).status, Status::Fail);
+    }
 
     #[test]
     fn kernel_versions_parse_and_grade() {

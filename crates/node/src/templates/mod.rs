@@ -10,6 +10,10 @@
 //! How templates are made lives in the submodules: [`base`] (debootstrap of Debian bookworm),
 //! [`import`] (rootfs tarballs) and [`users`] (the `user` account every template needs). This
 //! module does not mount anything; the runtime layers sandboxes on top of [`Template::rootfs`].
+//!
+//! Every root filesystem is stored shifted into the sandboxes' user-id range
+//! ([`paddock_sandbox::idmap`]): builds are shifted before they are committed, and templates
+//! made by an older Paddock are shifted when the store opens.
 
 pub mod base;
 pub mod import;
@@ -184,6 +188,9 @@ impl TemplateStore {
             locks: Arc::default(),
         };
         store.remove_stale()?;
+        for template in store.list()? {
+            shift(&template.rootfs)?;
+        }
         Ok(store)
     }
 
@@ -311,6 +318,7 @@ impl TemplateStore {
 
     /// Writes the metadata into a finished build and renames it into place atomically.
     fn commit(&self, mut build: BuildDir, meta: &TemplateMeta) -> Result<Template, TemplateError> {
+        shift(&build.rootfs())?;
         let meta_path = build.dir.join(META_FILE);
         let json = serde_json::to_vec_pretty(meta).map_err(|source| TemplateError::Metadata {
             path: meta_path.clone(),
@@ -365,6 +373,28 @@ impl TemplateStore {
         }
         Ok(())
     }
+}
+
+/// Shifts a root filesystem into the sandboxes' id range unless it is already.
+fn shift(rootfs: &Path) -> Result<(), TemplateError> {
+    let map = paddock_sandbox::idmap::IdMap::DEFAULT;
+    if paddock_sandbox::idmap::is_shifted(rootfs, &map) {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let stats =
+        paddock_sandbox::idmap::shift_tree(rootfs, &map).map_err(TemplateError::io(format!(
+            "cannot shift {} into the sandbox id range",
+            rootfs.display()
+        )))?;
+    tracing::info!(
+        rootfs = %rootfs.display(),
+        shifted = stats.shifted,
+        clamped = stats.clamped,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "template shifted into the sandbox id range"
+    );
+    Ok(())
 }
 
 /// The pid in `<name>-<pid>-<random>` (the part after `.build-`).

@@ -31,6 +31,9 @@ pub(crate) async fn create(
         message,
     };
     validate(&spec).map_err(fail)?;
+    if let Some(map) = &inner.cfg.id_map {
+        check_shifted(&spec.rootfs, map).map_err(fail)?;
+    }
     if inner.live().contains_key(&id) {
         return Err(fail("a sandbox with this id is already running".into()));
     }
@@ -112,17 +115,47 @@ fn validate(spec: &SandboxSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// Blocking host-side preparation: state directory layout and the cgroup with its limits.
-/// Returns the cgroup and the log file the shim's stderr goes to.
+/// A template must be stored shifted into the sandboxes' id range, or sandbox root would not
+/// own its own files.
+fn check_shifted(rootfs: &Path, map: &crate::idmap::IdMap) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata(rootfs)
+        .map_err(|e| format!("inspecting {}: {e}", rootfs.display()))?
+        .uid();
+    if map.contains(uid) {
+        return Ok(());
+    }
+    Err(format!(
+        "template rootfs {} is owned by host uid {uid}, not by the sandbox id range starting at \
+         {}; shift it with paddock_sandbox::idmap::shift_tree (the node's template store does \
+         this when it opens)",
+        rootfs.display(),
+        map.base
+    ))
+}
+
+/// Blocking host-side preparation: state directory layout, the sandbox's disk (holding the
+/// overlay's `upper` and `work`) and the cgroup with its limits. Returns the cgroup and the
+/// log file the shim's stderr goes to.
 fn prepare(
     inner: &Inner,
     spec: &SandboxSpec,
 ) -> Result<(SandboxCgroup, std::fs::File), RuntimeError> {
     let io = |context: String| move |source| RuntimeError::Io { context, source };
-    for sub in ["upper", "work", "root", "run"] {
+    for sub in ["root", "run"] {
         let dir = spec.state_dir.join(sub);
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     }
+    inner
+        .disks
+        .create(&spec.state_dir, spec.resources.disk_mb)
+        .map_err(|e| match e {
+            super::disk::DiskError::NoLoopDevices => RuntimeError::Host(e.to_string()),
+            e => RuntimeError::Create {
+                id: spec.id.clone(),
+                message: format!("preparing the sandbox's disk: {}", chain(&e)),
+            },
+        })?;
     let log_path = spec.state_dir.join("run").join("envd.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -153,6 +186,7 @@ async fn start(
         state_dir: spec.state_dir.clone(),
         envd_bin: spec.envd_bin.clone(),
         cgroup_procs: cg.procs_files(),
+        user_cgroup_procs: cg.user_procs_files(),
         memory_cgroup: cg
             .dirs
             .iter()
@@ -164,6 +198,8 @@ async fn start(
             .as_ref()
             .map(|n| n.dns.clone())
             .unwrap_or_default(),
+        id_map: inner.cfg.id_map,
+        hardened: inner.cfg.hardened,
     };
     let json =
         serde_json::to_vec(&shim_spec).map_err(|e| format!("encoding the shim spec: {e}"))?;

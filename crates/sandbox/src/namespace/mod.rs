@@ -9,9 +9,10 @@
 //! raw syscalls in `sys`. One tokio task per sandbox waits for it to end and reports on
 //! [`RuntimeDriver::exits`].
 //!
-//! Lifecycle of one sandbox: `create` (state dir, cgroup, shim, wait for `ready`) → running →
-//! `kill` (SIGKILL PID 1 and the cgroup, remove cgroup and state dir), or, after a node restart,
-//! `adopt` / `reap_orphans`.
+//! Lifecycle of one sandbox: `create` (state dir, disk, cgroup, shim, wait for `ready`) →
+//! running → `kill` (SIGKILL PID 1 and the cgroup, remove cgroup, unmount the disk, remove the
+//! state dir), or, after a node restart, `adopt` / `reap_orphans`. The writable layer is on the
+//! sandbox's own disk ([`disk`]), so its size is limited.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use crate::{RuntimeDriver, RuntimeError, SandboxHandle, SandboxSpec};
 
 pub mod cgroup;
 mod create;
+pub mod disk;
 mod mounts;
 pub mod seccomp;
 mod shim;
@@ -37,6 +39,9 @@ mod teardown;
 pub use shim::shim_main;
 
 use cgroup::CgroupBackend;
+
+/// Ready disks of the default size kept by the driver (see [`disk`]).
+pub const DISK_POOL_SIZE: usize = 4;
 
 /// How long create waits for envd's `ready` line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +58,18 @@ pub struct NamespaceConfig {
     /// Directory holding the sandboxes' state directories as `<state_root>/<id>`; lets
     /// [`RuntimeDriver::reap_orphans`] remove an orphan's state directory too.
     pub state_root: PathBuf,
+    /// Directory of the per-sandbox disks' master images and pool of ready disks (see
+    /// [`disk`]); best on the file system of `state_root`.
+    pub disk_dir: PathBuf,
+    /// The user-id range sandboxes run in (each in its own user namespace); template root file
+    /// systems must be shifted into it ([`crate::idmap::shift_tree`]). `None` runs sandboxes
+    /// without a user namespace (sandbox root is host root, limited only by capabilities,
+    /// seccomp and masks) and exists for benchmarks and kernels without user namespaces.
+    pub id_map: Option<crate::idmap::IdMap>,
+    /// `false` turns the hardening off: no seccomp filter, no capability cut, no masked or
+    /// read-only `/proc` parts. Only for measuring what hardening costs (`paddock serve
+    /// --unhardened-for-benchmarks`); never for sandboxes that run untrusted code.
+    pub hardened: bool,
 }
 
 /// The namespace runtime driver. Cheap to share behind an `Arc`; all methods take `&self`.
@@ -66,6 +83,7 @@ pub struct NamespaceDriver {
 pub(crate) struct Inner {
     pub cfg: NamespaceConfig,
     pub cgroups: Box<dyn CgroupBackend>,
+    pub disks: Arc<disk::Disks>,
     pub live: Mutex<HashMap<SandboxId, Live>>,
     pub exits: broadcast::Sender<SandboxId>,
 }
@@ -112,8 +130,9 @@ impl Inner {
 }
 
 impl NamespaceDriver {
-    /// Checks the host (overlayfs, cgroup controllers, the shim executable), prepares the
-    /// parent cgroup and returns the driver.
+    /// Checks the host (overlayfs, cgroup controllers, the shim executable, loop devices),
+    /// prepares the parent cgroup and the per-sandbox disks (master image, pool) and returns
+    /// the driver.
     pub fn new(cfg: NamespaceConfig) -> Result<Self, RuntimeError> {
         validate_parent(&cfg.cgroup_parent)?;
         let filesystems =
@@ -140,12 +159,19 @@ impl NamespaceDriver {
         cgroups
             .prepare_parent()
             .map_err(|e| RuntimeError::Host(chain(&e)))?;
+        let disks = disk::Disks::new(
+            cfg.disk_dir.clone(),
+            paddock_domain::Resources::default().disk_mb,
+            DISK_POOL_SIZE,
+        )
+        .map_err(|e| RuntimeError::Host(chain(&e)))?;
         tracing::debug!(cgroup = cgroups.name(), parent = %cfg.cgroup_parent, "namespace driver ready");
         let (exits, _) = broadcast::channel(256);
         Ok(NamespaceDriver {
             inner: Arc::new(Inner {
                 cfg,
                 cgroups,
+                disks,
                 live: Mutex::new(HashMap::new()),
                 exits,
             }),
@@ -207,6 +233,7 @@ impl RuntimeDriver for NamespaceDriver {
     }
 
     async fn release(&self) {
+        self.inner.disks.release().await;
         // rmdir only succeeds on empty cgroups, so a parent still in use (a sandbox left
         // running, another server sharing the top-level `paddock`) is never disturbed.
         for dir in self.inner.cgroups.parent_dirs() {

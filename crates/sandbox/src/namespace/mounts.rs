@@ -59,12 +59,18 @@ pub(crate) const READ_ONLY_PROC_DIRS: [&str; 4] = ["sys", "bus", "fs", "irq"];
 pub(crate) struct RootLayout<'a> {
     /// Template root file system (overlay lower layer).
     pub rootfs: &'a Path,
-    /// The sandbox's state directory (`upper`, `work`, `root`, `run`).
+    /// The sandbox's state directory (`disk/` holding `upper` and `work`, `root`, `run`).
     pub state_dir: &'a Path,
     /// envd on the host.
     pub envd_bin: &'a Path,
     /// The sandbox's memory cgroup on the host, shown read-only at `/run/paddock/memcg`.
     pub memory_cgroup: Option<&'a Path>,
+    /// Host uid (= gid) of the sandbox's root when it runs in a user namespace: the writable
+    /// layer's root, envd's run directory, `/dev` and `/dev/shm` are given to it.
+    pub root_id: Option<u32>,
+    /// Whether `/proc` and `/sys` get their masks and read-only parts (off only for
+    /// benchmarks).
+    pub hardened: bool,
 }
 
 impl RootLayout<'_> {
@@ -109,12 +115,17 @@ pub(crate) fn build_root(layout: &RootLayout<'_>) -> Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
-    mount_dev(&root.join("dev"))?;
+    mount_dev(&root.join("dev"), layout.root_id)?;
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs(&root.join("sys"), "sysfs", ro, None)?;
-    mask_kernel_files(&root)?;
+    if layout.hardened {
+        mask_kernel_files(&root)?;
+    }
     let run = root.join(run_rel);
     mkdir(&run)?;
+    if let Some(id) = layout.root_id {
+        give_run_dir(&layout.state_dir.join("run"), id)?;
+    }
     bind(
         &layout.state_dir.join("run"),
         &run,
@@ -200,8 +211,9 @@ fn mask_kernel_files(root: &Path) -> Result<()> {
 }
 
 fn mount_overlay(layout: &RootLayout<'_>, root: &Path) -> Result<()> {
-    let upper = layout.state_dir.join("upper");
-    let work = layout.state_dir.join("work");
+    // On the sandbox's own disk, mounted by the node (see `disk`).
+    let upper = super::disk::upper_dir(layout.state_dir);
+    let work = super::disk::work_dir(layout.state_dir);
     for p in [layout.rootfs, upper.as_path(), work.as_path()] {
         if !overlay_safe(p) {
             let err = io::Error::new(io::ErrorKind::InvalidInput, "path has ',', ':' or '\\'");
@@ -210,6 +222,11 @@ fn mount_overlay(layout: &RootLayout<'_>, root: &Path) -> Result<()> {
                 err,
             ));
         }
+    }
+    if let Some(id) = layout.root_id {
+        // The overlay's root directory is the upper one: sandbox root must own it to create
+        // files in `/`.
+        chown(&upper, id)?;
     }
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -227,12 +244,17 @@ fn mount_overlay(layout: &RootLayout<'_>, root: &Path) -> Result<()> {
     .map_err(|e| SetupError::new("mounting overlay root", e))
 }
 
-fn mount_dev(dev: &Path) -> Result<()> {
+fn mount_dev(dev: &Path, root_id: Option<u32>) -> Result<()> {
+    // Owners are host ids: mount options are read in the mounting (host) user namespace.
+    let owner = root_id
+        .map(|id| format!(",uid={id},gid={id}"))
+        .unwrap_or_default();
+    let tty_gid = root_id.unwrap_or(0) + 5;
     mount_fs(
         dev,
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
+        Some(&format!("mode=755,size=65536k{owner}")),
     )?;
     for name in DEVICES {
         let target = dev.join(name);
@@ -243,13 +265,15 @@ fn mount_dev(dev: &Path) -> Result<()> {
         &dev.join("pts"),
         "devpts",
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        Some(&format!(
+            "newinstance,ptmxmode=0666,mode=0620,gid={tty_gid}"
+        )),
     )?;
     mount_fs(
         &dev.join("shm"),
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(&format!("mode=1777,size=65536k{owner}")),
     )?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
@@ -265,9 +289,29 @@ fn mount_dev(dev: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `/etc/hostname` and `/etc/hosts`. Runs after [`pivot`], so whatever the template's
-/// `/etc` holds, paths resolve inside the sandbox.
-pub(crate) fn write_etc(root: &Path, hostname: &str) -> Result<()> {
+/// Gives envd's run directory and what the node wrote into it (`config.json`, `envd.log`) to
+/// sandbox root (host uid `id`), so envd can read its config and create its sockets there.
+fn give_run_dir(run: &Path, id: u32) -> Result<()> {
+    chown(run, id)?;
+    let entries = std::fs::read_dir(run)
+        .map_err(|e| SetupError::new(format!("listing {}", run.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| SetupError::new(format!("listing {}", run.display()), e))?;
+        chown(&entry.path(), id)?;
+    }
+    Ok(())
+}
+
+/// `lchown(path, id, id)` (never follows a symlink).
+fn chown(path: &Path, id: u32) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(id), Some(id))
+        .map_err(|e| SetupError::new(format!("giving {} to sandbox root", path.display()), e))
+}
+
+/// Writes `/etc/hostname` and `/etc/hosts`, owned by sandbox root (host uid `owner`, when in a
+/// user namespace) so the sandbox can edit them. Runs after [`pivot`], so whatever the
+/// template's `/etc` holds, paths resolve inside the sandbox.
+pub(crate) fn write_etc(root: &Path, hostname: &str, owner: Option<u32>) -> Result<()> {
     let etc = root.join("etc");
     mkdir(&etc)?;
     let hosts = format!(
@@ -282,13 +326,20 @@ pub(crate) fn write_etc(root: &Path, hostname: &str) -> Result<()> {
         }
         std::fs::write(&path, text)
             .map_err(|e| SetupError::new(format!("writing {}", path.display()), e))?;
+        if let Some(id) = owner {
+            chown(&path, id)?;
+        }
     }
     Ok(())
 }
 
 /// Writes `/etc/resolv.conf` under `root` with one `nameserver` line per address (after
 /// `pivot_root`, like [`write_etc`]; a symlink there is replaced, not followed).
-pub(crate) fn write_resolv_conf(root: &Path, dns: &[std::net::IpAddr]) -> Result<()> {
+pub(crate) fn write_resolv_conf(
+    root: &Path,
+    dns: &[std::net::IpAddr],
+    owner: Option<u32>,
+) -> Result<()> {
     let path = root.join("etc").join("resolv.conf");
     let text: String = dns.iter().map(|ip| format!("nameserver {ip}\n")).collect();
     if path.is_symlink() {
@@ -296,7 +347,11 @@ pub(crate) fn write_resolv_conf(root: &Path, dns: &[std::net::IpAddr]) -> Result
             .map_err(|e| SetupError::new(format!("removing {}", path.display()), e))?;
     }
     std::fs::write(&path, text)
-        .map_err(|e| SetupError::new(format!("writing {}", path.display()), e))
+        .map_err(|e| SetupError::new(format!("writing {}", path.display()), e))?;
+    match owner {
+        Some(id) => chown(&path, id),
+        None => Ok(()),
+    }
 }
 
 /// Makes `root` the root of the mount namespace and detaches the old root.

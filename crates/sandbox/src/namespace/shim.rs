@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use super::mounts::{self, RootLayout, SetupError};
 use super::seccomp::{self, SeccompError, SeccompProgram};
 use super::sys;
+use crate::idmap::IdMap;
 
 /// The descriptor envd finds its ready pipe on.
 pub(crate) const READY_FD: RawFd = 3;
@@ -42,6 +43,10 @@ pub(crate) struct ShimSpec {
     pub envd_bin: PathBuf,
     /// `cgroup.procs` files to join before unsharing.
     pub cgroup_procs: Vec<PathBuf>,
+    /// `cgroup.procs` files of the user child cgroups, handed to envd open (see
+    /// [`crate::USER_CGROUP_FDS_ENV`]).
+    #[serde(default)]
+    pub user_cgroup_procs: Vec<PathBuf>,
     /// The sandbox's memory cgroup directory, bind-mounted read-only at `/run/paddock/memcg`
     /// so envd can tell OOM kills from other SIGKILLs.
     #[serde(default)]
@@ -53,6 +58,16 @@ pub(crate) struct ShimSpec {
     /// Nameservers for `/etc/resolv.conf` (written only when non-empty).
     #[serde(default)]
     pub dns: Vec<std::net::IpAddr>,
+    /// The user-id range the sandbox runs in; `None` = no user namespace.
+    #[serde(default)]
+    pub id_map: Option<IdMap>,
+    /// Seccomp filter, capability cut and `/proc` masks (off only for benchmarks).
+    #[serde(default = "yes")]
+    pub hardened: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A line the shim writes to the node.
@@ -103,6 +118,8 @@ enum ShimError {
     Sys(&'static str, #[source] nix::Error),
     #[error("building the sandbox's seccomp filter")]
     Seccomp(#[source] SeccompError),
+    #[error("writing the user namespace's id maps of pid {0}")]
+    IdMap(i32, #[source] std::io::Error),
 }
 
 /// Entry point of the shim process: reads a [`ShimSpec`] as JSON from stdin, starts the sandbox
@@ -142,6 +159,18 @@ fn run() -> Result<i32, ShimError> {
         .map_err(|e| ShimError::Sys("opening /dev/null", e))?;
     let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| ShimError::Sys("creating the ready pipe", e))?;
+    // PID 1's pivot_root also moves the shim's root (they share the mount namespace), so the
+    // host's /proc is held open for writing the id maps later.
+    let host_proc = std::fs::File::open("/proc").map_err(|e| ShimError::IdMap(0, e))?;
+    // PID 1 enters its user namespace last (after all mounts); only a process privileged in
+    // the parent namespace may write an arbitrary id map, so the shim writes it on request.
+    let (sync_parent, sync_child) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| ShimError::Sys("creating the sync socket", e))?;
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
@@ -169,9 +198,10 @@ fn run() -> Result<i32, ShimError> {
     let child = match unsafe { nix::unistd::fork() }.map_err(|e| ShimError::Sys("forking", e))? {
         ForkResult::Child => {
             drop(ready_r);
+            drop(sync_parent);
             // The child keeps its end of the ready pipe open until it exits (`_exit` runs no
             // destructors), so the shim sees EOF only after the error below is in the log.
-            let err = match child_main(&spec, &ready_w, &filter) {
+            let err = match child_main(&spec, &ready_w, &sync_child, &filter) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -186,7 +216,17 @@ fn run() -> Result<i32, ShimError> {
         ForkResult::Parent { child } => child,
     };
     drop(ready_w);
+    drop(sync_child);
     send(&ShimMessage::Pid(child.as_raw() as u32));
+    if let Some(map) = &spec.id_map {
+        // EOF instead of the request: the child failed earlier and its error follows below.
+        if sync_read(&sync_parent) {
+            write_id_maps(&host_proc, child.as_raw(), map)
+                .map_err(|e| ShimError::IdMap(child.as_raw(), e))?;
+            sync_write(&sync_parent);
+        }
+    }
+    drop(sync_parent);
     let mut line = String::new();
     let got = BufReader::new(std::fs::File::from(ready_r)).read_line(&mut line);
     match got {
@@ -216,17 +256,38 @@ fn run() -> Result<i32, ShimError> {
 fn child_main(
     spec: &ShimSpec,
     ready: &OwnedFd,
+    sync: &OwnedFd,
     filter: &SeccompProgram,
 ) -> Result<Infallible, SetupError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| SetupError::new("setting the parent-death signal", e))?;
     nix::unistd::setsid().map_err(|e| SetupError::new("setsid", e))?;
+    if spec.id_map.is_some() {
+        open_network_sysctls()?;
+    }
+    // Opened while still privileged on the host; kept above the descriptors set up below.
+    let mut user_cgroups = Vec::new();
+    for file in &spec.user_cgroup_procs {
+        let fd = open(
+            file.as_path(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| SetupError::new(format!("opening {}", file.display()), e))?;
+        let high = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(100))
+            .map_err(|e| SetupError::new("moving a cgroup descriptor", e))?;
+        let _ = nix::unistd::close(fd);
+        user_cgroups.push(high);
+    }
     mounts::make_private()?;
+    let root_id = spec.id_map.map(|m| m.base);
     let layout = RootLayout {
         rootfs: &spec.rootfs,
         state_dir: &spec.state_dir,
         envd_bin: &spec.envd_bin,
         memory_cgroup: spec.memory_cgroup.as_deref(),
+        root_id,
+        hardened: spec.hardened,
     };
     mounts::build_root(&layout)?;
     nix::unistd::sethostname(&spec.hostname)
@@ -236,9 +297,22 @@ fn child_main(
         sys::interface_up("lo").map_err(|e| SetupError::new("bringing lo up", e))?;
     }
     mounts::pivot(&layout.root())?;
-    mounts::write_etc(Path::new("/"), &spec.hostname)?;
+    mounts::write_etc(Path::new("/"), &spec.hostname, root_id)?;
     if !spec.dns.is_empty() {
-        mounts::write_resolv_conf(Path::new("/"), &spec.dns)?;
+        mounts::write_resolv_conf(Path::new("/"), &spec.dns, root_id)?;
+    }
+    // envd must survive the sandbox's own OOMs, so the kernel kills the user's process instead:
+    // envd's children get a raised score (see envd's spawn), and envd asks for -1000 here,
+    // while still privileged on the host. Lowering a score needs CAP_SYS_RESOURCE, which a
+    // node may itself lack (a node running in a container); then the raised scores of the
+    // children alone steer the OOM killer.
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        if e.kind() != io::ErrorKind::PermissionDenied {
+            return Err(SetupError::new("protecting envd from the OOM killer", e));
+        }
+    }
+    if spec.id_map.is_some() {
+        enter_user_namespace(sync)?;
     }
 
     let null = open("/dev/null", OFlag::O_RDONLY, Mode::empty())
@@ -265,7 +339,14 @@ fn child_main(
     } else {
         dup(ready, READY_FD)?;
     }
-    sys::close_fds_from(READY_FD + 1).map_err(|e| SetupError::new("closing descriptors", e))?;
+    let mut user_fds = Vec::new();
+    for (i, fd) in user_cgroups.iter().enumerate() {
+        let target = READY_FD + 1 + i as RawFd;
+        dup(*fd, target)?;
+        user_fds.push(target.to_string());
+    }
+    sys::close_fds_from(READY_FD + 1 + user_cgroups.len() as RawFd)
+        .map_err(|e| SetupError::new("closing descriptors", e))?;
 
     // SAFETY: restoring the default disposition installs no handler code.
     unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }
@@ -287,34 +368,112 @@ fn child_main(
         cstr("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")?,
         cstr("HOME=/root")?,
         cstr(&format!("{}={READY_FD}", crate::READY_FD_ENV))?,
+        cstr(&format!(
+            "{}={}",
+            crate::USER_CGROUP_FDS_ENV,
+            user_fds.join(",")
+        ))?,
     ];
-    // Last, because everything above (mounts, pivot_root, sethostname) needs CAP_SYS_ADMIN;
-    // the filter first, since without `no_new_privs` installing it needs CAP_SYS_ADMIN too.
-    // Neither capset, prctl nor execve is on the deny-list.
-    // envd must survive the sandbox's own OOMs, so the kernel kills the user's process instead:
-    // envd's children get a raised score (see envd's spawn), and envd asks for -1000 here.
-    // Lowering a score needs CAP_SYS_RESOURCE, which a node may itself lack (a node running in
-    // a container); then the raised scores of the children alone steer the OOM killer.
-    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
-        if e.kind() != io::ErrorKind::PermissionDenied {
-            return Err(SetupError::new("protecting envd from the OOM killer", e));
-        }
+    // Last, because the filter forbids what setup needs (mounts, unshare); installed before the
+    // capabilities are cut, since without `no_new_privs` installing it needs CAP_SYS_ADMIN (in
+    // the sandbox's user namespace, where PID 1 holds every capability until the cut). Neither
+    // capset, prctl nor execve is on the deny-list.
+    if spec.hardened {
+        filter.install().map_err(|e| {
+            let cause = match e {
+                SeccompError::Install(os) => os,
+                other => io::Error::other(other),
+            };
+            SetupError::new("installing the seccomp filter", cause)
+        })?;
+        sys::restrict_capabilities(sys::cap_mask(&sys::DEFAULT_CAPS))
+            .map_err(|e| SetupError::new("dropping capabilities", e))?;
     }
-    filter.install().map_err(|e| {
-        let cause = match e {
-            SeccompError::Install(os) => os,
-            other => io::Error::other(other),
-        };
-        SetupError::new("installing the seccomp filter", cause)
-    })?;
-    sys::restrict_capabilities(sys::cap_mask(&sys::DEFAULT_CAPS))
-        .map_err(|e| SetupError::new("dropping capabilities", e))?;
     let err =
         nix::unistd::execve(&path, &args, &env).map_err(|e| SetupError::new("executing envd", e));
     match err {
         Ok(never) => match never {},
         Err(e) => Err(e),
     }
+}
+
+/// Network sysctls a sandbox in a user namespace needs, written for its network namespace
+/// (which PID 1 is in already) through the host's `/proc` before the mounts: the namespace is
+/// owned by the host's user namespace, in which sandbox root holds no capability, so binding
+/// ports below 1024 and `ping` (ICMP datagram sockets, instead of raw ones) are opened to
+/// every id of the sandbox.
+fn open_network_sysctls() -> Result<(), SetupError> {
+    for (path, value) in [
+        ("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0"),
+        ("/proc/sys/net/ipv4/ping_group_range", "0 2147483647"),
+    ] {
+        std::fs::write(path, value).map_err(|e| SetupError::new(format!("writing {path}"), e))?;
+    }
+    Ok(())
+}
+
+/// Moves PID 1 into a new user namespace: unshare, ask the shim to write the id maps, wait
+/// for it, then become root of the namespace (host uid `base`). The namespace is the only one
+/// PID 1 owns: the mount, pid, uts, ipc and network namespaces were made before it and stay
+/// owned by the host's user namespace, so sandbox root can change none of them (no mounts, no
+/// hostname, no interfaces) even where seccomp would allow it.
+fn enter_user_namespace(sync: &OwnedFd) -> Result<(), SetupError> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| SetupError::new("unsharing the user namespace", e))?;
+    nix::unistd::write(sync, b"u").map_err(|e| SetupError::new("asking for the id maps", e))?;
+    let mut ack = [0u8; 1];
+    match nix::unistd::read(sync.as_raw_fd(), &mut ack) {
+        Ok(1) => {}
+        Ok(_) => {
+            return Err(SetupError::new(
+                "waiting for the id maps",
+                io::Error::new(io::ErrorKind::UnexpectedEof, "the shim did not write them"),
+            ))
+        }
+        Err(e) => return Err(SetupError::new("waiting for the id maps", e)),
+    }
+    let root = nix::unistd::Gid::from_raw(0);
+    nix::unistd::setresgid(root, root, root)
+        .map_err(|e| SetupError::new("becoming group root of the namespace", e))?;
+    nix::unistd::setgroups(&[]).map_err(|e| SetupError::new("clearing supplementary groups", e))?;
+    let root = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresuid(root, root, root)
+        .map_err(|e| SetupError::new("becoming root of the namespace", e))
+}
+
+/// Writes `uid_map` and `gid_map` of `pid` (which has just unshared its user namespace)
+/// through `proc`, a directory descriptor of the host's /proc.
+fn write_id_maps(proc: &std::fs::File, pid: i32, map: &IdMap) -> io::Result<()> {
+    let text = map.proc_map();
+    for file in ["uid_map", "gid_map"] {
+        let fd = nix::fcntl::openat(
+            Some(proc.as_raw_fd()),
+            format!("{pid}/{file}").as_str(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        // SAFETY: `openat` just returned this descriptor and nothing else owns it.
+        let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        f.write_all(text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Reads the one-byte request of the child; `false` on EOF or error (the child is gone).
+fn sync_read(sock: &OwnedFd) -> bool {
+    let mut b = [0u8; 1];
+    loop {
+        match nix::unistd::read(sock.as_raw_fd(), &mut b) {
+            Ok(n) => return n == 1,
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Answers the child; a failure means it is gone, which the ready pipe reports.
+fn sync_write(sock: &OwnedFd) {
+    let _ = nix::unistd::write(sock, b"k");
 }
 
 /// Writes one message line to stdout; the node may be gone, so failures are ignored.
@@ -350,9 +509,12 @@ mod tests {
             state_dir: "/s".into(),
             envd_bin: "/e".into(),
             cgroup_procs: vec!["/sys/fs/cgroup/pids/p/x/cgroup.procs".into()],
+            user_cgroup_procs: vec!["/sys/fs/cgroup/pids/p/x/user/cgroup.procs".into()],
             memory_cgroup: Some("/sys/fs/cgroup/memory/p/x".into()),
             netns: Some("/proc/1/fd/9".into()),
             dns: vec!["1.1.1.1".parse().expect("ip")],
+            id_map: Some(IdMap::DEFAULT),
+            hardened: true,
         };
         let json = serde_json::to_string(&spec).expect("serialize");
         assert_eq!(

@@ -1,7 +1,8 @@
 //! Ending sandboxes and finding them again: `kill` (SIGKILL PID 1, empty and remove the cgroup,
-//! remove the state directory), `adopt` after a node restart (verify pid, start time and cgroup
-//! membership from `state.json`), and `reap_orphans` (every cgroup under the parent that the
-//! node does not claim).
+//! unmount the sandbox's disk, remove the state directory with the disk's image), `adopt` after
+//! a node restart (verify pid, start time and cgroup membership from `state.json`; the disk
+//! stays mounted), and `reap_orphans` (every cgroup under the parent that the node does not
+//! claim, and every disk mounted in a state directory it does not claim).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use super::state::{self, SandboxState};
-use super::{chain, handle, mounts, sys, Inner, Live};
+use super::{chain, disk, handle, mounts, sys, Inner, Live};
 use crate::{RuntimeError, SandboxHandle};
 
 /// How long processes of a killed sandbox may take to disappear from its cgroup.
@@ -107,6 +108,9 @@ pub(crate) async fn remove_blocking(
 }
 
 fn remove_state_dir(dir: &Path) -> Result<(), RuntimeError> {
+    // The sandbox is dead: its disk goes (the loop device detaches itself once the file system
+    // is released), then the image with the directory.
+    disk::Disks::remove(dir).map_err(|e| RuntimeError::Host(chain(&e)))?;
     // Nothing is mounted on the host by design; if something is, detach it so deleting the
     // state directory can never reach into the template below an overlay.
     let root = dir.join("root");
@@ -212,6 +216,18 @@ pub(crate) async fn reap_orphans(
         }
         tracing::info!(cgroup = %name, "removed orphaned sandbox");
         removed += 1;
+    }
+    // Disks of sandboxes whose cgroup was already gone (a crash early in create).
+    let state_root = inner.cfg.state_root.clone();
+    let keep: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+    let disks = tokio::task::spawn_blocking(move || {
+        let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+        disk::Disks::reap(&state_root, &keep)
+    })
+    .await
+    .map_err(|e| RuntimeError::Host(format!("reaping task failed: {e}")))?;
+    if disks > 0 {
+        tracing::info!(count = disks, "unmounted orphaned sandbox disks");
     }
     Ok(removed)
 }

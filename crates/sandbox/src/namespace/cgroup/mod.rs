@@ -100,6 +100,16 @@ pub trait CgroupBackend: Send + Sync + fmt::Debug {
     fn prepare_parent(&self) -> Result<(), CgroupError>;
     /// Writes `limits` into the already created cgroup of sandbox `name`.
     fn write_limits(&self, name: &str, limits: &CgroupLimits) -> Result<(), CgroupError>;
+    /// Creates the [`USER_CGROUP`] children of sandbox `name` (where the backend splits envd
+    /// from the user's processes) with their limits, and returns their directories. Default:
+    /// no split.
+    fn create_user(
+        &self,
+        _name: &str,
+        _limits: &CgroupLimits,
+    ) -> Result<Vec<PathBuf>, CgroupError> {
+        Ok(Vec::new())
+    }
 
     /// The directories of sandbox `name` (whether or not they exist).
     fn sandbox(&self, name: &str) -> SandboxCgroup {
@@ -152,13 +162,34 @@ pub fn create(
                 Err(e) => return Err(CgroupError::io("creating", dir, e)),
             }
         }
-        backend.write_limits(name, limits)
+        backend.write_limits(name, limits)?;
+        backend.create_user(name, limits).map(drop)
     })();
     if let Err(e) = result {
         let _ = cg.remove();
         return Err(e);
     }
     Ok(cg)
+}
+
+/// Name of the child cgroup the user's processes run in, below the sandbox's own (v1: in the
+/// `pids`, `memory` and `cpu` hierarchies). envd stays in the parent, so a fork or memory bomb
+/// that fills the child's limits leaves envd [`ENVD_PIDS_RESERVE`] tasks and
+/// [`envd_memory_reserve`] bytes, and the child competes with envd for CPU as one group
+/// instead of as thousands of tasks.
+pub const USER_CGROUP: &str = "user";
+/// Tasks of a sandbox's pids limit only envd (and what it starts before moving it) can use.
+pub const ENVD_PIDS_RESERVE: u64 = 32;
+
+/// Memory of a sandbox only envd can use: a sixteenth of the limit, at most 32 MiB (envd's
+/// own resident size is about 10 MiB).
+pub fn envd_memory_reserve(total: u64) -> u64 {
+    (total / 16).min(32 << 20)
+}
+
+/// The pids limit of the user child for a sandbox limit of `total` (at least 1).
+pub fn user_pids_max(total: u64) -> u64 {
+    total.saturating_sub(ENVD_PIDS_RESERVE).max(1)
 }
 
 /// The cgroup directories of one sandbox, one per hierarchy.
@@ -174,10 +205,26 @@ impl SandboxCgroup {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
-    /// Pids in any of the directories (deduplicated); missing directories count as empty.
+    /// The `cgroup.procs` files of the [`USER_CGROUP`] children that exist.
+    pub fn user_procs_files(&self) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .map(|d| d.join(USER_CGROUP))
+            .filter(|d| d.is_dir())
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// Pids in any of the directories or their [`USER_CGROUP`] children (deduplicated);
+    /// missing directories count as empty.
     pub fn pids(&self) -> Result<Vec<u32>, CgroupError> {
         let mut pids = Vec::new();
-        for file in self.procs_files() {
+        let files = self.procs_files().into_iter().chain(
+            self.dirs
+                .iter()
+                .map(|d| d.join(USER_CGROUP).join("cgroup.procs")),
+        );
+        for file in files {
             match std::fs::read_to_string(&file) {
                 Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -235,7 +282,9 @@ impl SandboxCgroup {
     /// Removes the directories; retries briefly while the kernel still reports them busy.
     /// Missing directories are fine.
     pub fn remove(&self) -> Result<(), CgroupError> {
-        for dir in &self.dirs {
+        let children = self.dirs.iter().map(|d| d.join(USER_CGROUP));
+        let all: Vec<PathBuf> = children.chain(self.dirs.iter().cloned()).collect();
+        for dir in &all {
             let deadline = Instant::now() + Duration::from_secs(2);
             loop {
                 match std::fs::remove_dir(dir) {

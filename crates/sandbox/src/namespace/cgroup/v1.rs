@@ -6,7 +6,10 @@
 
 use std::path::PathBuf;
 
-use super::{create_dirs, write_knob, CgroupBackend, CgroupError, CgroupLimits};
+use super::{
+    create_dirs, envd_memory_reserve, user_pids_max, write_knob, CgroupBackend, CgroupError,
+    CgroupLimits, USER_CGROUP,
+};
 
 /// Device rules a sandbox gets after `a` (everything) is denied: `/dev/null`, `zero`, `full`,
 /// `random`, `urandom`, `tty`, `console`, `pts/ptmx` and every pseudo-terminal (major 136).
@@ -93,6 +96,42 @@ impl CgroupBackend for V1Backend {
         }
         Ok(())
     }
+
+    /// v1 lets a cgroup hold tasks and children at once, so envd stays in the sandbox's cgroup
+    /// and the user's processes go one level down in the `pids`, `memory` and `cpu`
+    /// hierarchies (each with the sandbox's limit minus envd's reserve; CPU by group weight).
+    fn create_user(&self, name: &str, limits: &CgroupLimits) -> Result<Vec<PathBuf>, CgroupError> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for controller in ["pids", "memory", "cpu"] {
+            if let Some(dir) = self.dir_of(controller, name) {
+                let child = dir.join(USER_CGROUP);
+                if dirs.contains(&child) {
+                    continue;
+                }
+                match std::fs::create_dir(&child) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(CgroupError::io("creating", &child, e)),
+                }
+                if controller == "pids" {
+                    write_knob(
+                        &child,
+                        "pids.max",
+                        &user_pids_max(limits.pids_max).to_string(),
+                    )?;
+                }
+                if controller == "memory" {
+                    let bytes = limits.memory_bytes - envd_memory_reserve(limits.memory_bytes);
+                    write_knob(&child, "memory.limit_in_bytes", &bytes.to_string())?;
+                    if child.join("memory.memsw.limit_in_bytes").exists() {
+                        write_knob(&child, "memory.memsw.limit_in_bytes", &bytes.to_string())?;
+                    }
+                }
+                dirs.push(child);
+            }
+        }
+        Ok(dirs)
+    }
 }
 
 #[cfg(test)]
@@ -147,6 +186,16 @@ mod tests {
             "100000"
         );
         assert_eq!(read(mount("pids").join("paddock/b/pids.max")), "4096");
+        // The user's processes get their own child in pids and cpu, with envd's reserve kept.
+        assert_eq!(
+            read(mount("pids").join("paddock/b/user/pids.max")),
+            (4096 - crate::namespace::cgroup::ENVD_PIDS_RESERVE).to_string()
+        );
+        assert!(mount("cpu").join("paddock/b/user").is_dir());
+        assert_eq!(
+            read(mount("memory").join("paddock/b/user/memory.limit_in_bytes")),
+            (536_870_912u64 - (32 << 20)).to_string()
+        );
         // On a plain directory each rule overwrites the last; the kernel keeps them all.
         let devices = mount("devices").join("paddock/b");
         assert_eq!(read(devices.join("devices.deny")), "a");
