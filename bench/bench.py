@@ -1,14 +1,26 @@
 """Paddock benchmark harness: latency of sandbox create and exec, with runc and fork+exec
-baselines measured in the same run on the same rootfs.
+baselines measured in the same run on the same rootfs, and what hardening costs the create path.
 
-Measures (n samples each, n=100; --quick: n=10):
-  1. REST create            POST /v2/sandboxes (timed) then DELETE (not timed)
-  2. SDK create + first cmd Sandbox.create() + commands.run("true") via the official e2b SDK
-  3. exec round trip        commands.run("true") in one live sandbox
+One run starts three `paddock serve` configurations one after the other (each stopped, and
+checked for leaks, before the next starts), in this order:
+  1. unhardened                       --unhardened-for-benchmarks --network none
+                                      (no user namespace, seccomp, capability cut, /proc masks;
+                                      disk quota and cgroups as in the others)
+  2. hardened, no network             --network none
+  3. hardened + networking (default)  no extra flags (pooled netns + veth + nftables)
+The default server runs last so that its background work (network pool refills, slot teardown)
+cannot bleed into the other configurations; `--configs` picks a subset (e.g. `--configs default`).
+
+Measures (n samples each, n=100; --quick: n=10), after the same warm-up on every server:
+  1. REST create            POST /v2/sandboxes (timed) then DELETE (not timed)      per server
+  2. SDK create + first cmd Sandbox.create() + commands.run("true") via the official
+                            e2b SDK                                                 per server
+  3. exec round trip        commands.run("true") in one live sandbox          default server only
   4. baselines              `runc run` of /bin/true on the base template rootfs (read-only),
-                            and fork+exec+wait of /bin/true (posix_spawn)
+                            and fork+exec+wait of /bin/true (posix_spawn)     once, default server up
 
-Prints a table (p50/p95/p99/mean, success rate) and the machine, and writes it as markdown to
+Prints a table (p50/p95/p99/mean, success rate) and the machine, plus the hardening cost (p50
+and p99 of configurations 2 and 3 as ratios of configuration 1), and writes them as markdown to
 docs/benchmarks.md (quick mode writes nothing unless --write). Numbers are reported, never
 asserted: this is a harness, not a test.
 """
@@ -28,14 +40,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e" / "python"))
 
 import requests  # noqa: E402
 
-from paddock_server import PaddockServer, ServerError  # noqa: E402
+from paddock_server import DEFAULT_BIN, PaddockServer, ServerError  # noqa: E402
 
 
 @dataclass
@@ -44,6 +56,7 @@ class Measurement:
 
     name: str
     what: str
+    server: str = "-"
     samples: List[float] = field(default_factory=list)
     attempts: int = 0
     errors: List[str] = field(default_factory=list)
@@ -70,9 +83,10 @@ class Measurement:
     def row(self) -> List[str]:
         rate = f"{len(self.samples)}/{self.attempts}" if self.attempts else "skipped"
         if not self.samples:
-            return [self.name, "-", "-", "-", "-", rate]
+            return [self.name, self.server, "-", "-", "-", "-", rate]
         return [
             self.name,
+            self.server,
             f"{self.percentile(50):.2f}",
             f"{self.percentile(95):.2f}",
             f"{self.percentile(99):.2f}",
@@ -81,7 +95,7 @@ class Measurement:
         ]
 
 
-HEADER = ["measurement", "p50 ms", "p95 ms", "p99 ms", "mean ms", "success"]
+HEADER = ["measurement", "server", "p50 ms", "p95 ms", "p99 ms", "mean ms", "success"]
 
 
 def machine() -> dict:
@@ -223,7 +237,82 @@ def bench_fork_exec(m: Measurement, n: int) -> None:
         m.record(once)
 
 
-def render_markdown(results: List[Measurement], info: dict, n: int, extra: List[str]) -> str:
+@dataclass(frozen=True)
+class ServerConfig:
+    """One `paddock serve` configuration of the run."""
+
+    key: str  # the name `--configs` takes
+    label: str  # the `server` column
+    args: List[str]  # extra `paddock serve` flags
+
+
+# The order of the run (see the module doc): the default server last, so its network pool
+# refills and slot teardown cannot land in another configuration's measurements.
+CONFIGS = [
+    ServerConfig("unhardened", "unhardened", ["--unhardened-for-benchmarks", "--network", "none"]),
+    ServerConfig("none", "hardened, no network", ["--network", "none"]),
+    ServerConfig("default", "hardened + networking (default)", []),
+]
+BASELINE_KEY = "unhardened"
+DEFAULT_KEY = "default"
+# Target from the issue: hardened + pooled networking within 10% of unhardened (reported only).
+TARGET_RATIO = 1.10
+# Pause after a server has exited and passed the leak check, before the next one starts: the
+# kernel frees network namespaces and cgroups of the last sandboxes asynchronously.
+SETTLE_SECONDS = 1.0
+
+
+def parse_configs(text: str) -> List[ServerConfig]:
+    """`all` or a comma-separated subset of the config keys; always returned in run order."""
+    keys = {k.strip() for k in text.split(",") if k.strip()}
+    if "all" in keys:
+        return list(CONFIGS)
+    known = {c.key for c in CONFIGS}
+    unknown = keys - known
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(
+            f"unknown configuration(s) {sorted(unknown)}: use 'all' or a comma-separated subset of "
+            + ", ".join(c.key for c in CONFIGS)
+        )
+    return [c for c in CONFIGS if c.key in keys]
+
+
+def hardening_cost(create_rows: Dict[str, List[Measurement]], configs: List[ServerConfig]) -> List[str]:
+    """Lines with p50/p99 of every hardened configuration as a ratio of the unhardened one."""
+    by_key = {c.key: c for c in configs}
+    if BASELINE_KEY not in by_key or len(configs) < 2:
+        return []
+    lines: List[str] = []
+    for name, rows in create_rows.items():
+        base = next((m for m in rows if m.server == by_key[BASELINE_KEY].label), None)
+        for p in (50, 99):
+            for c in configs:
+                if c.key == BASELINE_KEY:
+                    continue
+                m = next((r for r in rows if r.server == c.label), None)
+                if base is None or m is None or not base.samples or not m.samples:
+                    lines.append(f"- {name} p{p}, {c.label}: n/a (no samples)")
+                    continue
+                b, v = base.percentile(p), m.percentile(p)
+                ratio = v / b if b > 0 else float("inf")
+                verdict = ""
+                if c.key == DEFAULT_KEY and name.startswith("SDK create"):
+                    within = "within" if ratio <= TARGET_RATIO else "NOT within"
+                    verdict = f"; {within} the {TARGET_RATIO:.2f}x target"
+                lines.append(
+                    f"- {name} p{p}, {c.label}: {ratio:.2f}x unhardened ({v:.2f} ms vs {b:.2f} ms{verdict})"
+                )
+    return lines
+
+
+def render_markdown(
+    results: List[Measurement],
+    info: dict,
+    n: int,
+    extra: List[str],
+    configs: List[ServerConfig],
+    cost: List[str],
+) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -233,19 +322,37 @@ def render_markdown(results: List[Measurement], info: dict, n: int, extra: List[
         f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, kernel {info['kernel']}",
         f"- samples per measurement: {n} (sequential, one at a time)",
         f"- paddock: `{info['paddock']}`, e2b Python SDK {info['e2b']}",
+        "- servers, started one after the other in this order (each stopped and leak-checked before "
+        "the next starts; the same warm-up of 2 SDK create + first command on each):",
+    ]
+    for c in configs:
+        flags = f"`paddock serve {' '.join(c.args)}`" if c.args else "`paddock serve` (default flags)"
+        lines.append(f"  - {c.label}: {flags}")
+    lines.append(
+        '  - "unhardened" turns off the user namespace, seccomp filter, capability cut, /proc masks '
+        "and networking; the per-sandbox disk (loop ext4) and the cgroups are the same in all three"
+    )
+    lines += [
         "",
         "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(HEADER) - 1)) + "|",
+        "|" + "|".join(["---", "---"] + ["---:"] * (len(HEADER) - 2)) + "|",
     ]
     for r in results:
         lines.append("| " + " | ".join(r.row()) + " |")
+    if cost:
+        lines += ["", "## Hardening cost", "", "Ratios to the unhardened server, same run:", ""] + cost
     lines += ["", "What each row measures:", ""]
+    seen = set()
     for r in results:
+        if r.name in seen:
+            continue
+        seen.add(r.name)
         note = f" ({r.note})" if r.note else ""
         lines.append(f"- **{r.name}**: {r.what}{note}")
     for r in results:
         for e in r.errors:
-            lines.append(f"- error in {r.name}: `{e}`")
+            where = f" [{r.server}]" if r.server != "-" else ""
+            lines.append(f"- error in {r.name}{where}: `{e}`")
     lines += extra
     return "\n".join(lines) + "\n"
 
@@ -255,10 +362,86 @@ def render_table(results: List[Measurement]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
     out = []
     for j, row in enumerate(rows):
-        out.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+REST_WHAT = "`POST /v2/sandboxes` until the 201 arrives (kept-alive HTTP connection; the DELETE after it is not timed)"
+SDK_WHAT = '`Sandbox.create()` then `commands.run("true")` with the official Python SDK, including its own connection setup'
+
+
+def stop_server(server: PaddockServer, label: str, extra: List[str]) -> None:
+    """SIGTERM and wait for the exit, then the leak check; notes go to `extra`."""
+    try:
+        code = server.stop()
+        leaks = server.leaks()
+        if code != 0:
+            extra.append(f"- note [{label}]: paddock serve exited with {code} after SIGTERM")
+        for leak in leaks:
+            extra.append(f"- note [{label}]: {leak}")
+        if code == 0 and not leaks:
+            server.cleanup()
+        else:
+            print(f"[{label}] server log kept at {server.log_path}", file=sys.stderr)
+    except ServerError as e:
+        extra.append(f"- note [{label}]: {e.args[0].splitlines()[0]}")
+        print(f"[{label}] server log kept at {server.log_path}", file=sys.stderr)
+
+
+def run_server(
+    config: ServerConfig,
+    n: int,
+    rest: Measurement,
+    sdk: Measurement,
+    extra: List[str],
+    also: Callable[[PaddockServer], None],
+) -> bool:
+    """Starts one server, warms it up, measures `rest` and `sdk`, runs `also`, stops it fully.
+
+    Returns False when the server did not start (its rows then stay empty)."""
+    server = PaddockServer(extra_args=list(config.args))
+    flags = " ".join(config.args) or "(default flags)"
+    print(f"[{config.label}] starting paddock serve {flags} ({server.binary})...", flush=True)
+    try:
+        server.start(ready_timeout=900)
+    except ServerError as e:
+        print(f"[{config.label}] {e}", file=sys.stderr)
+        msg = f"server did not start: {e.args[0].splitlines()[0]}"[:300]
+        rest.errors.append(msg)
+        sdk.errors.append(msg)
+        extra.append(f"- note [{config.label}]: {msg}")
+        if server.proc is not None:
+            stop_server(server, config.label, extra)  # it may still be running (not ready in time)
+        else:
+            server.cleanup()
+        return False
+    os.environ.update(server.client_env())
+    try:
+        # Warm-up (not measured): the first sandboxes pay for cold caches.
+        print(f"[{config.label}] warm-up...", flush=True)
+        warm = Measurement("warm-up", "")
+        bench_sdk_create_and_run(server, warm, 2)
+        if warm.errors:
+            print(f"[{config.label}] warm-up failed: {warm.errors}", file=sys.stderr)
+        steps = [
+            (rest, lambda m: bench_rest_create(server, m, n)),
+            (sdk, lambda m: bench_sdk_create_and_run(server, m, n)),
+        ]
+        for m, run in steps:
+            print(f"[{config.label}] measuring {m.name} (n={n})...", flush=True)
+            try:
+                run(m)
+            except Exception as e:  # noqa: BLE001 - one broken measurement must not hide the others
+                m.errors.append(f"{type(e).__name__}: {e}"[:300])
+        also(server)
+    finally:
+        print(f"[{config.label}] stopping paddock serve...", flush=True)
+        stop_server(server, config.label, extra)
+        for key in server.client_env():
+            os.environ.pop(key, None)
+    return True
 
 
 def main() -> int:
@@ -267,49 +450,58 @@ def main() -> int:
     ap.add_argument("--write", action="store_true", help="write docs/benchmarks.md even with --quick")
     ap.add_argument("-n", type=int, default=None, help="samples per measurement (default 100, quick 10)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    ap.add_argument(
+        "--configs",
+        type=parse_configs,
+        default=list(CONFIGS),
+        metavar="all|KEY[,KEY...]",
+        help="server configurations to run: all (default) or a subset of "
+        + ", ".join(f"{c.key} ({c.label})" for c in CONFIGS)
+        + "; they always run in that order",
+    )
     args = ap.parse_args()
     n = args.n or (10 if args.quick else 100)
     write = args.write or not args.quick
+    configs: List[ServerConfig] = args.configs
 
-    results = [
-        Measurement("REST create", "`POST /v2/sandboxes` until the 201 arrives (kept-alive HTTP connection; the DELETE after it is not timed)"),
-        Measurement("SDK create + first command", '`Sandbox.create()` then `commands.run("true")` with the official Python SDK, including its own connection setup'),
-        Measurement("exec round trip", '`commands.run("true")` in one live sandbox through the proxy and envd'),
-        Measurement("baseline: runc run /bin/true", "`runc run` of /bin/true on the same base rootfs, read-only (the process spawn of `runc` included)"),
-        Measurement("baseline: fork+exec /bin/true", "`posix_spawn` + `waitpid` of /bin/true on the host"),
-    ]
-
-    server = PaddockServer()
     for key in [k for k in os.environ if k.startswith("E2B_")]:
         del os.environ[key]
-    print(f"starting paddock serve ({server.binary}); the first start builds the base template...", flush=True)
-    try:
-        server.start(ready_timeout=900)
-    except ServerError as e:
-        print(e, file=sys.stderr)
-        return 1
-    os.environ.update(server.client_env())
-    extra: List[str] = []
-    e2b_version = "unknown"
+    if "PADDOCK_NETWORK" in os.environ:
+        # Every configuration sets its own networking; "default" means the built-in default.
+        print(
+            f"ignoring PADDOCK_NETWORK={os.environ.pop('PADDOCK_NETWORK')} (use --configs)",
+            file=sys.stderr,
+        )
+
     try:
         import e2b  # noqa: F401 - imported here so a missing venv fails with a clear message
-
         from importlib.metadata import version
 
         e2b_version = version("e2b")
-        # Warm-up (not measured): the first sandbox pays for cold caches.
-        print("warm-up...", flush=True)
-        warm = Measurement("warm-up", "")
-        bench_sdk_create_and_run(server, warm, 2)
-        if warm.errors:
-            print(f"warm-up failed: {warm.errors}", file=sys.stderr)
+    except ImportError as e:
+        print(f"the e2b SDK is missing: {e}", file=sys.stderr)
+        return 1
 
+    rest_rows = [Measurement("REST create", REST_WHAT, server=c.label) for c in configs]
+    sdk_rows = [Measurement("SDK create + first command", SDK_WHAT, server=c.label) for c in configs]
+    # Exec and the baselines run once, with the default server (or the last one when the
+    # default is not part of this run).
+    last = configs[-1]
+    exec_row = Measurement(
+        "exec round trip", '`commands.run("true")` in one live sandbox through the proxy and envd', server=last.label
+    )
+    runc_row = Measurement(
+        "baseline: runc run /bin/true",
+        "`runc run` of /bin/true on the same base rootfs, read-only (the process spawn of `runc` included)",
+    )
+    fork_row = Measurement("baseline: fork+exec /bin/true", "`posix_spawn` + `waitpid` of /bin/true on the host")
+    once_rows = [exec_row, runc_row, fork_row]
+
+    def once_only(server: PaddockServer) -> None:
         steps = [
-            (results[0], lambda m: bench_rest_create(server, m, n)),
-            (results[1], lambda m: bench_sdk_create_and_run(server, m, n)),
-            (results[2], lambda m: bench_exec(server, m, n)),
-            (results[3], lambda m: bench_runc(find_rootfs(server.templates_dir), m, n)),
-            (results[4], lambda m: bench_fork_exec(m, n)),
+            (exec_row, lambda m: bench_exec(server, m, n)),
+            (runc_row, lambda m: bench_runc(find_rootfs(server.templates_dir), m, n)),
+            (fork_row, lambda m: bench_fork_exec(m, n)),
         ]
         for m, run in steps:
             print(f"measuring {m.name} (n={n})...", flush=True)
@@ -317,24 +509,24 @@ def main() -> int:
                 run(m)
             except Exception as e:  # noqa: BLE001 - one broken measurement must not hide the others
                 m.errors.append(f"{type(e).__name__}: {e}"[:300])
-    finally:
-        try:
-            code = server.stop()
-            leaks = server.leaks()
-            if code != 0:
-                extra.append(f"- note: paddock serve exited with {code} after SIGTERM")
-            for leak in leaks:
-                extra.append(f"- note: {leak}")
-            if code == 0 and not leaks:
-                server.cleanup()
-            else:
-                print(f"server log kept at {server.log_path}", file=sys.stderr)
-        except ServerError as e:
-            extra.append(f"- note: {e.args[0].splitlines()[0]}")
+
+    extra: List[str] = []
+    failed: List[str] = []
+    print("(the first server start builds the base template if it is not cached)", flush=True)
+    for i, config in enumerate(configs):
+        if i > 0:
+            time.sleep(SETTLE_SECONDS)
+        also = once_only if config is last else (lambda _s: None)
+        if not run_server(config, n, rest_rows[i], sdk_rows[i], extra, also):
+            failed.append(config.label)
+    if last.label in failed:
+        for m in once_rows:
+            m.note = f"skipped: the {last.label} server did not start"
 
     try:
+        binary = Path(os.environ.get("PADDOCK_BIN", DEFAULT_BIN))
         paddock_version = subprocess.run(
-            [str(server.binary), "--version"], capture_output=True, text=True, timeout=10
+            [str(binary), "--version"], capture_output=True, text=True, timeout=10
         ).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         paddock_version = "unknown"
@@ -345,21 +537,34 @@ def main() -> int:
         "e2b": e2b_version,
     }
 
+    results = rest_rows + sdk_rows + once_rows
+    cost = hardening_cost({"REST create": rest_rows, "SDK create + first command": sdk_rows}, configs)
+    if cost and n < 100:
+        cost.append(f"- (n={n}: p99 is the slowest sample or close to it; use the full run for p99)")
+
     print()
     print(f"machine: {info['nproc']} CPUs, {info['cpu']}, {info['memory']} RAM, kernel {info['kernel']}")
     print(f"samples per measurement: {n}")
     print(render_table(results))
     for m in results:
+        where = f" [{m.server}]" if m.server != "-" else ""
         if m.note:
-            print(f"  {m.name}: {m.note}")
+            print(f"  {m.name}{where}: {m.note}")
         for e in m.errors:
-            print(f"  {m.name} error: {e}")
+            print(f"  {m.name}{where} error: {e}")
+    if cost:
+        print("\nhardening cost (ratios to the unhardened server, same run):")
+        for line in cost:
+            print(line)
     for line in extra:
         print(line)
     if write:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(render_markdown(results, info, n, extra))
+        args.out.write_text(render_markdown(results, info, n, extra, configs, cost))
         print(f"\nwrote {args.out}")
+    if failed:
+        print(f"server(s) that did not start: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Runs the Paddock benchmark (bench/bench.py) against a fresh `paddock serve`.
+# Runs the Paddock benchmark (bench/bench.py) against fresh `paddock serve` processes.
 #   bench/run.sh            n=100, writes docs/benchmarks.md
 #   bench/run.sh --quick    n=10, prints only (add --write to write docs/benchmarks.md)
+#   bench/run.sh --configs default   only the default server (no unhardened/hardened comparison)
+# One run starts three servers one after the other (unhardened, hardened without network,
+# hardened + networking = default) to report what hardening costs the create path.
 # Uses the Python venv at $PADDOCK_VENV (default /var/cache/paddock/venv), creating it if needed.
 # The paddock binary: $PADDOCK_BIN (default target/release/paddock, built if missing).
 set -euo pipefail

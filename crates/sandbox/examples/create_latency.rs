@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|examples| examples.parent())
         .map(|dir| dir.join("paddock-sandbox-shim"))
         .ok_or_else(|| anyhow::anyhow!("cannot locate the shim"))?;
+    let unhardened = std::env::var_os("PADDOCK_UNHARDENED").is_some_and(|v| v == "1");
     let states = tempfile::tempdir()?;
     let parent = format!("paddock-bench-{}", std::process::id());
     let driver = NamespaceDriver::new(NamespaceConfig {
@@ -55,8 +56,10 @@ async fn main() -> anyhow::Result<()> {
         cgroup_parent: parent,
         state_root: states.path().to_path_buf(),
         disk_dir: states.path().join(".disks"),
-        id_map: Some(paddock_sandbox::idmap::IdMap::DEFAULT),
-        hardened: true,
+        // PADDOCK_UNHARDENED=1 measures without user namespace, seccomp, capability cut and
+        // /proc masks (as `paddock serve --unhardened-for-benchmarks`).
+        id_map: (!unhardened).then_some(paddock_sandbox::idmap::IdMap::DEFAULT),
+        hardened: !unhardened,
     })?;
     let (mut creates, mut kills) = (Vec::new(), Vec::new());
     for _ in 0..count {

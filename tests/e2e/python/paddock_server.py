@@ -118,6 +118,8 @@ class PaddockServer:
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="paddock-e2e-")))
     api_port: int = field(default_factory=free_port)
     proxy_port: int = field(default_factory=free_port)
+    # Extra `paddock serve` flags, appended to the command (e.g. `["--network", "none"]`).
+    extra_args: List[str] = field(default_factory=list)
     created_ids: Set[str] = field(default_factory=set)
     exports: Dict[str, str] = field(default_factory=dict)
     proc: Optional[subprocess.Popen] = None
@@ -180,6 +182,7 @@ class PaddockServer:
             f"127.0.0.1:{self.proxy_port}",
             "--templates-dir",
             str(self.templates_dir),
+            *self.extra_args,
         ]
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child keeps writing after we return
         try:

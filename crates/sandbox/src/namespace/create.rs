@@ -44,6 +44,7 @@ pub(crate) async fn create(
     let prepared = tokio::task::spawn_blocking(move || prepare(&prep_inner, &prep_spec))
         .await
         .map_err(|e| fail(format!("preparing task failed: {e}")))?;
+    let prepare_us = started.elapsed().as_micros() as u64;
     let (cg, log) = match prepared {
         Ok(p) => p,
         Err(e) => {
@@ -67,7 +68,13 @@ pub(crate) async fn create(
                 },
             );
             watch_child(inner, id.clone(), child, killed, done_tx);
-            tracing::info!(sandbox_id = %id, init_pid, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox started");
+            tracing::info!(
+                sandbox_id = %id,
+                init_pid,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                prepare_us,
+                "sandbox started"
+            );
             Ok(handle(id, init_pid, &spec.state_dir))
         }
         Err(message) => {
