@@ -23,6 +23,9 @@ enum Command {
     Template(commands::template::TemplateCommand),
     /// Check that this host has the kernel and host features a node needs.
     Doctor(commands::doctor::DoctorArgs),
+    /// Sandboxes of a Paddock API: list, info, kill, pause, resume, metrics, logs, exec.
+    #[command(subcommand)]
+    Sandbox(commands::sandbox::SandboxCommand),
     /// Internal: the per-sandbox helper process spawned by the namespace driver.
     #[command(hide = true, name = "sandbox-shim")]
     SandboxShim,
@@ -48,14 +51,15 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Serve(args) => commands::serve::run(args).await,
-            Command::Template(cmd) => commands::template::run(cmd).await,
-            Command::Doctor(args) => commands::doctor::run(args).await,
-            Command::SandboxShim => Ok(()),
+            Command::Serve(args) => commands::serve::run(args).await.map(|()| 0),
+            Command::Template(cmd) => commands::template::run(cmd).await.map(|()| 0),
+            Command::Doctor(args) => commands::doctor::run(args).await.map(|()| 0),
+            Command::Sandbox(cmd) => commands::sandbox::run(cmd).await,
+            Command::SandboxShim => Ok(0),
         }
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
