@@ -116,6 +116,8 @@ impl From<LifecycleError> for ApiError {
             }
             e @ LifecycleError::ShuttingDown => ApiError::Unavailable(e.to_string()),
             e @ LifecycleError::StoppedDuringCreate(_) => ApiError::Conflict(e.to_string()),
+            LifecycleError::Conflict(msg) => ApiError::Conflict(msg),
+            e @ LifecycleError::PauseFailed(_) => ApiError::Unavailable(e.to_string()),
             e @ LifecycleError::CreateFailed(_) => ApiError::CreateFailed(e.to_string()),
             other => ApiError::Internal(Box::new(other)),
         }

@@ -32,7 +32,8 @@
 //!
 //! Modules: [`store`] (the [`Store`] trait and [`SqliteStore`]), [`auth`] (key hashing and
 //! provisioning), [`routes`] (one file per endpoint), [`wire`] (JSON schemas), [`error`]
-//! ([`ApiError`]) and the private `lifecycle` core (one file per operation).
+//! ([`ApiError`]), [`logs`] (sandbox logs: sources, queries, wire shapes) and the private
+//! `lifecycle` core (one file per operation).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -45,12 +46,14 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 mod lifecycle;
+pub mod logs;
 pub mod routes;
 pub mod store;
 pub mod wire;
 
 pub use auth::{ensure_api_key, ensure_api_key_in, hash_api_key, KeySetupError};
 pub use error::ApiError;
+pub use lifecycle::pause::Wake;
 pub use lifecycle::reconcile::ReconcileReport;
 pub use lifecycle::Error as LifecycleError;
 pub use store::{SqliteStore, Store, StoreError};
@@ -174,6 +177,12 @@ impl ControlPlane {
         if let Err(err) = self.core.shutdown().await {
             tracing::error!(error = %error::chain(&err), "recording the shutdown failed");
         }
+    }
+
+    /// For the proxy, on traffic to a sandbox the node reports paused: resumes it if it was
+    /// created with `autoResume` (its end time becomes now + 300 s) and says whether it runs now.
+    pub async fn wake(&self, id: &paddock_domain::SandboxId) -> Result<Wake, LifecycleError> {
+        self.core.wake(id).await
     }
 
     /// The store (for tools that inspect records).

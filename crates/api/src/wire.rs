@@ -21,6 +21,8 @@ pub struct NewSandbox {
     pub auto_pause: Option<bool>,
     /// Resume on traffic (only meaningful with `autoPause`).
     pub auto_resume: Option<AutoResume>,
+    /// `false` = filesystem-only auto-pause.
+    pub auto_pause_memory: Option<bool>,
     /// v1 only: issue an envd access token (Paddock always does).
     pub secure: Option<bool>,
     /// Outbound network access (snake_case on the wire).
@@ -156,6 +158,28 @@ pub struct SandboxDetail {
     /// Sandbox domain (detail only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<Option<String>>,
+    /// `{"autoResume", "onTimeout"}` (detail only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleInfo>,
+}
+
+/// `lifecycle` of a `SandboxDetail`.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleInfo {
+    /// Traffic resumes the sandbox while it is paused.
+    pub auto_resume: bool,
+    /// `kill` or `pause`.
+    pub on_timeout: &'static str,
+}
+
+impl From<crate::store::SandboxLifecycle> for LifecycleInfo {
+    fn from(l: crate::store::SandboxLifecycle) -> Self {
+        LifecycleInfo {
+            auto_resume: l.auto_resume,
+            on_timeout: if l.auto_pause { "pause" } else { "kill" },
+        }
+    }
 }
 
 impl Sandbox {
@@ -196,6 +220,7 @@ impl SandboxDetail {
             metadata: rec.metadata.clone(),
             envd_access_token: None,
             domain: None,
+            lifecycle: None,
         }
     }
 

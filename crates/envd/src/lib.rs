@@ -6,7 +6,8 @@
 //! Module map: [`connect`] (wire framing), [`auth`] (token and signatures), [`users`] (users and
 //! paths), [`state`] (shared config), [`process`] (process service, PTYs, reaping),
 //! [`filesystem`] (filesystem service, watchers), [`files`] (HTTP file transfer), [`http_api`]
-//! (health, init, envs, metrics), [`forward`] (port forwarding socket), [`server`] (listeners).
+//! (health, init, envs, metrics), [`forward`] (port forwarding socket), [`server`] (listeners),
+//! [`logging`] (the JSON-lines log format the node parses).
 #![warn(missing_docs)]
 
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod files;
 pub mod filesystem;
 pub mod forward;
 pub mod http_api;
+pub mod logging;
 pub mod process;
 pub mod server;
 pub mod state;

@@ -1,4 +1,5 @@
-//! `paddock-envd`: parses flags, sets up logging and runs [`paddock_envd::server::run`] until
+//! `paddock-envd`: parses flags, sets up logging (JSON lines on stderr, see
+//! [`paddock_envd::logging`]) and runs [`paddock_envd::server::run`] until
 //! SIGTERM or SIGINT. As PID 1 of a sandbox only signals with installed handlers reach it, so
 //! both are handled explicitly; SIGPIPE stays ignored (Rust's default), so a closed peer is an
 //! error, never a death.
@@ -70,10 +71,16 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ENVD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // One JSON object per line on stderr (the node's `run/envd.log`), parsed by the node for
+    // the sandbox logs endpoints.
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(paddock_envd::logging::JsonLines::new(std::io::stderr))
+            .init();
+    }
     paddock_envd::process::cgroup::init_from_env();
     opts.ready_fd = std::env::var("PADDOCK_READY_FD")
         .ok()

@@ -13,10 +13,13 @@ use async_trait::async_trait;
 use paddock_domain::{Resources, SandboxId, TemplateName};
 
 pub mod doctor;
+pub mod logs;
 pub mod manager;
+pub mod metrics;
 pub mod templates;
 
 pub use manager::{LocalNode, NodeConfig};
+pub use metrics::{MetricSample, MetricsRange};
 pub use paddock_network::{Cidr, EgressPolicy, Network, NetworkConfig};
 
 /// What the control plane asks a node to start.
@@ -78,6 +81,9 @@ pub enum NodeError {
     /// The node cannot take more sandboxes right now.
     #[error("node is at capacity: {0}")]
     Busy(String),
+    /// This node cannot do the operation at all.
+    #[error("this node does not support {0}")]
+    Unsupported(&'static str),
     /// The runtime failed.
     #[error(transparent)]
     Runtime(#[from] paddock_sandbox::RuntimeError),
@@ -119,9 +125,56 @@ pub trait Node: Send + Sync + 'static {
     /// Replaces the egress policy of a live sandbox. A node without networking accepts any
     /// policy: its sandboxes have no egress at all.
     async fn update_network(&self, id: &SandboxId, policy: EgressPolicy) -> Result<(), NodeError>;
+    /// Resource-usage samples of sandbox `id` within `range`, oldest first (see [`metrics`]).
+    /// A live sandbox always has at least one (taken at once if the sampler has not yet
+    /// measured it); a sandbox no longer sampled (e.g. paused) returns its last samples; an
+    /// unknown one none. Default: none.
+    async fn metrics(&self, id: &SandboxId, range: MetricsRange) -> Vec<MetricSample> {
+        let _ = (id, range);
+        Vec::new()
+    }
+    /// The newest sample of each of `ids` that has one (others are left out). Default: the
+    /// last of [`Node::metrics`] for each.
+    async fn latest_metrics(&self, ids: &[SandboxId]) -> HashMap<SandboxId, MetricSample> {
+        let mut out = HashMap::new();
+        for id in ids {
+            if let Some(m) = self.metrics(id, MetricsRange::default()).await.pop() {
+                out.insert(id.clone(), m);
+            }
+        }
+        out
+    }
     /// Reattaches to sandboxes that survived a node restart; kills everything else it finds.
     /// Returns the ids that are still running.
     async fn reconcile(&self, expected: &[SandboxId]) -> Vec<SandboxId>;
     /// Stops every sandbox (shutdown).
     async fn shutdown(&self);
+    /// envd's log entries for a sandbox, oldest first: from its live log, or from the copy the
+    /// node kept after it stopped (see [`logs`]); bounded to the end of the log. The default
+    /// (a node without envd logs) has none.
+    async fn envd_logs(&self, id: &SandboxId) -> Result<Vec<logs::LogEntry>, NodeError> {
+        let _ = id;
+        Ok(Vec::new())
+    }
+
+    /// Pauses a live sandbox in memory (its processes stop, keeping memory and open files);
+    /// traffic for it is held back until [`Node::resume`]. Pausing a paused sandbox is a no-op;
+    /// a failed pause leaves it running. Default: unsupported.
+    async fn pause(&self, id: &SandboxId) -> Result<(), NodeError> {
+        let _ = id;
+        Err(NodeError::Unsupported("pausing sandboxes"))
+    }
+
+    /// Resumes a sandbox paused by [`Node::pause`]; a running sandbox is left as it is.
+    /// Default: unsupported.
+    async fn resume(&self, id: &SandboxId) -> Result<(), NodeError> {
+        let _ = id;
+        Err(NodeError::Unsupported("resuming sandboxes"))
+    }
+
+    /// Whether a live sandbox is paused (also after a restart of the node). Default: never.
+    fn is_paused(&self, id: &SandboxId) -> bool {
+        let _ = id;
+        false
+    }
 }

@@ -54,6 +54,8 @@ const SHUTDOWN_CREATE_WAIT: Duration = Duration::from_secs(15);
 #[derive(Debug, Clone)]
 struct Live {
     handle: SandboxHandle,
+    /// Paused (frozen) by [`Node::pause`] or found frozen when adopted.
+    paused: bool,
 }
 
 /// The sandboxes of this node: running, and being created (slots reserved).
@@ -74,6 +76,8 @@ pub struct LocalNode {
     /// Woken whenever a create gives its reservation back.
     create_done: Notify,
     exits: broadcast::Sender<SandboxId>,
+    /// Resource-usage samples of the sandboxes (see [`crate::metrics`]).
+    metrics: Arc<crate::metrics::MetricsStore>,
 }
 
 /// A reserved slot for one create; dropping it (failure, cancellation) frees the slot.
@@ -109,7 +113,9 @@ impl LocalNode {
             table: RwLock::new(Table::default()),
             create_done: Notify::new(),
             exits,
+            metrics: Arc::default(),
         });
+        tokio::spawn(crate::metrics::run_sampler(Arc::downgrade(&node)));
         let weak = Arc::downgrade(&node);
         let mut rx = node.runtime.exits();
         tokio::spawn(async move {
@@ -132,6 +138,34 @@ impl LocalNode {
     /// The template store this node serves.
     pub fn templates(&self) -> &TemplateStore {
         &self.templates
+    }
+
+    /// The metrics sampler's view of this node: the store, and what to read for sandbox `id`
+    /// (`None` once its state directory or `node.json` is gone).
+    pub(crate) fn metrics_store(&self) -> &Arc<crate::metrics::MetricsStore> {
+        &self.metrics
+    }
+
+    pub(crate) fn metrics_source(
+        &self,
+        id: &SandboxId,
+    ) -> Option<(crate::metrics::MetricsSource, std::time::SystemTime)> {
+        let dir = self.state_dir(id);
+        let (resources, started) = crate::metrics::read_node_meta(&dir)?;
+        let source = crate::metrics::MetricsSource {
+            cgroup_dirs: self.runtime.cgroup_dirs(id),
+            disk_dir: dir.join("disk"),
+            resources,
+        };
+        Some((source, started))
+    }
+
+    pub(crate) fn live_ids(&self) -> Vec<SandboxId> {
+        self.table().live.keys().cloned().collect()
+    }
+
+    pub(crate) fn sandboxes_dir(&self) -> &Path {
+        &self.cfg.sandboxes_dir
     }
 
     fn state_dir(&self, id: &SandboxId) -> PathBuf {
@@ -193,11 +227,66 @@ impl LocalNode {
             return;
         }
         tracing::warn!(sandbox_id = %id, "sandbox exited on its own");
+        crate::logs::archive_logged(self.state_dir(&id), &self.cfg.sandboxes_dir, &id).await;
         if let Err(e) = self.runtime.kill(&id, &self.state_dir(&id)).await {
             tracing::error!(sandbox_id = %id, error = %e, "cleaning up an exited sandbox");
         }
         self.release_network(&id).await;
         let _ = self.exits.send(id);
+    }
+
+    /// Freezes (`paused`) or thaws a live sandbox. The table says `paused` before the freeze
+    /// starts, so the proxy holds new traffic back instead of sending it into a sandbox that
+    /// cannot answer, and says running only once the thaw is done.
+    async fn set_paused(&self, id: &SandboxId, paused: bool) -> Result<(), NodeError> {
+        let set = |value: bool| -> bool {
+            match self.table_mut().live.get_mut(id) {
+                Some(live) => {
+                    live.paused = value;
+                    true
+                }
+                None => false,
+            }
+        };
+        if paused && !set(true) {
+            return Err(NodeError::SandboxNotFound(id.clone()));
+        }
+        if !paused && !self.table().live.contains_key(id) {
+            return Err(NodeError::SandboxNotFound(id.clone()));
+        }
+        let started = std::time::Instant::now();
+        let result = if paused {
+            self.runtime.pause(id).await
+        } else {
+            self.runtime.resume(id).await
+        };
+        match result {
+            Ok(()) => {
+                if !paused {
+                    set(false);
+                }
+                tracing::info!(
+                    sandbox_id = %id,
+                    paused,
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "sandbox freezer changed"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                // A failed freeze is undone by the runtime; a failed thaw leaves it frozen.
+                if paused {
+                    set(false);
+                }
+                Err(match e {
+                    paddock_sandbox::RuntimeError::NotFound(id) => NodeError::SandboxNotFound(id),
+                    paddock_sandbox::RuntimeError::Unsupported { .. } => {
+                        NodeError::Unsupported("pausing sandboxes on this runtime")
+                    }
+                    other => other.into(),
+                })
+            }
+        }
     }
 
     /// Gives the sandbox's network slot back (a no-op without networking or lease).
@@ -313,7 +402,13 @@ impl Node for LocalNode {
             if table.shutting_down {
                 false
             } else {
-                table.live.insert(req.id.clone(), Live { handle });
+                table.live.insert(
+                    req.id.clone(),
+                    Live {
+                        handle,
+                        paused: false,
+                    },
+                );
                 true
             }
         };
@@ -350,8 +445,13 @@ impl Node for LocalNode {
         })
     }
 
+    async fn envd_logs(&self, id: &SandboxId) -> Result<Vec<crate::logs::LogEntry>, NodeError> {
+        crate::logs::read_logged(self.state_dir(id), &self.cfg.sandboxes_dir, id).await
+    }
+
     async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {
         self.table_mut().live.remove(id);
+        crate::logs::archive_logged(self.state_dir(id), &self.cfg.sandboxes_dir, id).await;
         let killed = self.runtime.kill(id, &self.state_dir(id)).await;
         self.release_network(id).await;
         killed?;
@@ -391,6 +491,14 @@ impl Node for LocalNode {
         })
     }
 
+    async fn metrics(
+        &self,
+        id: &SandboxId,
+        range: crate::MetricsRange,
+    ) -> Vec<crate::MetricSample> {
+        crate::metrics::query(self, id, range).await
+    }
+
     async fn reconcile(&self, expected: &[SandboxId]) -> Vec<SandboxId> {
         let mut adopted = Vec::new();
         for id in expected {
@@ -400,8 +508,11 @@ impl Node for LocalNode {
                 .and_then(|b| serde_json::from_slice(&b).ok());
             match (meta, self.runtime.adopt(id, &dir).await) {
                 (Some(_), Ok(Some(handle))) => {
-                    tracing::info!(sandbox_id = %id, pid = handle.init_pid, "adopted running sandbox");
-                    self.table_mut().live.insert(id.clone(), Live { handle });
+                    let paused = self.runtime.is_paused(id);
+                    tracing::info!(sandbox_id = %id, pid = handle.init_pid, paused, "adopted running sandbox");
+                    self.table_mut()
+                        .live
+                        .insert(id.clone(), Live { handle, paused });
                     adopted.push(id.clone());
                 }
                 (_, Ok(Some(_))) => {
@@ -437,6 +548,18 @@ impl Node for LocalNode {
             }
         }
         adopted
+    }
+
+    async fn pause(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.set_paused(id, true).await
+    }
+
+    async fn resume(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.set_paused(id, false).await
+    }
+
+    fn is_paused(&self, id: &SandboxId) -> bool {
+        self.table().live.get(id).is_some_and(|l| l.paused)
     }
 
     async fn shutdown(&self) {

@@ -1,7 +1,10 @@
 //! The proxy's only view of sandboxes: a [`SandboxDirectory`] answers where a sandbox's sockets
-//! are. The node (or, later, a cluster registry) implements it; the proxy never owns sandboxes.
+//! are, or that it is paused, and can wake a paused one that resumes on traffic. The node (or,
+//! later, a cluster registry) implements it; the proxy never owns sandboxes.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 
 use paddock_domain::SandboxId;
 
@@ -22,13 +25,28 @@ pub struct Upstream {
 pub enum Lookup {
     /// The sandbox runs; traffic goes to these sockets.
     Running(Upstream),
+    /// The sandbox exists but is paused: its processes cannot answer until it is resumed
+    /// (see [`SandboxDirectory::wake`]).
+    Paused,
     /// No such sandbox, or it is no longer running.
     NotFound,
 }
+
+/// The future [`SandboxDirectory::wake`] returns.
+pub type WakeFuture<'a> = Pin<Box<dyn Future<Output = Lookup> + Send + 'a>>;
 
 /// Resolves sandbox ids to their sockets. Called once per proxied request, on the request's
 /// task, so it must be cheap and must not block.
 pub trait SandboxDirectory: Send + Sync + 'static {
     /// Looks up where `id` runs.
     fn lookup(&self, id: &SandboxId) -> Lookup;
+
+    /// Called when [`SandboxDirectory::lookup`] answered [`Lookup::Paused`]: resumes the
+    /// sandbox if it asked to be resumed by traffic (`autoResume`), and answers the lookup
+    /// after that attempt (`Running` once resumed, still `Paused` if it does not resume on
+    /// traffic). Default: sandboxes stay paused.
+    fn wake<'a>(&'a self, id: &'a SandboxId) -> WakeFuture<'a> {
+        let _ = id;
+        Box::pin(std::future::ready(Lookup::Paused))
+    }
 }

@@ -123,8 +123,17 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let config = &self.inner.config;
-        let upstream = match self.inner.dir.lookup(&route.sandbox_id) {
+        let mut lookup = self.inner.dir.lookup(&route.sandbox_id);
+        if lookup == Lookup::Paused {
+            // Resumes it when it asked for that (autoResume); the request then goes through.
+            lookup = self.inner.dir.wake(&route.sandbox_id).await;
+        }
+        let upstream = match lookup {
             Lookup::Running(upstream) => upstream,
+            Lookup::Paused => {
+                tracing::debug!("sandbox is paused");
+                return reply::paused(&route.sandbox_id, route.port == config.envd_port);
+            }
             Lookup::NotFound => {
                 tracing::debug!("sandbox not found");
                 return reply::sandbox_not_found(&route.sandbox_id);
@@ -225,6 +234,7 @@ impl Proxy {
             SendError::Connect(ConnectError::Timeout) if is_envd => match self.inner.dir.lookup(id)
             {
                 Lookup::NotFound => reply::sandbox_not_found(id),
+                Lookup::Paused => reply::paused(id, is_envd),
                 Lookup::Running(_) => reply::upstream_failed(id, route.port),
             },
             SendError::Connect(
@@ -234,6 +244,7 @@ impl Proxy {
             SendError::Connect(ConnectError::Handshake(_)) | SendError::Exchange(_) => {
                 match self.inner.dir.lookup(id) {
                     Lookup::NotFound => reply::sandbox_not_found(id),
+                    Lookup::Paused => reply::paused(id, is_envd),
                     Lookup::Running(_) => reply::upstream_failed(id, route.port),
                 }
             }
@@ -445,5 +456,75 @@ mod tests {
         assert!(is_safe_to_repeat(&http::Method::OPTIONS));
         assert!(!is_safe_to_repeat(&http::Method::POST));
         assert!(!is_safe_to_repeat(&http::Method::DELETE));
+    }
+
+    /// A paused sandbox; `wake` counts its calls and answers `after_wake`.
+    struct PausedDir {
+        wakes: std::sync::atomic::AtomicUsize,
+        after_wake: Lookup,
+    }
+    impl SandboxDirectory for PausedDir {
+        fn lookup(&self, _: &paddock_domain::SandboxId) -> Lookup {
+            Lookup::Paused
+        }
+        fn wake<'a>(&'a self, _: &'a paddock_domain::SandboxId) -> crate::WakeFuture<'a> {
+            self.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(std::future::ready(self.after_wake.clone()))
+        }
+    }
+
+    fn paused_request() -> Request<Full<Bytes>> {
+        Request::builder()
+            .uri("/health")
+            .header("e2b-sandbox-id", "iabc")
+            .header("e2b-sandbox-port", "3000")
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn paused_sandbox_without_auto_resume_gets_the_edge_409() {
+        let dir = Arc::new(PausedDir {
+            wakes: Default::default(),
+            after_wake: Lookup::Paused,
+        });
+        let proxy = Proxy::new(dir.clone(), ProxyConfig::default());
+        // envd's port: a 502 the SDKs read as "not running".
+        let envd = Request::builder()
+            .uri("/health")
+            .header("e2b-sandbox-id", "iabc")
+            .header("e2b-sandbox-port", "49983")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = proxy.handle(envd).await;
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert!(body_text(resp).await.contains("The sandbox is paused"));
+        let resp = proxy.handle(paused_request()).await;
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
+        let v: serde_json::Value = serde_json::from_str(&body_text(resp).await).expect("json body");
+        assert_eq!(
+            v,
+            serde_json::json!({"sandboxId": "iabc", "message": "The sandbox is paused",
+                "code": 409, "canAutoResume": false})
+        );
+        assert_eq!(dir.wakes.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_woken_sandbox_is_proxied_to() {
+        // Woken to sockets that do not exist: the request is attempted (and fails as for any
+        // running sandbox whose socket is gone), so it is not answered as paused.
+        let dir = Arc::new(PausedDir {
+            wakes: Default::default(),
+            after_wake: Lookup::Running(crate::Upstream {
+                envd_socket: "/nonexistent/envd.sock".into(),
+                forward_socket: "/nonexistent/forward.sock".into(),
+            }),
+        });
+        let proxy = Proxy::new(dir.clone(), ProxyConfig::default());
+        let resp = proxy.handle(paused_request()).await;
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert!(body_text(resp).await.contains("was not found"));
+        assert_eq!(dir.wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

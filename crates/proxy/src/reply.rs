@@ -40,6 +40,43 @@ pub fn sandbox_not_found(id: &SandboxId) -> Response<ProxyBody> {
     edge_error(id, SANDBOX_NOT_FOUND, None, StatusCode::BAD_GATEWAY)
 }
 
+/// The message of the reference edge for a paused sandbox.
+pub const SANDBOX_PAUSED: &str = "The sandbox is paused";
+
+/// The reference edge's body for a paused sandbox that does not resume on traffic.
+#[derive(Serialize)]
+struct PausedError<'a> {
+    #[serde(rename = "sandboxId")]
+    sandbox_id: &'a str,
+    message: &'a str,
+    code: u16,
+    #[serde(rename = "canAutoResume")]
+    can_auto_resume: bool,
+}
+
+/// The answer for traffic to a paused sandbox that does not resume on traffic: on envd's port
+/// a 502 edge error (the SDKs' `is_running()` reads 502 as "not running" and raise
+/// `SandboxUnreachableException` for other envd calls), on any other port the reference edge's
+/// 409 [`sandbox_paused`].
+pub fn paused(id: &SandboxId, envd_port: bool) -> Response<ProxyBody> {
+    if envd_port {
+        edge_error(id, SANDBOX_PAUSED, None, StatusCode::BAD_GATEWAY)
+    } else {
+        sandbox_paused(id)
+    }
+}
+
+/// 409 for a paused sandbox that does not resume on traffic (the reference edge's answer).
+pub fn sandbox_paused(id: &SandboxId) -> Response<ProxyBody> {
+    let body = PausedError {
+        sandbox_id: id.as_str(),
+        message: SANDBOX_PAUSED,
+        code: StatusCode::CONFLICT.as_u16(),
+        can_auto_resume: false,
+    };
+    json_response(StatusCode::CONFLICT, &body)
+}
+
 /// 502 for a running sandbox where nothing listens on `port`.
 pub fn port_not_open(id: &SandboxId, port: u16) -> Response<ProxyBody> {
     edge_error(id, PORT_NOT_OPEN, Some(port), StatusCode::BAD_GATEWAY)

@@ -94,6 +94,24 @@ pub enum RuntimeError {
     /// The driver does not know this sandbox.
     #[error("sandbox {0} is not running on this node")]
     NotFound(SandboxId),
+    /// The driver cannot do this at all (e.g. pause without a cgroup freezer).
+    #[error("the {driver} runtime does not support {operation}")]
+    Unsupported {
+        /// The driver's name.
+        driver: &'static str,
+        /// What was asked.
+        operation: &'static str,
+    },
+    /// Pausing or resuming a sandbox failed; the sandbox is left running.
+    #[error("{operation} sandbox {id}: {message}")]
+    Pause {
+        /// Which sandbox.
+        id: SandboxId,
+        /// `pausing` or `resuming`.
+        operation: &'static str,
+        /// What failed.
+        message: String,
+    },
     /// An I/O error with context.
     #[error("{context}")]
     Io {
@@ -139,7 +157,42 @@ pub trait RuntimeDriver: Send + Sync + 'static {
     /// exit whose notification they missed (subscribed too late, or lagged behind).
     fn is_alive(&self, id: &SandboxId) -> bool;
 
+    /// The host cgroup directories of sandbox `id` (one per hierarchy), for reading its
+    /// resource usage from the host. Default: none (the driver has no cgroups).
+    fn cgroup_dirs(&self, id: &SandboxId) -> Vec<PathBuf> {
+        let _ = id;
+        Vec::new()
+    }
+
     /// Removes driver-wide host state (e.g. the parent cgroup) at shutdown, once every sandbox
     /// has been killed. Best effort: what is still in use is left alone.
     async fn release(&self);
+
+    /// Pauses sandbox `id` in memory: every process stops being scheduled and keeps its memory
+    /// and open files. Returns once all of them are stopped; pausing a paused sandbox is a
+    /// no-op. A failed pause leaves the sandbox running. Default: unsupported.
+    async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported {
+            driver: self.name(),
+            operation: "pause",
+        })
+    }
+
+    /// Resumes a sandbox paused by [`RuntimeDriver::pause`] (the same processes continue);
+    /// resuming a running sandbox is a no-op. Default: unsupported.
+    async fn resume(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported {
+            driver: self.name(),
+            operation: "resume",
+        })
+    }
+
+    /// Whether sandbox `id` is paused right now (also true for a sandbox adopted after a node
+    /// restart that was paused before it). Default: never.
+    fn is_paused(&self, id: &SandboxId) -> bool {
+        let _ = id;
+        false
+    }
 }

@@ -644,3 +644,51 @@ async fn template_symlinks_cannot_redirect_setup_to_the_host() {
         }
     }
 }
+
+#[tokio::test]
+async fn pause_freezes_the_sandbox_and_a_paused_sandbox_can_be_killed() {
+    let states = tempfile::tempdir().expect("tempdir");
+    let parent = TestParent::new();
+    let driver = driver(&parent, states.path());
+    let id = SandboxId::generate();
+    let spec = spec(&id, states.path(), "ok");
+    let pid = driver.create(spec.clone()).await.expect("create").init_pid;
+    let dirs = driver.cgroup_dirs(&id);
+    let frozen = |dirs: &[PathBuf]| {
+        dirs.iter().any(|d| {
+            std::fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+                || std::fs::read_to_string(d.join("cgroup.events"))
+                    .is_ok_and(|s| s.lines().any(|l| l == "frozen 1"))
+        })
+    };
+    assert!(!driver.is_paused(&id));
+    assert!(!frozen(&dirs));
+
+    driver.pause(&id).await.expect("pause");
+    assert!(driver.is_paused(&id));
+    assert!(frozen(&dirs), "the kernel reports the cgroup frozen");
+    assert!(driver.is_alive(&id), "paused is not dead");
+    driver.pause(&id).await.expect("pausing twice is a no-op");
+
+    driver.resume(&id).await.expect("resume");
+    assert!(!driver.is_paused(&id));
+    assert!(!frozen(&dirs));
+    assert!(driver.is_alive(&id));
+
+    let unknown = SandboxId::generate();
+    assert!(matches!(
+        driver.pause(&unknown).await,
+        Err(paddock_sandbox::RuntimeError::NotFound(_))
+    ));
+
+    driver.pause(&id).await.expect("pause again");
+    driver
+        .kill(&id, &spec.state_dir)
+        .await
+        .expect("kill paused");
+    assert!(!alive(pid));
+    assert!(!spec.state_dir.exists());
+    for d in &dirs {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}

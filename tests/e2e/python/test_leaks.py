@@ -140,12 +140,28 @@ def _settled(paddock, base: Snapshot, ids: List[str], timeout: float = 15) -> Sn
         time.sleep(0.25)
 
 
+def _wait_for_full_pools(paddock, timeout: float = 20) -> None:
+    """Waits until the node's pools (network slots, disks) stop changing for a second, so the
+    baseline does not catch a pool still refilling after the warm-up."""
+    deadline = time.monotonic() + timeout
+    last, stable_since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        snap = Snapshot.take(paddock)
+        key = (len(snap.links), snap.mounts, snap.loops)
+        if key != last:
+            last, stable_since = key, time.monotonic()
+        elif time.monotonic() - stable_since >= 1.0:
+            return
+        time.sleep(0.25)
+
+
 def test_create_kill_cycles_leave_nothing(paddock):
     # Warm up once so lazily created things (template caches, connection pools) are in the baseline.
     warm = Sandbox.create(timeout=120)
     paddock.track(warm.sandbox_id)
     warm.commands.run("true")
     warm.kill()
+    _wait_for_full_pools(paddock)
     base = _settled(paddock, Snapshot.take(paddock), [warm.sandbox_id], timeout=5)
 
     ids: List[str] = []

@@ -1,7 +1,8 @@
 //! The two background tasks of the control plane, run by `ControlPlane::run_background` until
 //! shutdown:
 //! - **expiry** sleeps until the earliest end time of a running sandbox (re-planned whenever a
-//!   create, connect or set_timeout wakes it) and kills what has expired; it also retries failed
+//!   create, connect or set_timeout wakes it) and kills what has expired (or pauses it, for
+//!   `autoPause` sandboxes; paused sandboxes have no end time); it also retries failed
 //!   node cleanups and prunes old `stopped` records (see `cleanup`);
 //! - **exit watcher** follows `Node::exits()` and settles sandboxes that died by themselves as
 //!   `stopped`; if it falls behind it compares the store with `Node::live()`.
@@ -66,6 +67,16 @@ impl Core {
     async fn expire_due(self: &Arc<Self>) -> Result<StdDuration, Error> {
         let now = Utc::now();
         for id in self.store.ended_by(SandboxState::Running, now).await? {
+            // `autoPause` sandboxes are paused instead (inline: a freeze takes milliseconds,
+            // and the next pass must not see them as due again). A failed pause kills.
+            if self.store.lifecycle(&id).await?.auto_pause {
+                match self.auto_pause(&id).await {
+                    Ok(_) => continue,
+                    Err(err) => {
+                        tracing::error!(sandbox_id = %id, error = ?err, "auto-pause failed; killing the sandbox instead");
+                    }
+                }
+            }
             // Claim synchronously so the next pass does not see it again, kill in the background.
             if self
                 .claim_kill(&id, SandboxState::Running, "timeout reached")

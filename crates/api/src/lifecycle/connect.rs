@@ -1,6 +1,6 @@
 //! Connect: hand a running sandbox back to a client and extend its life. The end time only ever
-//! grows here: `end = max(end, now + timeout)`. Paused sandboxes cannot exist yet (pause/resume is
-//! later work), so resuming is reported as not implemented.
+//! grows here: `end = max(end, now + timeout)`. A paused sandbox is resumed (see `pause`) and
+//! gets `end = now + timeout`.
 
 use chrono::{Duration, Utc};
 use paddock_domain::{SandboxId, SandboxState};
@@ -9,17 +9,24 @@ use super::{validate, Core, Error};
 use crate::store::{SandboxRecord, TeamId};
 
 impl Core {
-    /// Connects to a running sandbox, extending its end time to at least `now + timeout_secs`.
+    /// Connects to a sandbox: a running one gets its end time extended to at least
+    /// `now + timeout_secs`, a paused one is resumed. Returns the record and whether it was
+    /// resumed.
     pub(crate) async fn connect(
         &self,
         team: &TeamId,
         id: &SandboxId,
         timeout_secs: i64,
-    ) -> Result<SandboxRecord, Error> {
+    ) -> Result<(SandboxRecord, bool), Error> {
         let timeout = validate::timeout("timeout", timeout_secs)?;
         let mut rec = self.visible(team, id).await?;
         if rec.state == SandboxState::Paused {
-            return Err(Error::NotImplemented("resuming a paused sandbox"));
+            let (resumed, was_paused) = self.resume_by_id(id, timeout).await?;
+            if was_paused {
+                return Ok((resumed, true));
+            }
+            // Resumed by someone else meanwhile: extend it like any running sandbox.
+            rec = resumed;
         }
         let wanted = Utc::now() + Duration::seconds(timeout);
         if wanted > rec.end_at {
@@ -33,6 +40,6 @@ impl Core {
             tracing::debug!(sandbox_id = %id, end_at = %wanted, "connect extended sandbox");
             rec.end_at = wanted;
         }
-        Ok(rec)
+        Ok((rec, false))
     }
 }

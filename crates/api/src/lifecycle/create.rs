@@ -31,6 +31,10 @@ pub struct CreateSpec {
     pub env_vars: HashMap<String, String>,
     /// `autoPause` (pause on timeout) was requested.
     pub auto_pause: bool,
+    /// `autoResume.enabled`: traffic resumes the sandbox while it is paused.
+    pub auto_resume: bool,
+    /// `autoPauseMemory` as sent (`false` = filesystem-only auto-pause, not supported).
+    pub auto_pause_memory: Option<bool>,
     /// The `Idempotency-Key` header (v2 only).
     pub idempotency_key: Option<String>,
     /// `allow_internet_access` as sent.
@@ -57,9 +61,11 @@ impl Core {
         validate::metadata(&spec.metadata)?;
         validate::env_vars(&spec.env_vars)?;
         validate::egress(spec.allow_internet_access, spec.network.as_ref())?;
-        if spec.auto_pause {
-            return Err(Error::NotImplemented(
-                "autoPause (pausing sandboxes on timeout)",
+        if spec.auto_pause_memory == Some(false) {
+            return Err(Error::Invalid(
+                "autoPauseMemory: false (filesystem-only pause) is not supported by Paddock; \
+                 sandboxes are paused with their memory"
+                    .into(),
             ));
         }
         if spec.template.trim().is_empty() {
@@ -131,12 +137,29 @@ impl Core {
             resources: None,
             network: egress,
         };
+        let lifecycle = crate::store::SandboxLifecycle {
+            auto_pause: spec.auto_pause,
+            auto_resume: spec.auto_resume,
+        };
         // Detached (and tracked, so shutdown waits for it) so that a cancelled request still
         // finishes and records the create, idempotency key included.
         let core = Arc::clone(self);
         let task = self.spawn_create(async move {
             core.store.insert_sandbox(&record).await?;
+            if lifecycle != crate::store::SandboxLifecycle::default() {
+                core.store.set_lifecycle(&record.id, lifecycle).await?;
+            }
             tracing::info!(sandbox_id = %record.id, template = %record.template, "creating sandbox");
+            core.record_log(
+                &record.id,
+                crate::logs::created_entry(
+                    record.template.as_str(),
+                    record.alias.as_deref(),
+                    &record.resources,
+                    timeout_secs,
+                ),
+            )
+            .await;
             if let Some(claim) = &claim {
                 core.store
                     .record_idempotency(&record.team_id, &claim.key, &record.id, Utc::now())
@@ -188,6 +211,8 @@ impl Core {
                         "the sandbox exited while it was starting".into(),
                     ));
                 }
+                self.record_log(&id, crate::logs::running_entry(&started.resources))
+                    .await;
                 self.expiry_wake.notify_one();
                 record.state = SandboxState::Running;
                 record.resources = started.resources;

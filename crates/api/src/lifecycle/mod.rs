@@ -24,6 +24,7 @@ pub(crate) mod connect;
 pub(crate) mod create;
 pub(crate) mod kill;
 pub(crate) mod network;
+pub(crate) mod pause;
 pub(crate) mod query;
 pub(crate) mod reconcile;
 pub(crate) mod timeout;
@@ -50,6 +51,12 @@ pub enum Error {
     /// The node has no capacity right now; retry later.
     #[error("{0}")]
     Busy(String),
+    /// The sandbox is not in a state that allows the operation (e.g. pausing a paused one).
+    #[error("{0}")]
+    Conflict(String),
+    /// Pausing or resuming failed on the node; the sandbox was left as it was.
+    #[error("cannot pause or resume the sandbox now: {0}")]
+    PauseFailed(String),
     /// The control plane is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -103,6 +110,8 @@ pub(crate) struct Core {
     pub(crate) cleanups: cleanup::Retries,
     /// Serialises creates that carry the same `Idempotency-Key` within a team.
     idempotency_locks: IdempotencyLocks,
+    /// Serialises pause and resume of one sandbox.
+    pub(crate) pause_locks: pause::PauseLocks,
 }
 
 impl Core {
@@ -117,6 +126,7 @@ impl Core {
             tasks: TaskTracker::new(),
             cleanups: cleanup::Retries::default(),
             idempotency_locks: Mutex::new(HashMap::new()),
+            pause_locks: pause::PauseLocks::default(),
         }
     }
 
@@ -136,6 +146,8 @@ impl Core {
         from.transition(to)?;
         let changed = self.store.set_state(id, from, to, reason).await?;
         if changed {
+            self.record_log(id, crate::logs::state_change_entry(from, to, reason))
+                .await;
             tracing::info!(
                 sandbox_id = %id,
                 from = %from,

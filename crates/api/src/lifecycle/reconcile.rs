@@ -58,6 +58,7 @@ impl Core {
                 .await?;
             report.stopped.push(rec.id);
         }
+        self.reconcile_paused(&report.kept).await?;
         tracing::info!(
             kept = report.kept.len(),
             stopped = report.stopped.len(),

@@ -1,5 +1,6 @@
 //! `POST /v2/sandboxes/{id}/connect` (timeout optional, default 300 s) and
-//! `POST /sandboxes/{id}/connect` (timeout required): 200 with a `Sandbox`.
+//! `POST /sandboxes/{id}/connect` (timeout required): 200 with a `Sandbox`, 201 when the sandbox
+//! was paused and has been resumed.
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -19,9 +20,15 @@ async fn run(
     path: SandboxPath,
     timeout: i64,
 ) -> Result<impl IntoResponse, ApiError> {
-    let rec = state.core.connect(&team.0, &path.0, timeout).await?;
+    let (rec, resumed) = state.core.connect(&team.0, &path.0, timeout).await?;
     let domain = state.core.config.domain.as_deref();
-    Ok(axum::Json(Sandbox::from_record(&rec, domain)))
+    // 201 when a paused sandbox was resumed, 200 when it was running.
+    let status = if resumed {
+        axum::http::StatusCode::CREATED
+    } else {
+        axum::http::StatusCode::OK
+    };
+    Ok((status, axum::Json(Sandbox::from_record(&rec, domain))))
 }
 
 pub(super) async fn connect_v2(

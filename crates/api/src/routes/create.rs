@@ -24,6 +24,8 @@ fn spec(body: NewSandbox, default_timeout: i64, idempotency_key: Option<String>)
         metadata: body.metadata.unwrap_or_default(),
         env_vars: body.env_vars.unwrap_or_default(),
         auto_pause: body.auto_pause.unwrap_or(false),
+        auto_resume: body.auto_resume.is_some_and(|a| a.enabled),
+        auto_pause_memory: body.auto_pause_memory,
         idempotency_key,
         allow_internet_access: body.allow_internet_access,
         network: body.network,

@@ -15,8 +15,8 @@ pub(super) async fn get(
     path: SandboxPath,
 ) -> Result<Json<SandboxDetail>, ApiError> {
     let rec = state.core.get(&team.0, &path.0).await?;
-    Ok(Json(SandboxDetail::detail(
-        &rec,
-        state.core.config.domain.as_deref(),
-    )))
+    let lifecycle = state.core.lifecycle_of(&rec.id).await?;
+    let mut detail = SandboxDetail::detail(&rec, state.core.config.domain.as_deref());
+    detail.lifecycle = Some(lifecycle.into());
+    Ok(Json(detail))
 }

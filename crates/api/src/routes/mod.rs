@@ -14,6 +14,8 @@ mod get;
 mod health;
 mod kill;
 mod list;
+mod logs;
+mod metrics;
 mod network;
 mod pause;
 pub(crate) mod query;
@@ -26,6 +28,13 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes", post(create::create_v1).get(list::list_v1))
         .route("/v2/sandboxes", post(create::create_v2).get(list::list_v2))
         .route("/sandboxes/{sandbox_id}", get(get::get).delete(kill::kill))
+        .route("/sandboxes/metrics", get(metrics::batch_metrics))
+        .route(
+            "/sandboxes/{sandbox_id}/metrics",
+            get(metrics::sandbox_metrics),
+        )
+        .route("/sandboxes/{sandbox_id}/logs", get(logs::logs_v1))
+        .route("/v2/sandboxes/{sandbox_id}/logs", get(logs::logs_v2))
         .route("/sandboxes/{sandbox_id}/connect", post(connect::connect_v1))
         .route(
             "/v2/sandboxes/{sandbox_id}/connect",

@@ -1,6 +1,7 @@
 //! Persistence of the control plane behind the [`Store`] trait: teams, API keys (SHA-256 hashes
-//! only), sandbox records and idempotency keys. SQL lives only in the backend modules
-//! ([`sqlite`] today; Postgres later), never in the lifecycle or HTTP code.
+//! only), sandbox records, idempotency keys and the control plane's sandbox log entries. SQL
+//! lives only in the backend modules ([`sqlite`] today; Postgres later), never in the lifecycle
+//! or HTTP code.
 //!
 //! State changes are compare-and-set ([`Store::set_state`], [`Store::set_running`]) so that two
 //! tasks racing on one sandbox (a kill and the expiry, say) cannot both win. Which transitions are
@@ -146,6 +147,15 @@ pub enum StoreError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// What a sandbox does at its end time and on traffic while paused (`autoPause`, `autoResume`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SandboxLifecycle {
+    /// Pause instead of kill when the end time is reached.
+    pub auto_pause: bool,
+    /// Traffic arriving at the proxy resumes the sandbox when it is paused.
+    pub auto_resume: bool,
+}
+
 /// The persistence operations of the control plane. Implementations must be safe to call from
 /// many tasks at once; every method is one short transaction.
 #[async_trait]
@@ -226,4 +236,42 @@ pub trait Store: Send + Sync + 'static {
         sandbox: &SandboxId,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+
+    /// Records the lifecycle settings of an existing sandbox. Default: ignored (every sandbox
+    /// then has the default lifecycle: kill at the end time, no auto-resume).
+    async fn set_lifecycle(
+        &self,
+        id: &SandboxId,
+        lifecycle: SandboxLifecycle,
+    ) -> Result<(), StoreError> {
+        let _ = (id, lifecycle);
+        Ok(())
+    }
+
+    /// Appends a control-plane entry to the log of an existing sandbox; entries go when the
+    /// record goes. Default: ignored (no control-plane log entries are kept).
+    async fn append_sandbox_log(
+        &self,
+        id: &SandboxId,
+        entry: &paddock_node::logs::LogEntry,
+    ) -> Result<(), StoreError> {
+        let _ = (id, entry);
+        Ok(())
+    }
+
+    /// The control-plane log entries of a sandbox, oldest first (the newest 10 000 at most).
+    /// Default: none.
+    async fn sandbox_logs(
+        &self,
+        id: &SandboxId,
+    ) -> Result<Vec<paddock_node::logs::LogEntry>, StoreError> {
+        let _ = id;
+        Ok(Vec::new())
+    }
+
+    /// The lifecycle settings of a sandbox (the default when unknown). Default: the default.
+    async fn lifecycle(&self, id: &SandboxId) -> Result<SandboxLifecycle, StoreError> {
+        let _ = id;
+        Ok(SandboxLifecycle::default())
+    }
 }

@@ -13,10 +13,11 @@ use paddock_domain::{Resources, SandboxId, SandboxState, TemplateName};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
-use super::{ListQuery, Order, SandboxRecord, Store, StoreError, TeamId};
+use super::{ListQuery, Order, SandboxLifecycle, SandboxRecord, Store, StoreError, TeamId};
 
 /// Schema migrations; `user_version` is the number of entries applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE teams (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -54,7 +55,13 @@ CREATE TABLE idempotency_keys (
     created_at  INTEGER NOT NULL,
     PRIMARY KEY (team_id, key)
 );
-"#];
+"#,
+    r#"
+ALTER TABLE sandboxes ADD COLUMN auto_pause INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
+"#,
+    logs::MIGRATION,
+];
 
 const SANDBOX_COLUMNS: &str = "id, team_id, template, alias, state, metadata, access_token, \
     started_at, end_at, cpu_count, memory_mb, disk_mb, pids_max, client_id, end_reason";
@@ -584,10 +591,68 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn set_lifecycle(
+        &self,
+        id: &SandboxId,
+        lifecycle: SandboxLifecycle,
+    ) -> Result<(), StoreError> {
+        let id = id.as_str().to_string();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "UPDATE sandboxes SET auto_pause = ?1, auto_resume = ?2, updated_at = ?3 \
+                 WHERE id = ?4",
+                params![lifecycle.auto_pause, lifecycle.auto_resume, now_ms(), id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lifecycle(&self, id: &SandboxId) -> Result<SandboxLifecycle, StoreError> {
+        let id = id.as_str().to_string();
+        self.with_conn(move |conn| {
+            let found = conn
+                .query_row(
+                    "SELECT auto_pause, auto_resume FROM sandboxes WHERE id = ?1",
+                    [id],
+                    |r| {
+                        Ok(SandboxLifecycle {
+                            auto_pause: r.get(0)?,
+                            auto_resume: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()?;
+            Ok(found.unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn append_sandbox_log(
+        &self,
+        id: &SandboxId,
+        entry: &paddock_node::logs::LogEntry,
+    ) -> Result<(), StoreError> {
+        let (id, entry) = (id.clone(), entry.clone());
+        self.with_conn(move |conn| logs::append(conn, &id, &entry))
+            .await
+    }
+
+    async fn sandbox_logs(
+        &self,
+        id: &SandboxId,
+    ) -> Result<Vec<paddock_node::logs::LogEntry>, StoreError> {
+        let id = id.clone();
+        self.with_conn(move |conn| logs::read(conn, &id)).await
+    }
 }
 
 #[path = "sqlite_admin.rs"]
 mod admin;
+
+#[path = "sqlite_logs.rs"]
+mod logs;
 
 #[cfg(test)]
 #[path = "sqlite_tests.rs"]

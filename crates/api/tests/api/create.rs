@@ -175,25 +175,12 @@ async fn idempotency_key_returns_the_same_sandbox() {
 }
 
 #[tokio::test]
-async fn pause_and_resume_are_501_not_implemented() {
+async fn auto_pause_is_accepted_and_unknown_pause_is_404() {
     let h = start().await;
-    let id = h.create(json!({"templateID": "base"})).await;
-    let r = h.post(&format!("/sandboxes/{id}/pause"), "{}").await;
-    assert_error(
-        &r,
-        StatusCode::NOT_IMPLEMENTED,
-        "not implemented yet in Paddock",
-    );
-    let r = h.post(&format!("/sandboxes/{id}/resume"), "{}").await;
-    assert_error(
-        &r,
-        StatusCode::NOT_IMPLEMENTED,
-        "not implemented yet in Paddock",
-    );
     let r = h
         .post("/v2/sandboxes", r#"{"templateID":"base","autoPause":true}"#)
         .await;
-    assert_error(&r, StatusCode::NOT_IMPLEMENTED, "autoPause");
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let r = h.post("/sandboxes/iunknown000/pause", "{}").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }

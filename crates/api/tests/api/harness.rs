@@ -38,6 +38,12 @@ pub struct FakeNode {
     pub in_create: AtomicUsize,
     /// How many of the next kills fail.
     pub kill_failures: AtomicUsize,
+    /// What `envd_logs` returns for every sandbox this node created.
+    pub envd_log: Mutex<Vec<paddock_node::logs::LogEntry>>,
+    /// Live sandboxes that are paused ("frozen").
+    pub paused: Mutex<HashSet<SandboxId>>,
+    /// How many of the next pauses fail.
+    pub pause_failures: AtomicUsize,
 }
 
 impl FakeNode {
@@ -50,6 +56,9 @@ impl FakeNode {
             slow_gate: Semaphore::new(0),
             in_create: AtomicUsize::new(0),
             kill_failures: AtomicUsize::new(0),
+            envd_log: Mutex::new(Vec::new()),
+            paused: Mutex::new(HashSet::new()),
+            pause_failures: AtomicUsize::new(0),
         })
     }
 
@@ -117,6 +126,7 @@ impl Node for FakeNode {
             return Err(NodeError::Envd("kill failed for the test".into()));
         }
         self.live.lock().expect("lock").remove(id);
+        self.paused.lock().expect("lock").remove(id);
         self.killed.lock().expect("lock").push(id.clone());
         Ok(())
     }
@@ -172,6 +182,52 @@ impl Node for FakeNode {
 
     async fn shutdown(&self) {
         self.live.lock().expect("lock").clear();
+    }
+
+    async fn pause(&self, id: &SandboxId) -> Result<(), NodeError> {
+        if !self.live.lock().expect("lock").contains(id) {
+            return Err(NodeError::SandboxNotFound(id.clone()));
+        }
+        let fail = self
+            .pause_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Err(NodeError::Envd(
+                "freezer did not settle for the test".into(),
+            ));
+        }
+        self.paused.lock().expect("lock").insert(id.clone());
+        Ok(())
+    }
+
+    async fn resume(&self, id: &SandboxId) -> Result<(), NodeError> {
+        if !self.live.lock().expect("lock").contains(id) {
+            return Err(NodeError::SandboxNotFound(id.clone()));
+        }
+        self.paused.lock().expect("lock").remove(id);
+        Ok(())
+    }
+
+    fn is_paused(&self, id: &SandboxId) -> bool {
+        self.paused.lock().expect("lock").contains(id)
+    }
+
+    async fn envd_logs(
+        &self,
+        id: &SandboxId,
+    ) -> Result<Vec<paddock_node::logs::LogEntry>, NodeError> {
+        let created = self
+            .created
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|r| &r.id == id);
+        Ok(if created {
+            self.envd_log.lock().expect("lock").clone()
+        } else {
+            Vec::new()
+        })
     }
 }
 

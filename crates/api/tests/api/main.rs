@@ -6,4 +6,7 @@ mod create;
 mod hardening;
 mod harness;
 mod lifecycle;
+mod logs;
+mod metrics;
+mod pause;
 mod sandboxes;

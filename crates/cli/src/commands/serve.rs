@@ -190,7 +190,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     let proxy = tokio::spawn({
-        let dir: Arc<dyn paddock_proxy::SandboxDirectory> = Arc::new(NodeDirectory(node.clone()));
+        let dir: Arc<dyn paddock_proxy::SandboxDirectory> = Arc::new(NodeDirectory {
+            node: node.clone(),
+            control: control.clone(),
+        });
         let rx = stop_rx.clone();
         async move { paddock_proxy::serve(proxy_listener, dir, stopped(rx)).await }
     });
@@ -223,18 +226,39 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Routes proxy lookups to the node's live sandboxes.
-struct NodeDirectory(Arc<LocalNode>);
+/// Routes proxy lookups to the node's live sandboxes; traffic for a paused one asks the
+/// control plane to wake it (`autoResume`).
+struct NodeDirectory {
+    node: Arc<LocalNode>,
+    control: paddock_api::ControlPlane,
+}
 
 impl paddock_proxy::SandboxDirectory for NodeDirectory {
     fn lookup(&self, id: &SandboxId) -> paddock_proxy::Lookup {
-        match self.0.endpoint(id) {
+        if self.node.is_paused(id) {
+            return paddock_proxy::Lookup::Paused;
+        }
+        match self.node.endpoint(id) {
             Some(e) => paddock_proxy::Lookup::Running(paddock_proxy::Upstream {
                 envd_socket: e.envd_socket,
                 forward_socket: e.forward_socket,
             }),
             None => paddock_proxy::Lookup::NotFound,
         }
+    }
+
+    fn wake<'a>(&'a self, id: &'a SandboxId) -> paddock_proxy::WakeFuture<'a> {
+        Box::pin(async move {
+            match self.control.wake(id).await {
+                Ok(paddock_api::Wake::Running) => self.lookup(id),
+                Ok(paddock_api::Wake::Paused) => paddock_proxy::Lookup::Paused,
+                Ok(paddock_api::Wake::NotFound) => paddock_proxy::Lookup::NotFound,
+                Err(e) => {
+                    tracing::error!(sandbox_id = %id, error = %e, "waking a paused sandbox failed");
+                    paddock_proxy::Lookup::Paused
+                }
+            }
+        })
     }
 }
 

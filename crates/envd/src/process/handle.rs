@@ -386,8 +386,42 @@ pub async fn pump(process: Arc<Process>, output: Output, exit: oneshot::Receiver
             error: Some("the exit status of the process was lost".into()),
         },
     };
-    tracing::debug!(pid = process.pid, status = %end.status, "process ended");
+    log_ended(&process, &end);
     process.finish(end).await;
+}
+
+/// The `process ended` record of the sandbox logs (see `crate::logging`): `info` for exit
+/// status 0, `warn` for another exit status or a signal, `error` when OOM-killed.
+fn log_ended(process: &Process, end: &EndEvent) {
+    let oom = end
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains(super::oom::OOM_NOTE));
+    let detail = end.error.as_deref().unwrap_or(&end.status);
+    macro_rules! ended {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                event = "process_end",
+                pid = process.pid,
+                cmd = %process.config.cmd,
+                tag = %process.tag.as_deref().unwrap_or(""),
+                exit_code = end.exit_code,
+                exited = end.exited,
+                status = %end.status,
+                oom_killed = oom,
+                "process ended: {} ({detail})",
+                process.config.cmd
+            )
+        };
+    }
+    if oom {
+        ended!(tracing::Level::ERROR);
+    } else if end.exited && end.exit_code == 0 {
+        ended!(tracing::Level::INFO);
+    } else {
+        ended!(tracing::Level::WARN);
+    }
 }
 
 #[cfg(test)]

@@ -61,7 +61,6 @@ fn launch(
 ) -> Result<(Arc<Process>, Subscription), ConnectError> {
     let spawned = prepare(ctx, headers, req)?;
     let process = spawned.process.clone();
-    tracing::info!(pid = process.pid, cmd = %process.config.cmd, "process started");
     // Subscribe before the pump runs so no output is lost.
     let subscription = process.subscribe();
     ctx.registry.insert(process.clone());
@@ -85,15 +84,37 @@ fn prepare(ctx: &Ctx, headers: &HeaderMap, req: StartRequest) -> Result<Spawned,
     )
     .map_err(|e| ConnectError::invalid(e.to_string()))?;
     let pty = req.pty.map(|p| p.size.unwrap_or_default());
-    spawn(SpawnSpec {
+    let user_name = user.name.clone();
+    let spawned = spawn(SpawnSpec {
         config: req.process,
         tag: req.tag,
         user,
-        cwd,
+        cwd: cwd.clone(),
         global_env: ctx.state.global_env(),
         pty,
         stdin: req.stdin.unwrap_or(true),
-    })
+    })?;
+    log_started(&spawned.process, &user_name, &cwd);
+    Ok(spawned)
+}
+
+/// The `process started` record of the sandbox logs (see `crate::logging`).
+fn log_started(process: &Process, user: &str, cwd: &std::path::Path) {
+    let cmdline = std::iter::once(process.config.cmd.as_str())
+        .chain(process.config.args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let args = serde_json::to_string(&process.config.args).unwrap_or_default();
+    tracing::info!(
+        event = "process_start",
+        pid = process.pid,
+        cmd = %process.config.cmd,
+        args = %args,
+        user = %user,
+        cwd = %cwd.display(),
+        tag = %process.tag.as_deref().unwrap_or(""),
+        "process started: {cmdline}"
+    );
 }
 
 /// Pumps the output to the end, then forgets the process after the retention period.

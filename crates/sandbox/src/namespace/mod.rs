@@ -30,6 +30,7 @@ pub mod cgroup;
 mod create;
 pub mod disk;
 mod mounts;
+mod pause;
 pub mod seccomp;
 mod shim;
 mod state;
@@ -219,6 +220,10 @@ impl RuntimeDriver for NamespaceDriver {
         self.inner.exits.subscribe()
     }
 
+    fn cgroup_dirs(&self, id: &SandboxId) -> Vec<PathBuf> {
+        self.inner.cgroups.sandbox(id.as_str()).dirs
+    }
+
     fn is_alive(&self, id: &SandboxId) -> bool {
         let Some((pid, start_time)) = self
             .inner
@@ -230,6 +235,18 @@ impl RuntimeDriver for NamespaceDriver {
         };
         // Same process (not a recycled pid) and not a zombie the shim has yet to reap.
         sys::process_start_time(pid) == Some(start_time) && sys::process_state(pid) != Some('Z')
+    }
+
+    async fn pause(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        pause::pause(&self.inner, id).await
+    }
+
+    async fn resume(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        pause::resume(&self.inner, id).await
+    }
+
+    fn is_paused(&self, id: &SandboxId) -> bool {
+        pause::is_paused(&self.inner, id)
     }
 
     async fn release(&self) {

@@ -53,6 +53,8 @@ async fn stop_init(inner: &Arc<Inner>, id: &SandboxId, recorded: Option<&Sandbox
         .as_ref()
         .map(|l| (l.init_pid, l.init_start_time))
         .or_else(|| recorded.map(|s| (s.init_pid, s.init_start_time)));
+    // A paused (frozen) sandbox's PID 1 would not die before it is thawed.
+    inner.cgroups.sandbox(id.as_str()).request_thaw();
     if let Some((pid, start_time)) = target {
         // Killing the pid namespace's init kills every process in the namespace.
         if sys::process_start_time(pid) == Some(start_time) {

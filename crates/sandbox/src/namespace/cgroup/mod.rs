@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use paddock_domain::Resources;
 
+mod freezer;
 mod v1;
 mod v2;
 
+pub use freezer::FreezerState;
 pub use v1::{V1Backend, DEVICE_ALLOW};
 pub use v2::V2Backend;
 
@@ -52,6 +54,12 @@ pub enum CgroupError {
     /// Processes were still in the cgroup after killing them for a while.
     #[error("processes still in cgroup {0} after kill")]
     NotEmpty(PathBuf),
+    /// The sandbox's cgroups have no freezer (neither v1 `freezer.state` nor v2 `cgroup.freeze`).
+    #[error("no cgroup freezer for {0}")]
+    NoFreezer(PathBuf),
+    /// The freezer did not reach the requested state in time (a freeze is undone).
+    #[error("cgroup freezer {0} did not settle in time")]
+    FreezeTimeout(PathBuf),
 }
 
 impl CgroupError {

@@ -1,0 +1,238 @@
+//! Pause and resume: `running ⇄ paused`, in memory on the node (cgroup freezer), with the state
+//! persisted in the store, so a restarted server finds a frozen sandbox as `paused` again.
+//!
+//! - **pause** (`POST …/pause`, and the expiry task for `autoPause` sandboxes): node first, then
+//!   the record. A failed freeze leaves the sandbox running and the record untouched (503); a
+//!   paused sandbox answers 409.
+//! - **resume** (connect v1/v2, deprecated `POST …/resume`, and the proxy for `autoResume`
+//!   sandboxes): thaw, `paused → running`, end time = now + timeout, expiry woken.
+//! - While paused the end time does not apply (the expiry task only looks at running
+//!   sandboxes): E2B keeps paused sandboxes until they are resumed or killed.
+//!
+//! Pause and resume of one sandbox are serialised by a per-sandbox lock, so a pause racing a
+//! resume cannot leave the record and the freezer disagreeing. Kill does not take it: the node
+//! thaws a frozen sandbox before killing it, and the compare-and-set on the record decides.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{Duration, Utc};
+use paddock_domain::{SandboxId, SandboxState};
+use paddock_node::NodeError;
+
+use super::{validate, Core, Error};
+use crate::store::{SandboxLifecycle, SandboxRecord, TeamId};
+
+/// Default timeout of the deprecated `POST /sandboxes/{id}/resume`, in seconds.
+pub const RESUME_DEFAULT_TIMEOUT_SECS: i64 = 15;
+/// Timeout given to a sandbox woken by traffic (`autoResume`), in seconds: the SDKs' default
+/// sandbox timeout.
+pub const AUTO_RESUME_TIMEOUT_SECS: i64 = 300;
+
+/// Per-sandbox locks of pause and resume.
+#[derive(Default)]
+pub(crate) struct PauseLocks(Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>);
+
+impl PauseLocks {
+    fn get(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Drop locks nobody holds any more, so the map stays small.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        Arc::clone(locks.entry(id.clone()).or_default())
+    }
+}
+
+/// What the proxy learns when it asks to wake a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The sandbox runs (it was resumed now, or was not paused).
+    Running,
+    /// It is paused and does not resume on traffic.
+    Paused,
+    /// No such live sandbox.
+    NotFound,
+}
+
+/// Maps a node failure of pause or resume to the lifecycle error.
+fn node_error(id: &SandboxId, err: NodeError) -> Error {
+    match err {
+        NodeError::SandboxNotFound(_) => Error::SandboxNotFound(id.to_string()),
+        NodeError::Unsupported(what) => Error::NotImplemented(what),
+        other => Error::PauseFailed(crate::error::chain(&other)),
+    }
+}
+
+impl Core {
+    /// Pauses one of the team's running sandboxes (`POST …/pause`). A paused sandbox is a
+    /// [`Error::Conflict`].
+    pub(crate) async fn pause(&self, team: &TeamId, id: &SandboxId) -> Result<(), Error> {
+        self.visible(team, id).await?;
+        let lock = self.pause_locks.get(id);
+        let _held = lock.lock().await;
+        self.pause_locked(id, "pause requested").await
+    }
+
+    /// Pauses a running sandbox whose end time has passed and that asked for `autoPause`.
+    /// Returns whether it is paused now; `false` means it is no longer due (a connect moved
+    /// its end time) or no longer running.
+    pub(crate) async fn auto_pause(&self, id: &SandboxId) -> Result<bool, Error> {
+        let lock = self.pause_locks.get(id);
+        let _held = lock.lock().await;
+        match self.store.sandbox(id).await? {
+            Some(rec) if rec.state == SandboxState::Running && rec.end_at <= Utc::now() => {
+                self.pause_locked(id, "timeout reached (autoPause)").await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The pause itself; the caller holds the sandbox's pause lock.
+    async fn pause_locked(&self, id: &SandboxId, why: &str) -> Result<(), Error> {
+        let rec = self
+            .store
+            .sandbox(id)
+            .await?
+            .ok_or_else(|| Error::SandboxNotFound(id.to_string()))?;
+        match rec.state {
+            SandboxState::Running => {}
+            SandboxState::Paused => {
+                return Err(Error::Conflict(format!("sandbox {id} is already paused")))
+            }
+            _ => return Err(Error::SandboxNotFound(id.to_string())),
+        }
+        let started = std::time::Instant::now();
+        self.node.pause(id).await.map_err(|e| node_error(id, e))?;
+        SandboxState::Running.transition(SandboxState::Paused)?;
+        if !self
+            .store
+            .set_state(id, SandboxState::Running, SandboxState::Paused, None)
+            .await?
+        {
+            // Killed (or died) while it was being frozen: the kill thaws and removes it.
+            return Err(Error::SandboxNotFound(id.to_string()));
+        }
+        tracing::info!(
+            sandbox_id = %id,
+            from = "running",
+            to = "paused",
+            reason = why,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "sandbox state changed"
+        );
+        Ok(())
+    }
+
+    /// Resumes a paused sandbox of the team, giving it `timeout_secs` from now. Returns the
+    /// record and whether it was paused (`false`: it was already running and is unchanged).
+    pub(crate) async fn resume(
+        &self,
+        team: &TeamId,
+        id: &SandboxId,
+        timeout_secs: i64,
+    ) -> Result<(SandboxRecord, bool), Error> {
+        let timeout = validate::timeout("timeout", timeout_secs)?;
+        self.visible(team, id).await?;
+        self.resume_by_id(id, timeout).await
+    }
+
+    /// [`Core::resume`] without the team check (the proxy's wake-up and connect use it).
+    pub(crate) async fn resume_by_id(
+        &self,
+        id: &SandboxId,
+        timeout_secs: i64,
+    ) -> Result<(SandboxRecord, bool), Error> {
+        let lock = self.pause_locks.get(id);
+        let _held = lock.lock().await;
+        let mut rec = self
+            .store
+            .sandbox(id)
+            .await?
+            .ok_or_else(|| Error::SandboxNotFound(id.to_string()))?;
+        match rec.state {
+            SandboxState::Paused => {}
+            SandboxState::Running => return Ok((rec, false)),
+            _ => return Err(Error::SandboxNotFound(id.to_string())),
+        }
+        let started = std::time::Instant::now();
+        self.node.resume(id).await.map_err(|e| node_error(id, e))?;
+        SandboxState::Paused.transition(SandboxState::Running)?;
+        if !self
+            .store
+            .set_state(id, SandboxState::Paused, SandboxState::Running, None)
+            .await?
+        {
+            return Err(Error::SandboxNotFound(id.to_string()));
+        }
+        let end = Utc::now() + Duration::seconds(timeout_secs);
+        if !self
+            .store
+            .set_end_at(id, SandboxState::Running, end)
+            .await?
+        {
+            return Err(Error::SandboxNotFound(id.to_string()));
+        }
+        self.expiry_wake.notify_one();
+        tracing::info!(
+            sandbox_id = %id,
+            from = "paused",
+            to = "running",
+            end_at = %end,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "sandbox state changed"
+        );
+        rec.state = SandboxState::Running;
+        rec.end_at = end;
+        Ok((rec, true))
+    }
+
+    /// Called by the proxy for traffic to a sandbox the node reports paused: resumes it if it
+    /// asked for `autoResume`.
+    pub(crate) async fn wake(&self, id: &SandboxId) -> Result<Wake, Error> {
+        let Some(rec) = self.store.sandbox(id).await? else {
+            return Ok(Wake::NotFound);
+        };
+        match rec.state {
+            SandboxState::Running => return Ok(Wake::Running),
+            SandboxState::Paused => {}
+            _ => return Ok(Wake::NotFound),
+        }
+        if !self.store.lifecycle(id).await?.auto_resume {
+            return Ok(Wake::Paused);
+        }
+        match self.resume_by_id(id, AUTO_RESUME_TIMEOUT_SECS).await {
+            Ok(_) => {
+                tracing::info!(sandbox_id = %id, "sandbox resumed by traffic (autoResume)");
+                Ok(Wake::Running)
+            }
+            Err(Error::SandboxNotFound(_)) => Ok(Wake::NotFound),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The lifecycle settings of a sandbox, for `GET /sandboxes/{id}`.
+    pub(crate) async fn lifecycle_of(&self, id: &SandboxId) -> Result<SandboxLifecycle, Error> {
+        Ok(self.store.lifecycle(id).await?)
+    }
+
+    /// After a restart: makes the node's freezer agree with the records that were kept
+    /// (a record `paused` whose sandbox runs is frozen again; a `running` one found frozen,
+    /// e.g. after a crash in the middle of a pause, is thawed).
+    pub(crate) async fn reconcile_paused(&self, kept: &[SandboxId]) -> Result<(), Error> {
+        for id in kept {
+            let Some(rec) = self.store.sandbox(id).await? else {
+                continue;
+            };
+            let frozen = self.node.is_paused(id);
+            let result = match rec.state {
+                SandboxState::Paused if !frozen => self.node.pause(id).await,
+                SandboxState::Running if frozen => self.node.resume(id).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(sandbox_id = %id, state = %rec.state, error = %e, "cannot restore the paused state after restart");
+            }
+        }
+        Ok(())
+    }
+}

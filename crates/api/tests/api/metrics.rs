@@ -1,0 +1,260 @@
+//! `GET /sandboxes/{id}/metrics` and `GET /sandboxes/metrics`, over a node that wraps the
+//! shared `FakeNode` and serves three fixed samples per sandbox (t = 1000, 2000, 3000 s).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use paddock_domain::TemplateName;
+use paddock_node::{
+    CreateRequest, EgressPolicy, Endpoint, MetricSample, MetricsRange, Node, NodeError,
+    NodeSandbox, TemplateInfo,
+};
+use tokio::sync::broadcast;
+
+use crate::harness::*;
+
+struct MetricsNode {
+    fake: Arc<FakeNode>,
+}
+
+fn sample(secs: i64, cpu: f64) -> MetricSample {
+    MetricSample {
+        timestamp: DateTime::<Utc>::from_timestamp(secs, 0).expect("time"),
+        cpu_count: 2,
+        cpu_used_pct: cpu,
+        mem_used: 100 << 20,
+        mem_total: 512 << 20,
+        mem_cache: 10 << 20,
+        disk_used: 5 << 20,
+        disk_total: 10 << 30,
+    }
+}
+
+#[async_trait]
+impl Node for MetricsNode {
+    async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
+        self.fake.create(req).await
+    }
+    async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.fake.kill(id).await
+    }
+    async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
+        self.fake.template(name).await
+    }
+    async fn live(&self) -> Vec<SandboxId> {
+        self.fake.live().await
+    }
+    fn exits(&self) -> broadcast::Receiver<SandboxId> {
+        self.fake.exits()
+    }
+    fn endpoint(&self, id: &SandboxId) -> Option<Endpoint> {
+        self.fake.endpoint(id)
+    }
+    async fn update_network(&self, id: &SandboxId, policy: EgressPolicy) -> Result<(), NodeError> {
+        self.fake.update_network(id, policy).await
+    }
+    async fn reconcile(&self, expected: &[SandboxId]) -> Vec<SandboxId> {
+        self.fake.reconcile(expected).await
+    }
+    async fn shutdown(&self) {
+        self.fake.shutdown().await
+    }
+    /// Every sandbox the node ever created has samples, like the real node's series, which
+    /// outlive a pause.
+    async fn metrics(&self, id: &SandboxId, range: MetricsRange) -> Vec<MetricSample> {
+        let created = self
+            .fake
+            .created
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|r| &r.id == id);
+        if !created {
+            return Vec::new();
+        }
+        [sample(1000, 5.0), sample(2000, 50.0), sample(3000, 99.5)]
+            .into_iter()
+            .filter(|m| range.contains(&m.timestamp))
+            .collect()
+    }
+}
+
+async fn start_metrics() -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = FakeNode::new();
+    let data_dir = dir.path().to_path_buf();
+    let node = Arc::new(MetricsNode { fake: fake.clone() });
+    let control = ControlPlane::open(ApiConfig::new(&data_dir), node)
+        .await
+        .expect("open control plane");
+    control.reconcile().await.expect("reconcile");
+    control
+        .ensure_api_key(Some(KEY.into()))
+        .await
+        .expect("register key");
+    let router = control.router();
+    Harness {
+        dir,
+        data_dir,
+        node: fake,
+        control,
+        router,
+    }
+}
+
+fn unix_times(r: &Reply) -> Vec<i64> {
+    r.body
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|m| m["timestampUnix"].as_i64().expect("timestampUnix"))
+        .collect()
+}
+
+#[tokio::test]
+async fn series_with_every_field_and_time_filters() {
+    let h = start_metrics().await;
+    let id = h.create(json!({"templateID": "base"})).await;
+
+    let r = h.get(&format!("/sandboxes/{id}/metrics")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(unix_times(&r), vec![1000, 2000, 3000]);
+    assert_eq!(
+        r.body[1],
+        json!({
+            "timestamp": "1970-01-01T00:33:20.000Z",
+            "timestampUnix": 2000,
+            "cpuCount": 2,
+            "cpuUsedPct": 50.0,
+            "memUsed": 100 << 20,
+            "memTotal": 512 << 20,
+            "memCache": 10 << 20,
+            "diskUsed": 5 << 20,
+            "diskTotal": 10_i64 << 30,
+        })
+    );
+
+    let r = h
+        .get(&format!("/sandboxes/{id}/metrics?start=1500&end=3000"))
+        .await;
+    assert_eq!(unix_times(&r), vec![2000, 3000], "bounds are inclusive");
+    let r = h.get(&format!("/sandboxes/{id}/metrics?end=1999")).await;
+    assert_eq!(unix_times(&r), vec![1000]);
+    let r = h.get(&format!("/sandboxes/{id}/metrics?start=4000")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, json!([]));
+}
+
+#[tokio::test]
+async fn bad_queries_unknown_and_foreign_sandboxes() {
+    let h = start_metrics().await;
+    let id = h.create(json!({"templateID": "base"})).await;
+    for q in ["start=yesterday", "end=-5", "start=3&end=2", "start=1.5"] {
+        let r = h.get(&format!("/sandboxes/{id}/metrics?{q}")).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "");
+    }
+    let r = h.get("/sandboxes/inope/metrics").await;
+    assert_error(&r, StatusCode::NOT_FOUND, "inope");
+    let r = h.get("/sandboxes/NOT!valid/metrics").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = h
+        .call(Method::GET, &format!("/sandboxes/{id}/metrics"), None, None)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    let store = h.control.store();
+    let other = store.ensure_team("other").await.expect("team");
+    store
+        .add_api_key(&other, &paddock_api::hash_api_key("e2b_other"))
+        .await
+        .expect("key");
+    let r = h
+        .call(
+            Method::GET,
+            &format!("/sandboxes/{id}/metrics"),
+            Some("e2b_other"),
+            None,
+        )
+        .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not found");
+    let r = h
+        .call(
+            Method::GET,
+            &format!("/sandboxes/metrics?sandbox_ids={id}"),
+            Some("e2b_other"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, json!({"sandboxes": {}}), "another team's sandbox");
+
+    // Killed: the record is stopped, the samples are no longer served.
+    let r = h
+        .call(Method::DELETE, &format!("/sandboxes/{id}"), Some(KEY), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = h.get(&format!("/sandboxes/{id}/metrics")).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not found");
+}
+
+#[tokio::test]
+async fn paused_sandbox_returns_its_last_samples() {
+    let h = start_metrics().await;
+    let id = h.create(json!({"templateID": "base"})).await;
+    let sid = SandboxId::parse(&id).expect("id");
+    let moved = h
+        .control
+        .store()
+        .set_state(&sid, SandboxState::Running, SandboxState::Paused, None)
+        .await
+        .expect("store");
+    assert!(moved);
+    let r = h.get(&format!("/sandboxes/{id}/metrics")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(unix_times(&r), vec![1000, 2000, 3000]);
+}
+
+#[tokio::test]
+async fn batch_returns_the_newest_sample_of_each_visible_sandbox() {
+    let h = start_metrics().await;
+    let a = h.create(json!({"templateID": "base"})).await;
+    let b = h.create(json!({"templateID": "base"})).await;
+    let gone = h.create(json!({"templateID": "base"})).await;
+    let r = h
+        .call(
+            Method::DELETE,
+            &format!("/sandboxes/{gone}"),
+            Some(KEY),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+
+    let r = h
+        .get(&format!(
+            "/sandboxes/metrics?sandbox_ids={a}%2C{b},{gone},inope"
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let map: HashMap<String, Value> =
+        serde_json::from_value(r.body["sandboxes"].clone()).expect("object");
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    let mut want = vec![&a, &b];
+    want.sort();
+    assert_eq!(keys, want, "killed and unknown ids are left out");
+    assert_eq!(map[&a]["timestampUnix"], 3000, "the newest sample");
+    assert_eq!(map[&b]["cpuUsedPct"], 99.5);
+
+    let r = h.get("/sandboxes/metrics").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "sandbox_ids");
+    let many: Vec<String> = (0..101).map(|i| format!("i{i}")).collect();
+    let r = h
+        .get(&format!(
+            "/sandboxes/metrics?sandbox_ids={}",
+            many.join(",")
+        ))
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "maximum is 100");
+}
