@@ -68,3 +68,26 @@ def test_kill_and_errors(paddock, new_sandbox):
     assert r.returncode == 1 and "401" in r.stderr, r
     r = cli(paddock, "list", "--metadata", "novalue")
     assert r.returncode == 1 and "KEY=VALUE" in r.stderr, r
+
+
+def test_pause_resume_metrics_and_logs(paddock, new_sandbox):
+    s = new_sandbox()
+    s.commands.run("echo logged-by-cli-test")
+    r = cli(paddock, "pause", s.sandbox_id)
+    assert (r.returncode, r.stdout) == (0, f"paused {s.sandbox_id}\n"), r
+    assert json.loads(cli(paddock, "info", s.sandbox_id, "--json").stdout)["state"] == "paused"
+    r = cli(paddock, "list", "--state", "paused", "--json")
+    assert s.sandbox_id in [x["sandboxID"] for x in json.loads(r.stdout)], r
+    r = cli(paddock, "pause", s.sandbox_id)
+    assert r.returncode == 1 and "409" in r.stderr, r
+    r = cli(paddock, "resume", s.sandbox_id)
+    assert (r.returncode, r.stdout) == (0, f"resumed {s.sandbox_id}\n"), r
+    assert s.commands.run("echo back").stdout == "back\n"
+
+    r = cli(paddock, "metrics", s.sandbox_id)
+    assert r.returncode == 0 and "CPU %" in r.stdout and "DISK MAX" in r.stdout, r
+    samples = json.loads(cli(paddock, "metrics", s.sandbox_id, "--json").stdout)
+    assert samples and samples[-1]["memTotal"] > 0 and samples[-1]["diskTotal"] > 0, samples
+
+    r = cli(paddock, "logs", s.sandbox_id)
+    assert r.returncode == 0 and "logged-by-cli-test" in r.stdout, r
