@@ -16,6 +16,8 @@ Measures (n samples each, n=100; --quick: n=10), after the same warm-up on every
   2. SDK create + first cmd Sandbox.create() + commands.run("true") via the official
                             e2b SDK                                                 per server
   3. exec round trip        commands.run("true") in one live sandbox          default server only
+     pause / resume          sandbox.pause() and Sandbox.connect() of one sandbox, idle and with
+                            256 MiB of touched memory                         default server only
   4. baselines              `runc run` of /bin/true on the base template rootfs (read-only),
                             and fork+exec+wait of /bin/true (posix_spawn)     once, default server up
 
@@ -186,6 +188,41 @@ def bench_exec(server: PaddockServer, m: Measurement, n: int) -> None:
 
         for _ in range(n):
             m.record(once)
+    finally:
+        sandbox.kill()
+
+
+TOUCH_SRC = (
+    "import time\n"
+    "b = bytearray({mib} << 20)\n"
+    "b[::4096] = b'x' * len(b[::4096])\n"
+    "open('/tmp/touched', 'w').write('ok')\n"
+    "time.sleep(100000)\n"
+)
+
+
+def bench_pause_resume(server: PaddockServer, pause_m: Measurement, resume_m: Measurement, n: int, touch_mib: int) -> None:
+    """`pause()` then `Sandbox.connect()` (which resumes) of one sandbox, n times; with
+    `touch_mib` a process holding that much touched memory runs inside."""
+    from e2b import Sandbox
+
+    sandbox = Sandbox.create(timeout=600)
+    server.track(sandbox.sandbox_id)
+    try:
+        if touch_mib:
+            sandbox.files.write("/tmp/touch.py", TOUCH_SRC.format(mib=touch_mib))
+            sandbox.commands.run("python3 /tmp/touch.py", background=True)
+            deadline = time.monotonic() + 60
+            while not sandbox.files.exists("/tmp/touched"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"touching {touch_mib} MiB did not finish")
+                time.sleep(0.1)
+        for _ in range(n):
+            pause_m.record(lambda: (sandbox.pause(), None)[1])
+            resume_m.record(lambda: (Sandbox.connect(sandbox.sandbox_id, timeout=600), None)[1])
+        r = sandbox.commands.run("cat /tmp/touched" if touch_mib else "true")
+        if r.exit_code != 0:
+            raise RuntimeError("the sandbox did not work after the cycles")
     finally:
         sandbox.kill()
 
@@ -495,11 +532,23 @@ def main() -> int:
         "`runc run` of /bin/true on the same base rootfs, read-only (the process spawn of `runc` included)",
     )
     fork_row = Measurement("baseline: fork+exec /bin/true", "`posix_spawn` + `waitpid` of /bin/true on the host")
-    once_rows = [exec_row, runc_row, fork_row]
+    pause_rows = [
+        Measurement("pause", "`sandbox.pause()` of an idle sandbox (cgroup freezer)", server=last.label),
+        Measurement("resume", "`Sandbox.connect()` of that paused sandbox (thaw)", server=last.label),
+        Measurement(
+            "pause, 256 MiB touched",
+            "`sandbox.pause()` while a process holds 256 MiB of touched memory",
+            server=last.label,
+        ),
+        Measurement("resume, 256 MiB touched", "`Sandbox.connect()` of that paused sandbox", server=last.label),
+    ]
+    once_rows = [exec_row, *pause_rows, runc_row, fork_row]
 
     def once_only(server: PaddockServer) -> None:
         steps = [
             (exec_row, lambda m: bench_exec(server, m, n)),
+            (pause_rows[0], lambda m: bench_pause_resume(server, m, pause_rows[1], n, 0)),
+            (pause_rows[2], lambda m: bench_pause_resume(server, m, pause_rows[3], n, 256)),
             (runc_row, lambda m: bench_runc(find_rootfs(server.templates_dir), m, n)),
             (fork_row, lambda m: bench_fork_exec(m, n)),
         ]
