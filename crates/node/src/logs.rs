@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -265,14 +265,7 @@ pub fn archive(state_dir: &Path, archive_dir: &Path, id: &SandboxId) -> Result<(
         .map_err(io_err(format!("creating {}", archive_dir.display())))?;
     let dest = archive_path(archive_dir, id);
     let tmp = dest.with_extension("log.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err(format!("creating {}", tmp.display())))?;
-    file.write_all(bytes)
+    crate::manager::write_private(&tmp, bytes)
         .map_err(io_err(format!("writing {}", tmp.display())))?;
     std::fs::rename(&tmp, &dest).map_err(io_err(format!("renaming {}", tmp.display())))?;
     prune_archives(archive_dir, ARCHIVE_MAX_AGE);

@@ -330,7 +330,7 @@ impl LocalNode {
 }
 
 /// Writes a file readable only by root (it holds the sandbox's access token).
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

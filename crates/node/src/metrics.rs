@@ -210,10 +210,7 @@ fn read_memory(dirs: &[PathBuf]) -> Result<(u64, u64), MetricsError> {
 /// `(used, total)` bytes of the file system mounted at `disk_dir`, or `None` when nothing is
 /// mounted there (same device as its parent) or it cannot be read.
 pub fn disk_usage(disk_dir: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(disk_dir).ok()?.dev();
-    let parent_dev = std::fs::metadata(disk_dir.parent()?).ok()?.dev();
-    if dev == parent_dev {
+    if !paddock_sandbox::namespace::is_mount_point(disk_dir) {
         return None;
     }
     let st = nix::sys::statvfs::statvfs(disk_dir).ok()?;

@@ -13,6 +13,8 @@ use paddock_domain::{Resources, SandboxId};
 use paddock_sandbox::namespace::{NamespaceConfig, NamespaceDriver};
 use paddock_sandbox::{RuntimeDriver, SandboxSpec};
 
+use common::TestParent;
+
 /// envd stand-in: reports what it sees, signals ready and stays.
 const ENVD_OK: &str = r#"#!/bin/bash
 echo "$$|$PATH|$HOME|$PADDOCK_READY_FD|$(cat /etc/hostname)" > /run/paddock/probe
@@ -94,60 +96,6 @@ fn fixture() -> &'static Fixture {
             _dir: dir,
         }
     })
-}
-
-/// A cgroup parent of its own for one test; on drop (also when the test panics) kills and
-/// removes whatever is left under it in any hierarchy.
-struct TestParent(String);
-
-impl TestParent {
-    fn new() -> Self {
-        TestParent(format!("paddock-test-{}", SandboxId::generate()))
-    }
-}
-
-impl Drop for TestParent {
-    fn drop(&mut self) {
-        let parents: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path().join(&self.0))
-            .filter(|p| p.is_dir())
-            .collect();
-        for _ in 0..500 {
-            let mut busy = false;
-            for parent in &parents {
-                for child in std::fs::read_dir(parent)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.path())
-                {
-                    if !child.is_dir() {
-                        continue;
-                    }
-                    for pid in std::fs::read_to_string(child.join("cgroup.procs"))
-                        .unwrap_or_default()
-                        .lines()
-                    {
-                        busy = true;
-                        let _ = std::process::Command::new("kill")
-                            .args(["-9", pid])
-                            .status();
-                    }
-                    let _ = std::fs::remove_dir(&child);
-                }
-            }
-            if !busy {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        for parent in &parents {
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
 }
 
 fn driver(parent: &TestParent, state_root: &Path) -> NamespaceDriver {

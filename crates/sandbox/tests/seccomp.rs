@@ -10,12 +10,13 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use paddock_domain::{Resources, SandboxId};
 use paddock_sandbox::namespace::seccomp::{self, SeccompProgram};
 use paddock_sandbox::namespace::{NamespaceConfig, NamespaceDriver};
 use paddock_sandbox::{RuntimeDriver, SandboxSpec};
+
+use common::TestParent;
 
 /// How a forked child ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -338,48 +339,6 @@ fn rootfs(dir: &Path) -> PathBuf {
     rootfs
 }
 
-/// Kills and removes whatever is left under the test's cgroup parent, also on panic.
-struct TestParent(String);
-
-impl Drop for TestParent {
-    fn drop(&mut self) {
-        let parents: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path().join(&self.0))
-            .filter(|p| p.is_dir())
-            .collect();
-        for _ in 0..500 {
-            let mut busy = false;
-            for child in parents
-                .iter()
-                .flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten())
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-            {
-                for pid in std::fs::read_to_string(child.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .lines()
-                {
-                    busy = true;
-                    let _ = std::process::Command::new("kill")
-                        .args(["-9", pid])
-                        .status();
-                }
-                let _ = std::fs::remove_dir(&child);
-            }
-            if !busy {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        for parent in &parents {
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
-}
-
 #[tokio::test]
 async fn processes_in_a_sandbox_run_under_the_filter() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -389,7 +348,7 @@ async fn processes_in_a_sandbox_run_under_the_filter() {
     std::fs::set_permissions(&envd, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let states = dir.path().join("states");
     std::fs::create_dir(&states).expect("mkdir");
-    let parent = TestParent(format!("paddock-test-{}", SandboxId::generate()));
+    let parent = TestParent::new();
     let driver = NamespaceDriver::new(NamespaceConfig {
         shim_exe: PathBuf::from(env!("CARGO_BIN_EXE_paddock-sandbox-shim")),
         shim_args: Vec::new(),

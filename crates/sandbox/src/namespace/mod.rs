@@ -37,6 +37,7 @@ mod state;
 mod sys;
 mod teardown;
 
+pub use mounts::is_mount_point;
 pub use shim::shim_main;
 
 use cgroup::CgroupBackend;

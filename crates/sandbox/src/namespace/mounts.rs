@@ -411,7 +411,7 @@ fn touch(path: &Path) -> Result<()> {
 }
 
 /// Whether `path` is the root of a mount (its device differs from its parent's).
-pub(crate) fn is_mount_point(path: &Path) -> bool {
+pub fn is_mount_point(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let (Ok(meta), Some(parent)) = (std::fs::symlink_metadata(path), path.parent()) else {
         return false;

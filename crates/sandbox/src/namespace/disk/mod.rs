@@ -30,6 +30,8 @@ use std::sync::{Arc, Mutex};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use super::mounts::is_mount_point;
+
 pub use loopdev::LOOP_CONTROL;
 
 /// The disk's mount point inside a sandbox's state directory.
@@ -422,15 +424,6 @@ fn unmount_all(path: &Path) -> Result<bool, DiskError> {
         }
     }
     Ok(any)
-}
-
-/// Whether `path` is the root of a mount (its device differs from its parent's).
-fn is_mount_point(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(meta), Some(parent)) = (std::fs::symlink_metadata(path), path.parent()) else {
-        return false;
-    };
-    std::fs::metadata(parent).is_ok_and(|p| p.dev() != meta.dev())
 }
 
 /// Mount points strictly below `root`, from `/proc/self/mountinfo`, deepest first.
