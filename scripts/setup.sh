@@ -22,8 +22,9 @@ for arg in "$@"; do
 done
 
 # Host packages: debootstrap builds the base template, runc is the benchmark's baseline, zstd
-# unpacks .tar.zst templates, iproute2 and nftables (NAT, egress rules) for networking, python3-venv for the SDK tests.
-packages=(debootstrap runc zstd iproute2 nftables python3-venv ca-certificates curl build-essential pkg-config)
+# unpacks .tar.zst templates, iproute2 and nftables (NAT, egress rules) for networking, e2fsprogs
+# (mkfs.ext4) for the per-sandbox disks, python3-venv for the SDK tests.
+packages=(debootstrap runc zstd iproute2 nftables e2fsprogs python3-venv ca-certificates curl build-essential pkg-config)
 if [ "$test_deps" = 1 ]; then
   command -v node >/dev/null || packages+=(nodejs)
   command -v npm >/dev/null || packages+=(npm)
