@@ -377,7 +377,8 @@ impl Node for LocalNode {
         let spec = SandboxSpec {
             id: req.id.clone(),
             hostname: req.id.to_string(),
-            rootfs: template.rootfs.clone(),
+            layers: vec![template.rootfs.clone()],
+            reuse_disk: false,
             state_dir,
             envd_bin: self.cfg.envd_bin.clone(),
             resources: meta.resources,

@@ -67,7 +67,8 @@ async fn main() -> anyhow::Result<()> {
         let spec = SandboxSpec {
             id: id.clone(),
             hostname: "bench".into(),
-            rootfs: rootfs.clone(),
+            layers: vec![rootfs.clone()],
+            reuse_disk: false,
             state_dir: states.path().join(id.as_str()),
             envd_bin: envd.clone(),
             resources: Resources::default(),

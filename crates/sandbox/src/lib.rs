@@ -41,8 +41,12 @@ pub struct SandboxSpec {
     pub id: SandboxId,
     /// Hostname inside the sandbox.
     pub hostname: String,
-    /// Template root filesystem, used read-only as the overlay's lower layer.
-    pub rootfs: PathBuf,
+    /// The template's root-filesystem layers, top first, used read-only as the overlay's lower
+    /// layers (`lowerdir=<layers[0]>:<layers[1]>:…`). Never empty.
+    pub layers: Vec<PathBuf>,
+    /// Start from the disk image a [`RuntimeDriver::stop`] left in `state_dir` (the writable
+    /// layer of an earlier run of this sandbox) instead of a fresh, empty disk.
+    pub reuse_disk: bool,
     /// Per-sandbox state directory on the host (created by the driver if missing).
     pub state_dir: PathBuf,
     /// envd binary on the host.
@@ -194,5 +198,18 @@ pub trait RuntimeDriver: Send + Sync + 'static {
     fn is_paused(&self, id: &SandboxId) -> bool {
         let _ = id;
         false
+    }
+
+    /// Stops sandbox `id` like [`RuntimeDriver::kill`] (every process, its cgroups) but keeps
+    /// its writable layer: the disk image stays in `state_dir`, detached and consistent, with
+    /// whatever else the caller put there; `root/`, sockets and `state.json` go. A later
+    /// [`RuntimeDriver::create`] with [`SandboxSpec::reuse_disk`] starts the sandbox again on
+    /// the same files. Used to persist a paused sandbox to disk. Default: unsupported.
+    async fn stop(&self, id: &SandboxId, state_dir: &std::path::Path) -> Result<(), RuntimeError> {
+        let _ = (id, state_dir);
+        Err(RuntimeError::Unsupported {
+            driver: self.name(),
+            operation: "stop keeping the disk",
+        })
     }
 }

@@ -22,6 +22,19 @@ echo "envd starting"
 echo ready >&"$PADDOCK_READY_FD"
 exec sleep 100000
 "#;
+/// envd stand-in that counts its starts in the writable layer and reports what the layers
+/// below show.
+const ENVD_LAYERS: &str = r#"#!/bin/bash
+n=$(cat /root/starts 2>/dev/null || echo 0)
+echo $((n + 1)) > /root/starts
+{
+  echo "starts=$((n + 1))"
+  echo "layer=$(cat /etc/layer 2>/dev/null || echo none)"
+  [[ -e /bin/mknod ]] && echo mknod=present || echo mknod=hidden
+} > /run/paddock/layers
+echo ready >&"$PADDOCK_READY_FD"
+exec sleep 100000
+"#;
 /// envd stand-in that is ready, then dies on its own.
 const ENVD_EXITS: &str = "#!/bin/bash\necho ready >&\"$PADDOCK_READY_FD\"\nsleep 0.3\nexit 3\n";
 /// envd stand-in that fails before being ready.
@@ -83,6 +96,7 @@ fn fixture() -> &'static Fixture {
             ("exits", ENVD_EXITS),
             ("fails", ENVD_FAILS),
             ("probe", ENVD_PROBE),
+            ("layers", ENVD_LAYERS),
         ] {
             let p = scripts.join(name);
             std::fs::write(&p, text).expect("write");
@@ -116,7 +130,8 @@ fn spec(id: &SandboxId, state_root: &Path, envd: &str) -> SandboxSpec {
     SandboxSpec {
         id: id.clone(),
         hostname: format!("sb-{}", &id.as_str()[..6]),
-        rootfs: f.rootfs.clone(),
+        layers: vec![f.rootfs.clone()],
+        reuse_disk: false,
         state_dir: state_root.join(id.as_str()),
         envd_bin: f.scripts.join(envd),
         resources: Resources {
@@ -372,7 +387,7 @@ async fn failed_create_reports_the_log_and_leaves_nothing() {
     assert!(!spec.state_dir.exists());
 
     let mut bad = spec.clone();
-    bad.rootfs = states.path().join("missing");
+    bad.layers = vec![states.path().join("missing")];
     assert!(driver.create(bad).await.is_err());
     assert!(!spec.state_dir.exists());
 }
@@ -573,7 +588,7 @@ async fn template_symlinks_cannot_redirect_setup_to_the_host() {
             .expect("shift");
         let id = SandboxId::generate();
         let mut spec = spec(&id, states.path(), "ok");
-        spec.rootfs = rootfs;
+        spec.layers = vec![rootfs];
         let err = driver.create(spec.clone()).await.expect_err(link);
         let msg = err.to_string();
         assert!(
@@ -639,4 +654,74 @@ async fn pause_freezes_the_sandbox_and_a_paused_sandbox_can_be_killed() {
     for d in &dirs {
         assert!(!d.exists(), "{} left behind", d.display());
     }
+}
+
+/// A layer over the fixture's rootfs: adds `/etc/layer` and hides `/bin/mknod` with an overlay
+/// whiteout (a 0/0 character device), as a snapshot of a sandbox that deleted it would.
+fn top_layer(dir: &Path) -> PathBuf {
+    let top = dir.join("top");
+    std::fs::create_dir_all(top.join("etc")).expect("mkdir");
+    std::fs::create_dir_all(top.join("bin")).expect("mkdir");
+    std::fs::write(top.join("etc/layer"), "top\n").expect("write");
+    nix::sys::stat::mknod(
+        &top.join("bin/mknod"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::empty(),
+        0,
+    )
+    .expect("whiteout");
+    paddock_sandbox::idmap::shift_tree(&top, &paddock_sandbox::idmap::IdMap::DEFAULT)
+        .expect("shift");
+    top
+}
+
+#[tokio::test]
+async fn layers_stack_and_stop_keeps_the_writable_layer() {
+    let states = tempfile::tempdir().expect("tempdir");
+    let parent = TestParent::new();
+    let driver = driver(&parent, states.path());
+    let id = SandboxId::generate();
+    let mut spec = spec(&id, states.path(), "layers");
+    let report = spec.state_dir.join("run/layers");
+
+    // One layer: the fixture as it is.
+    driver.create(spec.clone()).await.expect("create");
+    assert_eq!(read(&report), "starts=1\nlayer=none\nmknod=present\n");
+    driver.kill(&id, &spec.state_dir).await.expect("kill");
+
+    // Two layers: the top one adds a file and deletes one of the bottom layer.
+    spec.layers.insert(0, top_layer(states.path()));
+    let pid = driver.create(spec.clone()).await.expect("create").init_pid;
+    assert_eq!(read(&report), "starts=1\nlayer=top\nmknod=hidden\n");
+
+    // Stop keeps the disk: the next start sees what the first one wrote.
+    driver.stop(&id, &spec.state_dir).await.expect("stop");
+    assert!(!alive(pid));
+    assert!(!driver.is_alive(&id));
+    assert!(spec.state_dir.join("disk.img").is_file(), "image kept");
+    assert!(!spec.state_dir.join("state.json").exists());
+    assert!(!paddock_sandbox::namespace::is_mount_point(
+        &spec.state_dir.join("disk")
+    ));
+    assert!(driver.cgroup_dirs(&id).iter().all(|d| !d.exists()));
+    assert!(
+        matches!(
+            driver.stop(&id, &spec.state_dir).await,
+            Err(paddock_sandbox::RuntimeError::NotFound(_))
+        ),
+        "stopping a stopped sandbox"
+    );
+
+    spec.reuse_disk = true;
+    driver.create(spec.clone()).await.expect("start again");
+    assert_eq!(read(&report), "starts=2\nlayer=top\nmknod=hidden\n");
+    driver.stop(&id, &spec.state_dir).await.expect("stop again");
+    driver.create(spec.clone()).await.expect("third start");
+    assert_eq!(read(&report), "starts=3\nlayer=top\nmknod=hidden\n");
+    driver.kill(&id, &spec.state_dir).await.expect("kill");
+    assert!(!spec.state_dir.exists());
+
+    // Reusing a disk that is not there fails cleanly.
+    assert!(driver.create(spec.clone()).await.is_err());
+    assert!(!spec.state_dir.exists());
 }

@@ -363,7 +363,8 @@ async fn processes_in_a_sandbox_run_under_the_filter() {
     let spec = SandboxSpec {
         id: id.clone(),
         hostname: "seccomp".into(),
-        rootfs,
+        layers: vec![rootfs],
+        reuse_disk: false,
         state_dir: states.join(id.as_str()),
         envd_bin: envd,
         resources: Resources {

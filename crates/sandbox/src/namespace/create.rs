@@ -20,6 +20,9 @@ use crate::{RuntimeError, SandboxHandle, SandboxSpec};
 
 /// How much of `envd.log` a failed create quotes.
 const LOG_TAIL_BYTES: usize = 2048;
+/// Most layers one overlay stacks: the mount options (one page, 4096 bytes) must hold every
+/// layer's path (about 55 bytes each in the template store) besides `upperdir` and `workdir`.
+const MAX_LAYERS: usize = 60;
 
 pub(crate) async fn create(
     inner: &Arc<Inner>,
@@ -32,7 +35,9 @@ pub(crate) async fn create(
     };
     validate(&spec).map_err(fail)?;
     if let Some(map) = &inner.cfg.id_map {
-        check_shifted(&spec.rootfs, map).map_err(fail)?;
+        for layer in &spec.layers {
+            check_shifted(layer, map).map_err(fail)?;
+        }
     }
     if inner.live().contains_key(&id) {
         return Err(fail("a sandbox with this id is already running".into()));
@@ -93,16 +98,33 @@ pub(crate) async fn create(
 }
 
 fn validate(spec: &SandboxSpec) -> Result<(), String> {
-    if !spec.rootfs.is_dir() {
+    if spec.layers.is_empty() {
+        return Err("the template has no root-filesystem layer".into());
+    }
+    if spec.layers.len() > MAX_LAYERS {
         return Err(format!(
-            "template rootfs {} is not a directory",
-            spec.rootfs.display()
+            "the template has {} layers; at most {MAX_LAYERS} can be stacked",
+            spec.layers.len()
         ));
+    }
+    for layer in &spec.layers {
+        if !layer.is_dir() {
+            return Err(format!(
+                "template layer {} is not a directory",
+                layer.display()
+            ));
+        }
     }
     if !spec.envd_bin.is_file() {
         return Err(format!("envd binary {} not found", spec.envd_bin.display()));
     }
-    for p in [&spec.rootfs, &spec.state_dir] {
+    if spec.reuse_disk && !spec.state_dir.join(super::disk::IMAGE_FILE).is_file() {
+        return Err(format!(
+            "no disk image to reuse in {}",
+            spec.state_dir.display()
+        ));
+    }
+    for p in spec.layers.iter().chain([&spec.state_dir]) {
         if !p.is_absolute() || !mounts::overlay_safe(p) {
             return Err(format!(
                 "path {} must be absolute and free of ',', ':' and '\\'",
@@ -153,16 +175,18 @@ fn prepare(
         let dir = spec.state_dir.join(sub);
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     }
-    inner
-        .disks
-        .create(&spec.state_dir, spec.resources.disk_mb)
-        .map_err(|e| match e {
-            super::disk::DiskError::NoLoopDevices => RuntimeError::Host(e.to_string()),
-            e => RuntimeError::Create {
-                id: spec.id.clone(),
-                message: format!("preparing the sandbox's disk: {}", chain(&e)),
-            },
-        })?;
+    let disk = if spec.reuse_disk {
+        inner.disks.reattach(&spec.state_dir)
+    } else {
+        inner.disks.create(&spec.state_dir, spec.resources.disk_mb)
+    };
+    disk.map_err(|e| match e {
+        super::disk::DiskError::NoLoopDevices => RuntimeError::Host(e.to_string()),
+        e => RuntimeError::Create {
+            id: spec.id.clone(),
+            message: format!("preparing the sandbox's disk: {}", chain(&e)),
+        },
+    })?;
     let log_path = spec.state_dir.join("run").join("envd.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -189,7 +213,7 @@ async fn start(
 ) -> Result<(Child, u32, u64), String> {
     let shim_spec = ShimSpec {
         hostname: spec.hostname.clone(),
-        rootfs: spec.rootfs.clone(),
+        layers: spec.layers.clone(),
         state_dir: spec.state_dir.clone(),
         envd_bin: spec.envd_bin.clone(),
         cgroup_procs: cg.procs_files(),
@@ -337,13 +361,24 @@ mod tests {
         let mut spec = SandboxSpec {
             id: SandboxId::parse("iabc").expect("id"),
             hostname: "e2b.local".into(),
-            rootfs: tmp.path().to_path_buf(),
+            layers: vec![tmp.path().to_path_buf()],
+            reuse_disk: false,
             state_dir: tmp.path().join("s"),
             envd_bin: envd,
             resources: Default::default(),
             network: None,
         };
         assert_eq!(validate(&spec), Ok(()));
+        spec.reuse_disk = true;
+        assert!(validate(&spec).is_err(), "no image to reuse");
+        spec.reuse_disk = false;
+        spec.layers.clear();
+        assert!(validate(&spec).is_err());
+        spec.layers = vec![tmp.path().to_path_buf(); MAX_LAYERS + 1];
+        assert!(validate(&spec).is_err());
+        spec.layers = vec![tmp.path().to_path_buf(), tmp.path().join("missing")];
+        assert!(validate(&spec).is_err());
+        spec.layers = vec![tmp.path().to_path_buf()];
         spec.hostname = "bad host".into();
         assert!(validate(&spec).is_err());
         spec.hostname = "h".into();

@@ -11,7 +11,9 @@
 //!
 //! Lifecycle of one sandbox: `create` (state dir, disk, cgroup, shim, wait for `ready`) →
 //! running → `kill` (SIGKILL PID 1 and the cgroup, remove cgroup, unmount the disk, remove the
-//! state dir), or, after a node restart, `adopt` / `reap_orphans`. The writable layer is on the
+//! state dir), or `stop` (the same, but the disk image with the writable layer stays in the state
+//! directory for a later create with `reuse_disk`), or, after a node restart, `adopt` /
+//! `reap_orphans`. The writable layer is on the
 //! sandbox's own disk ([`disk`]), so its size is limited.
 
 use std::collections::HashMap;
@@ -203,6 +205,10 @@ impl RuntimeDriver for NamespaceDriver {
 
     async fn kill(&self, id: &SandboxId, state_dir: &Path) -> Result<(), RuntimeError> {
         teardown::kill(&self.inner, id, state_dir).await
+    }
+
+    async fn stop(&self, id: &SandboxId, state_dir: &Path) -> Result<(), RuntimeError> {
+        teardown::stop(&self.inner, id, state_dir).await
     }
 
     async fn adopt(

@@ -57,8 +57,8 @@ pub(crate) const READ_ONLY_PROC_DIRS: [&str; 4] = ["sys", "bus", "fs", "irq"];
 /// Where things go in the new root.
 #[derive(Debug)]
 pub(crate) struct RootLayout<'a> {
-    /// Template root file system (overlay lower layer).
-    pub rootfs: &'a Path,
+    /// Template root-filesystem layers, top first (the overlay's lower layers).
+    pub layers: &'a [PathBuf],
     /// The sandbox's state directory (`disk/` holding `upper` and `work`, `root`, `run`).
     pub state_dir: &'a Path,
     /// envd on the host.
@@ -214,7 +214,12 @@ fn mount_overlay(layout: &RootLayout<'_>, root: &Path) -> Result<()> {
     // On the sandbox's own disk, mounted by the node (see `disk`).
     let upper = super::disk::upper_dir(layout.state_dir);
     let work = super::disk::work_dir(layout.state_dir);
-    for p in [layout.rootfs, upper.as_path(), work.as_path()] {
+    let lower: Vec<&Path> = layout.layers.iter().map(PathBuf::as_path).collect();
+    for p in lower
+        .iter()
+        .copied()
+        .chain([upper.as_path(), work.as_path()])
+    {
         if !overlay_safe(p) {
             let err = io::Error::new(io::ErrorKind::InvalidInput, "path has ',', ':' or '\\'");
             return Err(SetupError::new(
@@ -228,9 +233,13 @@ fn mount_overlay(layout: &RootLayout<'_>, root: &Path) -> Result<()> {
         // files in `/`.
         chown(&upper, id)?;
     }
+    let lowerdir = lower
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
     let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        layout.rootfs.display(),
+        "lowerdir={lowerdir},upperdir={},workdir={}",
         upper.display(),
         work.display()
     );

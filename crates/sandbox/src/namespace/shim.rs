@@ -35,8 +35,8 @@ pub(crate) const READY_FD: RawFd = 3;
 pub(crate) struct ShimSpec {
     /// Hostname of the sandbox.
     pub hostname: String,
-    /// Template root file system.
-    pub rootfs: PathBuf,
+    /// Template root-filesystem layers, top first.
+    pub layers: Vec<PathBuf>,
     /// The sandbox's state directory.
     pub state_dir: PathBuf,
     /// envd on the host.
@@ -282,7 +282,7 @@ fn child_main(
     mounts::make_private()?;
     let root_id = spec.id_map.map(|m| m.base);
     let layout = RootLayout {
-        rootfs: &spec.rootfs,
+        layers: &spec.layers,
         state_dir: &spec.state_dir,
         envd_bin: &spec.envd_bin,
         memory_cgroup: spec.memory_cgroup.as_deref(),
@@ -505,7 +505,7 @@ mod tests {
     fn spec_is_json() {
         let spec = ShimSpec {
             hostname: "h".into(),
-            rootfs: "/r".into(),
+            layers: vec!["/r".into(), "/b".into()],
             state_dir: "/s".into(),
             envd_bin: "/e".into(),
             cgroup_procs: vec!["/sys/fs/cgroup/pids/p/x/cgroup.procs".into()],

@@ -42,6 +42,81 @@ pub(crate) async fn kill(
     Ok(())
 }
 
+/// How long `stop` waits for the sandbox's file system to be released (its loop device to
+/// detach) after the last process is gone.
+const DISK_RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Stops a sandbox but keeps its disk image (see [`crate::RuntimeDriver::stop`]): processes
+/// and cgroups go as in [`kill`], then the disk is unmounted and `stop` waits until its loop
+/// device has detached, so the image is consistent and free to be attached again.
+pub(crate) async fn stop(
+    inner: &Arc<Inner>,
+    id: &SandboxId,
+    state_dir: &Path,
+) -> Result<(), RuntimeError> {
+    let recorded = match state::read(state_dir) {
+        Ok(Some(s)) if &s.id == id => Some(s),
+        _ => None,
+    };
+    if recorded.is_none() && !inner.live().contains_key(id) {
+        return Err(RuntimeError::NotFound(id.clone()));
+    }
+    stop_init(inner, id, recorded.as_ref()).await;
+    let extra = recorded.map(|s| s.cgroups).unwrap_or_default();
+    remove_blocking(inner, id.as_str(), Some(extra), None).await?;
+    let dir = state_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || release_disk(&dir))
+        .await
+        .map_err(|e| RuntimeError::Host(format!("stop task failed: {e}")))??;
+    tracing::info!(sandbox_id = %id, "sandbox stopped; its disk is kept");
+    Ok(())
+}
+
+/// Unmounts a stopped sandbox's disk, removes what only a running sandbox needs (`root/`,
+/// sockets, `state.json`) and waits for the image's loop device to go.
+fn release_disk(dir: &Path) -> Result<(), RuntimeError> {
+    disk::Disks::remove(dir).map_err(|e| RuntimeError::Host(chain(&e)))?;
+    let root = dir.join("root");
+    if mounts::is_mount_point(&root) {
+        mounts::detach(&root).map_err(|source| RuntimeError::Io {
+            context: format!("unmounting {}", root.display()),
+            source,
+        })?;
+    }
+    for leftover in [
+        dir.join(state::STATE_FILE),
+        dir.join("run").join(crate::ENVD_SOCKET),
+        dir.join("run").join(crate::FORWARD_SOCKET),
+    ] {
+        match std::fs::remove_file(&leftover) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(RuntimeError::Io {
+                    context: format!("removing {}", leftover.display()),
+                    source,
+                })
+            }
+        }
+    }
+    let image = dir.join(disk::IMAGE_FILE);
+    let deadline = std::time::Instant::now() + DISK_RELEASE_TIMEOUT;
+    loop {
+        let bound = disk::loop_devices_under(&image);
+        if bound.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(RuntimeError::Host(format!(
+                "the disk {} is still in use ({}) after the sandbox stopped",
+                image.display(),
+                bound.join(", ")
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Marks the sandbox as killed (so its exit is not reported), SIGKILLs its PID 1 if it is still
 /// the same process, and waits briefly for the shim to notice.
 async fn stop_init(inner: &Arc<Inner>, id: &SandboxId, recorded: Option<&SandboxState>) {

@@ -163,6 +163,32 @@ impl Disks {
         build(&master, &image, &target)
     }
 
+    /// Mounts the disk image already in `state_dir` (left there by a stopped run of the same
+    /// sandbox) at `<state_dir>/disk` again, keeping its contents. Fails if the image is still
+    /// attached to a loop device (its previous file system is not released yet): two live
+    /// mounts of one ext4 image would corrupt it.
+    pub fn reattach(&self, state_dir: &Path) -> Result<(), DiskError> {
+        let target = state_dir.join(DISK_DIR);
+        let image = state_dir.join(IMAGE_FILE);
+        if !loop_devices_under(&image).is_empty() {
+            return Err(DiskError::Io {
+                context: format!("reusing {}", image.display()),
+                source: io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    "the image is still attached to a loop device",
+                ),
+            });
+        }
+        mkdir(&target)?;
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&image)
+            .map_err(DiskError::io(format!("opening {}", image.display())))?;
+        attach_and_mount(&file, &image, &target)
+    }
+
     /// Unmounts what [`Disks::create`] mounted for `state_dir` (nothing when nothing is).
     /// The file system stays alive until the sandbox's mount namespace is gone; then the loop
     /// device detaches itself. Returns whether something was unmounted.
@@ -354,7 +380,13 @@ pub(crate) fn build(master: &Master, image: &Path, target: &Path) -> Result<(), 
         master.path.display(),
         image.display()
     )))?;
-    let dev = loopdev::attach(&file, BLOCK_SIZE).map_err(|e| match e.kind() {
+    attach_and_mount(&file, image, target)
+}
+
+/// Attaches `file` (the image at `image`) to a free loop device, mounts it at `target` and
+/// makes sure `upper/` and `work/` exist in it; nothing stays mounted on error.
+fn attach_and_mount(file: &File, image: &Path, target: &Path) -> Result<(), DiskError> {
+    let dev = loopdev::attach(file, BLOCK_SIZE).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound if !loopdev::available() => DiskError::NoLoopDevices,
         _ => DiskError::io(format!("attaching {} to a loop device", image.display()))(e),
     })?;
