@@ -218,9 +218,31 @@ pub enum Verdict {
     Denied,
 }
 
+/// Serialises a value as its `Display` text and reads it back with `FromStr`, so policies are
+/// stored in the same notation users write them in.
+macro_rules! serde_as_text {
+    ($ty:ty) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+serde_as_text!(Cidr);
+serde_as_text!(DomainPattern);
+
 /// What a sandbox may reach outside the host. The default lets everything out (E2B's default);
 /// the pool, the host and link-local addresses stay unreachable whatever the policy says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EgressPolicy {
     /// `false` denies every destination not in `allow_out`.
     pub allow_internet_access: bool,
@@ -292,6 +314,23 @@ impl EgressPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policies_round_trip_through_json_in_their_written_form() {
+        let policy = EgressPolicy {
+            allow_internet_access: false,
+            allow_out: vec!["10.1.2.0/24".parse().expect("cidr")],
+            deny_out: vec!["0.0.0.0/0".parse().expect("cidr")],
+            allow_domains: vec!["*.example.com".parse().expect("domain")],
+        };
+        let json = serde_json::to_string(&policy).expect("encode");
+        assert!(json.contains(r#""10.1.2.0/24""#), "{json}");
+        assert!(json.contains(r#""*.example.com""#), "{json}");
+        let back: EgressPolicy = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, policy);
+        let bad = json.replace("10.1.2.0/24", "10.1.2.0/99");
+        assert!(serde_json::from_str::<EgressPolicy>(&bad).is_err());
+    }
 
     fn c(s: &str) -> Cidr {
         s.parse().expect("cidr")

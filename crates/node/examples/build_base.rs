@@ -11,6 +11,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "/var/cache/paddock/templates".into());
     let store = TemplateStore::open(&root)?;
     let template = store.ensure_base(&|line| println!("{line}")).await?;
-    println!("base template: {}", template.rootfs.display());
+    println!("base template: {}", template.top_layer().display());
     Ok(())
 }

@@ -59,6 +59,25 @@ pub struct TemplateInfo {
     pub resources: Resources,
 }
 
+/// How a paused sandbox is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseMode {
+    /// Frozen in memory: its processes, memory and open files come back as they were.
+    Memory,
+    /// Paused to disk: its processes ended and its memory is free; its files are kept, and
+    /// it survives a restart of the node. Resuming starts it again on its files.
+    Disk,
+}
+
+/// A snapshot a node made of a sandbox's files.
+#[derive(Debug, Clone)]
+pub struct SnapshotMade {
+    /// The new template: the sandbox's writable layer on top of its template's layers.
+    pub template: TemplateInfo,
+    /// Bytes the new layer takes on disk.
+    pub size_bytes: u64,
+}
+
 /// Where the proxy sends traffic for a sandbox.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -176,5 +195,51 @@ pub trait Node: Send + Sync + 'static {
     fn is_paused(&self, id: &SandboxId) -> bool {
         let _ = id;
         false
+    }
+
+    /// How a paused sandbox is kept; `None` when it is not paused (or unknown). Default:
+    /// [`PauseMode::Memory`] for every paused sandbox.
+    fn pause_mode(&self, id: &SandboxId) -> Option<PauseMode> {
+        self.is_paused(id).then_some(PauseMode::Memory)
+    }
+
+    /// Pauses a live (running or frozen) sandbox to disk: its processes end and its memory is
+    /// freed, its files are kept; it survives node restarts, and [`Node::resume`] starts it
+    /// again on its files. Pausing a sandbox already on disk is a no-op. Default: unsupported.
+    async fn pause_to_disk(&self, id: &SandboxId) -> Result<(), NodeError> {
+        let _ = id;
+        Err(NodeError::Unsupported("pausing sandboxes to disk"))
+    }
+
+    /// Makes template `name` from sandbox `id`'s files as they are now (its writable layer
+    /// over its template): running, frozen or on disk, the sandbox is left as it was.
+    /// Default: unsupported.
+    async fn snapshot(
+        &self,
+        id: &SandboxId,
+        name: &TemplateName,
+    ) -> Result<SnapshotMade, NodeError> {
+        let _ = (id, name);
+        Err(NodeError::Unsupported("snapshots"))
+    }
+
+    /// Deletes a template; its layers stay as long as sandboxes run on them. `false` if it
+    /// did not exist. Default: unsupported.
+    async fn delete_template(&self, name: &TemplateName) -> Result<bool, NodeError> {
+        let _ = name;
+        Err(NodeError::Unsupported("deleting templates"))
+    }
+
+    /// The environment variables sandbox `id` was created with (empty if unknown). Default:
+    /// none.
+    fn env_vars(&self, id: &SandboxId) -> HashMap<String, String> {
+        let _ = id;
+        HashMap::new()
+    }
+
+    /// The egress policy sandbox `id` runs with (`None` if unknown). Default: unknown.
+    fn egress_policy(&self, id: &SandboxId) -> Option<EgressPolicy> {
+        let _ = id;
+        None
     }
 }

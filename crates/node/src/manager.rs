@@ -24,8 +24,11 @@ use paddock_sandbox::{RuntimeDriver, SandboxHandle, SandboxSpec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
 
-use crate::templates::TemplateStore;
-use crate::{CreateRequest, EgressPolicy, Endpoint, Node, NodeError, NodeSandbox, TemplateInfo};
+use crate::templates::{LayerLease, Template, TemplateSource, TemplateStore};
+use crate::{
+    CreateRequest, EgressPolicy, Endpoint, Node, NodeError, NodeSandbox, PauseMode, SnapshotMade,
+    TemplateInfo,
+};
 
 /// Static configuration of a node.
 #[derive(Debug, Clone)]
@@ -41,12 +44,22 @@ pub struct NodeConfig {
 }
 
 /// What the node remembers about a sandbox next to its state directory (`node.json`), so a
-/// restarted node can adopt it.
+/// restarted node can adopt it, and a sandbox paused to disk can start again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SandboxMeta {
     template: TemplateName,
     resources: Resources,
+    /// The root-filesystem layers it runs on, top first (empty in records of older nodes).
+    #[serde(default)]
+    layers: Vec<PathBuf>,
+    /// Its egress policy, applied again when it starts from disk.
+    #[serde(default)]
+    network: EgressPolicy,
 }
+
+/// Marker file in a state directory: the sandbox is paused to disk (its processes are gone,
+/// its disk image is kept). Written before the sandbox is stopped, removed once it runs again.
+const ON_DISK_MARKER: &str = "paused-on-disk";
 
 /// How long shutdown waits for creates in flight before killing what is live.
 const SHUTDOWN_CREATE_WAIT: Duration = Duration::from_secs(15);
@@ -58,11 +71,16 @@ struct Live {
     paused: bool,
 }
 
-/// The sandboxes of this node: running, and being created (slots reserved).
+/// The sandboxes of this node: running, paused to disk, and being created (slots reserved).
 #[derive(Debug, Default)]
 struct Table {
     live: HashMap<SandboxId, Live>,
     creating: HashSet<SandboxId>,
+    /// Paused to disk: no processes, no slot, no network; only files.
+    on_disk: HashSet<SandboxId>,
+    /// The template layers each live or on-disk sandbox holds (none for sandboxes adopted from
+    /// an older node that did not record them).
+    leases: HashMap<SandboxId, LayerLease>,
     /// Set by shutdown: no new creates, and creates in flight do not enter `live`.
     shutting_down: bool,
 }
@@ -232,7 +250,274 @@ impl LocalNode {
             tracing::error!(sandbox_id = %id, error = %e, "cleaning up an exited sandbox");
         }
         self.release_network(&id).await;
+        self.forget(&id).await;
         let _ = self.exits.send(id);
+    }
+
+    /// Drops what the node still holds for a sandbox that is gone: its on-disk entry and its
+    /// layer lease (then layers no template or sandbox uses any more are removed, e.g. the
+    /// private snapshot of a fork once its last child is gone).
+    async fn forget(&self, id: &SandboxId) {
+        let lease = {
+            let mut table = self.table_mut();
+            table.on_disk.remove(id);
+            table.leases.remove(id)
+        };
+        if lease.is_some() {
+            drop(lease);
+            self.collect_garbage().await;
+        }
+    }
+
+    /// Removes template layers nothing uses any more (on a blocking thread).
+    async fn collect_garbage(&self) {
+        let store = self.templates.clone();
+        match tokio::task::spawn_blocking(move || store.collect_garbage()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "removing unused template layers"),
+            Err(e) => tracing::warn!(error = %e, "template garbage collection task failed"),
+        }
+    }
+
+    /// Reads a sandbox's `node.json`.
+    fn read_meta(&self, id: &SandboxId) -> Result<SandboxMeta, NodeError> {
+        let path = self.state_dir(id).join("node.json");
+        let raw = std::fs::read(&path).map_err(|source| NodeError::Io {
+            context: format!("reading {}", path.display()),
+            source,
+        })?;
+        serde_json::from_slice(&raw).map_err(|e| NodeError::Io {
+            context: format!("decoding {}", path.display()),
+            source: std::io::Error::other(e),
+        })
+    }
+
+    /// Acquires a network slot for sandbox `id` with `policy` (none without networking).
+    async fn acquire_network(
+        &self,
+        id: &SandboxId,
+        policy: &EgressPolicy,
+    ) -> Result<Option<paddock_sandbox::SandboxNetwork>, NodeError> {
+        match &self.cfg.network {
+            None => Ok(None),
+            Some(net) => {
+                let lease = net.acquire(id.as_str(), policy).await?;
+                Ok(Some(paddock_sandbox::SandboxNetwork {
+                    netns: lease.netns_path,
+                    dns: lease.dns,
+                }))
+            }
+        }
+    }
+
+    /// Pauses a live sandbox to disk: the marker first (so a crash in the middle is finished
+    /// by the next start instead of losing the sandbox), then the runtime stops it keeping its
+    /// disk, then its network slot goes.
+    async fn persist(&self, id: &SandboxId) -> Result<(), NodeError> {
+        {
+            let mut table = self.table_mut();
+            if table.on_disk.contains(id) {
+                return Ok(());
+            }
+            match table.live.get_mut(id) {
+                // Held back by the proxy from here on.
+                Some(live) => live.paused = true,
+                None => return Err(NodeError::SandboxNotFound(id.clone())),
+            }
+        }
+        let started = std::time::Instant::now();
+        let dir = self.state_dir(id);
+        let marker = dir.join(ON_DISK_MARKER);
+        if let Err(source) = std::fs::write(&marker, b"") {
+            self.set_paused_flag(id, false);
+            return Err(NodeError::Io {
+                context: format!("writing {}", marker.display()),
+                source,
+            });
+        }
+        if let Err(e) = self.runtime.stop(id, &dir).await {
+            if self.runtime.is_alive(id) {
+                let _ = std::fs::remove_file(&marker);
+                self.set_paused_flag(id, false);
+                return Err(e.into());
+            }
+            // Its processes are gone but the disk could not be released: it cannot go on.
+            tracing::error!(sandbox_id = %id, error = %e, "pausing to disk failed half-way; the sandbox is lost");
+            let _ = std::fs::remove_file(&marker);
+            self.on_exit(id.clone()).await;
+            return Err(e.into());
+        }
+        {
+            let mut table = self.table_mut();
+            table.live.remove(id);
+            table.on_disk.insert(id.clone());
+        }
+        self.release_network(id).await;
+        tracing::info!(
+            sandbox_id = %id,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "sandbox paused to disk"
+        );
+        Ok(())
+    }
+
+    /// Starts a sandbox paused to disk again on its kept disk, with its recorded layers,
+    /// limits and egress policy; envd reads the boot configuration the first start left.
+    async fn start_from_disk(&self, id: &SandboxId) -> Result<(), NodeError> {
+        let started = std::time::Instant::now();
+        let reservation = self.reserve(id)?;
+        let meta = self.read_meta(id)?;
+        let network = self.acquire_network(id, &meta.network).await?;
+        let spec = SandboxSpec {
+            id: id.clone(),
+            hostname: id.to_string(),
+            layers: meta.layers.clone(),
+            reuse_disk: true,
+            state_dir: self.state_dir(id),
+            envd_bin: self.cfg.envd_bin.clone(),
+            resources: meta.resources,
+            network,
+        };
+        let created = self.runtime.create(spec).await;
+        if let Some(net) = &self.cfg.network {
+            net.refill();
+        }
+        let handle = match created {
+            Ok(h) => h,
+            Err(e) => {
+                // The disk and the records stay: a later resume can try again.
+                self.release_network(id).await;
+                return Err(e.into());
+            }
+        };
+        let _ = std::fs::remove_file(self.state_dir(id).join(ON_DISK_MARKER));
+        {
+            let mut table = self.table_mut();
+            table.on_disk.remove(id);
+            table.live.insert(
+                id.clone(),
+                Live {
+                    handle,
+                    paused: false,
+                },
+            );
+        }
+        drop(reservation);
+        tracing::info!(
+            sandbox_id = %id,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "sandbox started again from disk"
+        );
+        Ok(())
+    }
+
+    /// Leases the layers a surviving sandbox recorded (none for records of older nodes).
+    fn lease_recorded(&self, id: &SandboxId, meta: &SandboxMeta) -> Option<LayerLease> {
+        if meta.layers.is_empty() {
+            return None;
+        }
+        match self.templates.lease_layers(&meta.layers) {
+            Ok(lease) => Some(lease),
+            Err(e) => {
+                tracing::warn!(sandbox_id = %id, error = %e, "cannot lease the layers of an adopted sandbox");
+                None
+            }
+        }
+    }
+
+    /// After a restart: keeps a sandbox that was paused to disk (finishing a pause to disk
+    /// that a crash interrupted).
+    async fn adopt_on_disk(&self, id: &SandboxId, meta: &SandboxMeta) -> Result<(), NodeError> {
+        let dir = self.state_dir(id);
+        if !dir.join("disk.img").is_file() {
+            return Err(NodeError::Io {
+                context: format!("{} has no disk image", dir.display()),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        // A run record left means the stop did not finish: finish it.
+        if dir.join("state.json").exists() {
+            self.runtime.stop(id, &dir).await?;
+        }
+        let lease = self
+            .templates
+            .lease_layers(&meta.layers)
+            .map_err(NodeError::from)?;
+        let mut table = self.table_mut();
+        table.on_disk.insert(id.clone());
+        table.leases.insert(id.clone(), lease);
+        tracing::info!(sandbox_id = %id, "kept sandbox paused to disk");
+        Ok(())
+    }
+
+    fn set_paused_flag(&self, id: &SandboxId, paused: bool) {
+        if let Some(live) = self.table_mut().live.get_mut(id) {
+            live.paused = paused;
+        }
+    }
+
+    /// Copies the writable layer of a live sandbox into a new template `name` on top of the
+    /// sandbox's own layers. A running sandbox is frozen for the copy (without telling the
+    /// proxy: requests wait rather than fail) and thawed after it.
+    async fn snapshot_live(
+        &self,
+        id: &SandboxId,
+        name: &TemplateName,
+        source: TemplateSource,
+    ) -> Result<SnapshotMade, NodeError> {
+        let was_paused = match self.table().live.get(id) {
+            Some(live) => live.paused,
+            None => return Err(NodeError::SandboxNotFound(id.clone())),
+        };
+        let meta = self.read_meta(id)?;
+        if meta.layers.is_empty() {
+            return Err(NodeError::Unsupported(
+                "snapshots of sandboxes started before this version of Paddock",
+            ));
+        }
+        if !was_paused {
+            self.runtime.pause(id).await?;
+        }
+        let started = std::time::Instant::now();
+        let parent = Template {
+            name: meta.template.clone(),
+            layers: meta.layers.clone(),
+            resources: meta.resources,
+            created_at: chrono::Utc::now(),
+            source: source.clone(),
+        };
+        let upper = self.state_dir(id).join("disk").join("upper");
+        let store = self.templates.clone();
+        let target = name.clone();
+        let resources = meta.resources;
+        let copied = tokio::task::spawn_blocking(move || {
+            store.snapshot(&target, &upper, &parent, resources, source)
+        })
+        .await;
+        if !was_paused {
+            if let Err(e) = self.runtime.resume(id).await {
+                tracing::error!(sandbox_id = %id, error = %e, "thawing after a snapshot failed");
+            }
+        }
+        let template = copied.map_err(|e| NodeError::Io {
+            context: "snapshot task failed".into(),
+            source: std::io::Error::other(e),
+        })??;
+        let size_bytes = crate::templates::layer_size(template.top_layer()).unwrap_or(0);
+        tracing::info!(
+            sandbox_id = %id,
+            template = %name,
+            size_bytes,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "snapshot taken"
+        );
+        Ok(SnapshotMade {
+            template: TemplateInfo {
+                name: template.name,
+                resources: template.resources,
+            },
+            size_bytes,
+        })
     }
 
     /// Freezes (`paused`) or thaws a live sandbox. The table says `paused` before the freeze
@@ -345,14 +630,16 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 #[async_trait]
 impl Node for LocalNode {
     async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
-        let template = self
+        let (template, lease) = self
             .templates
-            .get(&req.template)?
+            .lease(&req.template)?
             .ok_or_else(|| NodeError::TemplateNotFound(req.template.to_string()))?;
         let reservation = self.reserve(&req.id)?;
         let meta = SandboxMeta {
             template: req.template.clone(),
             resources: req.resources.unwrap_or(template.resources),
+            layers: template.layers.clone(),
+            network: req.network.clone(),
         };
         let state_dir = match self.prepare_state_dir(&req, &meta) {
             Ok(d) => d,
@@ -361,23 +648,17 @@ impl Node for LocalNode {
                 return Err(e);
             }
         };
-        let network = match &self.cfg.network {
-            None => None,
-            Some(net) => match net.acquire(req.id.as_str(), &req.network).await {
-                Ok(lease) => Some(paddock_sandbox::SandboxNetwork {
-                    netns: lease.netns_path,
-                    dns: lease.dns,
-                }),
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(self.state_dir(&req.id));
-                    return Err(e.into());
-                }
-            },
+        let network = match self.acquire_network(&req.id, &req.network).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(self.state_dir(&req.id));
+                return Err(e);
+            }
         };
         let spec = SandboxSpec {
             id: req.id.clone(),
             hostname: req.id.to_string(),
-            layers: vec![template.rootfs.clone()],
+            layers: template.layers.clone(),
             reuse_disk: false,
             state_dir,
             envd_bin: self.cfg.envd_bin.clone(),
@@ -410,6 +691,7 @@ impl Node for LocalNode {
                         paused: false,
                     },
                 );
+                table.leases.insert(req.id.clone(), lease);
                 true
             }
         };
@@ -431,6 +713,7 @@ impl Node for LocalNode {
                     tracing::error!(sandbox_id = %req.id, error = %e, "cleaning up a sandbox that died at start");
                 }
                 self.release_network(&req.id).await;
+                self.forget(&req.id).await;
             }
             tracing::warn!(sandbox_id = %req.id, "sandbox exited right after it started");
             return Err(NodeError::Runtime(paddock_sandbox::RuntimeError::Create {
@@ -456,6 +739,7 @@ impl Node for LocalNode {
         let killed = self.runtime.kill(id, &self.state_dir(id)).await;
         self.release_network(id).await;
         killed?;
+        self.forget(id).await;
         tracing::info!(sandbox_id = %id, "sandbox killed");
         Ok(())
     }
@@ -507,13 +791,27 @@ impl Node for LocalNode {
             let meta: Option<SandboxMeta> = std::fs::read(dir.join("node.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(meta) = meta.as_ref().filter(|_| dir.join(ON_DISK_MARKER).exists()) {
+                match self.adopt_on_disk(id, meta).await {
+                    Ok(()) => adopted.push(id.clone()),
+                    Err(e) => {
+                        tracing::error!(sandbox_id = %id, error = %e, "cannot keep a sandbox paused to disk; removing it");
+                        let _ = self.runtime.kill(id, &dir).await;
+                    }
+                }
+                continue;
+            }
             match (meta, self.runtime.adopt(id, &dir).await) {
-                (Some(_), Ok(Some(handle))) => {
+                (Some(meta), Ok(Some(handle))) => {
                     let paused = self.runtime.is_paused(id);
                     tracing::info!(sandbox_id = %id, pid = handle.init_pid, paused, "adopted running sandbox");
-                    self.table_mut()
-                        .live
-                        .insert(id.clone(), Live { handle, paused });
+                    let lease = self.lease_recorded(id, &meta);
+                    let mut table = self.table_mut();
+                    table.live.insert(id.clone(), Live { handle, paused });
+                    if let Some(lease) = lease {
+                        table.leases.insert(id.clone(), lease);
+                    }
+                    drop(table);
                     adopted.push(id.clone());
                 }
                 (_, Ok(Some(_))) => {
@@ -548,19 +846,94 @@ impl Node for LocalNode {
                 }
             }
         }
+        // Layers of deleted templates that no surviving sandbox holds.
+        self.collect_garbage().await;
         adopted
     }
 
     async fn pause(&self, id: &SandboxId) -> Result<(), NodeError> {
+        if self.table().on_disk.contains(id) {
+            return Ok(());
+        }
         self.set_paused(id, true).await
     }
 
+    async fn pause_to_disk(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.persist(id).await
+    }
+
     async fn resume(&self, id: &SandboxId) -> Result<(), NodeError> {
+        if self.table().on_disk.contains(id) {
+            return self.start_from_disk(id).await;
+        }
         self.set_paused(id, false).await
     }
 
     fn is_paused(&self, id: &SandboxId) -> bool {
-        self.table().live.get(id).is_some_and(|l| l.paused)
+        let table = self.table();
+        table.on_disk.contains(id) || table.live.get(id).is_some_and(|l| l.paused)
+    }
+
+    fn pause_mode(&self, id: &SandboxId) -> Option<PauseMode> {
+        let table = self.table();
+        if table.on_disk.contains(id) {
+            Some(PauseMode::Disk)
+        } else if table.live.get(id).is_some_and(|l| l.paused) {
+            Some(PauseMode::Memory)
+        } else {
+            None
+        }
+    }
+
+    async fn snapshot(
+        &self,
+        id: &SandboxId,
+        name: &TemplateName,
+    ) -> Result<SnapshotMade, NodeError> {
+        let source = TemplateSource::Snapshot {
+            sandbox_id: id.to_string(),
+            parent: self.read_meta(id)?.template,
+        };
+        // A sandbox paused to disk has no mounted disk to copy from: it is started, frozen
+        // for the copy and paused to disk again.
+        let on_disk = self.table().on_disk.contains(id);
+        if on_disk {
+            self.start_from_disk(id).await?;
+            self.runtime.pause(id).await?;
+            self.set_paused_flag(id, true);
+        }
+        let made = self.snapshot_live(id, name, source).await;
+        if on_disk {
+            if let Err(e) = self.persist(id).await {
+                tracing::error!(sandbox_id = %id, error = %e, "pausing to disk again after a snapshot failed");
+            }
+        }
+        made
+    }
+
+    async fn delete_template(&self, name: &TemplateName) -> Result<bool, NodeError> {
+        let store = self.templates.clone();
+        let target = name.clone();
+        let deleted = tokio::task::spawn_blocking(move || store.delete(&target))
+            .await
+            .map_err(|e| NodeError::Io {
+                context: "template delete task failed".into(),
+                source: std::io::Error::other(e),
+            })??;
+        Ok(deleted)
+    }
+
+    fn egress_policy(&self, id: &SandboxId) -> Option<EgressPolicy> {
+        self.read_meta(id).ok().map(|m| m.network)
+    }
+
+    fn env_vars(&self, id: &SandboxId) -> HashMap<String, String> {
+        let path = self.state_dir(id).join("run").join("config.json");
+        std::fs::read(&path)
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<BootConfig>(&raw).ok())
+            .map(|boot| boot.env_vars)
+            .unwrap_or_default()
     }
 
     async fn shutdown(&self) {
@@ -582,6 +955,20 @@ impl Node for LocalNode {
                     "creates still running at shutdown; they stop their sandboxes when done"
                 );
                 break;
+            }
+        }
+        // Paused sandboxes outlive the server: frozen ones are paused to disk (their processes
+        // end, their files stay), and those already on disk stay there.
+        let paused: Vec<SandboxId> = self
+            .table()
+            .live
+            .iter()
+            .filter(|(_, l)| l.paused)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in paused {
+            if let Err(e) = self.persist(&id).await {
+                tracing::error!(sandbox_id = %id, error = %e, "pausing to disk at shutdown failed");
             }
         }
         let ids: Vec<SandboxId> = self.table().live.keys().cloned().collect();

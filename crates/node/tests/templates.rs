@@ -1,5 +1,5 @@
 //! Integration tests of the template store's public API: importing rootfs tarballs (tar,
-//! tar.zst, tar.gz) with their special files, listing and deleting templates.
+//! tar.zst, tar.gz) with their special files into layers, listing and deleting templates.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -118,13 +118,37 @@ fn check_rootfs(rootfs: &Path) {
     );
 }
 
-fn only_templates_left(root: &Path, expected: &[&str]) {
-    let mut names: Vec<String> = std::fs::read_dir(root)
+fn ls(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("ls")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, expected, "no build leftovers");
+    names
+}
+
+/// The store holds exactly the `expected` templates (no build leftovers) and their layers
+/// with their id-shift markers (no layer of a deleted or failed template).
+fn only_templates_left(store: &TemplateStore, expected: &[&str]) {
+    let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    want.push(".layers".into());
+    want.sort();
+    assert_eq!(ls(store.root()), want, "no build leftovers");
+    let mut layers = Vec::new();
+    for t in store.list().expect("list") {
+        for layer in &t.layers {
+            assert_eq!(layer.parent(), Some(store.layers_dir().as_path()));
+            let id = layer
+                .file_name()
+                .expect("id")
+                .to_string_lossy()
+                .into_owned();
+            layers.push(format!(".{id}.idmap"));
+            layers.push(id);
+        }
+    }
+    layers.sort();
+    assert_eq!(ls(&store.layers_dir()), layers, "no unused layers");
 }
 
 #[tokio::test]
@@ -144,8 +168,16 @@ async fn import_tar_and_zst_then_list_and_delete() {
         .import(&name("plain"), &tar_path, &progress)
         .await
         .expect("import tar");
-    check_rootfs(&plain.rootfs);
-    assert_eq!(plain.rootfs, tmp.path().join("templates/plain/rootfs"));
+    check_rootfs(plain.top_layer());
+    assert_eq!(plain.layers.len(), 1);
+    assert_eq!(
+        plain.top_layer().parent(),
+        Some(tmp.path().join("templates/.layers").as_path())
+    );
+    assert!(paddock_sandbox::idmap::is_shifted(
+        plain.top_layer(),
+        &paddock_sandbox::idmap::IdMap::DEFAULT
+    ));
     assert!(matches!(&plain.source, TemplateSource::Import { format, .. } if format == "tar"));
     let seen = lines.lock().expect("lock").join("\n");
     assert!(seen.contains("[plain] added account 'user'"), "{seen}");
@@ -155,7 +187,8 @@ async fn import_tar_and_zst_then_list_and_delete() {
         .import(&name("zstd"), &zst_path, &progress)
         .await
         .expect("import zst");
-    check_rootfs(&zstd.rootfs);
+    check_rootfs(zstd.top_layer());
+    assert_ne!(zstd.top_layer(), plain.top_layer());
     assert!(matches!(&zstd.source, TemplateSource::Import { format, .. } if format == "tar.zst"));
 
     let listed: Vec<String> = store
@@ -183,7 +216,8 @@ async fn import_tar_and_zst_then_list_and_delete() {
     assert!(store.delete(&name("plain")).expect("delete"));
     assert!(!store.delete(&name("plain")).expect("delete twice"));
     assert_eq!(store.get(&name("plain")).expect("get"), None);
-    only_templates_left(&tmp.path().join("templates"), &["zstd"]);
+    assert!(!plain.top_layer().exists(), "its layer went with it");
+    only_templates_left(&store, &["zstd"]);
 }
 
 #[tokio::test]
@@ -198,7 +232,7 @@ async fn import_gzip_wrapped_in_a_directory() {
         .import(&name("wrapped"), &path, &|_| {})
         .await
         .expect("import tgz");
-    check_rootfs(&t.rootfs);
+    check_rootfs(t.top_layer());
 }
 
 #[tokio::test]
@@ -255,7 +289,7 @@ async fn bad_archives_fail_without_leftovers() {
     assert!(!outside.join("pwned").exists());
 
     assert!(store.list().expect("list").is_empty());
-    only_templates_left(&root, &[]);
+    only_templates_left(&store, &[]);
 }
 
 #[tokio::test]
@@ -280,5 +314,5 @@ async fn concurrent_imports_of_one_name_register_it_once() {
     assert!(results
         .iter()
         .any(|r| matches!(r, Err(TemplateError::AlreadyExists(_)))));
-    only_templates_left(&tmp.path().join("t"), &["twice"]);
+    only_templates_left(&store, &["twice"]);
 }

@@ -64,7 +64,7 @@ pub async fn run(cmd: TemplateCommand) -> anyhow::Result<()> {
                 .open()?
                 .import(&name, &rootfs, &|line: &str| eprintln!("{line}"))
                 .await?;
-            println!("imported template {} ({})", t.name, t.rootfs.display());
+            println!("imported template {} ({})", t.name, t.top_layer().display());
         }
         TemplateCommand::List { store } => {
             for t in store.open()?.list()? {

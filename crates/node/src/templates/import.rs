@@ -115,7 +115,7 @@ impl TemplateStore {
         let template = self.commit(build, &meta)?;
         progress(&format!(
             "[{name}] template ready at {}",
-            template.rootfs.display()
+            template.top_layer().display()
         ));
         Ok(template)
     }

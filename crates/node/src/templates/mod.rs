@@ -1,26 +1,35 @@
 //! The template store: the root filesystems sandboxes start from, kept on the node's disk.
 //!
-//! Layout: `<root>/<name>/rootfs/` (the tree an overlay mounts read-only) and
-//! `<root>/<name>/template.json` ([`TemplateMeta`]). Templates are built in
-//! `<root>/.build-<name>-<pid>-<random>` and renamed into place only when complete, so an
-//! interrupted build never leaves half a template; leftovers of dead builds are removed by
-//! [`TemplateStore::open`]. Builds of one name are serialised by an async mutex per name, so
-//! concurrent [`TemplateStore::ensure_base`] calls build once.
+//! Layout: a template is a name, `<root>/<name>/template.json` ([`TemplateMeta`] plus the ids
+//! of its layers), over a stack of read-only root-filesystem layers kept in
+//! `<root>/.layers/<id>/` ([`layers`]); the overlay of a sandbox mounts them as its lower
+//! layers, top first ([`Template::layers`]). Layers are shared: a snapshot is one new layer on
+//! top of its parent's layers. Templates are built in `<root>/.build-<name>-<pid>-<random>`
+//! (the tree in its `rootfs/`), whose tree is moved into a new layer and which is renamed into
+//! place only when complete, so an interrupted build never leaves half a template; leftovers
+//! of dead builds are removed by [`TemplateStore::open`]. Builds of one name are serialised by
+//! an async mutex per name, so concurrent [`TemplateStore::ensure_base`] calls build once.
 //!
 //! How templates are made lives in the submodules: [`base`] (debootstrap of Debian bookworm),
-//! [`import`] (rootfs tarballs) and [`users`] (the `user` account every template needs). This
-//! module does not mount anything; the runtime layers sandboxes on top of [`Template::rootfs`].
+//! [`import`] (rootfs tarballs), [`layers`] (snapshots of a sandbox's writable layer, leases
+//! and garbage collection of layers, and the migration of the older one-tree-per-template
+//! layout), [`copy`] (the tree copier snapshots use) and [`users`] (the `user` account every
+//! template needs). This module does not mount anything.
 //!
-//! Every root filesystem is stored shifted into the sandboxes' user-id range
-//! ([`paddock_sandbox::idmap`]): builds are shifted before they are committed, and templates
+//! Every layer is stored shifted into the sandboxes' user-id range
+//! ([`paddock_sandbox::idmap`], whose marker sits beside the layer as
+//! `<root>/.layers/.<id>.idmap`): builds are shifted before they are committed, and layers
 //! made by an older Paddock are shifted when the store opens.
 
 pub mod base;
+pub mod copy;
 pub mod import;
+pub mod layers;
 pub mod users;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -28,13 +37,16 @@ use chrono::{DateTime, Utc};
 use paddock_domain::{Resources, TemplateName};
 use serde::{Deserialize, Serialize};
 
+pub use layers::{layer_size, GcStats, LayerLease};
+
 /// Prefix of the directories builds happen in.
 const BUILD_PREFIX: &str = ".build-";
 /// Prefix of directories being deleted.
 const TRASH_PREFIX: &str = ".trash-";
 /// The metadata file of a template.
 const META_FILE: &str = "template.json";
-/// The root filesystem directory of a template.
+/// The directory a build assembles its root filesystem in (and, in the layout of older
+/// Paddock versions, the root filesystem of a template: `<root>/<name>/rootfs`).
 const ROOTFS_DIR: &str = "rootfs";
 
 /// Template store failures.
@@ -96,6 +108,20 @@ pub enum TemplateError {
         #[source]
         source: serde_json::Error,
     },
+    /// A template's metadata or layers are not in the shape the store writes.
+    #[error("template '{name}' is broken: {reason}")]
+    Broken {
+        /// The template.
+        name: TemplateName,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A layer a template or a lease needs is gone.
+    #[error("template layer {} is missing", .0.display())]
+    LayerMissing(PathBuf),
+    /// A path is not a layer of this store.
+    #[error("{} is not a layer of the template store", .0.display())]
+    NotALayer(PathBuf),
     /// Filesystem or process I/O failed.
     #[error("{context}")]
     Io {
@@ -135,6 +161,13 @@ pub enum TemplateSource {
         /// Detected format (`tar`, `tar.gz`, `tar.zst`).
         format: String,
     },
+    /// A snapshot of a sandbox's files (its writable layer over its template).
+    Snapshot {
+        /// The sandbox it was taken of.
+        sandbox_id: String,
+        /// The template the sandbox ran (whose layers lie below the snapshot's).
+        parent: TemplateName,
+    },
 }
 
 /// The content of `template.json`.
@@ -150,13 +183,32 @@ pub struct TemplateMeta {
     pub source: TemplateSource,
 }
 
+/// What `template.json` holds: the metadata and the template's layers.
+#[derive(Debug, Clone, Deserialize)]
+struct TemplateRecord {
+    #[serde(flatten)]
+    meta: TemplateMeta,
+    /// Layer ids, top first. Empty in the layout of older Paddock versions.
+    #[serde(default)]
+    layers: Vec<String>,
+}
+
+/// [`TemplateRecord`] for writing.
+#[derive(Serialize)]
+struct TemplateRecordRef<'a> {
+    #[serde(flatten)]
+    meta: &'a TemplateMeta,
+    layers: &'a [String],
+}
+
 /// A complete template on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     /// Template name.
     pub name: TemplateName,
-    /// The root filesystem (mounted read-only as the overlay's lower layer).
-    pub rootfs: PathBuf,
+    /// The root-filesystem layers (absolute directories, top first, never empty), mounted
+    /// read-only as the overlay's lower layers: `lowerdir=<layers[0]>:<layers[1]>:...`.
+    pub layers: Vec<PathBuf>,
     /// Default limits of sandboxes started from it.
     pub resources: Resources,
     /// When it was registered.
@@ -165,32 +217,51 @@ pub struct Template {
     pub source: TemplateSource,
 }
 
+impl Template {
+    /// The top layer (the one the template's own build or snapshot made).
+    pub fn top_layer(&self) -> &Path {
+        self.layers.first().map_or(Path::new(""), PathBuf::as_path)
+    }
+}
+
 /// Progress callback: one human-readable line per call.
 pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
-/// The template store of one node. Cheap to clone; clones share the per-name build locks.
+/// The template store of one node. Cheap to clone; clones share the per-name build locks and
+/// the layer leases.
 #[derive(Debug, Clone)]
 pub struct TemplateStore {
     root: PathBuf,
     locks: Arc<Mutex<HashMap<TemplateName, Arc<tokio::sync::Mutex<()>>>>>,
+    leases: Arc<Mutex<layers::LeaseTable>>,
 }
 
 impl TemplateStore {
-    /// Opens (creating if needed) a store at `root` and removes what dead builds left behind.
+    /// Opens (creating if needed) a store at `root`: removes what dead builds and deletions
+    /// left behind, moves templates of the older one-tree-per-template layout into layers
+    /// (finishing a move a crash interrupted), and shifts layers that are not yet in the
+    /// sandboxes' id range. Does not collect garbage: layers used by sandboxes of an earlier
+    /// run are not leased yet (the node calls [`TemplateStore::collect_garbage`] once it has
+    /// re-adopted them).
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, TemplateError> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(TemplateError::io(format!(
-            "cannot create template dir {}",
+        let root = std::path::absolute(&root).map_err(TemplateError::io(format!(
+            "cannot resolve template dir {}",
             root.display()
+        )))?;
+        let layers_dir = root.join(layers::LAYERS_DIR);
+        std::fs::create_dir_all(&layers_dir).map_err(TemplateError::io(format!(
+            "cannot create template dir {}",
+            layers_dir.display()
         )))?;
         let store = TemplateStore {
             root,
             locks: Arc::default(),
+            leases: Arc::default(),
         };
         store.remove_stale()?;
-        for template in store.list()? {
-            shift(&template.rootfs)?;
-        }
+        store.migrate()?;
+        store.shift_layers()?;
         Ok(store)
     }
 
@@ -201,29 +272,34 @@ impl TemplateStore {
 
     /// Looks a template up; `None` if it does not exist.
     pub fn get(&self, name: &TemplateName) -> Result<Option<Template>, TemplateError> {
-        let dir = self.root.join(name.as_str());
-        let meta_path = dir.join(META_FILE);
-        let raw = match std::fs::read(&meta_path) {
-            Ok(raw) => raw,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(TemplateError::Io {
-                    context: format!("cannot read {}", meta_path.display()),
-                    source: e,
-                })
-            }
+        let meta_path = self.root.join(name.as_str()).join(META_FILE);
+        let Some(record) = read_record(&meta_path)? else {
+            return Ok(None);
         };
-        let meta: TemplateMeta =
-            serde_json::from_slice(&raw).map_err(|source| TemplateError::Metadata {
-                path: meta_path.clone(),
-                source,
-            })?;
+        if record.layers.is_empty() {
+            return Err(TemplateError::Broken {
+                name: name.clone(),
+                reason: "it has no layers (the layout of an older Paddock; opening the store \
+                         again converts it)"
+                    .into(),
+            });
+        }
+        let mut layers = Vec::with_capacity(record.layers.len());
+        for id in &record.layers {
+            if !layers::is_layer_id(id) {
+                return Err(TemplateError::Broken {
+                    name: name.clone(),
+                    reason: format!("invalid layer id {id:?}"),
+                });
+            }
+            layers.push(self.layer_path(id));
+        }
         Ok(Some(Template {
             name: name.clone(),
-            rootfs: dir.join(ROOTFS_DIR),
-            resources: meta.resources,
-            created_at: meta.created_at,
-            source: meta.source,
+            layers,
+            resources: record.meta.resources,
+            created_at: record.meta.created_at,
+            source: record.meta.source,
         }))
     }
 
@@ -261,8 +337,9 @@ impl TemplateStore {
         Ok(out)
     }
 
-    /// Deletes a template; `false` if it did not exist. Sandboxes already running from it keep
-    /// their mounted view only as long as the files exist, so callers stop them first.
+    /// Deletes a template's name; `false` if it did not exist. Then collects garbage: layers
+    /// no other template references and no [`LayerLease`] holds are removed, so sandboxes
+    /// running from the template (which hold leases) keep their files.
     pub fn delete(&self, name: &TemplateName) -> Result<bool, TemplateError> {
         let lock = self.lock_for(name);
         let Ok(_guard) = lock.try_lock() else {
@@ -286,6 +363,9 @@ impl TemplateStore {
             "cannot remove {}",
             trash.display()
         )))?;
+        if let Err(e) = self.collect_garbage() {
+            tracing::warn!(template = %name, error = %e, "cannot collect unused template layers");
+        }
         Ok(true)
     }
 
@@ -316,32 +396,77 @@ impl TemplateStore {
         })
     }
 
-    /// Writes the metadata into a finished build and renames it into place atomically.
-    fn commit(&self, mut build: BuildDir, meta: &TemplateMeta) -> Result<Template, TemplateError> {
-        shift(&build.rootfs())?;
-        let meta_path = build.dir.join(META_FILE);
-        let json = serde_json::to_vec_pretty(meta).map_err(|source| TemplateError::Metadata {
-            path: meta_path.clone(),
-            source,
-        })?;
-        std::fs::write(&meta_path, json).map_err(TemplateError::io(format!(
-            "cannot write {}",
-            meta_path.display()
+    /// Commits a finished build as a template with one layer: its `rootfs`.
+    fn commit(&self, build: BuildDir, meta: &TemplateMeta) -> Result<Template, TemplateError> {
+        self.commit_layers(build, meta, &[])
+    }
+
+    /// Commits a finished build: shifts its `rootfs`, moves it into a new layer and renames
+    /// the build into place as a template whose layers are the new one over `below` (layer
+    /// ids, top first; the caller keeps them leased).
+    ///
+    /// The build's `template.json` names the new layer before the layer exists, and the layer
+    /// is leased until the template is in place, so garbage collection never sees it
+    /// unreferenced; a crash before the final rename leaves a dead build (removed by
+    /// [`TemplateStore::open`]) and an unreferenced layer (removed by the next collection).
+    fn commit_layers(
+        &self,
+        mut build: BuildDir,
+        meta: &TemplateMeta,
+        below: &[String],
+    ) -> Result<Template, TemplateError> {
+        let rootfs = build.rootfs();
+        shift(&rootfs)?;
+        let id = self.new_layer_id()?;
+        let lease = self.lease_ids(vec![id.clone()]);
+        let mut ids = Vec::with_capacity(below.len() + 1);
+        ids.push(id.clone());
+        ids.extend_from_slice(below);
+        write_record(&build.dir.join(META_FILE), meta, &ids)?;
+        let layer = self.layer_path(&id);
+        std::fs::rename(&rootfs, &layer).map_err(TemplateError::io(format!(
+            "cannot move {} to {}",
+            rootfs.display(),
+            layer.display()
         )))?;
+        let moved_marker = move_marker(&rootfs, &layer);
         let target = self.root.join(meta.name.as_str());
-        match std::fs::rename(&build.dir, &target) {
-            Ok(()) => build.committed = true,
-            // Another process registered the same name meanwhile (rename onto a non-empty dir).
-            Err(e) if target.join(META_FILE).exists() => {
-                tracing::info!(template = %meta.name, error = %e, "template appeared concurrently");
-                return Err(TemplateError::AlreadyExists(meta.name.clone()));
-            }
-            Err(e) => {
-                return Err(TemplateError::Io {
-                    context: format!("cannot move {} into place", target.display()),
-                    source: e,
-                })
-            }
+        let renamed = moved_marker.and_then(|()| {
+            std::fs::rename(&build.dir, &target).map_err(|e| {
+                if target.join(META_FILE).exists() {
+                    // Another process registered the same name meanwhile (rename onto a
+                    // non-empty dir).
+                    tracing::info!(template = %meta.name, error = %e, "template appeared concurrently");
+                    TemplateError::AlreadyExists(meta.name.clone())
+                } else {
+                    TemplateError::Io {
+                        context: format!("cannot move {} into place", target.display()),
+                        source: e,
+                    }
+                }
+            })
+        });
+        if let Err(e) = renamed {
+            self.discard_layer(&id);
+            return Err(e);
+        }
+        build.committed = true;
+        drop(lease);
+        match layer_size(&layer) {
+            Ok(bytes) => tracing::info!(
+                template = %meta.name,
+                layers = ids.len(),
+                top_layer = %id,
+                top_layer_bytes = bytes,
+                "template committed"
+            ),
+            Err(e) => tracing::info!(
+                template = %meta.name,
+                layers = ids.len(),
+                top_layer = %id,
+                error = %e,
+                "template committed (size of its top layer unknown)"
+            ),
         }
         self.get(&meta.name)?
             .ok_or_else(|| TemplateError::NotFound(meta.name.clone()))
@@ -357,7 +482,7 @@ impl TemplateStore {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let stale = if let Some(rest) = name.strip_prefix(BUILD_PREFIX) {
-                build_owner(rest).is_none_or(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+                !build_is_live(rest)
             } else {
                 name.starts_with(TRASH_PREFIX)
             };
@@ -372,6 +497,71 @@ impl TemplateStore {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads a `template.json`; `None` if there is none.
+fn read_record(path: &Path) -> Result<Option<TemplateRecord>, TemplateError> {
+    let raw = match std::fs::read(path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(TemplateError::Io {
+                context: format!("cannot read {}", path.display()),
+                source: e,
+            })
+        }
+    };
+    serde_json::from_slice(&raw)
+        .map(Some)
+        .map_err(|source| TemplateError::Metadata {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Writes a `template.json` atomically (a synced temporary file renamed over it).
+fn write_record(path: &Path, meta: &TemplateMeta, layers: &[String]) -> Result<(), TemplateError> {
+    let json =
+        serde_json::to_vec_pretty(&TemplateRecordRef { meta, layers }).map_err(|source| {
+            TemplateError::Metadata {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+    let tmp = tmp_record_path(path);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(TemplateError::io(format!(
+        "cannot write {}",
+        path.display()
+    )))
+}
+
+/// Where [`write_record`] writes before renaming.
+fn tmp_record_path(path: &Path) -> PathBuf {
+    path.with_file_name(format!(".{META_FILE}.tmp"))
+}
+
+/// Moves the id-shift marker of the tree that was at `from` to the tree now at `to`
+/// (nothing to do if `from` had none).
+fn move_marker(from: &Path, to: &Path) -> Result<(), TemplateError> {
+    let (Some(old), Some(new)) = (
+        paddock_sandbox::idmap::marker_path(from),
+        paddock_sandbox::idmap::marker_path(to),
+    ) else {
+        return Ok(());
+    };
+    match std::fs::rename(&old, &new) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TemplateError::Io {
+            context: format!("cannot move {} to {}", old.display(), new.display()),
+            source: e,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -402,6 +592,12 @@ fn build_owner(rest: &str) -> Option<u32> {
     let mut parts = rest.rsplitn(3, '-');
     let _random = parts.next()?;
     parts.next()?.parse().ok()
+}
+
+/// Whether the process that owns build `<name>-<pid>-<random>` (the part after `.build-`)
+/// still runs.
+fn build_is_live(rest: &str) -> bool {
+    build_owner(rest).is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// A random-enough suffix for build and trash directories.
@@ -510,7 +706,16 @@ mod tests {
             },
         };
         let t = store.commit(build, &meta).expect("commit");
-        assert_eq!(t.rootfs, tmp.path().join("t1/rootfs"));
+        assert_eq!(t.layers.len(), 1);
+        assert_eq!(
+            t.top_layer().parent(),
+            Some(tmp.path().join(".layers").as_path())
+        );
+        assert!(t.top_layer().join("etc").is_dir());
+        assert!(paddock_sandbox::idmap::is_shifted(
+            t.top_layer(),
+            &paddock_sandbox::idmap::IdMap::DEFAULT
+        ));
         assert_eq!(store.list().expect("list").len(), 1);
 
         let again = store.start_build(&n).expect("start");
@@ -521,6 +726,48 @@ mod tests {
         ));
         assert!(store.delete(&n).expect("delete"));
         assert!(!store.delete(&n).expect("delete again"));
-        assert_eq!(std::fs::read_dir(tmp.path()).expect("ls").count(), 0);
+        // The name, its layer and the layer's marker are gone; only the layer store is left.
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(left, [".layers"]);
+        assert_eq!(
+            std::fs::read_dir(tmp.path().join(".layers"))
+                .expect("ls")
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn template_json_keeps_the_metadata_and_adds_layers() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join(META_FILE);
+        let meta = TemplateMeta {
+            name: name("snap"),
+            resources: Resources::default(),
+            created_at: Utc::now(),
+            source: TemplateSource::Snapshot {
+                sandbox_id: "i1234".into(),
+                parent: name("base"),
+            },
+        };
+        let ids = vec!["a".repeat(24), "b".repeat(24)];
+        write_record(&path, &meta, &ids).expect("write");
+        assert!(!tmp_record_path(&path).exists());
+        let record = read_record(&path).expect("read").expect("exists");
+        assert_eq!(record.meta, meta);
+        assert_eq!(record.layers, ids);
+        // What an older Paddock wrote (and older readers read) is plain metadata.
+        let plain: TemplateMeta =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("old reader");
+        assert_eq!(plain, meta);
+        std::fs::write(&path, serde_json::to_vec(&meta).expect("json")).expect("write");
+        let old = read_record(&path).expect("read").expect("exists");
+        assert!(old.layers.is_empty());
+        assert!(read_record(&tmp.path().join("none"))
+            .expect("read")
+            .is_none());
     }
 }
