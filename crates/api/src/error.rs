@@ -23,6 +23,9 @@ pub enum ApiError {
     /// 401: missing or unknown API key.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// 403: the operation is not allowed on this resource.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: unknown template, sandbox or route.
     #[error("{0}")]
     NotFound(String),
@@ -55,6 +58,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
@@ -117,6 +121,7 @@ impl From<LifecycleError> for ApiError {
             e @ LifecycleError::ShuttingDown => ApiError::Unavailable(e.to_string()),
             e @ LifecycleError::StoppedDuringCreate(_) => ApiError::Conflict(e.to_string()),
             LifecycleError::Conflict(msg) => ApiError::Conflict(msg),
+            LifecycleError::Forbidden(msg) => ApiError::Forbidden(msg),
             e @ LifecycleError::PauseFailed(_) => ApiError::Unavailable(e.to_string()),
             e @ LifecycleError::CreateFailed(_) => ApiError::CreateFailed(e.to_string()),
             other => ApiError::Internal(Box::new(other)),

@@ -44,6 +44,7 @@ use paddock_node::Node;
 
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod extract;
 mod lifecycle;
 pub mod logs;
@@ -164,9 +165,20 @@ impl ControlPlane {
     }
 
     /// Runs the expiry task (which also retries failed node cleanups and prunes `stopped`
-    /// records older than 7 days) and the exit watcher until [`ControlPlane::shutdown`].
+    /// records older than 7 days), the exit watcher and the webhook delivery worker (which
+    /// also prunes events older than 7 days) until [`ControlPlane::shutdown`].
     pub async fn run_background(&self) {
-        tokio::join!(self.core.run_expiry(), self.core.run_exit_watcher());
+        tokio::join!(
+            self.core.run_expiry(),
+            self.core.run_exit_watcher(),
+            self.core.run_events()
+        );
+    }
+
+    /// The lifecycle event hub: record events (e.g. `checkpointed` from snapshot code), tune
+    /// webhook retries, subscribe to the live stream.
+    pub fn events(&self) -> Arc<events::Events> {
+        Arc::clone(&self.core.events)
     }
 
     /// Refuses new creates (503), waits up to 20 s for creates and kills in flight, stops every

@@ -76,6 +76,8 @@ pub struct AutoResume {
 pub struct ConnectBody {
     /// Seconds the sandbox should live at least from now.
     pub timeout: Option<i64>,
+    /// `false`: a paused sandbox starts again from its files (a cold boot), not from memory.
+    pub memory: Option<bool>,
 }
 
 /// `SandboxTimeoutRequest`.
@@ -161,6 +163,10 @@ pub struct SandboxDetail {
     /// `{"autoResume", "onTimeout"}` (detail only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<LifecycleInfo>,
+    /// How a paused sandbox is kept: `full` (memory) or `filesystem` (detail only, when
+    /// paused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_mode: Option<&'static str>,
 }
 
 /// `lifecycle` of a `SandboxDetail`.
@@ -221,6 +227,7 @@ impl SandboxDetail {
             envd_access_token: None,
             domain: None,
             lifecycle: None,
+            pause_mode: None,
         }
     }
 

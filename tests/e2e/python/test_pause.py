@@ -100,7 +100,8 @@ def test_counter_keeps_counting_from_where_it_was(new_sandbox, paddock):
     assert proc.pid in pids, pids
 
 
-def test_twenty_cycles_lose_no_byte(new_sandbox):
+@pytest.mark.parametrize("mode", ["full", "filesystem"])
+def test_twenty_cycles_lose_no_byte(new_sandbox, mode):
     sbx = new_sandbox(timeout=300)
     sid = sbx.sandbox_id
     written = {}
@@ -113,7 +114,7 @@ def test_twenty_cycles_lose_no_byte(new_sandbox):
         line = f"line {i}\n".encode()
         sbx.commands.run(f"printf 'line {i}\\n' >> /home/user/cycles/log.txt")
         log += line
-        assert sbx.pause() is True
+        assert sbx.pause(mode=mode) is True
         sbx = Sandbox.connect(sid)
         # Everything written so far, in every cycle, is still there byte for byte.
         for p, want in written.items():
@@ -245,6 +246,111 @@ def test_paused_sandbox_survives_a_crash_of_the_server():
         r = requests.post(f"{second.api_url}/v2/sandboxes/{sid}/connect", json={}, headers=headers, timeout=30)
         assert r.status_code == 201, r.text
         assert requests.get(second.sandbox_url + "/health", headers=envd, timeout=10).status_code == 204
+    finally:
+        assert second.stop() == 0, second.log_tail()
+        assert second.leaks() == [], second.log_tail()
+        first.cleanup(keep_data_dir=True)
+        second.cleanup()
+
+
+def _pause_mode(api, auth, sandbox_id: str):
+    r = requests.get(f"{api}/sandboxes/{sandbox_id}", headers=auth, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json().get("pauseMode")
+
+
+def _start_counter(sbx: Sandbox):
+    sbx.files.write("/home/user/counter.py", COUNTER_SCRIPT)
+    proc = sbx.commands.run("python3 /home/user/counter.py", background=True, timeout=0)
+    _wait(lambda: sbx.files.exists(COUNTER) and len(_numbers(sbx.files.read(COUNTER))) >= 3, "counter")
+    return proc
+
+
+def test_filesystem_pause_keeps_files_and_frees_everything_else(new_sandbox, api, auth, paddock):
+    sbx = new_sandbox(timeout=300)
+    proc = _start_counter(sbx)
+    sbx.files.write("/home/user/kept.bin", bytes(range(256)) * 64)
+    assert sbx.pause(mode="filesystem") is True
+    assert sbx.get_info().state == SandboxState.PAUSED
+    assert _pause_mode(api, auth, sbx.sandbox_id) == "filesystem"
+    # No process, no cgroup (so no memory), no mounted disk is left on the host.
+    assert _cgroup_dirs(sbx.sandbox_id) == []
+    disk = paddock.data_dir / "sandboxes" / sbx.sandbox_id / "disk"
+    assert not disk.is_mount()
+    assert (paddock.data_dir / "sandboxes" / sbx.sandbox_id / "disk.img").is_file()
+    assert sbx.pause() is False, "pausing a paused sandbox"
+
+    resumed = Sandbox.connect(sbx.sandbox_id)
+    assert resumed.get_info().state == SandboxState.RUNNING
+    assert _pause_mode(api, auth, sbx.sandbox_id) is None
+    assert bytes(resumed.files.read("/home/user/kept.bin", format="bytes")) == bytes(range(256)) * 64
+    # Files are kept; processes are not: the counter stopped where the pause found it.
+    counted = _numbers(resumed.files.read(COUNTER))
+    assert counted == list(range(1, len(counted) + 1))
+    assert proc.pid not in [p.pid for p in resumed.commands.list()]
+    assert resumed.commands.run("echo alive").stdout == "alive\n"
+
+
+def test_connect_with_reboot_starts_a_memory_paused_sandbox_from_its_files(new_sandbox, api, auth):
+    sbx = new_sandbox(timeout=300)
+    proc = _start_counter(sbx)
+    assert sbx.pause() is True
+    assert _pause_mode(api, auth, sbx.sandbox_id) == "full"
+    r = requests.post(
+        f"{api}/v2/sandboxes/{sbx.sandbox_id}/connect", json={"timeout": 60, "memory": False}, headers=auth, timeout=60
+    )
+    assert r.status_code == 201, r.text
+    resumed = Sandbox.connect(sbx.sandbox_id)
+    assert len(_numbers(resumed.files.read(COUNTER))) >= 3
+    assert proc.pid not in [p.pid for p in resumed.commands.list()]
+
+
+def test_auto_pause_to_disk_on_timeout(new_sandbox, api, auth):
+    sbx = new_sandbox(timeout=4, lifecycle={"on_timeout": {"action": "pause", "mode": "filesystem"}})
+    sbx.files.write("/home/user/before-timeout.txt", "still here")
+    _wait(lambda: Sandbox.get_info(sbx.sandbox_id).state == SandboxState.PAUSED, "auto-pause", timeout=20)
+    assert _pause_mode(api, auth, sbx.sandbox_id) == "filesystem"
+    resumed = Sandbox.connect(sbx.sandbox_id)
+    assert resumed.files.read("/home/user/before-timeout.txt") == "still here"
+
+
+def test_paused_sandboxes_survive_a_clean_restart_of_the_server():
+    """SIGTERM stops the server: running sandboxes end, paused ones (in memory or on disk)
+    are kept on disk and come back paused, with their files, when it starts again."""
+    from paddock_server import PaddockServer
+
+    first = PaddockServer().start()
+    headers = {"X-API-Key": first.api_key}
+
+    def create() -> str:
+        r = requests.post(first.api_url + "/v2/sandboxes", json={"templateID": "base", "timeout": 600}, headers=headers, timeout=120)
+        assert r.status_code == 201, r.text
+        return first.track(r.json()["sandboxID"])
+
+    def write(server, sid: str, text: str) -> None:
+        sbx = Sandbox.connect(sid, api_key=server.api_key, api_url=server.api_url, sandbox_url=server.sandbox_url)
+        sbx.files.write("/home/user/survivor.txt", text)
+
+    ids = {"memory": create(), "disk": create(), "running": create()}
+    for kind, sid in ids.items():
+        write(first, sid, f"kept {kind}")
+    for kind, body in (("memory", {}), ("disk", {"memory": False})):
+        r = requests.post(f"{first.api_url}/sandboxes/{ids[kind]}/pause", json=body, headers=headers, timeout=30)
+        assert r.status_code == 204, r.text
+    assert first.stop() == 0, first.log_tail()
+    assert first.leaks() == [], first.log_tail()
+
+    second = PaddockServer(data_dir=first.data_dir, api_key=first.api_key, created_ids=first.created_ids).start()
+    try:
+        for kind in ("memory", "disk"):
+            r = requests.get(f"{second.api_url}/sandboxes/{ids[kind]}", headers=headers, timeout=10)
+            assert r.status_code == 200, r.text
+            assert r.json()["state"] == "paused" and r.json()["pauseMode"] == "filesystem", r.text
+            sbx = Sandbox.connect(ids[kind], api_key=second.api_key, api_url=second.api_url, sandbox_url=second.sandbox_url)
+            assert sbx.files.read("/home/user/survivor.txt") == f"kept {kind}"
+            sbx.kill()
+        r = requests.get(f"{second.api_url}/sandboxes/{ids['running']}", headers=headers, timeout=10)
+        assert r.status_code == 404, r.text
     finally:
         assert second.stop() == 0, second.log_tail()
         assert second.leaks() == [], second.log_tail()

@@ -33,7 +33,7 @@ pub struct CreateSpec {
     pub auto_pause: bool,
     /// `autoResume.enabled`: traffic resumes the sandbox while it is paused.
     pub auto_resume: bool,
-    /// `autoPauseMemory` as sent (`false` = filesystem-only auto-pause, not supported).
+    /// `autoPauseMemory` as sent (`false` = `autoPause` pauses to disk: files only).
     pub auto_pause_memory: Option<bool>,
     /// The `Idempotency-Key` header (v2 only).
     pub idempotency_key: Option<String>,
@@ -41,11 +41,17 @@ pub struct CreateSpec {
     pub allow_internet_access: Option<bool>,
     /// `network` as sent.
     pub network: Option<crate::wire::NetworkBody>,
+    /// The template the node starts the sandbox from when it is not the one recorded (a
+    /// fork's private snapshot of its parent; the record keeps the parent's template).
+    pub node_template: Option<TemplateName>,
+    /// The egress policy to apply as it is, instead of one made from `allow_internet_access`
+    /// and `network` (a fork takes its parent's).
+    pub egress: Option<paddock_node::EgressPolicy>,
 }
 
 /// The right to create the sandbox for an `Idempotency-Key`: the key and its held lock, kept
 /// by the create task until the create is finished and recorded.
-struct IdempotencyClaim {
+pub(super) struct IdempotencyClaim {
     key: String,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
@@ -61,10 +67,15 @@ impl Core {
         validate::metadata(&spec.metadata)?;
         validate::env_vars(&spec.env_vars)?;
         validate::egress(spec.allow_internet_access, spec.network.as_ref())?;
-        if spec.auto_pause_memory == Some(false) {
+        if spec.auto_pause_memory == Some(false) && !spec.auto_pause {
             return Err(Error::Invalid(
-                "autoPauseMemory: false (filesystem-only pause) is not supported by Paddock; \
-                 sandboxes are paused with their memory"
+                "autoPauseMemory: false needs autoPause: true".into(),
+            ));
+        }
+        if spec.auto_pause_memory == Some(false) && spec.auto_resume {
+            return Err(Error::Invalid(
+                "autoPauseMemory: false (filesystem-only pause) cannot be combined with \
+                 autoResume"
                     .into(),
             ));
         }
@@ -104,7 +115,7 @@ impl Core {
             .await
     }
 
-    async fn create_new(
+    pub(super) async fn create_new(
         self: &Arc<Self>,
         team: &TeamId,
         spec: CreateSpec,
@@ -113,7 +124,10 @@ impl Core {
         timeout_secs: i64,
         claim: Option<IdempotencyClaim>,
     ) -> Result<SandboxRecord, Error> {
-        let egress = validate::egress(spec.allow_internet_access, spec.network.as_ref())?;
+        let egress = match spec.egress.clone() {
+            Some(policy) => policy,
+            None => validate::egress(spec.allow_internet_access, spec.network.as_ref())?,
+        };
         let now = Utc::now();
         let record = SandboxRecord {
             id: SandboxId::generate(),
@@ -131,7 +145,7 @@ impl Core {
         };
         let request = CreateRequest {
             id: record.id.clone(),
-            template,
+            template: spec.node_template.clone().unwrap_or(template),
             env_vars: spec.env_vars,
             access_token: record.access_token.clone(),
             resources: None,
@@ -140,6 +154,7 @@ impl Core {
         let lifecycle = crate::store::SandboxLifecycle {
             auto_pause: spec.auto_pause,
             auto_resume: spec.auto_resume,
+            pause_to_disk: spec.auto_pause_memory == Some(false),
         };
         // Detached (and tracked, so shutdown waits for it) so that a cancelled request still
         // finishes and records the create, idempotency key included.
@@ -202,6 +217,7 @@ impl Core {
                     to = "running",
                     "sandbox state changed"
                 );
+                self.emit(&id, crate::events::EventKind::Created).await;
                 if self.node.endpoint(&id).is_none() {
                     // It died while being created: its exit event found it `creating` and was
                     // ignored, so settle it here.

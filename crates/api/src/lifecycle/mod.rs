@@ -27,6 +27,7 @@ pub(crate) mod network;
 pub(crate) mod pause;
 pub(crate) mod query;
 pub(crate) mod reconcile;
+pub(crate) mod snapshot;
 pub(crate) mod timeout;
 pub(crate) mod validate;
 
@@ -54,6 +55,9 @@ pub enum Error {
     /// The sandbox is not in a state that allows the operation (e.g. pausing a paused one).
     #[error("{0}")]
     Conflict(String),
+    /// The operation is not allowed on this resource (e.g. deleting a node template).
+    #[error("{0}")]
+    Forbidden(String),
     /// Pausing or resuming failed on the node; the sandbox was left as it was.
     #[error("cannot pause or resume the sandbox now: {0}")]
     PauseFailed(String),
@@ -112,11 +116,14 @@ pub(crate) struct Core {
     idempotency_locks: IdempotencyLocks,
     /// Serialises pause and resume of one sandbox.
     pub(crate) pause_locks: pause::PauseLocks,
+    /// Lifecycle events: recorded, streamed, delivered to webhooks.
+    pub(crate) events: Arc<crate::events::Events>,
 }
 
 impl Core {
     pub(crate) fn new(store: Arc<dyn Store>, node: Arc<dyn Node>, config: ApiConfig) -> Self {
         Core {
+            events: crate::events::Events::new(&store),
             store,
             node,
             config,
@@ -146,6 +153,7 @@ impl Core {
         from.transition(to)?;
         let changed = self.store.set_state(id, from, to, reason).await?;
         if changed {
+            self.emit_transition(id, from, to, reason).await;
             self.record_log(id, crate::logs::state_change_entry(from, to, reason))
                 .await;
             tracing::info!(

@@ -26,6 +26,7 @@ impl Core {
         match self.node.update_network(id, policy).await {
             Ok(()) => {
                 tracing::info!(sandbox_id = %id, "sandbox network updated");
+                self.emit(id, crate::events::EventKind::network(body)).await;
                 Ok(())
             }
             Err(NodeError::SandboxNotFound(_)) => Err(Error::SandboxNotFound(id.to_string())),

@@ -34,7 +34,7 @@ pub const AUTO_RESUME_TIMEOUT_SECS: i64 = 300;
 pub(crate) struct PauseLocks(Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>);
 
 impl PauseLocks {
-    fn get(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn get(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
         // Drop locks nobody holds any more, so the map stays small.
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
@@ -63,13 +63,19 @@ fn node_error(id: &SandboxId, err: NodeError) -> Error {
 }
 
 impl Core {
-    /// Pauses one of the team's running sandboxes (`POST …/pause`). A paused sandbox is a
+    /// Pauses one of the team's running sandboxes (`POST …/pause`): in memory, or to disk
+    /// (`memory: false`: files kept, processes and memory not). A paused sandbox is a
     /// [`Error::Conflict`].
-    pub(crate) async fn pause(&self, team: &TeamId, id: &SandboxId) -> Result<(), Error> {
+    pub(crate) async fn pause(
+        &self,
+        team: &TeamId,
+        id: &SandboxId,
+        to_disk: bool,
+    ) -> Result<(), Error> {
         self.visible(team, id).await?;
         let lock = self.pause_locks.get(id);
         let _held = lock.lock().await;
-        self.pause_locked(id, "pause requested").await
+        self.pause_locked(id, "pause requested", to_disk).await
     }
 
     /// Pauses a running sandbox whose end time has passed and that asked for `autoPause`.
@@ -80,7 +86,9 @@ impl Core {
         let _held = lock.lock().await;
         match self.store.sandbox(id).await? {
             Some(rec) if rec.state == SandboxState::Running && rec.end_at <= Utc::now() => {
-                self.pause_locked(id, "timeout reached (autoPause)").await?;
+                let to_disk = self.store.lifecycle(id).await?.pause_to_disk;
+                self.pause_locked(id, "timeout reached (autoPause)", to_disk)
+                    .await?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -88,7 +96,7 @@ impl Core {
     }
 
     /// The pause itself; the caller holds the sandbox's pause lock.
-    async fn pause_locked(&self, id: &SandboxId, why: &str) -> Result<(), Error> {
+    async fn pause_locked(&self, id: &SandboxId, why: &str, to_disk: bool) -> Result<(), Error> {
         let rec = self
             .store
             .sandbox(id)
@@ -102,7 +110,12 @@ impl Core {
             _ => return Err(Error::SandboxNotFound(id.to_string())),
         }
         let started = std::time::Instant::now();
-        self.node.pause(id).await.map_err(|e| node_error(id, e))?;
+        let paused = if to_disk {
+            self.node.pause_to_disk(id).await
+        } else {
+            self.node.pause(id).await
+        };
+        paused.map_err(|e| node_error(id, e))?;
         SandboxState::Running.transition(SandboxState::Paused)?;
         if !self
             .store
@@ -112,10 +125,12 @@ impl Core {
             // Killed (or died) while it was being frozen: the kill thaws and removes it.
             return Err(Error::SandboxNotFound(id.to_string()));
         }
+        self.emit(id, crate::events::EventKind::Paused).await;
         tracing::info!(
             sandbox_id = %id,
             from = "running",
             to = "paused",
+            to_disk,
             reason = why,
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "sandbox state changed"
@@ -130,17 +145,21 @@ impl Core {
         team: &TeamId,
         id: &SandboxId,
         timeout_secs: i64,
+        cold: bool,
     ) -> Result<(SandboxRecord, bool), Error> {
         let timeout = validate::timeout("timeout", timeout_secs)?;
         self.visible(team, id).await?;
-        self.resume_by_id(id, timeout).await
+        self.resume_by_id(id, timeout, cold).await
     }
 
     /// [`Core::resume`] without the team check (the proxy's wake-up and connect use it).
+    /// `cold` (`memory: false`) starts the sandbox again from its files even when it is
+    /// paused in memory (its processes are not kept).
     pub(crate) async fn resume_by_id(
         &self,
         id: &SandboxId,
         timeout_secs: i64,
+        cold: bool,
     ) -> Result<(SandboxRecord, bool), Error> {
         let lock = self.pause_locks.get(id);
         let _held = lock.lock().await;
@@ -155,6 +174,12 @@ impl Core {
             _ => return Err(Error::SandboxNotFound(id.to_string())),
         }
         let started = std::time::Instant::now();
+        if cold && self.node.pause_mode(id) == Some(paddock_node::PauseMode::Memory) {
+            self.node
+                .pause_to_disk(id)
+                .await
+                .map_err(|e| node_error(id, e))?;
+        }
         self.node.resume(id).await.map_err(|e| node_error(id, e))?;
         SandboxState::Paused.transition(SandboxState::Running)?;
         if !self
@@ -173,6 +198,7 @@ impl Core {
             return Err(Error::SandboxNotFound(id.to_string()));
         }
         self.expiry_wake.notify_one();
+        self.emit(id, crate::events::EventKind::Resumed).await;
         tracing::info!(
             sandbox_id = %id,
             from = "paused",
@@ -200,7 +226,7 @@ impl Core {
         if !self.store.lifecycle(id).await?.auto_resume {
             return Ok(Wake::Paused);
         }
-        match self.resume_by_id(id, AUTO_RESUME_TIMEOUT_SECS).await {
+        match self.resume_by_id(id, AUTO_RESUME_TIMEOUT_SECS, false).await {
             Ok(_) => {
                 tracing::info!(sandbox_id = %id, "sandbox resumed by traffic (autoResume)");
                 Ok(Wake::Running)

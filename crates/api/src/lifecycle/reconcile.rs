@@ -2,7 +2,8 @@
 //! checked against the node: running and paused ones are passed to `Node::reconcile`, and every
 //! record the node does not report back (including half-done creates and kills) ends `stopped`.
 //! Shutdown refuses new creates, waits (bounded) for creates and kills in flight, stops all
-//! sandboxes through the node and kills and settles every live record.
+//! sandboxes through the node and kills and settles every live record, except paused ones,
+//! which the node keeps on disk and the next start finds paused again.
 
 use std::collections::HashSet;
 
@@ -85,6 +86,13 @@ impl Core {
         self.node.shutdown().await;
         let records = self.store.sandboxes_in_states(&UNSETTLED).await?;
         for rec in records {
+            // Paused sandboxes the node kept on disk stay paused across the restart.
+            if rec.state == SandboxState::Paused
+                && self.node.pause_mode(&rec.id) == Some(paddock_node::PauseMode::Disk)
+            {
+                tracing::info!(sandbox_id = %rec.id, "paused sandbox kept on disk");
+                continue;
+            }
             if let Err(err) = self.node.kill(&rec.id).await {
                 tracing::warn!(sandbox_id = %rec.id, error = %err, "kill at shutdown failed");
             }

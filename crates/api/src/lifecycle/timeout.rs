@@ -27,6 +27,7 @@ impl Core {
             return Err(Error::SandboxNotFound(id.to_string()));
         }
         tracing::debug!(sandbox_id = %id, end_at = %end, "sandbox timeout set");
+        self.emit(id, crate::events::EventKind::ends(end)).await;
         self.expiry_wake.notify_one();
         Ok(())
     }
@@ -53,6 +54,9 @@ impl Core {
                 .await?
         {
             return Err(Error::SandboxNotFound(id.to_string()));
+        }
+        if wanted > rec.end_at {
+            self.emit(id, crate::events::EventKind::ends(wanted)).await;
         }
         Ok(())
     }

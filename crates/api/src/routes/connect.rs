@@ -19,8 +19,9 @@ async fn run(
     team: Team,
     path: SandboxPath,
     timeout: i64,
+    cold: bool,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (rec, resumed) = state.core.connect(&team.0, &path.0, timeout).await?;
+    let (rec, resumed) = state.core.connect(&team.0, &path.0, timeout, cold).await?;
     let domain = state.core.config.domain.as_deref();
     // 201 when a paused sandbox was resumed, 200 when it was running.
     let status = if resumed {
@@ -42,6 +43,7 @@ pub(super) async fn connect_v2(
         team,
         path,
         body.timeout.unwrap_or(CONNECT_DEFAULT_TIMEOUT_SECS),
+        body.memory == Some(false),
     )
     .await
 }
@@ -55,5 +57,5 @@ pub(super) async fn connect_v1(
     let timeout = body
         .timeout
         .ok_or_else(|| ApiError::BadRequest("timeout is required".into()))?;
-    run(state, team, path, timeout).await
+    run(state, team, path, timeout, body.memory == Some(false)).await
 }

@@ -29,6 +29,8 @@ fn spec(body: NewSandbox, default_timeout: i64, idempotency_key: Option<String>)
         idempotency_key,
         allow_internet_access: body.allow_internet_access,
         network: body.network,
+        node_template: None,
+        egress: None,
     }
 }
 

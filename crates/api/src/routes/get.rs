@@ -18,5 +18,9 @@ pub(super) async fn get(
     let lifecycle = state.core.lifecycle_of(&rec.id).await?;
     let mut detail = SandboxDetail::detail(&rec, state.core.config.domain.as_deref());
     detail.lifecycle = Some(lifecycle.into());
+    detail.pause_mode = state.core.node.pause_mode(&rec.id).map(|m| match m {
+        paddock_node::PauseMode::Memory => "full",
+        paddock_node::PauseMode::Disk => "filesystem",
+    });
     Ok(Json(detail))
 }

@@ -10,6 +10,7 @@ use crate::AppState;
 
 mod connect;
 mod create;
+mod events;
 mod get;
 mod health;
 mod kill;
@@ -19,6 +20,7 @@ mod metrics;
 mod network;
 mod pause;
 pub(crate) mod query;
+mod snapshots;
 mod timeout;
 
 /// Builds the REST API router over `state`.
@@ -48,6 +50,28 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{sandbox_id}/network", put(network::update))
         .route("/sandboxes/{sandbox_id}/pause", post(pause::pause))
         .route("/sandboxes/{sandbox_id}/resume", post(pause::resume))
+        .route("/sandboxes/{sandbox_id}/fork", post(snapshots::fork))
+        .route("/sandboxes/{sandbox_id}/snapshots", post(snapshots::create))
+        .route("/snapshots", get(snapshots::list))
+        .route(
+            "/templates/{template_id}",
+            axum::routing::delete(snapshots::delete_template),
+        )
+        .route("/events/sandboxes", get(events::team_events))
+        .route(
+            "/events/sandboxes/{sandbox_id}",
+            get(events::sandbox_events),
+        )
+        .route(
+            "/events/webhooks",
+            post(events::create_webhook).get(events::list_webhooks),
+        )
+        .route(
+            "/events/webhooks/{webhook_id}",
+            get(events::get_webhook)
+                .patch(events::update_webhook)
+                .delete(events::delete_webhook),
+        )
         .fallback(not_found)
         .with_state(state)
 }

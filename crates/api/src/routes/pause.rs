@@ -2,8 +2,9 @@
 //! it now, the sandbox left running) and the deprecated `POST /sandboxes/{id}/resume` (201 with
 //! a `Sandbox`; 409 when it is running). Both 404 for unknown sandboxes.
 //!
-//! `memory: false` (filesystem-only pause) is refused with 400: Paddock pauses in memory only,
-//! and a pause that silently kept the memory would not be what the client asked for.
+//! `memory: false` pauses to disk: the sandbox's processes end and its memory is freed, its
+//! files are kept (and survive a restart of the server); resuming starts it again on them.
+//! The same on resume starts a sandbox paused in memory again from its files (a cold boot).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -21,7 +22,7 @@ use crate::AppState;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct PauseBody {
-    /// `false` asks for a filesystem-only pause (not supported).
+    /// `false` asks for a filesystem-only pause (to disk).
     pub memory: Option<bool>,
     /// Refuse to pause when envd does not answer (a frozen envd answers again on resume).
     #[allow(dead_code)]
@@ -34,13 +35,9 @@ pub(crate) struct PauseBody {
 pub(crate) struct ResumeBody {
     /// Seconds the sandbox lives after the resume (default 15).
     pub timeout: Option<i64>,
-    /// `false` asks for a cold boot instead of the memory snapshot (not supported).
+    /// `false` asks for a cold boot from the sandbox's files instead of its memory.
     pub memory: Option<bool>,
 }
-
-/// Message of the 400 for `memory: false`.
-pub(crate) const FILESYSTEM_ONLY: &str = "filesystem-only pause (memory: false) is not supported \
-     by Paddock; sandboxes are paused with their memory (omit memory or send memory: true)";
 
 pub(super) async fn pause(
     State(state): State<AppState>,
@@ -49,10 +46,10 @@ pub(super) async fn pause(
     Json(body): Json<PauseBody>,
 ) -> Result<StatusCode, ApiError> {
     state.core.get(&team.0, &path.0).await?;
-    if body.memory == Some(false) {
-        return Err(ApiError::BadRequest(FILESYSTEM_ONLY.into()));
-    }
-    state.core.pause(&team.0, &path.0).await?;
+    state
+        .core
+        .pause(&team.0, &path.0, body.memory == Some(false))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -63,11 +60,11 @@ pub(super) async fn resume(
     Json(body): Json<ResumeBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     state.core.get(&team.0, &path.0).await?;
-    if body.memory == Some(false) {
-        return Err(ApiError::BadRequest(FILESYSTEM_ONLY.into()));
-    }
     let timeout = body.timeout.unwrap_or(RESUME_DEFAULT_TIMEOUT_SECS);
-    let (rec, was_paused) = state.core.resume(&team.0, &path.0, timeout).await?;
+    let (rec, was_paused) = state
+        .core
+        .resume(&team.0, &path.0, timeout, body.memory == Some(false))
+        .await?;
     if !was_paused {
         return Err(ApiError::Conflict(format!(
             "sandbox {} is already running",

@@ -130,6 +130,9 @@ pub enum StoreError {
         /// The raw value.
         value: String,
     },
+    /// This store does not keep that kind of data.
+    #[error("this store does not support {0}")]
+    Unsupported(&'static str),
     /// Metadata could not be encoded or decoded as JSON.
     #[error("metadata json")]
     Json(#[from] serde_json::Error),
@@ -154,6 +157,36 @@ pub struct SandboxLifecycle {
     pub auto_pause: bool,
     /// Traffic arriving at the proxy resumes the sandbox when it is paused.
     pub auto_resume: bool,
+    /// `autoPause` pauses to disk (`autoPauseMemory: false`): files only, memory freed.
+    pub pause_to_disk: bool,
+}
+
+/// A snapshot a team took of a sandbox (a template on the node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    /// The snapshot's template name (its id is `<name>:default`).
+    pub name: TemplateName,
+    /// Owning team.
+    pub team_id: TeamId,
+    /// The sandbox it was taken from.
+    pub sandbox_id: SandboxId,
+    /// When it was taken.
+    pub created_at: DateTime<Utc>,
+    /// Bytes its own layer takes on the node's disk.
+    pub size_bytes: u64,
+}
+
+/// Filters and page of `GET /snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotQuery {
+    /// Only snapshots of this sandbox.
+    pub sandbox_id: Option<SandboxId>,
+    /// Only the snapshot of this name.
+    pub name: Option<TemplateName>,
+    /// Continue after this `(created_at, name)` (from the previous page's last entry).
+    pub after: Option<(DateTime<Utc>, TemplateName)>,
+    /// Page size.
+    pub limit: i64,
 }
 
 /// The persistence operations of the control plane. Implementations must be safe to call from
@@ -273,5 +306,39 @@ pub trait Store: Send + Sync + 'static {
     async fn lifecycle(&self, id: &SandboxId) -> Result<SandboxLifecycle, StoreError> {
         let _ = id;
         Ok(SandboxLifecycle::default())
+    }
+
+    /// Records a snapshot; `false` if a snapshot of that name exists. Default: unsupported.
+    async fn insert_snapshot(&self, rec: &SnapshotRecord) -> Result<bool, StoreError> {
+        let _ = rec;
+        Err(StoreError::Unsupported("snapshots"))
+    }
+
+    /// A snapshot by name, whichever team owns it. Default: none.
+    async fn snapshot(&self, name: &TemplateName) -> Result<Option<SnapshotRecord>, StoreError> {
+        let _ = name;
+        Ok(None)
+    }
+
+    /// A team's snapshots, newest first. Default: none.
+    async fn snapshots(
+        &self,
+        team: &TeamId,
+        query: &SnapshotQuery,
+    ) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let _ = (team, query);
+        Ok(Vec::new())
+    }
+
+    /// Forgets a snapshot; `false` if it was not recorded. Default: nothing recorded.
+    async fn delete_snapshot(&self, name: &TemplateName) -> Result<bool, StoreError> {
+        let _ = name;
+        Ok(false)
+    }
+
+    /// The storage of lifecycle events, webhooks and webhook deliveries of this backend.
+    /// Default: none (events are then only streamed live; the webhook API answers 501).
+    fn event_store(&self) -> Option<std::sync::Arc<dyn crate::events::EventStore>> {
+        None
     }
 }

@@ -61,6 +61,8 @@ ALTER TABLE sandboxes ADD COLUMN auto_pause INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
 "#,
     logs::MIGRATION,
+    events::MIGRATION,
+    snapshots::MIGRATION,
 ];
 
 const SANDBOX_COLUMNS: &str = "id, team_id, template, alias, state, metadata, access_token, \
@@ -600,9 +602,15 @@ impl Store for SqliteStore {
         let id = id.as_str().to_string();
         self.with_conn(move |conn| {
             conn.execute(
-                "UPDATE sandboxes SET auto_pause = ?1, auto_resume = ?2, updated_at = ?3 \
-                 WHERE id = ?4",
-                params![lifecycle.auto_pause, lifecycle.auto_resume, now_ms(), id],
+                "UPDATE sandboxes SET auto_pause = ?1, auto_resume = ?2, pause_to_disk = ?3, \
+                 updated_at = ?4 WHERE id = ?5",
+                params![
+                    lifecycle.auto_pause,
+                    lifecycle.auto_resume,
+                    lifecycle.pause_to_disk,
+                    now_ms(),
+                    id
+                ],
             )?;
             Ok(())
         })
@@ -614,12 +622,13 @@ impl Store for SqliteStore {
         self.with_conn(move |conn| {
             let found = conn
                 .query_row(
-                    "SELECT auto_pause, auto_resume FROM sandboxes WHERE id = ?1",
+                    "SELECT auto_pause, auto_resume, pause_to_disk FROM sandboxes WHERE id = ?1",
                     [id],
                     |r| {
                         Ok(SandboxLifecycle {
                             auto_pause: r.get(0)?,
                             auto_resume: r.get(1)?,
+                            pause_to_disk: r.get(2)?,
                         })
                     },
                 )
@@ -646,6 +655,41 @@ impl Store for SqliteStore {
         let id = id.clone();
         self.with_conn(move |conn| logs::read(conn, &id)).await
     }
+
+    async fn insert_snapshot(&self, rec: &super::SnapshotRecord) -> Result<bool, StoreError> {
+        let rec = rec.clone();
+        self.with_conn(move |conn| snapshots::insert(conn, &rec))
+            .await
+    }
+
+    async fn snapshot(
+        &self,
+        name: &TemplateName,
+    ) -> Result<Option<super::SnapshotRecord>, StoreError> {
+        let name = name.clone();
+        self.with_conn(move |conn| snapshots::get(conn, &name))
+            .await
+    }
+
+    async fn snapshots(
+        &self,
+        team: &TeamId,
+        query: &super::SnapshotQuery,
+    ) -> Result<Vec<super::SnapshotRecord>, StoreError> {
+        let (team, query) = (team.clone(), query.clone());
+        self.with_conn(move |conn| snapshots::list(conn, &team, &query))
+            .await
+    }
+
+    async fn delete_snapshot(&self, name: &TemplateName) -> Result<bool, StoreError> {
+        let name = name.clone();
+        self.with_conn(move |conn| snapshots::delete(conn, &name))
+            .await
+    }
+
+    fn event_store(&self) -> Option<Arc<dyn crate::events::EventStore>> {
+        Some(Arc::new(self.clone()))
+    }
 }
 
 #[path = "sqlite_admin.rs"]
@@ -653,6 +697,12 @@ mod admin;
 
 #[path = "sqlite_logs.rs"]
 mod logs;
+
+#[path = "sqlite_events.rs"]
+mod events;
+
+#[path = "sqlite_snapshots.rs"]
+mod snapshots;
 
 #[cfg(test)]
 #[path = "sqlite_tests.rs"]

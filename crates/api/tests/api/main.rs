@@ -3,6 +3,7 @@
 //! the end-to-end suite covers that.
 
 mod create;
+mod events;
 mod hardening;
 mod harness;
 mod lifecycle;

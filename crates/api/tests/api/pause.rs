@@ -152,21 +152,38 @@ async fn deprecated_resume_is_201_or_409() {
 }
 
 #[tokio::test]
-async fn filesystem_only_pause_is_refused_honestly() {
+async fn filesystem_only_pause_needs_a_node_that_can_and_valid_lifecycles() {
     let h = start().await;
     let id = h.create(json!({"templateID": "base"})).await;
+    // The fake node cannot pause to disk: the request is refused and nothing changes.
     let r = h
         .post(&format!("/sandboxes/{id}/pause"), r#"{"memory":false}"#)
         .await;
-    assert_error(&r, StatusCode::BAD_REQUEST, "filesystem-only");
+    assert_error(&r, StatusCode::NOT_IMPLEMENTED, "pausing sandboxes to disk");
     assert_eq!(h.state_of(&id).await, SandboxState::Running);
+    assert!(!h.node.is_paused(&sid(&id)));
+
+    let r = h
+        .post(
+            "/v2/sandboxes",
+            r#"{"templateID":"base","autoPauseMemory":false}"#,
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "needs autoPause");
+    let r = h
+        .post(
+            "/v2/sandboxes",
+            r#"{"templateID":"base","autoPause":true,"autoPauseMemory":false,"autoResume":{"enabled":true}}"#,
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "autoResume");
     let r = h
         .post(
             "/v2/sandboxes",
             r#"{"templateID":"base","autoPause":true,"autoPauseMemory":false}"#,
         )
         .await;
-    assert_error(&r, StatusCode::BAD_REQUEST, "autoPauseMemory");
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
 }
 
 #[tokio::test]
