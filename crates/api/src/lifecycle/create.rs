@@ -87,6 +87,12 @@ impl Core {
         }
         let template = TemplateName::parse(&spec.template)
             .map_err(|_| Error::TemplateNotFound(spec.template.clone()))?;
+        // Snapshots are their team's: another team sees no such template.
+        if let Some(snap) = self.store.snapshot(&template).await? {
+            if &snap.team_id != team {
+                return Err(Error::TemplateNotFound(spec.template.clone()));
+            }
+        }
         let info = self
             .node
             .template(&template)

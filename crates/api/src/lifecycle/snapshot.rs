@@ -160,8 +160,11 @@ impl Core {
             return Err(Error::ShuttingDown);
         }
         let parent = self.visible(team, id).await?;
-        let private = TemplateName::parse(&format!("fork-{}", random_suffix()))
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        // Unguessable (96 random bits) and gone within milliseconds: no other team can start
+        // a sandbox from it in between.
+        let private =
+            TemplateName::parse(&format!("fork-{}", hex::encode(rand::random::<[u8; 12]>())))
+                .map_err(|e| Error::Invalid(e.to_string()))?;
         let started = std::time::Instant::now();
         let made = {
             let lock = self.pause_locks.get(id);

@@ -11,3 +11,4 @@ mod logs;
 mod metrics;
 mod pause;
 mod sandboxes;
+mod snapshots;
