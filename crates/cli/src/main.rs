@@ -23,7 +23,7 @@ enum Command {
     Template(commands::template::TemplateCommand),
     /// Check that this host has the kernel and host features a node needs.
     Doctor(commands::doctor::DoctorArgs),
-    /// Sandboxes of a Paddock API: list, info, kill, pause, resume, metrics, logs, exec.
+    /// Sandboxes of a Paddock API: list, info, kill, pause, resume, metrics, logs, exec, shell.
     #[command(subcommand)]
     Sandbox(commands::sandbox::SandboxCommand),
     /// Internal: the per-sandbox helper process spawned by the namespace driver.

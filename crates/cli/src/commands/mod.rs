@@ -2,6 +2,7 @@
 pub mod doctor;
 pub mod sandbox;
 pub mod serve;
+pub mod shell;
 pub mod template;
 
 use std::path::PathBuf;
