@@ -310,6 +310,40 @@ impl LocalNode {
         }
     }
 
+    /// Asks the runtime to start sandbox `id` in its state directory; refills the network
+    /// pool after the start and gives the slot back when the start fails.
+    async fn start_runtime(
+        &self,
+        id: &SandboxId,
+        layers: Vec<PathBuf>,
+        reuse_disk: bool,
+        resources: Resources,
+        network: Option<paddock_sandbox::SandboxNetwork>,
+    ) -> Result<SandboxHandle, NodeError> {
+        let spec = SandboxSpec {
+            id: id.clone(),
+            hostname: id.to_string(),
+            layers,
+            reuse_disk,
+            state_dir: self.state_dir(id),
+            envd_bin: self.cfg.envd_bin.clone(),
+            resources,
+            network,
+        };
+        let created = self.runtime.create(spec).await;
+        if let Some(net) = &self.cfg.network {
+            // After the start, not during it: building slots contends for the RTNL lock.
+            net.refill();
+        }
+        match created {
+            Ok(handle) => Ok(handle),
+            Err(e) => {
+                self.release_network(id).await;
+                Err(e.into())
+            }
+        }
+    }
+
     /// Pauses a live sandbox to disk: the marker first (so a crash in the middle is finished
     /// by the next start instead of losing the sandbox), then the runtime stops it keeping its
     /// disk, then its network slot goes.
@@ -368,28 +402,10 @@ impl LocalNode {
         let reservation = self.reserve(id)?;
         let meta = self.read_meta(id)?;
         let network = self.acquire_network(id, &meta.network).await?;
-        let spec = SandboxSpec {
-            id: id.clone(),
-            hostname: id.to_string(),
-            layers: meta.layers.clone(),
-            reuse_disk: true,
-            state_dir: self.state_dir(id),
-            envd_bin: self.cfg.envd_bin.clone(),
-            resources: meta.resources,
-            network,
-        };
-        let created = self.runtime.create(spec).await;
-        if let Some(net) = &self.cfg.network {
-            net.refill();
-        }
-        let handle = match created {
-            Ok(h) => h,
-            Err(e) => {
-                // The disk and the records stay: a later resume can try again.
-                self.release_network(id).await;
-                return Err(e.into());
-            }
-        };
+        // On failure the disk and the records stay: a later resume can try again.
+        let handle = self
+            .start_runtime(id, meta.layers.clone(), true, meta.resources, network)
+            .await?;
         let _ = std::fs::remove_file(self.state_dir(id).join(ON_DISK_MARKER));
         {
             let mut table = self.table_mut();
@@ -655,27 +671,21 @@ impl Node for LocalNode {
                 return Err(e);
             }
         };
-        let spec = SandboxSpec {
-            id: req.id.clone(),
-            hostname: req.id.to_string(),
-            layers: template.layers.clone(),
-            reuse_disk: false,
-            state_dir,
-            envd_bin: self.cfg.envd_bin.clone(),
-            resources: meta.resources,
-            network,
-        };
-        let created = self.runtime.create(spec).await;
-        if let Some(net) = &self.cfg.network {
-            // After the start, not during it: building slots contends for the RTNL lock.
-            net.refill();
-        }
-        let handle = match created {
+        debug_assert_eq!(state_dir, self.state_dir(&req.id));
+        let started = self
+            .start_runtime(
+                &req.id,
+                template.layers.clone(),
+                false,
+                meta.resources,
+                network,
+            )
+            .await;
+        let handle = match started {
             Ok(h) => h,
             Err(e) => {
-                self.release_network(&req.id).await;
                 let _ = std::fs::remove_dir_all(self.state_dir(&req.id));
-                return Err(e.into());
+                return Err(e);
             }
         };
         let pid = handle.init_pid;

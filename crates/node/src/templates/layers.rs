@@ -448,28 +448,10 @@ impl TemplateStore {
     /// interrupted. A template whose `template.json` cannot be parsed is left alone (and
     /// skipped by [`TemplateStore::list`]).
     pub(super) fn migrate(&self) -> Result<(), TemplateError> {
-        let entries = std::fs::read_dir(&self.root).map_err(TemplateError::io(format!(
-            "cannot list {}",
-            self.root.display()
-        )))?;
-        for entry in entries {
-            let entry = entry.map_err(TemplateError::io(format!(
-                "cannot list {}",
-                self.root.display()
-            )))?;
-            let file_name = entry.file_name();
-            let Some(raw) = file_name.to_str() else {
-                continue;
-            };
-            let Ok(name) = TemplateName::parse(raw) else {
-                continue;
-            };
-            if name.as_str() != raw {
-                continue;
-            }
+        for name in self.names()? {
             match self.migrate_one(&name) {
                 Err(e @ TemplateError::Metadata { .. }) => {
-                    tracing::warn!(template = raw, error = %e, "cannot read template, not moving it")
+                    tracing::warn!(template = %name, error = %e, "cannot read template, not moving it")
                 }
                 other => other?,
             }

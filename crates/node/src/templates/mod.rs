@@ -305,35 +305,35 @@ impl TemplateStore {
 
     /// All complete templates, sorted by name. Unreadable entries are logged and skipped.
     pub fn list(&self) -> Result<Vec<Template>, TemplateError> {
-        let entries = std::fs::read_dir(&self.root).map_err(TemplateError::io(format!(
-            "cannot list {}",
-            self.root.display()
-        )))?;
         let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(TemplateError::io(format!(
-                "cannot list {}",
-                self.root.display()
-            )))?;
-            let file_name = entry.file_name();
-            let Some(raw) = file_name.to_str() else {
-                continue;
-            };
-            let Ok(name) = TemplateName::parse(raw) else {
-                continue;
-            };
-            if name.as_str() != raw {
-                continue;
-            }
+        for name in self.names()? {
             match self.get(&name) {
                 Ok(Some(t)) => out.push(t),
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(template = raw, error = %e, "skipping unreadable template")
+                    tracing::warn!(template = %name, error = %e, "skipping unreadable template")
                 }
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The names of the store's entries that are template directories by their name (valid,
+    /// canonical template names; build, trash and layer directories are not), unsorted.
+    pub(crate) fn names(&self) -> Result<Vec<TemplateName>, TemplateError> {
+        let list_error = || TemplateError::io(format!("cannot list {}", self.root.display()));
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(list_error())? {
+            let file_name = entry.map_err(list_error())?.file_name();
+            let Some(raw) = file_name.to_str() else {
+                continue;
+            };
+            match TemplateName::parse(raw) {
+                Ok(name) if name.as_str() == raw => out.push(name),
+                _ => {}
+            }
+        }
         Ok(out)
     }
 

@@ -30,16 +30,21 @@ pub(crate) async fn kill(
     id: &SandboxId,
     state_dir: &Path,
 ) -> Result<(), RuntimeError> {
-    let recorded = match state::read(state_dir) {
-        Ok(Some(s)) if &s.id == id => Some(s),
-        // A missing or unreadable record does not stop the teardown.
-        _ => None,
-    };
+    // A missing or unreadable record does not stop the teardown.
+    let recorded = record_of(id, state_dir);
     stop_init(inner, id, recorded.as_ref()).await;
     let extra = recorded.map(|s| s.cgroups).unwrap_or_default();
     remove_blocking(inner, id.as_str(), Some(extra), Some(state_dir)).await?;
     tracing::info!(sandbox_id = %id, "sandbox killed");
     Ok(())
+}
+
+/// The run record (`state.json`) of sandbox `id` in `state_dir`, if it is readable and names that sandbox.
+fn record_of(id: &SandboxId, state_dir: &Path) -> Option<SandboxState> {
+    match state::read(state_dir) {
+        Ok(Some(s)) if &s.id == id => Some(s),
+        _ => None,
+    }
 }
 
 /// How long `stop` waits for the sandbox's file system to be released (its loop device to
@@ -54,10 +59,7 @@ pub(crate) async fn stop(
     id: &SandboxId,
     state_dir: &Path,
 ) -> Result<(), RuntimeError> {
-    let recorded = match state::read(state_dir) {
-        Ok(Some(s)) if &s.id == id => Some(s),
-        _ => None,
-    };
+    let recorded = record_of(id, state_dir);
     if recorded.is_none() && !inner.live().contains_key(id) {
         return Err(RuntimeError::NotFound(id.clone()));
     }
@@ -215,11 +217,7 @@ pub(crate) async fn adopt(
     if let Some(l) = inner.live().get(id) {
         return Ok(Some(handle(id.clone(), l.init_pid, state_dir)));
     }
-    let recorded = match state::read(state_dir) {
-        Ok(Some(s)) if &s.id == id => Some(s),
-        _ => None,
-    };
-    if let Some(s) = recorded {
+    if let Some(s) = record_of(id, state_dir) {
         // Open the pidfd first: once the start time matches, the pidfd names that very process.
         if let Ok(pidfd) = sys::pidfd_open(s.init_pid) {
             let same = sys::process_start_time(s.init_pid) == Some(s.init_start_time)
