@@ -204,10 +204,12 @@ fn shift_like_an_older_paddock(dir: &Path) -> PathBuf {
     canary
 }
 
+/// Layers and their markers (lease lock files, which come and go with leases, left out).
 fn layer_entries(store: &TemplateStore) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(store.layers_dir())
         .expect("ls")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lease"))
         .collect();
     names.sort();
     names
@@ -575,4 +577,60 @@ fn a_template_json_that_cannot_be_read_stops_the_collection() {
     assert!(store.delete(&name("base")).expect("delete"));
     assert!(base.top_layer().is_dir());
     assert!(!stray.exists());
+}
+
+#[test]
+fn a_lease_held_by_another_store_keeps_the_layer_from_its_collection() {
+    // Two stores over one directory stand for two processes: their lease tables are separate,
+    // and only the lock files tell them about each other's leases.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("templates");
+    old_layout_template(&root, "base");
+    let serving = TemplateStore::open(&root).expect("open");
+    let base = serving.get(&name("base")).expect("get").expect("exists");
+    let upper = tmp.path().join("upper");
+    fake_upper(&upper, "leased elsewhere");
+    let snap = serving
+        .snapshot(
+            &name("snap"),
+            &upper,
+            &base,
+            Resources::default(),
+            snapshot_source("base"),
+        )
+        .expect("snapshot");
+    let top = snap.top_layer().to_path_buf();
+    let (_, lease) = serving
+        .lease(&name("snap"))
+        .expect("lease")
+        .expect("exists");
+
+    let other = TemplateStore::open(&root).expect("open again");
+    assert!(other.delete(&name("snap")).expect("delete"));
+    let stats = other.collect_garbage().expect("gc");
+    assert_eq!(stats.removed, 0, "{stats:?}");
+    assert_eq!(stats.leased, 1, "{stats:?}");
+    assert!(top.is_dir(), "a layer in use by the other store stays");
+
+    drop(lease);
+    let stats = other.collect_garbage().expect("gc");
+    assert_eq!(stats.removed, 1, "{stats:?}");
+    assert!(!top.exists());
+    let leftovers: Vec<String> = std::fs::read_dir(other.layers_dir())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".lease"))
+        .collect();
+    assert!(
+        leftovers.iter().all(|n| n.contains(&base_layer_id(&base))),
+        "only live layers keep lock files: {leftovers:?}"
+    );
+}
+
+fn base_layer_id(base: &paddock_node::templates::Template) -> String {
+    base.layers[0]
+        .file_name()
+        .expect("id")
+        .to_string_lossy()
+        .into_owned()
 }

@@ -168,8 +168,10 @@ export class PaddockServer {
   async stop(timeoutMs = 30_000) {
     if (!this.proc) throw new Error('paddock serve was never started')
     if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGTERM')
-    const timer = sleep(timeoutMs).then(() => null)
+    let timeoutId
+    const timer = new Promise((resolve) => (timeoutId = setTimeout(() => resolve(null), timeoutMs)))
     const result = await Promise.race([this.exited, timer])
+    clearTimeout(timeoutId) // a pending timer would keep the test process alive for timeoutMs
     if (result === null) {
       this.proc.kill('SIGKILL')
       await this.exited

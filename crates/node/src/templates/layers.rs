@@ -10,12 +10,14 @@
 //! A layer is removed only by [`TemplateStore::collect_garbage`], and only when no template
 //! (nor a live build) names it and no [`LayerLease`] holds it. Sandboxes hold a lease for as
 //! long as their overlay uses the layers ([`TemplateStore::lease`] at create,
-//! [`TemplateStore::lease_layers`] when a restarted node re-adopts them). Leases live in the
-//! memory of one process and are shared by clones of the store; the lease table's mutex makes
-//! a lookup-and-lease atomic with respect to a collection. Another process collecting garbage
-//! over the same directory does not see them (a `paddock template delete` run beside a
-//! serving node can remove the layers of a deleted template that sandboxes still use, as
-//! deleting a template always could). A collection renames a doomed layer to
+//! [`TemplateStore::lease_layers`] when a restarted node re-adopts them). Leases are counted in
+//! the memory of one process (shared by clones of the store; the lease table's mutex makes a
+//! lookup-and-lease atomic with respect to a collection), and a process that holds any lease
+//! on a layer also holds a shared `flock` on `<root>/.layers/.<id>.lease`: a collection in
+//! another process (a second server, or `paddock template delete`, over the same directory)
+//! removes a layer only while it holds that file's lock exclusively, so it never removes a
+//! layer a running sandbox of any process uses, and the kernel drops the locks of a process
+//! that dies. A collection renames a doomed layer to
 //! `<root>/.trash-layer-<id>-<random>` first and removes it then, so a crash leaves only trash,
 //! which [`TemplateStore::open`] removes.
 //!
@@ -61,24 +63,83 @@ fn marker_id(file_name: &str) -> Option<&str> {
     is_layer_id(id).then_some(id)
 }
 
+/// The lock file of layer `id` in `layers_dir` (see the module docs).
+fn lease_file(layers_dir: &Path, id: &str) -> PathBuf {
+    layers_dir.join(format!(".{id}.lease"))
+}
+
+/// The layer id in a lease file's name (`.<id>.lease`).
+fn lease_file_id(file_name: &str) -> Option<&str> {
+    let id = file_name.strip_prefix('.')?.strip_suffix(".lease")?;
+    is_layer_id(id).then_some(id)
+}
+
+/// Opens (creating) the lock file of layer `id` and locks it: shared for a lease, exclusive
+/// (without waiting) for a collection. `Ok(None)`: another process holds a conflicting lock.
+fn lock_layer(
+    layers_dir: &Path,
+    id: &str,
+    exclusive: bool,
+) -> io::Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_CLOEXEC | nix::libc::O_NOFOLLOW)
+        .open(lease_file(layers_dir, id))?;
+    let arg = if exclusive {
+        FlockArg::LockExclusiveNonblock
+    } else {
+        FlockArg::LockShared
+    };
+    match Flock::lock(file, arg) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) if exclusive => Ok(None),
+        Err((_, e)) => Err(e.into()),
+    }
+}
+
+/// A layer's lease count in this process and the shared lock that tells other processes.
+#[derive(Debug)]
+struct Held {
+    count: usize,
+    /// `None` if the lock file could not be locked (logged; then only this process knows).
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
 /// How many leases hold each layer (only layers with at least one are present).
 #[derive(Debug, Default)]
 pub(super) struct LeaseTable {
-    counts: HashMap<String, usize>,
+    counts: HashMap<String, Held>,
 }
 
 impl LeaseTable {
-    fn add(&mut self, ids: &[String]) {
+    fn add(&mut self, layers_dir: &Path, ids: &[String]) {
         for id in ids {
-            *self.counts.entry(id.clone()).or_default() += 1;
+            let held = self.counts.entry(id.clone()).or_insert_with(|| Held {
+                count: 0,
+                _lock: match lock_layer(layers_dir, id, false) {
+                    Ok(lock) => lock,
+                    Err(e) => {
+                        tracing::warn!(layer = %id, error = %e, "cannot lock a leased layer; other processes will not see the lease");
+                        None
+                    }
+                },
+            });
+            held.count += 1;
         }
     }
 
     fn release(&mut self, ids: &[String]) {
         for id in ids {
-            if let Some(n) = self.counts.get_mut(id) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(held) = self.counts.get_mut(id) {
+                held.count -= 1;
+                if held.count == 0 {
+                    // Closing the file drops this process's shared lock.
                     self.counts.remove(id);
                 }
             }
@@ -175,7 +236,7 @@ impl TemplateStore {
 
     /// Leases `ids` (already validated) with the table locked by the caller.
     fn lease_locked(&self, table: &mut LeaseTable, ids: Vec<String>) -> LayerLease {
-        table.add(&ids);
+        table.add(&self.layers_dir(), &ids);
         LayerLease {
             table: Arc::clone(&self.leases),
             layers: ids.iter().map(|id| self.layer_path(id)).collect(),
@@ -240,6 +301,7 @@ impl TemplateStore {
             let entries = std::fs::read_dir(&dir)
                 .map_err(TemplateError::io(format!("cannot list {}", dir.display())))?;
             let mut markers = Vec::new();
+            let mut lease_files = Vec::new();
             for entry in entries {
                 let entry =
                     entry.map_err(TemplateError::io(format!("cannot list {}", dir.display())))?;
@@ -249,6 +311,10 @@ impl TemplateStore {
                 };
                 if let Some(id) = marker_id(name) {
                     markers.push(id.to_string());
+                    continue;
+                }
+                if let Some(id) = lease_file_id(name) {
+                    lease_files.push(id.to_string());
                     continue;
                 }
                 if !is_layer_id(name) {
@@ -262,12 +328,36 @@ impl TemplateStore {
                     stats.leased += 1;
                     continue;
                 }
+                // Leased by another process (a shared lock on its lease file)?
+                let exclusive = match lock_layer(&dir, name, true) {
+                    Ok(Some(lock)) => lock,
+                    Ok(None) => {
+                        stats.leased += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(layer = name, error = %e, "cannot lock layer; keeping it");
+                        continue;
+                    }
+                };
                 match self.trash_layer(name) {
                     Ok(trash) => {
                         doomed.push(trash);
                         stats.removed += 1;
+                        // Still locked: nobody can lease the layer (no template names it).
+                        let _ = std::fs::remove_file(lease_file(&dir, name));
                     }
                     Err(e) => tracing::warn!(layer = name, error = %e, "cannot remove layer"),
+                }
+                drop(exclusive);
+            }
+            // Lock files of layers that are gone, not held by any process.
+            for id in lease_files {
+                if self.layer_path(&id).exists() || table.is_leased(&id) {
+                    continue;
+                }
+                if let Ok(Some(_lock)) = lock_layer(&dir, &id, true) {
+                    let _ = std::fs::remove_file(lease_file(&dir, &id));
                 }
             }
             for id in markers {
