@@ -18,8 +18,19 @@ Measures (n samples each, n=100; --quick: n=10), after the same warm-up on every
   3. exec round trip        commands.run("true") in one live sandbox          default server only
      pause / resume          sandbox.pause() and Sandbox.connect() of one sandbox, idle and with
                             256 MiB of touched memory                         default server only
-  4. baselines              `runc run` of /bin/true on the base template rootfs (read-only),
+     pause to disk /        sandbox.pause(mode="filesystem") and Sandbox.connect() (a new boot
+     resume from disk       on the kept files), idle and with 256 MiB touched default server only
+  4. snapshots and forks    (n_heavy samples: 20; --quick: 3)                 default server only
+     snapshot, 1 / 100 MiB  create_snapshot() of a fresh sandbox that wrote 1 or 100 MiB to a
+     written                file; the new layer's size comes from the server log (size_bytes)
+     create from snapshot   Sandbox.create(template=snapshot_id) + commands.run("true")
+     fork x1 / x10          sandbox.fork(count=1 or 10) of a parent that wrote 10 MiB, until all
+                            children run (each then answers commands.run("true"), not timed)
+  5. baselines              `runc run` of /bin/true on the base template rootfs (read-only),
                             and fork+exec+wait of /bin/true (posix_spawn)     once, default server up
+Every sandbox and snapshot a row makes is removed in that row, failed or not; a sweep at the
+end kills and deletes whatever is left (and says so), since snapshots live in the shared
+templates dir and would outlive the server.
 
 Prints a table (p50/p95/p99/mean, success rate) and the machine, plus the hardening cost (p50
 and p99 of configurations 2 and 3 as ratios of configuration 1), and writes them as markdown to
@@ -34,6 +45,8 @@ import datetime as dt
 import json
 import os
 import platform
+import re
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -126,9 +139,18 @@ def _mem_total() -> str:
 
 
 def find_rootfs(templates_dir: Path, template: str = "base") -> Optional[Path]:
-    """The template's root filesystem: the directory under it that holds /usr/bin/true."""
+    """The template's root filesystem: the directory that holds /usr/bin/true. A template of
+    one layer (`layers` in its template.json) has it at `<templates_dir>/.layers/<id>`; older
+    stores kept it under the template's own directory."""
     base = templates_dir / template
-    candidates = [base / "rootfs", base]
+    candidates = []
+    try:
+        layers = json.loads((base / "template.json").read_text()).get("layers") or []
+    except (OSError, ValueError, AttributeError):
+        layers = []
+    if len(layers) == 1 and isinstance(layers[0], str):
+        candidates.append(templates_dir / ".layers" / layers[0])
+    candidates += [base / "rootfs", base]
     if base.is_dir():
         candidates += sorted(p for pat in ("*/rootfs", "*/*/rootfs") for p in base.glob(pat) if p.is_dir())
     for c in candidates:
@@ -201,6 +223,18 @@ TOUCH_SRC = (
 )
 
 
+def start_touching(sandbox, mib: int) -> None:
+    """Starts a process in `sandbox` that holds `mib` MiB of touched memory; returns once every
+    page is touched (the process writes /tmp/touched, removed first)."""
+    sandbox.files.write("/tmp/touch.py", TOUCH_SRC.format(mib=mib))
+    sandbox.commands.run("rm -f /tmp/touched && exec python3 /tmp/touch.py", background=True)
+    deadline = time.monotonic() + 60
+    while not sandbox.files.exists("/tmp/touched"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"touching {mib} MiB did not finish")
+        time.sleep(0.1)
+
+
 def bench_pause_resume(server: PaddockServer, pause_m: Measurement, resume_m: Measurement, n: int, touch_mib: int) -> None:
     """`pause()` then `Sandbox.connect()` (which resumes) of one sandbox, n times; with
     `touch_mib` a process holding that much touched memory runs inside."""
@@ -210,13 +244,7 @@ def bench_pause_resume(server: PaddockServer, pause_m: Measurement, resume_m: Me
     server.track(sandbox.sandbox_id)
     try:
         if touch_mib:
-            sandbox.files.write("/tmp/touch.py", TOUCH_SRC.format(mib=touch_mib))
-            sandbox.commands.run("python3 /tmp/touch.py", background=True)
-            deadline = time.monotonic() + 60
-            while not sandbox.files.exists("/tmp/touched"):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"touching {touch_mib} MiB did not finish")
-                time.sleep(0.1)
+            start_touching(sandbox, touch_mib)
         for _ in range(n):
             pause_m.record(lambda: (sandbox.pause(), None)[1])
             resume_m.record(lambda: (Sandbox.connect(sandbox.sandbox_id, timeout=600), None)[1])
@@ -225,6 +253,246 @@ def bench_pause_resume(server: PaddockServer, pause_m: Measurement, resume_m: Me
             raise RuntimeError("the sandbox did not work after the cycles")
     finally:
         sandbox.kill()
+
+
+def bench_pause_to_disk(
+    server: PaddockServer, pause_m: Measurement, resume_m: Measurement, n: int, touch_mib: int
+) -> None:
+    """`pause(mode="filesystem")` then `Sandbox.connect()` (a new boot on the kept files) of one
+    sandbox, n times; with `touch_mib` a process holding that much touched memory is started
+    (not timed) before every pause, since the pause ends it."""
+    from e2b import Sandbox
+
+    sandbox = Sandbox.create(timeout=600)
+    server.track(sandbox.sandbox_id)
+    try:
+        sandbox.files.write("/home/user/kept.txt", "kept across pauses to disk")
+
+        def pause() -> None:
+            if sandbox.pause(mode="filesystem") is not True:
+                raise RuntimeError("pause(mode='filesystem') did not pause the sandbox")
+
+        def resume() -> None:
+            Sandbox.connect(sandbox.sandbox_id, timeout=600)
+
+        for _ in range(n):
+            if touch_mib:
+                start_touching(sandbox, touch_mib)
+            paused = len(pause_m.samples)
+            pause_m.record(pause)
+            if len(pause_m.samples) > paused:
+                resume_m.record(resume)
+            else:
+                # Whatever state the failed pause left, start the sandbox for the next round.
+                Sandbox.connect(sandbox.sandbox_id, timeout=600)
+        r = sandbox.commands.run("cat /home/user/kept.txt")
+        if r.stdout != "kept across pauses to disk":
+            raise RuntimeError(f"the sandbox lost its file across pauses to disk: {r.stdout!r}")
+    finally:
+        sandbox.kill()
+
+
+# `paddock serve` logs one line per snapshot, e.g.
+# `... snapshot created sandbox_id=... snapshot=<name> size_bytes=<allocated bytes of the layer>`
+# and one per fork: `... sandbox forked sandbox_id=<parent> count=N ok=N layer_bytes=.. copy_ms=..`.
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def log_events(server: PaddockServer, message: str) -> List[Dict[str, str]]:
+    """The key=value fields of the server's log lines with `message`, oldest first. The server
+    logs synchronously, so a line is in the file before the HTTP answer that follows it."""
+    events = []
+    for line in server.log_text().splitlines():
+        line = ANSI_RE.sub("", line)
+        if f" {message} " not in line + " ":
+            continue
+        events.append(dict(re.findall(r"(\w+)=(\S+)", line.split(f" {message}", 1)[1])))
+    return events
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def median(values: List[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def write_blob(sandbox, mib: int, path: str) -> None:
+    """Writes `mib` MiB of random bytes (nothing the disk could compress or leave sparse)."""
+    sandbox.commands.run(f"head -c {mib}M /dev/urandom > {path} && test $(stat -c %s {path}) -eq {mib << 20}")
+
+
+def delete_snapshot(snapshot_id: str, m: Measurement) -> None:
+    """Deletes a snapshot; a failure is reported on `m` (the sweep at the end retries)."""
+    from e2b import Sandbox
+
+    try:
+        if not Sandbox.delete_snapshot(snapshot_id):
+            m.errors.append(f"cleanup: snapshot {snapshot_id} was not found to delete")
+    except Exception as e:  # noqa: BLE001 - cleanup reports, it must not hide the measurement
+        m.errors.append(f"cleanup: deleting {snapshot_id}: {type(e).__name__}: {e}"[:300])
+
+
+def kill_sandbox(sandbox, m: Measurement) -> None:
+    try:
+        sandbox.kill()
+    except Exception as e:  # noqa: BLE001 - cleanup reports, it must not hide the measurement
+        m.errors.append(f"cleanup: killing {sandbox.sandbox_id}: {type(e).__name__}: {e}"[:300])
+
+
+def bench_snapshot(server: PaddockServer, m: Measurement, n: int, write_mib: int, reference: bool) -> None:
+    """`create_snapshot()` of a fresh sandbox that wrote `write_mib` MiB to a file, n times
+    (sandbox and snapshot removed after each sample); the note gets the new layers' size from
+    the server log, and with `reference` also that of an untouched sandbox's snapshot."""
+    from e2b import Sandbox
+
+    tag = secrets.token_hex(3)
+
+    def one(i: int, mib: int, timed: bool) -> Optional[str]:
+        """Makes, snapshots and removes one sandbox; the snapshot's name if it was made."""
+        sandbox = Sandbox.create(timeout=300)
+        server.track(sandbox.sandbox_id)
+        made: List[str] = []
+        name = f"bench-{tag}-{mib}m-{i}"
+        try:
+            if mib:
+                write_blob(sandbox, mib, "/home/user/blob")
+
+            def snap() -> None:
+                made.append(sandbox.create_snapshot(name=name).snapshot_id)
+
+            if timed:
+                m.record(snap)
+            else:
+                snap()
+        finally:
+            kill_sandbox(sandbox, m)
+            for sid in made:
+                delete_snapshot(sid, m)
+        return name if made else None
+
+    names = [one(i, write_mib, True) for i in range(n)]
+    untouched_name = one(0, 0, False) if reference else None
+    sizes = {e.get("snapshot"): int(e["size_bytes"]) for e in log_events(server, "snapshot created") if "size_bytes" in e}
+    measured = [sizes[name] for name in names if name in sizes]
+    if len(measured) < len(m.samples):
+        m.errors.append(f"the server log has the size of {len(measured)} of {len(m.samples)} snapshots")
+    if measured:
+        m.note = (
+            f"snapshot size (the new layer on disk, allocated bytes, from the server log) p50: "
+            f"{fmt_bytes(median(measured))} for {write_mib} MiB written"
+        )
+        if untouched_name in sizes:
+            m.note += f", {fmt_bytes(sizes[untouched_name])} for an untouched sandbox"
+
+
+def bench_create_from_snapshot(server: PaddockServer, m: Measurement, n: int, write_mib: int) -> None:
+    """`Sandbox.create(template=<snapshot>)` + the first command, n times, from one snapshot of
+    a sandbox that wrote `write_mib` MiB; each child must have the file (checked, not timed)."""
+    from e2b import Sandbox
+
+    parent = Sandbox.create(timeout=300)
+    server.track(parent.sandbox_id)
+    snapshot_id: Optional[str] = None
+    try:
+        write_blob(parent, write_mib, "/home/user/blob")
+        snapshot_id = parent.create_snapshot(name=f"bench-{secrets.token_hex(3)}-from").snapshot_id
+        # The snapshot does not need its sandbox: the creates run without it alongside.
+        kill_sandbox(parent, m)
+        parent = None
+
+        def once() -> float:
+            started = time.perf_counter()
+            child = Sandbox.create(template=snapshot_id, timeout=120)
+            try:
+                server.track(child.sandbox_id)
+                child.commands.run("true")
+                elapsed = (time.perf_counter() - started) * 1000
+                child.commands.run(f"test $(stat -c %s /home/user/blob) -eq {write_mib << 20}")
+            finally:
+                kill_sandbox(child, m)
+            return elapsed
+
+        for _ in range(n):
+            m.record(once)
+    finally:
+        if parent is not None:
+            kill_sandbox(parent, m)
+        if snapshot_id is not None:
+            delete_snapshot(snapshot_id, m)
+
+
+def bench_fork(server: PaddockServer, m: Measurement, n: int, count: int, write_mib: int) -> None:
+    """`sandbox.fork(count=count)` of one parent that wrote `write_mib` MiB, n times, until all
+    children are running; every child then must answer a `commands.run` that checks it has the
+    parent's file (not timed), and is killed."""
+    from e2b import Sandbox
+
+    parent = Sandbox.create(timeout=600)
+    server.track(parent.sandbox_id)
+    try:
+        write_blob(parent, write_mib, "/home/user/blob")
+
+        def once() -> float:
+            started = time.perf_counter()
+            results = parent.fork(count=count, timeout=120)
+            elapsed = (time.perf_counter() - started) * 1000
+            kids = [k for k in results if isinstance(k, Sandbox)]
+            try:
+                for k in kids:
+                    server.track(k.sandbox_id)
+                failed = [k for k in results if not isinstance(k, Sandbox)]
+                if failed or len(kids) != count:
+                    raise RuntimeError(f"{len(kids)} of {count} children started: {failed[:1]}")
+                for k in kids:
+                    k.commands.run(f"test $(stat -c %s /home/user/blob) -eq {write_mib << 20}")
+            finally:
+                for k in kids:
+                    kill_sandbox(k, m)
+            return elapsed
+
+        for _ in range(n):
+            m.record(once)
+    finally:
+        kill_sandbox(parent, m)
+    forks = [e for e in log_events(server, "sandbox forked") if e.get("sandbox_id") == parent.sandbox_id]
+    copies = [float(e["copy_ms"]) for e in forks if "copy_ms" in e]
+    layers = [float(e["layer_bytes"]) for e in forks if "layer_bytes" in e]
+    parts = []
+    if count > 1 and m.samples:
+        parts.append(f"per child p50: {m.percentile(50) / count:.2f} ms (p50 / {count})")
+    if copies:
+        parts.append(
+            f"of which the copy of the parent's layer ({fmt_bytes(median(layers))}) p50: {median(copies):.2f} ms "
+            "(server log copy_ms)"
+        )
+    m.note = "; ".join(parts)
+
+
+def sweep(server: PaddockServer) -> List[str]:
+    """Kills every sandbox and deletes every snapshot this server's team still has (the rows
+    clean up after themselves, so anything found here is reported)."""
+    from e2b import Sandbox
+
+    found: List[str] = []
+    snapshots, sandboxes = [], []
+    pages = Sandbox.list_snapshots()
+    while pages.has_next:
+        snapshots += [s.snapshot_id for s in pages.next_items()]
+    pages = Sandbox.list()
+    while pages.has_next:
+        sandboxes += [s.sandbox_id for s in pages.next_items()]
+    for sid in snapshots:
+        Sandbox.delete_snapshot(sid)
+        found.append(f"snapshot {sid} was left and is now deleted")
+    for sid in sandboxes:
+        Sandbox.kill(sid)
+        found.append(f"sandbox {sid} was left and is now killed")
+    return found
 
 
 def bench_runc(rootfs: Optional[Path], m: Measurement, n: int) -> None:
@@ -294,6 +562,12 @@ BASELINE_KEY = "unhardened"
 DEFAULT_KEY = "default"
 # Target from the issue: hardened + pooled networking within 10% of unhardened (reported only).
 TARGET_RATIO = 1.10
+# Snapshot and fork rows take a sandbox (or ten) and copy a layer per sample: fewer samples.
+HEAVY_N = 20
+HEAVY_N_QUICK = 3
+SNAPSHOT_WRITES_MIB = (1, 100)
+FORK_WRITE_MIB = 10
+FORK_COUNTS = (1, 10)
 # Pause after a server has exited and passed the leak check, before the next one starts: the
 # kernel frees network namespaces and cgroups of the last sandboxes asynchronously.
 SETTLE_SECONDS = 1.0
@@ -346,6 +620,7 @@ def render_markdown(
     results: List[Measurement],
     info: dict,
     n: int,
+    n_heavy: int,
     extra: List[str],
     configs: List[ServerConfig],
     cost: List[str],
@@ -357,7 +632,8 @@ def render_markdown(
         "",
         f"- date: {info['date']}",
         f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, kernel {info['kernel']}",
-        f"- samples per measurement: {n} (sequential, one at a time)",
+        f"- samples per measurement: {n} (sequential, one at a time); snapshot, create from snapshot "
+        f"and fork rows: {n_heavy}",
         f"- paddock: `{info['paddock']}`, e2b Python SDK {info['e2b']}",
         "- servers, started one after the other in this order (each stopped and leak-checked before "
         "the next starts; the same warm-up of 2 SDK create + first command on each):",
@@ -498,6 +774,7 @@ def main() -> int:
     )
     args = ap.parse_args()
     n = args.n or (10 if args.quick else 100)
+    n_heavy = min(n, HEAVY_N_QUICK if args.quick else HEAVY_N)
     write = args.write or not args.quick
     configs: List[ServerConfig] = args.configs
 
@@ -542,22 +819,102 @@ def main() -> int:
         ),
         Measurement("resume, 256 MiB touched", "`Sandbox.connect()` of that paused sandbox", server=last.label),
     ]
-    once_rows = [exec_row, *pause_rows, runc_row, fork_row]
+    disk_what = (
+        "nothing of the memory is saved (the processes end, the cgroup and its memory are freed, "
+        "the writable layer stays on disk), so its cost does not grow with the memory in use beyond "
+        "the kernel freeing it (compare the idle and 256 MiB rows)"
+    )
+    disk_rows = [
+        Measurement(
+            "pause to disk",
+            f'`sandbox.pause(mode="filesystem")` of an idle sandbox: {disk_what}',
+            server=last.label,
+        ),
+        Measurement(
+            "resume from disk",
+            "`Sandbox.connect()` of that sandbox: a new boot on its kept files, until envd answers",
+            server=last.label,
+        ),
+        Measurement(
+            "pause to disk, 256 MiB touched",
+            f'`sandbox.pause(mode="filesystem")` while a process holds 256 MiB of touched memory '
+            f"(started again, not timed, before every pause): {disk_what}",
+            server=last.label,
+        ),
+        Measurement(
+            "resume from disk, 256 MiB touched",
+            "`Sandbox.connect()` of that sandbox (the same new boot: the process and its memory are gone)",
+            server=last.label,
+        ),
+    ]
+    snapshot_rows = [
+        Measurement(
+            f"snapshot, {mib} MiB written",
+            f"`sandbox.create_snapshot()` of a fresh sandbox that wrote {mib} MiB of random bytes to a file: "
+            "the sandbox is frozen while the node copies its writable layer (only what it changed) into a "
+            "new template layer; a new sandbox and snapshot per sample, both removed after it",
+            server=last.label,
+        )
+        for mib in SNAPSHOT_WRITES_MIB
+    ]
+    from_snapshot_row = Measurement(
+        "create from snapshot",
+        f'`Sandbox.create(template=snapshot_id)` then `commands.run("true")`, from one snapshot of a sandbox '
+        f"that wrote {FORK_WRITE_MIB} MiB (each child checked for the file, not timed); compare with "
+        "SDK create + first command",
+        server=last.label,
+    )
+    fork_rows = [
+        Measurement(
+            f"fork ×{count}",
+            f"`sandbox.fork(count={count})` of a running parent that wrote {FORK_WRITE_MIB} MiB, until "
+            + (f"all {count} children are running" if count > 1 else "the child is running")
+            + ": one copy of the parent's writable layer, then "
+            + (f"{count} creates in parallel" if count > 1 else "one create")
+            + " (each child then checked with `commands.run` for the file, not timed, and killed)",
+            server=last.label,
+        )
+        for count in FORK_COUNTS
+    ]
+    heavy_rows = [*snapshot_rows, from_snapshot_row, *fork_rows]
+    once_rows = [exec_row, *pause_rows, *disk_rows, *heavy_rows, runc_row, fork_row]
 
     def once_only(server: PaddockServer) -> None:
         steps = [
-            (exec_row, lambda m: bench_exec(server, m, n)),
-            (pause_rows[0], lambda m: bench_pause_resume(server, m, pause_rows[1], n, 0)),
-            (pause_rows[2], lambda m: bench_pause_resume(server, m, pause_rows[3], n, 256)),
-            (runc_row, lambda m: bench_runc(find_rootfs(server.templates_dir), m, n)),
-            (fork_row, lambda m: bench_fork_exec(m, n)),
+            (exec_row, n, lambda m: bench_exec(server, m, n)),
+            (pause_rows[0], n, lambda m: bench_pause_resume(server, m, pause_rows[1], n, 0)),
+            (pause_rows[2], n, lambda m: bench_pause_resume(server, m, pause_rows[3], n, 256)),
+            (disk_rows[0], n, lambda m: bench_pause_to_disk(server, m, disk_rows[1], n, 0)),
+            (disk_rows[2], n, lambda m: bench_pause_to_disk(server, m, disk_rows[3], n, 256)),
+            *[
+                (row, n_heavy, lambda m, mib=mib, i=i: bench_snapshot(server, m, n_heavy, mib, reference=i == 0))
+                for i, (row, mib) in enumerate(zip(snapshot_rows, SNAPSHOT_WRITES_MIB))
+            ],
+            (from_snapshot_row, n_heavy, lambda m: bench_create_from_snapshot(server, m, n_heavy, FORK_WRITE_MIB)),
+            *[
+                (row, n_heavy, lambda m, count=count: bench_fork(server, m, n_heavy, count, FORK_WRITE_MIB))
+                for row, count in zip(fork_rows, FORK_COUNTS)
+            ],
+            (runc_row, n, lambda m: bench_runc(find_rootfs(server.templates_dir), m, n)),
+            (fork_row, n, lambda m: bench_fork_exec(m, n)),
         ]
-        for m, run in steps:
-            print(f"measuring {m.name} (n={n})...", flush=True)
+        try:
+            for m, samples, run in steps:
+                print(f"measuring {m.name} (n={samples})...", flush=True)
+                try:
+                    run(m)
+                except Exception as e:  # noqa: BLE001 - one broken measurement must not hide the others
+                    m.errors.append(f"{type(e).__name__}: {e}"[:300])
+            for idle, touched in ((pause_rows[0], pause_rows[2]), (disk_rows[0], disk_rows[2])):
+                if idle.samples and touched.samples:
+                    ratio = touched.percentile(50) / idle.percentile(50)
+                    touched.note = f"p50 {ratio:.2f}x the idle row"
+        finally:
             try:
-                run(m)
-            except Exception as e:  # noqa: BLE001 - one broken measurement must not hide the others
-                m.errors.append(f"{type(e).__name__}: {e}"[:300])
+                for line in sweep(server):
+                    extra.append(f"- note [{last.label}]: {line}")
+            except Exception as e:  # noqa: BLE001 - reported; the server's own shutdown still runs
+                extra.append(f"- note [{last.label}]: the final sweep failed: {type(e).__name__}: {e}"[:300])
 
     extra: List[str] = []
     failed: List[str] = []
@@ -593,7 +950,7 @@ def main() -> int:
 
     print()
     print(f"machine: {info['nproc']} CPUs, {info['cpu']}, {info['memory']} RAM, kernel {info['kernel']}")
-    print(f"samples per measurement: {n}")
+    print(f"samples per measurement: {n} (snapshot, create from snapshot and fork rows: {n_heavy})")
     print(render_table(results))
     for m in results:
         where = f" [{m.server}]" if m.server != "-" else ""
@@ -609,7 +966,7 @@ def main() -> int:
         print(line)
     if write:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(render_markdown(results, info, n, extra, configs, cost))
+        args.out.write_text(render_markdown(results, info, n, n_heavy, extra, configs, cost))
         print(f"\nwrote {args.out}")
     if failed:
         print(f"server(s) that did not start: {', '.join(failed)}", file=sys.stderr)
