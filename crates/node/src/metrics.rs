@@ -749,8 +749,12 @@ mod tests {
         let after = node.metrics(&a, MetricsRange::default()).await;
         assert!(after.len() > first.len(), "the tick added a sample");
         assert_eq!(after.last().map(|m| m.mem_used), Some(20 * MIB));
+        // The newest sample: the tick's, or one the background sampler took since.
         let latest = node.latest_metrics(std::slice::from_ref(&a)).await;
-        assert_eq!(latest.get(&a), after.last());
+        let newest = latest.get(&a).expect("a latest sample");
+        let tick = after.last().expect("samples");
+        assert_eq!(newest.mem_used, 20 * MIB);
+        assert!(newest.timestamp >= tick.timestamp, "{newest:?} older than {tick:?}");
 
         // Unknown sandboxes have nothing and get nothing sampled.
         let unknown = SandboxId::generate();
