@@ -28,11 +28,12 @@ impl StoreArgs {
 /// Template subcommands.
 #[derive(Subcommand)]
 pub enum TemplateCommand {
-    /// Register a root filesystem tarball (.tar, .tar.gz, .tar.zst) as a template.
+    /// Register a root filesystem tarball, a `docker save` archive or an OCI image layout tar
+    /// (each as .tar, .tar.gz or .tar.zst) as a template.
     Import {
         /// Template name (`[a-z0-9._-]`).
         name: String,
-        /// The tarball.
+        /// The archive.
         rootfs: PathBuf,
         #[command(flatten)]
         store: StoreArgs,

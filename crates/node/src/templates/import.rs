@@ -1,11 +1,20 @@
-//! Importing a root filesystem tarball as a template: `.tar`, `.tar.gz`/`.tgz` and `.tar.zst`,
-//! told apart by their magic bytes (a `docker export` of a container is a plain tar). Entries
-//! are unpacked with permissions, ownership, xattrs, symlinks and hard links preserved; an entry
-//! that would land outside the tree fails the import. Device nodes and fifos are skipped (the
-//! runtime provides `/dev`). Afterwards the `user` account is ensured ([`super::users`]).
+//! Importing a root filesystem as a template, from
+//!
+//! - a rootfs tarball: `.tar`, `.tar.gz`/`.tgz` and `.tar.zst`, told apart by their magic
+//!   bytes (a `docker export` of a container is a plain tar);
+//! - a container image: `docker save` output or an OCI image layout packed as a tar (either
+//!   possibly compressed), whose layers are applied in order onto one tree with their
+//!   whiteouts ([`image`]).
+//!
+//! Entries are unpacked with permissions, ownership, xattrs, symlinks and hard links preserved;
+//! an entry that would land outside the tree fails the import. Device nodes and fifos are
+//! skipped (the runtime provides `/dev`). Afterwards the `user` account is ensured
+//! ([`super::users`]).
 //!
 //! Importing onto an existing name — `base` included — is refused: delete the template first.
 //! Importing `base` before it was ever built is allowed and replaces the debootstrap build.
+
+pub mod image;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -70,9 +79,11 @@ pub fn detect_format(head: &[u8], file_name: &str) -> Result<ArchiveFormat, Stri
 }
 
 impl TemplateStore {
-    /// Imports a rootfs tarball as template `name`. Fails with [`TemplateError::AlreadyExists`]
-    /// if the name is taken, [`TemplateError::InvalidArchive`] for unknown formats or entries
-    /// escaping the root, and [`TemplateError::NotARootfs`] if there is no `/etc/passwd`.
+    /// Imports a rootfs tarball, `docker save` archive or OCI image layout tarball as template
+    /// `name`. Fails with [`TemplateError::AlreadyExists`] if the name is taken,
+    /// [`TemplateError::InvalidArchive`] for unknown formats, entries escaping the root, blobs
+    /// not matching their digest or images for another platform, and
+    /// [`TemplateError::NotARootfs`] if there is no `/etc/passwd`.
     pub async fn import(
         &self,
         name: &TemplateName,
@@ -107,10 +118,7 @@ impl TemplateStore {
             name: name.clone(),
             resources: Resources::default(),
             created_at: Utc::now(),
-            source: TemplateSource::Import {
-                archive,
-                format: format.as_str().into(),
-            },
+            source: TemplateSource::Import { archive, format },
         };
         let template = self.commit(build, &meta)?;
         progress(&format!(
@@ -121,14 +129,16 @@ impl TemplateStore {
     }
 }
 
-/// Unpacks `archive` into `<build>/unpack`, finds the root of the tree in it, moves it to
-/// `rootfs` and ensures the `user` account. Runs on a blocking thread.
+/// Unpacks `archive` into `<build>/unpack`; for a rootfs tarball, finds the root of the tree
+/// in it and moves it to `rootfs`, for a container image applies its layers onto `rootfs`.
+/// Then ensures the `user` account and the directories the runtime needs. Returns the format
+/// to record. Runs on a blocking thread.
 fn unpack_rootfs(
     archive: &Path,
     build: &Path,
     rootfs: &Path,
     tx: &tokio::sync::mpsc::UnboundedSender<String>,
-) -> Result<ArchiveFormat, TemplateError> {
+) -> Result<String, TemplateError> {
     let say = |line: String| {
         let _ = tx.send(line);
     };
@@ -185,17 +195,27 @@ fn unpack_rootfs(
         }
     ));
 
-    let root = find_root(&unpack_dir).map_err(TemplateError::NotARootfs)?;
-    if root != unpack_dir {
-        say(format!(
-            "using {} of the archive as the root",
-            root.strip_prefix(&unpack_dir).unwrap_or(&root).display()
-        ));
-    }
-    std::fs::rename(&root, rootfs).map_err(TemplateError::io(format!(
-        "cannot move {} into place",
-        root.display()
-    )))?;
+    let recorded = match image::detect(&unpack_dir) {
+        None => {
+            let root = find_root(&unpack_dir).map_err(TemplateError::NotARootfs)?;
+            if root != unpack_dir {
+                say(format!(
+                    "using {} of the archive as the root",
+                    root.strip_prefix(&unpack_dir).unwrap_or(&root).display()
+                ));
+            }
+            std::fs::rename(&root, rootfs).map_err(TemplateError::io(format!(
+                "cannot move {} into place",
+                root.display()
+            )))?;
+            format.as_str().to_string()
+        }
+        Some(kind) => {
+            apply_image(&unpack_dir, kind, archive, rootfs, &say)?;
+            kind.as_str().to_string()
+        }
+    };
+    remove_unpack_dir(&unpack_dir)?;
     for change in users::ensure_user(rootfs)? {
         say(change);
     }
@@ -216,7 +236,71 @@ fn unpack_rootfs(
             )?;
         }
     }
-    Ok(format)
+    Ok(recorded)
+}
+
+/// Reads the image unpacked in `unpacked` and applies its layers, bottom first, onto a new
+/// `rootfs` directory.
+fn apply_image(
+    unpacked: &Path,
+    kind: image::ImageKind,
+    archive: &Path,
+    rootfs: &Path,
+    say: &dyn Fn(String),
+) -> Result<(), TemplateError> {
+    let image = image::read_image(unpacked, kind, archive)?;
+    say(format!(
+        "{} image with {} layers",
+        kind.as_str(),
+        image.layers.len()
+    ));
+    let config = image.config.summary();
+    tracing::info!(archive = %archive.display(), "{config}");
+    say(config);
+    std::fs::create_dir(rootfs).map_err(TemplateError::io(format!(
+        "cannot create {}",
+        rootfs.display()
+    )))?;
+    std::fs::set_permissions(rootfs, std::fs::Permissions::from_mode(0o755)).map_err(
+        TemplateError::io(format!("cannot chmod {}", rootfs.display())),
+    )?;
+    let count = image.layers.len();
+    for (i, layer) in image.layers.iter().enumerate() {
+        let name = layer.digest.clone().unwrap_or_else(|| {
+            layer
+                .path
+                .strip_prefix(unpacked)
+                .unwrap_or(&layer.path)
+                .display()
+                .to_string()
+        });
+        let stats = image::apply_layer(layer, rootfs, archive)?;
+        say(format!(
+            "layer {}/{count} {name} ({}): {} entries ({} MiB), {} whiteouts{}",
+            i + 1,
+            layer.compression.as_str(),
+            stats.entries,
+            stats.bytes >> 20,
+            stats.whiteouts,
+            if stats.skipped_special > 0 {
+                format!(", skipped {} device nodes/fifos", stats.skipped_special)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// Removes what is left of the unpacked archive (image blobs, a wrapper directory).
+fn remove_unpack_dir(unpack_dir: &Path) -> Result<(), TemplateError> {
+    match std::fs::remove_dir_all(unpack_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TemplateError::Io {
+            context: format!("cannot remove {}", unpack_dir.display()),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Counters of an unpack.
@@ -315,13 +399,6 @@ fn find_root(unpacked: &Path) -> Result<PathBuf, String> {
             return Ok(only.clone());
         }
     }
-    if top.iter().any(|p| p.ends_with("manifest.json")) {
-        return Err(
-            "/etc/passwd is missing; this looks like `docker save` output (image layers), \
-                    export a container's filesystem with `docker export` instead"
-                .into(),
-        );
-    }
     Err("/etc/passwd is missing from the archive".into())
 }
 
@@ -370,10 +447,6 @@ mod tests {
         assert!(find_root(tmp.path()).is_err());
         std::fs::write(tmp.path().join("rootfs/etc/passwd"), "").expect("write");
         assert_eq!(find_root(tmp.path()), Ok(tmp.path().join("rootfs")));
-        std::fs::write(tmp.path().join("manifest.json"), "[]").expect("write");
-        assert!(find_root(tmp.path())
-            .expect_err("must fail")
-            .contains("docker save"));
     }
 
     #[test]
