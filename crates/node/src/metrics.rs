@@ -754,7 +754,10 @@ mod tests {
         let newest = latest.get(&a).expect("a latest sample");
         let tick = after.last().expect("samples");
         assert_eq!(newest.mem_used, 20 * MIB);
-        assert!(newest.timestamp >= tick.timestamp, "{newest:?} older than {tick:?}");
+        assert!(
+            newest.timestamp >= tick.timestamp,
+            "{newest:?} older than {tick:?}"
+        );
 
         // Unknown sandboxes have nothing and get nothing sampled.
         let unknown = SandboxId::generate();
