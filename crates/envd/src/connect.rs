@@ -279,6 +279,8 @@ pub struct EnvelopeReader {
     body: axum::body::BodyDataStream,
     buf: BytesMut,
     limit: usize,
+    /// The body has ended (its stream returned `None`).
+    body_ended: bool,
 }
 
 impl EnvelopeReader {
@@ -293,6 +295,7 @@ impl EnvelopeReader {
             body: body.into_data_stream(),
             buf: BytesMut::new(),
             limit,
+            body_ended: false,
         }
     }
 
@@ -335,18 +338,52 @@ impl EnvelopeReader {
                         format!("reading request: {e}"),
                     ))
                 }
-                None if self.buf.is_empty() => return Ok(None),
+                None if self.buf.is_empty() => {
+                    self.body_ended = true;
+                    return Ok(None);
+                }
                 None => {
+                    self.body_ended = true;
                     return Err(ConnectError::invalid(
                         "request body ends inside an envelope",
-                    ))
+                    ));
                 }
             }
         }
     }
+
+    /// Reads the request body to its end, which must carry no further message (an end-stream
+    /// envelope, and anything after it, is allowed).
+    ///
+    /// A server-streaming call must not answer before its request body has ended: hyper closes
+    /// a connection whose request body was dropped unread as soon as the response is done, so
+    /// a client (or the proxy) still writing the body's last chunk, e.g. a chunked body's
+    /// terminator that arrives a few ms late under load, gets a broken pipe instead of the
+    /// response. connect-go reads the body to its end before calling the handler as well.
+    pub async fn expect_end(mut self) -> Result<(), ConnectError> {
+        if self.next::<serde::de::IgnoredAny>().await?.is_some() {
+            return Err(ConnectError::invalid(
+                "a server-streaming request carries exactly one message",
+            ));
+        }
+        while !self.body_ended {
+            match self.body.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    return Err(ConnectError::new(
+                        Code::Canceled,
+                        format!("reading request: {e}"),
+                    ))
+                }
+                None => self.body_ended = true,
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Reads the one request message of a server-streaming call.
+/// Reads the one request message of a server-streaming call, and the request body to its end
+/// (see [`EnvelopeReader::expect_end`]).
 pub async fn decode_stream_request<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
@@ -361,10 +398,13 @@ pub async fn decode_stream_request<T: DeserializeOwned>(
             format!("unsupported content type {ct:?}: expected application/connect+json"),
         ));
     }
-    EnvelopeReader::with_limit(body, MAX_STREAM_REQUEST)
+    let mut reader = EnvelopeReader::with_limit(body, MAX_STREAM_REQUEST);
+    let message = reader
         .next()
         .await?
-        .ok_or_else(|| ConnectError::invalid("missing request message"))
+        .ok_or_else(|| ConnectError::invalid("missing request message"))?;
+    reader.expect_end().await?;
+    Ok(message)
 }
 
 /// Sending half of a streaming response. Dropping it without [`StreamSender::finish`] still ends
@@ -600,6 +640,51 @@ mod tests {
         let (h, body) = stream_body(0, br#"{"a":1}"#);
         let v: serde_json::Value = decode_stream_request(&h, body).await.expect("small");
         assert_eq!(v, serde_json::json!({"a":1}));
+    }
+
+    /// A body of `chunks` whose end records that it was reached.
+    fn body_noting_its_end(
+        chunks: Vec<Bytes>,
+    ) -> (Body, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ended.clone();
+        let chunks = futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+        let end = futures::stream::poll_fn(move |_| {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::task::Poll::Ready(None)
+        });
+        (Body::from_stream(chunks.chain(end)), ended)
+    }
+
+    #[tokio::test]
+    async fn stream_requests_are_read_to_the_end_of_the_body() {
+        let (h, _) = stream_body(0, b"");
+        // The message, then a separate (empty) last chunk, as a chunked body ends.
+        let (body, ended) = body_noting_its_end(vec![envelope(0, br#"{"a":1}"#), Bytes::new()]);
+        let v: serde_json::Value = decode_stream_request(&h, body).await.expect("decodes");
+        assert_eq!(v, serde_json::json!({"a":1}));
+        assert!(
+            ended.load(std::sync::atomic::Ordering::SeqCst),
+            "the request body was left unread"
+        );
+
+        // An end-stream envelope may follow, and bytes after it are drained.
+        let (body, ended) = body_noting_its_end(vec![
+            envelope(0, br#"{"a":2}"#),
+            envelope(END_STREAM_FLAG, b"{}"),
+            Bytes::from_static(b"trailing"),
+        ]);
+        let v: serde_json::Value = decode_stream_request(&h, body).await.expect("decodes");
+        assert_eq!(v, serde_json::json!({"a":2}));
+        assert!(ended.load(std::sync::atomic::Ordering::SeqCst));
+
+        // A second message is refused.
+        let (body, _) =
+            body_noting_its_end(vec![envelope(0, br#"{"a":1}"#), envelope(0, br#"{"a":2}"#)]);
+        let err = decode_stream_request::<serde_json::Value>(&h, body)
+            .await
+            .expect_err("two messages");
+        assert_eq!(err.code, Code::InvalidArgument);
     }
 
     #[tokio::test]
