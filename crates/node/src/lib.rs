@@ -69,6 +69,19 @@ pub enum PauseMode {
     Disk,
 }
 
+/// A template as listings show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSummary {
+    /// Name.
+    pub name: TemplateName,
+    /// Default limits of its sandboxes.
+    pub resources: Resources,
+    /// When it was registered.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Its layers' ids, top first (they identify its content).
+    pub layer_ids: Vec<String>,
+}
+
 /// A snapshot a node made of a sandbox's files.
 #[derive(Debug, Clone)]
 pub struct SnapshotMade {
@@ -221,6 +234,11 @@ pub trait Node: Send + Sync + 'static {
     ) -> Result<SnapshotMade, NodeError> {
         let _ = (id, name);
         Err(NodeError::Unsupported("snapshots"))
+    }
+
+    /// Every template of the node, sorted by name. Default: none.
+    async fn list_templates(&self) -> Result<Vec<TemplateSummary>, NodeError> {
+        Ok(Vec::new())
     }
 
     /// Deletes a template; its layers stay as long as sandboxes run on them. `false` if it

@@ -921,6 +921,29 @@ impl Node for LocalNode {
         made
     }
 
+    async fn list_templates(&self) -> Result<Vec<crate::TemplateSummary>, NodeError> {
+        let store = self.templates.clone();
+        let listed = tokio::task::spawn_blocking(move || store.list())
+            .await
+            .map_err(|e| NodeError::Io {
+                context: "template list task failed".into(),
+                source: std::io::Error::other(e),
+            })??;
+        Ok(listed
+            .into_iter()
+            .map(|t| crate::TemplateSummary {
+                layer_ids: t
+                    .layers
+                    .iter()
+                    .filter_map(|l| l.file_name().and_then(|n| n.to_str()).map(str::to_string))
+                    .collect(),
+                name: t.name,
+                resources: t.resources,
+                created_at: t.created_at,
+            })
+            .collect())
+    }
+
     async fn delete_template(&self, name: &TemplateName) -> Result<bool, NodeError> {
         let store = self.templates.clone();
         let target = name.clone();

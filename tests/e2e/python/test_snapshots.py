@@ -217,3 +217,26 @@ def test_fork_errors(new_sandbox, api, auth):
     kid = one["sandbox"]
     assert kid["templateID"] == "base" and kid["envdAccessToken"]
     requests.delete(f"{api}/sandboxes/{kid['sandboxID']}", headers=auth, timeout=30)
+
+
+def test_templates_are_listed_and_checked_like_e2b(new_sandbox, api, auth):
+    from e2b import Template
+
+    assert Template.exists("base") is True
+    assert Template.exists(f"no-such-template-{secrets.token_hex(3)}") is False
+    sbx = new_sandbox(timeout=120)
+    name = f"listed-{secrets.token_hex(3)}"
+    snap = sbx.create_snapshot(name=name)
+    try:
+        assert Template.exists(name) is True
+        r = requests.get(f"{api}/templates", headers=auth, timeout=10)
+        assert r.status_code == 200, r.text
+        by_id = {t["templateID"]: t for t in r.json()}
+        assert by_id["base"]["public"] is True and by_id["base"]["spawnCount"] >= 1
+        assert by_id[name]["public"] is False
+        assert not any(t.startswith("fork-") for t in by_id), "forks' private templates are not listed"
+        r = requests.get(f"{api}/templates/{name}", headers=auth, timeout=10)
+        assert r.status_code == 200 and r.json()["builds"][0]["status"] == "ready", r.text
+    finally:
+        assert Sandbox.delete_snapshot(snap.snapshot_id) is True
+    assert Template.exists(name) is False

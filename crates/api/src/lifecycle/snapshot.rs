@@ -162,9 +162,11 @@ impl Core {
         let parent = self.visible(team, id).await?;
         // Unguessable (96 random bits) and gone within milliseconds: no other team can start
         // a sandbox from it in between.
-        let private =
-            TemplateName::parse(&format!("fork-{}", hex::encode(rand::random::<[u8; 12]>())))
-                .map_err(|e| Error::Invalid(e.to_string()))?;
+        let private = TemplateName::parse(&format!(
+            "{FORK_PREFIX}{}",
+            hex::encode(rand::random::<[u8; 12]>())
+        ))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
         let started = std::time::Instant::now();
         let made = {
             let lock = self.pause_locks.get(id);
@@ -220,6 +222,16 @@ impl Core {
         );
         Ok(results)
     }
+}
+
+/// Prefix of a fork's private template (`fork-` + 24 random hex digits).
+const FORK_PREFIX: &str = "fork-";
+
+/// Whether `name` is a fork's short-lived private template (never listed).
+pub fn is_fork_template(name: &TemplateName) -> bool {
+    name.as_str()
+        .strip_prefix(FORK_PREFIX)
+        .is_some_and(|h| h.len() == 24 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// The id clients use for a snapshot (`<name>:default`).

@@ -21,6 +21,7 @@ mod network;
 mod pause;
 pub(crate) mod query;
 mod snapshots;
+mod templates;
 mod timeout;
 
 /// Builds the REST API router over `state`.
@@ -55,8 +56,12 @@ pub fn router(state: AppState) -> Router {
         .route("/snapshots", get(snapshots::list))
         .route(
             "/templates/{template_id}",
-            axum::routing::delete(snapshots::delete_template),
+            get(templates::get).delete(snapshots::delete_template),
         )
+        .route("/templates", get(templates::list))
+        .route("/v2/templates", get(templates::list))
+        .route("/default-templates", get(templates::list))
+        .route("/templates/aliases/{alias}", get(templates::alias))
         .route("/events/sandboxes", get(events::team_events))
         .route(
             "/events/sandboxes/{sandbox_id}",

@@ -308,6 +308,17 @@ pub trait Store: Send + Sync + 'static {
         Ok(SandboxLifecycle::default())
     }
 
+    /// How many of the team's sandbox records (kept for a week after they stop) were started
+    /// from each template, and when the last one was: `name → (count, last start)`. Default:
+    /// none.
+    async fn template_usage(
+        &self,
+        team: &TeamId,
+    ) -> Result<std::collections::HashMap<TemplateName, (u64, DateTime<Utc>)>, StoreError> {
+        let _ = team;
+        Ok(std::collections::HashMap::new())
+    }
+
     /// Records a snapshot; `false` if a snapshot of that name exists. Default: unsupported.
     async fn insert_snapshot(&self, rec: &SnapshotRecord) -> Result<bool, StoreError> {
         let _ = rec;

@@ -656,6 +656,38 @@ impl Store for SqliteStore {
         self.with_conn(move |conn| logs::read(conn, &id)).await
     }
 
+    async fn template_usage(
+        &self,
+        team: &TeamId,
+    ) -> Result<std::collections::HashMap<TemplateName, (u64, DateTime<Utc>)>, StoreError> {
+        let team = team.as_str().to_string();
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT template, COUNT(*), MAX(started_at) FROM sandboxes WHERE team_id = ?1 \
+                 GROUP BY template",
+            )?;
+            let rows = stmt.query_map([team], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            let mut out = std::collections::HashMap::new();
+            for row in rows {
+                let (raw, count, last) = row?;
+                // Records name templates as they were created; skip any that no longer parse.
+                let Ok(name) = TemplateName::parse(&raw) else {
+                    continue;
+                };
+                let last = from_ms(last, "sandboxes.started_at")?;
+                out.insert(name, (u64::try_from(count).unwrap_or(0), last));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn insert_snapshot(&self, rec: &super::SnapshotRecord) -> Result<bool, StoreError> {
         let rec = rec.clone();
         self.with_conn(move |conn| snapshots::insert(conn, &rec))

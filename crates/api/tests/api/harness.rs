@@ -140,6 +140,18 @@ impl Node for FakeNode {
             }))
     }
 
+    async fn list_templates(&self) -> Result<Vec<paddock_node::TemplateSummary>, NodeError> {
+        Ok(["base", "broken", "busy", "fragile", "slow"]
+            .iter()
+            .map(|n| paddock_node::TemplateSummary {
+                name: TemplateName::parse(n).expect("name"),
+                resources: Resources::default(),
+                created_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time"),
+                layer_ids: vec![format!("{:0>24}", n.len())],
+            })
+            .collect())
+    }
+
     async fn live(&self) -> Vec<SandboxId> {
         self.live.lock().expect("lock").iter().cloned().collect()
     }

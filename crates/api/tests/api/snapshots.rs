@@ -204,3 +204,91 @@ async fn requests_are_validated_and_the_fake_node_says_it_cannot() {
         "not found",
     );
 }
+
+#[tokio::test]
+async fn templates_are_listed_with_the_teams_own_snapshots_only() {
+    let h = start().await;
+    let other = other_team(&h).await;
+    let mine = h
+        .control
+        .store()
+        .ensure_team("default")
+        .await
+        .expect("team");
+    record(&h, &other, "busy").await;
+    record(&h, &mine, "slow").await;
+    h.create(json!({"templateID": "base"})).await;
+    h.create(json!({"templateID": "base"})).await;
+
+    let r = h.get("/templates").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let list = r.body.as_array().expect("list");
+    let names: Vec<&str> = list
+        .iter()
+        .map(|t| t["templateID"].as_str().expect("id"))
+        .collect();
+    assert_eq!(
+        names,
+        ["base", "broken", "fragile", "slow"],
+        "busy is another team's"
+    );
+    let base = &list[0];
+    for key in [
+        "templateID",
+        "buildID",
+        "cpuCount",
+        "memoryMB",
+        "diskSizeMB",
+        "public",
+        "aliases",
+        "names",
+        "createdAt",
+        "updatedAt",
+        "createdBy",
+        "lastSpawnedAt",
+        "spawnCount",
+        "buildCount",
+        "envdVersion",
+        "buildStatus",
+    ] {
+        assert!(base.get(key).is_some(), "{key} missing in {base}");
+    }
+    assert_eq!(base["public"], true);
+    assert_eq!(base["spawnCount"], 2);
+    assert!(base["lastSpawnedAt"].is_string());
+    assert_eq!(base["buildStatus"], "ready");
+    assert_eq!(base["buildID"].as_str().expect("uuid").len(), 36);
+    assert_eq!(list[1]["spawnCount"], 0);
+    assert_eq!(list[1]["lastSpawnedAt"], Value::Null);
+    assert_eq!(list[3]["public"], false, "own snapshot");
+    assert_eq!(h.get("/v2/templates").await.body, r.body);
+
+    let r = h.get("/templates/base").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["builds"][0]["buildID"], base["buildID"]);
+    assert_error(
+        &h.get("/templates/busy").await,
+        StatusCode::NOT_FOUND,
+        "not found",
+    );
+    assert_error(
+        &h.get("/templates/nothing").await,
+        StatusCode::NOT_FOUND,
+        "not found",
+    );
+
+    let r = h.get("/templates/aliases/base").await;
+    assert_eq!(r.body, json!({"templateID": "base", "public": true}));
+    let r = h.get("/templates/aliases/slow").await;
+    assert_eq!(r.body, json!({"templateID": "slow", "public": false}));
+    assert_error(
+        &h.get("/templates/aliases/busy").await,
+        StatusCode::FORBIDDEN,
+        "another team",
+    );
+    assert_error(
+        &h.get("/templates/aliases/nothing").await,
+        StatusCode::NOT_FOUND,
+        "not found",
+    );
+}
