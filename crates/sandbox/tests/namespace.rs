@@ -333,6 +333,8 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     driver.kill(&id, &spec.state_dir).await.expect("kill twice");
+    // The pool's ready disks are mounted in the temporary directory: give them back.
+    driver.release().await;
 }
 
 #[tokio::test]
@@ -365,6 +367,8 @@ async fn exit_of_envd_is_reported_but_kill_is_not() {
     assert!(!alive(pid));
     driver.kill(&id, &spec.state_dir).await.expect("cleanup");
     assert!(!spec.state_dir.exists());
+    // The pool's ready disks are mounted in the temporary directory: give them back.
+    driver.release().await;
 }
 
 #[tokio::test]
@@ -390,6 +394,8 @@ async fn failed_create_reports_the_log_and_leaves_nothing() {
     bad.layers = vec![states.path().join("missing")];
     assert!(driver.create(bad).await.is_err());
     assert!(!spec.state_dir.exists());
+    // The pool's ready disks are mounted in the temporary directory: give them back.
+    driver.release().await;
 }
 
 #[tokio::test]
@@ -465,6 +471,8 @@ async fn adopt_after_restart_and_reap_orphans() {
         .await
         .expect("adopt")
         .is_none());
+    // The pool's ready disks are mounted in the temporary directory: give them back.
+    second.release().await;
 }
 
 /// A `Name:\tvalue` line of `/proc/<pid>/status`.
@@ -558,6 +566,8 @@ async fn sandbox_root_is_confined() {
 
     driver.kill(&id, &spec.state_dir).await.expect("kill");
     assert!(!alive(pid));
+    // The pool's ready disks are mounted in the temporary directory: give them back.
+    driver.release().await;
 }
 
 #[tokio::test]
@@ -606,6 +616,8 @@ async fn template_symlinks_cannot_redirect_setup_to_the_host() {
             assert!(!d.exists(), "{} left behind", d.display());
         }
     }
+    // The pool's ready disks are mounted in the temporary directory: give them back.
+    driver.release().await;
 }
 
 #[tokio::test]
@@ -654,6 +666,8 @@ async fn pause_freezes_the_sandbox_and_a_paused_sandbox_can_be_killed() {
     for d in &dirs {
         assert!(!d.exists(), "{} left behind", d.display());
     }
+    // The pool's ready disks are mounted in the temporary directory: give them back.
+    driver.release().await;
 }
 
 /// A layer over the fixture's rootfs: adds `/etc/layer` and hides `/bin/mknod` with an overlay
@@ -724,4 +738,6 @@ async fn layers_stack_and_stop_keeps_the_writable_layer() {
     // Reusing a disk that is not there fails cleanly.
     assert!(driver.create(spec.clone()).await.is_err());
     assert!(!spec.state_dir.exists());
+    // The pool's ready disks are mounted in the temporary directory: give them back.
+    driver.release().await;
 }

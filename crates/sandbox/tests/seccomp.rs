@@ -418,4 +418,6 @@ async fn processes_in_a_sandbox_run_under_the_filter() {
     expect("pipeline", "piped");
     expect("background", "ok");
     expect("date_read", "ok");
+    // The pool's ready disks are mounted in the temporary directory: give them back.
+    driver.release().await;
 }
