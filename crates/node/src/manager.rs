@@ -479,7 +479,6 @@ impl LocalNode {
         &self,
         id: &SandboxId,
         name: &TemplateName,
-        source: TemplateSource,
     ) -> Result<SnapshotMade, NodeError> {
         let was_paused = match self.table().live.get(id) {
             Some(live) => live.paused,
@@ -491,6 +490,10 @@ impl LocalNode {
                 "snapshots of sandboxes started before this version of Paddock",
             ));
         }
+        let source = TemplateSource::Snapshot {
+            sandbox_id: id.to_string(),
+            parent: meta.template.clone(),
+        };
         if !was_paused {
             self.runtime.pause(id).await?;
         }
@@ -900,10 +903,6 @@ impl Node for LocalNode {
         id: &SandboxId,
         name: &TemplateName,
     ) -> Result<SnapshotMade, NodeError> {
-        let source = TemplateSource::Snapshot {
-            sandbox_id: id.to_string(),
-            parent: self.read_meta(id)?.template,
-        };
         // A sandbox paused to disk has no mounted disk to copy from: it is started, frozen
         // for the copy and paused to disk again.
         let on_disk = self.table().on_disk.contains(id);
@@ -912,7 +911,7 @@ impl Node for LocalNode {
             self.runtime.pause(id).await?;
             self.set_paused_flag(id, true);
         }
-        let made = self.snapshot_live(id, name, source).await;
+        let made = self.snapshot_live(id, name).await;
         if on_disk {
             if let Err(e) = self.persist(id).await {
                 tracing::error!(sandbox_id = %id, error = %e, "pausing to disk again after a snapshot failed");

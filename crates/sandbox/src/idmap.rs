@@ -9,14 +9,13 @@
 //! beside the tree (`.<tree name>.idmap`, see [`marker_path`]) records the range it was shifted
 //! to.
 
-use std::ffi::CString;
+use crate::xattr::{get_xattr, set_xattr};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 /// File capabilities xattr (cleared by the kernel on chown, so it is re-written).
-const CAP_XATTR: &str = "security.capability";
+const CAP_XATTR: &std::ffi::CStr = c"security.capability";
 /// `VFS_CAP_REVISION_2` / `_3` and the effective flag (linux/capability.h).
 const VFS_CAP_REVISION_MASK: u32 = 0xFF00_0000;
 const VFS_CAP_REVISION_2: u32 = 0x0200_0000;
@@ -181,51 +180,6 @@ pub fn marker_path(root: &Path) -> Option<std::path::PathBuf> {
 
 fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
-}
-
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-}
-
-/// `lgetxattr`; `None` when the attribute is absent or the file system has no xattrs.
-fn get_xattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
-    let p = c_path(path)?;
-    let n = CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut buf = vec![0u8; 64];
-    // SAFETY: `p` and `n` are NUL-terminated strings that outlive the call, and `buf` is a
-    // writable buffer of the length passed.
-    let len =
-        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if len < 0 {
-        let err = io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
-            _ => Err(err),
-        };
-    }
-    buf.truncate(len as usize);
-    Ok(Some(buf))
-}
-
-fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let p = c_path(path)?;
-    let n = CString::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: `p` and `n` are NUL-terminated strings and `value` a readable buffer of the
-    // length passed; all outlive the call.
-    let rc = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

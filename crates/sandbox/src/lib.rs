@@ -18,6 +18,7 @@ use paddock_domain::{Resources, SandboxId};
 
 pub mod idmap;
 pub mod namespace;
+pub mod xattr;
 
 /// Where envd's run directory is mounted inside every sandbox.
 pub const SANDBOX_RUN_DIR: &str = "/run/paddock";

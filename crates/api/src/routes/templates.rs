@@ -162,6 +162,15 @@ async fn visible_templates(
     team: &TeamId,
 ) -> Result<Vec<(TemplateSummary, TemplateView)>, ApiError> {
     let templates = state.core.node.list_templates().await.map_err(internal)?;
+    with_views(state, team, templates).await
+}
+
+/// The views of those of `templates` the team can see.
+async fn with_views(
+    state: &AppState,
+    team: &TeamId,
+    templates: Vec<TemplateSummary>,
+) -> Result<Vec<(TemplateSummary, TemplateView)>, ApiError> {
     let usage = state
         .core
         .store
@@ -199,10 +208,17 @@ async fn find(
     let Ok(name) = TemplateName::parse(bare) else {
         return Ok(None);
     };
-    Ok(visible_templates(state, team)
-        .await?
+    // Only the template asked for is checked and counted.
+    let one: Vec<TemplateSummary> = state
+        .core
+        .node
+        .list_templates()
+        .await
+        .map_err(internal)?
         .into_iter()
-        .find(|(t, _)| t.name == name))
+        .filter(|t| t.name == name)
+        .collect();
+    Ok(with_views(state, team, one).await?.pop())
 }
 
 pub(super) async fn get(

@@ -26,11 +26,12 @@
 //! copied up to the size it had when it was opened.
 
 use std::collections::HashMap;
-use std::ffi::{CStr, CString, OsStr, OsString};
+use std::ffi::{OsStr, OsString};
+
+use paddock_sandbox::xattr::{get_xattr, list_xattrs, set_xattr};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -523,109 +524,10 @@ fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-}
-
-/// The names of the extended attributes of `path` itself (`llistxattr`); none when the file
-/// system has no xattrs.
-pub(crate) fn list_xattrs(path: &Path) -> io::Result<Vec<CString>> {
-    let p = c_path(path)?;
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        // SAFETY: `p` is a NUL-terminated string that outlives the call; a null buffer with
-        // size 0 only asks for the size of the list.
-        let needed = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
-        if needed < 0 {
-            return match Errno::last() {
-                Errno::ENOTSUP => Ok(Vec::new()),
-                e => Err(e.into()),
-            };
-        }
-        if needed == 0 {
-            return Ok(Vec::new());
-        }
-        buf.resize(needed as usize, 0);
-        // SAFETY: `p` is NUL-terminated and `buf` is a writable buffer of the length passed;
-        // both outlive the call.
-        let len = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if len < 0 {
-            match Errno::last() {
-                // The list grew between the two calls.
-                Errno::ERANGE => continue,
-                e => return Err(e.into()),
-            }
-        }
-        buf.truncate(len as usize);
-        return Ok(buf
-            .split(|&b| b == 0)
-            .filter(|name| !name.is_empty())
-            .filter_map(|name| CString::new(name).ok())
-            .collect());
-    }
-}
-
-/// The value of xattr `name` of `path` itself (`lgetxattr`); `None` if it is absent.
-pub(crate) fn get_xattr(path: &Path, name: &CStr) -> io::Result<Option<Vec<u8>>> {
-    let p = c_path(path)?;
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        // SAFETY: `p` and `name` are NUL-terminated strings that outlive the call; a null
-        // buffer with size 0 only asks for the size of the value.
-        let needed = unsafe { libc::lgetxattr(p.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
-        if needed < 0 {
-            return match Errno::last() {
-                Errno::ENODATA => Ok(None),
-                e => Err(e.into()),
-            };
-        }
-        buf.resize(needed as usize, 0);
-        // SAFETY: `p` and `name` are NUL-terminated and `buf` is a writable buffer of the
-        // length passed; all outlive the call.
-        let len = unsafe {
-            libc::lgetxattr(
-                p.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if len < 0 {
-            match Errno::last() {
-                Errno::ERANGE => continue,
-                Errno::ENODATA => return Ok(None),
-                e => return Err(e.into()),
-            }
-        }
-        buf.truncate(len as usize);
-        return Ok(Some(buf));
-    }
-}
-
-/// Sets xattr `name` of `path` itself (`lsetxattr`).
-pub(crate) fn set_xattr(path: &Path, name: &CStr, value: &[u8]) -> io::Result<()> {
-    let p = c_path(path)?;
-    // SAFETY: `p` and `name` are NUL-terminated strings and `value` a readable buffer of the
-    // length passed; all outlive the call.
-    let rc = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CString;
     use std::io::{Seek, SeekFrom, Write};
 
     fn xattr_name(s: &str) -> CString {

@@ -311,6 +311,18 @@ struct UnpackStats {
     skipped_special: u64,
 }
 
+/// A tar reader set up to keep everything a root filesystem needs: permissions, owners,
+/// times and xattrs, overwriting what is there.
+fn rootfs_archive<R: Read>(reader: R) -> tar::Archive<R> {
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(true);
+    archive.set_overwrite(true);
+    archive
+}
+
 /// Unpacks every entry below `dst`, directories last (so read-only directories do not block
 /// their children). Any entry that would land outside `dst` fails the whole unpack.
 fn unpack_entries(
@@ -318,12 +330,7 @@ fn unpack_entries(
     archive_path: &Path,
     dst: &Path,
 ) -> Result<UnpackStats, TemplateError> {
-    let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(true);
-    archive.set_overwrite(true);
+    let mut archive = rootfs_archive(reader);
     let invalid = |reason: String| TemplateError::InvalidArchive {
         path: archive_path.to_path_buf(),
         reason,

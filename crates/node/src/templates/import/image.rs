@@ -679,12 +679,7 @@ fn apply_entries(
     rootfs: &Path,
     archive_path: &Path,
 ) -> Result<LayerStats, TemplateError> {
-    let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(true);
-    archive.set_overwrite(true);
+    let mut archive = super::rootfs_archive(reader);
     let invalid = |reason: String| TemplateError::InvalidArchive {
         path: archive_path.to_path_buf(),
         reason,
