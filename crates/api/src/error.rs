@@ -111,9 +111,9 @@ impl From<LifecycleError> for ApiError {
     fn from(err: LifecycleError) -> Self {
         match err {
             LifecycleError::Invalid(msg) => ApiError::BadRequest(msg),
-            e @ (LifecycleError::TemplateNotFound(_) | LifecycleError::SandboxNotFound(_)) => {
-                ApiError::NotFound(e.to_string())
-            }
+            e @ (LifecycleError::TemplateNotFound(_)
+            | LifecycleError::SandboxNotFound(_)
+            | LifecycleError::BuildNotFound(_)) => ApiError::NotFound(e.to_string()),
             e @ LifecycleError::NotImplemented(_) => ApiError::NotImplemented(e.to_string()),
             LifecycleError::Busy(msg) => {
                 ApiError::Unavailable(format!("node is at capacity: {msg}"))

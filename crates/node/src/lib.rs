@@ -12,10 +12,13 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use paddock_domain::{Resources, SandboxId, TemplateName};
 
+pub mod build;
 pub mod doctor;
+pub mod envd_client;
 pub mod logs;
 pub mod manager;
 pub mod metrics;
+mod start;
 pub mod templates;
 
 pub use manager::{LocalNode, NodeConfig};
@@ -37,6 +40,9 @@ pub struct CreateRequest {
     pub resources: Option<Resources>,
     /// Egress policy (ignored when the node runs without networking).
     pub network: EgressPolicy,
+    /// Run the template's start command and wait for its ready check before answering
+    /// (every user sandbox; the builder's step sandboxes do not).
+    pub start_cmd: bool,
 }
 
 /// A sandbox the node has started.
@@ -119,6 +125,9 @@ pub enum NodeError {
     /// The runtime failed.
     #[error(transparent)]
     Runtime(#[from] paddock_sandbox::RuntimeError),
+    /// The template's start command did not start or its ready check did not pass.
+    #[error("the template's start command failed: {0}")]
+    StartCmd(String),
     /// envd did not accept initialisation.
     #[error("envd initialisation failed: {0}")]
     Envd(String),
@@ -253,6 +262,20 @@ pub trait Node: Send + Sync + 'static {
     fn env_vars(&self, id: &SandboxId) -> HashMap<String, String> {
         let _ = id;
         HashMap::new()
+    }
+
+    /// Builds a template from a recipe on this node and publishes it (see [`build`]); log
+    /// lines go to `logs` in order. Default: unsupported.
+    async fn build(
+        &self,
+        req: build::BuildRequest,
+        logs: build::LogSink,
+    ) -> Result<build::Built, build::BuildError> {
+        let _ = (req, logs);
+        Err(build::BuildError {
+            step: paddock_template::BASE_STEP.into(),
+            message: "this node cannot build templates".into(),
+        })
     }
 
     /// The egress policy sandbox `id` runs with (`None` if unknown). Default: unknown.

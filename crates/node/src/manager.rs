@@ -55,6 +55,9 @@ struct SandboxMeta {
     /// Its egress policy, applied again when it starts from disk.
     #[serde(default)]
     network: EgressPolicy,
+    /// Its template's start state (user, workdir, env, start and ready commands).
+    #[serde(default)]
+    config: crate::templates::TemplateConfig,
 }
 
 /// Marker file in a state directory: the sandbox is paused to disk (its processes are gone,
@@ -419,10 +422,51 @@ impl LocalNode {
             );
         }
         drop(reservation);
+        // Its processes start afresh, so the template's start command does too.
+        let token = self.boot_config(id).and_then(|b| b.access_token);
+        if let Some(token) = token {
+            if let Err(e) = self.run_start_cmd(id, &meta.config, &token).await {
+                tracing::warn!(sandbox_id = %id, error = %e, "the template's start command failed after a start from disk");
+            }
+        }
         tracing::info!(
             sandbox_id = %id,
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "sandbox started again from disk"
+        );
+        Ok(())
+    }
+
+    /// The boot configuration envd of sandbox `id` was given (`None` if unreadable).
+    fn boot_config(&self, id: &SandboxId) -> Option<BootConfig> {
+        let path = self.state_dir(id).join("run").join("config.json");
+        std::fs::read(&path)
+            .ok()
+            .and_then(|raw| serde_json::from_slice::<BootConfig>(&raw).ok())
+    }
+
+    /// Runs a built template's start command in live sandbox `id` and waits for its ready
+    /// check ([`crate::start`]); nothing to do for templates without them.
+    async fn run_start_cmd(
+        &self,
+        id: &SandboxId,
+        config: &crate::templates::TemplateConfig,
+        token: &str,
+    ) -> Result<(), String> {
+        if config.start_cmd.is_none() && config.ready_cmd.is_none() {
+            return Ok(());
+        }
+        let socket = match self.table().live.get(id) {
+            Some(l) => l.handle.envd_socket.clone(),
+            None => return Err("the sandbox stopped".into()),
+        };
+        let started = std::time::Instant::now();
+        let envd = crate::envd_client::EnvdClient::new(socket, Some(token.to_string()));
+        crate::start::start_and_wait(&envd, config, crate::start::READY_TIMEOUT).await?;
+        tracing::info!(
+            sandbox_id = %id,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "start command running, ready check passed"
         );
         Ok(())
     }
@@ -504,6 +548,7 @@ impl LocalNode {
             resources: meta.resources,
             created_at: chrono::Utc::now(),
             source: source.clone(),
+            config: meta.config.clone(),
         };
         let upper = self.state_dir(id).join("disk").join("upper");
         let store = self.templates.clone();
@@ -615,13 +660,16 @@ impl LocalNode {
         })?;
         write_private(&dir.join("node.json"), &meta_json)
             .map_err(io("writing node.json".into()))?;
+        // The template's environment, then the create's own (which wins).
+        let mut env_vars: HashMap<String, String> = meta.config.env.iter().cloned().collect();
+        env_vars.extend(req.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
         let boot = BootConfig {
             access_token: Some(req.access_token.clone()),
-            env_vars: req.env_vars.clone(),
+            env_vars,
             sandbox_id: req.id.to_string(),
             template_id: req.template.to_string(),
-            default_user: Some("user".into()),
-            default_workdir: None,
+            default_user: Some(meta.config.user.clone().unwrap_or_else(|| "user".into())),
+            default_workdir: meta.config.workdir.clone(),
         };
         let boot_json = serde_json::to_vec(&boot).map_err(|e| NodeError::Io {
             context: "encoding envd config".into(),
@@ -659,6 +707,7 @@ impl Node for LocalNode {
             resources: req.resources.unwrap_or(template.resources),
             layers: template.layers.clone(),
             network: req.network.clone(),
+            config: template.config.clone(),
         };
         let state_dir = match self.prepare_state_dir(&req, &meta) {
             Ok(d) => d,
@@ -733,6 +782,21 @@ impl Node for LocalNode {
                 id: req.id,
                 message: "envd exited right after it was ready".into(),
             }));
+        }
+        if req.start_cmd {
+            if let Err(e) = self
+                .run_start_cmd(&req.id, &meta.config, &req.access_token)
+                .await
+            {
+                tracing::warn!(sandbox_id = %req.id, error = %e, "the template's start command failed");
+                self.table_mut().live.remove(&req.id);
+                if let Err(e) = self.runtime.kill(&req.id, &self.state_dir(&req.id)).await {
+                    tracing::error!(sandbox_id = %req.id, error = %e, "cleaning up after a failed start command");
+                }
+                self.release_network(&req.id).await;
+                self.forget(&req.id).await;
+                return Err(NodeError::StartCmd(e));
+            }
         }
         tracing::info!(sandbox_id = %req.id, template = %req.template, pid, "sandbox running");
         Ok(NodeSandbox {
@@ -960,12 +1024,17 @@ impl Node for LocalNode {
     }
 
     fn env_vars(&self, id: &SandboxId) -> HashMap<String, String> {
-        let path = self.state_dir(id).join("run").join("config.json");
-        std::fs::read(&path)
-            .ok()
-            .and_then(|raw| serde_json::from_slice::<BootConfig>(&raw).ok())
+        self.boot_config(id)
             .map(|boot| boot.env_vars)
             .unwrap_or_default()
+    }
+
+    async fn build(
+        &self,
+        req: crate::build::BuildRequest,
+        logs: crate::build::LogSink,
+    ) -> Result<crate::build::Built, crate::build::BuildError> {
+        crate::build::run::build(self, req, logs).await
     }
 
     async fn shutdown(&self) {

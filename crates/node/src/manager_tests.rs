@@ -128,6 +128,7 @@ fn node(rt: &Arc<GatedRuntime>, max: usize) -> (tempfile::TempDir, Arc<LocalNode
             archive: "/base.tar".into(),
             format: "tar".into(),
         },
+        config: Default::default(),
     };
     std::fs::write(
         template.join("template.json"),
@@ -154,6 +155,7 @@ fn request(id: &SandboxId) -> CreateRequest {
         access_token: "token".into(),
         resources: None,
         network: Default::default(),
+        start_cmd: true,
     }
 }
 

@@ -701,6 +701,7 @@ mod tests {
                 archive: "/base.tar".into(),
                 format: "tar".into(),
             },
+            config: Default::default(),
         };
         std::fs::write(
             template.join("template.json"),
@@ -733,6 +734,7 @@ mod tests {
             access_token: "t".into(),
             resources: None,
             network: Default::default(),
+            start_cmd: true,
         };
         node.create(req).await.expect("create");
 

@@ -182,6 +182,7 @@ fn old_layout_template(root: &Path, template: &str) -> PathBuf {
             archive: "/old.tar".into(),
             format: "tar".into(),
         },
+        config: Default::default(),
     };
     std::fs::write(
         dir.join("template.json"),

@@ -16,6 +16,10 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use paddock_domain::{Resources, SandboxId};
 
+/// Most layers one overlay stacks: the mount options (one page, 4096 bytes) must hold every
+/// layer's path (about 55 bytes each in the template store) besides `upperdir` and `workdir`.
+pub const MAX_LAYERS: usize = 60;
+
 pub mod idmap;
 pub mod namespace;
 pub mod xattr;

@@ -87,11 +87,16 @@ impl Core {
         }
         let template = TemplateName::parse(&spec.template)
             .map_err(|_| Error::TemplateNotFound(spec.template.clone()))?;
-        // Snapshots are their team's: another team sees no such template.
-        if let Some(snap) = self.store.snapshot(&template).await? {
-            if &snap.team_id != team {
-                return Err(Error::TemplateNotFound(spec.template.clone()));
+        // Snapshots and built templates are their team's: another team sees no such template;
+        // hidden templates (build layers, base images, forks) are nobody's to start from.
+        match self.template_owner(&template).await? {
+            super::build::Owner::Hidden => {
+                return Err(Error::TemplateNotFound(spec.template.clone()))
             }
+            owner if owner.team().is_some_and(|t| t != team) => {
+                return Err(Error::TemplateNotFound(spec.template.clone()))
+            }
+            _ => {}
         }
         let info = self
             .node
@@ -156,6 +161,7 @@ impl Core {
             access_token: record.access_token.clone(),
             resources: None,
             network: egress,
+            start_cmd: true,
         };
         let lifecycle = crate::store::SandboxLifecycle {
             auto_pause: spec.auto_pause,

@@ -19,6 +19,8 @@ use crate::store::{SandboxRecord, Store, StoreError, TeamId};
 use crate::ApiConfig;
 
 pub(crate) mod background;
+pub(crate) mod build;
+pub(crate) mod build_files;
 pub(crate) mod cleanup;
 pub(crate) mod connect;
 pub(crate) mod create;
@@ -43,6 +45,9 @@ pub enum Error {
     /// No such template.
     #[error("template '{0}' not found")]
     TemplateNotFound(String),
+    /// No such template build for this team.
+    #[error("build '{0}' not found")]
+    BuildNotFound(String),
     /// No such sandbox for this team (or it is no longer running).
     #[error("sandbox '{0}' not found")]
     SandboxNotFound(String),
@@ -85,6 +90,15 @@ pub enum Error {
     /// The store failed.
     #[error("store request failed")]
     Store(#[from] StoreError),
+    /// A file of the control plane could not be read or written.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A detached lifecycle task panicked.
     #[error("lifecycle task failed")]
     Task(#[from] tokio::task::JoinError),
@@ -118,6 +132,8 @@ pub(crate) struct Core {
     pub(crate) pause_locks: pause::PauseLocks,
     /// Lifecycle events: recorded, streamed, delivered to webhooks.
     pub(crate) events: Arc<crate::events::Events>,
+    /// Template builds: the lock over template ownership, the upload-link key.
+    pub(crate) builds: build::Builds,
 }
 
 impl Core {
@@ -134,6 +150,7 @@ impl Core {
             cleanups: cleanup::Retries::default(),
             idempotency_locks: Mutex::new(HashMap::new()),
             pause_locks: pause::PauseLocks::default(),
+            builds: build::Builds::default(),
         }
     }
 

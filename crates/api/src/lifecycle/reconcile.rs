@@ -60,6 +60,7 @@ impl Core {
             report.stopped.push(rec.id);
         }
         self.reconcile_paused(&report.kept).await?;
+        self.fail_interrupted_builds().await?;
         tracing::info!(
             kept = report.kept.len(),
             stopped = report.stopped.len(),

@@ -66,8 +66,16 @@ impl Core {
             None => TemplateName::parse(&format!("snap-{}", random_suffix()))
                 .map_err(|e| Error::Invalid(e.to_string()))?,
         };
+        if super::build::is_hidden_template(&name) {
+            return Err(Error::Invalid(format!(
+                "snapshot names must not start with {}",
+                super::build::HIDDEN_PREFIXES.join(", ")
+            )));
+        }
         self.visible(team, id).await?;
-        if self.store.snapshot(&name).await?.is_some() || self.node.template(&name).await?.is_some()
+        if self.store.snapshot(&name).await?.is_some()
+            || self.store.template_record(&name).await?.is_some()
+            || self.node.template(&name).await?.is_some()
         {
             return Err(Error::Conflict(format!(
                 "a template named '{name}' already exists"
@@ -224,15 +232,9 @@ impl Core {
     }
 }
 
-/// Prefix of a fork's private template (`fork-` + 24 random hex digits).
-const FORK_PREFIX: &str = "fork-";
-
-/// Whether `name` is a fork's short-lived private template (never listed).
-pub fn is_fork_template(name: &TemplateName) -> bool {
-    name.as_str()
-        .strip_prefix(FORK_PREFIX)
-        .is_some_and(|h| h.len() == 24 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-}
+/// Prefix of a fork's private template (`fork-` + 24 random hex digits; hidden, see
+/// [`super::build::is_hidden_template`]).
+pub(crate) const FORK_PREFIX: &str = "fork-";
 
 /// The id clients use for a snapshot (`<name>:default`).
 pub fn snapshot_id(name: &TemplateName) -> String {

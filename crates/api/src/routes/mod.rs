@@ -8,6 +8,7 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::AppState;
 
+mod builds;
 mod connect;
 mod create;
 mod events;
@@ -62,6 +63,27 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/templates", get(templates::list))
         .route("/default-templates", get(templates::list))
         .route("/templates/aliases/{alias}", get(templates::alias))
+        .route("/v3/templates", post(builds::request))
+        .route(
+            "/templates/{template_id}/files/{hash}",
+            get(builds::upload_link),
+        )
+        .route(
+            "/templates/{template_id}/files/{hash}/upload",
+            put(builds::upload),
+        )
+        .route(
+            "/v2/templates/{template_id}/builds/{build_id}",
+            post(builds::start),
+        )
+        .route(
+            "/templates/{template_id}/builds/{build_id}/status",
+            get(builds::status),
+        )
+        .route(
+            "/templates/{template_id}/builds/{build_id}/logs",
+            get(builds::logs),
+        )
         .route("/events/sandboxes", get(events::team_events))
         .route(
             "/events/sandboxes/{sandbox_id}",

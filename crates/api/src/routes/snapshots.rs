@@ -152,7 +152,7 @@ pub(super) async fn delete_template(
     team: Team,
     Path(template_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state.core.delete_snapshot(&team.0, &template_id).await? {
+    if state.core.delete_template(&team.0, &template_id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!(

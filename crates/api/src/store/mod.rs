@@ -1,5 +1,6 @@
 //! Persistence of the control plane behind the [`Store`] trait: teams, API keys (SHA-256 hashes
-//! only), sandbox records, idempotency keys and the control plane's sandbox log entries. SQL
+//! only), sandbox records, idempotency keys, the control plane's sandbox log entries, snapshots
+//! and template builds (who owns which template, each build and its log). SQL
 //! lives only in the backend modules ([`sqlite`] today; Postgres later), never in the lifecycle
 //! or HTTP code.
 //!
@@ -189,6 +190,171 @@ pub struct SnapshotQuery {
     pub limit: i64,
 }
 
+/// Where a template build is (`TemplateBuildStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BuildStatus {
+    /// Requested (`POST /v3/templates`); files may be uploading; not started yet.
+    Waiting,
+    /// Started; the node is building it.
+    Building,
+    /// Built and published.
+    Ready,
+    /// Failed (see its [`BuildReason`]).
+    Error,
+}
+
+impl BuildStatus {
+    /// The status as the API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildStatus::Waiting => "waiting",
+            BuildStatus::Building => "building",
+            BuildStatus::Ready => "ready",
+            BuildStatus::Error => "error",
+        }
+    }
+
+    /// Parses [`BuildStatus::as_str`]'s output.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Some(match raw {
+            "waiting" => BuildStatus::Waiting,
+            "building" => BuildStatus::Building,
+            "ready" => BuildStatus::Ready,
+            "error" => BuildStatus::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// The id of a template build: a UUID (version 4), lowercase.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BuildId(String);
+
+impl BuildId {
+    /// A fresh random id.
+    pub fn generate() -> Self {
+        let mut b = rand::random::<[u8; 16]>();
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let h = hex::encode(b);
+        BuildId(format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        ))
+    }
+
+    /// Accepts any UUID in its 36-character hyphenated form (lowercased); `None` otherwise.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let ok = raw.len() == 36
+            && raw.bytes().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            });
+        ok.then(|| BuildId(raw.to_ascii_lowercase()))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BuildId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a build failed (`BuildStatusReason`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BuildReason {
+    /// What went wrong.
+    pub message: String,
+    /// The step that failed (`base`, `1`..`N`, `finalize`), when known.
+    pub step: Option<String>,
+    /// The last log lines before the failure.
+    pub log_entries: Vec<paddock_node::build::BuildLog>,
+}
+
+/// A template a team builds: the name is the team's from the first build request on
+/// (private), whether or not a build has succeeded yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRecord {
+    /// The template's name (its id).
+    pub name: TemplateName,
+    /// Owning team.
+    pub team_id: TeamId,
+    /// When the first build was requested.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One build of a team's template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildRecord {
+    /// The build id.
+    pub id: BuildId,
+    /// The template it builds.
+    pub template: TemplateName,
+    /// The team that asked for it.
+    pub team_id: TeamId,
+    /// Where it is.
+    pub status: BuildStatus,
+    /// The tags asked for (at least `default`).
+    pub tags: Vec<String>,
+    /// Limits of the build's sandboxes and of the template's.
+    pub resources: Resources,
+    /// Why it failed, once it has.
+    pub reason: Option<BuildReason>,
+    /// When it was requested.
+    pub created_at: DateTime<Utc>,
+    /// When its status last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When it became `ready` or `error`.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome of [`Store::request_build`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildClaim {
+    /// The build was recorded (and the name is the team's).
+    Created,
+    /// Another team owns the template name.
+    OwnedByOther,
+    /// A build of the template is already waiting or building.
+    InProgress,
+}
+
+/// The outcome of [`Store::delete_template_record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateDeletion {
+    /// The template and its builds (and their logs) are gone.
+    Deleted,
+    /// A build of it is running; nothing was deleted.
+    Building,
+    /// The team has no such template.
+    NotFound,
+}
+
+/// Which of a build's log lines to read: a page from `offset` (counted among the lines that
+/// pass the level filter) or from a time cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildLogQuery {
+    /// Lines to skip (after filtering).
+    pub offset: u64,
+    /// Most lines returned.
+    pub limit: u64,
+    /// Minimum level.
+    pub min_level: Option<paddock_node::build::LogLevel>,
+    /// Unix ms, inclusive: lines at or after it (forward) or at or before it (backward).
+    pub cursor_ms: Option<i64>,
+    /// Newest first (from the cursor back) instead of oldest first.
+    pub backward: bool,
+}
+
 /// The persistence operations of the control plane. Implementations must be safe to call from
 /// many tasks at once; every method is one short transaction.
 #[async_trait]
@@ -345,6 +511,99 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_snapshot(&self, name: &TemplateName) -> Result<bool, StoreError> {
         let _ = name;
         Ok(false)
+    }
+
+    /// Records a requested build of `build.template` for `build.team_id` in one transaction:
+    /// the name becomes the team's ([`TemplateRecord`]) unless another team owns it, and no
+    /// build of it may be waiting or building (a `waiting` build requested before
+    /// `abandoned_before` was never started: it is marked `error` and does not count).
+    /// Default: unsupported.
+    async fn request_build(
+        &self,
+        build: &BuildRecord,
+        abandoned_before: DateTime<Utc>,
+    ) -> Result<BuildClaim, StoreError> {
+        let _ = (build, abandoned_before);
+        Err(StoreError::Unsupported("template builds"))
+    }
+
+    /// A built template's record, whichever team owns it. Default: none.
+    async fn template_record(
+        &self,
+        name: &TemplateName,
+    ) -> Result<Option<TemplateRecord>, StoreError> {
+        let _ = name;
+        Ok(None)
+    }
+
+    /// The templates a team builds, by name. Default: none.
+    async fn team_templates(&self, team: &TeamId) -> Result<Vec<TemplateRecord>, StoreError> {
+        let _ = team;
+        Ok(Vec::new())
+    }
+
+    /// Forgets one of `team`'s templates with its builds and their logs, unless a build of it
+    /// is `building`. Default: nothing recorded.
+    async fn delete_template_record(
+        &self,
+        team: &TeamId,
+        name: &TemplateName,
+    ) -> Result<TemplateDeletion, StoreError> {
+        let _ = (team, name);
+        Ok(TemplateDeletion::NotFound)
+    }
+
+    /// One build. Default: none.
+    async fn build(&self, id: &BuildId) -> Result<Option<BuildRecord>, StoreError> {
+        let _ = id;
+        Ok(None)
+    }
+
+    /// The builds of a template, newest first. Default: none.
+    async fn builds_of(&self, name: &TemplateName) -> Result<Vec<BuildRecord>, StoreError> {
+        let _ = name;
+        Ok(Vec::new())
+    }
+
+    /// Moves a build from `from` to `to` if it is still in `from`, recording `reason` (and the
+    /// finish time when `to` is `ready` or `error`). Returns whether the row changed. Default:
+    /// unsupported.
+    async fn set_build_status(
+        &self,
+        id: &BuildId,
+        from: BuildStatus,
+        to: BuildStatus,
+        reason: Option<&BuildReason>,
+    ) -> Result<bool, StoreError> {
+        let _ = (id, from, to, reason);
+        Err(StoreError::Unsupported("template builds"))
+    }
+
+    /// Appends log lines to a build's log, in order. Default: ignored.
+    async fn append_build_logs(
+        &self,
+        id: &BuildId,
+        logs: &[paddock_node::build::BuildLog],
+    ) -> Result<(), StoreError> {
+        let _ = (id, logs);
+        Ok(())
+    }
+
+    /// A page of a build's log lines. Default: none.
+    async fn build_logs(
+        &self,
+        id: &BuildId,
+        query: &BuildLogQuery,
+    ) -> Result<Vec<paddock_node::build::BuildLog>, StoreError> {
+        let _ = (id, query);
+        Ok(Vec::new())
+    }
+
+    /// Marks every `waiting` or `building` build `error` with `reason` (at startup: nothing
+    /// can be running yet); returns how many. Default: none.
+    async fn fail_unfinished_builds(&self, reason: &BuildReason) -> Result<u64, StoreError> {
+        let _ = reason;
+        Ok(0)
     }
 
     /// The storage of lifecycle events, webhooks and webhook deliveries of this backend.

@@ -63,6 +63,7 @@ ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
     logs::MIGRATION,
     events::MIGRATION,
     snapshots::MIGRATION,
+    builds::MIGRATION,
 ];
 
 const SANDBOX_COLUMNS: &str = "id, team_id, template, alias, state, metadata, access_token, \
@@ -719,6 +720,93 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn request_build(
+        &self,
+        build: &super::BuildRecord,
+        abandoned_before: DateTime<Utc>,
+    ) -> Result<super::BuildClaim, StoreError> {
+        let build = build.clone();
+        self.with_conn(move |conn| builds::request(conn, &build, abandoned_before))
+            .await
+    }
+
+    async fn template_record(
+        &self,
+        name: &TemplateName,
+    ) -> Result<Option<super::TemplateRecord>, StoreError> {
+        let name = name.clone();
+        self.with_conn(move |conn| builds::template(conn, &name))
+            .await
+    }
+
+    async fn team_templates(
+        &self,
+        team: &TeamId,
+    ) -> Result<Vec<super::TemplateRecord>, StoreError> {
+        let team = team.clone();
+        self.with_conn(move |conn| builds::team_templates(conn, &team))
+            .await
+    }
+
+    async fn delete_template_record(
+        &self,
+        team: &TeamId,
+        name: &TemplateName,
+    ) -> Result<super::TemplateDeletion, StoreError> {
+        let (team, name) = (team.clone(), name.clone());
+        self.with_conn(move |conn| builds::delete_template(conn, &team, &name))
+            .await
+    }
+
+    async fn build(&self, id: &super::BuildId) -> Result<Option<super::BuildRecord>, StoreError> {
+        let id = id.clone();
+        self.with_conn(move |conn| builds::build(conn, &id)).await
+    }
+
+    async fn builds_of(&self, name: &TemplateName) -> Result<Vec<super::BuildRecord>, StoreError> {
+        let name = name.clone();
+        self.with_conn(move |conn| builds::builds_of(conn, &name))
+            .await
+    }
+
+    async fn set_build_status(
+        &self,
+        id: &super::BuildId,
+        from: super::BuildStatus,
+        to: super::BuildStatus,
+        reason: Option<&super::BuildReason>,
+    ) -> Result<bool, StoreError> {
+        let (id, reason) = (id.clone(), reason.cloned());
+        self.with_conn(move |conn| builds::set_status(conn, &id, from, to, reason.as_ref()))
+            .await
+    }
+
+    async fn append_build_logs(
+        &self,
+        id: &super::BuildId,
+        logs: &[paddock_node::build::BuildLog],
+    ) -> Result<(), StoreError> {
+        let (id, logs) = (id.clone(), logs.to_vec());
+        self.with_conn(move |conn| builds::append_logs(conn, &id, &logs))
+            .await
+    }
+
+    async fn build_logs(
+        &self,
+        id: &super::BuildId,
+        query: &super::BuildLogQuery,
+    ) -> Result<Vec<paddock_node::build::BuildLog>, StoreError> {
+        let (id, query) = (id.clone(), query.clone());
+        self.with_conn(move |conn| builds::logs(conn, &id, &query))
+            .await
+    }
+
+    async fn fail_unfinished_builds(&self, reason: &super::BuildReason) -> Result<u64, StoreError> {
+        let reason = reason.clone();
+        self.with_conn(move |conn| builds::fail_unfinished(conn, &reason))
+            .await
+    }
+
     fn event_store(&self) -> Option<Arc<dyn crate::events::EventStore>> {
         Some(Arc::new(self.clone()))
     }
@@ -735,6 +823,9 @@ mod events;
 
 #[path = "sqlite_snapshots.rs"]
 mod snapshots;
+
+#[path = "sqlite_builds.rs"]
+mod builds;
 
 #[cfg(test)]
 #[path = "sqlite_tests.rs"]

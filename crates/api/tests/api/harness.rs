@@ -26,7 +26,8 @@ pub const KEY: &str = "e2b_test_key";
 
 /// A node that keeps its "sandboxes" in a set. Template `base` works, `busy` reports no
 /// capacity, `broken` fails in envd initialisation, `slow` waits for a permit of `slow_gate`,
-/// `fragile` starts but is dead by the time create returns; everything else does not exist.
+/// `fragile` starts but is dead by the time create returns; templates it built (see
+/// [`FakeNode::build`]) work like `base`; everything else does not exist.
 pub struct FakeNode {
     pub live: Mutex<HashSet<SandboxId>>,
     pub killed: Mutex<Vec<SandboxId>>,
@@ -44,6 +45,14 @@ pub struct FakeNode {
     pub paused: Mutex<HashSet<SandboxId>>,
     /// How many of the next pauses fail.
     pub pause_failures: AtomicUsize,
+    /// Templates published by builds.
+    pub built: Mutex<std::collections::BTreeMap<TemplateName, paddock_node::TemplateSummary>>,
+    /// Every build request, in order.
+    pub build_requests: Mutex<Vec<paddock_node::build::BuildRequest>>,
+    /// A `RUN wait` step waits for a permit here.
+    pub build_gate: Semaphore,
+    /// Builds whose future was dropped before it finished (shutdown).
+    pub builds_abandoned: AtomicUsize,
 }
 
 impl FakeNode {
@@ -59,7 +68,22 @@ impl FakeNode {
             envd_log: Mutex::new(Vec::new()),
             paused: Mutex::new(HashSet::new()),
             pause_failures: AtomicUsize::new(0),
+            built: Mutex::new(std::collections::BTreeMap::new()),
+            build_requests: Mutex::new(Vec::new()),
+            build_gate: Semaphore::new(0),
+            builds_abandoned: AtomicUsize::new(0),
         })
+    }
+
+    fn built_info(&self, name: &TemplateName) -> Option<TemplateInfo> {
+        self.built
+            .lock()
+            .expect("lock")
+            .get(name)
+            .map(|t| TemplateInfo {
+                name: t.name.clone(),
+                resources: t.resources,
+            })
     }
 
     pub fn is_live(&self, id: &str) -> bool {
@@ -132,6 +156,9 @@ impl Node for FakeNode {
     }
 
     async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
+        if let Some(info) = self.built_info(name) {
+            return Ok(Some(info));
+        }
         Ok(["base", "busy", "broken", "slow", "fragile"]
             .contains(&name.as_str())
             .then(|| TemplateInfo {
@@ -141,15 +168,124 @@ impl Node for FakeNode {
     }
 
     async fn list_templates(&self) -> Result<Vec<paddock_node::TemplateSummary>, NodeError> {
-        Ok(["base", "broken", "busy", "fragile", "slow"]
-            .iter()
-            .map(|n| paddock_node::TemplateSummary {
-                name: TemplateName::parse(n).expect("name"),
-                resources: Resources::default(),
-                created_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time"),
-                layer_ids: vec![format!("{:0>24}", n.len())],
+        let mut all: Vec<paddock_node::TemplateSummary> =
+            ["base", "broken", "busy", "fragile", "slow"]
+                .iter()
+                .map(|n| paddock_node::TemplateSummary {
+                    name: TemplateName::parse(n).expect("name"),
+                    resources: Resources::default(),
+                    created_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time"),
+                    layer_ids: vec![format!("{:0>24}", n.len())],
+                })
+                .collect();
+        all.extend(self.built.lock().expect("lock").values().cloned());
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    async fn delete_template(&self, name: &TemplateName) -> Result<bool, NodeError> {
+        Ok(self.built.lock().expect("lock").remove(name).is_some())
+    }
+
+    /// Builds by the recipe without files: logs a few lines per step (`debug` "cache miss",
+    /// `info` the step), checks that COPY archives are in `files_dir`, and publishes. `RUN exit
+    /// <n>` fails its step, `RUN emit <n>` logs n lines (every 10th a warning), `RUN wait` waits
+    /// for a permit of `build_gate`; a `fromTemplate` the node does not have fails `base`.
+    async fn build(
+        &self,
+        req: paddock_node::build::BuildRequest,
+        logs: paddock_node::build::LogSink,
+    ) -> Result<paddock_node::build::Built, paddock_node::build::BuildError> {
+        use paddock_node::build::{BuildError, BuildLog, Built, LogLevel};
+        use paddock_template::{Base, BuildStep};
+        self.build_requests.lock().expect("lock").push(req.clone());
+        let mut abandoned = Abandoned(Some(&self.builds_abandoned));
+        let log = |step: &str, level: LogLevel, message: String| {
+            let _ = logs.send(BuildLog {
+                timestamp: chrono::Utc::now(),
+                level,
+                step: step.to_string(),
+                message,
+            });
+        };
+        let fail = |step: &str, message: String| {
+            log(step, LogLevel::Error, message.clone());
+            Err(BuildError {
+                step: step.to_string(),
+                message,
             })
-            .collect())
+        };
+        match &req.recipe.base {
+            Base::Template(t) => {
+                let name = TemplateName::parse(t.split(':').next().unwrap_or(t));
+                let known = match &name {
+                    Ok(n) => self.template(n).await.expect("infallible").is_some(),
+                    Err(_) => false,
+                };
+                if !known {
+                    return fail("base", format!("template '{t}' not found"));
+                }
+                log("base", LogLevel::Info, format!("FROM template {t}"));
+            }
+            Base::Image(i) => log("base", LogLevel::Info, format!("FROM image {i}")),
+        }
+        for (i, step) in req.recipe.steps.iter().enumerate() {
+            let n = (i + 1).to_string();
+            log(&n, LogLevel::Debug, "cache miss".into());
+            log(&n, LogLevel::Info, step.step.describe());
+            match &step.step {
+                BuildStep::Copy { files_hash, .. } => {
+                    match std::fs::metadata(req.files_dir.join(files_hash)) {
+                        Ok(m) => log(&n, LogLevel::Info, format!("copied {} bytes", m.len())),
+                        Err(e) => return fail(&n, format!("files {files_hash}: {e}")),
+                    }
+                }
+                BuildStep::Run { command, .. } => {
+                    if let Some(code) = command.strip_prefix("exit ") {
+                        return fail(&n, format!("command {command:?} exited with code {code}"));
+                    }
+                    if let Some(count) = command.strip_prefix("emit ") {
+                        for k in 0..count.parse::<usize>().expect("emit <n>") {
+                            let level = if k % 10 == 9 {
+                                LogLevel::Warn
+                            } else {
+                                LogLevel::Info
+                            };
+                            log(&n, level, format!("output {k}"));
+                        }
+                    }
+                    if command == "wait" {
+                        self.build_gate.acquire().await.expect("gate open").forget();
+                    }
+                }
+                _ => {}
+            }
+        }
+        log(
+            paddock_template::FINALIZE_STEP,
+            LogLevel::Info,
+            format!("publishing template {}", req.name),
+        );
+        let summary = paddock_node::TemplateSummary {
+            name: req.name.clone(),
+            resources: req.resources,
+            created_at: chrono::Utc::now(),
+            layer_ids: vec![format!("{:0>24}", req.recipe.steps.len())],
+        };
+        self.built
+            .lock()
+            .expect("lock")
+            .insert(req.name.clone(), summary.clone());
+        abandoned.0 = None;
+        Ok(Built {
+            template: TemplateInfo {
+                name: req.name.clone(),
+                resources: req.resources,
+            },
+            layer_ids: summary.layer_ids,
+            cached_steps: 0,
+            built_steps: req.recipe.steps.len(),
+        })
     }
 
     async fn live(&self) -> Vec<SandboxId> {
@@ -240,6 +376,17 @@ impl Node for FakeNode {
         } else {
             Vec::new()
         })
+    }
+}
+
+/// Counts a build whose future is dropped before it finishes.
+struct Abandoned<'a>(Option<&'a AtomicUsize>);
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(counter) = self.0 {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 

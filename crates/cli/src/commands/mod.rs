@@ -4,6 +4,7 @@ pub mod sandbox;
 pub mod serve;
 pub mod shell;
 pub mod template;
+pub mod template_build;
 
 use std::path::PathBuf;
 

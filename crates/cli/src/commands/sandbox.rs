@@ -38,7 +38,7 @@ pub struct Target {
     data_dir: PathBuf,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `paddock sandbox` subcommands.
@@ -254,14 +254,14 @@ const SHELL_KEEPALIVE_EVERY: std::time::Duration = std::time::Duration::from_sec
 const SHELL_KEEPALIVE_TIMEOUT_SECS: u64 = 300;
 
 /// A REST client for one API with its key.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    key: String,
+pub(crate) struct Api {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) key: String,
 }
 
 impl Api {
-    fn new(target: &Target) -> anyhow::Result<Self> {
+    pub(crate) fn new(target: &Target) -> anyhow::Result<Self> {
         let key = match &target.api_key {
             Some(k) => k.clone(),
             None => ["E2B_API_KEY", "PADDOCK_API_KEY"]
@@ -293,7 +293,7 @@ impl Api {
         })
     }
 
-    async fn get(&self, path: &str, query: &[(&str, &str)]) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, path: &str, query: &[(&str, &str)]) -> anyhow::Result<Value> {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
@@ -305,7 +305,7 @@ impl Api {
         json_or_error(resp).await
     }
 
-    async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         let resp = self
             .http
             .post(format!("{}{path}", self.base))
@@ -332,9 +332,9 @@ impl Api {
 /// A REST call answered with an error status: the status and the API's message.
 #[derive(Debug, thiserror::Error)]
 #[error("{status} {message}")]
-struct HttpError {
-    status: u16,
-    message: String,
+pub(crate) struct HttpError {
+    pub(crate) status: u16,
+    pub(crate) message: String,
 }
 
 /// The `message` of a JSON error body, else the body itself, trimmed.
@@ -348,7 +348,7 @@ fn error_message(text: &str) -> String {
 }
 
 /// The JSON body of a success (`null` when empty), or an [`HttpError`] with the API's message.
-async fn json_or_error(resp: reqwest::Response) -> anyhow::Result<Value> {
+pub(crate) async fn json_or_error(resp: reqwest::Response) -> anyhow::Result<Value> {
     let status = resp.status();
     let text = resp.text().await.context("reading the answer")?;
     if !status.is_success() {

@@ -1,4 +1,5 @@
-//! `paddock template import|list|delete`: manage the templates of the local node directly on disk.
+//! `paddock template import|list|delete`: manage the templates of the local node directly on disk
+//! (`build` goes through a server: [`super::template_build`]).
 
 use std::path::PathBuf;
 
@@ -43,6 +44,8 @@ pub enum TemplateCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Build a template from a Dockerfile on a Paddock server (E2B's template build API).
+    Build(super::template_build::BuildArgs),
     /// Delete a template.
     Delete {
         /// Template name.
@@ -67,8 +70,17 @@ pub async fn run(cmd: TemplateCommand) -> anyhow::Result<()> {
                 .await?;
             println!("imported template {} ({})", t.name, t.top_layer().display());
         }
+        TemplateCommand::Build(args) => super::template_build::run(args).await?,
         TemplateCommand::List { store } => {
+            let hidden = [
+                paddock_node::build::CACHE_PREFIX,
+                paddock_node::build::IMAGE_PREFIX,
+            ];
             for t in store.open()?.list()? {
+                // Build caches and base images are templates of the store, not the user's.
+                if hidden.iter().any(|p| t.name.as_str().starts_with(p)) {
+                    continue;
+                }
                 println!(
                     "{}\t{} vCPU\t{} MiB\t{}",
                     t.name,

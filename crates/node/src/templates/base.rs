@@ -1,7 +1,9 @@
-//! The default template `base`: Debian bookworm built with
-//! `debootstrap --variant=minbase --include=<PACKAGES>` from the host's Debian mirror, then
-//! configured inside a chroot: the `user` account with passwordless sudo, apt caches removed,
-//! mount points for the runtime, and the build host's resolv.conf, hostname and hosts replaced.
+//! Debian templates built with `debootstrap --variant=minbase --include=<packages>` from the
+//! host's Debian mirror, then configured inside a chroot: the `user` account with passwordless
+//! sudo, apt caches removed, mount points for the runtime, and the build host's resolv.conf,
+//! hostname and hosts replaced. A [`DebianSpec`] says which suite and packages; the default
+//! template `base` is [`BASE_SPEC`] (bookworm with E2B's tools, [`TemplateStore::ensure_base`]),
+//! and the `debian:<suite>` base images of builds ([`super::images`]) use the same path.
 //! debootstrap's output is streamed to the progress callback.
 
 use std::path::{Path, PathBuf};
@@ -46,6 +48,28 @@ pub const PACKAGES: &[&str] = &[
     "nodejs",
 ];
 
+/// The `base` template: [`SUITE`] with [`PACKAGES`].
+pub const BASE_SPEC: DebianSpec<'static> = DebianSpec {
+    suite: SUITE,
+    packages: PACKAGES,
+};
+
+/// Where debootstrap keeps its per-suite scripts.
+const SCRIPTS_DIR: &str = "/usr/share/debootstrap/scripts";
+/// The script of suites debootstrap has none for (every current Debian suite's script is a
+/// link to it).
+const FALLBACK_SCRIPT: &str = "sid";
+
+/// What a Debian template is bootstrapped from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebianSpec<'a> {
+    /// The suite as debootstrap takes it: a codename (`bookworm`) or an alias the mirror
+    /// serves (`stable`).
+    pub suite: &'a str,
+    /// Packages added to debootstrap's minbase variant.
+    pub packages: &'a [&'a str],
+}
+
 /// Runs inside the chroot after debootstrap.
 const CONFIGURE_SCRIPT: &str = r#"set -eu
 getent group user >/dev/null || groupadd --gid 1000 user
@@ -62,7 +86,7 @@ mkdir -p /usr/local/bin /run/paddock
 : > /etc/resolv.conf
 echo sandbox > /etc/hostname
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
-echo "configured: $(python3 --version), user $(id user)"
+echo "configured: $(. /etc/os-release && echo "$PRETTY_NAME"), user $(id user)"
 "#;
 
 /// Lines of output kept for error messages.
@@ -73,12 +97,24 @@ impl TemplateStore {
     /// Concurrent callers wait for one build. Takes a minute or two the first time.
     pub async fn ensure_base(&self, progress: Progress<'_>) -> Result<Template, TemplateError> {
         let name = TemplateName::parse(BASE_TEMPLATE).expect("'base' is a valid template name");
-        if let Some(t) = self.get(&name)? {
+        self.ensure_debian(&name, &BASE_SPEC, progress).await
+    }
+
+    /// Returns template `name`, building it first from `spec` with debootstrap if it does not
+    /// exist. Concurrent callers for one name wait for one build. Takes a minute or more, and
+    /// the host's Debian mirror must serve `spec.suite`.
+    pub async fn ensure_debian(
+        &self,
+        name: &TemplateName,
+        spec: &DebianSpec<'_>,
+        progress: Progress<'_>,
+    ) -> Result<Template, TemplateError> {
+        if let Some(t) = self.get(name)? {
             return Ok(t);
         }
-        let lock = self.lock_for(&name);
+        let lock = self.lock_for(name);
         let _guard = lock.lock().await;
-        if let Some(t) = self.get(&name)? {
+        if let Some(t) = self.get(name)? {
             return Ok(t);
         }
         let debootstrap = find_program("debootstrap").ok_or(TemplateError::MissingTool {
@@ -90,21 +126,27 @@ impl TemplateStore {
             hint: "apt-get install coreutils",
         })?;
         let mirror = host_mirror();
-        let build = self.start_build(&name)?;
+        let build = self.start_build(name)?;
         let rootfs = build.rootfs();
+        let suite = spec.suite;
         progress(&format!(
-            "[base] building Debian {SUITE} from {mirror} into {} (takes a minute or two)",
+            "[{name}] building Debian {suite} from {mirror} into {} (takes a minute or two)",
             self.root.display()
         ));
         let started = std::time::Instant::now();
 
         let mut cmd = Command::new(&debootstrap);
         cmd.arg("--variant=minbase")
-            .arg(format!("--include={}", PACKAGES.join(",")))
-            .arg(SUITE)
+            .arg(format!("--include={}", spec.packages.join(",")))
+            .arg(suite)
             .arg(&rootfs)
             .arg(&mirror);
-        run_step("debootstrap", cmd, progress).await?;
+        if let Some(script) = debootstrap_script(Path::new(SCRIPTS_DIR), suite) {
+            cmd.arg(script);
+        }
+        run_step(name, "debootstrap", cmd, progress)
+            .await
+            .map_err(|e| explain_missing_suite(e, suite, &mirror))?;
 
         let mut cmd = Command::new(&chroot);
         cmd.arg(&rootfs)
@@ -116,30 +158,62 @@ impl TemplateStore {
             )
             .env("HOME", "/root")
             .env("LC_ALL", "C");
-        run_step("configure", cmd, progress).await?;
+        run_step(name, "configure", cmd, progress).await?;
 
         let meta = TemplateMeta {
             name: name.clone(),
             resources: Resources::default(),
             created_at: Utc::now(),
             source: TemplateSource::Debootstrap {
-                suite: SUITE.into(),
+                suite: suite.into(),
                 mirror,
-                packages: PACKAGES.iter().map(|p| p.to_string()).collect(),
+                packages: spec.packages.iter().map(|p| p.to_string()).collect(),
             },
+            config: Default::default(),
         };
         let template = self.commit(build, &meta)?;
         progress(&format!(
-            "[base] template ready in {:.0?}",
+            "[{name}] template ready in {:.0?}",
             started.elapsed()
         ));
         Ok(template)
     }
 }
 
-/// Runs one build step, streaming its stdout and stderr lines to `progress` as
-/// `[base] <step>: <line>`; fails with the exit status and the last lines of output.
+/// The script to give debootstrap for `suite` when it has none of its own in `scripts_dir`
+/// (a suite newer than the installed debootstrap): the `sid` script, which every current
+/// suite's script links to. `None` when debootstrap knows the suite (or has no `sid` either,
+/// and will say so itself).
+fn debootstrap_script(scripts_dir: &Path, suite: &str) -> Option<PathBuf> {
+    if scripts_dir.join(suite).exists() {
+        return None;
+    }
+    let fallback = scripts_dir.join(FALLBACK_SCRIPT);
+    fallback.exists().then_some(fallback)
+}
+
+/// Turns debootstrap's "Failed getting release file" into a message naming the suite and
+/// the mirror; other errors pass unchanged.
+fn explain_missing_suite(err: TemplateError, suite: &str, mirror: &str) -> TemplateError {
+    match err {
+        TemplateError::Build { step, detail } if detail.contains("Failed getting release file") => {
+            TemplateError::Build {
+                step,
+                detail: format!(
+                    "the mirror {mirror} does not serve Debian '{suite}' (or cannot be reached); \
+                     {detail}"
+                ),
+            }
+        }
+        other => other,
+    }
+}
+
+/// Runs one build step of template `name`, streaming its stdout and stderr lines to
+/// `progress` as `[<name>] <step>: <line>`; fails with the exit status and the last lines of
+/// output.
 async fn run_step(
+    name: &TemplateName,
     step: &str,
     mut cmd: Command,
     progress: Progress<'_>,
@@ -160,7 +234,7 @@ async fn run_step(
             l = next_line(&mut err), if err.is_some() => l.map_err(TemplateError::io(format!("cannot read {step} output")))?,
         };
         if let Some(line) = line {
-            progress(&format!("[base] {step}: {line}"));
+            progress(&format!("[{name}] {step}: {line}"));
             if tail.len() == TAIL_LINES {
                 tail.pop_front();
             }
@@ -358,6 +432,43 @@ mod tests {
             mirror_from_apt_config(tmp.path()),
             Some("http://d822/debian".into())
         );
+    }
+
+    #[test]
+    fn suites_without_a_script_use_sids() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        assert_eq!(
+            debootstrap_script(dir, "forky"),
+            None,
+            "no sid script either"
+        );
+        std::fs::write(dir.join("sid"), "").expect("write");
+        std::os::unix::fs::symlink("sid", dir.join("bookworm")).expect("link");
+        assert_eq!(debootstrap_script(dir, "bookworm"), None);
+        assert_eq!(debootstrap_script(dir, "sid"), None);
+        assert_eq!(debootstrap_script(dir, "forky"), Some(dir.join("sid")));
+    }
+
+    #[test]
+    fn a_missing_release_file_names_suite_and_mirror() {
+        let err = TemplateError::Build {
+            step: "debootstrap".into(),
+            detail: "exit status: 1; last output:\nE: Failed getting release file \
+                     http://m/debian/dists/buster/Release"
+                .into(),
+        };
+        let msg = explain_missing_suite(err, "buster", "http://m/debian").to_string();
+        assert!(
+            msg.contains("the mirror http://m/debian does not serve Debian 'buster'"),
+            "{msg}"
+        );
+        let other = TemplateError::Build {
+            step: "debootstrap".into(),
+            detail: "exit status: 1; last output:\nE: Couldn't download packages".into(),
+        };
+        let msg = explain_missing_suite(other, "trixie", "http://m/debian").to_string();
+        assert!(!msg.contains("does not serve"), "{msg}");
     }
 
     #[test]

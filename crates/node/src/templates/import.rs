@@ -119,6 +119,7 @@ impl TemplateStore {
             resources: Resources::default(),
             created_at: Utc::now(),
             source: TemplateSource::Import { archive, format },
+            config: Default::default(),
         };
         let template = self.commit(build, &meta)?;
         progress(&format!(

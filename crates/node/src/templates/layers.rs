@@ -528,6 +528,7 @@ impl TemplateStore {
             resources,
             created_at: Utc::now(),
             source,
+            config: parent.config.clone(),
         };
         let template = self.commit_layers(build, &meta, &parent_lease.ids)?;
         drop(parent_lease);

@@ -23,8 +23,10 @@
 
 pub mod base;
 pub mod copy;
+pub mod images;
 pub mod import;
 pub mod layers;
+mod publish;
 pub mod users;
 
 use std::collections::HashMap;
@@ -122,6 +124,9 @@ pub enum TemplateError {
     /// A path is not a layer of this store.
     #[error("{} is not a layer of the template store", .0.display())]
     NotALayer(PathBuf),
+    /// An image reference names nothing this node can provide ([`images`]).
+    #[error(transparent)]
+    Image(#[from] images::ImageRefError),
     /// Filesystem or process I/O failed.
     #[error("{context}")]
     Io {
@@ -161,6 +166,13 @@ pub enum TemplateSource {
         /// Detected format (`tar`, `tar.gz`, `tar.zst`).
         format: String,
     },
+    /// Built from a recipe (the template API, `paddock template build`).
+    Build {
+        /// What the recipe started from (`template:base`, `image:debian:bookworm`).
+        base: String,
+        /// The cache key of the build's last state (names its content).
+        key: String,
+    },
     /// A snapshot of a sandbox's files (its writable layer over its template).
     Snapshot {
         /// The sandbox it was taken of.
@@ -181,6 +193,37 @@ pub struct TemplateMeta {
     pub created_at: DateTime<Utc>,
     /// How it was made.
     pub source: TemplateSource,
+    /// What sandboxes of it start with (built templates; empty for the others).
+    #[serde(default, skip_serializing_if = "TemplateConfig::is_empty")]
+    pub config: TemplateConfig,
+}
+
+/// What a built template's sandboxes start with, besides its files: the state its recipe left
+/// (ENV, USER, WORKDIR) and its start and ready commands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateConfig {
+    /// Environment variables of every process (a create's own `envVars` win).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    /// Default user of commands and file operations; `None` = `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Default working directory; `None` = the user's home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Started (in the background, as `user`, in `workdir`) in every new sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_cmd: Option<String>,
+    /// Run until it exits 0 before a create returns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_cmd: Option<String>,
+}
+
+impl TemplateConfig {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        *self == TemplateConfig::default()
+    }
 }
 
 /// What `template.json` holds: the metadata and the template's layers.
@@ -215,6 +258,8 @@ pub struct Template {
     pub created_at: DateTime<Utc>,
     /// How it was made.
     pub source: TemplateSource,
+    /// What its sandboxes start with.
+    pub config: TemplateConfig,
 }
 
 impl Template {
@@ -300,6 +345,7 @@ impl TemplateStore {
             resources: record.meta.resources,
             created_at: record.meta.created_at,
             source: record.meta.source,
+            config: record.meta.config,
         }))
     }
 
@@ -704,6 +750,7 @@ mod tests {
                 archive: "/x.tar".into(),
                 format: "tar".into(),
             },
+            config: Default::default(),
         };
         let t = store.commit(build, &meta).expect("commit");
         assert_eq!(t.layers.len(), 1);
@@ -752,6 +799,7 @@ mod tests {
                 sandbox_id: "i1234".into(),
                 parent: name("base"),
             },
+            config: Default::default(),
         };
         let ids = vec!["a".repeat(24), "b".repeat(24)];
         write_record(&path, &meta, &ids).expect("write");

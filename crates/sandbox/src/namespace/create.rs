@@ -20,9 +20,7 @@ use crate::{RuntimeError, SandboxHandle, SandboxSpec};
 
 /// How much of `envd.log` a failed create quotes.
 const LOG_TAIL_BYTES: usize = 2048;
-/// Most layers one overlay stacks: the mount options (one page, 4096 bytes) must hold every
-/// layer's path (about 55 bytes each in the template store) besides `upperdir` and `workdir`.
-const MAX_LAYERS: usize = 60;
+use crate::MAX_LAYERS;
 
 pub(crate) async fn create(
     inner: &Arc<Inner>,

@@ -1,0 +1,115 @@
+//! The template builder: runs a [`Recipe`] on this node and publishes the result as a template.
+//!
+//! Every step that changes files runs in a sandbox of its own, started (with egress) on the
+//! layers the previous step left; the sandbox's writable layer is then copied into a new layer
+//! (a snapshot). Each layer is kept as a hidden cache template named by the step's cache key
+//! ([`paddock_template::cache_key`]: the parent's key and the step), so an unchanged rebuild
+//! finds every step cached and a changed step rebuilds from there on. ENV and USER steps change
+//! only the build's state (kept in [`TemplateConfig`]), which later steps and the finished
+//! template's sandboxes get. The finalize step publishes the template under its name with that
+//! state, its start and ready commands and its resources, after starting one sandbox of it and
+//! waiting for the ready check (so a start command that cannot start fails the build, not every
+//! later create).
+//!
+//! Logs go to a [`LogSink`] in order, each with the step it belongs to (`base`, `1`..`N`,
+//! `finalize`, as the SDKs expect); a failure names its step ([`BuildError`]).
+
+pub(crate) mod run;
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use paddock_domain::{Resources, TemplateName};
+use paddock_template::Recipe;
+use serde::{Deserialize, Serialize};
+
+pub use crate::templates::TemplateConfig;
+
+/// Prefix of the hidden templates that hold cached build layers (`buildcache-<key>`); listings
+/// leave them out and `paddock template cache clear` deletes them.
+pub const CACHE_PREFIX: &str = "buildcache-";
+/// Prefix of the hidden templates of base images (`image-...`: Debian suites, imported image
+/// archives), made once and reused by later builds; also left out of listings.
+pub const IMAGE_PREFIX: &str = "image-";
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// The template to publish (replaced if it exists; sandboxes running on the old one keep
+    /// their files).
+    pub name: TemplateName,
+    /// The recipe.
+    pub recipe: Recipe,
+    /// Limits of the build's sandboxes and, recorded with the template, of its sandboxes.
+    pub resources: Resources,
+    /// Where the uploaded COPY archives are: `<files_dir>/<filesHash>` (tar, optionally gzip).
+    pub files_dir: PathBuf,
+    /// Image archives (`fromImage` paths) must be inside this directory; `None` = anywhere
+    /// (local use by the node's operator).
+    pub images_dir: Option<PathBuf>,
+}
+
+/// Severity of a build log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Details.
+    Debug,
+    /// Progress and command output.
+    Info,
+    /// Something the user should look at.
+    Warn,
+    /// The build failed.
+    Error,
+}
+
+impl LogLevel {
+    /// The level's name as the API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// One line of a build's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildLog {
+    /// When it was produced.
+    pub timestamp: DateTime<Utc>,
+    /// Severity.
+    pub level: LogLevel,
+    /// The step it belongs to: `base`, `1`..`N` (1-based, as in the recipe), `finalize`.
+    pub step: String,
+    /// The line (no trailing newline).
+    pub message: String,
+}
+
+/// Where a build sends its log lines. A closed receiver does not stop the build.
+pub type LogSink = tokio::sync::mpsc::UnboundedSender<BuildLog>;
+
+/// Why a build failed, and in which step.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("build step '{step}' failed: {message}")]
+pub struct BuildError {
+    /// `base`, `1`..`N` or `finalize`.
+    pub step: String,
+    /// What went wrong: for a command its text, exit code and last lines of output.
+    pub message: String,
+}
+
+/// A finished build.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The published template.
+    pub template: crate::TemplateInfo,
+    /// Its layers' ids, top first.
+    pub layer_ids: Vec<String>,
+    /// Steps that changed files and came from the cache.
+    pub cached_steps: usize,
+    /// Steps that changed files and ran.
+    pub built_steps: usize,
+}
