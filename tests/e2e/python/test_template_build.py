@@ -340,3 +340,20 @@ def test_oci_archive_as_base(paddock, tmp_path, new_sandbox):
     with pytest.raises(BuildException) as err:
         build(Template().from_image(str(outside)), unique("oci-outside"))
     assert "images" in str(err.value)
+
+
+def test_cache_clear_through_the_cli(paddock, new_sandbox):
+    """`paddock template cache-clear` empties the build cache; templates keep their files."""
+    name = unique("sdk-cleared")
+    t = Template().from_template("base").run_cmd("echo kept > /tmp/kept")
+    build(t, name)
+    env = {**os.environ, **paddock.client_env()}
+    out = subprocess.run([str(paddock.binary), "template", "cache-clear",
+                          "--templates-dir", str(paddock.templates_dir)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "deleted" in out.stdout
+    sbx = new_sandbox(template=name)
+    assert run(sbx, "cat /tmp/kept") == "kept"
+    logs = build(t, name)
+    assert not [m for m in logs if m.startswith("CACHED ")], logs

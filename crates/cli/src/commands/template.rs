@@ -46,6 +46,16 @@ pub enum TemplateCommand {
     },
     /// Build a template from a Dockerfile on a Paddock server (E2B's template build API).
     Build(super::template_build::BuildArgs),
+    /// Delete the build cache: every cached build layer (the next build of each template runs
+    /// every step again); with `--images`, the base images made for builds too (Debian suites,
+    /// imported archives). Templates and running sandboxes keep their files.
+    CacheClear {
+        /// Also delete the base images made for builds.
+        #[arg(long)]
+        images: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Delete a template.
     Delete {
         /// Template name.
@@ -89,6 +99,11 @@ pub async fn run(cmd: TemplateCommand) -> anyhow::Result<()> {
                     t.created_at.to_rfc3339()
                 );
             }
+        }
+        TemplateCommand::CacheClear { images, store } => {
+            let store = store.open()?;
+            let deleted = paddock_node::build::clear_cache(&store, images)?;
+            println!("deleted {} cached build templates", deleted.len());
         }
         TemplateCommand::Delete { name, store } => {
             let name = TemplateName::parse(&name)?;

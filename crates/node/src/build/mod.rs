@@ -32,6 +32,31 @@ pub const CACHE_PREFIX: &str = "buildcache-";
 /// archives), made once and reused by later builds; also left out of listings.
 pub const IMAGE_PREFIX: &str = "image-";
 
+/// Deletes the build cache of `store`: every `buildcache-*` template and, with `images`, every
+/// `image-*` one. Their layers go with the next collection unless templates or sandboxes use
+/// them. Returns the names deleted. A template busy in a build is skipped (logged).
+pub fn clear_cache(
+    store: &crate::templates::TemplateStore,
+    images: bool,
+) -> Result<Vec<TemplateName>, crate::templates::TemplateError> {
+    let mut deleted = Vec::new();
+    for name in store.names()? {
+        let n = name.as_str();
+        if !(n.starts_with(CACHE_PREFIX) || (images && n.starts_with(IMAGE_PREFIX))) {
+            continue;
+        }
+        match store.delete(&name) {
+            Ok(true) => deleted.push(name),
+            Ok(false) => {}
+            Err(crate::templates::TemplateError::Busy(_)) => {
+                tracing::warn!(template = %name, "in use by a build; not deleted")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct BuildRequest {
@@ -112,4 +137,58 @@ pub struct Built {
     pub cached_steps: usize,
     /// Steps that changed files and ran.
     pub built_steps: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::templates::{TemplateMeta, TemplateSource, TemplateStore};
+
+    #[test]
+    fn clearing_the_cache_keeps_templates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = TemplateStore::open(dir.path()).expect("store");
+        let layer = store.layers_dir().join("00112233445566778899aabb");
+        std::fs::create_dir_all(layer.join("etc")).expect("mkdir");
+        let publish = |name: &str| {
+            let meta = TemplateMeta {
+                name: TemplateName::parse(name).expect("name"),
+                resources: Resources::default(),
+                created_at: Utc::now(),
+                source: TemplateSource::Build {
+                    base: "template:base".into(),
+                    key: "k".into(),
+                },
+                config: TemplateConfig::default(),
+            };
+            store
+                .publish(std::slice::from_ref(&layer), &meta)
+                .expect("publish");
+        };
+        for name in [
+            "app",
+            "buildcache-aa",
+            "buildcache-bb",
+            "image-debian-trixie",
+        ] {
+            publish(name);
+        }
+        let mut deleted = clear_cache(&store, false).expect("clear");
+        deleted.sort();
+        assert_eq!(
+            deleted.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+            ["buildcache-aa", "buildcache-bb"]
+        );
+        assert_eq!(store.list().expect("list").len(), 2);
+        assert_eq!(clear_cache(&store, true).expect("clear").len(), 1);
+        let left: Vec<String> = store
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        assert_eq!(left, ["app"]);
+        // The layer is still the template's.
+        assert!(layer.exists());
+    }
 }

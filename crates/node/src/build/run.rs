@@ -20,6 +20,10 @@ use crate::{CreateRequest, LocalNode, Node, TemplateInfo};
 const TAIL_LINES: usize = 20;
 /// Most layers a template may have (the runtime's limit on overlay lower layers).
 const MAX_LAYERS: usize = paddock_sandbox::MAX_LAYERS;
+/// Least memory (MiB) and CPUs a build step's sandbox gets, whatever the template asks for
+/// its own sandboxes: package managers and compilers need more than a small sandbox has.
+const BUILD_MIN_MEMORY_MB: u64 = 2048;
+const BUILD_MIN_CPUS: u32 = 2;
 /// Where a COPY step's archive is put in the step's sandbox.
 const COPY_ARCHIVE_DIR: &str = "/tmp";
 /// Environment of every step's commands (not of the template's sandboxes): installers do not
@@ -522,7 +526,11 @@ async fn run_step(
             template: state.template.name.clone(),
             env_vars: env,
             access_token: access_token.clone(),
-            resources: Some(req.resources),
+            resources: Some(paddock_domain::Resources {
+                memory_mb: req.resources.memory_mb.max(BUILD_MIN_MEMORY_MB),
+                cpu_count: req.resources.cpu_count.max(BUILD_MIN_CPUS),
+                ..req.resources
+            }),
             network: Default::default(),
             start_cmd: false,
         })
