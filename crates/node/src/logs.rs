@@ -32,8 +32,11 @@ const MAX_MESSAGE: usize = 4096;
 /// Most fields kept from an envd line.
 const MAX_FIELDS: usize = 64;
 
-/// Severity of a log entry, ordered from `Debug` to `Error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Severity of a log entry, ordered from `Debug` to `Error` (sandbox logs and build logs).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// `debug`.
     Debug,

@@ -23,6 +23,7 @@ use paddock_domain::{Resources, TemplateName};
 use paddock_template::Recipe;
 use serde::{Deserialize, Serialize};
 
+pub use crate::logs::LogLevel;
 pub use crate::templates::TemplateConfig;
 
 /// Prefix of the hidden templates that hold cached build layers (`buildcache-<key>`); listings
@@ -72,32 +73,6 @@ pub struct BuildRequest {
     /// Image archives (`fromImage` paths) must be inside this directory; `None` = anywhere
     /// (local use by the node's operator).
     pub images_dir: Option<PathBuf>,
-}
-
-/// Severity of a build log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    /// Details.
-    Debug,
-    /// Progress and command output.
-    Info,
-    /// Something the user should look at.
-    Warn,
-    /// The build failed.
-    Error,
-}
-
-impl LogLevel {
-    /// The level's name as the API shows it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogLevel::Debug => "debug",
-            LogLevel::Info => "info",
-            LogLevel::Warn => "warn",
-            LogLevel::Error => "error",
-        }
-    }
 }
 
 /// One line of a build's log.

@@ -308,14 +308,12 @@ pub(crate) async fn build(
         if let Some(ready) = &config.ready_cmd {
             log.info(FINALIZE_STEP, format!("ready check: {ready}"));
         }
-        let store = node.templates().clone();
-        let (layers, m) = (
-            state.template.layers.clone(),
+        publish(
+            node,
+            &state.template.layers,
             meta(final_cache.clone(), config.clone()),
-        );
-        spawn_blocking(move || store.publish(&layers, &m))
-            .await
-            .map_err(|e| fail(FINALIZE_STEP, e))?;
+        )
+        .await?;
         if let Err(e) = check_start(node, &final_cache, &req).await {
             let _ = node.delete_template(&final_cache).await;
             return Err(fail(FINALIZE_STEP, e));
@@ -324,24 +322,15 @@ pub(crate) async fn build(
             FINALIZE_STEP,
             "the start command runs and the ready check passed",
         );
-    } else if config.start_cmd.is_none() && !checked {
-        let store = node.templates().clone();
-        let (layers, m) = (
-            state.template.layers.clone(),
+    } else if !checked {
+        publish(
+            node,
+            &state.template.layers,
             meta(final_cache.clone(), config.clone()),
-        );
-        spawn_blocking(move || store.publish(&layers, &m))
-            .await
-            .map_err(|e| fail(FINALIZE_STEP, e))?;
+        )
+        .await?;
     }
-    let store = node.templates().clone();
-    let (layers, m) = (
-        state.template.layers.clone(),
-        meta(req.name.clone(), config),
-    );
-    let published = spawn_blocking(move || store.publish(&layers, &m))
-        .await
-        .map_err(|e| fail(FINALIZE_STEP, e))?;
+    let published = publish(node, &state.template.layers, meta(req.name.clone(), config)).await?;
     log.info(
         FINALIZE_STEP,
         format!(
@@ -473,13 +462,20 @@ fn layer_id(path: &Path) -> String {
         .to_string()
 }
 
-async fn spawn_blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::templates::TemplateError> + Send + 'static,
-) -> Result<T, String> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(format!("the task failed: {e}")),
+/// Publishes a template over `layers` (see [`TemplateStore::publish`]) off the async threads.
+///
+/// [`TemplateStore::publish`]: crate::templates::TemplateStore::publish
+async fn publish(
+    node: &LocalNode,
+    layers: &[std::path::PathBuf],
+    meta: TemplateMeta,
+) -> Result<Template, BuildError> {
+    let store = node.templates().clone();
+    let layers = layers.to_vec();
+    match tokio::task::spawn_blocking(move || store.publish(&layers, &meta)).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(fail(FINALIZE_STEP, e.to_string())),
+        Err(e) => Err(fail(FINALIZE_STEP, format!("the publish task failed: {e}"))),
     }
 }
 
