@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod doctor;
+pub mod envd;
 pub mod sandbox;
 pub mod serve;
 pub mod shell;

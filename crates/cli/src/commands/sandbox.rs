@@ -2,9 +2,9 @@
 //! list, info, kill, pause, resume, metrics, logs, exec and shell. Talks only the public E2B REST
 //! API (`X-API-Key`) and, for `exec` and `shell`, envd's Connect protocol through the sandbox
 //! proxy, exactly as the SDKs do, so it works against a remote Paddock as well as a local one.
-//! This module also owns the CLI's envd client ([`Envd`]): the Connect envelope framing, the
-//! headers the SDKs send, and the mapping of proxy/envd failures to clear errors; `exec` and
-//! `shell` (see [`super::shell`], the terminal side) both use it.
+//! The envd client itself (Connect framing, headers, error mapping) is [`super::envd`]; this
+//! module finds a sandbox's envd through the REST API ([`connect_envd`]) and runs `exec` on it,
+//! and [`super::shell`] is the terminal side of `shell`.
 //!
 //! Where it connects: `--api-url` / `E2B_API_URL` (default `http://127.0.0.1:3000`),
 //! `--sandbox-url` / `E2B_SANDBOX_URL` (default `http://127.0.0.1:3002`), and the key from
@@ -18,8 +18,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-/// Port envd listens on, as E2B's SDKs address it.
-const ENVD_PORT: u16 = 49983;
+use super::envd::{data_bytes, end_code, Envd, START};
 
 /// Where the API is and how to authenticate.
 #[derive(Args, Debug, Clone)]
@@ -211,7 +210,7 @@ pub async fn run(cmd: SandboxCommand) -> anyhow::Result<u8> {
             target,
         } => {
             let api = Api::new(&target)?;
-            let envd = Envd::connect(&api, &target, &id).await?;
+            let envd = connect_envd(&api, &target, &id).await?;
             return exec(&envd, &user, cwd.as_deref(), &command.join(" ")).await;
         }
         SandboxCommand::Shell {
@@ -222,7 +221,7 @@ pub async fn run(cmd: SandboxCommand) -> anyhow::Result<u8> {
             target,
         } => {
             let api = Api::new(&target)?;
-            let envd = Envd::connect(&api, &target, &id).await?;
+            let envd = connect_envd(&api, &target, &id).await?;
             let options = super::shell::ShellOptions { user, cwd, command };
             // An interactive session keeps its sandbox alive: connect again every minute,
             // which moves the end time to at least five minutes from then.
@@ -338,7 +337,7 @@ pub(crate) struct HttpError {
 }
 
 /// The `message` of a JSON error body, else the body itself, trimmed.
-fn error_message(text: &str) -> String {
+pub(crate) fn error_message(text: &str) -> String {
     serde_json::from_str::<Value>(text)
         .ok()
         .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
@@ -586,284 +585,18 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out.join("\n")
 }
 
-// ---------------------------------------------------------------------------------------------
-// envd through the sandbox proxy, over Connect with the JSON codec (spec 3.3), as the SDKs call
-// it. Shared by `exec` and `shell`.
-
-/// `process.Process/Start`: a server stream of `ProcessEvent`s.
-pub(crate) const START: &str = "process.Process/Start";
-/// Connect envelope flag: the payload is compressed (never negotiated, so refused).
-const FLAG_COMPRESSED: u8 = 0x01;
-/// Connect envelope flag: the end-of-stream message (`{}` or `{"error": …}`).
-const FLAG_END_STREAM: u8 = 0x02;
-/// Largest envelope accepted (envd's data events carry at most 32 KiB of bytes).
-const MAX_ENVELOPE: usize = 16 << 20;
-/// Deadline of a unary call, as the SDKs' default request timeout.
-const UNARY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// A Connect stream that cannot be split into envelopes.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum FrameError {
-    /// A compressed envelope although no compression was negotiated.
-    #[error("a compressed Connect envelope (no compression was negotiated)")]
-    Compressed,
-    /// An envelope longer than [`MAX_ENVELOPE`].
-    #[error("a Connect envelope of {0} bytes (the limit is {MAX_ENVELOPE})")]
-    TooLarge(usize),
-    /// The body ended in the middle of an envelope.
-    #[error("the stream ended inside a Connect envelope ({0} bytes left over)")]
-    Truncated(usize),
-}
-
-/// One message envelope: a flag byte (0), the payload's length (4 bytes, big-endian), the payload.
-fn envelope(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 5);
-    out.push(0u8);
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// Splits a byte stream into Connect envelopes, wherever the chunks happen to cut it.
-#[derive(Debug, Default)]
-struct EnvelopeDecoder {
-    buf: Vec<u8>,
-}
-
-impl EnvelopeDecoder {
-    /// Appends bytes read from the body.
-    fn push(&mut self, chunk: &[u8]) {
-        self.buf.extend_from_slice(chunk);
-    }
-
-    /// The next complete envelope as `(flags, payload)`; `None` until one is fully buffered.
-    fn next_envelope(&mut self) -> Result<Option<(u8, Vec<u8>)>, FrameError> {
-        if self.buf.len() < 5 {
-            return Ok(None);
-        }
-        let flags = self.buf[0];
-        if flags & FLAG_COMPRESSED != 0 {
-            return Err(FrameError::Compressed);
-        }
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        if len > MAX_ENVELOPE {
-            return Err(FrameError::TooLarge(len));
-        }
-        if self.buf.len() < 5 + len {
-            return Ok(None);
-        }
-        let payload = self.buf[5..5 + len].to_vec();
-        self.buf.drain(..5 + len);
-        Ok(Some((flags, payload)))
-    }
-
-    /// Checks that the body ended between envelopes.
-    fn finish(&self) -> Result<(), FrameError> {
-        match self.buf.len() {
-            0 => Ok(()),
-            n => Err(FrameError::Truncated(n)),
-        }
-    }
-}
-
-/// Why a call to envd failed, in terms a user can act on.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum RpcError {
-    /// The proxy does not know the sandbox: killed, timed out, or never started.
-    #[error("sandbox {0} is not running")]
-    NotRunning(String),
-    /// The sandbox is known but nothing answers on envd's port.
-    #[error("sandbox {0} is running but its envd does not answer")]
-    EnvdUnreachable(String),
-    /// envd refused the access token (a plain HTTP 401, not a Connect error).
-    #[error("envd refused the access token: {0}")]
-    AccessDenied(String),
-    /// A Connect error; `code` is the snake_case Connect code (`not_found`, `unauthenticated`…).
-    #[error("{code}: {message}")]
-    Connect {
-        /// Connect error code.
-        code: String,
-        /// envd's message.
-        message: String,
-    },
-    /// Another HTTP error status.
-    #[error("HTTP {status}: {message}")]
-    Http {
-        /// HTTP status.
-        status: u16,
-        /// The body's `message`, else the body.
-        message: String,
-    },
-    /// A message that is not what the protocol promises.
-    #[error("a malformed answer from envd: {0}")]
-    Protocol(String),
-    /// The stream could not be split into envelopes.
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-    /// The connection failed.
-    #[error("talking to envd: {0}")]
-    Transport(#[from] reqwest::Error),
-}
-
-impl RpcError {
-    /// The Connect code, for errors envd answered with.
-    pub(crate) fn code(&self) -> Option<&str> {
-        match self {
-            RpcError::Connect { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-
-    /// Classifies an error status of an envd call made through the proxy of sandbox `id`.
-    fn from_status(id: &str, status: u16, body: &str) -> Self {
-        let code = serde_json::from_str::<Value>(body)
-            .ok()
-            .and_then(|v| v.get("code").and_then(Value::as_str).map(str::to_string));
-        let message = error_message(body);
-        match (status, code) {
-            (_, Some(code)) => RpcError::Connect { code, message },
-            (502, None) if message.contains("was not found") => RpcError::NotRunning(id.into()),
-            (502, None) if message.contains("port is not open") => {
-                RpcError::EnvdUnreachable(id.into())
-            }
-            (401, None) => RpcError::AccessDenied(message),
-            (status, None) => RpcError::Http { status, message },
-        }
-    }
-
-    /// The error carried by an end-of-stream message, if any.
-    fn from_end_of_stream(end: &Value) -> Option<Self> {
-        let err = end.get("error")?;
-        let text = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-        let code = Some(text("code"))
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| "unknown".into());
-        Some(RpcError::Connect {
-            code,
-            message: text("message"),
-        })
-    }
-}
-
-/// envd of one sandbox, reached through the sandbox proxy with the headers the SDKs send.
-#[derive(Debug, Clone)]
-pub(crate) struct Envd {
-    http: reqwest::Client,
-    base: String,
-    sandbox_id: String,
-    token: Option<String>,
-}
-
-impl Envd {
-    /// Connects to the sandbox through the REST API (which resumes a paused sandbox, as the
-    /// SDKs' `connect` does) and returns its envd, with the access token the API handed out.
-    async fn connect(api: &Api, target: &Target, id: &str) -> anyhow::Result<Self> {
-        let sandbox = api
-            .post(&format!("/v2/sandboxes/{id}/connect"), &json!({}))
-            .await
-            .map_err(|e| connect_error(id, e))?;
-        let token = sandbox
-            .get("envdAccessToken")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        Ok(Envd::new(api.http.clone(), &target.sandbox_url, id, token))
-    }
-
-    /// envd of sandbox `id` behind the sandbox proxy at `sandbox_url`.
-    pub(crate) fn new(
-        http: reqwest::Client,
-        sandbox_url: &str,
-        id: &str,
-        token: Option<String>,
-    ) -> Self {
-        Envd {
-            http,
-            base: sandbox_url.trim_end_matches('/').to_string(),
-            sandbox_id: id.to_string(),
-            token,
-        }
-    }
-
-    /// A request for `method` (`process.Process/Start`…) with the Connect and sandbox headers,
-    /// the access token, and the user in Basic credentials when one is given.
-    fn request(
-        &self,
-        method: &str,
-        content_type: &str,
-        user: Option<&str>,
-    ) -> reqwest::RequestBuilder {
-        let mut req = self
-            .http
-            .post(format!("{}/{method}", self.base))
-            .header("Content-Type", content_type)
-            .header("Connect-Protocol-Version", "1")
-            .header("E2b-Sandbox-Id", &self.sandbox_id)
-            .header("E2b-Sandbox-Port", ENVD_PORT.to_string());
-        if let Some(token) = &self.token {
-            req = req.header("X-Access-Token", token);
-        }
-        if let Some(user) = user {
-            req = req.header("Authorization", format!("Basic {}", basic_user(user)));
-        }
-        req
-    }
-
-    /// A unary call (`SendInput`, `Update`, `SendSignal`…, without a user, as the SDKs send
-    /// them): envd's JSON answer.
-    pub(crate) async fn unary(&self, method: &str, message: &Value) -> Result<Value, RpcError> {
-        let body = serde_json::to_vec(message).map_err(|e| RpcError::Protocol(e.to_string()))?;
-        let resp = self
-            .request(method, "application/json", None)
-            .header("Connect-Timeout-Ms", UNARY_TIMEOUT.as_millis().to_string())
-            .timeout(UNARY_TIMEOUT)
-            .body(body)
-            .send()
-            .await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        if !status.is_success() {
-            return Err(RpcError::from_status(
-                &self.sandbox_id,
-                status.as_u16(),
-                &text,
-            ));
-        }
-        if text.trim().is_empty() {
-            return Ok(json!({}));
-        }
-        serde_json::from_str(&text).map_err(|e| RpcError::Protocol(format!("{e}: {text:.200}")))
-    }
-
-    /// Opens a server stream (`Start`) with one request message, keepalives every 50 s and no
-    /// deadline (the process lives as long as it wants).
-    pub(crate) async fn server_stream(
-        &self,
-        method: &str,
-        user: Option<&str>,
-        message: &Value,
-    ) -> Result<MessageStream, RpcError> {
-        let payload = serde_json::to_vec(message).map_err(|e| RpcError::Protocol(e.to_string()))?;
-        let resp = self
-            .request(method, "application/connect+json", user)
-            .header("Keepalive-Ping-Interval", "50")
-            .body(envelope(&payload))
-            .send()
-            .await?;
-        let status = resp.status();
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            return Err(RpcError::from_status(
-                &self.sandbox_id,
-                status.as_u16(),
-                &text,
-            ));
-        }
-        Ok(MessageStream {
-            resp,
-            decoder: EnvelopeDecoder::default(),
-            finished: false,
-        })
-    }
+/// Connects to the sandbox through the REST API (which resumes a paused sandbox, as the SDKs'
+/// `connect` does) and returns its envd, with the access token the API handed out.
+async fn connect_envd(api: &Api, target: &Target, id: &str) -> anyhow::Result<Envd> {
+    let sandbox = api
+        .post(&format!("/v2/sandboxes/{id}/connect"), &json!({}))
+        .await
+        .map_err(|e| connect_error(id, e))?;
+    let token = sandbox
+        .get("envdAccessToken")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    Ok(Envd::new(api.http.clone(), &target.sandbox_url, id, token))
 }
 
 /// Turns a failed REST connect into the error a user can act on.
@@ -881,47 +614,6 @@ fn connect_error(id: &str, e: anyhow::Error) -> anyhow::Error {
             message,
         }) => anyhow!("sandbox {id} is not running: {message}"),
         _ => e.context(format!("connecting to sandbox {id}")),
-    }
-}
-
-/// The messages of a Connect server stream, in order.
-pub(crate) struct MessageStream {
-    resp: reqwest::Response,
-    decoder: EnvelopeDecoder,
-    finished: bool,
-}
-
-impl MessageStream {
-    /// The next message; `Ok(None)` once the stream ended cleanly (end-of-stream `{}`, or the
-    /// body ending between envelopes, which the Python SDK tolerates too). An end-of-stream
-    /// error comes back as [`RpcError::Connect`]. Cancel-safe: state changes only after an
-    /// await completed, so dropping the future loses nothing.
-    pub(crate) async fn next_message(&mut self) -> Result<Option<Value>, RpcError> {
-        loop {
-            if self.finished {
-                return Ok(None);
-            }
-            if let Some((flags, payload)) = self.decoder.next_envelope()? {
-                let value: Value = serde_json::from_slice(&payload)
-                    .map_err(|e| RpcError::Protocol(format!("a message that is not JSON: {e}")))?;
-                if flags & FLAG_END_STREAM == 0 {
-                    return Ok(Some(value));
-                }
-                self.finished = true;
-                return match RpcError::from_end_of_stream(&value) {
-                    Some(err) => Err(err),
-                    None => Ok(None),
-                };
-            }
-            match self.resp.chunk().await? {
-                Some(chunk) => self.decoder.push(&chunk),
-                None => {
-                    self.finished = true;
-                    self.decoder.finish()?;
-                    return Ok(None);
-                }
-            }
-        }
     }
 }
 
@@ -944,18 +636,6 @@ async fn exec(envd: &Envd, user: &str, cwd: Option<&str>, command: &str) -> anyh
         }
     }
     Ok(code.unwrap_or(1))
-}
-
-/// The bytes of `data.<key>` (`stdout`, `stderr`, `pty`) of a `DataEvent`, if present.
-pub(crate) fn data_bytes(data: &Value, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-    use base64::Engine as _;
-    let Some(b64) = data.get(key).and_then(Value::as_str) else {
-        return Ok(None);
-    };
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map(Some)
-        .with_context(|| format!("{key} is not base64"))
 }
 
 /// Handles one `StartResponse` event: output goes to stdout/stderr; `end` gives the exit code.
@@ -986,260 +666,9 @@ fn handle_event(value: &Value) -> anyhow::Result<Option<u8>> {
     Ok(None)
 }
 
-/// The exit code an `EndEvent` stands for: the process's own, or 128 + signal for a process
-/// killed by one (reported as -1 with "signal: …" in `status`).
-pub(crate) fn end_code(end: &Value) -> u8 {
-    match end.get("exitCode").and_then(Value::as_i64).unwrap_or(0) {
-        exit @ 0..=255 => exit as u8,
-        _ => 128 + signal_of(end.get("status").and_then(Value::as_str).unwrap_or("")),
-    }
-}
-
-/// The signal number in "signal: killed"-style statuses (9 when unknown).
-fn signal_of(status: &str) -> u8 {
-    match status.trim_start_matches("signal: ") {
-        "hangup" => 1,
-        "interrupt" => 2,
-        "terminated" => 15,
-        _ => 9,
-    }
-}
-
-/// `user:` in base64, the Basic credentials envd reads the user from.
-fn basic_user(user: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(format!("{user}:"))
-}
-
-/// A scripted HTTP/1.1 server standing in for the sandbox proxy and envd in unit tests.
-#[cfg(test)]
-pub(crate) mod mock {
-    use std::sync::{Arc, Mutex};
-
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    use tokio::net::TcpListener;
-
-    /// One request as received: the request line, lower-cased headers and the body.
-    #[derive(Debug, Clone)]
-    pub(crate) struct Request {
-        pub line: String,
-        pub headers: Vec<(String, String)>,
-        pub body: Vec<u8>,
-    }
-
-    impl Request {
-        pub(crate) fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-        }
-    }
-
-    /// The canned answer to every request: status, content type, and the body in the chunks
-    /// it is written in (chunked transfer encoding, one HTTP chunk each).
-    #[derive(Debug, Clone)]
-    pub(crate) struct Answer {
-        pub status: u16,
-        pub content_type: &'static str,
-        pub chunks: Vec<Vec<u8>>,
-    }
-
-    /// Serves `answer` to every request on a fresh port; returns its base URL and the log of
-    /// requests.
-    pub(crate) async fn serve(answer: Answer) -> (String, Arc<Mutex<Vec<Request>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let requests = log.clone();
-        tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                let (answer, log) = (answer.clone(), log.clone());
-                tokio::spawn(async move {
-                    let (read, mut write) = conn.into_split();
-                    let mut read = BufReader::new(read);
-                    while let Some(request) = read_request(&mut read).await {
-                        log.lock().expect("log").push(request);
-                        let mut out = format!(
-                            "HTTP/1.1 {} X\r\ncontent-type: {}\r\ntransfer-encoding: chunked\r\n\r\n",
-                            answer.status, answer.content_type
-                        )
-                        .into_bytes();
-                        if write.write_all(&out).await.is_err() {
-                            return;
-                        }
-                        for chunk in answer.chunks.iter().filter(|c| !c.is_empty()) {
-                            out = format!("{:x}\r\n", chunk.len()).into_bytes();
-                            out.extend_from_slice(chunk);
-                            out.extend_from_slice(b"\r\n");
-                            if write.write_all(&out).await.is_err() || write.flush().await.is_err()
-                            {
-                                return;
-                            }
-                        }
-                        if write.write_all(b"0\r\n\r\n").await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (url, requests)
-    }
-
-    async fn read_request(read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> Option<Request> {
-        let mut line = String::new();
-        read.read_line(&mut line).await.ok().filter(|n| *n > 0)?;
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            read.read_line(&mut h).await.ok().filter(|n| *n > 0)?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let (k, v) = h.split_once(':')?;
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-        let len = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .and_then(|(_, v)| v.parse::<usize>().ok())
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        read.read_exact(&mut body).await.ok()?;
-        Some(Request {
-            line: line.trim_end().to_string(),
-            headers,
-            body,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn end_of_stream(payload: &[u8]) -> Vec<u8> {
-        let mut end = envelope(payload);
-        end[0] = FLAG_END_STREAM;
-        end
-    }
-
-    #[tokio::test]
-    async fn a_server_stream_yields_its_messages_then_the_trailer_error() {
-        let mut body = envelope(br#"{"event":{"start":{"pid":7}}}"#);
-        body.extend(envelope(br#"{"event":{"keepalive":{}}}"#));
-        body.extend(end_of_stream(
-            br#"{"error":{"code":"deadline_exceeded","message":"too slow"}}"#,
-        ));
-        let (url, log) = mock::serve(mock::Answer {
-            status: 200,
-            content_type: "application/connect+json",
-            chunks: body.chunks(3).map(<[u8]>::to_vec).collect(),
-        })
-        .await;
-        let envd = Envd::new(reqwest::Client::new(), &url, "iabc", Some("tok".into()));
-        let request = json!({"process": {"cmd": "true"}});
-        let mut stream = envd
-            .server_stream(START, Some("root"), &request)
-            .await
-            .expect("open");
-        let next = stream.next_message().await.expect("start");
-        assert_eq!(next, Some(json!({"event": {"start": {"pid": 7}}})));
-        let next = stream.next_message().await.expect("keepalive");
-        assert_eq!(next, Some(json!({"event": {"keepalive": {}}})));
-        let err = stream
-            .next_message()
-            .await
-            .expect_err("the trailer's error");
-        assert_eq!(err.to_string(), "deadline_exceeded: too slow");
-        assert_eq!(stream.next_message().await.expect("finished"), None);
-
-        let sent = log.lock().expect("log")[0].clone();
-        assert_eq!(sent.line, "POST /process.Process/Start HTTP/1.1");
-        for (name, value) in [
-            ("content-type", "application/connect+json"),
-            ("connect-protocol-version", "1"),
-            ("e2b-sandbox-id", "iabc"),
-            ("e2b-sandbox-port", "49983"),
-            ("x-access-token", "tok"),
-            ("authorization", "Basic cm9vdDo="),
-            ("keepalive-ping-interval", "50"),
-        ] {
-            assert_eq!(sent.header(name), Some(value), "{name}");
-        }
-        assert!(sent.header("connect-timeout-ms").is_none(), "no deadline");
-        assert_eq!(
-            sent.body,
-            envelope(&serde_json::to_vec(&request).expect("json"))
-        );
-    }
-
-    #[tokio::test]
-    async fn a_stream_cut_inside_an_envelope_is_an_error() {
-        let mut body = envelope(br#"{"event":{"start":{"pid":7}}}"#);
-        body.truncate(body.len() - 2);
-        let (url, _log) = mock::serve(mock::Answer {
-            status: 200,
-            content_type: "application/connect+json",
-            chunks: vec![body],
-        })
-        .await;
-        let envd = Envd::new(reqwest::Client::new(), &url, "iabc", None);
-        let mut stream = envd
-            .server_stream(START, None, &json!({}))
-            .await
-            .expect("open");
-        let err = stream.next_message().await.expect_err("truncated");
-        assert!(
-            matches!(err, RpcError::Frame(FrameError::Truncated(_))),
-            "{err}"
-        );
-    }
-
-    #[tokio::test]
-    async fn unary_calls_send_json_without_a_user_and_map_errors() {
-        let (url, log) = mock::serve(mock::Answer {
-            status: 404,
-            content_type: "application/json",
-            chunks: vec![br#"{"code":"not_found","message":"pid 42 not found"}"#.to_vec()],
-        })
-        .await;
-        let envd = Envd::new(reqwest::Client::new(), &url, "iabc", None);
-        let msg = json!({"process": {"pid": 42}});
-        let err = envd
-            .unary("process.Process/Update", &msg)
-            .await
-            .expect_err("not found");
-        assert_eq!(err.code(), Some("not_found"));
-        let sent = log.lock().expect("log")[0].clone();
-        assert_eq!(sent.line, "POST /process.Process/Update HTTP/1.1");
-        assert_eq!(sent.header("content-type"), Some("application/json"));
-        assert_eq!(sent.header("connect-timeout-ms"), Some("60000"));
-        assert!(sent.header("authorization").is_none());
-        assert!(sent.header("x-access-token").is_none());
-        assert_eq!(
-            serde_json::from_slice::<Value>(&sent.body).expect("json"),
-            msg
-        );
-
-        let (url, _log) = mock::serve(mock::Answer {
-            status: 502,
-            content_type: "application/json",
-            chunks: vec![
-                br#"{"sandboxId":"iabc","message":"The sandbox was not found","code":502}"#
-                    .to_vec(),
-            ],
-        })
-        .await;
-        let envd = Envd::new(reqwest::Client::new(), &url, "iabc", None);
-        let err = envd
-            .unary("process.Process/Update", &msg)
-            .await
-            .expect_err("502");
-        assert_eq!(err.to_string(), "sandbox iabc is not running");
-    }
 
     #[test]
     fn events_give_output_and_exit_codes() {
@@ -1251,82 +680,6 @@ mod tests {
         let start = json!({"event": {"start": {"pid": 7}}});
         assert_eq!(handle_event(&start).expect("start"), None);
         assert!(handle_event(&json!({"event": {"data": {"stdout": "!!"}}})).is_err());
-    }
-
-    #[test]
-    fn envelopes_are_split_wherever_the_chunks_cut() {
-        let mut stream = envelope(br#"{"a":1}"#);
-        let mut end = envelope(b"{}");
-        end[0] = FLAG_END_STREAM;
-        stream.extend_from_slice(&end);
-        for cut in 0..stream.len() {
-            let mut d = EnvelopeDecoder::default();
-            let mut got = Vec::new();
-            for part in [&stream[..cut], &stream[cut..]] {
-                d.push(part);
-                while let Some(frame) = d.next_envelope().expect("well-formed") {
-                    got.push(frame);
-                }
-            }
-            d.finish().expect("ends between envelopes");
-            assert_eq!(
-                got,
-                vec![
-                    (0, br#"{"a":1}"#.to_vec()),
-                    (FLAG_END_STREAM, b"{}".to_vec())
-                ],
-                "cut at {cut}"
-            );
-        }
-    }
-
-    #[test]
-    fn bad_envelopes_are_refused() {
-        let mut d = EnvelopeDecoder::default();
-        d.push(&[FLAG_COMPRESSED, 0, 0, 0, 1, b'x']);
-        assert_eq!(d.next_envelope(), Err(FrameError::Compressed));
-        let mut d = EnvelopeDecoder::default();
-        d.push(&[0, 0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(
-            d.next_envelope(),
-            Err(FrameError::TooLarge(u32::MAX as usize))
-        );
-        let mut d = EnvelopeDecoder::default();
-        d.push(&[0, 0, 0, 0, 9, b'{']);
-        assert_eq!(d.next_envelope(), Ok(None));
-        assert_eq!(d.finish(), Err(FrameError::Truncated(6)));
-    }
-
-    #[test]
-    fn rpc_failures_are_classified() {
-        let e = RpcError::from_status(
-            "iabc",
-            502,
-            r#"{"sandboxId":"iabc","message":"The sandbox was not found","code":502}"#,
-        );
-        assert_eq!(e.to_string(), "sandbox iabc is not running");
-        let e = RpcError::from_status(
-            "iabc",
-            502,
-            r#"{"sandboxId":"iabc","message":"The sandbox is running but port is not open","port":49983,"code":502}"#,
-        );
-        assert!(matches!(e, RpcError::EnvdUnreachable(_)), "{e}");
-        let e = RpcError::from_status("iabc", 401, r#"{"code":401,"message":"bad token"}"#);
-        assert_eq!(e.to_string(), "envd refused the access token: bad token");
-        let e = RpcError::from_status(
-            "iabc",
-            401,
-            r#"{"code":"unauthenticated","message":"user nobody2 not found"}"#,
-        );
-        assert_eq!(e.code(), Some("unauthenticated"));
-        assert_eq!(e.to_string(), "unauthenticated: user nobody2 not found");
-        let e = RpcError::from_status("iabc", 500, "boom");
-        assert_eq!(e.to_string(), "HTTP 500: boom");
-
-        let end = json!({"error": {"code": "not_found", "message": "pid 9 not found"}});
-        let e = RpcError::from_end_of_stream(&end).expect("an error");
-        assert_eq!(e.code(), Some("not_found"));
-        assert!(RpcError::from_end_of_stream(&json!({})).is_none());
     }
 
     #[test]
@@ -1355,11 +708,6 @@ mod tests {
             format!("{e:#}"),
             "connecting to sandbox iabc: 500 disk full"
         );
-    }
-
-    #[test]
-    fn basic_credentials_name_the_user() {
-        assert_eq!(basic_user("root"), "cm9vdDo=");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
-use super::sandbox::{data_bytes, end_code, Envd, RpcError, START};
+use super::envd::{data_bytes, end_code, Envd, RpcError, START};
 
 /// Unary RPC typing bytes into the process's terminal.
 const SEND_INPUT: &str = "process.Process/SendInput";
@@ -360,7 +360,7 @@ pub async fn run(envd: Envd, options: &ShellOptions) -> anyhow::Result<u8> {
 /// Copies the process's output to stdout until it ends, a termination signal arrives, or input
 /// fails for another reason than the process being gone.
 async fn pump(
-    stream: &mut super::sandbox::MessageStream,
+    stream: &mut super::envd::MessageStream,
     signals: &mut TermSignals,
     mut worker: tokio::task::JoinHandle<Result<(), RpcError>>,
 ) -> Outcome {
@@ -584,7 +584,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_keystrokes_go_out_in_one_send_input_in_order() {
-        use crate::commands::sandbox::mock;
+        use crate::commands::envd::mock;
         let (url, log) = mock::serve(mock::Answer {
             status: 200,
             content_type: "application/json",
@@ -610,7 +610,7 @@ mod tests {
 
     #[tokio::test]
     async fn refused_input_stops_the_forwarding_with_the_reason() {
-        use crate::commands::sandbox::mock;
+        use crate::commands::envd::mock;
         let (url, log) = mock::serve(mock::Answer {
             status: 500,
             content_type: "application/json",
