@@ -56,6 +56,7 @@ pub use auth::{ensure_api_key, ensure_api_key_in, hash_api_key, KeySetupError};
 pub use error::ApiError;
 pub use lifecycle::pause::Wake;
 pub use lifecycle::reconcile::ReconcileReport;
+pub use lifecycle::tags::is_build_template;
 pub use lifecycle::Error as LifecycleError;
 pub use store::{SqliteStore, Store, StoreError};
 

@@ -257,6 +257,19 @@ pub trait Node: Send + Sync + 'static {
         Err(NodeError::Unsupported("deleting templates"))
     }
 
+    /// Makes template `to` over the layers of template `from`, with its metadata (limits,
+    /// start state and commands) and no files copied, replacing a template named `to`.
+    /// Fails with [`NodeError::TemplateNotFound`] when `from` does not exist. Default:
+    /// unsupported.
+    async fn copy_template(
+        &self,
+        from: &TemplateName,
+        to: &TemplateName,
+    ) -> Result<TemplateInfo, NodeError> {
+        let _ = (from, to);
+        Err(NodeError::Unsupported("copying templates"))
+    }
+
     /// The environment variables sandbox `id` was created with (empty if unknown). Default:
     /// none.
     fn env_vars(&self, id: &SandboxId) -> HashMap<String, String> {

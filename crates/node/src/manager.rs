@@ -1019,6 +1019,26 @@ impl Node for LocalNode {
         Ok(deleted)
     }
 
+    async fn copy_template(
+        &self,
+        from: &TemplateName,
+        to: &TemplateName,
+    ) -> Result<TemplateInfo, NodeError> {
+        let store = self.templates.clone();
+        let (source, target) = (from.clone(), to.clone());
+        let copied = tokio::task::spawn_blocking(move || store.copy(&source, &target))
+            .await
+            .map_err(|e| NodeError::Io {
+                context: "template copy task failed".into(),
+                source: std::io::Error::other(e),
+            })??
+            .ok_or_else(|| NodeError::TemplateNotFound(from.to_string()))?;
+        Ok(TemplateInfo {
+            name: copied.name,
+            resources: copied.resources,
+        })
+    }
+
     fn egress_policy(&self, id: &SandboxId) -> Option<EgressPolicy> {
         self.read_meta(id).ok().map(|m| m.network)
     }

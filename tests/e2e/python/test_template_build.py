@@ -357,3 +357,55 @@ def test_cache_clear_through_the_cli(paddock, new_sandbox):
     assert run(sbx, "cat /tmp/kept") == "kept"
     logs = build(t, name)
     assert not [m for m in logs if m.startswith("CACHED ")], logs
+
+
+def test_tags_keep_builds_apart(new_sandbox):
+    """`name:tag` builds stay apart; tags are assigned, listed and removed through the SDK."""
+    from e2b import SandboxException
+
+    name = unique("sdk-tags")
+
+    def version(tag: str, content: str):
+        t = Template().from_template("base").run_cmd(f"echo {content} > /tmp/version")
+        return Template.build(t, f"{name}:{tag}" if tag else name)
+
+    def content(ref: str) -> str:
+        sbx = new_sandbox(template=ref)
+        assert sbx.get_info().template_id == name, "sandboxes show the template's name"
+        return run(sbx, "cat /tmp/version")
+
+    v1 = version("v1", "one")
+    v2 = version("v2", "two")
+    assert v1.build_id != v2.build_id
+    assert content(f"{name}:v1") == "one"
+    assert content(f"{name}:v2") == "two"
+    # Only tagged builds so far: `name` means `name:default`, which names nothing yet.
+    with pytest.raises(SandboxException) as err:
+        Sandbox.create(template=name)
+    assert "not found" in str(err.value)
+
+    info = Template.assign_tags(f"{name}:v1", ["stable"])
+    assert (info.build_id, info.tags) == (v1.build_id, ["stable"])
+    assert content(f"{name}:stable") == "one"
+    tags = {t.tag: t.build_id for t in Template.get_tags(name)}
+    assert tags == {"v1": v1.build_id, "v2": v2.build_id, "stable": v1.build_id}
+
+    # An untagged build is `default`; assigning `default` to v2 makes `name` v2.
+    latest = version("", "three")
+    assert content(name) == "three"
+    assert content(f"{name}:{latest.build_id}") == "three", "a build id works as a tag"
+    assert content(f"{name}:v1") == "one", "older builds keep their files"
+    Template.assign_tags(f"{name}:v2", "default")
+    assert content(name) == "two"
+    # No tag names the newest build any more: it is gone with its files.
+    with pytest.raises(SandboxException):
+        Sandbox.create(template=f"{name}:{latest.build_id}")
+
+    Template.remove_tags(name, "stable")
+    with pytest.raises(SandboxException):
+        Sandbox.create(template=f"{name}:stable")
+    assert content(f"{name}:v1") == "one"
+    with pytest.raises(SandboxException):
+        Template.remove_tags(name, "never-assigned")
+    tags = {t.tag: t.build_id for t in Template.get_tags(name)}
+    assert tags == {"v1": v1.build_id, "v2": v2.build_id, "default": v2.build_id}

@@ -3,24 +3,27 @@
 //!
 //! 1. **request** (`POST /v3/templates`): the name (`name` or `name:tag`) becomes the team's
 //!    template, private, from then on (a [`TemplateRecord`]); a `waiting` build is recorded with
-//!    its resources. Names of node templates nobody built (`base`) and other teams' templates or
-//!    snapshots are refused, as are the prefixes of hidden templates (`buildcache-`, `image-`,
-//!    `fork-`).
+//!    its resources and tags (from `name:tag` and `tags`; none = `default`). Names of node
+//!    templates nobody built (`base`) and other teams' templates or snapshots are refused, as
+//!    are the names of hidden templates (prefixes `buildcache-`, `image-`, `fork-`, and
+//!    `build-<32 hex digits>`).
 //! 2. **files** ([`super::build_files`]): the SDK uploads the archives of its COPY steps.
 //! 3. **start** (`POST /v2/templates/{id}/builds/{buildID}`): the recipe is validated
 //!    ([`Recipe::from_wire`]), every COPY archive must be present, a `fromTemplate` base must be
 //!    one the team may use; the build becomes `building` and runs on a detached task tracked by
-//!    [`Core::tasks`]: `Node::build` publishes the template while a collector appends its log
-//!    lines to the store in batches (every [`LOG_FLUSH_INTERVAL`] or [`LOG_BATCH_LINES`] lines).
+//!    [`Core::tasks`]: `Node::build` publishes the build's hidden template
+//!    ([`super::tags::build_template`]) while a collector appends its log lines to the store
+//!    in batches (every [`LOG_FLUSH_INTERVAL`] or [`LOG_BATCH_LINES`] lines).
 //!    Every line is stored before the status leaves `building`, so a client that polls until
 //!    the status is final and then drains the log misses nothing.
-//! 4. **end**: `ready`, or `error` with a reason (message, failed step, last
+//! 4. **end**: the build's tags are pointed at it (publishing the template's name when one is
+//!    `default`, see [`super::tags`]), then `ready`; or `error` with a reason (message, failed step, last
 //!    [`REASON_LINES`] lines). Shutdown drops a running build's task (the node stops its build
 //!    sandboxes when it shuts down) and records it as `error`; builds still `waiting` or
 //!    `building` at the next start are marked `error` too ([`Core::fail_interrupted_builds`]).
 //!
-//! Paddock has one version of a template: tags are recorded and returned, but every build
-//! publishes the template's name (a tag other than `default` names no separate version).
+//! Every successful build stays apart from the others under its own hidden template; tags say
+//! which one `name:tag` starts (see [`super::tags`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -64,9 +67,11 @@ pub const INTERRUPTED: &str = "the server stopped during the build";
 /// Prefixes of hidden templates: cached build layers, base images, forks' private snapshots.
 pub(crate) const HIDDEN_PREFIXES: [&str; 3] = [CACHE_PREFIX, IMAGE_PREFIX, FORK_PREFIX];
 
-/// Whether `name` is a hidden template (never listed, never started from by clients).
+/// Whether `name` is a hidden template (never listed, never started from by clients): one of
+/// [`HIDDEN_PREFIXES`], or a build's own template ([`super::tags::is_build_template`]).
 pub fn is_hidden_template(name: &TemplateName) -> bool {
     HIDDEN_PREFIXES.iter().any(|p| name.as_str().starts_with(p))
+        || super::tags::is_build_template(name)
 }
 
 /// A template reference as clients send it (`name`, `name:tag`, `namespace/name:tag`): the
@@ -133,7 +138,9 @@ pub struct BuildRequestSpec {
     pub min_free_disk_mb: Option<i64>,
 }
 
-fn valid_tag(tag: &str) -> bool {
+/// Whether `tag` is a valid tag: 1 to [`MAX_TAG`] characters of `A-Z`, `a-z`, `0-9`, `.`,
+/// `_` and `-`.
+pub(crate) fn valid_tag(tag: &str) -> bool {
     !tag.is_empty()
         && tag.len() <= MAX_TAG
         && tag
@@ -264,8 +271,9 @@ impl Core {
         let (name, tag) = template_ref(&raw).ok_or_else(invalid_name)?;
         if is_hidden_template(&name) {
             return Err(Error::Invalid(format!(
-                "template names starting with {} are reserved",
-                HIDDEN_PREFIXES.join(", ")
+                "template names starting with {} and names {}<32 hex digits> are reserved",
+                HIDDEN_PREFIXES.join(", "),
+                super::tags::BUILD_PREFIX
             )));
         }
         let mut tags: Vec<String> = Vec::new();
@@ -352,19 +360,6 @@ impl Core {
         }
     }
 
-    /// Checks that the team may build from template `raw` (as creates would start from it).
-    async fn check_base_template(&self, team: &TeamId, raw: &str) -> Result<(), Error> {
-        let not_found = || Error::TemplateNotFound(raw.to_string());
-        let (name, _) = template_ref(raw).ok_or_else(not_found)?;
-        match self.template_owner(&name).await? {
-            Owner::Hidden => return Err(not_found()),
-            owner if owner.team().is_some_and(|t| t != team) => return Err(not_found()),
-            _ => {}
-        }
-        self.node.template(&name).await?.ok_or_else(not_found)?;
-        Ok(())
-    }
-
     /// Starts a `waiting` build (`POST /v2/templates/{id}/builds/{buildID}`); the build runs on
     /// a tracked task and this returns at once.
     pub(crate) async fn start_build(
@@ -374,7 +369,7 @@ impl Core {
         raw_build: &str,
         body: BuildStartV2,
     ) -> Result<(), Error> {
-        let recipe = Recipe::from_wire(body).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut recipe = Recipe::from_wire(body).map_err(|e| Error::Invalid(e.to_string()))?;
         let build = self.team_build(team, raw_template, raw_build).await?;
         if build.status != BuildStatus::Waiting {
             return Err(Error::Conflict(format!(
@@ -403,8 +398,10 @@ impl Core {
                 build.template
             )));
         }
+        // The team may build from what its creates may start from; a tag is the build it names.
         if let Base::Template(raw) = &recipe.base {
-            self.check_base_template(team, raw).await?;
+            let base = self.resolve_template(team, raw).await?;
+            recipe.base = Base::Template(base.node_template.to_string());
         }
         {
             let _admin = self.builds.admin.lock().await;
@@ -420,15 +417,15 @@ impl Core {
             }
         }
         let request = BuildRequest {
-            name: build.template.clone(),
+            name: super::tags::build_template(&build.id),
             recipe,
             resources: build.resources,
             files_dir,
             images_dir: Some(self.config.data_dir.join(IMAGES_DIR)),
         };
         let core = Arc::clone(self);
-        let id = build.id.clone();
-        if let Err(e) = self.spawn_create(async move { core.run_build(id, request).await }) {
+        let record = build.clone();
+        if let Err(e) = self.spawn_create(async move { core.run_build(record, request).await }) {
             let reason = BuildReason {
                 message: INTERRUPTED.into(),
                 step: None,
@@ -449,8 +446,9 @@ impl Core {
     }
 
     /// Runs one build to its end (see the module docs); never fails: the outcome is recorded.
-    async fn run_build(self: Arc<Self>, id: BuildId, request: BuildRequest) {
-        let name = request.name.clone();
+    async fn run_build(self: Arc<Self>, record: BuildRecord, request: BuildRequest) {
+        let id = record.id.clone();
+        let name = record.template.clone();
         let started = std::time::Instant::now();
         let (sink, mut lines) = tokio::sync::mpsc::unbounded_channel();
         let mut shutdown = self.shutdown.subscribe();
@@ -481,6 +479,33 @@ impl Core {
         while let Ok(line) = lines.try_recv() {
             collector.push(line);
         }
+        // Tagged before it is `ready`: a client that saw `ready` finds `name:tag` in place.
+        let outcome = match outcome {
+            Some(Ok(built)) => match self.tag_finished_build(&record).await {
+                Ok(()) => {
+                    let names: Vec<String> =
+                        record.tags.iter().map(|t| format!("{name}:{t}")).collect();
+                    collector.push(BuildLog {
+                        timestamp: Utc::now(),
+                        level: paddock_node::build::LogLevel::Info,
+                        step: paddock_template::FINALIZE_STEP.into(),
+                        message: format!("published as {}", names.join(", ")),
+                    });
+                    Some(Ok(built))
+                }
+                Err(e) => {
+                    let _ = self
+                        .node
+                        .delete_template(&super::tags::build_template(&record.id))
+                        .await;
+                    Some(Err(paddock_node::build::BuildError {
+                        step: paddock_template::FINALIZE_STEP.into(),
+                        message: format!("tagging the build failed: {e}"),
+                    }))
+                }
+            },
+            other => other,
+        };
         collector.flush(self.store.as_ref()).await;
         let (to, reason) = match outcome {
             Some(Ok(built)) => {
@@ -578,6 +603,11 @@ impl Core {
             )));
         }
         // The node first: a template left on the node without its record would be public.
+        for b in self.store.builds_of(&name).await? {
+            self.node
+                .delete_template(&super::tags::build_template(&b.id))
+                .await?;
+        }
         self.node.delete_template(&name).await?;
         match self.store.delete_template_record(team, &name).await? {
             TemplateDeletion::Deleted | TemplateDeletion::NotFound => {}

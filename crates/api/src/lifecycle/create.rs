@@ -61,7 +61,7 @@ impl Core {
     pub(crate) async fn create(
         self: &Arc<Self>,
         team: &TeamId,
-        spec: CreateSpec,
+        mut spec: CreateSpec,
     ) -> Result<SandboxRecord, Error> {
         let timeout = validate::timeout("timeout", spec.timeout_secs)?;
         validate::metadata(&spec.metadata)?;
@@ -85,28 +85,18 @@ impl Core {
         if self.is_shutting_down() {
             return Err(Error::ShuttingDown);
         }
-        let template = TemplateName::parse(&spec.template)
-            .map_err(|_| Error::TemplateNotFound(spec.template.clone()))?;
         // Snapshots and built templates are their team's: another team sees no such template;
-        // hidden templates (build layers, base images, forks) are nobody's to start from.
-        match self.template_owner(&template).await? {
-            super::build::Owner::Hidden => {
-                return Err(Error::TemplateNotFound(spec.template.clone()))
-            }
-            owner if owner.team().is_some_and(|t| t != team) => {
-                return Err(Error::TemplateNotFound(spec.template.clone()))
-            }
-            _ => {}
+        // hidden templates (build layers, base images, forks) are nobody's to start from. A
+        // tag starts the build it names; the record keeps the template's name.
+        let resolved = self.resolve_template(team, &spec.template).await?;
+        let template = resolved.name;
+        if resolved.node_template != template {
+            spec.node_template = Some(resolved.node_template);
         }
-        let info = self
-            .node
-            .template(&template)
-            .await?
-            .ok_or_else(|| Error::TemplateNotFound(spec.template.clone()))?;
 
         let Some(key) = spec.idempotency_key.clone() else {
             return self
-                .create_new(team, spec, template, info.resources, timeout, None)
+                .create_new(team, spec, template, resolved.resources, timeout, None)
                 .await;
         };
         validate::idempotency_key(&key)?;
@@ -122,8 +112,15 @@ impl Core {
             }
         }
         let claim = IdempotencyClaim { key, _guard: guard };
-        self.create_new(team, spec, template, info.resources, timeout, Some(claim))
-            .await
+        self.create_new(
+            team,
+            spec,
+            template,
+            resolved.resources,
+            timeout,
+            Some(claim),
+        )
+        .await
     }
 
     pub(super) async fn create_new(

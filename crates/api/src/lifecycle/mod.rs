@@ -30,6 +30,7 @@ pub(crate) mod pause;
 pub(crate) mod query;
 pub(crate) mod reconcile;
 pub(crate) mod snapshot;
+pub(crate) mod tags;
 pub(crate) mod timeout;
 pub(crate) mod validate;
 

@@ -2,8 +2,8 @@
 //! - `POST /v3/templates` `TemplateBuildRequestV3` → 202 `TemplateRequestResponseV3`
 //!   (`templateID` = the name, `buildID`, `public: false`, `names`, `tags`, `aliases`); 400 bad
 //!   input, 403 a name owned by another team or a node template, 409 a build already waiting or
-//!   running. `name:tag` and `tags` are recorded and returned, but Paddock keeps one version of
-//!   a template: every build publishes `name`;
+//!   running. The tags (`name:tag` and `tags`; none = `default`) name the build once it
+//!   succeeds: `name:tag` then starts it (see `lifecycle::tags` and `routes::tags`);
 //! - `GET /templates/{id}/files/{hash}` → 201 `{"present", "url"}` (the URL, on this server's
 //!   `Host`, carries a signed token: no API key needed to upload); 400 bad hash, 404 not the
 //!   team's template;

@@ -22,6 +22,7 @@ mod network;
 mod pause;
 pub(crate) mod query;
 mod snapshots;
+mod tags;
 mod templates;
 mod timeout;
 
@@ -63,6 +64,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/templates", get(templates::list))
         .route("/default-templates", get(templates::list))
         .route("/templates/aliases/{alias}", get(templates::alias))
+        .route("/templates/tags", post(tags::assign).delete(tags::remove))
+        .route("/templates/{template_id}/tags", get(tags::list))
         .route("/v3/templates", post(builds::request))
         .route(
             "/templates/{template_id}/files/{hash}",

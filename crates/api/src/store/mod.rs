@@ -339,6 +339,31 @@ pub enum TemplateDeletion {
     NotFound,
 }
 
+/// A tag of a team's template: the build `name:tag` starts sandboxes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRecord {
+    /// The template.
+    pub template: TemplateName,
+    /// The tag (`default` is the one `name` alone means).
+    pub tag: String,
+    /// The (successful) build it names.
+    pub build_id: BuildId,
+    /// When it was assigned to that build.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The outcome of [`Store::remove_tags`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagRemoval {
+    /// The tags are gone; these builds lost their last tag with them.
+    Removed {
+        /// Builds that no tag names any more.
+        orphaned: Vec<BuildId>,
+    },
+    /// This tag is not assigned; nothing was removed.
+    UnknownTag(String),
+}
+
 /// Which of a build's log lines to read: a page from `offset` (counted among the lines that
 /// pass the level filter) or from a time cursor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -604,6 +629,47 @@ pub trait Store: Send + Sync + 'static {
     async fn fail_unfinished_builds(&self, reason: &BuildReason) -> Result<u64, StoreError> {
         let _ = reason;
         Ok(0)
+    }
+
+    /// Points each of `tags` of `template` at `build` (moving tags that named other builds),
+    /// in one transaction; returns the builds that no tag names any more because of it.
+    /// Default: unsupported.
+    async fn assign_tags(
+        &self,
+        template: &TemplateName,
+        build: &BuildId,
+        tags: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<BuildId>, StoreError> {
+        let _ = (template, build, tags, at);
+        Err(StoreError::Unsupported("template tags"))
+    }
+
+    /// Removes `tags` from `template`, all or (when one is not assigned) none. Default:
+    /// unsupported.
+    async fn remove_tags(
+        &self,
+        template: &TemplateName,
+        tags: &[String],
+    ) -> Result<TagRemoval, StoreError> {
+        let _ = (template, tags);
+        Err(StoreError::Unsupported("template tags"))
+    }
+
+    /// A template's tags, by tag. Default: none.
+    async fn template_tags(&self, template: &TemplateName) -> Result<Vec<TagRecord>, StoreError> {
+        let _ = template;
+        Ok(Vec::new())
+    }
+
+    /// One tag of a template. Default: none.
+    async fn tag(
+        &self,
+        template: &TemplateName,
+        tag: &str,
+    ) -> Result<Option<TagRecord>, StoreError> {
+        let _ = (template, tag);
+        Ok(None)
     }
 
     /// The storage of lifecycle events, webhooks and webhook deliveries of this backend.

@@ -64,6 +64,7 @@ ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
     events::MIGRATION,
     snapshots::MIGRATION,
     builds::MIGRATION,
+    tags::MIGRATION,
 ];
 
 const SANDBOX_COLUMNS: &str = "id, team_id, template, alias, state, metadata, access_token, \
@@ -807,6 +808,47 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn assign_tags(
+        &self,
+        template: &TemplateName,
+        build: &super::BuildId,
+        tags: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<super::BuildId>, StoreError> {
+        let (template, build, tags) = (template.clone(), build.clone(), tags.to_vec());
+        self.with_conn(move |conn| tags::assign(conn, &template, &build, &tags, at))
+            .await
+    }
+
+    async fn remove_tags(
+        &self,
+        template: &TemplateName,
+        tags: &[String],
+    ) -> Result<super::TagRemoval, StoreError> {
+        let (template, tags) = (template.clone(), tags.to_vec());
+        self.with_conn(move |conn| tags::remove(conn, &template, &tags))
+            .await
+    }
+
+    async fn template_tags(
+        &self,
+        template: &TemplateName,
+    ) -> Result<Vec<super::TagRecord>, StoreError> {
+        let template = template.clone();
+        self.with_conn(move |conn| tags::of_template(conn, &template))
+            .await
+    }
+
+    async fn tag(
+        &self,
+        template: &TemplateName,
+        tag: &str,
+    ) -> Result<Option<super::TagRecord>, StoreError> {
+        let (template, tag) = (template.clone(), tag.to_string());
+        self.with_conn(move |conn| tags::one(conn, &template, &tag))
+            .await
+    }
+
     fn event_store(&self) -> Option<Arc<dyn crate::events::EventStore>> {
         Some(Arc::new(self.clone()))
     }
@@ -826,6 +868,9 @@ mod snapshots;
 
 #[path = "sqlite_builds.rs"]
 mod builds;
+
+#[path = "sqlite_tags.rs"]
+mod tags;
 
 #[cfg(test)]
 #[path = "sqlite_tests.rs"]

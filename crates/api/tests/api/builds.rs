@@ -313,7 +313,11 @@ async fn the_sdk_flow_uploads_builds_and_publishes_a_template() {
 
     // What the node was asked for: the requested resources (disk raised), the files' place.
     let req = h.node.build_requests.lock().expect("lock")[0].clone();
-    assert_eq!(req.name.as_str(), "app");
+    // Published as the build's own hidden template; the tags name it (see tags.rs).
+    assert_eq!(
+        req.name.as_str(),
+        format!("build-{}", build.replace('-', ""))
+    );
     assert_eq!(
         (
             req.resources.cpu_count,
@@ -354,7 +358,7 @@ async fn the_sdk_flow_uploads_builds_and_publishes_a_template() {
     assert!(r.body["builds"][0]["finishedAt"].is_string());
     let r = h.get("/templates/aliases/app").await;
     assert_eq!(r.body, json!({"templateID": "app", "public": false}));
-    h.create(json!({"templateID": "app"})).await;
+    h.create(json!({"templateID": "app:v1"})).await;
 }
 
 #[tokio::test]
@@ -370,10 +374,11 @@ async fn status_pages_by_offset_limit_and_level() {
     )
     .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    // base 1 + step (cache miss, RUN, 250 lines) + finalize 1; every 10th output a warning.
+    // base 1 + step (cache miss, RUN, 250 lines) + finalize 2 (publish, tags); every 10th
+    // output a warning.
     let (done, entries) = follow(&h, KEY, "chatty", &build).await;
     assert_eq!(done["status"], "ready");
-    assert_eq!(entries.len(), 254);
+    assert_eq!(entries.len(), 255);
     let outputs: Vec<String> = (0..250).map(|k| format!("output {k}")).collect();
     assert_eq!(messages(&entries)[3..253], outputs, "in order");
 
@@ -393,7 +398,7 @@ async fn status_pages_by_offset_limit_and_level() {
         "clamped"
     );
     let r = status(&h, KEY, "chatty", &build, "logsOffset=250&limit=10").await;
-    assert_eq!(r.body["logEntries"].as_array().expect("entries").len(), 4);
+    assert_eq!(r.body["logEntries"].as_array().expect("entries").len(), 5);
     let r = status(&h, KEY, "chatty", &build, "logsOffset=20&level=warn").await;
     let warn = r.body["logEntries"].as_array().expect("entries");
     assert_eq!(warn.len(), 5, "25 warnings, 20 skipped");
@@ -409,7 +414,7 @@ async fn status_pages_by_offset_limit_and_level() {
     .await;
     assert_eq!(
         r.body["logEntries"].as_array().expect("entries").len(),
-        53,
+        54,
         "the debug line is filtered out"
     );
     for bad in ["logsOffset=-1", "limit=x", "level=loud"] {
@@ -429,7 +434,11 @@ async fn status_pages_by_offset_limit_and_level() {
     let back: Vec<Value> = r.body["logs"].as_array().expect("logs").clone();
     assert_eq!(
         messages(&back),
-        ["publishing template chatty", "output 249", "output 248"]
+        [
+            "published as chatty:default",
+            &format!("publishing template build-{}", build.replace('-', "")),
+            "output 249"
+        ]
     );
     let r = logs("limit=500").await;
     assert_eq!(r.body["logs"].as_array().expect("logs").len(), 100);

@@ -187,6 +187,24 @@ impl Node for FakeNode {
         Ok(self.built.lock().expect("lock").remove(name).is_some())
     }
 
+    async fn copy_template(
+        &self,
+        from: &TemplateName,
+        to: &TemplateName,
+    ) -> Result<TemplateInfo, NodeError> {
+        let mut built = self.built.lock().expect("lock");
+        let mut copy = built
+            .get(from)
+            .cloned()
+            .ok_or_else(|| NodeError::TemplateNotFound(from.to_string()))?;
+        copy.name = to.clone();
+        built.insert(to.clone(), copy.clone());
+        Ok(TemplateInfo {
+            name: copy.name,
+            resources: copy.resources,
+        })
+    }
+
     /// Builds by the recipe without files: logs a few lines per step (`debug` "cache miss",
     /// `info` the step), checks that COPY archives are in `files_dir`, and publishes. `RUN exit
     /// <n>` fails its step, `RUN emit <n>` logs n lines (every 10th a warning), `RUN wait` waits

@@ -13,3 +13,4 @@ mod metrics;
 mod pause;
 mod sandboxes;
 mod snapshots;
+mod tags;

@@ -87,8 +87,11 @@ pub async fn run(cmd: TemplateCommand) -> anyhow::Result<()> {
                 paddock_node::build::IMAGE_PREFIX,
             ];
             for t in store.open()?.list()? {
-                // Build caches and base images are templates of the store, not the user's.
-                if hidden.iter().any(|p| t.name.as_str().starts_with(p)) {
+                // Build caches, base images and the builds kept for tags are templates of the
+                // store, not the user's.
+                if hidden.iter().any(|p| t.name.as_str().starts_with(p))
+                    || paddock_api::is_build_template(&t.name)
+                {
                     continue;
                 }
                 println!(

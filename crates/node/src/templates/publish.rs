@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+use paddock_domain::TemplateName;
+
 use super::{write_record, Template, TemplateError, TemplateMeta, TemplateStore, META_FILE};
 
 impl TemplateStore {
@@ -60,11 +62,34 @@ impl TemplateStore {
     }
 }
 
+impl TemplateStore {
+    /// Makes `to` a template over the layers of template `from`, with `from`'s limits, source
+    /// and start state (its creation time is now), replacing a template named `to`; no files
+    /// are copied ([`TemplateStore::publish`]). `None` when `from` does not exist.
+    pub fn copy(
+        &self,
+        from: &TemplateName,
+        to: &TemplateName,
+    ) -> Result<Option<Template>, TemplateError> {
+        let Some(source) = self.get(from)? else {
+            return Ok(None);
+        };
+        let meta = TemplateMeta {
+            name: to.clone(),
+            resources: source.resources,
+            created_at: chrono::Utc::now(),
+            source: source.source,
+            config: source.config,
+        };
+        self.publish(&source.layers, &meta).map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{TemplateConfig, TemplateSource};
     use super::*;
-    use paddock_domain::{Resources, TemplateName};
+    use paddock_domain::Resources;
 
     fn meta(name: &str, cmd: &str) -> TemplateMeta {
         TemplateMeta {
@@ -119,5 +144,33 @@ mod tests {
             .get(&TemplateName::parse("other").expect("ok"))
             .expect("ok")
             .is_none());
+    }
+
+    #[test]
+    fn copies_share_the_layers_and_outlive_their_source() {
+        let dir = tempfile::tempdir().expect("ok");
+        let store = TemplateStore::open(dir.path()).expect("ok");
+        let id = store.new_layer_id().expect("ok");
+        let layer = store.layer_path(&id);
+        std::fs::create_dir_all(layer.join("etc")).expect("ok");
+        store
+            .publish(std::slice::from_ref(&layer), &meta("app", "serve"))
+            .expect("ok");
+        let (app, copy) = (
+            TemplateName::parse("app").expect("ok"),
+            TemplateName::parse("build-0123").expect("ok"),
+        );
+        let t = store.copy(&app, &copy).expect("ok").expect("copied");
+        assert_eq!(
+            (t.name.clone(), t.layers.clone()),
+            (copy.clone(), vec![layer.clone()])
+        );
+        assert_eq!(t.config.start_cmd.as_deref(), Some("serve"));
+        // The source's name can go: the copy keeps the layer through a collection.
+        assert!(store.delete(&app).expect("ok"));
+        store.collect_garbage().expect("ok");
+        assert!(layer.exists());
+        assert!(store.get(&copy).expect("ok").is_some());
+        assert!(store.copy(&app, &copy).expect("ok").is_none(), "no source");
     }
 }
