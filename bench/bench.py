@@ -28,6 +28,10 @@ Measures (n samples each, n=100; --quick: n=10), after the same warm-up on every
                             children run (each then answers commands.run("true"), not timed)
   5. baselines              `runc run` of /bin/true on the base template rootfs (read-only),
                             and fork+exec+wait of /bin/true (posix_spawn)     once, default server up
+  6. template builds        bench/templates.py, on one more default server after the others:
+                            cold, cached and changed builds of an SDK recipe, creates from the built
+                            template, and (not in --quick) recipes/code-interpreter; `--parts` picks
+                            sandboxes (1-5) and/or templates
 Every sandbox and snapshot a row makes is removed in that row, failed or not; a sweep at the
 end kills and deletes whatever is left (and says so), since snapshots live in the shared
 templates dir and would outlive the server.
@@ -573,6 +577,20 @@ FORK_COUNTS = (1, 10)
 SETTLE_SECONDS = 1.0
 
 
+# What `--parts` picks from: the sandbox benchmarks above, the template builds (bench/templates.py).
+PARTS = ("sandboxes", "templates")
+
+
+def parse_parts(text: str) -> List[str]:
+    """`all` or a comma-separated subset of PARTS."""
+    parts = {p.strip() for p in text.split(",") if p.strip()}
+    if "all" in parts:
+        return list(PARTS)
+    if not parts or parts - set(PARTS):
+        raise argparse.ArgumentTypeError(f"use 'all' or a comma-separated subset of {', '.join(PARTS)}")
+    return [p for p in PARTS if p in parts]
+
+
 def parse_configs(text: str) -> List[ServerConfig]:
     """`all` or a comma-separated subset of the config keys; always returned in run order."""
     keys = {k.strip() for k in text.split(",") if k.strip()}
@@ -772,6 +790,14 @@ def main() -> int:
         + ", ".join(f"{c.key} ({c.label})" for c in CONFIGS)
         + "; they always run in that order",
     )
+    ap.add_argument(
+        "--parts",
+        type=parse_parts,
+        default=list(PARTS),
+        metavar="all|PART[,PART...]",
+        help="what to run: all (default), sandboxes (the servers of --configs) and/or templates "
+        "(bench/templates.py: template builds on one more default server, after the others)",
+    )
     args = ap.parse_args()
     n = args.n or (10 if args.quick else 100)
     n_heavy = min(n, HEAVY_N_QUICK if args.quick else HEAVY_N)
@@ -795,6 +821,11 @@ def main() -> int:
     except ImportError as e:
         print(f"the e2b SDK is missing: {e}", file=sys.stderr)
         return 1
+
+    import templates  # bench/templates.py, next to this file
+
+    if "sandboxes" not in args.parts:
+        return templates.run_and_report(args.quick, write, args.out)
 
     rest_rows = [Measurement("REST create", REST_WHAT, server=c.label) for c in configs]
     sdk_rows = [Measurement("SDK create + first command", SDK_WHAT, server=c.label) for c in configs]
@@ -966,12 +997,17 @@ def main() -> int:
         print(line)
     if write:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(render_markdown(results, info, n, n_heavy, extra, configs, cost))
+        doc = render_markdown(results, info, n, n_heavy, extra, configs, cost)
+        args.out.write_text(templates.keep_section(args.out, doc))
         print(f"\nwrote {args.out}")
+    status = 0
+    if "templates" in args.parts:
+        time.sleep(SETTLE_SECONDS)
+        status = templates.run_and_report(args.quick, write, args.out)
     if failed:
         print(f"server(s) that did not start: {', '.join(failed)}", file=sys.stderr)
         return 1
-    return 0
+    return status
 
 
 if __name__ == "__main__":

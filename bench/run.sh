@@ -3,6 +3,8 @@
 #   bench/run.sh            n=100, writes docs/benchmarks.md
 #   bench/run.sh --quick    n=10, prints only (add --write to write docs/benchmarks.md)
 #   bench/run.sh --configs default   only the default server (no unhardened/hardened comparison)
+#   bench/run.sh --parts templates   only the template builds (bench/templates.py; adds the
+#                                    code-interpreter recipe without --quick, which downloads packages)
 # One run starts three servers one after the other (unhardened, hardened without network,
 # hardened + networking = default) to report what hardening costs the create path.
 # Uses the Python venv at $PADDOCK_VENV (default /var/cache/paddock/venv), creating it if needed.
