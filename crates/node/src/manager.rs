@@ -11,6 +11,10 @@
 //! live ones against `max_sandboxes`) before its first await, and gives it back when it fails.
 //! Shutdown closes the node to new creates, waits (bounded) for the ones in flight, kills every
 //! sandbox, then releases the runtime.
+//!
+//! Submodules hold the rest of `impl LocalNode`: `state` (pause in memory and to disk, start
+//! from disk), `snapshot` (snapshots of live sandboxes) and `start_cmd` (the template's start
+//! command).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,11 +28,16 @@ use paddock_sandbox::{RuntimeDriver, SandboxHandle, SandboxSpec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
 
-use crate::templates::{LayerLease, Template, TemplateSource, TemplateStore};
+use crate::templates::{LayerLease, TemplateStore};
 use crate::{
     CreateRequest, EgressPolicy, Endpoint, Node, NodeError, NodeSandbox, PauseMode, SnapshotMade,
     TemplateInfo,
 };
+use state::ON_DISK_MARKER;
+
+mod snapshot;
+mod start_cmd;
+mod state;
 
 /// Static configuration of a node.
 #[derive(Debug, Clone)]
@@ -59,10 +68,6 @@ struct SandboxMeta {
     #[serde(default)]
     config: crate::templates::TemplateConfig,
 }
-
-/// Marker file in a state directory: the sandbox is paused to disk (its processes are gone,
-/// its disk image is kept). Written before the sandbox is stopped, removed once it runs again.
-const ON_DISK_MARKER: &str = "paused-on-disk";
 
 /// How long shutdown waits for creates in flight before killing what is live.
 const SHUTDOWN_CREATE_WAIT: Duration = Duration::from_secs(15);
@@ -347,130 +352,6 @@ impl LocalNode {
         }
     }
 
-    /// Pauses a live sandbox to disk: the marker first (so a crash in the middle is finished
-    /// by the next start instead of losing the sandbox), then the runtime stops it keeping its
-    /// disk, then its network slot goes.
-    async fn persist(&self, id: &SandboxId) -> Result<(), NodeError> {
-        {
-            let mut table = self.table_mut();
-            if table.on_disk.contains(id) {
-                return Ok(());
-            }
-            match table.live.get_mut(id) {
-                // Held back by the proxy from here on.
-                Some(live) => live.paused = true,
-                None => return Err(NodeError::SandboxNotFound(id.clone())),
-            }
-        }
-        let started = std::time::Instant::now();
-        let dir = self.state_dir(id);
-        let marker = dir.join(ON_DISK_MARKER);
-        if let Err(source) = std::fs::write(&marker, b"") {
-            self.set_paused_flag(id, false);
-            return Err(NodeError::Io {
-                context: format!("writing {}", marker.display()),
-                source,
-            });
-        }
-        if let Err(e) = self.runtime.stop(id, &dir).await {
-            if self.runtime.is_alive(id) {
-                let _ = std::fs::remove_file(&marker);
-                self.set_paused_flag(id, false);
-                return Err(e.into());
-            }
-            // Its processes are gone but the disk could not be released: it cannot go on.
-            tracing::error!(sandbox_id = %id, error = %e, "pausing to disk failed half-way; the sandbox is lost");
-            let _ = std::fs::remove_file(&marker);
-            self.on_exit(id.clone()).await;
-            return Err(e.into());
-        }
-        {
-            let mut table = self.table_mut();
-            table.live.remove(id);
-            table.on_disk.insert(id.clone());
-        }
-        self.release_network(id).await;
-        tracing::info!(
-            sandbox_id = %id,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "sandbox paused to disk"
-        );
-        Ok(())
-    }
-
-    /// Starts a sandbox paused to disk again on its kept disk, with its recorded layers,
-    /// limits and egress policy; envd reads the boot configuration the first start left.
-    async fn start_from_disk(&self, id: &SandboxId) -> Result<(), NodeError> {
-        let started = std::time::Instant::now();
-        let reservation = self.reserve(id)?;
-        let meta = self.read_meta(id)?;
-        let network = self.acquire_network(id, &meta.network).await?;
-        // On failure the disk and the records stay: a later resume can try again.
-        let handle = self
-            .start_runtime(id, meta.layers.clone(), true, meta.resources, network)
-            .await?;
-        let _ = std::fs::remove_file(self.state_dir(id).join(ON_DISK_MARKER));
-        {
-            let mut table = self.table_mut();
-            table.on_disk.remove(id);
-            table.live.insert(
-                id.clone(),
-                Live {
-                    handle,
-                    paused: false,
-                },
-            );
-        }
-        drop(reservation);
-        // Its processes start afresh, so the template's start command does too.
-        let token = self.boot_config(id).and_then(|b| b.access_token);
-        if let Some(token) = token {
-            if let Err(e) = self.run_start_cmd(id, &meta.config, &token).await {
-                tracing::warn!(sandbox_id = %id, error = %e, "the template's start command failed after a start from disk");
-            }
-        }
-        tracing::info!(
-            sandbox_id = %id,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "sandbox started again from disk"
-        );
-        Ok(())
-    }
-
-    /// The boot configuration envd of sandbox `id` was given (`None` if unreadable).
-    fn boot_config(&self, id: &SandboxId) -> Option<BootConfig> {
-        let path = self.state_dir(id).join("run").join("config.json");
-        std::fs::read(&path)
-            .ok()
-            .and_then(|raw| serde_json::from_slice::<BootConfig>(&raw).ok())
-    }
-
-    /// Runs a built template's start command in live sandbox `id` and waits for its ready
-    /// check ([`crate::start`]); nothing to do for templates without them.
-    async fn run_start_cmd(
-        &self,
-        id: &SandboxId,
-        config: &crate::templates::TemplateConfig,
-        token: &str,
-    ) -> Result<(), String> {
-        if config.start_cmd.is_none() && config.ready_cmd.is_none() {
-            return Ok(());
-        }
-        let socket = match self.table().live.get(id) {
-            Some(l) => l.handle.envd_socket.clone(),
-            None => return Err("the sandbox stopped".into()),
-        };
-        let started = std::time::Instant::now();
-        let envd = crate::envd_client::EnvdClient::new(socket, Some(token.to_string()));
-        crate::start::start_and_wait(&envd, config, crate::start::READY_TIMEOUT).await?;
-        tracing::info!(
-            sandbox_id = %id,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "start command running, ready check passed"
-        );
-        Ok(())
-    }
-
     /// Leases the layers a surviving sandbox recorded (none for records of older nodes).
     fn lease_recorded(&self, id: &SandboxId, meta: &SandboxMeta) -> Option<LayerLease> {
         if meta.layers.is_empty() {
@@ -481,159 +362,6 @@ impl LocalNode {
             Err(e) => {
                 tracing::warn!(sandbox_id = %id, error = %e, "cannot lease the layers of an adopted sandbox");
                 None
-            }
-        }
-    }
-
-    /// After a restart: keeps a sandbox that was paused to disk (finishing a pause to disk
-    /// that a crash interrupted).
-    async fn adopt_on_disk(&self, id: &SandboxId, meta: &SandboxMeta) -> Result<(), NodeError> {
-        let dir = self.state_dir(id);
-        if !dir.join("disk.img").is_file() {
-            return Err(NodeError::Io {
-                context: format!("{} has no disk image", dir.display()),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            });
-        }
-        // A run record left means the stop did not finish: finish it.
-        if dir.join("state.json").exists() {
-            self.runtime.stop(id, &dir).await?;
-        }
-        let lease = self
-            .templates
-            .lease_layers(&meta.layers)
-            .map_err(NodeError::from)?;
-        let mut table = self.table_mut();
-        table.on_disk.insert(id.clone());
-        table.leases.insert(id.clone(), lease);
-        tracing::info!(sandbox_id = %id, "kept sandbox paused to disk");
-        Ok(())
-    }
-
-    fn set_paused_flag(&self, id: &SandboxId, paused: bool) {
-        if let Some(live) = self.table_mut().live.get_mut(id) {
-            live.paused = paused;
-        }
-    }
-
-    /// Copies the writable layer of a live sandbox into a new template `name` on top of the
-    /// sandbox's own layers. A running sandbox is frozen for the copy (without telling the
-    /// proxy: requests wait rather than fail) and thawed after it.
-    async fn snapshot_live(
-        &self,
-        id: &SandboxId,
-        name: &TemplateName,
-    ) -> Result<SnapshotMade, NodeError> {
-        let was_paused = match self.table().live.get(id) {
-            Some(live) => live.paused,
-            None => return Err(NodeError::SandboxNotFound(id.clone())),
-        };
-        let meta = self.read_meta(id)?;
-        if meta.layers.is_empty() {
-            return Err(NodeError::Unsupported(
-                "snapshots of sandboxes started before this version of Paddock",
-            ));
-        }
-        let source = TemplateSource::Snapshot {
-            sandbox_id: id.to_string(),
-            parent: meta.template.clone(),
-        };
-        if !was_paused {
-            self.runtime.pause(id).await?;
-        }
-        let started = std::time::Instant::now();
-        let parent = Template {
-            name: meta.template.clone(),
-            layers: meta.layers.clone(),
-            resources: meta.resources,
-            created_at: chrono::Utc::now(),
-            source: source.clone(),
-            config: meta.config.clone(),
-        };
-        let upper = self.state_dir(id).join("disk").join("upper");
-        let store = self.templates.clone();
-        let target = name.clone();
-        let resources = meta.resources;
-        let copied = tokio::task::spawn_blocking(move || {
-            store.snapshot(&target, &upper, &parent, resources, source)
-        })
-        .await;
-        if !was_paused {
-            if let Err(e) = self.runtime.resume(id).await {
-                tracing::error!(sandbox_id = %id, error = %e, "thawing after a snapshot failed");
-            }
-        }
-        let template = copied.map_err(|e| NodeError::Io {
-            context: "snapshot task failed".into(),
-            source: std::io::Error::other(e),
-        })??;
-        let size_bytes = crate::templates::layer_size(template.top_layer()).unwrap_or(0);
-        tracing::info!(
-            sandbox_id = %id,
-            template = %name,
-            size_bytes,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "snapshot taken"
-        );
-        Ok(SnapshotMade {
-            template: TemplateInfo {
-                name: template.name,
-                resources: template.resources,
-            },
-            size_bytes,
-        })
-    }
-
-    /// Freezes (`paused`) or thaws a live sandbox. The table says `paused` before the freeze
-    /// starts, so the proxy holds new traffic back instead of sending it into a sandbox that
-    /// cannot answer, and says running only once the thaw is done.
-    async fn set_paused(&self, id: &SandboxId, paused: bool) -> Result<(), NodeError> {
-        let set = |value: bool| -> bool {
-            match self.table_mut().live.get_mut(id) {
-                Some(live) => {
-                    live.paused = value;
-                    true
-                }
-                None => false,
-            }
-        };
-        if paused && !set(true) {
-            return Err(NodeError::SandboxNotFound(id.clone()));
-        }
-        if !paused && !self.table().live.contains_key(id) {
-            return Err(NodeError::SandboxNotFound(id.clone()));
-        }
-        let started = std::time::Instant::now();
-        let result = if paused {
-            self.runtime.pause(id).await
-        } else {
-            self.runtime.resume(id).await
-        };
-        match result {
-            Ok(()) => {
-                if !paused {
-                    set(false);
-                }
-                tracing::info!(
-                    sandbox_id = %id,
-                    paused,
-                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-                    "sandbox freezer changed"
-                );
-                Ok(())
-            }
-            Err(e) => {
-                // A failed freeze is undone by the runtime; a failed thaw leaves it frozen.
-                if paused {
-                    set(false);
-                }
-                Err(match e {
-                    paddock_sandbox::RuntimeError::NotFound(id) => NodeError::SandboxNotFound(id),
-                    paddock_sandbox::RuntimeError::Unsupported { .. } => {
-                        NodeError::Unsupported("pausing sandboxes on this runtime")
-                    }
-                    other => other.into(),
-                })
             }
         }
     }
