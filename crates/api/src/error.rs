@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::lifecycle::Error as LifecycleError;
 
-/// Seconds a client should wait before retrying when the node is busy.
+/// Seconds a client should wait before retrying when the node is busy (429 and 503).
 pub const BUSY_RETRY_AFTER_SECS: u64 = 1;
 
 /// A REST API failure.
@@ -32,10 +32,14 @@ pub enum ApiError {
     /// 409: the sandbox is not in a state that allows the operation.
     #[error("{0}")]
     Conflict(String),
+    /// 429 with `Retry-After`: too many creates in flight, or the node is full; the message
+    /// names the limit.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// 501: a feature Paddock does not have yet.
     #[error("{0}")]
     NotImplemented(String),
-    /// 503 with `Retry-After`: no capacity right now, or shutting down.
+    /// 503 with `Retry-After`: shutting down, or a pause or resume failed on the node.
     #[error("{0}")]
     Unavailable(String),
     /// 500 whose reason is sent to the client (sandbox creation failed).
@@ -61,6 +65,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::CreateFailed(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -98,7 +103,10 @@ impl IntoResponse for ApiError {
             message: &message,
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             let headers = response.headers_mut();
             headers.insert("retry-after", HeaderValue::from(BUSY_RETRY_AFTER_SECS));
             headers.insert("should-retry", HeaderValue::from_static("true"));
@@ -116,8 +124,9 @@ impl From<LifecycleError> for ApiError {
             | LifecycleError::BuildNotFound(_)) => ApiError::NotFound(e.to_string()),
             e @ LifecycleError::NotImplemented(_) => ApiError::NotImplemented(e.to_string()),
             LifecycleError::Busy(msg) => {
-                ApiError::Unavailable(format!("node is at capacity: {msg}"))
+                ApiError::TooManyRequests(format!("node is at capacity: {msg}"))
             }
+            e @ LifecycleError::Saturated(_) => ApiError::TooManyRequests(e.to_string()),
             e @ LifecycleError::ShuttingDown => ApiError::Unavailable(e.to_string()),
             e @ LifecycleError::StoppedDuringCreate(_) => ApiError::Conflict(e.to_string()),
             LifecycleError::Conflict(msg) => ApiError::Conflict(msg),
@@ -139,9 +148,18 @@ mod tests {
         assert_eq!(e.status_code(), StatusCode::NOT_FOUND);
         assert_eq!(e.to_string(), "template 'x' not found");
         let e: ApiError = LifecycleError::Busy("full".into()).into();
-        assert_eq!(e.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.status_code(), StatusCode::TOO_MANY_REQUESTS);
         let response = e.into_response();
         assert_eq!(response.headers()["retry-after"], "1");
+        let e: ApiError =
+            LifecycleError::Saturated(crate::AdmissionRejected::Team { limit: 3 }).into();
+        assert_eq!(e.status_code(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(e.to_string().contains("limit 3"), "{e}");
+        let response = e.into_response();
+        assert_eq!(response.headers()["retry-after"], "1");
+        let e: ApiError = LifecycleError::ShuttingDown.into();
+        assert_eq!(e.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.into_response().headers()["retry-after"], "1");
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub mod wire;
 
 pub use auth::{ensure_api_key, ensure_api_key_in, hash_api_key, KeySetupError};
 pub use error::ApiError;
+pub use lifecycle::admission::{AdmissionLimits, Rejected as AdmissionRejected};
 pub use lifecycle::pause::Wake;
 pub use lifecycle::reconcile::ReconcileReport;
 pub use lifecycle::tags::is_build_template;
@@ -72,14 +73,17 @@ pub struct ApiConfig {
     pub data_dir: PathBuf,
     /// Sandbox domain returned to clients as `domain` (`None` = `null`: clients use their own).
     pub domain: Option<String>,
+    /// Limits on creates in flight (on the node, per team); over them creates get 429.
+    pub admission: AdmissionLimits,
 }
 
 impl ApiConfig {
-    /// A configuration with no domain.
+    /// A configuration with no domain and this machine's default admission limits.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         ApiConfig {
             data_dir: data_dir.into(),
             domain: None,
+            admission: AdmissionLimits::default(),
         }
     }
 }

@@ -4,6 +4,10 @@
 //! sandbox behind. `Idempotency-Key` retries within 10 minutes get the same sandbox back: the key
 //! is recorded by that task, which holds the key's lock until the create is done, so a retry
 //! after a client disconnect waits for and returns the first create's sandbox.
+//!
+//! Admission comes first, before any template lookup or node work: a create over the node's or
+//! its team's limit of creates in flight is refused at once (see [`super::admission`]); the
+//! permit travels with the create task and is given back when that task ends.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use chrono::{Duration, Utc};
 use paddock_domain::{SandboxId, SandboxState, TemplateName};
 use paddock_node::{CreateRequest, NodeError};
 
+use super::admission::AdmissionPermit;
 use super::{new_access_token, validate, Core, Error, CLIENT_ID};
 use crate::store::{SandboxRecord, TeamId};
 
@@ -85,6 +90,7 @@ impl Core {
         if self.is_shutting_down() {
             return Err(Error::ShuttingDown);
         }
+        let permit = self.admission.try_admit(team)?;
         // Snapshots and built templates are their team's: another team sees no such template;
         // hidden templates (build layers, base images, forks) are nobody's to start from. A
         // tag starts the build it names; the record keeps the template's name.
@@ -96,7 +102,15 @@ impl Core {
 
         let Some(key) = spec.idempotency_key.clone() else {
             return self
-                .create_new(team, spec, template, resolved.resources, timeout, None)
+                .create_new(
+                    team,
+                    spec,
+                    template,
+                    resolved.resources,
+                    timeout,
+                    None,
+                    permit,
+                )
                 .await;
         };
         validate::idempotency_key(&key)?;
@@ -119,10 +133,14 @@ impl Core {
             resolved.resources,
             timeout,
             Some(claim),
+            permit,
         )
         .await
     }
 
+    /// Records and starts one sandbox on a detached task that holds `permit` (its admission)
+    /// and `claim` until the create is finished and recorded.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn create_new(
         self: &Arc<Self>,
         team: &TeamId,
@@ -131,6 +149,7 @@ impl Core {
         resources: paddock_domain::Resources,
         timeout_secs: i64,
         claim: Option<IdempotencyClaim>,
+        permit: AdmissionPermit,
     ) -> Result<SandboxRecord, Error> {
         let egress = match spec.egress.clone() {
             Some(policy) => policy,
@@ -192,6 +211,7 @@ impl Core {
             let result = core.finish_create(record, request, timeout_secs).await;
             // A retry with the same key waits for this moment, then finds the outcome.
             drop(claim);
+            drop(permit);
             result
         })?;
         task.await?
@@ -262,6 +282,8 @@ impl Core {
                     tracing::warn!(sandbox_id = %id, error = %e, "cleanup after failed create failed");
                 }
                 Err(match err {
+                    // The node closed for shutdown: 503 like any create during shutdown.
+                    NodeError::Busy(_) if self.is_shutting_down() => Error::ShuttingDown,
                     NodeError::Busy(msg) => Error::Busy(msg),
                     NodeError::TemplateNotFound(name) => Error::TemplateNotFound(name),
                     other => Error::CreateFailed(other.to_string()),

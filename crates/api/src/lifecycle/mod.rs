@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::store::{SandboxRecord, Store, StoreError, TeamId};
 use crate::ApiConfig;
 
+pub(crate) mod admission;
 pub(crate) mod background;
 pub(crate) mod build;
 pub(crate) mod build_files;
@@ -58,6 +59,9 @@ pub enum Error {
     /// The node has no capacity right now; retry later.
     #[error("{0}")]
     Busy(String),
+    /// Too many creates in flight on the node or for the team; retry later.
+    #[error(transparent)]
+    Saturated(#[from] admission::Rejected),
     /// The sandbox is not in a state that allows the operation (e.g. pausing a paused one).
     #[error("{0}")]
     Conflict(String),
@@ -135,11 +139,14 @@ pub(crate) struct Core {
     pub(crate) events: Arc<crate::events::Events>,
     /// Template builds: the lock over template ownership, the upload-link key.
     pub(crate) builds: build::Builds,
+    /// Limits on creates in flight, on the node and per team.
+    pub(crate) admission: admission::Admission,
 }
 
 impl Core {
     pub(crate) fn new(store: Arc<dyn Store>, node: Arc<dyn Node>, config: ApiConfig) -> Self {
         Core {
+            admission: admission::Admission::new(config.admission),
             events: crate::events::Events::new(&store),
             store,
             node,

@@ -6,6 +6,9 @@
 //!   paused sandbox answers 409.
 //! - **resume** (connect v1/v2, deprecated `POST …/resume`, and the proxy for `autoResume`
 //!   sandboxes): thaw, `paused → running`, end time = now + timeout, expiry woken.
+//! - A resume that starts the sandbox again from disk (paused to disk, or `cold`) is a create
+//!   for admission control: over the limits of creates in flight it is refused with 429, as
+//!   is one the node refuses for capacity.
 //! - While paused the end time does not apply (the expiry task only looks at running
 //!   sandboxes): E2B keeps paused sandboxes until they are resumed or killed.
 //!
@@ -173,14 +176,25 @@ impl Core {
             SandboxState::Running => return Ok((rec, false)),
             _ => return Err(Error::SandboxNotFound(id.to_string())),
         }
+        let mode = self.node.pause_mode(id);
+        // Starting again from disk costs what a create costs: it is admitted like one.
+        let _permit = if cold || mode == Some(paddock_node::PauseMode::Disk) {
+            Some(self.admission.try_admit(&rec.team_id)?)
+        } else {
+            None
+        };
         let started = std::time::Instant::now();
-        if cold && self.node.pause_mode(id) == Some(paddock_node::PauseMode::Memory) {
+        if cold && mode == Some(paddock_node::PauseMode::Memory) {
             self.node
                 .pause_to_disk(id)
                 .await
                 .map_err(|e| node_error(id, e))?;
         }
-        self.node.resume(id).await.map_err(|e| node_error(id, e))?;
+        self.node.resume(id).await.map_err(|e| match e {
+            // The node is full (a start from disk takes a slot): 429, unless it is closing.
+            NodeError::Busy(msg) if !self.is_shutting_down() => Error::Busy(msg),
+            other => node_error(id, other),
+        })?;
         SandboxState::Paused.transition(SandboxState::Running)?;
         if !self
             .store

@@ -11,7 +11,9 @@
 //!   each with a new id, token, hostname and address, the parent's metadata, environment,
 //!   egress policy, lifecycle and limits; the private template is deleted again at once (its
 //!   layers stay as long as a child runs on them). Copy-on-write: children share the copy of
-//!   the parent's writable layer read-only, each writes into its own.
+//!   the parent's writable layer read-only, each writes into its own. Each child is a create
+//!   for admission control, admitted before the copy: a child over the limits gets a 429
+//!   result of its own, and the fork is refused (429) when no child is admitted.
 
 use std::sync::Arc;
 
@@ -168,6 +170,12 @@ impl Core {
             return Err(Error::ShuttingDown);
         }
         let parent = self.visible(team, id).await?;
+        let permits: Vec<_> = (0..count).map(|_| self.admission.try_admit(team)).collect();
+        if let Some(Err(rejected)) = permits.first() {
+            if permits.iter().all(Result::is_err) {
+                return Err(rejected.clone().into());
+            }
+        }
         // Unguessable (96 random bits) and gone within milliseconds: no other team can start
         // a sandbox from it in between.
         let private = TemplateName::parse(&format!(
@@ -204,15 +212,14 @@ impl Core {
             node_template: Some(private.clone()),
             egress: Some(self.node.egress_policy(id).unwrap_or_default()),
         };
-        let children = (0..count).map(|_| {
-            self.create_new(
-                team,
-                spec.clone(),
-                parent.template.clone(),
-                made.template.resources,
-                timeout,
-                None,
-            )
+        let resources = made.template.resources;
+        let children = permits.into_iter().map(|permit| {
+            let (spec, template) = (spec.clone(), parent.template.clone());
+            async move {
+                let permit = permit?;
+                self.create_new(team, spec, template, resources, timeout, None, permit)
+                    .await
+            }
         });
         let results = futures::future::join_all(children).await;
         // The children hold the layers; the private template's name is not needed any more.

@@ -131,7 +131,7 @@ async fn unknown_template_is_404_with_a_clear_message() {
 async fn node_failures_are_reported_and_recorded() {
     let h = start().await;
     let r = h.post("/v2/sandboxes", r#"{"templateID":"busy"}"#).await;
-    assert_error(&r, StatusCode::SERVICE_UNAVAILABLE, "capacity");
+    assert_error(&r, StatusCode::TOO_MANY_REQUESTS, "capacity");
     assert_eq!(r.headers["retry-after"], "1");
     let r = h.post("/v2/sandboxes", r#"{"templateID":"broken"}"#).await;
     assert_error(

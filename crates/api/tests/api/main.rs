@@ -2,6 +2,7 @@
 //! in a temporary directory and an in-test `FakeNode`: a real node needs root and a rootfs;
 //! the end-to-end suite covers that.
 
+mod admission;
 mod builds;
 mod create;
 mod events;

@@ -39,9 +39,19 @@ pub struct ServeArgs {
     /// `localhost:<proxy port>` when the proxy listens on loopback).
     #[arg(long)]
     domain: Option<String>,
-    /// Most sandboxes alive at once on this node.
-    #[arg(long, default_value_t = 1000)]
+    /// Most sandboxes alive at once on this node (running, starting, paused in memory); creates
+    /// beyond it get 429 with `Retry-After`.
+    #[arg(long, env = "PADDOCK_MAX_SANDBOXES", default_value_t = 1000)]
     max_sandboxes: usize,
+    /// Most sandbox creates in flight at once on this node (starts from disk included); more get
+    /// 429 with `Retry-After` at once. Default: 8 per CPU, at least 32.
+    #[arg(long, env = "PADDOCK_MAX_CONCURRENT_CREATES", value_parser = at_least_one())]
+    max_concurrent_creates: Option<usize>,
+    /// Most sandbox creates in flight at once for one team; more get 429 with `Retry-After`.
+    /// Default: half of `--max-concurrent-creates`, but at least 20 (a whole fork) when that
+    /// allows it.
+    #[arg(long, env = "PADDOCK_MAX_CONCURRENT_CREATES_PER_TEAM", value_parser = at_least_one())]
+    max_concurrent_creates_per_team: Option<usize>,
     /// API key accepted for the default team (generated and kept in the data dir when unset).
     #[arg(long, env = "PADDOCK_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -54,6 +64,25 @@ pub struct ServeArgs {
     /// it for untrusted code.
     #[arg(long, hide = true)]
     unhardened_for_benchmarks: bool,
+}
+
+/// Parses a limit that must be at least 1.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// `--max-concurrent-creates` and `--max-concurrent-creates-per-team`, defaults filled in.
+fn admission_limits(args: &ServeArgs) -> paddock_api::AdmissionLimits {
+    let defaults = match args.max_concurrent_creates {
+        Some(node) => paddock_api::AdmissionLimits::with_node(node),
+        None => paddock_api::AdmissionLimits::default(),
+    };
+    paddock_api::AdmissionLimits {
+        per_team: args
+            .max_concurrent_creates_per_team
+            .unwrap_or(defaults.per_team),
+        ..defaults
+    }
 }
 
 /// `--network` choices.
@@ -147,6 +176,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         paddock_api::ApiConfig {
             data_dir: data_dir.clone(),
             domain,
+            admission: admission_limits(&args),
         },
         node.clone() as Arc<dyn Node>,
     )
@@ -304,4 +334,41 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn limits(flags: &[&str]) -> Result<paddock_api::AdmissionLimits, clap::Error> {
+        let argv = std::iter::once("serve").chain(flags.iter().copied());
+        Cli::try_parse_from(argv).map(|cli| admission_limits(&cli.serve))
+    }
+
+    #[test]
+    fn admission_flags_and_their_defaults() {
+        assert_eq!(
+            limits(&[]).expect("defaults"),
+            paddock_api::AdmissionLimits::default()
+        );
+        let node_only = limits(&["--max-concurrent-creates", "6"]).expect("node");
+        assert_eq!((node_only.node, node_only.per_team), (6, 6));
+        let both = limits(&[
+            "--max-concurrent-creates",
+            "64",
+            "--max-concurrent-creates-per-team",
+            "3",
+        ])
+        .expect("both");
+        assert_eq!((both.node, both.per_team), (64, 3));
+        assert!(limits(&["--max-concurrent-creates", "0"]).is_err());
+        assert!(limits(&["--max-concurrent-creates-per-team", "0"]).is_err());
+    }
 }
