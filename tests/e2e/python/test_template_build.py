@@ -409,3 +409,34 @@ def test_tags_keep_builds_apart(new_sandbox):
         Template.remove_tags(name, "never-assigned")
     tags = {t.tag: t.build_id for t in Template.get_tags(name)}
     assert tags == {"v1": v1.build_id, "v2": v2.build_id, "default": v2.build_id}
+
+
+def test_concurrent_builds_of_the_same_steps_share_the_cache(new_sandbox):
+    """Two builds racing through identical (uncached) steps both succeed, on one cached layer."""
+    import threading
+
+    marker = uuid.uuid4().hex
+    t = Template().from_template("base").run_cmd(f"echo {marker} > /tmp/race && sleep 1")
+    names = [unique("sdk-race"), unique("sdk-race")]
+    errors: List[BaseException] = []
+    logs: List[str] = []
+
+    def go(name: str) -> None:
+        try:
+            logs.extend(build(t, name))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in names]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=300)
+    assert not errors, errors
+    # Both ran the step at once (one kept its layer, the other used it), or the second found
+    # the first's in the cache.
+    assert any("another build made this step meanwhile" in m or m.startswith("CACHED ")
+               for m in logs), logs
+    for name in names:
+        sbx = new_sandbox(template=name)
+        assert run(sbx, "cat /tmp/race") == marker

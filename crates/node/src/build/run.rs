@@ -573,11 +573,33 @@ async fn run_step(
                 ),
             ));
         }
-        // A forced rebuild replaces the cached state.
-        let _ = node.delete_template(name).await;
-        node.snapshot(&id, name)
-            .await
-            .map_err(|e| fail(label, format!("cannot keep the step's files: {e}")))?;
+        // A forced rebuild replaces the cached state (an unforced build never deletes one:
+        // another build may be running on it).
+        if state.forced {
+            let _ = node.delete_template(name).await;
+        }
+        if let Err(e) = node.snapshot(&id, name).await {
+            // Another build of the same step (same key, so the same files) may have kept its
+            // result first, or be keeping it right now: use that one.
+            let busy = matches!(
+                e,
+                crate::NodeError::Template(crate::templates::TemplateError::Busy(_))
+            );
+            let deadline = Instant::now() + std::time::Duration::from_secs(300);
+            loop {
+                if let Ok(Some(t)) = node.templates().get(name) {
+                    log.info(
+                        label,
+                        "another build made this step meanwhile; using its layer",
+                    );
+                    return Ok(t);
+                }
+                if !busy || Instant::now() >= deadline {
+                    return Err(fail(label, format!("cannot keep the step's files: {e}")));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
         node.templates()
             .get(name)
             .map_err(|e| fail(label, e.to_string()))?
