@@ -470,12 +470,20 @@ async fn publish(
     layers: &[std::path::PathBuf],
     meta: TemplateMeta,
 ) -> Result<Template, BuildError> {
-    let store = node.templates().clone();
-    let layers = layers.to_vec();
-    match tokio::task::spawn_blocking(move || store.publish(&layers, &meta)).await {
-        Ok(Ok(t)) => Ok(t),
-        Ok(Err(e)) => Err(fail(FINALIZE_STEP, e.to_string())),
-        Err(e) => Err(fail(FINALIZE_STEP, format!("the publish task failed: {e}"))),
+    // Another build may be publishing the same name right now (two builds of the same
+    // recipe share their cached final state): wait for it and publish after it.
+    let deadline = Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let store = node.templates().clone();
+        let (layers, m) = (layers.to_vec(), meta.clone());
+        match tokio::task::spawn_blocking(move || store.publish(&layers, &m)).await {
+            Ok(Ok(t)) => return Ok(t),
+            Ok(Err(crate::templates::TemplateError::Busy(_))) if Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Ok(Err(e)) => return Err(fail(FINALIZE_STEP, e.to_string())),
+            Err(e) => return Err(fail(FINALIZE_STEP, format!("the publish task failed: {e}"))),
+        }
     }
 }
 
