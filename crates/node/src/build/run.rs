@@ -297,38 +297,31 @@ pub(crate) async fn build(
             .get(&final_cache)
             .map_err(|e| fail(FINALIZE_STEP, e.to_string()))?
             .is_some();
-    if config.start_cmd.is_some() && !checked {
-        log.info(
-            FINALIZE_STEP,
-            format!(
-                "checking the start command in a new sandbox: {}",
-                config.start_cmd.as_deref().unwrap_or_default()
-            ),
-        );
-        if let Some(ready) = &config.ready_cmd {
-            log.info(FINALIZE_STEP, format!("ready check: {ready}"));
-        }
+    if !checked {
+        // The final state is cached too; with a start command, only once it has passed.
         publish(
             node,
             &state.template.layers,
             meta(final_cache.clone(), config.clone()),
         )
         .await?;
-        if let Err(e) = check_start(node, &final_cache, &req).await {
-            let _ = node.delete_template(&final_cache).await;
-            return Err(fail(FINALIZE_STEP, e));
+        if let Some(start) = &config.start_cmd {
+            log.info(
+                FINALIZE_STEP,
+                format!("checking the start command in a new sandbox: {start}"),
+            );
+            if let Some(ready) = &config.ready_cmd {
+                log.info(FINALIZE_STEP, format!("ready check: {ready}"));
+            }
+            if let Err(e) = check_start(node, &final_cache, &req).await {
+                let _ = node.delete_template(&final_cache).await;
+                return Err(fail(FINALIZE_STEP, e));
+            }
+            log.info(
+                FINALIZE_STEP,
+                "the start command runs and the ready check passed",
+            );
         }
-        log.info(
-            FINALIZE_STEP,
-            "the start command runs and the ready check passed",
-        );
-    } else if !checked {
-        publish(
-            node,
-            &state.template.layers,
-            meta(final_cache.clone(), config.clone()),
-        )
-        .await?;
     }
     let published = publish(node, &state.template.layers, meta(req.name.clone(), config)).await?;
     log.info(
