@@ -1,6 +1,7 @@
 //! A client of one sandbox's envd, reached through its Unix socket on the host: runs processes
-//! (`process.Process/Start`, E2B's Connect protocol with the JSON codec) and writes files
-//! (`POST /files`). The template builder and create's start and ready commands use it.
+//! (`process.Process/Start`, E2B's Connect protocol with the JSON codec), writes files
+//! (`POST /files`) and hands a warm sandbox to its user (`POST /init`). The template builder,
+//! create's start and ready commands and the warm pools use it.
 //!
 //! Owns: one HTTP/1.1 connection per call, opened without following a symlink (the socket's
 //! directory is writable from inside the sandbox, see [`EnvdClient`]); the framing of Connect
@@ -277,6 +278,28 @@ impl EnvdClient {
         Ok(())
     }
 
+    /// Re-initialises envd with `POST /init` (spec 3.6): `init` replaces its access token, global
+    /// environment, default user and working directory. The request is authorised by the token
+    /// this client was made with (the current one); afterwards only `init.access_token` works.
+    /// Bounded by [`SETUP_TIMEOUT`].
+    pub async fn init(&self, init: &InitBody) -> Result<(), EnvdClientError> {
+        let payload = serde_json::to_vec(init)
+            .map_err(|e| EnvdClientError::Protocol(format!("encoding the request: {e}")))?;
+        let req = self
+            .request("/init")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| EnvdClientError::Protocol(format!("building the request: {e}")))?;
+        let (mut sender, _driver) = self.connect().await?;
+        let resp = tokio::time::timeout(SETUP_TIMEOUT, sender.send_request(req))
+            .await
+            .map_err(|_| self.unresponsive())??;
+        if !resp.status().is_success() {
+            return Err(http_error(resp).await);
+        }
+        Ok(())
+    }
+
     /// Sends `Start` for `spec` and returns the stream of its events.
     async fn start(&self, spec: &ProcessSpec) -> Result<Events, EnvdClientError> {
         let payload = serde_json::to_vec(&StartRequest::new(spec))
@@ -400,6 +423,36 @@ fn query_escape(value: &str) -> String {
         }
     }
     out
+}
+
+/// The body of envd's `POST /init`, as the orchestrator sends it when it hands a sandbox to its
+/// user (spec 3.6; field names as E2B's).
+#[derive(Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitBody {
+    /// The new access token.
+    pub access_token: String,
+    /// The new global environment (replaces the old one).
+    pub env_vars: HashMap<String, String>,
+    /// The new default user.
+    pub default_user: String,
+    /// The new default working directory, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_workdir: Option<String>,
+    /// When the request was made (envd ignores an older replay).
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+}
+
+impl std::fmt::Debug for InitBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InitBody")
+            .field("access_token", &"<redacted>")
+            .field("env_vars", &self.env_vars.keys().collect::<Vec<_>>())
+            .field("default_user", &self.default_user)
+            .field("default_workdir", &self.default_workdir)
+            .field("timestamp", &self.timestamp)
+            .finish()
+    }
 }
 
 /// `StartRequest` as the SDKs send it (`stdin: false` for `/dev/null`).

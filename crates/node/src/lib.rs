@@ -21,7 +21,7 @@ pub mod metrics;
 mod start;
 pub mod templates;
 
-pub use manager::{LocalNode, NodeConfig};
+pub use manager::{LocalNode, NodeConfig, PoolConfig, PoolStats, TemplatePoolStats};
 pub use metrics::{MetricSample, MetricsRange};
 pub use paddock_network::{Cidr, EgressPolicy, Network, NetworkConfig};
 
@@ -157,7 +157,21 @@ pub trait Node: Send + Sync + 'static {
     async fn kill(&self, id: &SandboxId) -> Result<(), NodeError>;
     /// Looks a template up.
     async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError>;
-    /// Sandboxes that are live on this node right now.
+    /// Claims a sandbox of `req.template`'s warm pool for `req`, if one is ready and `req`
+    /// can use it (the template's limits and start command, the default egress policy).
+    /// Returns its id, which the control plane gives the sandbox instead of `req.id`; the
+    /// following [`Node::create`] with that id hands it over in about a millisecond. A claim
+    /// with no `create` after it is released by [`Node::kill`] of the id (or, at the latest, a
+    /// minute later). Every miss tells the node that the template is wanted. Default: no pools.
+    fn claim_warm(&self, req: &CreateRequest) -> Option<SandboxId> {
+        let _ = req;
+        None
+    }
+    /// The warm pools' sizes and counters (for `/metrics`). Default: no pools.
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats::default()
+    }
+    /// Sandboxes that are live on this node right now (warm pools' sandboxes not included).
     async fn live(&self) -> Vec<SandboxId>;
     /// Notifies when a sandbox died by itself.
     fn exits(&self) -> tokio::sync::broadcast::Receiver<SandboxId>;

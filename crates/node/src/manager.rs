@@ -35,9 +35,12 @@ use crate::{
 };
 use state::ON_DISK_MARKER;
 
+mod pool;
 mod snapshot;
 mod start_cmd;
 mod state;
+
+pub use pool::{PoolConfig, PoolStats, TemplatePoolStats};
 
 /// Static configuration of a node.
 #[derive(Debug, Clone)]
@@ -50,6 +53,8 @@ pub struct NodeConfig {
     pub max_sandboxes: usize,
     /// Per-sandbox networking; `None` = sandboxes get only `lo`.
     pub network: Option<paddock_network::Network>,
+    /// Warm pools (sandboxes started in advance per template); off by default.
+    pub warm_pool: PoolConfig,
 }
 
 /// What the node remembers about a sandbox next to its state directory (`node.json`), so a
@@ -91,6 +96,9 @@ struct Table {
     leases: HashMap<SandboxId, LayerLease>,
     /// Set by shutdown: no new creates, and creates in flight do not enter `live`.
     shutting_down: bool,
+    /// The warm pools' sandboxes (ready, claimed, to be discarded); they count against
+    /// `max_sandboxes` like live ones.
+    pool: pool::PoolTable,
 }
 
 /// The in-process node.
@@ -104,6 +112,18 @@ pub struct LocalNode {
     exits: broadcast::Sender<SandboxId>,
     /// Resource-usage samples of the sandboxes (see [`crate::metrics`]).
     metrics: Arc<crate::metrics::MetricsStore>,
+    /// Wakes the warm pools' filler (a claim, a finished fill, a sandbox to discard).
+    pool_wake: Arc<Notify>,
+}
+
+/// A sandbox [`LocalNode::boot`] started, not yet in the live table (or a warm pool).
+struct Booted<'a> {
+    handle: SandboxHandle,
+    meta: SandboxMeta,
+    /// The template as it was when the sandbox started.
+    template: crate::templates::Template,
+    lease: LayerLease,
+    reservation: Reservation<'a>,
 }
 
 /// A reserved slot for one create; dropping it (failure, cancellation) frees the slot.
@@ -140,8 +160,13 @@ impl LocalNode {
             create_done: Notify::new(),
             exits,
             metrics: Arc::default(),
+            pool_wake: Arc::new(Notify::new()),
         });
         tokio::spawn(crate::metrics::run_sampler(Arc::downgrade(&node)));
+        if node.cfg.warm_pool.size > 0 {
+            node.table_mut().pool.pin(&node.cfg.warm_pool.pinned);
+            tokio::spawn(pool::run_filler(Arc::downgrade(&node)));
+        }
         let weak = Arc::downgrade(&node);
         let mut rx = node.runtime.exits();
         tokio::spawn(async move {
@@ -220,7 +245,12 @@ impl LocalNode {
                 "sandbox {id} already exists on this node"
             )));
         }
-        let used = table.live.len() + table.creating.len();
+        let mut used = table.live.len() + table.creating.len() + table.pool.held();
+        // A warm sandbox gives its slot up to a create that needs one.
+        while used >= self.cfg.max_sandboxes && table.pool.evict_one() {
+            used -= 1;
+            self.pool_wake.notify_one();
+        }
         if used >= self.cfg.max_sandboxes {
             return Err(NodeError::Busy(format!(
                 "{} sandboxes running and {} starting, limit {}",
@@ -250,6 +280,12 @@ impl LocalNode {
     async fn on_exit(&self, id: SandboxId) {
         let was_live = self.table_mut().live.remove(&id).is_some();
         if !was_live {
+            let warm = self.table_mut().pool.remove_ready(&id);
+            if let Some(warm) = warm {
+                tracing::warn!(sandbox_id = %id, template = %warm.template.name, "a warm sandbox exited on its own");
+                self.discard(warm).await;
+                self.pool_wake.notify_one();
+            }
             return;
         }
         tracing::warn!(sandbox_id = %id, "sandbox exited on its own");
@@ -373,6 +409,120 @@ impl LocalNode {
         }
     }
 
+    /// Starts sandbox `req.id` from its template on the slot `reservation` holds: leases the
+    /// template's layers, writes the state directory, acquires the network slot and starts the
+    /// runtime. On failure nothing of it is left (the reservation is given back).
+    async fn boot<'a>(
+        &'a self,
+        req: &CreateRequest,
+        reservation: Reservation<'a>,
+    ) -> Result<Booted<'a>, NodeError> {
+        let (template, lease) = self
+            .templates
+            .lease(&req.template)?
+            .ok_or_else(|| NodeError::TemplateNotFound(req.template.to_string()))?;
+        let meta = SandboxMeta {
+            template: req.template.clone(),
+            resources: req.resources.unwrap_or(template.resources),
+            layers: template.layers.clone(),
+            network: req.network.clone(),
+            config: template.config.clone(),
+        };
+        let remove_dir = || {
+            let _ = std::fs::remove_dir_all(self.state_dir(&req.id));
+        };
+        if let Err(e) = self.prepare_state_dir(req, &meta) {
+            remove_dir();
+            return Err(e);
+        }
+        let network = match self.acquire_network(&req.id, &req.network).await {
+            Ok(n) => n,
+            Err(e) => {
+                remove_dir();
+                return Err(e);
+            }
+        };
+        let started = self
+            .start_runtime(
+                &req.id,
+                template.layers.clone(),
+                false,
+                meta.resources,
+                network,
+            )
+            .await;
+        match started {
+            Ok(handle) => Ok(Booted {
+                handle,
+                meta,
+                template,
+                lease,
+                reservation,
+            }),
+            Err(e) => {
+                remove_dir();
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts a sandbox that has just started into the live table, gives its reservation back,
+    /// and checks that envd is still alive. During shutdown, or if envd died meanwhile, the
+    /// sandbox is stopped and the create fails.
+    async fn admit_live(&self, id: &SandboxId, booted: Booted<'_>) -> Result<(), NodeError> {
+        let Booted {
+            handle,
+            lease,
+            reservation,
+            ..
+        } = booted;
+        let pid = handle.init_pid;
+        let accepted = {
+            let mut table = self.table_mut();
+            if table.shutting_down {
+                false
+            } else {
+                table.live.insert(
+                    id.clone(),
+                    Live {
+                        handle,
+                        paused: false,
+                    },
+                );
+                table.leases.insert(id.clone(), lease);
+                true
+            }
+        };
+        if !accepted {
+            // Shutdown is waiting for this reservation; leave nothing behind before giving it up.
+            if let Err(e) = self.runtime.kill(id, &self.state_dir(id)).await {
+                tracing::error!(sandbox_id = %id, error = %e, "stopping a sandbox created during shutdown");
+            }
+            self.release_network(id).await;
+            return Err(NodeError::Busy("shutting down".into()));
+        }
+        drop(reservation);
+        // envd may have died between the runtime's bookkeeping and the insert above, and its
+        // exit notification may already have been handled (and ignored) before it.
+        if !self.runtime.is_alive(id) {
+            let removed = self.table_mut().live.remove(id).is_some();
+            if removed {
+                if let Err(e) = self.runtime.kill(id, &self.state_dir(id)).await {
+                    tracing::error!(sandbox_id = %id, error = %e, "cleaning up a sandbox that died at start");
+                }
+                self.release_network(id).await;
+                self.forget(id).await;
+            }
+            tracing::warn!(sandbox_id = %id, "sandbox exited right after it started");
+            return Err(NodeError::Runtime(paddock_sandbox::RuntimeError::Create {
+                id: id.clone(),
+                message: "envd exited right after it was ready".into(),
+            }));
+        }
+        tracing::debug!(sandbox_id = %id, pid, "sandbox admitted");
+        Ok(())
+    }
+
     fn prepare_state_dir(
         &self,
         req: &CreateRequest,
@@ -388,17 +538,7 @@ impl LocalNode {
         })?;
         write_private(&dir.join("node.json"), &meta_json)
             .map_err(io("writing node.json".into()))?;
-        // The template's environment, then the create's own (which wins).
-        let mut env_vars: HashMap<String, String> = meta.config.env.iter().cloned().collect();
-        env_vars.extend(req.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let boot = BootConfig {
-            access_token: Some(req.access_token.clone()),
-            env_vars,
-            sandbox_id: req.id.to_string(),
-            template_id: req.template.to_string(),
-            default_user: Some(meta.config.user.clone().unwrap_or_else(|| "user".into())),
-            default_workdir: meta.config.workdir.clone(),
-        };
+        let boot = boot_config(req, meta);
         let boot_json = serde_json::to_vec(&boot).map_err(|e| NodeError::Io {
             context: "encoding envd config".into(),
             source: std::io::Error::other(e),
@@ -406,6 +546,21 @@ impl LocalNode {
         write_private(&run.join("config.json"), &boot_json)
             .map_err(io("writing envd config".into()))?;
         Ok(dir)
+    }
+}
+
+/// envd's boot configuration for `req`: the template's environment, then the create's own
+/// (which wins), the access token, and the template's user and workdir.
+fn boot_config(req: &CreateRequest, meta: &SandboxMeta) -> BootConfig {
+    let mut env_vars: HashMap<String, String> = meta.config.env.iter().cloned().collect();
+    env_vars.extend(req.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    BootConfig {
+        access_token: Some(req.access_token.clone()),
+        env_vars,
+        sandbox_id: req.id.to_string(),
+        template_id: req.template.to_string(),
+        default_user: Some(meta.config.user.clone().unwrap_or_else(|| "user".into())),
+        default_workdir: meta.config.workdir.clone(),
     }
 }
 
@@ -425,97 +580,33 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 #[async_trait]
 impl Node for LocalNode {
     async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
-        let (template, lease) = self
-            .templates
-            .lease(&req.template)?
-            .ok_or_else(|| NodeError::TemplateNotFound(req.template.to_string()))?;
-        let reservation = self.reserve(&req.id)?;
-        let meta = SandboxMeta {
-            template: req.template.clone(),
-            resources: req.resources.unwrap_or(template.resources),
-            layers: template.layers.clone(),
-            network: req.network.clone(),
-            config: template.config.clone(),
-        };
-        let state_dir = match self.prepare_state_dir(&req, &meta) {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(self.state_dir(&req.id));
-                return Err(e);
-            }
-        };
-        let network = match self.acquire_network(&req.id, &req.network).await {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(self.state_dir(&req.id));
-                return Err(e);
-            }
-        };
-        debug_assert_eq!(state_dir, self.state_dir(&req.id));
-        let started = self
-            .start_runtime(
-                &req.id,
-                template.layers.clone(),
-                false,
-                meta.resources,
-                network,
-            )
-            .await;
-        let handle = match started {
-            Ok(h) => h,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(self.state_dir(&req.id));
-                return Err(e);
-            }
-        };
-        let pid = handle.init_pid;
-        let accepted = {
-            let mut table = self.table_mut();
-            if table.shutting_down {
-                false
-            } else {
-                table.live.insert(
-                    req.id.clone(),
-                    Live {
-                        handle,
-                        paused: false,
-                    },
-                );
-                table.leases.insert(req.id.clone(), lease);
-                true
-            }
-        };
-        if !accepted {
-            // Shutdown is waiting for this reservation; leave nothing behind before giving it up.
-            if let Err(e) = self.runtime.kill(&req.id, &self.state_dir(&req.id)).await {
-                tracing::error!(sandbox_id = %req.id, error = %e, "stopping a sandbox created during shutdown");
-            }
-            self.release_network(&req.id).await;
-            return Err(NodeError::Busy("shutting down".into()));
-        }
-        drop(reservation);
-        // envd may have died between the runtime's bookkeeping and the insert above, and its
-        // exit notification may already have been handled (and ignored) before it.
-        if !self.runtime.is_alive(&req.id) {
-            let removed = self.table_mut().live.remove(&req.id).is_some();
-            if removed {
-                if let Err(e) = self.runtime.kill(&req.id, &self.state_dir(&req.id)).await {
-                    tracing::error!(sandbox_id = %req.id, error = %e, "cleaning up a sandbox that died at start");
+        if let Some(warm) = self.take_claimed(&req.id) {
+            match self.hand_over(&req, warm).await {
+                Ok(sandbox) => return Ok(sandbox),
+                // The warm sandbox is gone (discarded by `hand_over`); start a new one.
+                Err(e @ NodeError::Busy(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(sandbox_id = %req.id, error = %e, "a warm sandbox could not be handed over; starting a new one")
                 }
-                self.release_network(&req.id).await;
-                self.forget(&req.id).await;
             }
-            tracing::warn!(sandbox_id = %req.id, "sandbox exited right after it started");
-            return Err(NodeError::Runtime(paddock_sandbox::RuntimeError::Create {
-                id: req.id,
-                message: "envd exited right after it was ready".into(),
-            }));
         }
+        let booted = self.boot(&req, self.reserve(&req.id)?).await?;
+        let meta = booted.meta.clone();
+        self.admit_live(&req.id, booted).await?;
         if req.start_cmd {
-            if let Err(e) = self
-                .run_start_cmd(&req.id, &meta.config, &req.access_token)
-                .await
-            {
+            let socket = self
+                .table()
+                .live
+                .get(&req.id)
+                .map(|l| l.handle.envd_socket.clone());
+            let started = match socket {
+                Some(socket) => {
+                    self.run_start_cmd(&req.id, socket, &meta.config, &req.access_token)
+                        .await
+                }
+                None => Err("the sandbox stopped".into()),
+            };
+            if let Err(e) = started {
                 tracing::warn!(sandbox_id = %req.id, error = %e, "the template's start command failed");
                 self.table_mut().live.remove(&req.id);
                 if let Err(e) = self.runtime.kill(&req.id, &self.state_dir(&req.id)).await {
@@ -526,7 +617,7 @@ impl Node for LocalNode {
                 return Err(NodeError::StartCmd(e));
             }
         }
-        tracing::info!(sandbox_id = %req.id, template = %req.template, pid, "sandbox running");
+        tracing::info!(sandbox_id = %req.id, template = %req.template, "sandbox running");
         Ok(NodeSandbox {
             id: req.id,
             template: meta.template,
@@ -539,6 +630,12 @@ impl Node for LocalNode {
     }
 
     async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {
+        // A warm sandbox claimed for a create that never came (the control plane's cleanup).
+        let claimed = self.table_mut().pool.unclaim(id);
+        if let Some(warm) = claimed {
+            self.discard(warm).await;
+            return Ok(());
+        }
         self.table_mut().live.remove(id);
         crate::logs::archive_logged(self.state_dir(id), &self.cfg.sandboxes_dir, id).await;
         let killed = self.runtime.kill(id, &self.state_dir(id)).await;
@@ -564,6 +661,14 @@ impl Node for LocalNode {
             name: t.name,
             resources: t.resources,
         }))
+    }
+
+    fn claim_warm(&self, req: &CreateRequest) -> Option<SandboxId> {
+        self.claim(req)
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        self.stats()
     }
 
     async fn live(&self) -> Vec<SandboxId> {
@@ -820,6 +925,7 @@ impl Node for LocalNode {
                 tracing::error!(sandbox_id = %id, error = %e, "pausing to disk at shutdown failed");
             }
         }
+        self.drain_pools().await;
         let ids: Vec<SandboxId> = self.table().live.keys().cloned().collect();
         let kills = ids.iter().map(|id| self.kill(id));
         for (id, res) in ids.iter().zip(futures::future::join_all(kills).await) {

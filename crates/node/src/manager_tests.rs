@@ -32,25 +32,95 @@ struct RtState {
     alive_at_release: Option<usize>,
 }
 
+/// The `POST /init` requests a [`GatedRuntime`]'s envd answered: the `X-Access-Token` header
+/// and the JSON body.
+type InitsSeen = Arc<Mutex<Vec<(Option<String>, serde_json::Value)>>>;
+
 /// A runtime whose creates wait for a permit of `gate`.
 struct GatedRuntime {
     gate: Semaphore,
     state: Mutex<RtState>,
     exits: broadcast::Sender<SandboxId>,
+    /// When set, every sandbox gets a stand-in envd on its socket that answers `POST /init`
+    /// with 204 and records it here (the node's side of the hand-over is what is tested; the
+    /// real envd's `/init` is tested in `paddock-envd`).
+    inits: Option<InitsSeen>,
 }
 
 impl GatedRuntime {
     fn new() -> Arc<Self> {
+        Self::build(None)
+    }
+
+    fn with_envd() -> Arc<Self> {
+        Self::build(Some(InitsSeen::default()))
+    }
+
+    fn build(inits: Option<InitsSeen>) -> Arc<Self> {
         let (exits, _) = broadcast::channel(16);
         Arc::new(GatedRuntime {
             gate: Semaphore::new(0),
             state: Mutex::default(),
             exits,
+            inits,
         })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, RtState> {
         self.state.lock().expect("test runtime lock")
+    }
+
+    fn inits(&self) -> Vec<(Option<String>, serde_json::Value)> {
+        self.inits
+            .as_ref()
+            .map(|i| i.lock().expect("inits").clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Answers `POST /init` on `socket` with 204, one request per connection, recording each.
+async fn serve_init(listener: tokio::net::UnixListener, seen: InitsSeen) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    while let Ok((mut conn, _)) = listener.accept().await {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let (head_len, body_len) = loop {
+            let Ok(n) = conn.read(&mut chunk).await else {
+                break (0, 0);
+            };
+            if n == 0 {
+                break (0, 0);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                break (end + 4, len);
+            }
+        };
+        while buf.len() < head_len + body_len {
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
+        let token = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-access-token")
+                .then(|| v.trim().to_string())
+        });
+        let body = serde_json::from_slice(&buf[head_len..]).unwrap_or(serde_json::Value::Null);
+        if head.starts_with("POST /init ") {
+            seen.lock().expect("inits").push((token, body));
+        }
+        let _ = conn
+            .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+            .await;
     }
 }
 
@@ -74,6 +144,11 @@ impl RuntimeDriver for GatedRuntime {
             st.alive.insert(spec.id.clone());
         }
         let run_dir = spec.state_dir.join("run");
+        if let Some(seen) = &self.inits {
+            let listener =
+                tokio::net::UnixListener::bind(run_dir.join("envd.sock")).expect("bind envd.sock");
+            tokio::spawn(serve_init(listener, Arc::clone(seen)));
+        }
         Ok(SandboxHandle {
             id: spec.id,
             init_pid: 1,
@@ -117,6 +192,14 @@ impl RuntimeDriver for GatedRuntime {
 }
 
 fn node(rt: &Arc<GatedRuntime>, max: usize) -> (tempfile::TempDir, Arc<LocalNode>) {
+    node_with_pool(rt, max, Default::default())
+}
+
+fn node_with_pool(
+    rt: &Arc<GatedRuntime>,
+    max: usize,
+    warm_pool: super::PoolConfig,
+) -> (tempfile::TempDir, Arc<LocalNode>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let template = dir.path().join("templates/base");
     std::fs::create_dir_all(template.join("rootfs")).expect("mkdir");
@@ -141,6 +224,7 @@ fn node(rt: &Arc<GatedRuntime>, max: usize) -> (tempfile::TempDir, Arc<LocalNode
         envd_bin: dir.path().join("envd"),
         max_sandboxes: max,
         network: None,
+        warm_pool,
     };
     let runtime: Arc<dyn RuntimeDriver> = rt.clone();
     let node = LocalNode::new(cfg, store, runtime).expect("node");
@@ -301,4 +385,227 @@ async fn lagged_exit_notifications_resync_the_table() {
     assert_eq!(got, id);
     assert!(node.live().await.is_empty());
     assert!(rt.state().killed.contains(&id));
+}
+
+fn pool_config(size: usize) -> super::PoolConfig {
+    super::PoolConfig {
+        size,
+        fill_concurrency: 2,
+        ..Default::default()
+    }
+}
+
+fn ready(node: &LocalNode) -> usize {
+    node.pool_stats().pools.iter().map(|p| p.ready).sum()
+}
+
+/// Waits (up to 5 s) until the pools hold `n` ready sandboxes.
+async fn wait_ready(node: &LocalNode, n: usize) {
+    for _ in 0..500 {
+        if ready(node) == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("pools never reached {n} ready: {:?}", node.pool_stats());
+}
+
+/// Waits (up to 5 s) until the runtime has killed every id of `ids`.
+async fn wait_killed(rt: &GatedRuntime, ids: &[SandboxId]) {
+    for _ in 0..500 {
+        if ids.iter().all(|id| rt.state().killed.contains(id)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not killed: {ids:?} (killed: {:?})", rt.state().killed);
+}
+
+#[tokio::test]
+async fn a_miss_fills_the_pool_and_a_claim_hands_over_with_the_callers_token_and_env() {
+    let rt = GatedRuntime::with_envd();
+    rt.gate.add_permits(100);
+    let (_dir, node) = node_with_pool(&rt, 10, pool_config(2));
+    let first = request(&SandboxId::generate());
+    assert_eq!(
+        node.claim_warm(&first),
+        None,
+        "nothing is warm before a create"
+    );
+    wait_ready(&node, 2).await;
+    let stats = node.pool_stats();
+    assert_eq!((stats.hits, stats.misses), (0, 1));
+    assert_eq!(stats.pools[0].template.as_str(), "base");
+    assert!(node.live().await.is_empty(), "warm sandboxes are not live");
+
+    let mut req = request(&SandboxId::generate());
+    req.env_vars.insert("FOO".into(), "bar".into());
+    let id = node.claim_warm(&req).expect("a warm sandbox");
+    assert_ne!(id, req.id, "the warm sandbox keeps its own id");
+    assert!(rt.state().alive.contains(&id));
+    req.id = id.clone();
+    node.create(req).await.expect("hand-over");
+    assert_eq!(node.live().await, vec![id.clone()]);
+    assert!(node.endpoint(&id).is_some());
+
+    let inits = rt.inits();
+    assert_eq!(inits.len(), 1, "{inits:?}");
+    let (header, body) = &inits[0];
+    let pool_token = header
+        .as_deref()
+        .expect("the pool's token authorises /init");
+    assert_ne!(pool_token, "token");
+    assert_eq!(body["accessToken"], "token");
+    assert_eq!(body["envVars"]["FOO"], "bar");
+    assert_eq!(body["defaultUser"], "user");
+    let boot = std::fs::read_to_string(node.state_dir(&id).join("run/config.json")).expect("boot");
+    assert!(
+        boot.contains("\"token\"") && !boot.contains(pool_token),
+        "{boot}"
+    );
+
+    let stats = node.pool_stats();
+    assert_eq!((stats.hits, stats.misses), (1, 1));
+    wait_ready(&node, 2).await;
+}
+
+#[tokio::test]
+async fn creates_that_cannot_use_a_pool_neither_claim_nor_start_one() {
+    let rt = GatedRuntime::with_envd();
+    rt.gate.add_permits(100);
+    let (_dir, node) = node_with_pool(&rt, 10, pool_config(2));
+    let mut sized = request(&SandboxId::generate());
+    sized.resources = Some(Resources::default());
+    let mut build_step = request(&SandboxId::generate());
+    build_step.start_cmd = false;
+    for req in [&sized, &build_step] {
+        assert_eq!(node.claim_warm(req), None);
+    }
+    settle().await;
+    assert_eq!(node.pool_stats(), super::PoolStats::default());
+    assert_eq!(rt.state().started, 0);
+}
+
+#[tokio::test]
+async fn warm_sandboxes_hold_slots_and_give_them_up_to_creates() {
+    let rt = GatedRuntime::new();
+    rt.gate.add_permits(100);
+    let (_dir, node) = node_with_pool(&rt, 3, pool_config(2));
+    assert_eq!(node.claim_warm(&request(&SandboxId::generate())), None);
+    // Of 3 slots the filler takes 2 and keeps the last one free.
+    wait_ready(&node, 2).await;
+    settle().await;
+    assert_eq!(ready(&node), 2);
+    let warm: Vec<SandboxId> = rt.state().alive.iter().cloned().collect();
+    let mut cold = Vec::new();
+    for i in 0..3 {
+        let mut req = request(&SandboxId::generate());
+        req.resources = Some(Resources::default());
+        cold.push(req.id.clone());
+        if let Err(e) = node.create(req).await {
+            panic!("create {i}: {e} ({:?})", node.pool_stats());
+        }
+    }
+    assert_eq!(ready(&node), 0);
+    let mut req = request(&SandboxId::generate());
+    req.resources = Some(Resources::default());
+    assert!(matches!(node.create(req).await, Err(NodeError::Busy(_))));
+    // The evicted ones are stopped in the background.
+    wait_killed(&rt, &warm).await;
+    let live = node.live().await;
+    assert_eq!(live.len(), 3);
+    for id in &cold {
+        assert!(live.contains(id));
+    }
+}
+
+#[tokio::test]
+async fn a_changed_or_deleted_template_discards_its_warm_sandboxes() {
+    let rt = GatedRuntime::with_envd();
+    rt.gate.add_permits(100);
+    let (_dir, node) = node_with_pool(&rt, 10, pool_config(2));
+    let base = TemplateName::parse("base").expect("name");
+    let copy = TemplateName::parse("base-copy").expect("name");
+    assert_eq!(node.claim_warm(&request(&SandboxId::generate())), None);
+    wait_ready(&node, 2).await;
+    let old: Vec<SandboxId> = rt.state().alive.iter().cloned().collect();
+
+    // Republished (same layers, a new record): the warm ones are stale.
+    node.copy_template(&base, &copy).await.expect("copy");
+    assert!(node.delete_template(&base).await.expect("delete"));
+    node.copy_template(&copy, &base).await.expect("copy back");
+    let req = request(&SandboxId::generate());
+    if let Some(id) = node.claim_warm(&req) {
+        assert!(!old.contains(&id), "a stale warm sandbox was handed out");
+    }
+    wait_killed(&rt, &old).await;
+    wait_ready(&node, 2).await;
+
+    // Deleted: the pool is emptied and goes away.
+    let filled: Vec<SandboxId> = rt.state().alive.iter().cloned().collect();
+    assert!(node.delete_template(&base).await.expect("delete"));
+    wait_killed(&rt, &filled).await;
+    assert_eq!(node.claim_warm(&request(&SandboxId::generate())), None);
+    for _ in 0..100 {
+        if node.pool_stats().pools.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        node.pool_stats().pools.is_empty(),
+        "{:?}",
+        node.pool_stats()
+    );
+}
+
+#[tokio::test]
+async fn a_failed_hand_over_starts_a_new_sandbox_under_the_claimed_id() {
+    // No envd answers `/init`: the warm sandbox is discarded and the create starts cold.
+    let rt = GatedRuntime::new();
+    rt.gate.add_permits(100);
+    let (_dir, node) = node_with_pool(&rt, 10, pool_config(1));
+    assert_eq!(node.claim_warm(&request(&SandboxId::generate())), None);
+    wait_ready(&node, 1).await;
+    let mut req = request(&SandboxId::generate());
+    let id = node.claim_warm(&req).expect("claimed");
+    req.id = id.clone();
+    node.create(req)
+        .await
+        .expect("cold start after the failed hand-over");
+    assert!(
+        rt.state().killed.contains(&id),
+        "the warm sandbox was not stopped"
+    );
+    assert!(
+        rt.state().alive.contains(&id),
+        "the new one runs under the id"
+    );
+    assert_eq!(node.live().await, vec![id]);
+}
+
+#[tokio::test]
+async fn kill_releases_a_claim_and_shutdown_stops_every_warm_sandbox() {
+    let rt = GatedRuntime::with_envd();
+    rt.gate.add_permits(100);
+    let (_dir, node) = node_with_pool(&rt, 10, pool_config(2));
+    assert_eq!(node.claim_warm(&request(&SandboxId::generate())), None);
+    wait_ready(&node, 2).await;
+    let claimed = node
+        .claim_warm(&request(&SandboxId::generate()))
+        .expect("claimed");
+    assert_eq!(node.pool_stats().claimed, 1);
+    node.kill(&claimed).await.expect("kill");
+    assert!(rt.state().killed.contains(&claimed));
+    assert_eq!(node.pool_stats().claimed, 0);
+
+    wait_ready(&node, 2).await;
+    let again = node
+        .claim_warm(&request(&SandboxId::generate()))
+        .expect("claimed");
+    node.shutdown().await;
+    let st = rt.state();
+    assert_eq!(st.alive_at_release, Some(0), "alive: {:?}", st.alive);
+    assert!(st.killed.contains(&again));
+    assert!(st.alive.is_empty());
 }

@@ -718,6 +718,7 @@ mod tests {
             envd_bin: tmp.path().join("envd"),
             max_sandboxes: 4,
             network: None,
+            warm_pool: Default::default(),
         };
         let store = TemplateStore::open(tmp.path().join("templates")).expect("store");
         let node = LocalNode::new(cfg, store, runtime).expect("node");

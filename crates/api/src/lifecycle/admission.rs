@@ -138,6 +138,11 @@ impl Admission {
         })
     }
 
+    /// Creates in flight on the node.
+    pub(crate) fn in_flight_total(&self) -> usize {
+        lock(&self.counts).node
+    }
+
     /// Creates in flight on the node, and for `team`.
     #[cfg(test)]
     fn in_flight(&self, team: &TeamId) -> (usize, usize) {

@@ -5,6 +5,9 @@
 //! is recorded by that task, which holds the key's lock until the create is done, so a retry
 //! after a client disconnect waits for and returns the first create's sandbox.
 //!
+//! A warm sandbox is claimed from the node before the record is written (its id becomes the
+//! record's), so a create served by a warm pool writes the same records as any other.
+//!
 //! Admission comes first, before any template lookup or node work: a create over the node's or
 //! its team's limit of creates in flight is refused at once (see [`super::admission`]); the
 //! permit travels with the create task and is given back when that task ends.
@@ -52,6 +55,8 @@ pub struct CreateSpec {
     /// The egress policy to apply as it is, instead of one made from `allow_internet_access`
     /// and `network` (a fork takes its parent's).
     pub egress: Option<paddock_node::EgressPolicy>,
+    /// Never take a warm sandbox (a fork's child starts from its parent's private snapshot).
+    pub cold: bool,
 }
 
 /// The right to create the sandbox for an `Idempotency-Key`: the key and its held lock, kept
@@ -155,29 +160,36 @@ impl Core {
             Some(policy) => policy,
             None => validate::egress(spec.allow_internet_access, spec.network.as_ref())?,
         };
+        let mut request = CreateRequest {
+            id: SandboxId::generate(),
+            template: spec.node_template.clone().unwrap_or(template.clone()),
+            env_vars: spec.env_vars,
+            access_token: new_access_token(),
+            resources: None,
+            network: egress,
+            start_cmd: true,
+        };
+        // A warm sandbox of the template, if the node has one ready: its id becomes the
+        // sandbox's, and the node hands it over instead of starting one.
+        if !spec.cold {
+            if let Some(id) = self.node.claim_warm(&request) {
+                request.id = id;
+            }
+        }
         let now = Utc::now();
         let record = SandboxRecord {
-            id: SandboxId::generate(),
+            id: request.id.clone(),
             team_id: team.clone(),
             template: template.clone(),
             alias: Some(spec.template.clone()),
             state: SandboxState::Creating,
             metadata: spec.metadata,
-            access_token: new_access_token(),
+            access_token: request.access_token.clone(),
             started_at: now,
             end_at: now + Duration::seconds(timeout_secs),
             resources,
             client_id: CLIENT_ID.to_string(),
             end_reason: None,
-        };
-        let request = CreateRequest {
-            id: record.id.clone(),
-            template: spec.node_template.clone().unwrap_or(template),
-            env_vars: spec.env_vars,
-            access_token: record.access_token.clone(),
-            resources: None,
-            network: egress,
-            start_cmd: true,
         };
         let lifecycle = crate::store::SandboxLifecycle {
             auto_pause: spec.auto_pause,

@@ -211,6 +211,7 @@ impl Core {
             network: None,
             node_template: Some(private.clone()),
             egress: Some(self.node.egress_policy(id).unwrap_or_default()),
+            cold: true,
         };
         let resources = made.template.resources;
         let children = permits.into_iter().map(|permit| {

@@ -31,6 +31,7 @@ fn spec(body: NewSandbox, default_timeout: i64, idempotency_key: Option<String>)
         network: body.network,
         node_template: None,
         egress: None,
+        cold: false,
     }
 }
 

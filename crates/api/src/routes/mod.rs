@@ -20,6 +20,7 @@ mod logs;
 mod metrics;
 mod network;
 mod pause;
+mod prometheus;
 pub(crate) mod query;
 mod snapshots;
 mod tags;
@@ -30,6 +31,7 @@ mod timeout;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
+        .route("/metrics", get(prometheus::metrics))
         .route("/sandboxes", post(create::create_v1).get(list::list_v1))
         .route("/v2/sandboxes", post(create::create_v2).get(list::list_v2))
         .route("/sandboxes/{sandbox_id}", get(get::get).delete(kill::kill))

@@ -59,6 +59,15 @@ pub struct ServeArgs {
     /// needs `nft`) or `none` (only `lo`, no IP connectivity at all).
     #[arg(long, env = "PADDOCK_NETWORK", value_enum, default_value_t = NetworkMode::Nat)]
     network: NetworkMode,
+    /// Sandboxes kept started in advance per template (warm pool), so that a create only
+    /// hands one over. A template's pool is filled after its first create (or from the start
+    /// with `--warm-pool-template`) and emptied after 10 idle minutes. 0 turns pools off.
+    #[arg(long, env = "PADDOCK_WARM_POOL_SIZE", default_value_t = 2)]
+    warm_pool_size: usize,
+    /// A template whose warm pool is filled from the start and kept however idle it is
+    /// (repeatable).
+    #[arg(long = "warm-pool-template", value_name = "TEMPLATE")]
+    warm_pool_templates: Vec<String>,
     /// Benchmarks only: sandboxes without user namespace, seccomp filter, capability cut or
     /// `/proc` masks (and with `--network none`), to measure what hardening costs. Never use
     /// it for untrusted code.
@@ -83,6 +92,23 @@ fn admission_limits(args: &ServeArgs) -> paddock_api::AdmissionLimits {
             .unwrap_or(defaults.per_team),
         ..defaults
     }
+}
+
+/// The warm pools' configuration from `--warm-pool-size` and `--warm-pool-template`: fills
+/// run one per CPU at most (two at most), so refills never take the whole machine.
+fn warm_pool(args: &ServeArgs) -> anyhow::Result<paddock_node::PoolConfig> {
+    let pinned = args
+        .warm_pool_templates
+        .iter()
+        .map(|t| TemplateName::parse(t).with_context(|| format!("--warm-pool-template {t}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(paddock_node::PoolConfig {
+        size: args.warm_pool_size,
+        pinned,
+        fill_concurrency: cpus.clamp(1, 2),
+        ..Default::default()
+    })
 }
 
 /// `--network` choices.
@@ -158,6 +184,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             envd_bin,
             max_sandboxes: args.max_sandboxes,
             network: network.clone(),
+            warm_pool: warm_pool(&args)?,
         },
         templates,
         Arc::new(runtime),

@@ -17,21 +17,19 @@ impl LocalNode {
             .and_then(|raw| serde_json::from_slice::<BootConfig>(&raw).ok())
     }
 
-    /// Runs a built template's start command in live sandbox `id` and waits for its ready
-    /// check ([`crate::start`]); nothing to do for templates without them.
+    /// Runs a built template's start command in sandbox `id` (whose envd listens on `socket`)
+    /// and waits for its ready check ([`crate::start`]); nothing to do for templates without
+    /// them.
     pub(super) async fn run_start_cmd(
         &self,
         id: &SandboxId,
+        socket: std::path::PathBuf,
         config: &crate::templates::TemplateConfig,
         token: &str,
     ) -> Result<(), String> {
         if config.start_cmd.is_none() && config.ready_cmd.is_none() {
             return Ok(());
         }
-        let socket = match self.table().live.get(id) {
-            Some(l) => l.handle.envd_socket.clone(),
-            None => return Err("the sandbox stopped".into()),
-        };
         let started = std::time::Instant::now();
         let envd = crate::envd_client::EnvdClient::new(socket, Some(token.to_string()));
         crate::start::start_and_wait(&envd, config, crate::start::READY_TIMEOUT).await?;

@@ -76,6 +76,7 @@ impl LocalNode {
             .start_runtime(id, meta.layers.clone(), true, meta.resources, network)
             .await?;
         let _ = std::fs::remove_file(self.state_dir(id).join(ON_DISK_MARKER));
+        let socket = handle.envd_socket.clone();
         {
             let mut table = self.table_mut();
             table.on_disk.remove(id);
@@ -91,7 +92,7 @@ impl LocalNode {
         // Its processes start afresh, so the template's start command does too.
         let token = self.boot_config(id).and_then(|b| b.access_token);
         if let Some(token) = token {
-            if let Err(e) = self.run_start_cmd(id, &meta.config, &token).await {
+            if let Err(e) = self.run_start_cmd(id, socket, &meta.config, &token).await {
                 tracing::warn!(sandbox_id = %id, error = %e, "the template's start command failed after a start from disk");
             }
         }

@@ -1,0 +1,154 @@
+//! `GET /metrics`: the node's gauges and counters in the Prometheus text format (version
+//! 0.0.4), for an operator's scraper. Needs an API key (`X-API-Key`, as every other endpoint);
+//! a warm pool is shown by template name only to a team that may start that template (the
+//! public ones and its own); the others count in the unlabelled totals.
+//!
+//! Series:
+//! - `paddock_sandboxes_running`: sandboxes live on the node (warm ones not included);
+//! - `paddock_creates_in_flight`: creates admitted and not finished;
+//! - `paddock_warm_pool_ready{template}`, `paddock_warm_pool_filling{template}`,
+//!   `paddock_warm_pool_size{template}`: one template's pool;
+//! - `paddock_warm_pools_ready`, `paddock_warm_pools_filling`, `paddock_warm_pools_claimed`:
+//!   all pools together;
+//! - `paddock_warm_pool_hits_total`, `paddock_warm_pool_misses_total`,
+//!   `paddock_warm_pool_fill_failures_total`: counters since the server started.
+
+use std::fmt::Write as _;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::Team;
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Reads one value of a template's pool.
+type PoolValue = fn(&paddock_node::TemplatePoolStats) -> usize;
+
+/// The exposition format's content type.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `GET /metrics`.
+pub(super) async fn metrics(
+    State(state): State<AppState>,
+    team: Team,
+) -> Result<Response, ApiError> {
+    let core = &state.core;
+    let pools = core.node.pool_stats();
+    let running = core.node.live().await.len();
+    let mut visible = Vec::new();
+    for pool in &pools.pools {
+        let owner = core.template_owner(&pool.template).await?;
+        let shown = match owner {
+            crate::lifecycle::build::Owner::Hidden => false,
+            o => o.team().is_none_or(|t| *t == team.0),
+        };
+        if shown {
+            visible.push(pool);
+        }
+    }
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: usize| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    };
+    gauge(
+        "paddock_sandboxes_running",
+        "Sandboxes live on the node (warm pool sandboxes not included).",
+        running,
+    );
+    gauge(
+        "paddock_creates_in_flight",
+        "Sandbox creates admitted and not finished.",
+        core.admission.in_flight_total(),
+    );
+    gauge(
+        "paddock_warm_pools_ready",
+        "Warm sandboxes ready, all pools.",
+        pools.pools.iter().map(|p| p.ready).sum(),
+    );
+    gauge(
+        "paddock_warm_pools_filling",
+        "Warm sandboxes being started, all pools.",
+        pools.pools.iter().map(|p| p.filling).sum(),
+    );
+    gauge(
+        "paddock_warm_pools_claimed",
+        "Warm sandboxes claimed by a create and not yet handed over.",
+        pools.claimed,
+    );
+    let series: [(&str, &str, PoolValue); 3] = [
+        (
+            "paddock_warm_pool_ready",
+            "Warm sandboxes ready in a template's pool.",
+            |p| p.ready,
+        ),
+        (
+            "paddock_warm_pool_filling",
+            "Warm sandboxes being started for a template's pool.",
+            |p| p.filling,
+        ),
+        (
+            "paddock_warm_pool_size",
+            "Target size of a template's pool.",
+            |p| p.size,
+        ),
+    ];
+    for (name, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for pool in &visible {
+            let _ = writeln!(
+                out,
+                "{name}{{template=\"{}\"}} {}",
+                label(pool.template.as_str()),
+                value(pool)
+            );
+        }
+    }
+    let counters = [
+        (
+            "paddock_warm_pool_hits_total",
+            "Creates served by a warm sandbox.",
+            pools.hits,
+        ),
+        (
+            "paddock_warm_pool_misses_total",
+            "Creates that could have used a warm sandbox but found none ready.",
+            pools.misses,
+        ),
+        (
+            "paddock_warm_pool_fill_failures_total",
+            "Warm sandboxes that failed to start.",
+            pools.fill_failures,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], out).into_response())
+}
+
+/// Escapes a label value (backslash, double quote, newline).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("base"), "base");
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
