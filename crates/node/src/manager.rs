@@ -55,6 +55,10 @@ pub struct NodeConfig {
     pub network: Option<paddock_network::Network>,
     /// Warm pools (sandboxes started in advance per template); off by default.
     pub warm_pool: PoolConfig,
+    /// Most sandboxes starting at once (creates, starts from disk); more wait their turn in
+    /// order. Starting is CPU-bound kernel work: past a few per CPU, parallel starts only
+    /// make every one of them slower. Hand-overs of warm sandboxes do not wait.
+    pub start_concurrency: usize,
 }
 
 /// What the node remembers about a sandbox next to its state directory (`node.json`), so a
@@ -114,6 +118,8 @@ pub struct LocalNode {
     metrics: Arc<crate::metrics::MetricsStore>,
     /// Wakes the warm pools' filler (a claim, a finished fill, a sandbox to discard).
     pool_wake: Arc<Notify>,
+    /// Turns to start a sandbox ([`NodeConfig::start_concurrency`]); FIFO.
+    starts: tokio::sync::Semaphore,
 }
 
 /// A sandbox [`LocalNode::boot`] started, not yet in the live table (or a warm pool).
@@ -136,6 +142,8 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.node.table_mut().creating.remove(&self.id);
         self.node.create_done.notify_waiters();
+        // The filler waits while creates are in flight.
+        self.node.pool_wake.notify_one();
     }
 }
 
@@ -152,6 +160,7 @@ impl LocalNode {
             source,
         })?;
         let (exits, _) = broadcast::channel(256);
+        let cfg_start_concurrency = cfg.start_concurrency.max(1);
         let node = Arc::new(LocalNode {
             cfg,
             templates,
@@ -161,6 +170,7 @@ impl LocalNode {
             exits,
             metrics: Arc::default(),
             pool_wake: Arc::new(Notify::new()),
+            starts: tokio::sync::Semaphore::new(cfg_start_concurrency),
         });
         tokio::spawn(crate::metrics::run_sampler(Arc::downgrade(&node)));
         if node.cfg.warm_pool.size > 0 {
@@ -409,6 +419,19 @@ impl LocalNode {
         }
     }
 
+    /// Waits for a turn to start a sandbox (in order); fails if the node shut down meanwhile.
+    async fn start_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, NodeError> {
+        let turn = self
+            .starts
+            .acquire()
+            .await
+            .map_err(|_| NodeError::Busy("shutting down".into()))?;
+        if self.table().shutting_down {
+            return Err(NodeError::Busy("shutting down".into()));
+        }
+        Ok(turn)
+    }
+
     /// Starts sandbox `req.id` from its template on the slot `reservation` holds: leases the
     /// template's layers, writes the state directory, acquires the network slot and starts the
     /// runtime. On failure nothing of it is left (the reservation is given back).
@@ -590,7 +613,9 @@ impl Node for LocalNode {
                 }
             }
         }
-        let booted = self.boot(&req, self.reserve(&req.id)?).await?;
+        let reservation = self.reserve(&req.id)?;
+        let _turn = self.start_turn().await?;
+        let booted = self.boot(&req, reservation).await?;
         let meta = booted.meta.clone();
         self.admit_live(&req.id, booted).await?;
         if req.start_cmd {

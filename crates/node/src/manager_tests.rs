@@ -225,6 +225,7 @@ fn node_with_pool(
         max_sandboxes: max,
         network: None,
         warm_pool,
+        start_concurrency: 4,
     };
     let runtime: Arc<dyn RuntimeDriver> = rt.clone();
     let node = LocalNode::new(cfg, store, runtime).expect("node");

@@ -719,6 +719,7 @@ mod tests {
             max_sandboxes: 4,
             network: None,
             warm_pool: Default::default(),
+            start_concurrency: 4,
         };
         let store = TemplateStore::open(tmp.path().join("templates")).expect("store");
         let node = LocalNode::new(cfg, store, runtime).expect("node");

@@ -1,7 +1,9 @@
 //! Admission control of creates: how many sandbox creates may be in flight at once on the node
 //! the control plane drives, and per team. A create (a fork's child, a start from disk) takes
 //! an [`AdmissionPermit`] with a synchronous [`Admission::try_admit`] before any node work; over
-//! a limit it is refused at once with [`Rejected`] (429 with `Retry-After`), never queued. The
+//! a limit it is refused at once with [`Rejected`] (429 with `Retry-After`). Admitted creates
+//! may wait in the node's start queue (the node starts a few at a time); these limits bound
+//! that queue, so a burst waits its turn up to them and is refused beyond. The
 //! permit gives its slots back when it is dropped: when the create's task ends, however it
 //! ends (success, failure, panic), or when the create never started.
 //!
@@ -25,15 +27,15 @@ pub struct AdmissionLimits {
 }
 
 impl AdmissionLimits {
-    /// Default node limit per CPU: a create is mostly waiting (kernel setup, envd's boot, a
-    /// template's ready check; ~17 ms and little CPU for `base`), so several per core keep the
-    /// CPUs busy without letting a burst pile up unbounded work.
-    pub const NODE_PER_CPU: usize = 8;
-    /// Smallest default node limit, so that a fork of the most children (20) fits
-    /// within one team's default limit on a small machine.
-    pub const NODE_FLOOR: usize = 32;
+    /// Default node limit per CPU. Admitted creates do not all start at once: the node starts
+    /// a few per CPU at a time and queues the rest in order (a warm sandbox's hand-over does
+    /// not queue), so this bounds the queue, not the parallelism. 64 per CPU lets a burst of
+    /// 50 creates of one team on a 2-CPU node wait its turn instead of being refused.
+    pub const NODE_PER_CPU: usize = 64;
+    /// Smallest default node limit.
+    pub const NODE_FLOOR: usize = 128;
 
-    /// The defaults for a machine with `cpus` CPUs: `max(8 × cpus, 32)` on the node, and
+    /// The defaults for a machine with `cpus` CPUs: `max(64 × cpus, 128)` on the node, and
     /// [`AdmissionLimits::per_team_default`] of that per team.
     pub fn for_cpus(cpus: usize) -> Self {
         Self::with_node(
@@ -258,17 +260,19 @@ mod tests {
         assert_eq!(
             AdmissionLimits::for_cpus(2),
             AdmissionLimits {
-                node: 32,
-                per_team: 20
+                node: 128,
+                per_team: 64
             }
         );
         assert_eq!(
             AdmissionLimits::for_cpus(16),
             AdmissionLimits {
-                node: 128,
-                per_team: 64
+                node: 1024,
+                per_team: 512
             }
         );
+        // A small explicit node limit: the team default is at least a whole fork.
+        assert_eq!(AdmissionLimits::per_team_default(32), 20);
         // A small explicit node limit: the team default never exceeds it.
         assert_eq!(AdmissionLimits::per_team_default(4), 4);
         assert_eq!(AdmissionLimits::per_team_default(1), 1);

@@ -44,7 +44,9 @@ pub struct ServeArgs {
     #[arg(long, env = "PADDOCK_MAX_SANDBOXES", default_value_t = 1000)]
     max_sandboxes: usize,
     /// Most sandbox creates in flight at once on this node (starts from disk included); more get
-    /// 429 with `Retry-After` at once. Default: 8 per CPU, at least 32.
+    /// 429 with `Retry-After` at once. Admitted creates wait their turn in the node's start
+    /// queue (a few start at a time), so this bounds that queue. Default: 64 per CPU, at least
+    /// 128.
     #[arg(long, env = "PADDOCK_MAX_CONCURRENT_CREATES", value_parser = at_least_one())]
     max_concurrent_creates: Option<usize>,
     /// Most sandbox creates in flight at once for one team; more get 429 with `Retry-After`.
@@ -185,6 +187,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_sandboxes: args.max_sandboxes,
             network: network.clone(),
             warm_pool: warm_pool(&args)?,
+            // Two starts per CPU keep the CPUs busy while one waits for envd.
+            start_concurrency: std::thread::available_parallelism()
+                .map_or(2, |n| n.get().saturating_mul(2)),
         },
         templates,
         Arc::new(runtime),

@@ -478,6 +478,8 @@ impl LocalNode {
             .cfg
             .max_sandboxes
             .saturating_sub(table.live.len() + table.creating.len() + table.pool.held());
+        // Creates in flight (not fills) go first: no new fill competes with them for the CPU.
+        let foreground = table.creating.len().saturating_sub(table.pool.fills);
         let pools = &mut table.pool;
         let mut doomed: Vec<Warm> = pools.doomed.drain(..).collect();
         let expired: Vec<SandboxId> = pools
@@ -513,7 +515,7 @@ impl LocalNode {
                 }
                 continue;
             }
-            if pool.retry_at.is_some_and(|at| now < at) {
+            if foreground > 0 || pool.retry_at.is_some_and(|at| now < at) {
                 continue;
             }
             while pool.ready.len() + pool.filling < cfg.size

@@ -69,12 +69,14 @@ impl LocalNode {
     pub(super) async fn start_from_disk(&self, id: &SandboxId) -> Result<(), NodeError> {
         let started = std::time::Instant::now();
         let reservation = self.reserve(id)?;
+        let turn = self.start_turn().await?;
         let meta = self.read_meta(id)?;
         let network = self.acquire_network(id, &meta.network).await?;
         // On failure the disk and the records stay: a later resume can try again.
         let handle = self
             .start_runtime(id, meta.layers.clone(), true, meta.resources, network)
             .await?;
+        drop(turn);
         let _ = std::fs::remove_file(self.state_dir(id).join(ON_DISK_MARKER));
         let socket = handle.envd_socket.clone();
         {
