@@ -1,61 +1,57 @@
-"""Paddock benchmark harness: latency of sandbox create and exec, with runc and fork+exec
-baselines measured in the same run on the same rootfs, and what hardening costs the create path.
+"""Paddock benchmark harness: latency of sandbox create and exec under sequential use and under
+load, against baselines measured in the same run, and what hardening and the warm pool change.
 
-One run starts three `paddock serve` configurations one after the other (each stopped, and
+One run starts up to four `paddock serve` configurations one after the other (each stopped, and
 checked for leaks, before the next starts), in this order:
-  1. unhardened                       --unhardened-for-benchmarks --network none
+  1. unhardened                       --unhardened-for-benchmarks --network none --warm-pool-size 0
                                       (no user namespace, seccomp, capability cut, /proc masks;
                                       disk quota and cgroups as in the others)
-  2. hardened, no network             --network none
-  3. hardened + networking (default)  no extra flags (pooled netns + veth + nftables)
-The default server runs last so that its background work (network pool refills, slot teardown)
-cannot bleed into the other configurations; `--configs` picks a subset (e.g. `--configs default`).
+  2. hardened, no network             --network none --warm-pool-size 0
+  3. hardened + networking, no pool   --warm-pool-size 0 (the cold create path)
+  4. hardened + networking (default)  no extra flags (pooled netns + veth + nftables, warm pool)
+`--warm-pool-size 0` is passed only when `paddock serve --help` lists it (warm pools are being
+built); without it configuration 3 is skipped with a note. The default server runs last so that
+its background work (pool refills, slot teardown) cannot bleed into the others; `--configs`
+picks a subset (e.g. `--configs default`).
 
 Measures (n samples each, n=100; --quick: n=10), after the same warm-up on every server:
   1. REST create            POST /v2/sandboxes (timed) then DELETE (not timed)      per server
   2. SDK create + first cmd Sandbox.create() + commands.run("true") via the official
                             e2b SDK                                                 per server
-  3. exec round trip        commands.run("true") in one live sandbox          default server only
-     pause / resume          sandbox.pause() and Sandbox.connect() of one sandbox, idle and with
-                            256 MiB of touched memory                         default server only
-     pause to disk /        sandbox.pause(mode="filesystem") and Sandbox.connect() (a new boot
-     resume from disk       on the kept files), idle and with 256 MiB touched default server only
-  4. snapshots and forks    (n_heavy samples: 20; --quick: 3)                 default server only
-     snapshot, 1 / 100 MiB  create_snapshot() of a fresh sandbox that wrote 1 or 100 MiB to a
-     written                file; the new layer's size comes from the server log (size_bytes)
-     create from snapshot   Sandbox.create(template=snapshot_id) + commands.run("true")
-     fork x1 / x10          sandbox.fork(count=1 or 10) of a parent that wrote 10 MiB, until all
-                            children run (each then answers commands.run("true"), not timed)
-  5. baselines              `runc run` of /bin/true on the base template rootfs (read-only),
-                            and fork+exec+wait of /bin/true (posix_spawn)     once, default server up
-  6. template builds        bench/templates.py, on one more default server after the others:
-                            cold, cached and changed builds of an SDK recipe, creates from the built
-                            template, and (not in --quick) recipes/code-interpreter; `--parts` picks
-                            sandboxes (1-5) and/or templates
-Every sandbox and snapshot a row makes is removed in that row, failed or not; a sweep at the
-end kills and deletes whatever is left (and says so), since snapshots live in the shared
-templates dir and would outlive the server.
+  3. exec round trip, pause / resume (idle and 256 MiB touched), pause to disk / resume from
+     disk, snapshots of 1 / 100 MiB written, create from snapshot, fork x1 / x10 (n_heavy
+     samples: 20, --quick 3)                                                default server only
+  4. load (bench/load.py)   bursts of 10 and 50 concurrent creates (REST, SDK + first command),
+                            sustained creates/s, host memory per idle sandbox with 500 alive,
+                            file write / read of 1 and 100 MiB                default server only
+  5. baselines              runc run, unshare of the sandbox namespaces and fork+exec of
+                            /bin/true (bench/baselines.py)          once, default server up
+  6. template builds        bench/templates.py, on one more default server after the others
+`--parts` picks sandboxes (1-3), load (4) and/or templates (6); 5 runs with 1-4.
+Warm pool hits and misses (`GET /metrics`, when the server has it) are noted next to the
+sequential, burst and sustained rows. Every sandbox and snapshot a row makes is removed in that
+row, failed or not; a sweep at the end kills and deletes whatever is left (and says so), since
+snapshots live in the shared templates dir and would outlive the server.
 
-Prints a table (p50/p95/p99/mean, success rate) and the machine, plus the hardening cost (p50
-and p99 of configurations 2 and 3 as ratios of configuration 1), and writes them as markdown to
-docs/benchmarks.md (quick mode writes nothing unless --write). Numbers are reported, never
-asserted: this is a harness, not a test.
+Prints a table (p50/p95/p99/mean, success rate) and the machine, then the issue's targets next
+to the measured values (met / not met), memory per idle sandbox, sustained creates/s, ratios to
+the baselines, the hardening cost (configurations without a pool as ratios of the unhardened
+one) and the warm pool effect, and writes them as markdown to docs/benchmarks.md (quick mode
+writes nothing unless --write). Numbers are reported, never asserted: this is a harness, not a
+test.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import re
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,27 +136,6 @@ def _mem_total() -> str:
         return f"{kib / 1024 / 1024:.1f} GiB"
     except (OSError, ValueError, IndexError):
         return "unknown"
-
-
-def find_rootfs(templates_dir: Path, template: str = "base") -> Optional[Path]:
-    """The template's root filesystem: the directory that holds /usr/bin/true. A template of
-    one layer (`layers` in its template.json) has it at `<templates_dir>/.layers/<id>`; older
-    stores kept it under the template's own directory."""
-    base = templates_dir / template
-    candidates = []
-    try:
-        layers = json.loads((base / "template.json").read_text()).get("layers") or []
-    except (OSError, ValueError, AttributeError):
-        layers = []
-    if len(layers) == 1 and isinstance(layers[0], str):
-        candidates.append(templates_dir / ".layers" / layers[0])
-    candidates += [base / "rootfs", base]
-    if base.is_dir():
-        candidates += sorted(p for pat in ("*/rootfs", "*/*/rootfs") for p in base.glob(pat) if p.is_dir())
-    for c in candidates:
-        if (c / "usr" / "bin" / "true").exists() and (c / "etc").is_dir():
-            return c
-    return None
 
 
 def bench_rest_create(server: PaddockServer, m: Measurement, n: int) -> None:
@@ -477,75 +452,6 @@ def bench_fork(server: PaddockServer, m: Measurement, n: int, count: int, write_
     m.note = "; ".join(parts)
 
 
-def sweep(server: PaddockServer) -> List[str]:
-    """Kills every sandbox and deletes every snapshot this server's team still has (the rows
-    clean up after themselves, so anything found here is reported)."""
-    from e2b import Sandbox
-
-    found: List[str] = []
-    snapshots, sandboxes = [], []
-    pages = Sandbox.list_snapshots()
-    while pages.has_next:
-        snapshots += [s.snapshot_id for s in pages.next_items()]
-    pages = Sandbox.list()
-    while pages.has_next:
-        sandboxes += [s.sandbox_id for s in pages.next_items()]
-    for sid in snapshots:
-        Sandbox.delete_snapshot(sid)
-        found.append(f"snapshot {sid} was left and is now deleted")
-    for sid in sandboxes:
-        Sandbox.kill(sid)
-        found.append(f"sandbox {sid} was left and is now killed")
-    return found
-
-
-def bench_runc(rootfs: Optional[Path], m: Measurement, n: int) -> None:
-    runc = shutil.which("runc")
-    if runc is None:
-        m.note = "skipped: runc is not installed"
-        return
-    if rootfs is None:
-        m.note = "skipped: base template rootfs not found"
-        return
-    bundle = Path(tempfile.mkdtemp(prefix="paddock-bench-runc-"))
-    try:
-        subprocess.run([runc, "spec"], cwd=bundle, check=True, capture_output=True)
-        spec = json.loads((bundle / "config.json").read_text())
-        spec["root"] = {"path": str(rootfs), "readonly": True}
-        spec["process"]["args"] = ["/bin/true"]
-        spec["process"]["terminal"] = False
-        (bundle / "config.json").write_text(json.dumps(spec))
-        for i in range(n):
-            cid = f"paddock-bench-{os.getpid()}-{i}"
-
-            def once() -> None:
-                r = subprocess.run(
-                    [runc, "run", "--bundle", str(bundle), cid],
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    timeout=60,
-                )
-                if r.returncode != 0:
-                    subprocess.run([runc, "delete", "--force", cid], capture_output=True)
-                    raise RuntimeError(f"runc run exited {r.returncode}: {r.stderr.decode(errors='replace')[:200]}")
-
-            m.record(once)
-        m.note = f"rootfs {rootfs}"
-    finally:
-        shutil.rmtree(bundle, ignore_errors=True)
-
-
-def bench_fork_exec(m: Measurement, n: int) -> None:
-    def once() -> None:
-        pid = os.posix_spawn("/bin/true", ["/bin/true"], {})
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError("/bin/true failed")
-
-    for _ in range(n):
-        m.record(once)
-
-
 @dataclass(frozen=True)
 class ServerConfig:
     """One `paddock serve` configuration of the run."""
@@ -553,16 +459,22 @@ class ServerConfig:
     key: str  # the name `--configs` takes
     label: str  # the `server` column
     args: List[str]  # extra `paddock serve` flags
+    cold: bool = False  # without a warm pool: `--warm-pool-size 0`
+
+    def flags(self) -> List[str]:
+        return [*self.args, "--warm-pool-size", "0"] if self.cold else list(self.args)
 
 
 # The order of the run (see the module doc): the default server last, so its network pool
 # refills and slot teardown cannot land in another configuration's measurements.
 CONFIGS = [
-    ServerConfig("unhardened", "unhardened", ["--unhardened-for-benchmarks", "--network", "none"]),
-    ServerConfig("none", "hardened, no network", ["--network", "none"]),
+    ServerConfig("unhardened", "unhardened", ["--unhardened-for-benchmarks", "--network", "none"], cold=True),
+    ServerConfig("none", "hardened, no network", ["--network", "none"], cold=True),
+    ServerConfig("nopool", "hardened + networking, no warm pool", [], cold=True),
     ServerConfig("default", "hardened + networking (default)", []),
 ]
 BASELINE_KEY = "unhardened"
+NOPOOL_KEY = "nopool"
 DEFAULT_KEY = "default"
 # Target from the issue: hardened + pooled networking within 10% of unhardened (reported only).
 TARGET_RATIO = 1.10
@@ -577,8 +489,9 @@ FORK_COUNTS = (1, 10)
 SETTLE_SECONDS = 1.0
 
 
-# What `--parts` picks from: the sandbox benchmarks above, the template builds (bench/templates.py).
-PARTS = ("sandboxes", "templates")
+# What `--parts` picks from: the sequential sandbox benchmarks, the load rows (bench/load.py),
+# the template builds (bench/templates.py).
+PARTS = ("sandboxes", "load", "templates")
 
 
 def parse_parts(text: str) -> List[str]:
@@ -604,88 +517,6 @@ def parse_configs(text: str) -> List[ServerConfig]:
             + ", ".join(c.key for c in CONFIGS)
         )
     return [c for c in CONFIGS if c.key in keys]
-
-
-def hardening_cost(create_rows: Dict[str, List[Measurement]], configs: List[ServerConfig]) -> List[str]:
-    """Lines with p50/p99 of every hardened configuration as a ratio of the unhardened one."""
-    by_key = {c.key: c for c in configs}
-    if BASELINE_KEY not in by_key or len(configs) < 2:
-        return []
-    lines: List[str] = []
-    for name, rows in create_rows.items():
-        base = next((m for m in rows if m.server == by_key[BASELINE_KEY].label), None)
-        for p in (50, 99):
-            for c in configs:
-                if c.key == BASELINE_KEY:
-                    continue
-                m = next((r for r in rows if r.server == c.label), None)
-                if base is None or m is None or not base.samples or not m.samples:
-                    lines.append(f"- {name} p{p}, {c.label}: n/a (no samples)")
-                    continue
-                b, v = base.percentile(p), m.percentile(p)
-                ratio = v / b if b > 0 else float("inf")
-                verdict = ""
-                if c.key == DEFAULT_KEY and name.startswith("SDK create"):
-                    within = "within" if ratio <= TARGET_RATIO else "NOT within"
-                    verdict = f"; {within} the {TARGET_RATIO:.2f}x target"
-                lines.append(
-                    f"- {name} p{p}, {c.label}: {ratio:.2f}x unhardened ({v:.2f} ms vs {b:.2f} ms{verdict})"
-                )
-    return lines
-
-
-def render_markdown(
-    results: List[Measurement],
-    info: dict,
-    n: int,
-    n_heavy: int,
-    extra: List[str],
-    configs: List[ServerConfig],
-    cost: List[str],
-) -> str:
-    lines = [
-        "# Benchmarks",
-        "",
-        "Produced by `bench/run.sh` (see `bench/bench.py`); numbers are measured, never asserted.",
-        "",
-        f"- date: {info['date']}",
-        f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory']} RAM, kernel {info['kernel']}",
-        f"- samples per measurement: {n} (sequential, one at a time); snapshot, create from snapshot "
-        f"and fork rows: {n_heavy}",
-        f"- paddock: `{info['paddock']}`, e2b Python SDK {info['e2b']}",
-        "- servers, started one after the other in this order (each stopped and leak-checked before "
-        "the next starts; the same warm-up of 2 SDK create + first command on each):",
-    ]
-    for c in configs:
-        flags = f"`paddock serve {' '.join(c.args)}`" if c.args else "`paddock serve` (default flags)"
-        lines.append(f"  - {c.label}: {flags}")
-    lines.append(
-        '  - "unhardened" turns off the user namespace, seccomp filter, capability cut, /proc masks '
-        "and networking; the per-sandbox disk (loop ext4) and the cgroups are the same in all three"
-    )
-    lines += [
-        "",
-        "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join(["---", "---"] + ["---:"] * (len(HEADER) - 2)) + "|",
-    ]
-    for r in results:
-        lines.append("| " + " | ".join(r.row()) + " |")
-    if cost:
-        lines += ["", "## Hardening cost", "", "Ratios to the unhardened server, same run:", ""] + cost
-    lines += ["", "What each row measures:", ""]
-    seen = set()
-    for r in results:
-        if r.name in seen:
-            continue
-        seen.add(r.name)
-        note = f" ({r.note})" if r.note else ""
-        lines.append(f"- **{r.name}**: {r.what}{note}")
-    for r in results:
-        for e in r.errors:
-            where = f" [{r.server}]" if r.server != "-" else ""
-            lines.append(f"- error in {r.name}{where}: `{e}`")
-    lines += extra
-    return "\n".join(lines) + "\n"
 
 
 def render_table(results: List[Measurement]) -> str:
@@ -723,25 +554,28 @@ def stop_server(server: PaddockServer, label: str, extra: List[str]) -> None:
 
 def run_server(
     config: ServerConfig,
+    flags: List[str],
     n: int,
-    rest: Measurement,
-    sdk: Measurement,
+    sequential: List[Measurement],
     extra: List[str],
     also: Callable[[PaddockServer], None],
 ) -> bool:
-    """Starts one server, warms it up, measures `rest` and `sdk`, runs `also`, stops it fully.
+    """Starts one server, warms it up, measures the `sequential` rows ([REST create, SDK create
+    + first command], or none), runs `also`, stops it fully.
 
     Returns False when the server did not start (its rows then stay empty)."""
-    server = PaddockServer(extra_args=list(config.args))
-    flags = " ".join(config.args) or "(default flags)"
-    print(f"[{config.label}] starting paddock serve {flags} ({server.binary})...", flush=True)
+    import load  # bench/load.py: the warm pool's counters
+
+    server = PaddockServer(extra_args=flags)
+    shown = " ".join(flags) or "(default flags)"
+    print(f"[{config.label}] starting paddock serve {shown} ({server.binary})...", flush=True)
     try:
         server.start(ready_timeout=900)
     except ServerError as e:
         print(f"[{config.label}] {e}", file=sys.stderr)
         msg = f"server did not start: {e.args[0].splitlines()[0]}"[:300]
-        rest.errors.append(msg)
-        sdk.errors.append(msg)
+        for m in sequential:
+            m.errors.append(msg)
         extra.append(f"- note [{config.label}]: {msg}")
         if server.proc is not None:
             stop_server(server, config.label, extra)  # it may still be running (not ready in time)
@@ -756,16 +590,15 @@ def run_server(
         bench_sdk_create_and_run(server, warm, 2)
         if warm.errors:
             print(f"[{config.label}] warm-up failed: {warm.errors}", file=sys.stderr)
-        steps = [
-            (rest, lambda m: bench_rest_create(server, m, n)),
-            (sdk, lambda m: bench_sdk_create_and_run(server, m, n)),
-        ]
-        for m, run in steps:
+        runs = [lambda m: bench_rest_create(server, m, n), lambda m: bench_sdk_create_and_run(server, m, n)]
+        for m, run in zip(sequential, runs):
             print(f"[{config.label}] measuring {m.name} (n={n})...", flush=True)
+            watch = load.PoolWatch(server)
             try:
                 run(m)
             except Exception as e:  # noqa: BLE001 - one broken measurement must not hide the others
                 m.errors.append(f"{type(e).__name__}: {e}"[:300])
+            load.add_note(m, watch.note())
         also(server)
     finally:
         print(f"[{config.label}] stopping paddock serve...", flush=True)
@@ -775,9 +608,127 @@ def run_server(
     return True
 
 
+@dataclass
+class OnceRows:
+    """The rows measured once, on the last server of the run (the default one)."""
+
+    label: str
+    exec_row: Measurement = field(init=False)
+    pause: List[Measurement] = field(init=False)
+    disk: List[Measurement] = field(init=False)
+    snapshots: List[Measurement] = field(init=False)
+    from_snapshot: Measurement = field(init=False)
+    forks: List[Measurement] = field(init=False)
+
+    def __post_init__(self) -> None:
+        def row(name: str, what: str) -> Measurement:
+            return Measurement(name, what, server=self.label)
+
+        self.exec_row = row("exec round trip", '`commands.run("true")` in one live sandbox through the proxy and envd')
+        self.pause = [
+            row("pause", "`sandbox.pause()` of an idle sandbox (cgroup freezer)"),
+            row("resume", "`Sandbox.connect()` of that paused sandbox (thaw)"),
+            row("pause, 256 MiB touched", "`sandbox.pause()` while a process holds 256 MiB of touched memory"),
+            row("resume, 256 MiB touched", "`Sandbox.connect()` of that paused sandbox"),
+        ]
+        disk_what = (
+            "nothing of the memory is saved (the processes end, the cgroup and its memory are freed, "
+            "the writable layer stays on disk), so its cost does not grow with the memory in use beyond "
+            "the kernel freeing it (compare the idle and 256 MiB rows)"
+        )
+        self.disk = [
+            row("pause to disk", f'`sandbox.pause(mode="filesystem")` of an idle sandbox: {disk_what}'),
+            row(
+                "resume from disk",
+                "`Sandbox.connect()` of that sandbox: a new boot on its kept files, until envd answers",
+            ),
+            row(
+                "pause to disk, 256 MiB touched",
+                f'`sandbox.pause(mode="filesystem")` while a process holds 256 MiB of touched memory '
+                f"(started again, not timed, before every pause): {disk_what}",
+            ),
+            row(
+                "resume from disk, 256 MiB touched",
+                "`Sandbox.connect()` of that sandbox (the same new boot: the process and its memory are gone)",
+            ),
+        ]
+        self.snapshots = [
+            row(
+                f"snapshot, {mib} MiB written",
+                f"`sandbox.create_snapshot()` of a fresh sandbox that wrote {mib} MiB of random bytes to a file: "
+                "the sandbox is frozen while the node copies its writable layer (only what it changed) into a "
+                "new template layer; a new sandbox and snapshot per sample, both removed after it",
+            )
+            for mib in SNAPSHOT_WRITES_MIB
+        ]
+        self.from_snapshot = row(
+            "create from snapshot",
+            f'`Sandbox.create(template=snapshot_id)` then `commands.run("true")`, from one snapshot of a sandbox '
+            f"that wrote {FORK_WRITE_MIB} MiB (each child checked for the file, not timed); compare with "
+            "SDK create + first command",
+        )
+        self.forks = [
+            row(
+                f"fork ×{count}",
+                f"`sandbox.fork(count={count})` of a running parent that wrote {FORK_WRITE_MIB} MiB, until "
+                + (f"all {count} children are running" if count > 1 else "the child is running")
+                + ": one copy of the parent's writable layer, then "
+                + (f"{count} creates in parallel" if count > 1 else "one create")
+                + " (each child then checked with `commands.run` for the file, not timed, and killed)",
+            )
+            for count in FORK_COUNTS
+        ]
+
+    def rows(self) -> List[Measurement]:
+        return [self.exec_row, *self.pause, *self.disk, *self.snapshots, self.from_snapshot, *self.forks]
+
+    def steps(self, server: PaddockServer, n: int, n_heavy: int) -> List[tuple]:
+        """(row, samples, run) of every row, in the order they run."""
+        p, d = self.pause, self.disk
+        return [
+            (self.exec_row, n, lambda: bench_exec(server, self.exec_row, n)),
+            (p[0], n, lambda: bench_pause_resume(server, p[0], p[1], n, 0)),
+            (p[2], n, lambda: bench_pause_resume(server, p[2], p[3], n, 256)),
+            (d[0], n, lambda: bench_pause_to_disk(server, d[0], d[1], n, 0)),
+            (d[2], n, lambda: bench_pause_to_disk(server, d[2], d[3], n, 256)),
+            *[
+                (row, n_heavy, lambda row=row, mib=mib, i=i: bench_snapshot(server, row, n_heavy, mib, i == 0))
+                for i, (row, mib) in enumerate(zip(self.snapshots, SNAPSHOT_WRITES_MIB))
+            ],
+            (
+                self.from_snapshot,
+                n_heavy,
+                lambda: bench_create_from_snapshot(server, self.from_snapshot, n_heavy, FORK_WRITE_MIB),
+            ),
+            *[
+                (row, n_heavy, lambda row=row, count=count: bench_fork(server, row, n_heavy, count, FORK_WRITE_MIB))
+                for row, count in zip(self.forks, FORK_COUNTS)
+            ],
+        ]
+
+    def ratios(self) -> None:
+        for idle, touched in ((self.pause[0], self.pause[2]), (self.disk[0], self.disk[2])):
+            if idle.samples and touched.samples:
+                touched.note = f"p50 {touched.percentile(50) / idle.percentile(50):.2f}x the idle row"
+
+
+def run_steps(steps: List[tuple], extra: List[str], label: str) -> None:
+    """Runs (row or None, size text, run) steps; a failure lands on its row (or in `extra`)."""
+    for m, size, run in steps:
+        name = m.name if m is not None else size
+        print(f"measuring {name} ({size})..." if m is not None else f"measuring {name}...", flush=True)
+        try:
+            run()
+        except Exception as e:  # noqa: BLE001 - one broken measurement must not hide the others
+            if m is not None:
+                m.errors.append(f"{type(e).__name__}: {e}"[:300])
+            else:
+                extra.append(f"- note [{label}]: {name} failed: {type(e).__name__}: {e}"[:300])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="n=10 and do not write docs/benchmarks.md")
+    ap.add_argument("--quick", action="store_true", help="n=10, short load rows, and do not write docs/benchmarks.md")
     ap.add_argument("--write", action="store_true", help="write docs/benchmarks.md even with --quick")
     ap.add_argument("-n", type=int, default=None, help="samples per measurement (default 100, quick 10)")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -795,14 +746,14 @@ def main() -> int:
         type=parse_parts,
         default=list(PARTS),
         metavar="all|PART[,PART...]",
-        help="what to run: all (default), sandboxes (the servers of --configs) and/or templates "
+        help="what to run: all (default), sandboxes (sequential rows on the servers of --configs), load "
+        "(bursts, sustained creates, memory, files on the last of them) and/or templates "
         "(bench/templates.py: template builds on one more default server, after the others)",
     )
     args = ap.parse_args()
     n = args.n or (10 if args.quick else 100)
     n_heavy = min(n, HEAVY_N_QUICK if args.quick else HEAVY_N)
     write = args.write or not args.quick
-    configs: List[ServerConfig] = args.configs
 
     for key in [k for k in os.environ if k.startswith("E2B_")]:
         del os.environ[key]
@@ -822,146 +773,66 @@ def main() -> int:
         print(f"the e2b SDK is missing: {e}", file=sys.stderr)
         return 1
 
-    import templates  # bench/templates.py, next to this file
+    import baselines  # bench/baselines.py, next to this file
+    import load  # bench/load.py
+    import templates  # bench/templates.py
 
-    if "sandboxes" not in args.parts:
+    seq, do_load = "sandboxes" in args.parts, "load" in args.parts
+    if not seq and not do_load:
         return templates.run_and_report(args.quick, write, args.out)
 
-    rest_rows = [Measurement("REST create", REST_WHAT, server=c.label) for c in configs]
-    sdk_rows = [Measurement("SDK create + first command", SDK_WHAT, server=c.label) for c in configs]
-    # Exec and the baselines run once, with the default server (or the last one when the
-    # default is not part of this run).
+    binary = Path(os.environ.get("PADDOCK_BIN", DEFAULT_BIN))
+    header_notes: List[str] = []
+    configs: List[ServerConfig] = args.configs
+    if not configs:
+        print("no configuration left to run", file=sys.stderr)
+        return 1
+    if not seq:
+        configs = configs[-1:]  # the load rows run on one server
     last = configs[-1]
-    exec_row = Measurement(
-        "exec round trip", '`commands.run("true")` in one live sandbox through the proxy and envd', server=last.label
-    )
-    runc_row = Measurement(
-        "baseline: runc run /bin/true",
-        "`runc run` of /bin/true on the same base rootfs, read-only (the process spawn of `runc` included)",
-    )
-    fork_row = Measurement("baseline: fork+exec /bin/true", "`posix_spawn` + `waitpid` of /bin/true on the host")
-    pause_rows = [
-        Measurement("pause", "`sandbox.pause()` of an idle sandbox (cgroup freezer)", server=last.label),
-        Measurement("resume", "`Sandbox.connect()` of that paused sandbox (thaw)", server=last.label),
-        Measurement(
-            "pause, 256 MiB touched",
-            "`sandbox.pause()` while a process holds 256 MiB of touched memory",
-            server=last.label,
-        ),
-        Measurement("resume, 256 MiB touched", "`Sandbox.connect()` of that paused sandbox", server=last.label),
-    ]
-    disk_what = (
-        "nothing of the memory is saved (the processes end, the cgroup and its memory are freed, "
-        "the writable layer stays on disk), so its cost does not grow with the memory in use beyond "
-        "the kernel freeing it (compare the idle and 256 MiB rows)"
-    )
-    disk_rows = [
-        Measurement(
-            "pause to disk",
-            f'`sandbox.pause(mode="filesystem")` of an idle sandbox: {disk_what}',
-            server=last.label,
-        ),
-        Measurement(
-            "resume from disk",
-            "`Sandbox.connect()` of that sandbox: a new boot on its kept files, until envd answers",
-            server=last.label,
-        ),
-        Measurement(
-            "pause to disk, 256 MiB touched",
-            f'`sandbox.pause(mode="filesystem")` while a process holds 256 MiB of touched memory '
-            f"(started again, not timed, before every pause): {disk_what}",
-            server=last.label,
-        ),
-        Measurement(
-            "resume from disk, 256 MiB touched",
-            "`Sandbox.connect()` of that sandbox (the same new boot: the process and its memory are gone)",
-            server=last.label,
-        ),
-    ]
-    snapshot_rows = [
-        Measurement(
-            f"snapshot, {mib} MiB written",
-            f"`sandbox.create_snapshot()` of a fresh sandbox that wrote {mib} MiB of random bytes to a file: "
-            "the sandbox is frozen while the node copies its writable layer (only what it changed) into a "
-            "new template layer; a new sandbox and snapshot per sample, both removed after it",
-            server=last.label,
-        )
-        for mib in SNAPSHOT_WRITES_MIB
-    ]
-    from_snapshot_row = Measurement(
-        "create from snapshot",
-        f'`Sandbox.create(template=snapshot_id)` then `commands.run("true")`, from one snapshot of a sandbox '
-        f"that wrote {FORK_WRITE_MIB} MiB (each child checked for the file, not timed); compare with "
-        "SDK create + first command",
-        server=last.label,
-    )
-    fork_rows = [
-        Measurement(
-            f"fork ×{count}",
-            f"`sandbox.fork(count={count})` of a running parent that wrote {FORK_WRITE_MIB} MiB, until "
-            + (f"all {count} children are running" if count > 1 else "the child is running")
-            + ": one copy of the parent's writable layer, then "
-            + (f"{count} creates in parallel" if count > 1 else "one create")
-            + " (each child then checked with `commands.run` for the file, not timed, and killed)",
-            server=last.label,
-        )
-        for count in FORK_COUNTS
-    ]
-    heavy_rows = [*snapshot_rows, from_snapshot_row, *fork_rows]
-    once_rows = [exec_row, *pause_rows, *disk_rows, *heavy_rows, runc_row, fork_row]
 
-    def once_only(server: PaddockServer) -> None:
-        steps = [
-            (exec_row, n, lambda m: bench_exec(server, m, n)),
-            (pause_rows[0], n, lambda m: bench_pause_resume(server, m, pause_rows[1], n, 0)),
-            (pause_rows[2], n, lambda m: bench_pause_resume(server, m, pause_rows[3], n, 256)),
-            (disk_rows[0], n, lambda m: bench_pause_to_disk(server, m, disk_rows[1], n, 0)),
-            (disk_rows[2], n, lambda m: bench_pause_to_disk(server, m, disk_rows[3], n, 256)),
-            *[
-                (row, n_heavy, lambda m, mib=mib, i=i: bench_snapshot(server, m, n_heavy, mib, reference=i == 0))
-                for i, (row, mib) in enumerate(zip(snapshot_rows, SNAPSHOT_WRITES_MIB))
-            ],
-            (from_snapshot_row, n_heavy, lambda m: bench_create_from_snapshot(server, m, n_heavy, FORK_WRITE_MIB)),
-            *[
-                (row, n_heavy, lambda m, count=count: bench_fork(server, m, n_heavy, count, FORK_WRITE_MIB))
-                for row, count in zip(fork_rows, FORK_COUNTS)
-            ],
-            (runc_row, n, lambda m: bench_runc(find_rootfs(server.templates_dir), m, n)),
-            (fork_row, n, lambda m: bench_fork_exec(m, n)),
-        ]
+    rest_rows = {c.key: Measurement("REST create", REST_WHAT, server=c.label) for c in configs} if seq else {}
+    sdk_rows = (
+        {c.key: Measurement("SDK create + first command", SDK_WHAT, server=c.label) for c in configs} if seq else {}
+    )
+    once = OnceRows(last.label) if seq else None
+    loads = load.LoadRows(last.label, args.quick) if do_load else None
+    base_rows = baselines.baseline_rows()
+    extra: List[str] = []
+
+    def on_last(server: PaddockServer) -> None:
         try:
-            for m, samples, run in steps:
-                print(f"measuring {m.name} (n={samples})...", flush=True)
-                try:
-                    run(m)
-                except Exception as e:  # noqa: BLE001 - one broken measurement must not hide the others
-                    m.errors.append(f"{type(e).__name__}: {e}"[:300])
-            for idle, touched in ((pause_rows[0], pause_rows[2]), (disk_rows[0], disk_rows[2])):
-                if idle.samples and touched.samples:
-                    ratio = touched.percentile(50) / idle.percentile(50)
-                    touched.note = f"p50 {ratio:.2f}x the idle row"
+            if loads is not None:
+                run_steps(loads.steps(server, memory_first=True), extra, last.label)
+            if once is not None:
+                run_steps([(m, f"n={k}", run) for m, k, run in once.steps(server, n, n_heavy)], extra, last.label)
+                once.ratios()
+            if loads is not None:
+                run_steps(loads.steps(server, memory_first=False), extra, last.label)
+            baselines.run_baselines(base_rows, server.templates_dir, n)
         finally:
             try:
-                for line in sweep(server):
+                for line in load.sweep(server):
                     extra.append(f"- note [{last.label}]: {line}")
             except Exception as e:  # noqa: BLE001 - reported; the server's own shutdown still runs
                 extra.append(f"- note [{last.label}]: the final sweep failed: {type(e).__name__}: {e}"[:300])
 
-    extra: List[str] = []
+    load_start = templates.load_average()
     failed: List[str] = []
     print("(the first server start builds the base template if it is not cached)", flush=True)
     for i, config in enumerate(configs):
         if i > 0:
             time.sleep(SETTLE_SECONDS)
-        also = once_only if config is last else (lambda _s: None)
-        if not run_server(config, n, rest_rows[i], sdk_rows[i], extra, also):
+        also = on_last if config is last else (lambda _s: None)
+        sequential = [rest_rows[config.key], sdk_rows[config.key]] if seq else []
+        if not run_server(config, config.flags(), n, sequential, extra, also):
             failed.append(config.label)
+    once_rows = (once.rows() if once else []) + (loads.rows() if loads else []) + base_rows
     if last.label in failed:
         for m in once_rows:
             m.note = f"skipped: the {last.label} server did not start"
 
     try:
-        binary = Path(os.environ.get("PADDOCK_BIN", DEFAULT_BIN))
         paddock_version = subprocess.run(
             [str(binary), "--version"], capture_output=True, text=True, timeout=10
         ).stdout.strip() or "unknown"
@@ -972,32 +843,32 @@ def main() -> int:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "paddock": paddock_version,
         "e2b": e2b_version,
+        "load_start": load_start,
+        "load_end": templates.load_average(),
+        "load_samples": f"load rows: {loads.describe()}" if loads else "load rows not run (--parts)",
+        "notes": header_notes,
     }
 
-    results = rest_rows + sdk_rows + once_rows
-    cost = hardening_cost({"REST create": rest_rows, "SDK create + first command": sdk_rows}, configs)
-    if cost and n < 100:
-        cost.append(f"- (n={n}: p99 is the slowest sample or close to it; use the full run for p99)")
+    results = list(rest_rows.values()) + list(sdk_rows.values()) + once_rows
+    sections = baselines.report_sections(
+        baselines.RunRows(
+            configs=configs,
+            last=last,
+            rest=rest_rows,
+            sdk=sdk_rows,
+            exec_row=once.exec_row if once else None,
+            loads=loads,
+            base=base_rows,
+            quick=args.quick,
+            n=n,
+        )
+    )
 
-    print()
-    print(f"machine: {info['nproc']} CPUs, {info['cpu']}, {info['memory']} RAM, kernel {info['kernel']}")
-    print(f"samples per measurement: {n} (snapshot, create from snapshot and fork rows: {n_heavy})")
-    print(render_table(results))
-    for m in results:
-        where = f" [{m.server}]" if m.server != "-" else ""
-        if m.note:
-            print(f"  {m.name}{where}: {m.note}")
-        for e in m.errors:
-            print(f"  {m.name}{where} error: {e}")
-    if cost:
-        print("\nhardening cost (ratios to the unhardened server, same run):")
-        for line in cost:
-            print(line)
-    for line in extra:
-        print(line)
+    baselines.print_report(results, info, n, n_heavy, sections, header_notes + extra)
     if write:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        doc = render_markdown(results, info, n, n_heavy, extra, configs, cost)
+        shown = [(c, c.flags()) for c in configs]
+        doc = baselines.render_markdown(results, info, n, n_heavy, extra, shown, sections)
         args.out.write_text(templates.keep_section(args.out, doc))
         print(f"\nwrote {args.out}")
     status = 0
@@ -1011,4 +882,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the `bench` module's main rather than this `__main__` copy: load.py, baselines.py and
+    # templates.py import `bench`, and every row must be of that module's Measurement class.
+    import bench
+
+    sys.exit(bench.main())

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Runs the Paddock benchmark (bench/bench.py) against fresh `paddock serve` processes.
-#   bench/run.sh            n=100, writes docs/benchmarks.md
-#   bench/run.sh --quick    n=10, prints only (add --write to write docs/benchmarks.md)
-#   bench/run.sh --configs default   only the default server (no unhardened/hardened comparison)
+# Runs the Paddock benchmark (bench/bench.py, with bench/load.py, bench/baselines.py and
+# bench/templates.py) against fresh `paddock serve` processes.
+#   bench/run.sh            n=100, full load rows, writes docs/benchmarks.md
+#   bench/run.sh --quick    n=10, short load rows, prints only (add --write to write docs/benchmarks.md,
+#                           or --out /tmp/b.md --write to write elsewhere)
+#   bench/run.sh --configs default   only the default server (no unhardened/hardened/no-pool comparison)
+#   bench/run.sh --parts load        only the load rows (bursts, sustained creates, memory per idle
+#                                    sandbox, file throughput) and the baselines, on one server
 #   bench/run.sh --parts templates   only the template builds (bench/templates.py; adds the
 #                                    code-interpreter recipe without --quick, which downloads packages)
-# One run starts three servers one after the other (unhardened, hardened without network,
-# hardened + networking = default) to report what hardening costs the create path.
+# One run starts the servers one after the other (unhardened, hardened without network, hardened +
+# networking without a warm pool, and the default last) to report what hardening and the warm
+# pool change; the load rows and the baselines run on the default server.
 # Uses the Python venv at $PADDOCK_VENV (default /var/cache/paddock/venv), creating it if needed.
-# The paddock binary: $PADDOCK_BIN (default target/release/paddock, built if missing).
+# The paddock binary: $PADDOCK_BIN (default target/release/paddock, built if missing); the
+# templates: $PADDOCK_TEMPLATES_DIR (default /var/cache/paddock/templates).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
