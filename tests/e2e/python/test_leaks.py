@@ -4,7 +4,9 @@ interfaces, nftables rules, processes, and the server's open fds)."""
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Set
 
+import requests
 from e2b import Sandbox
 from paddock_server import leaked_cgroups
 
@@ -34,6 +37,15 @@ def _links() -> List[str]:
     out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     names = [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
     return sorted(n for n in names if n.startswith(("pdk", "veth", "paddock")))
+
+
+def _nft_shape(ruleset: Optional[str]) -> Optional[List[str]]:
+    """The ruleset with the names of network slots (`pdk…`) blanked, lines sorted: warm
+    sandboxes hold slots, and after the cycles the warm ones are other sandboxes on other
+    (never reused) slots, so only the names may differ."""
+    if ruleset is None:
+        return None
+    return sorted(re.sub(r"pdk[a-z]*[0-9]+", "pdk#", line) for line in ruleset.splitlines())
 
 
 def _nft_ruleset() -> Optional[str]:
@@ -140,12 +152,29 @@ def _settled(paddock, base: Snapshot, ids: List[str], timeout: float = 15) -> Sn
         time.sleep(0.25)
 
 
+def _warm_pool_full(paddock) -> bool:
+    """Whether the node's warm pools are full and nothing is being filled (`/metrics`)."""
+    text = requests.get(paddock.api_url + "/metrics", headers={"X-API-Key": paddock.api_key}, timeout=10).text
+    values: Dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    ready = values.get('paddock_warm_pool_ready{template="base"}', 0)
+    size = values.get('paddock_warm_pool_size{template="base"}', 0)
+    return values.get("paddock_warm_pools_filling", 0) == 0 and ready == size
+
+
 def _wait_for_full_pools(paddock, timeout: float = 20) -> None:
-    """Waits until the node's pools (network slots, disks) stop changing for a second, so the
-    baseline does not catch a pool still refilling after the warm-up."""
+    """Waits until the node's pools (warm sandboxes, network slots, disks) are full and stop
+    changing for a second, so the baseline does not catch a pool still refilling."""
     deadline = time.monotonic() + timeout
     last, stable_since = None, time.monotonic()
     while time.monotonic() < deadline:
+        if not _warm_pool_full(paddock):
+            last = None
+            time.sleep(0.1)
+            continue
         snap = Snapshot.take(paddock)
         key = (len(snap.links), snap.mounts, snap.loops)
         if key != last:
@@ -174,6 +203,9 @@ def test_create_kill_cycles_leave_nothing(paddock):
         assert r.exit_code == 0, (i, r)
         if i == 0:
             # The checks below look for real things: make sure they exist while a sandbox runs.
+            # It came from the warm pool (part of the baseline), which then refilled: one
+            # sandbox more than the baseline once the refill is done.
+            _wait_for_full_pools(paddock)
             live = Snapshot.take(paddock)
             assert leaked_cgroups({s.sandbox_id}), "no cgroup found for a running sandbox"
             assert (paddock.data_dir / "sandboxes" / s.sandbox_id).is_dir()
@@ -206,8 +238,9 @@ def test_create_kill_cycles_leave_nothing(paddock):
     # Network slots are pooled and never reused, so names change; their number must not grow.
     if len(now.links) > len(base.links):
         problems.append(f"interfaces: {base.links} -> {now.links}")
-    if now.nft != base.nft:
-        problems.append("nftables ruleset changed")
+    if _nft_shape(now.nft) != _nft_shape(base.nft):
+        diff = "\n".join(difflib.unified_diff((base.nft or "").splitlines(), (now.nft or "").splitlines(), lineterm="", n=1))
+        problems.append(f"nftables ruleset changed:\n{diff}")
     if now.descendants > base.descendants or now.shims > base.shims:
         problems.append(
             f"processes under paddock: {base.descendants} -> {now.descendants}, "
