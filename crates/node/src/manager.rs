@@ -120,6 +120,9 @@ pub struct LocalNode {
     pool_wake: Arc<Notify>,
     /// Turns to start a sandbox ([`NodeConfig::start_concurrency`]); FIFO.
     starts: tokio::sync::Semaphore,
+    /// Set once [`Node::reconcile`] has run: it removes every sandbox it does not adopt, so
+    /// warm pools are filled only after it.
+    reconciled: std::sync::atomic::AtomicBool,
 }
 
 /// A sandbox [`LocalNode::boot`] started, not yet in the live table (or a warm pool).
@@ -130,6 +133,8 @@ struct Booted<'a> {
     template: crate::templates::Template,
     lease: LayerLease,
     reservation: Reservation<'a>,
+    /// envd booted without the create's environment (see [`LocalNode::boot`]).
+    env_deferred: bool,
 }
 
 /// A reserved slot for one create; dropping it (failure, cancellation) frees the slot.
@@ -171,6 +176,7 @@ impl LocalNode {
             metrics: Arc::default(),
             pool_wake: Arc::new(Notify::new()),
             starts: tokio::sync::Semaphore::new(cfg_start_concurrency),
+            reconciled: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(crate::metrics::run_sampler(Arc::downgrade(&node)));
         if node.cfg.warm_pool.size > 0 {
@@ -435,10 +441,16 @@ impl LocalNode {
     /// Starts sandbox `req.id` from its template on the slot `reservation` holds: leases the
     /// template's layers, writes the state directory, acquires the network slot and starts the
     /// runtime. On failure nothing of it is left (the reservation is given back).
+    ///
+    /// With `template_env_only`, a template with a start or ready command boots envd without
+    /// the create's environment ([`Booted::env_deferred`]): the start command runs with the
+    /// template's environment only, as in a warm sandbox, and [`LocalNode::reinit`] adds the
+    /// create's variables once it is ready.
     async fn boot<'a>(
         &'a self,
         req: &CreateRequest,
         reservation: Reservation<'a>,
+        template_env_only: bool,
     ) -> Result<Booted<'a>, NodeError> {
         let (template, lease) = self
             .templates
@@ -454,7 +466,20 @@ impl LocalNode {
         let remove_dir = || {
             let _ = std::fs::remove_dir_all(self.state_dir(&req.id));
         };
-        if let Err(e) = self.prepare_state_dir(req, &meta) {
+        let has_start = meta.config.start_cmd.is_some() || meta.config.ready_cmd.is_some();
+        let env_deferred = template_env_only && has_start && !req.env_vars.is_empty();
+        let written = if env_deferred {
+            self.prepare_state_dir(
+                &CreateRequest {
+                    env_vars: HashMap::new(),
+                    ..req.clone()
+                },
+                &meta,
+            )
+        } else {
+            self.prepare_state_dir(req, &meta)
+        };
+        if let Err(e) = written {
             remove_dir();
             return Err(e);
         }
@@ -481,6 +506,7 @@ impl LocalNode {
                 template,
                 lease,
                 reservation,
+                env_deferred,
             }),
             Err(e) => {
                 remove_dir();
@@ -604,7 +630,9 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 impl Node for LocalNode {
     async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
         if let Some(warm) = self.take_claimed(&req.id) {
-            match self.hand_over(&req, warm).await {
+            let handed = self.hand_over(&req, warm).await;
+            self.count_hand_over(handed.is_ok());
+            match handed {
                 Ok(sandbox) => return Ok(sandbox),
                 // The warm sandbox is gone (discarded by `hand_over`); start a new one.
                 Err(e @ NodeError::Busy(_)) => return Err(e),
@@ -614,9 +642,11 @@ impl Node for LocalNode {
             }
         }
         let reservation = self.reserve(&req.id)?;
-        let _turn = self.start_turn().await?;
-        let booted = self.boot(&req, reservation).await?;
+        let turn = self.start_turn().await?;
+        let booted = self.boot(&req, reservation, req.start_cmd).await?;
+        drop(turn);
         let meta = booted.meta.clone();
+        let env_deferred = booted.env_deferred;
         self.admit_live(&req.id, booted).await?;
         if req.start_cmd {
             let socket = self
@@ -626,8 +656,16 @@ impl Node for LocalNode {
                 .map(|l| l.handle.envd_socket.clone());
             let started = match socket {
                 Some(socket) => {
-                    self.run_start_cmd(&req.id, socket, &meta.config, &req.access_token)
-                        .await
+                    let ready = self
+                        .run_start_cmd(&req.id, socket.clone(), &meta.config, &req.access_token)
+                        .await;
+                    match ready {
+                        Ok(()) if env_deferred => self
+                            .reinit(&req, &meta, socket, &req.access_token)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        other => other,
+                    }
                 }
                 None => Err("the sandbox stopped".into()),
             };
@@ -783,6 +821,9 @@ impl Node for LocalNode {
         }
         // Layers of deleted templates that no surviving sandbox holds.
         self.collect_garbage().await;
+        self.reconciled
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.pool_wake.notify_one();
         adopted
     }
 

@@ -388,6 +388,17 @@ async fn lagged_exit_notifications_resync_the_table() {
     assert!(rt.state().killed.contains(&id));
 }
 
+/// A node with warm pools of `size`, reconciled (pools fill only after the first reconcile).
+async fn pooled_node(
+    rt: &Arc<GatedRuntime>,
+    max: usize,
+    size: usize,
+) -> (tempfile::TempDir, Arc<LocalNode>) {
+    let (dir, node) = node_with_pool(rt, max, pool_config(size));
+    node.reconcile(&[]).await;
+    (dir, node)
+}
+
 fn pool_config(size: usize) -> super::PoolConfig {
     super::PoolConfig {
         size,
@@ -426,7 +437,7 @@ async fn wait_killed(rt: &GatedRuntime, ids: &[SandboxId]) {
 async fn a_miss_fills_the_pool_and_a_claim_hands_over_with_the_callers_token_and_env() {
     let rt = GatedRuntime::with_envd();
     rt.gate.add_permits(100);
-    let (_dir, node) = node_with_pool(&rt, 10, pool_config(2));
+    let (_dir, node) = pooled_node(&rt, 10, 2).await;
     let first = request(&SandboxId::generate());
     assert_eq!(
         node.claim_warm(&first),
@@ -474,7 +485,7 @@ async fn a_miss_fills_the_pool_and_a_claim_hands_over_with_the_callers_token_and
 async fn creates_that_cannot_use_a_pool_neither_claim_nor_start_one() {
     let rt = GatedRuntime::with_envd();
     rt.gate.add_permits(100);
-    let (_dir, node) = node_with_pool(&rt, 10, pool_config(2));
+    let (_dir, node) = pooled_node(&rt, 10, 2).await;
     let mut sized = request(&SandboxId::generate());
     sized.resources = Some(Resources::default());
     let mut build_step = request(&SandboxId::generate());
@@ -491,7 +502,7 @@ async fn creates_that_cannot_use_a_pool_neither_claim_nor_start_one() {
 async fn warm_sandboxes_hold_slots_and_give_them_up_to_creates() {
     let rt = GatedRuntime::new();
     rt.gate.add_permits(100);
-    let (_dir, node) = node_with_pool(&rt, 3, pool_config(2));
+    let (_dir, node) = pooled_node(&rt, 3, 2).await;
     assert_eq!(node.claim_warm(&request(&SandboxId::generate())), None);
     // Of 3 slots the filler takes 2 and keeps the last one free.
     wait_ready(&node, 2).await;
@@ -524,7 +535,7 @@ async fn warm_sandboxes_hold_slots_and_give_them_up_to_creates() {
 async fn a_changed_or_deleted_template_discards_its_warm_sandboxes() {
     let rt = GatedRuntime::with_envd();
     rt.gate.add_permits(100);
-    let (_dir, node) = node_with_pool(&rt, 10, pool_config(2));
+    let (_dir, node) = pooled_node(&rt, 10, 2).await;
     let base = TemplateName::parse("base").expect("name");
     let copy = TemplateName::parse("base-copy").expect("name");
     assert_eq!(node.claim_warm(&request(&SandboxId::generate())), None);
@@ -565,7 +576,7 @@ async fn a_failed_hand_over_starts_a_new_sandbox_under_the_claimed_id() {
     // No envd answers `/init`: the warm sandbox is discarded and the create starts cold.
     let rt = GatedRuntime::new();
     rt.gate.add_permits(100);
-    let (_dir, node) = node_with_pool(&rt, 10, pool_config(1));
+    let (_dir, node) = pooled_node(&rt, 10, 1).await;
     assert_eq!(node.claim_warm(&request(&SandboxId::generate())), None);
     wait_ready(&node, 1).await;
     let mut req = request(&SandboxId::generate());
@@ -574,6 +585,12 @@ async fn a_failed_hand_over_starts_a_new_sandbox_under_the_claimed_id() {
     node.create(req)
         .await
         .expect("cold start after the failed hand-over");
+    let stats = node.pool_stats();
+    assert_eq!(
+        (stats.hits, stats.misses),
+        (0, 2),
+        "a failed hand-over is a miss"
+    );
     assert!(
         rt.state().killed.contains(&id),
         "the warm sandbox was not stopped"
@@ -589,7 +606,7 @@ async fn a_failed_hand_over_starts_a_new_sandbox_under_the_claimed_id() {
 async fn kill_releases_a_claim_and_shutdown_stops_every_warm_sandbox() {
     let rt = GatedRuntime::with_envd();
     rt.gate.add_permits(100);
-    let (_dir, node) = node_with_pool(&rt, 10, pool_config(2));
+    let (_dir, node) = pooled_node(&rt, 10, 2).await;
     assert_eq!(node.claim_warm(&request(&SandboxId::generate())), None);
     wait_ready(&node, 2).await;
     let claimed = node
@@ -609,4 +626,16 @@ async fn kill_releases_a_claim_and_shutdown_stops_every_warm_sandbox() {
     assert_eq!(st.alive_at_release, Some(0), "alive: {:?}", st.alive);
     assert!(st.killed.contains(&again));
     assert!(st.alive.is_empty());
+}
+
+#[tokio::test]
+async fn pools_fill_only_after_the_first_reconcile() {
+    let rt = GatedRuntime::with_envd();
+    rt.gate.add_permits(100);
+    let (_dir, node) = node_with_pool(&rt, 10, pool_config(2));
+    assert_eq!(node.claim_warm(&request(&SandboxId::generate())), None);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(rt.state().started, 0, "a fill ran before the reconcile");
+    node.reconcile(&[]).await;
+    wait_ready(&node, 2).await;
 }

@@ -232,7 +232,7 @@ impl LocalNode {
         pool.last_wanted = Instant::now();
         let mut found = None;
         while let Some(warm) = pool.ready.pop_front() {
-            if warm.template == current {
+            if warm.template == current && self.runtime.is_alive(&warm.id) {
                 found = Some(warm);
                 break;
             }
@@ -242,7 +242,6 @@ impl LocalNode {
         match found {
             Some(warm) => {
                 let id = warm.id.clone();
-                pools.hits += 1;
                 pools.claimed.insert(id.clone(), (warm, Instant::now()));
                 Some(id)
             }
@@ -251,6 +250,40 @@ impl LocalNode {
                 None
             }
         }
+    }
+
+    /// Counts a hand-over: a hit, or a miss when it failed and the create started cold.
+    pub(super) fn count_hand_over(&self, ok: bool) {
+        let mut table = self.table_mut();
+        if ok {
+            table.pool.hits += 1;
+        } else {
+            table.pool.misses += 1;
+        }
+    }
+
+    /// Gives live sandbox `id` (envd on `socket`, accepting `current_token`) to the create
+    /// `req`: writes the create's boot configuration (read again by a start from disk) and
+    /// re-initialises envd with the caller's access token, environment, user and workdir.
+    pub(super) async fn reinit(
+        &self,
+        req: &CreateRequest,
+        meta: &SandboxMeta,
+        socket: std::path::PathBuf,
+        current_token: &str,
+    ) -> Result<(), NodeError> {
+        self.prepare_state_dir(req, meta)?;
+        let boot = boot_config(req, meta);
+        let envd = EnvdClient::new(socket, Some(current_token.to_string()));
+        envd.init(&InitBody {
+            access_token: req.access_token.clone(),
+            env_vars: boot.env_vars,
+            default_user: boot.default_user.unwrap_or_else(|| "user".into()),
+            default_workdir: boot.default_workdir,
+            timestamp: chrono::Utc::now(),
+        })
+        .await
+        .map_err(|e| NodeError::Envd(e.to_string()))
     }
 
     /// The claimed warm sandbox `id`, taken out of the table.
@@ -267,6 +300,7 @@ impl LocalNode {
         req: &CreateRequest,
         warm: Warm,
     ) -> Result<NodeSandbox, NodeError> {
+        let started = Instant::now();
         let reservation = {
             let mut table = self.table_mut();
             if table.shutting_down {
@@ -290,21 +324,9 @@ impl LocalNode {
             network: req.network.clone(),
             config: warm.template.config.clone(),
         };
-        let initialised = async {
-            self.prepare_state_dir(req, &meta)?;
-            let boot = boot_config(req, &meta);
-            let envd = EnvdClient::new(warm.handle.envd_socket.clone(), Some(warm.token.clone()));
-            envd.init(&InitBody {
-                access_token: req.access_token.clone(),
-                env_vars: boot.env_vars,
-                default_user: boot.default_user.unwrap_or_else(|| "user".into()),
-                default_workdir: boot.default_workdir,
-                timestamp: chrono::Utc::now(),
-            })
-            .await
-            .map_err(|e| NodeError::Envd(e.to_string()))
-        }
-        .await;
+        let initialised = self
+            .reinit(req, &meta, warm.handle.envd_socket.clone(), &warm.token)
+            .await;
         if let Err(e) = initialised {
             self.discard(warm).await;
             return Err(e);
@@ -321,9 +343,15 @@ impl LocalNode {
             template,
             lease,
             reservation,
+            env_deferred: false,
         };
         self.admit_live(&req.id, booted).await?;
-        tracing::info!(sandbox_id = %req.id, template = %req.template, "sandbox running (from the warm pool)");
+        tracing::info!(
+            sandbox_id = %req.id,
+            template = %req.template,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "sandbox running (from the warm pool)"
+        );
         Ok(NodeSandbox {
             id: req.id.clone(),
             template: meta.template,
@@ -416,7 +444,7 @@ impl LocalNode {
             start_cmd: true,
         };
         let id = req.id.clone();
-        let booted = self.boot(&req, self.reserve_fill(&id)?).await?;
+        let booted = self.boot(&req, self.reserve_fill(&id)?, false).await?;
         let socket = booted.handle.envd_socket.clone();
         let started = self
             .run_start_cmd(&id, socket, &booted.meta.config, &req.access_token)
@@ -470,6 +498,9 @@ impl LocalNode {
     fn plan_round(&self, current: &HashMap<TemplateName, Option<Template>>) -> Round {
         let cfg = &self.cfg.warm_pool;
         let now = Instant::now();
+        if !self.reconciled.load(std::sync::atomic::Ordering::Acquire) {
+            return Round::default();
+        }
         let mut table = self.table_mut();
         if table.shutting_down {
             return Round::default();
