@@ -249,6 +249,9 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
     if let Some(fd) = opts.ready_fd {
         signal_ready(fd);
     }
+    // Start a thread of the blocking pool now, so the first command does not wait for one
+    // (it runs on that pool, see `process::start`).
+    tokio::task::spawn_blocking(|| ());
 
     let unix_server = axum::serve(unix, app.clone());
     let tcp_server = async {

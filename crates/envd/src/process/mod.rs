@@ -3,7 +3,8 @@
 //! [`ProcessRegistry`], independent of the HTTP requests that started them; exited ones are
 //! retained for [`RETAIN_EXITED`] so `Connect` can still replay their end.
 //!
-//! Files: [`messages`] (JSON types), [`spawn`] (fork/exec), [`handle`] (one process and its
+//! Files: [`messages`] (JSON types), [`spawn`] (fork/exec), [`spawner`] (the helper process
+//! that forks children straight into the user cgroup), [`handle`] (one process and its
 //! output pump), [`reaper`] (the PID-1 zombie reaper), [`pty`] (terminals), [`rlimit`] (the
 //! open-files limit), and one file per RPC group: `start.rs`, `attach.rs` (Connect), `input.rs`, `signal.rs`, `update.rs`.
 
@@ -18,6 +19,7 @@ pub mod reaper;
 pub mod rlimit;
 mod signal;
 pub mod spawn;
+pub mod spawner;
 mod start;
 mod update;
 

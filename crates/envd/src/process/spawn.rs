@@ -1,13 +1,18 @@
 //! Spawning a process for `Start` (spec 3.4 steps 1–3): environment, working directory, user
 //! switch, stdin mode, pipes or a terminal, and a new process group (or session, for terminals).
-//! Uses `std::process::Command` with `pre_exec` (never tokio's child handling, which would race
-//! the reaper) and registers the child with the [`Reaper`] while forking. The child gets envd's
+//! The child is forked by the [`spawner`] (already in the user cgroup, so no cgroup migration on
+//! the request path); when the spawner cannot, by envd itself with `std::process::Command` and
+//! `pre_exec` (never tokio's child handling, which would race the reaper), which moves it into
+//! the user cgroup. Either way the child is envd's, registered with the [`Reaper`] while
+//! forking, and sees the same environment, ids and limits. The child gets envd's
 //! original open-files limit back. Blocking: call it from the blocking pool, inside the runtime
 //! (the terminal master and the pipes are registered with tokio). If setting up a spawned child
 //! fails, its process group is killed, so no untracked process is left running.
 
-use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -23,6 +28,7 @@ use super::messages::{ProcessConfig, PtySize};
 use super::pty::{self, PtyMaster};
 use super::reaper::{ExitStatus, Reaper};
 use super::rlimit;
+use super::spawner;
 use crate::connect::ConnectError;
 use crate::users::User;
 
@@ -104,10 +110,11 @@ pub fn spawn(spec: SpawnSpec) -> Result<Spawned, ConnectError> {
             spec.cwd.display().to_string()
         )));
     }
+    let env = environment(&spec.user, &spec.global_env, &spec.config.envs);
     let mut cmd = Command::new(&spec.config.cmd);
     cmd.args(&spec.config.args)
         .env_clear()
-        .envs(environment(&spec.user, &spec.global_env, &spec.config.envs))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.cwd);
 
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -119,6 +126,11 @@ pub fn spawn(spec: SpawnSpec) -> Result<Spawned, ConnectError> {
     });
     let use_pty = spec.pty.is_some();
     let nofile = rlimit::child_nofile();
+    // The usual way: the spawner forks the child straight into the user cgroup. The `Command`
+    // below is the fallback when it cannot.
+    let spawner_req = spawner::available()
+        .then(|| spawner_request(&spec, env, identity.as_ref(), nofile))
+        .flatten();
     // The OOM killer must pick a user's process, never envd (PID 1, whose death ends the
     // sandbox): envd runs with oom_score_adj -1000 where the node may set it, and its children
     // get CHILD_OOM_SCORE_ADJ (raising a score needs no privilege).
@@ -184,6 +196,12 @@ pub fn spawn(spec: SpawnSpec) -> Result<Spawned, ConnectError> {
                 .map_err(|e| ConnectError::internal(format!("registering the terminal: {e}")))?,
         );
         let (pid, exit) = reaper.spawn(|| {
+            if let Some(req) = &spawner_req {
+                let slave = pair.slave.as_fd();
+                if let Some(pid) = via_spawner(req, [slave, slave, slave], &spec.config.cmd)? {
+                    return Ok((pid, pid));
+                }
+            }
             let dup = |fd: &OwnedFd| {
                 fd.try_clone()
                     .map_err(|e| ConnectError::internal(format!("duplicating the terminal: {e}")))
@@ -209,27 +227,38 @@ pub fn spawn(spec: SpawnSpec) -> Result<Spawned, ConnectError> {
         });
     }
 
-    cmd.stdin(if spec.stdin {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let (mut child, exit) = reaper.spawn(|| {
-        let child = cmd.spawn().map_err(|e| spawn_error(&spec.config.cmd, e))?;
-        Ok::<_, ConnectError>((child.id(), child))
+    let ((pid, io), exit) = reaper.spawn(|| {
+        if let Some(req) = &spawner_req {
+            let ends = ChildPipes::new(spec.stdin)?;
+            if let Some(pid) = via_spawner(req, ends.child_fds(), &spec.config.cmd)? {
+                // Our copies of the child's ends close here, so EOF reaches the parent's ends.
+                return Ok((pid, (pid, ends.into_parent())));
+            }
+        }
+        cmd.stdin(if spec.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| spawn_error(&spec.config.cmd, e))?;
+        let pid = child.id();
+        let parent = ParentEnds {
+            stdin: child.stdin.take().map(OwnedFd::from),
+            stdout: child.stdout.take().map(OwnedFd::from),
+            stderr: child.stderr.take().map(OwnedFd::from),
+        };
+        // `child` is dropped without waiting: the reaper owns its exit status.
+        Ok::<_, ConnectError>((pid, (pid, parent)))
     })?;
-    let pid = child.id();
-    let (output, input) = match pipes(&mut child) {
+    let (output, input) = match pipes(io) {
         Ok(io) => io,
         Err(e) => {
             abandon(pid);
             return Err(e);
         }
     };
-    // `child` is dropped without waiting: the reaper owns its exit status.
-    drop(child);
     let process = Arc::new(Process::new(pid, spec.tag, spec.config, input));
     Ok(Spawned {
         process,
@@ -238,22 +267,133 @@ pub fn spawn(spec: SpawnSpec) -> Result<Spawned, ConnectError> {
     })
 }
 
-/// Registers the child's pipes with tokio.
-fn pipes(child: &mut std::process::Child) -> Result<(Output, Input), ConnectError> {
+/// The spawner's version of `spec`, or `None` when only std's `Command` can express it (a NUL
+/// byte in a string, which std reports as its own error).
+fn spawner_request(
+    spec: &SpawnSpec,
+    env: Vec<(String, String)>,
+    identity: Option<&Identity>,
+    nofile: Option<libc::rlimit>,
+) -> Option<spawner::Request> {
+    let no_nul = |b: Vec<u8>| (!b.contains(&0)).then_some(b);
+    // std's `Command` passes the environment sorted by name, the last value of a name winning.
+    let env: BTreeMap<OsString, OsString> = env
+        .into_iter()
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+        .collect();
+    let env = env
+        .into_iter()
+        .map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            no_nul(kv)
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(spawner::Request {
+        cmd: no_nul(spec.config.cmd.clone().into_bytes())?,
+        args: spec
+            .config
+            .args
+            .iter()
+            .map(|a| no_nul(a.clone().into_bytes()))
+            .collect::<Option<_>>()?,
+        env,
+        cwd: no_nul(spec.cwd.as_os_str().as_bytes().to_vec())?,
+        identity: identity.map(|id| (id.uid, id.gid, id.groups.clone())),
+        pty: spec.pty.is_some(),
+        nofile: nofile.map(|l| (l.rlim_cur, l.rlim_max)),
+    })
+}
+
+/// Starts `req` through the spawner: `Some(pid)` when it runs, `None` when envd must fork it
+/// itself, an error when it was forked but could not start (bad command, ...).
+fn via_spawner(
+    req: &spawner::Request,
+    stdio: [BorrowedFd<'_>; 3],
+    cmd: &str,
+) -> Result<Option<u32>, ConnectError> {
+    match spawner::spawn(req, stdio) {
+        Ok(pid) => Ok(Some(pid)),
+        Err(spawner::SpawnError::Exec { error, .. }) => Err(spawn_error(cmd, error)),
+        Err(e @ spawner::SpawnError::Lost(_)) => {
+            Err(ConnectError::internal(format!("starting {cmd:?}: {e}")))
+        }
+        Err(spawner::SpawnError::Unavailable(why)) => {
+            tracing::debug!(reason = %why, "forking in envd instead of the spawner");
+            Ok(None)
+        }
+    }
+}
+
+/// The pipes of a child started through the spawner: the child's ends (sent to the spawner)
+/// and envd's ends.
+struct ChildPipes {
+    child: [OwnedFd; 3],
+    parent: ParentEnds,
+}
+
+/// envd's ends of a child's stdio pipes (no stdin end when stdin is `/dev/null`).
+struct ParentEnds {
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+impl ChildPipes {
+    fn new(stdin: bool) -> Result<ChildPipes, ConnectError> {
+        let internal = |e: std::io::Error| ConnectError::internal(format!("creating pipes: {e}"));
+        let pipe = || -> Result<(OwnedFd, OwnedFd), ConnectError> {
+            let (r, w) = std::io::pipe().map_err(internal)?;
+            Ok((OwnedFd::from(r), OwnedFd::from(w)))
+        };
+        let (stdin_child, stdin_parent) = if stdin {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            let null = std::fs::File::open("/dev/null").map_err(internal)?;
+            (OwnedFd::from(null), None)
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        Ok(ChildPipes {
+            child: [stdin_child, out_w, err_w],
+            parent: ParentEnds {
+                stdin: stdin_parent,
+                stdout: Some(out_r),
+                stderr: Some(err_r),
+            },
+        })
+    }
+
+    fn child_fds(&self) -> [BorrowedFd<'_>; 3] {
+        [
+            self.child[0].as_fd(),
+            self.child[1].as_fd(),
+            self.child[2].as_fd(),
+        ]
+    }
+
+    /// Closes the child's ends and returns envd's.
+    fn into_parent(self) -> ParentEnds {
+        self.parent
+    }
+}
+
+/// Registers envd's ends of the child's pipes with tokio.
+fn pipes(ends: ParentEnds) -> Result<(Output, Input), ConnectError> {
     let internal =
         |what: &str, e: std::io::Error| ConnectError::internal(format!("setting up {what}: {e}"));
-    let stdout = child.stdout.take().map(OwnedFd::from);
-    let stderr = child.stderr.take().map(OwnedFd::from);
-    let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
+    let (Some(stdout), Some(stderr)) = (ends.stdout, ends.stderr) else {
         return Err(ConnectError::internal(
             "the output pipes of the process are missing",
         ));
     };
     let stdout = pipe::Receiver::from_owned_fd(stdout).map_err(|e| internal("stdout", e))?;
     let stderr = pipe::Receiver::from_owned_fd(stderr).map_err(|e| internal("stderr", e))?;
-    let input = match child.stdin.take() {
+    let input = match ends.stdin {
         Some(stdin) => Input::Pipe(tokio::sync::Mutex::new(Some(
-            pipe::Sender::from_owned_fd(OwnedFd::from(stdin)).map_err(|e| internal("stdin", e))?,
+            pipe::Sender::from_owned_fd(stdin).map_err(|e| internal("stdin", e))?,
         ))),
         None => Input::Disabled,
     };
