@@ -188,6 +188,23 @@ export class PaddockServer {
     ]
   }
 
+  /**
+   * The end of a suite: SIGTERM, then the exit code and leaks checked. Throws (with the
+   * server log's tail on stderr) on an unclean shutdown; otherwise removes the data dir and
+   * keeps the log for a look at any failed test.
+   */
+  async stopChecked() {
+    const code = await this.stop()
+    const problems = this.leaks()
+    if (code !== 0) problems.unshift(`paddock serve exited with ${code} after SIGTERM (want 0)`)
+    if (problems.length) {
+      console.error(`--- paddock serve log tail (${this.logPath}) ---\n${this.logTail(120)}`)
+      throw new Error('unclean shutdown:\n  ' + problems.join('\n  '))
+    }
+    this.cleanup({ keepLog: true })
+    console.log(`paddock serve log: ${this.logPath}`)
+  }
+
   cleanup({ keepLog = false } = {}) {
     fs.rmSync(this.dataDir, { recursive: true, force: true })
     if (!keepLog) fs.rmSync(this.logPath, { force: true })

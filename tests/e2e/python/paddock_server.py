@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Set
+from typing import Callable, Dict, List, Optional, Set
 
 import requests
 
@@ -37,6 +37,19 @@ _EXPORT_RE = re.compile(r"^\s*export\s+(E2B_[A-Z_]+)=(.*?)\s*$")
 
 class ServerError(RuntimeError):
     """The server failed to start, stop cleanly, or left something behind."""
+
+
+def wait_for(check: Callable[[], object], what: str, timeout: float = 20.0, interval: float = 0.1):
+    """Calls `check()` until it returns something truthy and returns that; raises
+    AssertionError (a test failure) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
 
 
 def free_port() -> int:

@@ -26,21 +26,15 @@ import requests
 
 from e2b import Sandbox
 from e2b.exceptions import SandboxException
+from paddock_server import wait_for as _wait_for
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
 
 def wait_for(check, what: str, timeout: float = 45.0, interval: float = 0.5):
-    """Calls `check()` until it returns something truthy and returns that; fails after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(interval)
+    """`paddock_server.wait_for` with this file's slower defaults (samples come every second)."""
+    return _wait_for(check, what, timeout=timeout, interval=interval)
 
 
 def samples_after(sbx: Sandbox, t: float):

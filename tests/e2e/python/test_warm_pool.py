@@ -34,13 +34,13 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Set
+from typing import Dict, List, Optional, Set
 
 import pytest
 import requests
 
 from e2b import CommandExitException, Sandbox, Template, wait_for_port
-from paddock_server import PaddockServer
+from paddock_server import PaddockServer, wait_for
 
 POOL = 3
 ENVD_PORT = "49983"
@@ -49,16 +49,6 @@ ENVD_PORT = "49983"
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def wait_for(check: Callable[[], object], what: str, timeout: float = 20.0, interval: float = 0.1):
-    """Calls `check()` until it returns something truthy and returns that; fails after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def metrics(server: PaddockServer) -> Dict[str, float]:

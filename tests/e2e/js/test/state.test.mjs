@@ -112,15 +112,7 @@ before(async () => {
 after(async () => {
   if (!server.proc) return // start failed; `before` already reported why
   await killAll(...server.createdIds)
-  const code = await server.stop()
-  const problems = server.leaks()
-  if (code !== 0) problems.unshift(`paddock serve exited with ${code} after SIGTERM (want 0)`)
-  if (problems.length) {
-    console.error(`--- paddock serve log tail (${server.logPath}) ---\n${server.logTail(120)}`)
-    assert.fail('unclean shutdown:\n  ' + problems.join('\n  '))
-  }
-  server.cleanup({ keepLog: true })
-  console.log(`paddock serve log: ${server.logPath}`)
+  await server.stopChecked()
 })
 
 describe('pause in memory', () => {

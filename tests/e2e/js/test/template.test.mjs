@@ -103,15 +103,7 @@ after(async () => {
   await Promise.all([...server.createdIds].map((id) => Sandbox.kill(id).catch(() => false)))
   // Templates a failed test left behind (the last test deletes them when all goes well).
   for (const name of templates) await deleteTemplate(name).catch(() => {})
-  const code = await server.stop()
-  const problems = server.leaks()
-  if (code !== 0) problems.unshift(`paddock serve exited with ${code} after SIGTERM (want 0)`)
-  if (problems.length) {
-    console.error(`--- paddock serve log tail (${server.logPath}) ---\n${server.logTail(120)}`)
-    assert.fail('unclean shutdown:\n  ' + problems.join('\n  '))
-  }
-  server.cleanup({ keepLog: true })
-  console.log(`paddock serve log: ${server.logPath}`)
+  await server.stopChecked()
 })
 
 describe('template build with the JS SDK', () => {
