@@ -200,26 +200,21 @@ impl Core {
         // finishes and records the create, idempotency key included.
         let core = Arc::clone(self);
         let task = self.spawn_create(async move {
-            core.store.insert_sandbox(&record).await?;
-            if lifecycle != crate::store::SandboxLifecycle::default() {
-                core.store.set_lifecycle(&record.id, lifecycle).await?;
-            }
-            tracing::info!(sandbox_id = %record.id, template = %record.template, "creating sandbox");
-            core.record_log(
-                &record.id,
-                crate::logs::created_entry(
+            // One write: the record, its lifecycle, its first log entry, its idempotency key.
+            let new = crate::store::NewSandbox {
+                log: crate::logs::created_entry(
                     record.template.as_str(),
                     record.alias.as_deref(),
                     &record.resources,
                     timeout_secs,
                 ),
-            )
-            .await;
-            if let Some(claim) = &claim {
-                core.store
-                    .record_idempotency(&record.team_id, &claim.key, &record.id, Utc::now())
-                    .await?;
-            }
+                record,
+                lifecycle,
+                idempotency: claim.as_ref().map(|c| (c.key.clone(), Utc::now())),
+            };
+            core.store.insert_new_sandbox(&new).await?;
+            let record = new.record;
+            tracing::info!(sandbox_id = %record.id, template = %record.template, "creating sandbox");
             let result = core.finish_create(record, request, timeout_secs).await;
             // A retry with the same key waits for this moment, then finds the outcome.
             drop(claim);
@@ -241,11 +236,18 @@ impl Core {
                 SandboxState::Creating.transition(SandboxState::Running)?;
                 let now = Utc::now();
                 let end = now + Duration::seconds(timeout_secs);
-                if !self
+                // One write: the state and the log entry saying so.
+                let running = self
                     .store
-                    .set_running(&id, started.resources, now, end)
-                    .await?
-                {
+                    .set_running_logged(
+                        &id,
+                        started.resources,
+                        now,
+                        end,
+                        &crate::logs::running_entry(&started.resources),
+                    )
+                    .await?;
+                if !running {
                     // Stopped (shutdown) while the node was starting it: undo the start.
                     if let Err(e) = self.node.kill(&id).await {
                         tracing::warn!(sandbox_id = %id, error = %e, "cleanup kill failed");
@@ -258,7 +260,13 @@ impl Core {
                     to = "running",
                     "sandbox state changed"
                 );
-                self.emit(&id, crate::events::EventKind::Created).await;
+                record.state = SandboxState::Running;
+                record.resources = started.resources;
+                record.started_at = now;
+                record.end_at = end;
+                self.events
+                    .record(&record, crate::events::EventKind::Created)
+                    .await;
                 if self.node.endpoint(&id).is_none() {
                     // It died while being created: its exit event found it `creating` and was
                     // ignored, so settle it here.
@@ -268,13 +276,7 @@ impl Core {
                         "the sandbox exited while it was starting".into(),
                     ));
                 }
-                self.record_log(&id, crate::logs::running_entry(&started.resources))
-                    .await;
                 self.expiry_wake.notify_one();
-                record.state = SandboxState::Running;
-                record.resources = started.resources;
-                record.started_at = now;
-                record.end_at = end;
                 Ok(record)
             }
             Err(err) => {

@@ -151,6 +151,19 @@ pub enum StoreError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// A new sandbox as the create path records it ([`Store::insert_new_sandbox`]).
+#[derive(Debug, Clone)]
+pub struct NewSandbox {
+    /// The record, in state `creating`.
+    pub record: SandboxRecord,
+    /// Its lifecycle settings.
+    pub lifecycle: SandboxLifecycle,
+    /// Its first log entry.
+    pub log: paddock_node::logs::LogEntry,
+    /// The `Idempotency-Key` that created it, and when.
+    pub idempotency: Option<(String, DateTime<Utc>)>,
+}
+
 /// What a sandbox does at its end time and on traffic while paused (`autoPause`, `autoResume`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SandboxLifecycle {
@@ -470,6 +483,38 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError> {
         let _ = (id, lifecycle);
         Ok(())
+    }
+
+    /// Records a new sandbox as one write: its row, its lifecycle settings (when not the
+    /// default), its first log entry and its `Idempotency-Key`. Default: one call of each.
+    async fn insert_new_sandbox(&self, new: &NewSandbox) -> Result<(), StoreError> {
+        self.insert_sandbox(&new.record).await?;
+        if new.lifecycle != SandboxLifecycle::default() {
+            self.set_lifecycle(&new.record.id, new.lifecycle).await?;
+        }
+        self.append_sandbox_log(&new.record.id, &new.log).await?;
+        if let Some((key, at)) = &new.idempotency {
+            self.record_idempotency(&new.record.team_id, key, &new.record.id, *at)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// [`Store::set_running`], and when the row changed, appends `entry` to its log, as one
+    /// write. Default: the two calls.
+    async fn set_running_logged(
+        &self,
+        id: &SandboxId,
+        resources: Resources,
+        started_at: DateTime<Utc>,
+        end_at: DateTime<Utc>,
+        entry: &paddock_node::logs::LogEntry,
+    ) -> Result<bool, StoreError> {
+        let changed = self.set_running(id, resources, started_at, end_at).await?;
+        if changed {
+            self.append_sandbox_log(id, entry).await?;
+        }
+        Ok(changed)
     }
 
     /// Appends a control-plane entry to the log of an existing sandbox; entries go when the

@@ -358,35 +358,8 @@ impl Store for SqliteStore {
 
     async fn insert_sandbox(&self, record: &SandboxRecord) -> Result<(), StoreError> {
         let r = record.clone();
-        self.with_conn(move |conn| {
-            let metadata = serde_json::to_string(&r.metadata)?;
-            conn.execute(
-                &format!(
-                    "INSERT INTO sandboxes ({SANDBOX_COLUMNS}, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
-                ),
-                params![
-                    r.id.as_str(),
-                    r.team_id.as_str(),
-                    r.template.as_str(),
-                    r.alias,
-                    r.state.as_str(),
-                    metadata,
-                    r.access_token,
-                    to_ms(r.started_at),
-                    to_ms(r.end_at),
-                    i64::from(r.resources.cpu_count),
-                    r.resources.memory_mb as i64,
-                    r.resources.disk_mb as i64,
-                    r.resources.pids_max as i64,
-                    r.client_id,
-                    r.end_reason,
-                    now_ms(),
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+        self.with_conn(move |conn| create::insert_row(conn, &r))
+            .await
     }
 
     async fn sandbox(&self, id: &SandboxId) -> Result<Option<SandboxRecord>, StoreError> {
@@ -427,24 +400,9 @@ impl Store for SqliteStore {
         started_at: DateTime<Utc>,
         end_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let id = id.as_str().to_string();
+        let id = id.clone();
         self.with_conn(move |conn| {
-            let changed = conn.execute(
-                "UPDATE sandboxes SET state = 'running', cpu_count = ?1, memory_mb = ?2, \
-                 disk_mb = ?3, pids_max = ?4, started_at = ?5, end_at = ?6, updated_at = ?7 \
-                 WHERE id = ?8 AND state = 'creating'",
-                params![
-                    i64::from(resources.cpu_count),
-                    resources.memory_mb as i64,
-                    resources.disk_mb as i64,
-                    resources.pids_max as i64,
-                    to_ms(started_at),
-                    to_ms(end_at),
-                    now_ms(),
-                    id,
-                ],
-            )?;
-            Ok(changed == 1)
+            create::set_running_row(conn, &id, resources, started_at, end_at)
         })
         .await
     }
@@ -578,22 +536,9 @@ impl Store for SqliteStore {
         sandbox: &SandboxId,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let (team, key, sandbox) = (team.clone(), key.to_string(), sandbox.as_str().to_string());
-        self.with_conn(move |conn| {
-            // Entries older than a day are of no use any more; prune them on the way.
-            conn.execute(
-                "DELETE FROM idempotency_keys WHERE created_at < ?1",
-                [to_ms(at) - 24 * 3600 * 1000],
-            )?;
-            conn.execute(
-                "INSERT INTO idempotency_keys (team_id, key, sandbox_id, created_at) \
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (team_id, key) DO UPDATE SET \
-                 sandbox_id = excluded.sandbox_id, created_at = excluded.created_at",
-                params![team.as_str(), key, sandbox, to_ms(at)],
-            )?;
-            Ok(())
-        })
-        .await
+        let (team, key, sandbox) = (team.clone(), key.to_string(), sandbox.clone());
+        self.with_conn(move |conn| create::record_idempotency_row(conn, &team, &key, &sandbox, at))
+            .await
     }
 
     async fn set_lifecycle(
@@ -601,20 +546,28 @@ impl Store for SqliteStore {
         id: &SandboxId,
         lifecycle: SandboxLifecycle,
     ) -> Result<(), StoreError> {
-        let id = id.as_str().to_string();
+        let id = id.clone();
+        self.with_conn(move |conn| create::set_lifecycle_row(conn, &id, lifecycle))
+            .await
+    }
+
+    async fn insert_new_sandbox(&self, new: &super::NewSandbox) -> Result<(), StoreError> {
+        let new = new.clone();
+        self.with_conn(move |conn| create::insert_new(conn, &new))
+            .await
+    }
+
+    async fn set_running_logged(
+        &self,
+        id: &SandboxId,
+        resources: Resources,
+        started_at: DateTime<Utc>,
+        end_at: DateTime<Utc>,
+        entry: &paddock_node::logs::LogEntry,
+    ) -> Result<bool, StoreError> {
+        let (id, entry) = (id.clone(), entry.clone());
         self.with_conn(move |conn| {
-            conn.execute(
-                "UPDATE sandboxes SET auto_pause = ?1, auto_resume = ?2, pause_to_disk = ?3, \
-                 updated_at = ?4 WHERE id = ?5",
-                params![
-                    lifecycle.auto_pause,
-                    lifecycle.auto_resume,
-                    lifecycle.pause_to_disk,
-                    now_ms(),
-                    id
-                ],
-            )?;
-            Ok(())
+            create::set_running_logged(conn, &id, resources, started_at, end_at, &entry)
         })
         .await
     }
@@ -859,6 +812,9 @@ mod admin;
 
 #[path = "sqlite_logs.rs"]
 mod logs;
+
+#[path = "sqlite_create.rs"]
+mod create;
 
 #[path = "sqlite_events.rs"]
 mod events;

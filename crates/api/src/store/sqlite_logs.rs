@@ -29,7 +29,7 @@ pub(super) const MAX_READ: i64 = 10_000;
 
 /// Appends one entry.
 pub(super) fn append(
-    conn: &mut Connection,
+    conn: &Connection,
     id: &SandboxId,
     entry: &LogEntry,
 ) -> Result<(), StoreError> {

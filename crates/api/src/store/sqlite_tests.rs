@@ -219,3 +219,77 @@ async fn prune_stopped_deletes_only_old_stopped_records() {
         None
     );
 }
+
+#[tokio::test]
+async fn a_new_sandbox_is_recorded_in_one_write_and_running_is_logged_once() {
+    let (_dir, store) = open();
+    let team = store.ensure_team("t").await.expect("team");
+    let mut rec = record(&team, 1_700_000_000_000, &[("k", "v")]);
+    rec.state = SandboxState::Creating;
+    let entry = |message: &str| paddock_node::logs::LogEntry {
+        timestamp: Utc::now(),
+        level: paddock_node::logs::LogLevel::Info,
+        message: message.into(),
+        fields: Default::default(),
+    };
+    let lifecycle = SandboxLifecycle {
+        auto_pause: true,
+        auto_resume: true,
+        pause_to_disk: false,
+    };
+    let new = crate::store::NewSandbox {
+        record: rec.clone(),
+        lifecycle,
+        log: entry("created"),
+        idempotency: Some(("key-1".into(), Utc::now())),
+    };
+    store.insert_new_sandbox(&new).await.expect("insert");
+    assert_eq!(
+        store.sandbox(&rec.id).await.expect("read"),
+        Some(rec.clone())
+    );
+    assert_eq!(
+        store.lifecycle(&rec.id).await.expect("lifecycle"),
+        lifecycle
+    );
+    let since = Utc::now() - chrono::Duration::minutes(1);
+    assert_eq!(
+        store
+            .idempotent_sandbox(&team, "key-1", since)
+            .await
+            .expect("key"),
+        Some(rec.id.clone())
+    );
+    // The same id again: nothing of the second write is kept (one transaction).
+    let mut again = new.clone();
+    again.idempotency = Some(("key-2".into(), Utc::now()));
+    assert!(store.insert_new_sandbox(&again).await.is_err());
+    assert_eq!(
+        store
+            .idempotent_sandbox(&team, "key-2", since)
+            .await
+            .expect("key"),
+        None
+    );
+
+    let (now, end) = (Utc::now(), Utc::now() + chrono::Duration::seconds(60));
+    let res = Resources::default();
+    assert!(store
+        .set_running_logged(&rec.id, res, now, end, &entry("running"))
+        .await
+        .expect("running"));
+    assert!(!store
+        .set_running_logged(&rec.id, res, now, end, &entry("running again"))
+        .await
+        .expect("not creating any more"));
+    let logged: Vec<String> = store
+        .sandbox_logs(&rec.id)
+        .await
+        .expect("logs")
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(logged, ["created", "running"]);
+    let read = store.sandbox(&rec.id).await.expect("read").expect("found");
+    assert_eq!(read.state, SandboxState::Running);
+}
