@@ -2,19 +2,21 @@
 //! state directories under `<data_dir>/sandboxes/<id>`, writes each sandbox's envd boot
 //! configuration, drives the [`RuntimeDriver`], and forwards sandbox deaths to the control plane.
 //!
-//! Lifecycle of one sandbox here: `create` (template lookup → slot reservation → state dir +
-//! `node.json` + `run/config.json` → runtime create → table insert → liveness re-check) →
-//! traffic via [`Node::endpoint`] → `kill` or death (runtime exit event, or found dead by a
-//! resync after missed events) → runtime cleanup → table removal.
+//! Lifecycle of one sandbox here: `create` (a claimed warm sandbox is handed over, see `pool`;
+//! otherwise slot reservation → a turn in the start queue → template lease → state dir +
+//! `node.json` + `run/config.json` → runtime create → table insert → liveness re-check → the
+//! template's start command) → traffic via [`Node::endpoint`] → `kill` or death (runtime exit
+//! event, or found dead by a resync after missed events) → runtime cleanup → table removal.
 //!
-//! Capacity: a create reserves its slot synchronously (sandboxes being created count with the
-//! live ones against `max_sandboxes`) before its first await, and gives it back when it fails.
-//! Shutdown closes the node to new creates, waits (bounded) for the ones in flight, kills every
-//! sandbox, then releases the runtime.
+//! Capacity: a create reserves its slot synchronously (sandboxes being created and warm ones
+//! count with the live ones against `max_sandboxes`) before its first await, and gives it back
+//! when it fails. At most [`NodeConfig::start_concurrency`] sandboxes start at once; the others
+//! wait in order. Shutdown closes the node to new creates, waits (bounded) for the ones in
+//! flight, stops the warm pools, kills every sandbox, then releases the runtime.
 //!
-//! Submodules hold the rest of `impl LocalNode`: `state` (pause in memory and to disk, start
-//! from disk), `snapshot` (snapshots of live sandboxes) and `start_cmd` (the template's start
-//! command).
+//! Submodules hold the rest of `impl LocalNode`: `pool` (warm pools), `state` (pause in memory
+//! and to disk, start from disk), `snapshot` (snapshots of live sandboxes) and `start_cmd` (the
+//! template's start command).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
