@@ -14,7 +14,8 @@
 //! wait in order. Shutdown closes the node to new creates, waits (bounded) for the ones in
 //! flight, stops the warm pools, kills every sandbox, then releases the runtime.
 //!
-//! Submodules hold the rest of `impl LocalNode`: `pool` (warm pools), `state` (pause in memory
+//! Submodules hold the rest of `impl LocalNode`: `boot` (starting one sandbox, its state
+//! directory and admission to the live table), `pool` (warm pools), `state` (pause in memory
 //! and to disk, start from disk), `snapshot` (snapshots of live sandboxes) and `start_cmd` (the
 //! template's start command).
 
@@ -25,7 +26,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use paddock_domain::{Resources, SandboxId, TemplateName};
-use paddock_envd::BootConfig;
 use paddock_sandbox::{RuntimeDriver, SandboxHandle, SandboxSpec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
@@ -35,8 +35,11 @@ use crate::{
     CreateRequest, EgressPolicy, Endpoint, Node, NodeError, NodeSandbox, PauseMode, SnapshotMade,
     TemplateInfo,
 };
+pub(crate) use boot::write_private;
+use boot::{boot_config, Booted};
 use state::ON_DISK_MARKER;
 
+mod boot;
 mod pool;
 mod snapshot;
 mod start_cmd;
@@ -125,18 +128,6 @@ pub struct LocalNode {
     /// Set once [`Node::reconcile`] has run: it removes every sandbox it does not adopt, so
     /// warm pools are filled only after it.
     reconciled: std::sync::atomic::AtomicBool,
-}
-
-/// A sandbox [`LocalNode::boot`] started, not yet in the live table (or a warm pool).
-struct Booted<'a> {
-    handle: SandboxHandle,
-    meta: SandboxMeta,
-    /// The template as it was when the sandbox started.
-    template: crate::templates::Template,
-    lease: LayerLease,
-    reservation: Reservation<'a>,
-    /// envd booted without the create's environment (see [`LocalNode::boot`]).
-    env_deferred: bool,
 }
 
 /// A reserved slot for one create; dropping it (failure, cancellation) frees the slot.
@@ -426,206 +417,6 @@ impl LocalNode {
             net.release(id.as_str());
         }
     }
-
-    /// Waits for a turn to start a sandbox (in order); fails if the node shut down meanwhile.
-    async fn start_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, NodeError> {
-        let turn = self
-            .starts
-            .acquire()
-            .await
-            .map_err(|_| NodeError::Busy("shutting down".into()))?;
-        if self.table().shutting_down {
-            return Err(NodeError::Busy("shutting down".into()));
-        }
-        Ok(turn)
-    }
-
-    /// Starts sandbox `req.id` from its template on the slot `reservation` holds: leases the
-    /// template's layers, writes the state directory, acquires the network slot and starts the
-    /// runtime. On failure nothing of it is left (the reservation is given back).
-    ///
-    /// With `template_env_only`, a template with a start or ready command boots envd without
-    /// the create's environment ([`Booted::env_deferred`]): the start command runs with the
-    /// template's environment only, as in a warm sandbox, and [`LocalNode::reinit`] adds the
-    /// create's variables once it is ready.
-    async fn boot<'a>(
-        &'a self,
-        req: &CreateRequest,
-        reservation: Reservation<'a>,
-        template_env_only: bool,
-    ) -> Result<Booted<'a>, NodeError> {
-        let (template, lease) = self
-            .templates
-            .lease(&req.template)?
-            .ok_or_else(|| NodeError::TemplateNotFound(req.template.to_string()))?;
-        let meta = SandboxMeta {
-            template: req.template.clone(),
-            resources: req.resources.unwrap_or(template.resources),
-            layers: template.layers.clone(),
-            network: req.network.clone(),
-            config: template.config.clone(),
-        };
-        let remove_dir = || {
-            let _ = std::fs::remove_dir_all(self.state_dir(&req.id));
-        };
-        let has_start = meta.config.start_cmd.is_some() || meta.config.ready_cmd.is_some();
-        let env_deferred = template_env_only && has_start && !req.env_vars.is_empty();
-        let written = if env_deferred {
-            self.prepare_state_dir(
-                &CreateRequest {
-                    env_vars: HashMap::new(),
-                    ..req.clone()
-                },
-                &meta,
-            )
-        } else {
-            self.prepare_state_dir(req, &meta)
-        };
-        if let Err(e) = written {
-            remove_dir();
-            return Err(e);
-        }
-        let network = match self.acquire_network(&req.id, &req.network).await {
-            Ok(n) => n,
-            Err(e) => {
-                remove_dir();
-                return Err(e);
-            }
-        };
-        let started = self
-            .start_runtime(
-                &req.id,
-                template.layers.clone(),
-                false,
-                meta.resources,
-                network,
-            )
-            .await;
-        match started {
-            Ok(handle) => Ok(Booted {
-                handle,
-                meta,
-                template,
-                lease,
-                reservation,
-                env_deferred,
-            }),
-            Err(e) => {
-                remove_dir();
-                Err(e)
-            }
-        }
-    }
-
-    /// Puts a sandbox that has just started into the live table, gives its reservation back,
-    /// and checks that envd is still alive. During shutdown, or if envd died meanwhile, the
-    /// sandbox is stopped and the create fails.
-    async fn admit_live(&self, id: &SandboxId, booted: Booted<'_>) -> Result<(), NodeError> {
-        let Booted {
-            handle,
-            lease,
-            reservation,
-            ..
-        } = booted;
-        let pid = handle.init_pid;
-        let accepted = {
-            let mut table = self.table_mut();
-            if table.shutting_down {
-                false
-            } else {
-                table.live.insert(
-                    id.clone(),
-                    Live {
-                        handle,
-                        paused: false,
-                    },
-                );
-                table.leases.insert(id.clone(), lease);
-                true
-            }
-        };
-        if !accepted {
-            // Shutdown is waiting for this reservation; leave nothing behind before giving it up.
-            if let Err(e) = self.runtime.kill(id, &self.state_dir(id)).await {
-                tracing::error!(sandbox_id = %id, error = %e, "stopping a sandbox created during shutdown");
-            }
-            self.release_network(id).await;
-            return Err(NodeError::Busy("shutting down".into()));
-        }
-        drop(reservation);
-        // envd may have died between the runtime's bookkeeping and the insert above, and its
-        // exit notification may already have been handled (and ignored) before it.
-        if !self.runtime.is_alive(id) {
-            let removed = self.table_mut().live.remove(id).is_some();
-            if removed {
-                if let Err(e) = self.runtime.kill(id, &self.state_dir(id)).await {
-                    tracing::error!(sandbox_id = %id, error = %e, "cleaning up a sandbox that died at start");
-                }
-                self.release_network(id).await;
-                self.forget(id).await;
-            }
-            tracing::warn!(sandbox_id = %id, "sandbox exited right after it started");
-            return Err(NodeError::Runtime(paddock_sandbox::RuntimeError::Create {
-                id: id.clone(),
-                message: "envd exited right after it was ready".into(),
-            }));
-        }
-        tracing::debug!(sandbox_id = %id, pid, "sandbox admitted");
-        Ok(())
-    }
-
-    fn prepare_state_dir(
-        &self,
-        req: &CreateRequest,
-        meta: &SandboxMeta,
-    ) -> Result<PathBuf, NodeError> {
-        let dir = self.state_dir(&req.id);
-        let io = |context: String| move |source| NodeError::Io { context, source };
-        let run = dir.join("run");
-        std::fs::create_dir_all(&run).map_err(io(format!("creating {}", run.display())))?;
-        let meta_json = serde_json::to_vec(meta).map_err(|e| NodeError::Io {
-            context: "encoding node.json".into(),
-            source: std::io::Error::other(e),
-        })?;
-        write_private(&dir.join("node.json"), &meta_json)
-            .map_err(io("writing node.json".into()))?;
-        let boot = boot_config(req, meta);
-        let boot_json = serde_json::to_vec(&boot).map_err(|e| NodeError::Io {
-            context: "encoding envd config".into(),
-            source: std::io::Error::other(e),
-        })?;
-        write_private(&run.join("config.json"), &boot_json)
-            .map_err(io("writing envd config".into()))?;
-        Ok(dir)
-    }
-}
-
-/// envd's boot configuration for `req`: the template's environment, then the create's own
-/// (which wins), the access token, and the template's user and workdir.
-fn boot_config(req: &CreateRequest, meta: &SandboxMeta) -> BootConfig {
-    let mut env_vars: HashMap<String, String> = meta.config.env.iter().cloned().collect();
-    env_vars.extend(req.env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
-    BootConfig {
-        access_token: Some(req.access_token.clone()),
-        env_vars,
-        sandbox_id: req.id.to_string(),
-        template_id: req.template.to_string(),
-        default_user: Some(meta.config.user.clone().unwrap_or_else(|| "user".into())),
-        default_workdir: meta.config.workdir.clone(),
-    }
-}
-
-/// Writes a file readable only by root (it holds the sandbox's access token).
-pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data)
 }
 
 #[async_trait]
