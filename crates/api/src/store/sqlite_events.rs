@@ -226,7 +226,7 @@ impl EventStore for SqliteStore {
         webhook_body: &str,
     ) -> Result<(i64, usize), StoreError> {
         let (e, body) = (event.clone(), webhook_body.to_string());
-        self.with_conn(move |conn| {
+        self.with_conn_quick(move |conn| {
             let data = serde_json::to_string(&e.data)?;
             let tx = conn.transaction()?;
             tx.execute(
