@@ -299,12 +299,20 @@ impl LocalNode {
         }
         tracing::warn!(sandbox_id = %id, "sandbox exited on its own");
         crate::logs::archive_logged(self.state_dir(&id), &self.cfg.sandboxes_dir, &id).await;
-        if let Err(e) = self.runtime.kill(&id, &self.state_dir(&id)).await {
-            tracing::error!(sandbox_id = %id, error = %e, "cleaning up an exited sandbox");
-        }
-        self.release_network(&id).await;
-        self.forget(&id).await;
+        self.stop_and_forget(&id, "cleaning up an exited sandbox")
+            .await;
         let _ = self.exits.send(id);
+    }
+
+    /// Stops sandbox `id` (already out of the live table) and gives back what it held: its
+    /// runtime state, network slot, on-disk entry and layer lease. A failure to stop it is
+    /// logged as `context`.
+    async fn stop_and_forget(&self, id: &SandboxId, context: &str) {
+        if let Err(e) = self.runtime.kill(id, &self.state_dir(id)).await {
+            tracing::error!(sandbox_id = %id, error = %e, "{context}");
+        }
+        self.release_network(id).await;
+        self.forget(id).await;
     }
 
     /// Drops what the node still holds for a sandbox that is gone: its on-disk entry and its
@@ -465,11 +473,8 @@ impl Node for LocalNode {
             if let Err(e) = started {
                 tracing::warn!(sandbox_id = %req.id, error = %e, "the template's start command failed");
                 self.table_mut().live.remove(&req.id);
-                if let Err(e) = self.runtime.kill(&req.id, &self.state_dir(&req.id)).await {
-                    tracing::error!(sandbox_id = %req.id, error = %e, "cleaning up after a failed start command");
-                }
-                self.release_network(&req.id).await;
-                self.forget(&req.id).await;
+                self.stop_and_forget(&req.id, "cleaning up after a failed start command")
+                    .await;
                 return Err(NodeError::StartCmd(e));
             }
         }

@@ -162,11 +162,8 @@ impl LocalNode {
         if !self.runtime.is_alive(id) {
             let removed = self.table_mut().live.remove(id).is_some();
             if removed {
-                if let Err(e) = self.runtime.kill(id, &self.state_dir(id)).await {
-                    tracing::error!(sandbox_id = %id, error = %e, "cleaning up a sandbox that died at start");
-                }
-                self.release_network(id).await;
-                self.forget(id).await;
+                self.stop_and_forget(id, "cleaning up a sandbox that died at start")
+                    .await;
             }
             tracing::warn!(sandbox_id = %id, "sandbox exited right after it started");
             return Err(NodeError::Runtime(paddock_sandbox::RuntimeError::Create {
