@@ -7,6 +7,7 @@ import os
 import pytest
 
 from e2b import CommandExitException
+from paddock_server import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +49,14 @@ def test_processes_are_private(pair):
     # `sh -c '...' NAME` keeps NAME in the shell's argv (bash would exec a lone `sleep` directly).
     handle = a.commands.run("sh -c 'sleep 300; true' marker-of-sandbox-a", background=True)
     try:
-        ps_a = a.commands.run("ps -eo pid,args").stdout
+        # A background start returns once bash runs; bash then execs `sh`, and while that exec is
+        # under way /proc/PID/cmdline is empty (ps prints `[sh]`), so wait until it shows.
+        def ps_a_with_marker():
+            out = a.commands.run("ps -eo pid,args").stdout
+            return out if "marker-of-sandbox-a" in out else None
+
+        ps_a = wait_for(ps_a_with_marker, "the marker process to show in sandbox A's ps")
         ps_b = b.commands.run("ps -eo pid,args").stdout
-        assert "marker-of-sandbox-a" in ps_a
         assert "marker-of-sandbox-a" not in ps_b
         # Each sandbox has its own pid namespace: envd is PID 1 and host processes are invisible.
         for ps in (ps_a, ps_b):
