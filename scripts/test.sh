@@ -77,6 +77,24 @@ rust_tests() {
   fi
 }
 
+# A cached base template built by an older recipe (`RECIPE` in crates/node/src/templates/base.rs,
+# recorded in its template.json) is deleted, so that the first server of the e2e suite builds
+# the current one and the tests see what users of a fresh install get.
+base_template() {
+  local want have
+  want=$(sed -n 's/^pub const RECIPE: u32 = \([0-9]*\);$/\1/p' crates/node/src/templates/base.rs)
+  have=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["source"].get("recipe", 1))' \
+    "$PADDOCK_TEMPLATES_DIR/base/template.json" 2>/dev/null || echo none)
+  if [ "$have" = none ]; then
+    log "no cached base template: the first server builds it"
+  elif [ "$have" -lt "$want" ]; then
+    log "cached base template is recipe $have, the code's is $want: deleting it to rebuild"
+    "$PADDOCK_BIN" template delete base --templates-dir "$PADDOCK_TEMPLATES_DIR"
+  else
+    log "reusing the cached base template (recipe $have)"
+  fi
+}
+
 py_e2e() { "$VENV/bin/python" -m pytest -x -q tests/e2e/python; }
 js_e2e() { cd "$repo/tests/e2e/js" && npm test; cd "$repo"; }
 
@@ -90,6 +108,7 @@ step "node runtime" node_runtime
 step "js dependencies (tests/e2e/js)" js_env
 step "cargo build --workspace --all-targets" cargo build --workspace --all-targets
 step "rust tests" rust_tests
+step "base template" base_template
 step "e2e: python SDK" py_e2e
 step "e2e: js SDK" js_e2e
 if [ -x bench/run.sh ] || [ -f bench/run.sh ]; then

@@ -93,6 +93,18 @@ def test_root_user(sbx):
     assert r.stdout.split("\n")[:3] == ["root", "0", "/root"]
 
 
+def test_login_shell_path_is_debians(sbx):
+    # The base template's /etc/profile reads bash's EUID instead of forking `id -u`
+    # (crates/node/src/templates/base.rs); bash and sh must still get Debian's PATH for each user.
+    user_path = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
+    root_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert sbx.commands.run('echo "$PATH"').stdout == user_path + "\n"
+    assert sbx.commands.run('echo "$PATH"', user="root").stdout == root_path + "\n"
+    assert sbx.commands.run("sh -l -c 'echo \"$PATH\"'").stdout == user_path + "\n"
+    assert sbx.commands.run("sh -l -c 'echo \"$PATH\"'", user="root").stdout == root_path + "\n"
+    assert "EUID" in sbx.files.read("/etc/profile")
+
+
 def test_default_user_cannot_write_as_root(sbx):
     with pytest.raises(CommandExitException):
         sbx.commands.run("touch /root/forbidden")

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use paddock_domain::{SandboxId, TemplateName};
-use paddock_node::templates::TemplateStore;
+use paddock_node::templates::{TemplateSource, TemplateStore};
 use paddock_node::{LocalNode, Node, NodeConfig};
 use paddock_sandbox::namespace::{NamespaceConfig, NamespaceDriver};
 use tokio::net::TcpListener;
@@ -135,7 +135,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let templates = TemplateStore::open(&templates_dir)
         .with_context(|| format!("opening templates in {}", templates_dir.display()))?;
     let base = TemplateName::parse("base").context("template name")?;
-    if templates.get(&base)?.is_none() {
+    let existing = templates.get(&base)?;
+    if let Some(recipe) = existing.as_ref().and_then(|t| match &t.source {
+        TemplateSource::Debootstrap { recipe, .. } => Some(*recipe),
+        _ => None,
+    }) {
+        if recipe < paddock_node::templates::base::RECIPE {
+            eprintln!(
+                "paddock: the base template in {} was built by an older recipe ({recipe}, now {}); \
+                 it works; `paddock template delete base` and a restart rebuild it with the \
+                 current one",
+                templates_dir.display(),
+                paddock_node::templates::base::RECIPE
+            );
+        }
+    }
+    if existing.is_none() {
         eprintln!(
             "paddock: building the base template in {} (first start; takes a minute or two)",
             templates_dir.display()

@@ -158,6 +158,10 @@ pub enum TemplateSource {
         mirror: String,
         /// Packages added to the minbase variant.
         packages: Vec<String>,
+        /// Version of the configuration applied after debootstrap ([`base::RECIPE`]); records
+        /// written before it was kept are version 1.
+        #[serde(default = "base::first_recipe")]
+        recipe: u32,
     },
     /// Imported from a rootfs tarball.
     Import {
