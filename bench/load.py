@@ -772,6 +772,39 @@ def sustained_lines(s: Optional[Sustained]) -> List[str]:
 # The rows, as bench.py runs them.
 
 
+def burst_rows(label: str, quick: bool, sizes: Tuple[int, ...] = BURST_SIZES) -> List[Tuple[int, bool, Measurement]]:
+    """(size, sdk, row) of the burst rows of server `label`: REST, then SDK + first command."""
+    rounds = BURST_ROUNDS[int(quick)]
+    rows = []
+    for sdk in (False, True):
+        for size in sizes:
+            name = f"{'SDK create + first command' if sdk else 'REST create'}, burst of {size}"
+            each = "an SDK create + first command" if sdk else "a REST create"
+            what = (
+                f"{size} threads released together, each {each} timed from the release; {rounds} round(s), "
+                "every sandbox killed after its round (not timed) and the server let go idle before the next; a "
+                "429 retried after its Retry-After (up to 3 times, as the SDK does) that then succeeds is a "
+                "success, its time includes the wait"
+            )
+            rows.append((size, sdk, Measurement(name, what, server=label)))
+    return rows
+
+
+def burst_steps(server: PaddockServer, rows: List[Tuple[int, bool, Measurement]], rounds: int) -> List[tuple]:
+    """(row, what to print, run) of burst rows, the first one starting once the server is idle
+    and its warm pools are full (as every later round does)."""
+
+    def run(m: Measurement, size: int, sdk: bool, first: bool) -> None:
+        if first:
+            wait_idle(server, m)
+        bench_burst(server, m, size, rounds, sdk)
+
+    return [
+        (m, f"n={size}x{rounds}", lambda m=m, size=size, sdk=sdk, i=i: run(m, size, sdk, i == 0))
+        for i, (size, sdk, m) in enumerate(rows)
+    ]
+
+
 @dataclass
 class LoadRows:
     """The rows of bench/load.py, measured on the last server of the run."""
@@ -790,18 +823,7 @@ class LoadRows:
         self.seconds = SUSTAINED_S[q]
         self.memory_count = MEMORY_SANDBOXES[q]
         self.file_counts = {mib: counts[q] for mib, counts in FILE_SAMPLES.items()}
-        self.bursts = []
-        for sdk in (False, True):
-            for size in BURST_SIZES:
-                name = f"{'SDK create + first command' if sdk else 'REST create'}, burst of {size}"
-                each = "an SDK create + first command" if sdk else "a REST create"
-                what = (
-                    f"{size} threads released together, each {each} timed from the release; {self.rounds} round(s), "
-                    "every sandbox killed after its round (not timed) and the server let go idle before the next; a "
-                    "429 retried after its Retry-After (up to 3 times, as the SDK does) that then succeeds is a "
-                    "success, its time includes the wait"
-                )
-                self.bursts.append((size, sdk, Measurement(name, what, server=self.label)))
+        self.bursts = burst_rows(self.label, self.quick)
         self.sustained = Measurement(
             "REST create, sustained",
             f"{SUSTAINED_WORKERS} threads each looping `POST /v2/sandboxes` (timed) + DELETE (not timed) for "

@@ -10,8 +10,9 @@
 #   bench/run.sh --parts templates   only the template builds (bench/templates.py; adds the
 #                                    code-interpreter recipe without --quick, which downloads packages)
 # One run starts the servers one after the other (unhardened, hardened without network, hardened +
-# networking without a warm pool, and the default last) to report what hardening and the warm
-# pool change; the load rows and the baselines run on the default server.
+# networking without a warm pool, the default, then one with a warm pool of 64 for the bursts of
+# 50 only) to report what hardening and the warm pool change; the load rows and the baselines run
+# on the default server.
 # Uses the Python venv at $PADDOCK_VENV (default /var/cache/paddock/venv), creating it if needed.
 # The paddock binary: $PADDOCK_BIN (default target/release/paddock, built if missing); the
 # templates: $PADDOCK_TEMPLATES_DIR (default /var/cache/paddock/templates).
