@@ -13,12 +13,13 @@
 //! older than [`ARCHIVE_MAX_AGE`] are deleted on the next archive (the control plane forgets
 //! stopped sandboxes after 7 days, and serves logs only for sandboxes it still has).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use paddock_domain::SandboxId;
@@ -253,8 +254,31 @@ pub fn read_envd_logs(
     Ok(Vec::new())
 }
 
+/// How often [`archive`] looks for archived logs to delete: the look lists and stats every kept
+/// log (up to [`ARCHIVE_MAX_AGE`] of sandboxes), far too much to do for every sandbox that ends.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Whether `archive_dir` is due a prune (none in this process yet, or the last one is
+/// [`PRUNE_EVERY`] old); if so, records now as its last.
+fn prune_due(archive_dir: &Path) -> bool {
+    static LAST: Mutex<Option<HashMap<PathBuf, Instant>>> = Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let last = last.get_or_insert_with(HashMap::new);
+    let now = Instant::now();
+    match last.get(archive_dir) {
+        Some(at) if now.duration_since(*at) < PRUNE_EVERY => false,
+        _ => {
+            last.insert(archive_dir.to_path_buf(), now);
+            true
+        }
+    }
+}
+
 /// Copies the tail of a sandbox's live envd log to the archive (atomically, readable by root
-/// only), then deletes archived logs older than [`ARCHIVE_MAX_AGE`]. No live log, no copy.
+/// only), then, at most every [`PRUNE_EVERY`], deletes archived logs older than
+/// [`ARCHIVE_MAX_AGE`]. No live log, no copy.
 pub fn archive(state_dir: &Path, archive_dir: &Path, id: &SandboxId) -> Result<(), LogError> {
     let Some((bytes, partial)) = read_tail(&envd_log_path(state_dir), TAIL_BYTES)? else {
         return Ok(());
@@ -271,7 +295,9 @@ pub fn archive(state_dir: &Path, archive_dir: &Path, id: &SandboxId) -> Result<(
     crate::manager::write_private(&tmp, bytes)
         .map_err(io_err(format!("writing {}", tmp.display())))?;
     std::fs::rename(&tmp, &dest).map_err(io_err(format!("renaming {}", tmp.display())))?;
-    prune_archives(archive_dir, ARCHIVE_MAX_AGE);
+    if prune_due(archive_dir) {
+        prune_archives(archive_dir, ARCHIVE_MAX_AGE);
+    }
     Ok(())
 }
 
@@ -473,6 +499,16 @@ mod tests {
         // Nothing is old enough yet; everything is with a zero age limit.
         assert_eq!(prune_archives(&archive, ARCHIVE_MAX_AGE), 0);
         assert_eq!(prune_archives(&archive, Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn the_archive_is_pruned_once_per_period_per_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        assert!(prune_due(&a));
+        assert!(!prune_due(&a));
+        assert!(prune_due(&b));
+        assert!(!prune_due(&a) && !prune_due(&b));
     }
 
     fn archive_fn(state: &Path, archive_dir: &Path, id: &SandboxId) {

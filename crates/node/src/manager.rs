@@ -316,16 +316,16 @@ impl LocalNode {
     }
 
     /// Drops what the node still holds for a sandbox that is gone: its on-disk entry and its
-    /// layer lease (then layers no template or sandbox uses any more are removed, e.g. the
-    /// private snapshot of a fork once its last child is gone).
+    /// layer lease (then, unless other sandboxes still lease all of its layers, layers no
+    /// template or sandbox uses any more are removed, e.g. the private snapshot of a fork once
+    /// its last child is gone).
     async fn forget(&self, id: &SandboxId) {
         let lease = {
             let mut table = self.table_mut();
             table.on_disk.remove(id);
             table.leases.remove(id)
         };
-        if lease.is_some() {
-            drop(lease);
+        if lease.is_some_and(LayerLease::release) {
             self.collect_garbage().await;
         }
     }

@@ -366,9 +366,10 @@ impl LocalNode {
             tracing::error!(sandbox_id = %id, error = %e, "stopping a warm sandbox");
         }
         self.release_network(&id).await;
-        drop(warm);
         // Its template may have been deleted meanwhile: its layers may be unused now.
-        self.collect_garbage().await;
+        if warm.lease.release() {
+            self.collect_garbage().await;
+        }
     }
 
     /// Shutdown: kills every warm sandbox (ready, claimed, doomed) and forgets the pools.

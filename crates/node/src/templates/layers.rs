@@ -164,6 +164,17 @@ impl LayerLease {
     pub fn layers(&self) -> &[PathBuf] {
         &self.layers
     }
+
+    /// Releases the lease and tells whether a collection could now remove one of its layers:
+    /// false when every one of them is still leased by another lease of this process (another
+    /// sandbox of the same template, a warm one), so there is no need to look.
+    pub fn release(self) -> bool {
+        let table = Arc::clone(&self.table);
+        let ids = self.ids.clone();
+        drop(self);
+        let table = lock(&table);
+        ids.iter().any(|id| !table.is_leased(id))
+    }
 }
 
 impl std::fmt::Debug for LayerLease {
@@ -698,6 +709,20 @@ mod tests {
             assert!(!table.is_leased(&b));
         }
         drop(two);
+        assert!(lock(&store.leases).counts.is_empty());
+    }
+
+    #[test]
+    fn release_tells_whether_a_layer_is_leased_no_more() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = TemplateStore::open(tmp.path()).expect("open");
+        let (a, b) = ("a".repeat(24), "b".repeat(24));
+        let one = store.lease_ids(vec![a.clone(), b.clone()]);
+        let two = store.lease_ids(vec![a.clone(), b.clone()]);
+        let three = store.lease_ids(vec![a.clone()]);
+        assert!(!one.release(), "two and three still hold a and b");
+        assert!(two.release(), "b is leased no more");
+        assert!(three.release());
         assert!(lock(&store.leases).counts.is_empty());
     }
 
