@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection};
 
-use super::{now_ms, to_ms};
+use super::{exec, now_ms, to_ms};
 use crate::store::{StoreError, TeamId};
 
 /// Deletes every API key of `team` except `key_hash` and registers `key_hash` for it, in one
@@ -15,11 +15,13 @@ pub(super) fn set_only_api_key(
     key_hash: &str,
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
-    tx.execute(
+    exec(
+        &tx,
         "DELETE FROM api_keys WHERE team_id = ?1 AND key_hash <> ?2",
         params![team.as_str(), key_hash],
     )?;
-    tx.execute(
+    exec(
+        &tx,
         "INSERT INTO api_keys (key_hash, team_id, created_at) VALUES (?1, ?2, ?3) \
          ON CONFLICT (key_hash) DO UPDATE SET team_id = excluded.team_id",
         params![key_hash, team.as_str(), now_ms()],
@@ -35,12 +37,14 @@ pub(super) fn prune_stopped(
     before: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
     let tx = conn.transaction()?;
-    tx.execute(
+    exec(
+        &tx,
         "DELETE FROM idempotency_keys WHERE sandbox_id IN \
          (SELECT id FROM sandboxes WHERE state = 'stopped' AND updated_at < ?1)",
         [to_ms(before)],
     )?;
-    let deleted = tx.execute(
+    let deleted = exec(
+        &tx,
         "DELETE FROM sandboxes WHERE state = 'stopped' AND updated_at < ?1",
         [to_ms(before)],
     )?;

@@ -11,7 +11,7 @@ use paddock_node::build::{BuildLog, LogLevel};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, TransactionBehavior};
 
-use super::{from_ms, now_ms, to_ms};
+use super::{exec, from_ms, now_ms, query_one, to_ms};
 use crate::store::{
     BuildClaim, BuildId, BuildLogQuery, BuildReason, BuildRecord, BuildStatus, StoreError, TeamId,
     TemplateDeletion, TemplateRecord,
@@ -197,7 +197,8 @@ pub(super) fn request(
         log_entries: Vec::new(),
     };
     let now = now_ms();
-    tx.execute(
+    exec(
+        &tx,
         "UPDATE template_builds SET status = 'error', reason = ?1, updated_at = ?2, \
          finished_at = ?2 WHERE template = ?3 AND status = 'waiting' AND created_at < ?4",
         params![
@@ -207,7 +208,8 @@ pub(super) fn request(
             to_ms(abandoned_before)
         ],
     )?;
-    let busy: bool = tx.query_row(
+    let busy: bool = query_one(
+        &tx,
         "SELECT EXISTS (SELECT 1 FROM template_builds WHERE template = ?1 \
          AND status IN ('waiting', 'building'))",
         [b.template.as_str()],
@@ -216,11 +218,13 @@ pub(super) fn request(
     if busy {
         return Ok(BuildClaim::InProgress);
     }
-    tx.execute(
+    exec(
+        &tx,
         "INSERT OR IGNORE INTO built_templates (name, team_id, created_at) VALUES (?1, ?2, ?3)",
         params![b.template.as_str(), b.team_id.as_str(), to_ms(b.created_at)],
     )?;
-    tx.execute(
+    exec(
+        &tx,
         &format!(
             "INSERT INTO template_builds ({BUILD_COLUMNS}) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
@@ -250,7 +254,8 @@ pub(super) fn template(
     conn: &mut Connection,
     name: &TemplateName,
 ) -> Result<Option<TemplateRecord>, StoreError> {
-    conn.query_row(
+    query_one(
+        conn,
         "SELECT name, team_id, created_at FROM built_templates WHERE name = ?1",
         [name.as_str()],
         template_row,
@@ -281,7 +286,8 @@ pub(super) fn delete_template(
     name: &TemplateName,
 ) -> Result<TemplateDeletion, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let owned: bool = tx.query_row(
+    let owned: bool = query_one(
+        &tx,
         "SELECT EXISTS (SELECT 1 FROM built_templates WHERE name = ?1 AND team_id = ?2)",
         params![name.as_str(), team.as_str()],
         |r| r.get(0),
@@ -289,7 +295,8 @@ pub(super) fn delete_template(
     if !owned {
         return Ok(TemplateDeletion::NotFound);
     }
-    let building: bool = tx.query_row(
+    let building: bool = query_one(
+        &tx,
         "SELECT EXISTS (SELECT 1 FROM template_builds WHERE template = ?1 AND status = 'building')",
         [name.as_str()],
         |r| r.get(0),
@@ -297,7 +304,8 @@ pub(super) fn delete_template(
     if building {
         return Ok(TemplateDeletion::Building);
     }
-    tx.execute(
+    exec(
+        &tx,
         "DELETE FROM built_templates WHERE name = ?1",
         [name.as_str()],
     )?;
@@ -340,7 +348,8 @@ pub(super) fn set_status(
 ) -> Result<bool, StoreError> {
     let now = now_ms();
     let finished = matches!(to, BuildStatus::Ready | BuildStatus::Error).then_some(now);
-    let n = conn.execute(
+    let n = exec(
+        conn,
         "UPDATE template_builds SET status = ?1, reason = COALESCE(?2, reason), updated_at = ?3, \
          finished_at = COALESCE(?4, finished_at) WHERE id = ?5 AND status = ?6",
         params![
@@ -366,7 +375,8 @@ pub(super) fn append_logs(
         return Ok(());
     }
     let tx = conn.transaction()?;
-    let exists: bool = tx.query_row(
+    let exists: bool = query_one(
+        &tx,
         "SELECT EXISTS (SELECT 1 FROM template_builds WHERE id = ?1)",
         [id.as_str()],
         |r| r.get(0),
@@ -374,7 +384,8 @@ pub(super) fn append_logs(
     if !exists {
         return Ok(());
     }
-    let next: i64 = tx.query_row(
+    let next: i64 = query_one(
+        &tx,
         "SELECT COALESCE(MAX(seq) + 1, 0) FROM build_logs WHERE build_id = ?1",
         [id.as_str()],
         |r| r.get(0),
@@ -470,7 +481,8 @@ pub(super) fn fail_unfinished(
     reason: &BuildReason,
 ) -> Result<u64, StoreError> {
     let now = now_ms();
-    let n = conn.execute(
+    let n = exec(
+        conn,
         "UPDATE template_builds SET status = 'error', reason = ?1, updated_at = ?2, \
          finished_at = ?2 WHERE status IN ('waiting', 'building')",
         params![serde_json::to_string(reason)?, now],

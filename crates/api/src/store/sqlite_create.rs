@@ -9,13 +9,14 @@ use paddock_domain::{Resources, SandboxId};
 use paddock_node::logs::LogEntry;
 use rusqlite::{params, Connection};
 
-use super::{logs, now_ms, to_ms, SANDBOX_COLUMNS};
+use super::{exec, logs, now_ms, to_ms, SANDBOX_COLUMNS};
 use crate::store::{NewSandbox, SandboxLifecycle, SandboxRecord, StoreError, TeamId};
 
 /// Inserts a sandbox's row.
 pub(super) fn insert_row(conn: &Connection, r: &SandboxRecord) -> Result<(), StoreError> {
     let metadata = serde_json::to_string(&r.metadata)?;
-    conn.execute(
+    exec(
+        conn,
         &format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}, updated_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
@@ -50,7 +51,8 @@ pub(super) fn set_running_row(
     started_at: DateTime<Utc>,
     end_at: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    let changed = conn.execute(
+    let changed = exec(
+        conn,
         "UPDATE sandboxes SET state = 'running', cpu_count = ?1, memory_mb = ?2, \
          disk_mb = ?3, pids_max = ?4, started_at = ?5, end_at = ?6, updated_at = ?7 \
          WHERE id = ?8 AND state = 'creating'",
@@ -74,7 +76,8 @@ pub(super) fn set_lifecycle_row(
     id: &SandboxId,
     lifecycle: SandboxLifecycle,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    exec(
+        conn,
         "UPDATE sandboxes SET auto_pause = ?1, auto_resume = ?2, pause_to_disk = ?3, \
          updated_at = ?4 WHERE id = ?5",
         params![
@@ -96,11 +99,13 @@ pub(super) fn record_idempotency_row(
     sandbox: &SandboxId,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    exec(
+        conn,
         "DELETE FROM idempotency_keys WHERE created_at < ?1",
         [to_ms(at) - 24 * 3600 * 1000],
     )?;
-    conn.execute(
+    exec(
+        conn,
         "INSERT INTO idempotency_keys (team_id, key, sandbox_id, created_at) \
          VALUES (?1, ?2, ?3, ?4) ON CONFLICT (team_id, key) DO UPDATE SET \
          sandbox_id = excluded.sandbox_id, created_at = excluded.created_at",

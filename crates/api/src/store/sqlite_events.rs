@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
-use super::{from_ms, now_ms, to_ms, SqliteStore};
+use super::{exec, from_ms, now_ms, query_one, to_ms, SqliteStore};
 use crate::events::store::{EventQuery, EventStore, PendingDelivery, Webhook};
 use crate::events::{EventType, SandboxEvent};
 use crate::store::{StoreError, TeamId};
@@ -229,7 +229,8 @@ impl EventStore for SqliteStore {
         self.with_conn_quick(move |conn| {
             let data = serde_json::to_string(&e.data)?;
             let tx = conn.transaction()?;
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO sandbox_events (id, team_id, sandbox_id, type, ts, template_id, \
                  build_id, execution_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
@@ -245,7 +246,8 @@ impl EventStore for SqliteStore {
                 ],
             )?;
             let seq = tx.last_insert_rowid();
-            let queued = tx.execute(
+            let queued = exec(
+                &tx,
                 "INSERT INTO webhook_deliveries (webhook_id, event_id, body, next_at, created_at) \
                  SELECT w.id, ?1, ?2, ?3, ?3 FROM webhooks w \
                  WHERE w.team_id = ?4 AND w.enabled = 1 \
@@ -318,7 +320,8 @@ impl EventStore for SqliteStore {
 
     async fn max_event_seq(&self) -> Result<i64, StoreError> {
         self.with_conn(|conn| {
-            Ok(conn.query_row(
+            Ok(query_one(
+                conn,
                 "SELECT COALESCE(MAX(seq), 0) FROM sandbox_events",
                 [],
                 |r| r.get(0),
@@ -330,7 +333,8 @@ impl EventStore for SqliteStore {
     async fn sandbox_visible(&self, team: &TeamId, sandbox_id: &str) -> Result<bool, StoreError> {
         let (team, sandbox_id) = (team.clone(), sandbox_id.to_string());
         self.with_conn(move |conn| {
-            Ok(conn.query_row(
+            Ok(query_one(
+                conn,
                 "SELECT EXISTS (SELECT 1 FROM sandboxes WHERE id = ?1 AND team_id = ?2) \
                  OR EXISTS (SELECT 1 FROM sandbox_events WHERE sandbox_id = ?1 AND team_id = ?2)",
                 params![sandbox_id, team.as_str()],
@@ -343,8 +347,13 @@ impl EventStore for SqliteStore {
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         self.with_conn(move |conn| {
             let tx = conn.transaction()?;
-            let pruned = tx.execute("DELETE FROM sandbox_events WHERE ts < ?1", [to_ms(before)])?;
-            tx.execute(
+            let pruned = exec(
+                &tx,
+                "DELETE FROM sandbox_events WHERE ts < ?1",
+                [to_ms(before)],
+            )?;
+            exec(
+                &tx,
                 "DELETE FROM webhook_deliveries WHERE state = 'failed' AND created_at < ?1",
                 [to_ms(before)],
             )?;
@@ -357,7 +366,8 @@ impl EventStore for SqliteStore {
     async fn insert_webhook(&self, hook: &Webhook) -> Result<(), StoreError> {
         let hook = hook.clone();
         self.with_conn(move |conn| {
-            conn.execute(
+            exec(
+                conn,
                 &format!(
                     "INSERT INTO webhooks ({WEBHOOK_COLUMNS}, updated_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)"
@@ -411,7 +421,8 @@ impl EventStore for SqliteStore {
         let hook = hook.clone();
         self.with_conn(move |conn| {
             let tx = conn.transaction()?;
-            let changed = tx.execute(
+            let changed = exec(
+                &tx,
                 "UPDATE webhooks SET name = ?1, url = ?2, enabled = ?3, events = ?4, secret = ?5, \
                  updated_at = ?6 WHERE id = ?7 AND team_id = ?8",
                 params![
@@ -426,7 +437,8 @@ impl EventStore for SqliteStore {
                 ],
             )?;
             if changed == 1 && !hook.enabled {
-                tx.execute(
+                exec(
+                    &tx,
                     "DELETE FROM webhook_deliveries WHERE webhook_id = ?1 AND state = 'pending'",
                     [&hook.id],
                 )?;
@@ -441,7 +453,8 @@ impl EventStore for SqliteStore {
         let (team, id) = (team.clone(), id.to_string());
         self.with_conn(move |conn| {
             // Deliveries go with it (ON DELETE CASCADE; foreign keys are on).
-            let deleted = conn.execute(
+            let deleted = exec(
+                conn,
                 "DELETE FROM webhooks WHERE id = ?1 AND team_id = ?2",
                 params![id, team.as_str()],
             )?;
@@ -495,7 +508,7 @@ impl EventStore for SqliteStore {
 
     async fn delivery_succeeded(&self, seq: i64) -> Result<(), StoreError> {
         self.with_conn(move |conn| {
-            conn.execute("DELETE FROM webhook_deliveries WHERE seq = ?1", [seq])?;
+            exec(conn, "DELETE FROM webhook_deliveries WHERE seq = ?1", [seq])?;
             Ok(())
         })
         .await
@@ -510,7 +523,8 @@ impl EventStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let error = error.to_string();
         self.with_conn(move |conn| {
-            conn.execute(
+            exec(
+                conn,
                 "UPDATE webhook_deliveries SET attempts = ?1, last_error = ?2, \
                  next_at = COALESCE(?3, next_at), \
                  state = CASE WHEN ?3 IS NULL THEN 'failed' ELSE 'pending' END \

@@ -8,7 +8,7 @@ use paddock_domain::SandboxId;
 use paddock_node::logs::{LogEntry, LogLevel};
 use rusqlite::{params, Connection};
 
-use super::{from_ms, to_ms};
+use super::{exec, from_ms, to_ms};
 use crate::store::StoreError;
 
 /// The schema of migration 3.
@@ -34,7 +34,8 @@ pub(super) fn append(
     entry: &LogEntry,
 ) -> Result<(), StoreError> {
     let fields = serde_json::to_string(&entry.fields)?;
-    conn.execute(
+    exec(
+        conn,
         "INSERT INTO sandbox_logs (sandbox_id, ts, level, message, fields) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![

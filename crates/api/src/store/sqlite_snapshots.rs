@@ -7,7 +7,7 @@
 use paddock_domain::{SandboxId, TemplateName};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{from_ms, to_ms};
+use super::{exec, from_ms, query_one, to_ms};
 use crate::store::{SnapshotQuery, SnapshotRecord, StoreError, TeamId};
 
 /// The schema of migration 5.
@@ -48,7 +48,8 @@ fn decode(raw: (String, String, String, i64, i64)) -> Result<SnapshotRecord, Sto
 
 /// Records a snapshot; `false` if the name is taken.
 pub(super) fn insert(conn: &mut Connection, rec: &SnapshotRecord) -> Result<bool, StoreError> {
-    let n = conn.execute(
+    let n = exec(
+        conn,
         "INSERT OR IGNORE INTO snapshots (name, team_id, sandbox_id, created_at, size_bytes) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
@@ -67,7 +68,8 @@ pub(super) fn get(
     conn: &mut Connection,
     name: &TemplateName,
 ) -> Result<Option<SnapshotRecord>, StoreError> {
-    conn.query_row(
+    query_one(
+        conn,
         &format!("SELECT {COLUMNS} FROM snapshots WHERE name = ?1"),
         [name.as_str()],
         row,
@@ -88,7 +90,7 @@ pub(super) fn list(
         Some((at, name)) => (to_ms(*at), name.as_str().to_string()),
         None => (i64::MAX, String::new()),
     };
-    let mut stmt = conn.prepare(&format!(
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM snapshots WHERE team_id = ?1 \
          AND (?2 IS NULL OR sandbox_id = ?2) AND (?3 IS NULL OR name = ?3) \
          AND (created_at < ?4 OR (created_at = ?4 AND name > ?5)) \
@@ -114,5 +116,9 @@ pub(super) fn list(
 
 /// Forgets a snapshot; `false` if it was not there.
 pub(super) fn delete(conn: &mut Connection, name: &TemplateName) -> Result<bool, StoreError> {
-    Ok(conn.execute("DELETE FROM snapshots WHERE name = ?1", [name.as_str()])? == 1)
+    Ok(exec(
+        conn,
+        "DELETE FROM snapshots WHERE name = ?1",
+        [name.as_str()],
+    )? == 1)
 }

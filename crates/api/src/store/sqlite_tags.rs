@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use paddock_domain::TemplateName;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use super::{from_ms, to_ms};
+use super::{exec, from_ms, query_one, to_ms};
 use crate::store::{BuildId, StoreError, TagRecord, TagRemoval};
 
 /// The schema of the tags migration.
@@ -55,7 +55,8 @@ fn decode((template, tag, build, at): RawTag) -> Result<TagRecord, StoreError> {
 fn untagged(tx: &Transaction<'_>, candidates: Vec<String>) -> Result<Vec<BuildId>, StoreError> {
     let mut out: Vec<BuildId> = Vec::new();
     for id in candidates {
-        let named: bool = tx.query_row(
+        let named: bool = query_one(
+            tx,
             "SELECT EXISTS (SELECT 1 FROM template_tags WHERE build_id = ?1)",
             [id.as_str()],
             |r| r.get(0),
@@ -104,7 +105,8 @@ pub(super) fn assign(
             Some(old) => moved_from.push(old),
             None => {}
         }
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO template_tags (template, tag, build_id, created_at) \
              VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (template, tag) DO UPDATE SET build_id = excluded.build_id, \
@@ -131,7 +133,8 @@ pub(super) fn remove(
             // Dropping the transaction rolls back the tags removed so far.
             None => return Ok(TagRemoval::UnknownTag(tag.clone())),
         }
-        tx.execute(
+        exec(
+            &tx,
             "DELETE FROM template_tags WHERE template = ?1 AND tag = ?2",
             params![template.as_str(), tag],
         )?;
@@ -162,7 +165,8 @@ pub(super) fn one(
     template: &TemplateName,
     tag: &str,
 ) -> Result<Option<TagRecord>, StoreError> {
-    conn.query_row(
+    query_one(
+        conn,
         "SELECT template, tag, build_id, created_at FROM template_tags \
          WHERE template = ?1 AND tag = ?2",
         params![template.as_str(), tag],
@@ -334,12 +338,14 @@ mod tests {
         }
         tx.pragma_update(None, "user_version", before as i64)
             .expect("version");
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO teams (id, name, created_at) VALUES ('t', 't', 0)",
             [],
         )
         .expect("team");
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO built_templates (name, team_id, created_at) VALUES ('app', 't', 0)",
             [],
         )
@@ -350,7 +356,8 @@ mod tests {
             BuildId::generate(),
         ];
         for (i, (id, status)) in ids.iter().zip(["ready", "ready", "error"]).enumerate() {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO template_builds (id, template, team_id, status, cpu_count, \
                  memory_mb, disk_mb, pids_max, created_at, updated_at, finished_at) \
                  VALUES (?1, 'app', 't', ?2, 2, 512, 2048, 1024, ?3, ?3, ?3)",
