@@ -29,8 +29,42 @@ from e2b import BuildException, Sandbox, Template, wait_for_port
 APT_OFFLINE = "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*"
 
 
+# Every template name this module builds; deleted when the module ends (the templates dir is a
+# cache shared by runs, and test templates would pile up there and pin old base layers).
+MADE: List[str] = []
+
+
 def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    MADE.append(name)
+    return name
+
+
+@pytest.fixture(scope="module", autouse=True)
+def delete_made_templates(paddock):
+    """After the module: every template it built goes (through the API, which also drops the
+    builds' hidden templates), then the build cache its steps filled (`template cache-clear`,
+    which keeps the Debian base images), and the images imported from archives of the data dir
+    (named after the archive's path, which dies with the server)."""
+    before = set(os.listdir(paddock.templates_dir))
+    yield
+    auth = {"X-API-Key": paddock.api_key}
+    left = []
+    for name in MADE:
+        r = requests.delete(f"{paddock.api_url}/templates/{name}", headers=auth, timeout=60)
+        if r.status_code not in (200, 204, 404):
+            left.append(f"{name}: {r.status_code} {r.text[:200]}")
+    MADE.clear()
+    out = subprocess.run([str(paddock.binary), "template", "cache-clear", "--templates-dir",
+                          str(paddock.templates_dir)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name in sorted(set(os.listdir(paddock.templates_dir)) - before):
+        if name.startswith("image-archive-"):
+            out = subprocess.run([str(paddock.binary), "template", "delete", name, "--templates-dir",
+                                  str(paddock.templates_dir)], capture_output=True, text=True, timeout=120)
+            if out.returncode != 0:
+                left.append(f"{name}: {out.stdout + out.stderr}")
+    assert not left, left
 
 
 def make_deb(dest: Path) -> Path:
