@@ -32,11 +32,15 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // The shim runs once per sandbox start: straight to it, without building the whole
+    // command line parser first.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "sandbox-shim") && args.next().is_none() {
+        return shim();
+    }
     let cli = Cli::parse();
     if let Command::SandboxShim = cli.command {
-        // Runs before any thread exists: the shim forks and unshares namespaces.
-        let code = paddock_sandbox::namespace::shim_main();
-        return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
+        return shim();
     }
     init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -65,6 +69,12 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the sandbox shim; before any thread exists, since it forks and unshares namespaces.
+fn shim() -> std::process::ExitCode {
+    let code = paddock_sandbox::namespace::shim_main();
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn init_logging() {
