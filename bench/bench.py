@@ -1,7 +1,7 @@
 """Paddock benchmark harness: latency of sandbox create and exec under sequential use and under
 load, against baselines measured in the same run, and what hardening and the warm pool change.
 
-One run starts up to four `paddock serve` configurations one after the other (each stopped, and
+One run starts up to five `paddock serve` configurations one after the other (each stopped, and
 checked for leaks, before the next starts), in this order:
   1. unhardened                       --unhardened-for-benchmarks --network none --warm-pool-size 0
                                       (no user namespace, seccomp, capability cut, /proc masks;
@@ -13,9 +13,10 @@ checked for leaks, before the next starts), in this order:
                                       bursts of 50 (with the load part), to show a pool sized
                                       for the burst; runs after the default one
 `--warm-pool-size 0` is passed only when `paddock serve --help` lists it (warm pools are being
-built); without it configuration 3 is skipped with a note. The default server runs last so that
-its background work (pool refills, slot teardown) cannot bleed into the others; `--configs`
-picks a subset (e.g. `--configs default`).
+built); without it configuration 3 is skipped with a note. The default server runs after the
+other three so that its background work (pool refills, slot teardown) cannot bleed into them, and
+the bursts-only one after it (it measures only bursts, each after the server went idle);
+`--configs` picks a subset (e.g. `--configs default`).
 
 Measures (n samples each, n=100; --quick: n=10), after the same warm-up on every server:
   1. REST create            POST /v2/sandboxes (timed) then DELETE (not timed)      per server
@@ -476,8 +477,9 @@ class ServerConfig:
 
 # The warm pool of the `bigpool` configuration: more than the largest burst.
 BIG_POOL = 64
-# The order of the run (see the module doc): the default server last, so its network pool
-# refills and slot teardown cannot land in another configuration's measurements.
+# The order of the run (see the module doc): the default server after the other full ones, so
+# its network pool refills and slot teardown cannot land in their measurements; the bursts-only
+# one last.
 CONFIGS = [
     ServerConfig("unhardened", "unhardened", ["--unhardened-for-benchmarks", "--network", "none"], cold=True),
     ServerConfig("none", "hardened, no network", ["--network", "none"], cold=True),
@@ -867,9 +869,10 @@ def main() -> int:
         if not run_server(config, config.flags(), n, [], extra, bursts):
             failed.append(config.label)
     pooled_rows = [m for rows in pooled_bursts.values() for _, _, m in rows]
-    once_rows = (once.rows() if once else []) + (loads.rows() if loads else []) + pooled_rows + base_rows
+    # The default server's own rows and the baselines measured while it ran.
+    once_rows = (once.rows() if once else []) + (loads.rows() if loads else [])
     if last.label in failed:
-        for m in once_rows:
+        for m in once_rows + base_rows:
             m.note = f"skipped: the {last.label} server did not start"
 
     try:
@@ -889,7 +892,7 @@ def main() -> int:
         "notes": header_notes,
     }
 
-    results = list(rest_rows.values()) + list(sdk_rows.values()) + once_rows
+    results = list(rest_rows.values()) + list(sdk_rows.values()) + once_rows + pooled_rows + base_rows
     sections = baselines.report_sections(
         baselines.RunRows(
             configs=configs,

@@ -81,18 +81,36 @@ rust_tests() {
 # recorded in its template.json) is deleted, so that the first server of the e2e suite builds
 # the current one and the tests see what users of a fresh install get.
 base_template() {
-  local want have
-  want=$(sed -n 's/^pub const RECIPE: u32 = \([0-9]*\);$/\1/p' crates/node/src/templates/base.rs)
-  have=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["source"].get("recipe", 1))' \
-    "$PADDOCK_TEMPLATES_DIR/base/template.json" 2>/dev/null || echo none)
-  if [ "$have" = none ]; then
-    log "no cached base template: the first server builds it"
-  elif [ "$have" -lt "$want" ]; then
-    log "cached base template is recipe $have, the code's is $want: deleting it to rebuild"
-    "$PADDOCK_BIN" template delete base --templates-dir "$PADDOCK_TEMPLATES_DIR"
-  else
-    log "reusing the cached base template (recipe $have)"
+  local want have meta=$PADDOCK_TEMPLATES_DIR/base/template.json
+  want=$(sed -n 's/^pub const RECIPE: u32 = \([0-9]*\);.*$/\1/p' crates/node/src/templates/base.rs)
+  if [ -z "$want" ]; then
+    log "cannot read RECIPE from crates/node/src/templates/base.rs"
+    return 1
   fi
+  if [ ! -e "$meta" ]; then
+    log "no cached base template: the first server builds it"
+    return 0
+  fi
+  # The recipe of a debootstrap-built base (records from before it was kept are 1); "other" for
+  # a base made another way (left alone), "bad" for a record that cannot be read.
+  have=$(python3 -c 'import json, sys
+s = json.load(open(sys.argv[1]))["source"]
+print(s.get("recipe", 1) if s.get("kind") == "debootstrap" else "other")' "$meta" 2>/dev/null || echo bad)
+  case $have in
+    other) log "the cached base template was not built by debootstrap: reusing it" ;;
+    bad)
+      log "the cached base template's record is unreadable: deleting it to rebuild"
+      "$PADDOCK_BIN" template delete base --templates-dir "$PADDOCK_TEMPLATES_DIR" || rm -rf "${meta%/*}"
+      ;;
+    *)
+      if [ "$have" -lt "$want" ]; then
+        log "cached base template is recipe $have, the code's is $want: deleting it to rebuild"
+        "$PADDOCK_BIN" template delete base --templates-dir "$PADDOCK_TEMPLATES_DIR"
+      else
+        log "reusing the cached base template (recipe $have)"
+      fi
+      ;;
+  esac
 }
 
 py_e2e() { "$VENV/bin/python" -m pytest -x -q tests/e2e/python; }

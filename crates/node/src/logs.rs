@@ -10,7 +10,7 @@
 //!
 //! After a stop the node copies the log's tail to `<data dir>/sandbox-logs/<id>.envd.log`
 //! ([`archive`]), outside any sandbox's reach, before the state directory is removed; copies
-//! older than [`ARCHIVE_MAX_AGE`] are deleted on the next archive (the control plane forgets
+//! older than [`ARCHIVE_MAX_AGE`] are deleted by an archive at most every [`PRUNE_EVERY`] (the control plane forgets
 //! stopped sandboxes after 7 days, and serves logs only for sandboxes it still has).
 
 use std::collections::{BTreeMap, HashMap};

@@ -354,8 +354,8 @@ impl Store for SqliteStore {
         let name = name.to_string();
         self.with_conn(move |conn| {
             let tx = conn.transaction()?;
-            let existing: Option<String> = tx
-                .query_row("SELECT id FROM teams WHERE name = ?1", [&name], |r| {
+            let existing: Option<String> =
+                query_one(&tx, "SELECT id FROM teams WHERE name = ?1", [&name], |r| {
                     r.get(0)
                 })
                 .optional()?;
@@ -566,14 +566,14 @@ impl Store for SqliteStore {
     ) -> Result<Option<SandboxId>, StoreError> {
         let (team, key) = (team.clone(), key.to_string());
         self.with_conn(move |conn| {
-            let raw: Option<String> = conn
-                .query_row(
-                    "SELECT sandbox_id FROM idempotency_keys \
+            let raw: Option<String> = query_one(
+                conn,
+                "SELECT sandbox_id FROM idempotency_keys \
                      WHERE team_id = ?1 AND key = ?2 AND created_at >= ?3",
-                    params![team.as_str(), key, to_ms(since)],
-                    |r| r.get(0),
-                )
-                .optional()?;
+                params![team.as_str(), key, to_ms(since)],
+                |r| r.get(0),
+            )
+            .optional()?;
             raw.map(|raw| {
                 SandboxId::parse(&raw).map_err(|_| StoreError::Corrupt {
                     column: "sandbox_id",
@@ -631,19 +631,19 @@ impl Store for SqliteStore {
     async fn lifecycle(&self, id: &SandboxId) -> Result<SandboxLifecycle, StoreError> {
         let id = id.as_str().to_string();
         self.with_conn(move |conn| {
-            let found = conn
-                .query_row(
-                    "SELECT auto_pause, auto_resume, pause_to_disk FROM sandboxes WHERE id = ?1",
-                    [id],
-                    |r| {
-                        Ok(SandboxLifecycle {
-                            auto_pause: r.get(0)?,
-                            auto_resume: r.get(1)?,
-                            pause_to_disk: r.get(2)?,
-                        })
-                    },
-                )
-                .optional()?;
+            let found = query_one(
+                conn,
+                "SELECT auto_pause, auto_resume, pause_to_disk FROM sandboxes WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok(SandboxLifecycle {
+                        auto_pause: r.get(0)?,
+                        auto_resume: r.get(1)?,
+                        pause_to_disk: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?;
             Ok(found.unwrap_or_default())
         })
         .await

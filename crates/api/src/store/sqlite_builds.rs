@@ -181,13 +181,13 @@ pub(super) fn request(
     abandoned_before: DateTime<Utc>,
 ) -> Result<BuildClaim, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let owner: Option<String> = tx
-        .query_row(
-            "SELECT team_id FROM built_templates WHERE name = ?1",
-            [b.template.as_str()],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let owner: Option<String> = query_one(
+        &tx,
+        "SELECT team_id FROM built_templates WHERE name = ?1",
+        [b.template.as_str()],
+        |r| r.get(0),
+    )
+    .optional()?;
     if owner.as_deref().is_some_and(|o| o != b.team_id.as_str()) {
         return Ok(BuildClaim::OwnedByOther);
     }

@@ -273,18 +273,18 @@ impl EventStore for SqliteStore {
     ) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
         let sandbox_id = sandbox_id.to_string();
         self.with_conn(move |conn| {
-            let found: Option<(String, i64)> = conn
-                .query_row(
-                    "SELECT execution_id, ts FROM sandbox_events WHERE sandbox_id = ?1 \
+            let found: Option<(String, i64)> = query_one(
+                conn,
+                "SELECT execution_id, ts FROM sandbox_events WHERE sandbox_id = ?1 \
                      AND type IN (?2, ?3) ORDER BY seq DESC LIMIT 1",
-                    params![
-                        sandbox_id,
-                        EventType::Created.as_str(),
-                        EventType::Resumed.as_str()
-                    ],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
+                params![
+                    sandbox_id,
+                    EventType::Created.as_str(),
+                    EventType::Resumed.as_str()
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
             found
                 .map(|(id, ts)| Ok((id, from_ms(ts, "sandbox_events.ts")?)))
                 .transpose()
@@ -307,13 +307,13 @@ impl EventStore for SqliteStore {
     async fn event_seq(&self, team: &TeamId, event_id: &str) -> Result<Option<i64>, StoreError> {
         let (team, event_id) = (team.clone(), event_id.to_string());
         self.with_conn(move |conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT seq FROM sandbox_events WHERE id = ?1 AND team_id = ?2",
-                    params![event_id, team.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()?)
+            Ok(query_one(
+                conn,
+                "SELECT seq FROM sandbox_events WHERE id = ?1 AND team_id = ?2",
+                params![event_id, team.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?)
         })
         .await
     }

@@ -80,13 +80,13 @@ fn current_build(
     template: &TemplateName,
     tag: &str,
 ) -> Result<Option<String>, StoreError> {
-    Ok(tx
-        .query_row(
-            "SELECT build_id FROM template_tags WHERE template = ?1 AND tag = ?2",
-            params![template.as_str(), tag],
-            |r| r.get(0),
-        )
-        .optional()?)
+    Ok(query_one(
+        tx,
+        "SELECT build_id FROM template_tags WHERE template = ?1 AND tag = ?2",
+        params![template.as_str(), tag],
+        |r| r.get(0),
+    )
+    .optional()?)
 }
 
 /// See [`crate::Store::assign_tags`].

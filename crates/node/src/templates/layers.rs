@@ -115,6 +115,9 @@ struct Held {
 #[derive(Debug, Default)]
 pub(super) struct LeaseTable {
     counts: HashMap<String, Held>,
+    /// Some layer's last lease ended since a [`LayerLease::release`] last took this: a
+    /// collection could remove it (whichever lease ended it).
+    freed: bool,
 }
 
 impl LeaseTable {
@@ -141,6 +144,7 @@ impl LeaseTable {
                 if held.count == 0 {
                     // Closing the file drops this process's shared lock.
                     self.counts.remove(id);
+                    self.freed = true;
                 }
             }
         }
@@ -165,15 +169,16 @@ impl LayerLease {
         &self.layers
     }
 
-    /// Releases the lease and tells whether a collection could now remove one of its layers:
-    /// false when every one of them is still leased by another lease of this process (another
-    /// sandbox of the same template, a warm one), so there is no need to look.
+    /// Releases the lease and tells whether a collection could now remove a layer: true when
+    /// some layer's last lease ended since the last `release` that said so (this one's, or one
+    /// dropped without a collection after it, e.g. a failed start's), false when every layer
+    /// that was let go is still leased by another lease of this process (another sandbox of
+    /// the same template, a warm one), so there is no need to look.
     pub fn release(self) -> bool {
         let table = Arc::clone(&self.table);
-        let ids = self.ids.clone();
         drop(self);
-        let table = lock(&table);
-        ids.iter().any(|id| !table.is_leased(id))
+        let freed = std::mem::take(&mut lock(&table).freed);
+        freed
     }
 }
 
@@ -724,6 +729,17 @@ mod tests {
         assert!(two.release(), "b is leased no more");
         assert!(three.release());
         assert!(lock(&store.leases).counts.is_empty());
+        // A lease dropped without a collection leaves it to the next release.
+        let four = store.lease_ids(vec![a.clone()]);
+        let five = store.lease_ids(vec![a.clone()]);
+        let short = store.lease_ids(vec![b.clone()]);
+        drop(short);
+        assert!(four.release(), "b's last lease ended, unseen");
+        assert!(five.release());
+        let six = store.lease_ids(vec![a.clone()]);
+        let seven = store.lease_ids(vec![a.clone()]);
+        assert!(!six.release());
+        assert!(seven.release());
     }
 
     #[test]
