@@ -180,6 +180,31 @@ def bench_sdk_create_and_run(server: PaddockServer, m: Measurement, n: int) -> N
         m.record(once)
 
 
+def cpu_idle_fraction(window: float = 0.5) -> float:
+    """The host's idle share of CPU time over `window` seconds (/proc/stat)."""
+
+    def read() -> tuple:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+    idle0, total0 = read()
+    time.sleep(window)
+    idle1, total1 = read()
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_quiet(min_idle: float = 0.85, max_wait: float = 30.0) -> str:
+    """Waits (bounded) until the host is mostly idle: the kernel frees the namespaces, mounts
+    and cgroups of killed sandboxes in the background for seconds after many creates. Returns
+    what it saw, for the row's note."""
+    started = time.monotonic()
+    idle = cpu_idle_fraction()
+    while idle < min_idle and time.monotonic() - started < max_wait:
+        idle = cpu_idle_fraction()
+    return f"started after {time.monotonic() - started:.1f} s waiting for a quiet host (CPU {idle:.0%} idle)"
+
+
 def bench_exec(server: PaddockServer, m: Measurement, n: int) -> None:
     from e2b import Sandbox
 
@@ -190,8 +215,10 @@ def bench_exec(server: PaddockServer, m: Measurement, n: int) -> None:
     try:
         for _ in range(5):
             sandbox.commands.run("true")  # warm the connection
-        # The create took a warm sandbox: measure once the pool has refilled, not during.
+        # The create took a warm sandbox: measure once the pool has refilled, not during, and
+        # once the kernel is done with the sandboxes of the rows before.
         load.wait_pool_full(server)
+        load.add_note(m, wait_quiet())
 
         def once() -> None:
             sandbox.commands.run("true")
