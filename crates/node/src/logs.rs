@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -261,11 +261,10 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Whether `archive_dir` is due a prune (none in this process yet, or the last one is
 /// [`PRUNE_EVERY`] old); if so, records now as its last.
 fn prune_due(archive_dir: &Path) -> bool {
-    static LAST: Mutex<Option<HashMap<PathBuf, Instant>>> = Mutex::new(None);
+    static LAST: LazyLock<Mutex<HashMap<PathBuf, Instant>>> = LazyLock::new(Mutex::default);
     let mut last = LAST
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let last = last.get_or_insert_with(HashMap::new);
     let now = Instant::now();
     match last.get(archive_dir) {
         Some(at) if now.duration_since(*at) < PRUNE_EVERY => false,

@@ -480,6 +480,16 @@ extern "C" {
     static mut environ: *const *const libc::c_char;
 }
 
+/// The pointers of `strings` followed by a null one, as `execve` takes its argv and envp (valid
+/// while `strings` lives).
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
 fn fork_child(req: &Request, stdio: &[OwnedFd]) -> Reply {
     let fail = |kind, errno| Reply {
         kind,
@@ -489,18 +499,7 @@ fn fork_child(req: &Request, stdio: &[OwnedFd]) -> Reply {
     let (Some(p), [stdin, stdout, stderr]) = (prepare(req), stdio) else {
         return fail(REPLY_BAD_REQUEST, 0);
     };
-    let argv: Vec<*const libc::c_char> = p
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = p
-        .envp
-        .iter()
-        .map(|e| e.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    let (argv, envp) = (null_terminated(&p.argv), null_terminated(&p.envp));
     let fds = [stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()];
     // The child reports a failed setup or exec on this pipe; a successful exec closes it.
     let mut pipe = [0 as RawFd; 2];

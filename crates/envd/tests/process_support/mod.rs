@@ -111,17 +111,31 @@ impl Envd {
         request(&self.socket(), path, headers, body).await
     }
 
-    /// A unary call: (status, JSON body).
-    pub async fn unary(&self, method: &str, msg: Value, extra: &[(&str, &str)]) -> (u16, Value) {
+    /// A call of `process.Process/{method}` with `content_type`, the Connect version header and
+    /// `extra` headers.
+    async fn call(
+        &self,
+        method: &str,
+        content_type: &str,
+        extra: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> http::Response<Incoming> {
         let mut headers = vec![
-            ("content-type", "application/json"),
+            ("content-type", content_type),
             ("connect-protocol-version", "1"),
         ];
         headers.extend_from_slice(extra);
+        self.request(&format!("/process.Process/{method}"), &headers, body)
+            .await
+    }
+
+    /// A unary call: (status, JSON body).
+    pub async fn unary(&self, method: &str, msg: Value, extra: &[(&str, &str)]) -> (u16, Value) {
         let resp = self
-            .request(
-                &format!("/process.Process/{method}"),
-                &headers,
+            .call(
+                method,
+                "application/json",
+                extra,
                 msg.to_string().into_bytes(),
             )
             .await;
@@ -132,17 +146,9 @@ impl Envd {
 
     /// A server-streaming call.
     pub async fn stream(&self, method: &str, msg: Value, extra: &[(&str, &str)]) -> Frames {
-        let mut headers = vec![
-            ("content-type", "application/connect+json"),
-            ("connect-protocol-version", "1"),
-        ];
-        headers.extend_from_slice(extra);
+        let body = envelope(0, &msg.to_string());
         let resp = self
-            .request(
-                &format!("/process.Process/{method}"),
-                &headers,
-                envelope(0, &msg.to_string()),
-            )
+            .call(method, "application/connect+json", extra, body)
             .await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "application/connect+json");

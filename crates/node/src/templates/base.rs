@@ -491,11 +491,6 @@ mod tests {
         assert!(find_program("paddock-no-such-program").is_none());
         assert!(find_program("sh").is_some());
     }
-}
-
-#[cfg(test)]
-mod profile_tests {
-    use super::*;
 
     /// The lines of Debian's (bookworm) `/etc/profile` that ask for the uid.
     const DEBIAN_PROFILE: &str = r#"if [ "$(id -u)" -eq 0 ]; then
