@@ -4,6 +4,7 @@
 //! both are handled explicitly; SIGPIPE stays ignored (Rust's default), so a closed peer is an
 //! error, never a death.
 
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,8 +13,8 @@ use paddock_envd::server::{self, ServeOptions};
 use tokio::signal::unix::{signal, SignalKind};
 
 const USAGE: &str = "usage: paddock-envd [--run-dir DIR] [--port N] [--etc-dir DIR]\n\
-  --run-dir DIR   directory with config.json, envd.sock, forward.sock (default /run/paddock)\n\
-  --port N        TCP port on all interfaces, 0 = none (default 49983)\n\
+  --run-dir DIR   directory with config.json, envd.sock, forward.sock unless handed over\n                  as PADDOCK_BOOT_CONFIG_FD and PADDOCK_LISTEN_FDS (default /run/paddock)\n\
+  --port N        TCP port on 127.0.0.1, 0 = none (default 49983)\n\
   --etc-dir DIR   directory with passwd and group (default /etc)\n\
 environment: ENVD_LOG (log filter, default info), PADDOCK_READY_FD (fd to write \"ready\" to)";
 
@@ -62,6 +63,12 @@ async fn terminated() {
     }
 }
 
+/// `"<http>,<forward>"` as two descriptors.
+fn parse_fd_pair(v: &str) -> Option<(RawFd, RawFd)> {
+    let (a, b) = v.trim().split_once(',')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+}
+
 fn main() -> ExitCode {
     let mut opts = match parse_args(std::env::args().skip(1)) {
         Ok(o) => o,
@@ -92,6 +99,12 @@ fn main() -> ExitCode {
     opts.ready_fd = std::env::var("PADDOCK_READY_FD")
         .ok()
         .and_then(|v| v.trim().parse().ok());
+    opts.boot_config_fd = std::env::var("PADDOCK_BOOT_CONFIG_FD")
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+    opts.listen_fds = std::env::var("PADDOCK_LISTEN_FDS")
+        .ok()
+        .and_then(|v| parse_fd_pair(&v));
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,7 +1,12 @@
-//! envd's listeners: loads the boot configuration (`<run_dir>/config.json`), builds the state and
-//! router (with CORS per spec 3.1), and serves HTTP/1.1 on `<run_dir>/envd.sock` and on TCP
-//! `0.0.0.0:<port>`, plus the port forwarder on `<run_dir>/forward.sock`. Signals readiness on an
-//! inherited fd once everything is bound. Connections have no idle or read timeouts (long streams).
+//! envd's listeners: loads the boot configuration, builds the state and router (with CORS per
+//! spec 3.1), and serves HTTP/1.1 on its Unix socket and on TCP `127.0.0.1:<port>` (inside the
+//! sandbox only: nothing outside its network namespace reaches envd but through the node's
+//! socket), plus the port forwarder on a second Unix socket. In a sandbox the node hands envd the
+//! configuration and both sockets as descriptors ([`ServeOptions::boot_config_fd`],
+//! [`ServeOptions::listen_fds`]), so envd shares no directory with the host; run by hand, it
+//! reads `<run_dir>/config.json` and binds `<run_dir>/envd.sock` and `<run_dir>/forward.sock`.
+//! Signals readiness on an inherited fd once everything is bound. Connections have no idle or
+//! read timeouts (long streams).
 
 use std::future::Future;
 use std::io::Write;
@@ -27,10 +32,17 @@ pub const DEFAULT_PORT: u16 = 49983;
 /// How envd is started.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    /// Directory shared with the node: `config.json`, `envd.sock`, `forward.sock`.
+    /// Directory of `config.json`, `envd.sock` and `forward.sock` when they are not handed
+    /// over as descriptors, and of the memory cgroup (`memcg`).
     pub run_dir: PathBuf,
-    /// TCP port on all interfaces; 0 = no TCP listener.
+    /// TCP port on 127.0.0.1; 0 = no TCP listener.
     pub port: u16,
+    /// Inherited listening Unix sockets to serve instead of binding in `run_dir`: HTTP, then
+    /// port forwarding (`PADDOCK_LISTEN_FDS`).
+    pub listen_fds: Option<(RawFd, RawFd)>,
+    /// An inherited descriptor to read the boot configuration from instead of
+    /// `<run_dir>/config.json` (`PADDOCK_BOOT_CONFIG_FD`).
+    pub boot_config_fd: Option<RawFd>,
     /// Directory holding `passwd` and `group` (`/etc` in a sandbox).
     pub etc_dir: PathBuf,
     /// An inherited fd to write `ready\n` to once every listener is bound.
@@ -44,6 +56,8 @@ impl Default for ServeOptions {
             port: DEFAULT_PORT,
             etc_dir: PathBuf::from("/etc"),
             ready_fd: None,
+            listen_fds: None,
+            boot_config_fd: None,
         }
     }
 }
@@ -78,6 +92,42 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Largest boot configuration read from a descriptor.
+const BOOT_CONFIG_MAX_BYTES: u64 = 8 << 20;
+
+/// Reads the boot configuration from an inherited descriptor (and closes it).
+pub fn read_boot_config_fd(fd: RawFd) -> Result<BootConfig, ServeError> {
+    use std::io::Read;
+    let path = PathBuf::from(format!("fd {fd}"));
+    // SAFETY: the descriptor was handed to envd for exactly this purpose
+    // (PADDOCK_BOOT_CONFIG_FD) and nothing else uses it; it moves into the File, closed on drop.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut bytes = Vec::new();
+    file.take(BOOT_CONFIG_MAX_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|source| ServeError::Config {
+            path: path.clone(),
+            source,
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| ServeError::Config {
+        path,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })
+}
+
+/// Takes an inherited listening Unix socket.
+fn inherited_listener(fd: RawFd, what: &str) -> Result<UnixListener, ServeError> {
+    let err = |source| ServeError::Listen {
+        what: format!("{what} (fd {fd})"),
+        source,
+    };
+    // SAFETY: the descriptor was handed to envd as this listener (PADDOCK_LISTEN_FDS) and
+    // nothing else uses it; it moves into the listener, closed on drop.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    std_listener.set_nonblocking(true).map_err(err)?;
+    UnixListener::from_std(std_listener).map_err(err)
 }
 
 /// Reads `<run_dir>/config.json`; a missing file is the default configuration.
@@ -213,22 +263,37 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
             tracing::debug!(error = %std::io::Error::last_os_error(), "cannot become a child subreaper");
         }
     }
-    let boot = load_boot_config(&opts.run_dir)?;
+    let boot = match opts.boot_config_fd {
+        Some(fd) => read_boot_config_fd(fd)?,
+        None => load_boot_config(&opts.run_dir)?,
+    };
     crate::process::oom::init(&opts.run_dir);
-    std::fs::create_dir_all(&opts.run_dir).map_err(|source| ServeError::Listen {
-        what: opts.run_dir.display().to_string(),
-        source,
-    })?;
     let state = EnvdState::new(boot, UserDb::at(&opts.etc_dir), opts.run_dir.clone());
     let processes = ProcessRegistry::new();
     let app = app(state, processes.clone());
 
-    let envd_sock = opts.run_dir.join("envd.sock");
-    let forward_sock = opts.run_dir.join("forward.sock");
-    let unix = bind_unix(&envd_sock)?;
-    let forward = bind_unix(&forward_sock)?;
+    // Socket files envd made itself and removes at shutdown (none when handed over).
+    let mut own_sockets = Vec::new();
+    let (unix, forward) = match opts.listen_fds {
+        Some((http, fwd)) => (
+            inherited_listener(http, "envd socket")?,
+            inherited_listener(fwd, "forward socket")?,
+        ),
+        None => {
+            std::fs::create_dir_all(&opts.run_dir).map_err(|source| ServeError::Listen {
+                what: opts.run_dir.display().to_string(),
+                source,
+            })?;
+            let envd_sock = opts.run_dir.join("envd.sock");
+            let forward_sock = opts.run_dir.join("forward.sock");
+            let unix = bind_unix(&envd_sock)?;
+            let forward = bind_unix(&forward_sock)?;
+            own_sockets.extend([envd_sock, forward_sock]);
+            (unix, forward)
+        }
+    };
     let tcp = if opts.port != 0 {
-        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], opts.port));
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], opts.port));
         Some(
             TcpListener::bind(addr)
                 .await
@@ -241,7 +306,7 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
         None
     };
     tracing::info!(
-        socket = %envd_sock.display(),
+        inherited = opts.listen_fds.is_some(),
         port = opts.port,
         version = paddock_domain::ENVD_VERSION,
         "envd listening"
@@ -270,8 +335,9 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
     for process in processes.list() {
         let _ = process.signal_group(nix::sys::signal::Signal::SIGKILL);
     }
-    let _ = std::fs::remove_file(&envd_sock);
-    let _ = std::fs::remove_file(&forward_sock);
+    for path in own_sockets {
+        let _ = std::fs::remove_file(path);
+    }
     result
 }
 

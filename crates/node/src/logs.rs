@@ -108,7 +108,7 @@ fn io_err(context: String) -> impl FnOnce(std::io::Error) -> LogError {
 
 /// The live envd log of the sandbox whose state directory is `state_dir`.
 pub fn envd_log_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("run").join("envd.log")
+    state_dir.join(paddock_sandbox::ENVD_LOG_FILE)
 }
 
 /// Where archived envd logs live: `sandbox-logs` beside the sandboxes directory.
@@ -475,7 +475,7 @@ mod tests {
         assert_eq!(archive, dir.path().join("sandbox-logs"));
         let id = SandboxId::generate();
         let state = sandboxes.join(id.as_str());
-        std::fs::create_dir_all(state.join("run")).expect("mkdir");
+        std::fs::create_dir_all(&state).expect("mkdir");
         std::fs::write(envd_log_path(&state), format!("{START}\nnoise\n")).expect("write");
 
         let live = read_envd_logs(&state, &archive, &id).expect("live");

@@ -143,7 +143,7 @@ impl RuntimeDriver for GatedRuntime {
         if !st.die_at_start.contains(&spec.id) {
             st.alive.insert(spec.id.clone());
         }
-        let run_dir = spec.state_dir.join("run");
+        let run_dir = spec.state_dir.clone();
         if let Some(seen) = &self.inits {
             let listener =
                 tokio::net::UnixListener::bind(run_dir.join("envd.sock")).expect("bind envd.sock");
@@ -154,7 +154,6 @@ impl RuntimeDriver for GatedRuntime {
             init_pid: 1,
             envd_socket: run_dir.join("envd.sock"),
             forward_socket: run_dir.join("forward.sock"),
-            run_dir,
         })
     }
 
@@ -470,7 +469,7 @@ async fn a_miss_fills_the_pool_and_a_claim_hands_over_with_the_callers_token_and
     assert_eq!(body["accessToken"], "token");
     assert_eq!(body["envVars"]["FOO"], "bar");
     assert_eq!(body["defaultUser"], "user");
-    let boot = std::fs::read_to_string(node.state_dir(&id).join("run/config.json")).expect("boot");
+    let boot = std::fs::read_to_string(node.state_dir(&id).join("config.json")).expect("boot");
     assert!(
         boot.contains("\"token\"") && !boot.contains(pool_token),
         "{boot}"

@@ -642,13 +642,12 @@ mod tests {
             spec: paddock_sandbox::SandboxSpec,
         ) -> Result<paddock_sandbox::SandboxHandle, paddock_sandbox::RuntimeError> {
             self.alive.lock().expect("lock").insert(spec.id.clone());
-            let run_dir = spec.state_dir.join("run");
+            let run_dir = spec.state_dir.clone();
             Ok(paddock_sandbox::SandboxHandle {
                 id: spec.id,
                 init_pid: 1,
                 envd_socket: run_dir.join("envd.sock"),
                 forward_socket: run_dir.join("forward.sock"),
-                run_dir,
             })
         }
         async fn kill(

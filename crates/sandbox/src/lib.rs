@@ -3,12 +3,17 @@
 //! [`namespace::NamespaceDriver`] (Linux namespaces + cgroups + overlayfs); a microVM driver can
 //! implement the same trait later.
 //!
-//! Layout of a sandbox's state directory on the host (`SandboxSpec::state_dir`):
-//! `disk.img` and `disk/` (the sandbox's own disk, mounted on the host, holding the overlay's
-//! writable layer `upper/` and `work/`; see [`namespace::disk`]), `root/` (overlay mount point,
-//! only mounted inside the sandbox's own mount namespace), `run/` (shared with envd, mounted at `/run/paddock` inside:
-//! `config.json` written by the node, `envd.sock` and `forward.sock` created by envd, `envd.log`),
-//! `state.json` (what [`RuntimeDriver::adopt`] needs after a restart of the node).
+//! Layout of a sandbox's state directory on the host (`SandboxSpec::state_dir`, mode 0700, never
+//! visible to the sandbox): `disk.img` and `disk/` (the sandbox's own disk, mounted on the host,
+//! holding the overlay's writable layer `upper/` and `work/`; see [`namespace::disk`]; the only
+//! part the sandbox writes), `root/` (overlay mount point, only mounted inside the sandbox's own
+//! mount namespace), `config.json` (envd's boot configuration, written by the node, handed to
+//! envd by the shim as a sealed in-memory file), `envd.sock` and `forward.sock` (bound by the
+//! shim, handed to envd as listening descriptors), `envd.log` (envd's output, copied there by
+//! the shim from a pipe), `state.json` (what [`RuntimeDriver::adopt`] needs after a restart of
+//! the node). Inside the sandbox `/run/paddock` is a small read-only tmpfs of its own (the memory
+//! cgroup for OOM attribution, the boot id): nothing there is on the host. Every host-side open
+//! of a file in the state directory goes through [`hostfile`].
 #![warn(missing_docs)]
 
 use std::path::PathBuf;
@@ -20,6 +25,7 @@ use paddock_domain::{Resources, SandboxId};
 /// layer's path (about 55 bytes each in the template store) besides `upperdir` and `workdir`.
 pub const MAX_LAYERS: usize = 60;
 
+pub mod hostfile;
 pub mod idmap;
 pub mod namespace;
 pub mod xattr;
@@ -28,10 +34,18 @@ pub mod xattr;
 pub const SANDBOX_RUN_DIR: &str = "/run/paddock";
 /// Where the envd binary is bind-mounted (read-only) inside every sandbox.
 pub const SANDBOX_ENVD_PATH: &str = "/usr/local/bin/envd";
-/// Name of envd's HTTP socket in the run directory.
+/// Name of envd's HTTP socket in the state directory.
 pub const ENVD_SOCKET: &str = "envd.sock";
-/// Name of envd's port-forwarding socket in the run directory.
+/// Name of envd's port-forwarding socket in the state directory.
 pub const FORWARD_SOCKET: &str = "forward.sock";
+/// Name of envd's boot configuration in the state directory.
+pub const BOOT_CONFIG_FILE: &str = "config.json";
+/// Name of envd's log in the state directory.
+pub const ENVD_LOG_FILE: &str = "envd.log";
+/// Environment variable naming the fd envd reads its boot configuration from (a sealed memfd).
+pub const BOOT_CONFIG_FD_ENV: &str = "PADDOCK_BOOT_CONFIG_FD";
+/// Environment variable naming the listening fds envd serves: `<http>,<forward>`.
+pub const LISTEN_FDS_ENV: &str = "PADDOCK_LISTEN_FDS";
 /// Environment variable naming the fd envd writes one line to when it is ready.
 pub const READY_FD_ENV: &str = "PADDOCK_READY_FD";
 /// Environment variable listing (comma-separated) the fds of the `cgroup.procs` files envd's
@@ -78,8 +92,6 @@ pub struct SandboxHandle {
     pub id: SandboxId,
     /// Host pid of the sandbox's PID 1 (envd).
     pub init_pid: u32,
-    /// Host path of envd's run directory.
-    pub run_dir: PathBuf,
     /// Host path of envd's HTTP socket.
     pub envd_socket: PathBuf,
     /// Host path of envd's port-forwarding socket.

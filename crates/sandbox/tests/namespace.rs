@@ -17,7 +17,7 @@ use common::TestParent;
 
 /// envd stand-in: reports what it sees, signals ready and stays.
 const ENVD_OK: &str = r#"#!/bin/bash
-echo "$$|$PATH|$HOME|$PADDOCK_READY_FD|$(cat /etc/hostname)" > /run/paddock/probe
+echo "$$|$PATH|$HOME|$PADDOCK_READY_FD|$(cat /etc/hostname)" > /probe
 echo "envd starting"
 echo ready >&"$PADDOCK_READY_FD"
 exec sleep 100000
@@ -31,7 +31,7 @@ echo $((n + 1)) > /root/starts
   echo "starts=$((n + 1))"
   echo "layer=$(cat /etc/layer 2>/dev/null || echo none)"
   [[ -e /bin/mknod ]] && echo mknod=present || echo mknod=hidden
-} > /run/paddock/layers
+} > /layers
 echo ready >&"$PADDOCK_READY_FD"
 exec sleep 100000
 "#;
@@ -56,7 +56,7 @@ shopt -s nullglob dotglob
   done
   err=$( { echo probe > /proc/sys/kernel/domainname; } 2>&1 ) && echo proc_sys=writable || echo "proc_sys=$err"
   echo done=1
-} > /run/paddock/hardening 2>&1
+} > /hardening 2>&1
 echo ready >&"$PADDOCK_READY_FD"
 exec sleep 100000
 "#;
@@ -175,8 +175,7 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
     let handle = driver.create(spec.clone()).await.expect("create");
     let pid = handle.init_pid;
     assert!(alive(pid));
-    assert_eq!(handle.run_dir, spec.state_dir.join("run"));
-    assert_eq!(handle.envd_socket, spec.state_dir.join("run/envd.sock"));
+    assert_eq!(handle.envd_socket, spec.state_dir.join("envd.sock"));
 
     // Own namespaces of every kind.
     for ns in ["pid", "net", "mnt", "uts", "ipc"] {
@@ -186,7 +185,7 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
     }
 
     // What envd saw: PID 1, a clean environment, the hostname file.
-    let probe = read(spec.state_dir.join("run/probe"));
+    let probe = read(spec.state_dir.join("disk/upper/probe"));
     let fields: Vec<&str> = probe.trim().split('|').collect();
     assert_eq!(fields[0], "1", "{probe}");
     assert_eq!(
@@ -196,8 +195,8 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
     assert_eq!(fields[2], "/root");
     assert_eq!(fields[3], "3");
     assert_eq!(fields[4], spec.hostname);
-    // PID 1 (once bash has exec'd `sleep`) holds only stdio and the ready pipe; its output
-    // goes to envd.log.
+    // PID 1 (once bash has exec'd `sleep`) holds only stdio, the ready pipe and its two
+    // listening sockets; its output goes through a pipe to envd.log.
     let fds = || -> BTreeSet<String> {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .expect("fds")
@@ -212,9 +211,11 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
         .map(|d| d.join("user"))
         .filter(|d| d.is_dir())
         .collect();
-    let mut expected: BTreeSet<String> =
-        ["0", "1", "2", "3"].into_iter().map(String::from).collect();
-    expected.extend((0..user_cgroups.len()).map(|i| (4 + i).to_string()));
+    let mut expected: BTreeSet<String> = ["0", "1", "2", "3", "4", "5"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    expected.extend((0..user_cgroups.len()).map(|i| (6 + i).to_string()));
     for _ in 0..500 {
         if read(format!("/proc/{pid}/comm")).trim() == "sleep" && fds() == expected {
             break;
@@ -229,13 +230,17 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
     );
     let fd_target = |n: u32| std::fs::read_link(format!("/proc/{pid}/fd/{n}")).expect("fd link");
     assert_eq!(fd_target(0), PathBuf::from("/dev/null"));
-    assert_eq!(fd_target(1), PathBuf::from("/run/paddock/envd.log"));
+    assert!(fd_target(1).to_string_lossy().starts_with("pipe:"));
+    assert_eq!(fd_target(1), fd_target(2));
     assert!(fd_target(3).to_string_lossy().starts_with("pipe:"));
+    for n in [4, 5] {
+        assert!(fd_target(n).to_string_lossy().starts_with("socket:"));
+    }
     for i in 0..user_cgroups.len() as u32 {
         assert!(
-            fd_target(4 + i).ends_with("user/cgroup.procs"),
+            fd_target(6 + i).ends_with("user/cgroup.procs"),
             "{:?}",
-            fd_target(4 + i)
+            fd_target(6 + i)
         );
     }
     if let Some(pids) = user_cgroups.iter().find(|d| d.join("pids.max").exists()) {
@@ -244,7 +249,37 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
             (123 - paddock_sandbox::namespace::cgroup::ENVD_PIDS_RESERVE).to_string()
         );
     }
-    assert!(read(spec.state_dir.join("run/envd.log")).contains("envd starting"));
+    let log = spec.state_dir.join("envd.log");
+    for _ in 0..500 {
+        if read(&log).contains("envd starting") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(read(&log).contains("envd starting"), "{}", read(&log));
+    // Host-only: the state directory and the log are root's alone.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&log).expect("log").mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&spec.state_dir).expect("dir").mode() & 0o777,
+        0o700
+    );
+    // The sandbox's /run/paddock is a read-only tmpfs of its own, not a host directory.
+    let run = read(format!("/proc/{pid}/mountinfo"));
+    let line = run
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/run/paddock"))
+        .unwrap_or_else(|| panic!("no /run/paddock mount: {run}"));
+    assert!(line.contains(" - tmpfs "), "{line}");
+    assert!(
+        line.split(' ').nth(5).unwrap_or("").starts_with("ro"),
+        "{line}"
+    );
+    // No mount names a host directory of this test (state or template).
+    let states_str = states.path().to_string_lossy().into_owned();
+    assert!(!run.contains(&states_str), "{run}");
+    let layer_str = spec.layers[0].to_string_lossy().into_owned();
+    assert!(!run.contains(&layer_str), "{run}");
 
     // The UTS hostname, as a process in the sandbox's uts namespace sees it.
     let out = std::process::Command::new("nsenter")
@@ -504,7 +539,7 @@ async fn sandbox_root_is_confined() {
     assert_eq!(status_field(pid, "NoNewPrivs"), "0");
 
     // What root inside found.
-    let probe = read(spec.state_dir.join("run/hardening"));
+    let probe = read(spec.state_dir.join("disk/upper/hardening"));
     let lines: Vec<&str> = probe.lines().collect();
     assert!(lines.contains(&"done=1"), "{probe}");
     assert!(lines.contains(&"mknod=no"), "{probe}");
@@ -696,7 +731,7 @@ async fn layers_stack_and_stop_keeps_the_writable_layer() {
     let driver = driver(&parent, states.path());
     let id = SandboxId::generate();
     let mut spec = spec(&id, states.path(), "layers");
-    let report = spec.state_dir.join("run/layers");
+    let report = spec.state_dir.join("disk/upper/layers");
 
     // One layer: the fixture as it is.
     driver.create(spec.clone()).await.expect("create");

@@ -275,7 +275,7 @@ fn probes_can_fail_without_the_filter() {
 /// envd stand-in: probes, as `key=value` lines, what a process in the sandbox can do, then
 /// signals ready. Every probe runs as a descendant of PID 1.
 const ENVD_PROBE: &str = r#"#!/bin/bash
-out=/run/paddock/seccomp
+out=/seccomp
 {
   while read -r key value; do
     case $key in Seccomp: | Seccomp_filters: | NoNewPrivs:) echo "${key%:}=$value" ;; esac
@@ -378,7 +378,8 @@ async fn processes_in_a_sandbox_run_under_the_filter() {
     let handle = driver.create(spec.clone()).await.expect("create");
     let status = std::fs::read_to_string(format!("/proc/{}/status", handle.init_pid))
         .expect("status of PID 1");
-    let text = std::fs::read_to_string(spec.state_dir.join("run/seccomp")).expect("probe output");
+    let text =
+        std::fs::read_to_string(spec.state_dir.join("disk/upper/seccomp")).expect("probe output");
     driver.kill(&id, &spec.state_dir).await.expect("kill");
 
     // PID 1 itself runs under the filter, and no_new_privs stays off (sudo works).

@@ -263,15 +263,23 @@ class HostListener:
 
 
 def cgroup_paths(sbx: Sandbox) -> Dict[str, str]:
-    """controller -> cgroup path of the sandbox's PID 1, as /proc/1/cgroup says inside."""
-    result = run(sbx, "cat /proc/1/cgroup")
-    assert result.exit_code == 0, result.output
-    paths = {}
-    for line in result.stdout.splitlines():
-        _, controllers, path = line.split(":", 2)
-        for c in controllers.split(","):
-            paths[c or "unified"] = path
-    return paths
+    """controller -> host cgroup path of the sandbox's PID 1 (envd), read on the host: the
+    sandbox has a cgroup namespace of its own, so its /proc/1/cgroup shows only `/`."""
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            text = (pid_dir / "cgroup").read_text()
+        except OSError:
+            continue
+        paths = {}
+        for line in text.splitlines():
+            _, controllers, path = line.split(":", 2)
+            for c in controllers.split(","):
+                paths[c or "unified"] = path
+        if any(p.rstrip("/").rsplit("/", 1)[-1].endswith(sbx.sandbox_id) for p in paths.values()):
+            return paths
+    raise AssertionError(f"no host process in a cgroup of {sbx.sandbox_id}")
 
 
 def host_cgroup_file(paths: Dict[str, str], controller: str, name: str) -> Optional[Path]:

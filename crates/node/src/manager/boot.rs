@@ -182,8 +182,9 @@ impl LocalNode {
     ) -> Result<PathBuf, NodeError> {
         let dir = self.state_dir(&req.id);
         let io = |context: String| move |source| NodeError::Io { context, source };
-        let run = dir.join("run");
-        std::fs::create_dir_all(&run).map_err(io(format!("creating {}", run.display())))?;
+        // Host-only (0700): the sandbox sees none of it (see paddock_sandbox::hostfile).
+        paddock_sandbox::hostfile::create_private_dir(&dir)
+            .map_err(io(format!("creating {}", dir.display())))?;
         let meta_json = serde_json::to_vec(meta).map_err(|e| NodeError::Io {
             context: "encoding node.json".into(),
             source: std::io::Error::other(e),
@@ -195,7 +196,7 @@ impl LocalNode {
             context: "encoding envd config".into(),
             source: std::io::Error::other(e),
         })?;
-        write_private(&run.join("config.json"), &boot_json)
+        write_private(&dir.join(paddock_sandbox::BOOT_CONFIG_FILE), &boot_json)
             .map_err(io("writing envd config".into()))?;
         Ok(dir)
     }
@@ -216,15 +217,8 @@ pub(super) fn boot_config(req: &CreateRequest, meta: &SandboxMeta) -> BootConfig
     }
 }
 
-/// Writes a file readable only by root (it holds the sandbox's access token).
+/// Writes a file readable only by root (it holds the sandbox's access token), replacing it
+/// atomically and never writing through a symlink.
 pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(data)
+    paddock_sandbox::hostfile::write_private(path, data)
 }

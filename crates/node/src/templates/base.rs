@@ -25,6 +25,7 @@ pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// Packages added to debootstrap's minbase: the tools of E2B's base image that Debian ships.
 pub const PACKAGES: &[&str] = &[
     "python3",
+    "python-is-python3",
     "python3-pip",
     "python3-venv",
     "bash",
@@ -52,7 +53,8 @@ pub const PACKAGES: &[&str] = &[
 /// run in the chroot), recorded in its `template.json`. Bump it with every change to either:
 /// `paddock serve` then says that an existing `base` is older, and the test script rebuilds
 /// its cached one. 2: `/etc/profile` reads bash's `EUID` instead of forking `id -u`.
-pub const RECIPE: u32 = 2;
+/// 3: `python` is `python3` (`python-is-python3`), as in E2B's base image.
+pub const RECIPE: u32 = 3;
 
 /// The recipe version of records written before [`RECIPE`] existed.
 pub(crate) fn first_recipe() -> u32 {

@@ -81,7 +81,7 @@ pub(crate) async fn create(
             Ok(handle(id, init_pid, &spec.state_dir))
         }
         Err(message) => {
-            let tail = log_tail(&spec.state_dir.join("run").join("envd.log"));
+            let tail = log_tail(&spec.state_dir.join(crate::ENVD_LOG_FILE));
             let _ =
                 teardown::remove_blocking(inner, id.as_str(), None, Some(&spec.state_dir)).await;
             let message = if tail.is_empty() {
@@ -169,10 +169,11 @@ fn prepare(
     spec: &SandboxSpec,
 ) -> Result<(SandboxCgroup, std::fs::File), RuntimeError> {
     let io = |context: String| move |source| RuntimeError::Io { context, source };
-    for sub in ["root", "run"] {
-        let dir = spec.state_dir.join(sub);
-        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-    }
+    // Host-only: the sandbox never sees this directory (only its disk, mounted below it).
+    crate::hostfile::create_private_dir(&spec.state_dir)
+        .map_err(io(format!("creating {}", spec.state_dir.display())))?;
+    let root = spec.state_dir.join("root");
+    std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
     let disk = if spec.reuse_disk {
         inner.disks.reattach(&spec.state_dir)
     } else {
@@ -185,11 +186,8 @@ fn prepare(
             message: format!("preparing the sandbox's disk: {}", chain(&e)),
         },
     })?;
-    let log_path = spec.state_dir.join("run").join("envd.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
+    let log_path = spec.state_dir.join(crate::ENVD_LOG_FILE);
+    let log = crate::hostfile::open_append(&log_path)
         .map_err(io(format!("opening {}", log_path.display())))?;
     let limits = CgroupLimits::from_resources(&spec.resources);
     let cg = cgroup::create(inner.cgroups.as_ref(), spec.id.as_str(), &limits).map_err(|e| {
@@ -319,15 +317,13 @@ fn watch_child(
     });
 }
 
-/// The last [`LOG_TAIL_BYTES`] of a log file, trimmed, on one line.
+/// The last [`LOG_TAIL_BYTES`] of a log file, trimmed, on one line (empty when it cannot be
+/// read as a regular file without following a link).
 pub(crate) fn log_tail(path: &Path) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
+    let Ok(Some((bytes, _))) = crate::hostfile::read_tail(path, LOG_TAIL_BYTES as u64) else {
         return String::new();
     };
-    let start = bytes.len().saturating_sub(LOG_TAIL_BYTES);
-    String::from_utf8_lossy(&bytes[start..])
-        .trim()
-        .replace('\n', " | ")
+    String::from_utf8_lossy(&bytes).trim().replace('\n', " | ")
 }
 
 #[cfg(test)]

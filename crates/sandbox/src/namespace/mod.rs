@@ -31,6 +31,7 @@ use crate::{RuntimeDriver, RuntimeError, SandboxHandle, SandboxSpec};
 pub mod cgroup;
 mod create;
 pub mod disk;
+mod handoff;
 mod mounts;
 mod pause;
 pub mod seccomp;
@@ -275,13 +276,11 @@ impl RuntimeDriver for NamespaceDriver {
 
 /// The handle of a sandbox whose state directory is `state_dir`.
 pub(crate) fn handle(id: SandboxId, init_pid: u32, state_dir: &Path) -> SandboxHandle {
-    let run_dir = state_dir.join("run");
     SandboxHandle {
         id,
         init_pid,
-        envd_socket: run_dir.join(crate::ENVD_SOCKET),
-        forward_socket: run_dir.join(crate::FORWARD_SOCKET),
-        run_dir,
+        envd_socket: state_dir.join(crate::ENVD_SOCKET),
+        forward_socket: state_dir.join(crate::FORWARD_SOCKET),
     }
 }
 
@@ -337,8 +336,7 @@ mod tests {
             7,
             Path::new("/d/iabc"),
         );
-        assert_eq!(h.run_dir, PathBuf::from("/d/iabc/run"));
-        assert_eq!(h.envd_socket, PathBuf::from("/d/iabc/run/envd.sock"));
-        assert_eq!(h.forward_socket, PathBuf::from("/d/iabc/run/forward.sock"));
+        assert_eq!(h.envd_socket, PathBuf::from("/d/iabc/envd.sock"));
+        assert_eq!(h.forward_socket, PathBuf::from("/d/iabc/forward.sock"));
     }
 }

@@ -1,14 +1,19 @@
 //! The sandbox's file system view, built by its PID 1 inside its own (private) mount namespace
 //! before exec: the overlay root, `/proc` with its sensitive parts masked or read-only, a
-//! minimal `/dev`, read-only `/sys`, envd's run directory and binary, then `pivot_root`, and
-//! after it `/etc/hostname` and `/etc/hosts`. Nothing here touches the host's mount table:
-//! every function must run after `unshare(CLONE_NEWNS)` and [`make_private`].
+//! minimal `/dev`, read-only `/sys`, envd's run directory (a small read-only tmpfs of the
+//! sandbox's own: no host directory is shared) and binary, the sandbox's own boot id, then
+//! `pivot_root`, and after it `/etc/hostname` and `/etc/hosts`. Nothing here touches the host's
+//! mount table: every function must run after `unshare(CLONE_NEWNS)` and [`make_private`].
+//! Mount options name no host path (the overlay's layers are given as `/proc/self/fd/N`), so
+//! `/proc/self/mountinfo` in the sandbox does not reveal the host's data or template directories.
 //!
 //! Before `pivot_root` paths resolve on the host, so a symlink in the template (`etc ->
 //! /proc/1/root/etc`) would redirect mounts and writes out of the sandbox: [`build_root`]
 //! refuses a template in which any existing component of a path it mounts on is a symlink.
 
 use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -40,7 +45,8 @@ const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// `/proc` files hidden behind `/dev/null` (kernel memory, keyrings, timers, the kernel log,
 /// SysRq), as runc masks them. Missing ones (kernel config) are skipped.
-pub(crate) const MASKED_PROC_FILES: [&str; 7] = [
+pub(crate) const MASKED_PROC_FILES: [&str; 8] = [
+    "cmdline",
     "kcore",
     "keys",
     "timer_list",
@@ -59,14 +65,14 @@ pub(crate) const READ_ONLY_PROC_DIRS: [&str; 4] = ["sys", "bus", "fs", "irq"];
 pub(crate) struct RootLayout<'a> {
     /// Template root-filesystem layers, top first (the overlay's lower layers).
     pub layers: &'a [PathBuf],
-    /// The sandbox's state directory (`disk/` holding `upper` and `work`, `root`, `run`).
+    /// The sandbox's state directory (`disk/` holding `upper` and `work`, `root`).
     pub state_dir: &'a Path,
     /// envd on the host.
     pub envd_bin: &'a Path,
     /// The sandbox's memory cgroup on the host, shown read-only at `/run/paddock/memcg`.
     pub memory_cgroup: Option<&'a Path>,
     /// Host uid (= gid) of the sandbox's root when it runs in a user namespace: the writable
-    /// layer's root, envd's run directory, `/dev` and `/dev/shm` are given to it.
+    /// layer's root, `/dev` and `/dev/shm` are given to it.
     pub root_id: Option<u32>,
     /// Whether `/proc` and `/sys` get their masks and read-only parts (off only for
     /// benchmarks).
@@ -121,20 +127,10 @@ pub(crate) fn build_root(layout: &RootLayout<'_>) -> Result<()> {
     if layout.hardened {
         mask_kernel_files(&root)?;
     }
-    let run = root.join(run_rel);
-    mkdir(&run)?;
-    if let Some(id) = layout.root_id {
-        give_run_dir(&layout.state_dir.join("run"), id)?;
-    }
-    bind(
-        &layout.state_dir.join("run"),
-        &run,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-    )?;
-    if let Some(memcg) = layout.memory_cgroup {
-        let target = run.join("memcg");
-        mkdir(&target)?;
-        bind(memcg, &target, ro)?;
+    mount_run_dir(&root.join(run_rel), layout.memory_cgroup)?;
+    let boot_id = root.join("proc/sys/kernel/random/boot_id");
+    if boot_id.is_file() {
+        bind(&root.join(run_rel).join(BOOT_ID_FILE), &boot_id, ro)?;
     }
     let envd = root.join(envd_rel);
     if let Some(dir) = envd.parent() {
@@ -233,15 +229,27 @@ fn mount_overlay(layout: &RootLayout<'_>, root: &Path) -> Result<()> {
         // files in `/`.
         chown(&upper, id)?;
     }
-    let lowerdir = lower
+    // Every directory is named by a descriptor (`/proc/self/fd/N`), so the options the
+    // sandbox reads back in its mountinfo name no host path. The descriptors close on return.
+    let open_dir = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(p)
+            .map_err(|e| SetupError::new(format!("opening {}", p.display()), e))
+    };
+    let fd_path = |f: &std::fs::File| format!("/proc/self/fd/{}", f.as_raw_fd());
+    let lower_dirs = lower
         .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
+        .map(|p| open_dir(p))
+        .collect::<Result<Vec<_>>>()?;
+    let upper_dir = open_dir(&upper)?;
+    let work_dir = open_dir(&work)?;
+    let lowerdir = lower_dirs.iter().map(fd_path).collect::<Vec<_>>().join(":");
     let data = format!(
         "lowerdir={lowerdir},upperdir={},workdir={}",
-        upper.display(),
-        work.display()
+        fd_path(&upper_dir),
+        fd_path(&work_dir)
     );
     mount(
         Some("overlay"),
@@ -298,17 +306,60 @@ fn mount_dev(dev: &Path, root_id: Option<u32>) -> Result<()> {
     Ok(())
 }
 
-/// Gives envd's run directory and what the node wrote into it (`config.json`, `envd.log`) to
-/// sandbox root (host uid `id`), so envd can read its config and create its sockets there.
-fn give_run_dir(run: &Path, id: u32) -> Result<()> {
-    chown(run, id)?;
-    let entries = std::fs::read_dir(run)
-        .map_err(|e| SetupError::new(format!("listing {}", run.display()), e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| SetupError::new(format!("listing {}", run.display()), e))?;
-        chown(&entry.path(), id)?;
+/// Name of the boot id file in the run directory, bind-mounted over
+/// `/proc/sys/kernel/random/boot_id`.
+pub(crate) const BOOT_ID_FILE: &str = "boot_id";
+/// Options of the run directory's tmpfs: root of the host owns it (so sandbox root, whose
+/// capabilities do not cover unmapped owners, cannot write it even before it is read-only),
+/// and it is tiny.
+const RUN_DIR_OPTIONS: &str = "mode=755,size=64k,nr_inodes=16";
+
+/// envd's run directory, a tmpfs of the sandbox's own (its writes can neither reach the host
+/// nor its disk's quota): the memory cgroup read-only at `memcg` (OOM attribution), a fresh
+/// random boot id, then the whole of it read-only.
+fn mount_run_dir(run: &Path, memory_cgroup: Option<&Path>) -> Result<()> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs(run, "tmpfs", flags, Some(RUN_DIR_OPTIONS))?;
+    let boot_id = run.join(BOOT_ID_FILE);
+    std::fs::write(&boot_id, format!("{}\n", random_uuid()?))
+        .map_err(|e| SetupError::new(format!("writing {}", boot_id.display()), e))?;
+    if let Some(memcg) = memory_cgroup {
+        let target = run.join("memcg");
+        mkdir(&target)?;
+        bind(memcg, &target, flags | MsFlags::MS_RDONLY)?;
     }
-    Ok(())
+    mount(
+        None::<&str>,
+        run,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags,
+        None::<&str>,
+    )
+    .map_err(|e| SetupError::new(format!("making {} read-only", run.display()), e))
+}
+
+/// A random version-4 UUID in its text form (the format of `boot_id`).
+fn random_uuid() -> Result<String> {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most `b.len()` bytes into the buffer it is given.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        return Err(SetupError::new(
+            "generating the boot id",
+            io::Error::last_os_error(),
+        ));
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
 }
 
 /// `lchown(path, id, id)` (never follows a symlink).

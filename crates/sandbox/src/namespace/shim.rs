@@ -5,12 +5,14 @@
 //! Protocol with the node: the node writes a JSON [`ShimSpec`] to the shim's stdin and closes
 //! it; the shim answers on stdout with the line `pid <host pid of PID 1>`, then `ready` (envd
 //! wrote a line to its ready fd) or `error <message>`, and then stays to `waitpid` PID 1 and exits
-//! with its status (128 + signal if killed). The shim's stderr, and later envd's stdout and
-//! stderr, go to `run/envd.log`.
+//! with its status (128 + signal if killed). The shim's stderr is `envd.log` in the state
+//! directory (opened by the node); envd's stdout and stderr are a pipe the shim copies there
+//! (see [`handoff`](super::handoff): envd gets its configuration and listening sockets as
+//! descriptors, so the sandbox shares no directory with the host).
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -48,7 +50,8 @@ pub(crate) struct ShimSpec {
     #[serde(default)]
     pub user_cgroup_procs: Vec<PathBuf>,
     /// The sandbox's memory cgroup directory, bind-mounted read-only at `/run/paddock/memcg`
-    /// so envd can tell OOM kills from other SIGKILLs.
+    /// (shown as `/` there: the sandbox has its own cgroup namespace) so envd can tell OOM
+    /// kills from other SIGKILLs.
     #[serde(default)]
     pub memory_cgroup: Option<PathBuf>,
     /// A prepared network namespace to join (`/proc/<node pid>/fd/<fd>`) instead of unsharing
@@ -120,6 +123,16 @@ enum ShimError {
     Seccomp(#[source] SeccompError),
     #[error("writing the user namespace's id maps of pid {0}")]
     IdMap(i32, #[source] std::io::Error),
+    #[error("{0}")]
+    Handoff(&'static str, #[source] std::io::Error),
+}
+
+/// What the shim hands envd (see [`handoff`](super::handoff)).
+struct Handoff {
+    boot_config: Option<OwnedFd>,
+    http: OwnedFd,
+    forward: OwnedFd,
+    log_write: OwnedFd,
 }
 
 /// Entry point of the shim process: reads a [`ShimSpec`] as JSON from stdin, starts the sandbox
@@ -150,6 +163,21 @@ fn run() -> Result<i32, ShimError> {
     let spec: ShimSpec = serde_json::from_slice(&raw).map_err(ShimError::ParseSpec)?;
     // Compiled before anything changes, so an unsupported host fails cleanly.
     let filter = seccomp::compile().map_err(ShimError::Seccomp)?;
+
+    // Host-side objects envd gets as descriptors, made while the shim is still in the host's
+    // mount namespace; the state directory they come from is never visible to the sandbox.
+    let boot_config = super::handoff::boot_config(&spec.state_dir)
+        .map_err(|e| ShimError::Handoff("reading envd's boot configuration", e))?;
+    let (http, forward) = super::handoff::listeners(&spec.state_dir)
+        .map_err(|e| ShimError::Handoff("binding envd's sockets", e))?;
+    let (log_read, log_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| ShimError::Sys("creating the log pipe", e))?;
+    let handoff = Handoff {
+        boot_config,
+        http,
+        forward,
+        log_write,
+    };
 
     let me = std::process::id().to_string();
     for file in &spec.cgroup_procs {
@@ -199,9 +227,10 @@ fn run() -> Result<i32, ShimError> {
         ForkResult::Child => {
             drop(ready_r);
             drop(sync_parent);
+            drop(log_read);
             // The child keeps its end of the ready pipe open until it exits (`_exit` runs no
             // destructors), so the shim sees EOF only after the error below is in the log.
-            let err = match child_main(&spec, &ready_w, &sync_child, &filter) {
+            let err = match child_main(&spec, &ready_w, &sync_child, &filter, &handoff) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -217,6 +246,11 @@ fn run() -> Result<i32, ShimError> {
     };
     drop(ready_w);
     drop(sync_child);
+    drop(handoff);
+    let log = nix::unistd::dup(2).map_err(|e| ShimError::Sys("duplicating stderr", e))?;
+    // SAFETY: `dup` just returned this descriptor and nothing else owns it.
+    let log = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(log) };
+    let mut pump = super::handoff::LogPump::new(log_read, log, super::handoff::LOG_MAX_BYTES);
     send(&ShimMessage::Pid(child.as_raw() as u32));
     if let Some(map) = &spec.id_map {
         // EOF instead of the request: the child failed earlier and its error follows below.
@@ -227,29 +261,61 @@ fn run() -> Result<i32, ShimError> {
         }
     }
     drop(sync_parent);
-    let mut line = String::new();
-    let got = BufReader::new(std::fs::File::from(ready_r)).read_line(&mut line);
+    let got = read_ready_line(&mut pump, std::fs::File::from(ready_r));
     match got {
-        Ok(_) if line.trim_end() == "ready" => send(&ShimMessage::Ready),
-        Ok(0) => send(&ShimMessage::Error(
-            "envd exited before it was ready".into(),
-        )),
-        Ok(_) => send(&ShimMessage::Error(format!(
+        Ok(line) if line.trim_end() == "ready" => send(&ShimMessage::Ready),
+        Ok(line) if line.is_empty() => {
+            // Its last words are in the pipe: into the log before the node reads it.
+            let _ = pump.until_readable(None, Some(std::time::Duration::from_millis(200)));
+            send(&ShimMessage::Error(
+                "envd exited before it was ready".into(),
+            ))
+        }
+        Ok(other) => send(&ShimMessage::Error(format!(
             "envd wrote {:?} instead of ready",
-            line.trim_end()
+            other.trim_end()
         ))),
         Err(e) => send(&ShimMessage::Error(format!("reading the ready pipe: {e}"))),
     }
     // Nothing more goes to the node: stdout becomes /dev/null so a node restart cannot matter.
     let _ = dup2(devnull, 1);
-    loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+    // Copy envd's output until PID 1 exits (its pidfd turns readable), then reap it.
+    let pidfd = super::sys::pidfd_open(child.as_raw() as u32).ok();
+    let code = loop {
+        let _ = match &pidfd {
+            Some(fd) => pump.until_readable(Some(fd), None),
+            None => pump.until_readable(None, Some(std::time::Duration::from_millis(100))),
+        };
+        match waitpid(child, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => break code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
             Ok(_) | Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(ShimError::Sys("waiting for the sandbox init", e)),
         }
+    };
+    pump.drain();
+    Ok(code)
+}
+
+/// Reads envd's readiness line (empty at EOF: it exited first), copying its output meanwhile.
+fn read_ready_line(pump: &mut super::handoff::LogPump, ready: std::fs::File) -> io::Result<String> {
+    let mut line = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        pump.until_readable(Some(&ready), None)?;
+        match (&ready).read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                line.extend_from_slice(&buf[..n]);
+                if line.contains(&b'\n') || line.len() > 256 {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
     }
+    Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
 /// PID 1 of the sandbox: builds the root, then execs envd. Only returns on failure.
@@ -258,10 +324,15 @@ fn child_main(
     ready: &OwnedFd,
     sync: &OwnedFd,
     filter: &SeccompProgram,
+    handoff: &Handoff,
 ) -> Result<Infallible, SetupError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| SetupError::new("setting the parent-death signal", e))?;
     nix::unistd::setsid().map_err(|e| SetupError::new("setsid", e))?;
+    // Its own cgroup namespace, rooted at the sandbox's cgroup (joined by the shim): the
+    // sandbox sees `/` in /proc/self/cgroup and in the memory cgroup's mount, not host paths.
+    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+        .map_err(|e| SetupError::new("unsharing the cgroup namespace", e))?;
     if spec.id_map.is_some() {
         open_network_sysctls()?;
     }
@@ -317,17 +388,23 @@ fn child_main(
 
     let null = open("/dev/null", OFlag::O_RDONLY, Mode::empty())
         .map_err(|e| SetupError::new("opening /dev/null", e))?;
-    let log_path = format!("{}/envd.log", crate::SANDBOX_RUN_DIR);
-    let log = open(
-        log_path.as_str(),
-        OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT,
-        Mode::from_bits_truncate(0o644),
-    )
-    .map_err(|e| SetupError::new("opening envd.log", e))?;
     let dup = |from: RawFd, to: RawFd| {
         dup2(from, to)
             .map(drop)
             .map_err(|e| SetupError::new(format!("dup2 to fd {to}"), e))
+    };
+    // The handed-over descriptors are moved high first, so the dup2s below onto small
+    // numbers cannot clobber one of them.
+    let high = |fd: RawFd, what: &str| {
+        fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(200))
+            .map_err(|e| SetupError::new(format!("moving the {what} descriptor"), e))
+    };
+    let log = high(handoff.log_write.as_raw_fd(), "log")?;
+    let http = high(handoff.http.as_raw_fd(), "envd socket")?;
+    let forward = high(handoff.forward.as_raw_fd(), "forward socket")?;
+    let boot = match &handoff.boot_config {
+        Some(fd) => Some(high(fd.as_raw_fd(), "boot configuration")?),
+        None => None,
     };
     dup(null, 0)?;
     dup(log, 1)?;
@@ -339,14 +416,23 @@ fn child_main(
     } else {
         dup(ready, READY_FD)?;
     }
+    let mut next = READY_FD + 1;
+    let mut place = |fd: RawFd| -> Result<RawFd, SetupError> {
+        let target = next;
+        dup(fd, target)?;
+        next += 1;
+        Ok(target)
+    };
+    let listen_fds = format!("{},{}", place(http)?, place(forward)?);
+    let boot_fd = match boot {
+        Some(fd) => place(fd)?.to_string(),
+        None => String::new(),
+    };
     let mut user_fds = Vec::new();
-    for (i, fd) in user_cgroups.iter().enumerate() {
-        let target = READY_FD + 1 + i as RawFd;
-        dup(*fd, target)?;
-        user_fds.push(target.to_string());
+    for fd in &user_cgroups {
+        user_fds.push(place(*fd)?.to_string());
     }
-    sys::close_fds_from(READY_FD + 1 + user_cgroups.len() as RawFd)
-        .map_err(|e| SetupError::new("closing descriptors", e))?;
+    sys::close_fds_from(next).map_err(|e| SetupError::new("closing descriptors", e))?;
 
     // SAFETY: restoring the default disposition installs no handler code.
     unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }
@@ -373,6 +459,8 @@ fn child_main(
             crate::USER_CGROUP_FDS_ENV,
             user_fds.join(",")
         ))?,
+        cstr(&format!("{}={listen_fds}", crate::LISTEN_FDS_ENV))?,
+        cstr(&format!("{}={boot_fd}", crate::BOOT_CONFIG_FD_ENV))?,
     ];
     // Last, because the filter forbids what setup needs (mounts, unshare); installed before the
     // capabilities are cut, since without `no_new_privs` installing it needs CAP_SYS_ADMIN (in

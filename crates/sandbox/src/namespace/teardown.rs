@@ -87,8 +87,8 @@ fn release_disk(dir: &Path) -> Result<(), RuntimeError> {
     }
     for leftover in [
         dir.join(state::STATE_FILE),
-        dir.join("run").join(crate::ENVD_SOCKET),
-        dir.join("run").join(crate::FORWARD_SOCKET),
+        dir.join(crate::ENVD_SOCKET),
+        dir.join(crate::FORWARD_SOCKET),
     ] {
         match std::fs::remove_file(&leftover) {
             Ok(()) => {}

@@ -1,0 +1,305 @@
+//! What the shim hands envd as descriptors instead of files in a directory both can write: the
+//! boot configuration as a sealed memfd (read by the shim from the host-only state directory),
+//! the two listening sockets (bound by the shim in the state directory, which the sandbox never
+//! sees), and a pipe for envd's output, which the shim copies into `envd.log` ([`LogPump`],
+//! bounded: past [`LOG_MAX_BYTES`] the log starts again). So the sandbox shares no directory
+//! with the host, and the host opens nothing by a path the sandbox could have changed.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::time::Duration;
+
+/// Largest boot configuration accepted (the environment of a create is bounded far below).
+pub(crate) const BOOT_CONFIG_MAX_BYTES: u64 = 8 << 20;
+/// Size at which envd's log is started again (envd's own lines are small; only a runaway or a
+/// sandbox writing to envd's stderr gets here).
+pub(crate) const LOG_MAX_BYTES: u64 = 16 << 20;
+/// How long the shim waits, after PID 1 exited, for the last of its output.
+const LOG_DRAIN_WAIT: Duration = Duration::from_millis(500);
+
+/// The boot configuration of the sandbox in `state_dir` as a sealed memfd positioned at 0;
+/// `None` when the node wrote none.
+pub(crate) fn boot_config(state_dir: &Path) -> io::Result<Option<OwnedFd>> {
+    let path = state_dir.join(crate::BOOT_CONFIG_FILE);
+    let bytes = match crate::hostfile::read_bounded(&path, BOOT_CONFIG_MAX_BYTES) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let name = CString::new("paddock-boot-config").map_err(io::Error::other)?;
+    // SAFETY: memfd_create reads a NUL-terminated name that outlives the call.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create just returned this descriptor and nothing else owns it.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(&bytes)?;
+    file.seek(SeekFrom::Start(0))?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS on a descriptor owned by `file`; no memory is passed.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Some(OwnedFd::from(file)))
+}
+
+/// Binds envd's HTTP and forwarding sockets in `state_dir` (replacing stale ones), mode 0600.
+/// They are bound by relative names from inside the directory, so the address the kernel
+/// reports for them (`getsockname`, `/proc/net/unix`) does not name the host's data directory.
+pub(crate) fn listeners(state_dir: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
+    let dir = File::open(state_dir)?;
+    let cwd = std::env::current_dir()?;
+    nix::unistd::fchdir(dir.as_raw_fd()).map_err(io::Error::from)?;
+    let bound = (|| {
+        let mut out = Vec::new();
+        for name in [crate::ENVD_SOCKET, crate::FORWARD_SOCKET] {
+            match std::fs::remove_file(name) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let listener = UnixListener::bind(name)?;
+            std::fs::set_permissions(name, std::fs::Permissions::from_mode(0o600))?;
+            out.push(OwnedFd::from(listener));
+        }
+        let forward = out.pop().expect("two listeners");
+        let http = out.pop().expect("two listeners");
+        Ok((http, forward))
+    })();
+    std::env::set_current_dir(cwd)?;
+    bound
+}
+
+/// Copies envd's output from its pipe into `envd.log` (the shim's stderr, opened by the node),
+/// on the shim's one thread: after `unshare(CLONE_NEWPID)` a process cannot start threads, so
+/// the shim polls the pipe together with whatever it waits for (the ready pipe, PID 1's exit).
+pub(crate) struct LogPump {
+    pipe: File,
+    log: File,
+    size: u64,
+    max: u64,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+/// Why [`LogPump::until_readable`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Woke {
+    /// The awaited descriptor is readable.
+    Ready,
+    /// The timeout passed first.
+    TimedOut,
+}
+
+impl LogPump {
+    /// A pump from `pipe` (read end) to `log` (opened for appending), bounded by `max` bytes.
+    pub(crate) fn new(pipe: OwnedFd, log: OwnedFd, max: u64) -> Self {
+        let log = File::from(log);
+        let size = log.metadata().map(|m| m.len()).unwrap_or(0);
+        LogPump {
+            pipe: File::from(pipe),
+            log,
+            size,
+            max,
+            buf: vec![0u8; 16 << 10],
+            eof: false,
+        }
+    }
+
+    /// Copies output until `fd` is readable (or `timeout` passes), then returns.
+    pub(crate) fn until_readable(
+        &mut self,
+        fd: Option<&dyn AsRawFd>,
+        timeout: Option<Duration>,
+    ) -> io::Result<Woke> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            let mut fds = Vec::with_capacity(2);
+            if let Some(fd) = fd {
+                fds.push(libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            if !self.eof {
+                fds.push(libc::pollfd {
+                    fd: self.pipe.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            let wait_ms = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Ok(Woke::TimedOut);
+                    }
+                    i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX)
+                }
+                None => -1,
+            };
+            if fds.is_empty() {
+                return Ok(Woke::TimedOut);
+            }
+            // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let log_ready = fds.last().is_some_and(|p| !self.eof && p.revents != 0);
+            if log_ready {
+                self.copy_once();
+            }
+            if fd.is_some() && fds[0].revents != 0 {
+                return Ok(Woke::Ready);
+            }
+        }
+    }
+
+    /// Copies what is left after PID 1 exited, until the pipe's last writer is gone or
+    /// [`LOG_DRAIN_WAIT`] passes (a process that inherited envd's output may outlive it
+    /// for a moment).
+    pub(crate) fn drain(mut self) {
+        let deadline = std::time::Instant::now() + LOG_DRAIN_WAIT;
+        while !self.eof {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || self.until_readable(None, Some(left)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// One read from the pipe, appended to the log (started again when it would pass `max`).
+    fn copy_once(&mut self) {
+        let n = match self.pipe.read(&mut self.buf) {
+            Ok(0) => {
+                self.eof = true;
+                return;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            Err(_) => {
+                self.eof = true;
+                return;
+            }
+        };
+        if self.size + n as u64 > self.max {
+            let note = format!(
+                "paddock shim: envd.log reached {} bytes; earlier output was dropped\n",
+                self.max
+            );
+            if self.log.set_len(0).is_ok() {
+                self.size = 0;
+                if self.log.write_all(note.as_bytes()).is_ok() {
+                    self.size = note.len() as u64;
+                }
+            }
+        }
+        if self.log.write_all(&self.buf[..n]).is_ok() {
+            self.size += n as u64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_config_is_a_sealed_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(boot_config(dir.path()).expect("missing").is_none());
+        std::fs::write(dir.path().join(crate::BOOT_CONFIG_FILE), b"{\"a\":1}").expect("write");
+        let fd = boot_config(dir.path()).expect("read").expect("some");
+        let mut f = File::from(fd);
+        let mut text = String::new();
+        f.read_to_string(&mut text).expect("read");
+        assert_eq!(text, "{\"a\":1}");
+        assert!(f.write_all(b"x").is_err(), "sealed against writes");
+    }
+
+    #[test]
+    fn a_planted_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "other sandbox's env").expect("write");
+        std::os::unix::fs::symlink(&secret, dir.path().join(crate::BOOT_CONFIG_FILE))
+            .expect("symlink");
+        let err = boot_config(dir.path()).expect_err("followed");
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+    }
+
+    #[test]
+    fn listeners_replace_stale_sockets_and_hide_the_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(crate::ENVD_SOCKET), "stale").expect("write");
+        let (http, _forward) = listeners(dir.path()).expect("bind");
+        let listener = UnixListener::from(http);
+        let addr = listener.local_addr().expect("addr");
+        assert_eq!(
+            addr.as_pathname(),
+            Some(Path::new(crate::ENVD_SOCKET)),
+            "bound by relative name"
+        );
+        let meta = std::fs::symlink_metadata(dir.path().join(crate::ENVD_SOCKET)).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        std::os::unix::net::UnixStream::connect(dir.path().join(crate::ENVD_SOCKET))
+            .expect("connect");
+    }
+
+    #[test]
+    fn the_log_copy_is_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("envd.log");
+        let to = crate::hostfile::open_append(&log).expect("open");
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let writer = std::thread::spawn(move || {
+            let mut w = File::from(w);
+            for _ in 0..100 {
+                w.write_all(&[b'x'; 1000]).expect("write");
+            }
+        });
+        let mut pump = LogPump::new(r, OwnedFd::from(to), 10_000);
+        let woke = pump
+            .until_readable(None, Some(Duration::from_secs(30)))
+            .expect("pump");
+        assert_eq!(woke, Woke::TimedOut);
+        writer.join().expect("writer");
+        pump.drain();
+        let size = std::fs::metadata(&log).expect("stat").len();
+        assert!(size <= 10_000 + 200, "{size}");
+        let text = std::fs::read_to_string(&log).expect("read");
+        assert!(text.contains("earlier output was dropped"), "{text}");
+    }
+
+    #[test]
+    fn the_pump_returns_when_the_awaited_fd_is_readable() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let (ready_r, ready_w) = nix::unistd::pipe().expect("pipe");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let to = crate::hostfile::open_append(&dir.path().join("log")).expect("open");
+        let mut pump = LogPump::new(r, OwnedFd::from(to), 1 << 20);
+        File::from(w).write_all(b"line\n").expect("write");
+        File::from(ready_w).write_all(b"ready\n").expect("write");
+        let ready = File::from(ready_r);
+        let woke = pump.until_readable(Some(&ready), None).expect("pump");
+        assert_eq!(woke, Woke::Ready);
+        pump.drain();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("log")).expect("read"),
+            "line\n"
+        );
+    }
+}
