@@ -9,6 +9,9 @@
 //! The proxy does not own sandboxes or know about nodes: the directory is its only view of them.
 //! Main types: [`Proxy`] (the request handler, usable without a socket), [`serve`] /
 //! [`Proxy::serve`] (the HTTP/1.1 accept loop with graceful shutdown), [`ProxyConfig`].
+//! [`listener`] is the HTTP/1.1 listener with slow-client limits (header timeout, connection
+//! caps per listener and per client, descriptor budget) that both the proxy and the REST API
+//! of `paddock serve` run on.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -17,6 +20,7 @@ use std::time::Duration;
 mod directory;
 mod handler;
 mod headers;
+pub mod listener;
 mod pool;
 pub mod reply;
 pub mod route;
@@ -43,10 +47,9 @@ pub struct ProxyConfig {
     pub max_idle_per_upstream: usize,
     /// How long an idle upstream connection may wait for reuse before it is closed.
     pub idle_timeout: Duration,
-    /// How long a client connection may take to send the next request head, idle keep-alive
-    /// time included. Longer than the SDKs' keep-alive (Python: 300 s) so that the proxy never
-    /// closes a connection a client is about to reuse.
-    pub client_idle_timeout: Duration,
+    /// Slow-client limits of the client listener: header and keep-alive timeouts, connection
+    /// caps per listener and per client address.
+    pub limits: listener::Limits,
     /// How long [`serve`] lets in-flight requests and tunnels finish after shutdown is asked for
     /// before it cuts them.
     pub shutdown_grace: Duration,
@@ -60,7 +63,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(10),
             max_idle_per_upstream: 16,
             idle_timeout: Duration::from_secs(30),
-            client_idle_timeout: Duration::from_secs(600),
+            limits: listener::Limits::default(),
             shutdown_grace: Duration::from_secs(5),
         }
     }
