@@ -42,6 +42,10 @@ pub const SNIFF_MAX: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most proxied connections one sandbox may hold open at once.
 const MAX_PER_SANDBOX: usize = 1024;
+/// Most connections the proxy holds open at once, all sandboxes together (each also holds an
+/// upstream socket): beyond it new ones are reset at once, so that sandboxes together cannot
+/// take the descriptors the API and the sandbox traffic proxy share with this one.
+const MAX_CONNECTIONS: usize = 4096;
 /// The redirected ports: HTTP and TLS.
 const HTTP_PORT: u16 = 80;
 const TLS_PORT: u16 = 443;
@@ -136,11 +140,21 @@ impl Proxy {
             .port();
         let registry = Arc::new(Registry::default());
         let reg = Arc::clone(&registry);
+        let open = Arc::new(AtomicUsize::new(0));
         let accept = tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) => {
-                        tokio::spawn(handle(stream, peer, Arc::clone(&reg), all));
+                        let Some(slot) = Active::take(&open, MAX_CONNECTIONS) else {
+                            tracing::debug!(source = %peer, "egress proxy: too many open connections, refused");
+                            refuse(stream);
+                            continue;
+                        };
+                        let reg = Arc::clone(&reg);
+                        tokio::spawn(async move {
+                            handle(stream, peer, reg, all).await;
+                            drop(slot);
+                        });
                     }
                     Err(e) => {
                         // Out of descriptors and the like: back off instead of spinning.
@@ -191,10 +205,10 @@ fn refuse(stream: TcpStream) {
 struct Active(Arc<AtomicUsize>);
 
 impl Active {
-    fn take(counter: &Arc<AtomicUsize>) -> Option<Active> {
+    fn take(counter: &Arc<AtomicUsize>, max: usize) -> Option<Active> {
         let prev = counter.fetch_add(1, Ordering::SeqCst);
         let slot = Active(Arc::clone(counter));
-        (prev < MAX_PER_SANDBOX).then_some(slot)
+        (prev < max).then_some(slot)
     }
 }
 
@@ -212,7 +226,7 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, registry: Arc<Registry>
         tracing::debug!(source = %peer, "egress proxy: connection from an unknown address refused");
         return refuse(client);
     };
-    let Some(_active) = Active::take(&sbx.active) else {
+    let Some(_active) = Active::take(&sbx.active, MAX_PER_SANDBOX) else {
         tracing::debug!(sandbox_id = %sbx.id, "egress proxy: too many open connections, refused");
         return refuse(client);
     };
@@ -423,11 +437,11 @@ mod tests {
     fn connection_slots_are_bounded() {
         let counter = Arc::new(AtomicUsize::new(0));
         let held: Vec<Active> = (0..MAX_PER_SANDBOX)
-            .map(|_| Active::take(&counter).expect("slot"))
+            .map(|_| Active::take(&counter, MAX_PER_SANDBOX).expect("slot"))
             .collect();
-        assert!(Active::take(&counter).is_none());
+        assert!(Active::take(&counter, MAX_PER_SANDBOX).is_none());
         drop(held);
         assert_eq!(counter.load(Ordering::SeqCst), 0);
-        assert!(Active::take(&counter).is_some());
+        assert!(Active::take(&counter, MAX_PER_SANDBOX).is_some());
     }
 }
