@@ -70,6 +70,23 @@ pub struct ServeArgs {
     /// (repeatable).
     #[arg(long = "warm-pool-template", value_name = "TEMPLATE")]
     warm_pool_templates: Vec<String>,
+    /// Seconds a new client connection (API or proxy) may take to send its first complete
+    /// request head; slower ones are closed. Requests whose head is in are not limited.
+    #[arg(long, env = "PADDOCK_HEADER_TIMEOUT", default_value_t = 10, value_parser = at_least_one_u64())]
+    header_timeout: u64,
+    /// Seconds a kept-alive client connection may stay idle (and take to send its next
+    /// request head) before it is closed.
+    #[arg(long, env = "PADDOCK_KEEPALIVE_TIMEOUT", default_value_t = 90, value_parser = at_least_one_u64())]
+    keepalive_timeout: u64,
+    /// Most open client connections per listener (API, proxy); more are answered 503 and
+    /// closed at once. Lowered at start to fit the open-files limit (see docs/security.md).
+    #[arg(long, env = "PADDOCK_MAX_CONNECTIONS", default_value_t = paddock_proxy::listener::DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one())]
+    max_connections: usize,
+    /// Most open connections per listener from one client address (IPv6: per /64); more are
+    /// answered 429 and closed at once. Default: half of the listener's cap. Behind a reverse
+    /// proxy every client has its address: raise it to `--max-connections`.
+    #[arg(long, env = "PADDOCK_MAX_CONNECTIONS_PER_IP", value_parser = at_least_one())]
+    max_connections_per_ip: Option<usize>,
     /// Benchmarks only: sandboxes without user namespace, seccomp filter, capability cut or
     /// `/proc` masks (and with `--network none`), to measure what hardening costs. Never use
     /// it for untrusted code.
@@ -80,6 +97,54 @@ pub struct ServeArgs {
 /// Parses a limit that must be at least 1.
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// Parses a number of seconds that must be at least 1.
+fn at_least_one_u64() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// Descriptors kept out of the listeners' reach: the process itself (store, templates, logs,
+/// runtime), per sandbox (sockets to envd and the forwarder, pidfd, cgroup and log files, pool
+/// connections) and, with NAT networking, the egress proxy (two per proxied connection, at
+/// most 4096 connections: `MAX_CONNECTIONS` in crates/network/src/egress.rs).
+fn descriptor_reserve(args: &ServeArgs) -> u64 {
+    const BASE: u64 = 1024;
+    const PER_SANDBOX: u64 = 16;
+    const EGRESS: u64 = 2 * 4096;
+    let sandboxes = u64::try_from(args.max_sandboxes).unwrap_or(u64::MAX);
+    let egress = if args.network == NetworkMode::Nat {
+        EGRESS
+    } else {
+        0
+    };
+    BASE.saturating_add(PER_SANDBOX.saturating_mul(sandboxes))
+        .saturating_add(egress)
+}
+
+/// The slow-client limits of the API and the proxy listeners, their caps fitted into the
+/// descriptors left after [`descriptor_reserve`] (a quarter for the API, the rest for the
+/// proxy, which carries every sandbox's traffic).
+fn listener_limits(
+    args: &ServeArgs,
+    budget: paddock_proxy::listener::DescriptorBudget,
+) -> (
+    paddock_proxy::listener::Limits,
+    paddock_proxy::listener::Limits,
+) {
+    let limits = |share: f64| {
+        let max_connections = budget.cap(args.max_connections, share);
+        paddock_proxy::listener::Limits {
+            header_timeout: std::time::Duration::from_secs(args.header_timeout),
+            keepalive_timeout: std::time::Duration::from_secs(args.keepalive_timeout),
+            max_connections,
+            max_per_ip: args
+                .max_connections_per_ip
+                .unwrap_or(max_connections / 2)
+                .clamp(1, max_connections),
+        }
+    };
+    (limits(0.25), limits(0.75))
 }
 
 /// `--max-concurrent-creates` and `--max-concurrent-creates-per-team`, defaults filled in.
@@ -234,6 +299,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("reconciling sandboxes after start")?;
 
+    let nofile = paddock_proxy::listener::raise_nofile().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "raising the open-files limit failed");
+        1024
+    });
+    let budget = paddock_proxy::listener::DescriptorBudget {
+        nofile,
+        reserve: descriptor_reserve(&args),
+    };
+    let (api_limits, proxy_limits) = listener_limits(&args, budget);
+    if budget.for_listeners() < 2 * paddock_proxy::listener::MIN_CONNECTIONS as u64 {
+        eprintln!(
+            "paddock: WARNING: the open-files limit ({nofile}) leaves almost nothing for client              connections after {} kept for sandboxes; raise it (ulimit -Hn, LimitNOFILE=) or              lower --max-sandboxes",
+            budget.reserve
+        );
+    }
+    tracing::info!(
+        nofile,
+        reserve = budget.reserve,
+        api = api_limits.max_connections,
+        proxy = proxy_limits.max_connections,
+        "connection caps"
+    );
     let api_listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -260,10 +347,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let api = tokio::spawn({
         let router = control.router();
         let rx = stop_rx.clone();
+        let handler = move |req| {
+            use tower::ServiceExt as _;
+            router.clone().oneshot(req)
+        };
         async move {
-            axum::serve(api_listener, router)
-                .with_graceful_shutdown(stopped(rx))
-                .await
+            paddock_proxy::listener::serve(
+                api_listener,
+                &api_limits,
+                handler,
+                stopped(rx),
+                std::time::Duration::from_secs(5),
+            )
+            .await
         }
     });
     let proxy = tokio::spawn({
@@ -272,7 +368,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             control: control.clone(),
         });
         let rx = stop_rx.clone();
-        async move { paddock_proxy::serve(proxy_listener, dir, stopped(rx)).await }
+        let proxy = paddock_proxy::Proxy::new(
+            dir,
+            paddock_proxy::ProxyConfig {
+                limits: proxy_limits,
+                ..paddock_proxy::ProxyConfig::default()
+            },
+        );
+        async move { proxy.serve(proxy_listener, stopped(rx)).await }
     });
 
     if generated {
@@ -397,6 +500,47 @@ mod tests {
     fn limits(flags: &[&str]) -> Result<paddock_api::AdmissionLimits, clap::Error> {
         let argv = std::iter::once("serve").chain(flags.iter().copied());
         Cli::try_parse_from(argv).map(|cli| admission_limits(&cli.serve))
+    }
+
+    fn listeners(
+        flags: &[&str],
+        budget: paddock_proxy::listener::DescriptorBudget,
+    ) -> (
+        paddock_proxy::listener::Limits,
+        paddock_proxy::listener::Limits,
+    ) {
+        let argv = std::iter::once("serve").chain(flags.iter().copied());
+        let cli = Cli::try_parse_from(argv).expect("flags");
+        listener_limits(&cli.serve, budget)
+    }
+
+    #[test]
+    fn listener_caps_fit_the_descriptor_budget() {
+        use paddock_proxy::listener::{DescriptorBudget, DEFAULT_MAX_CONNECTIONS};
+        let roomy = DescriptorBudget {
+            nofile: 1 << 20,
+            reserve: 30_000,
+        };
+        let (api, proxy) = listeners(&[], roomy);
+        assert_eq!(api.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(proxy.max_per_ip, DEFAULT_MAX_CONNECTIONS / 2);
+        assert_eq!(api.header_timeout, std::time::Duration::from_secs(10));
+        // Short of descriptors: the listeners together stay within what the reserve leaves.
+        let tight = DescriptorBudget {
+            nofile: 34_000,
+            reserve: 30_000,
+        };
+        let (api, proxy) = listeners(&["--max-connections-per-ip", "5000"], tight);
+        assert!(api.max_connections + proxy.max_connections <= 4_000);
+        assert!(proxy.max_per_ip <= proxy.max_connections);
+        let (api, _) = listeners(
+            &["--max-connections", "100", "--header-timeout", "2"],
+            roomy,
+        );
+        assert_eq!((api.max_connections, api.max_per_ip), (100, 50));
+        assert_eq!(api.header_timeout, std::time::Duration::from_secs(2));
+        let argv = ["serve", "--header-timeout", "0"];
+        assert!(Cli::try_parse_from(argv).is_err());
     }
 
     #[test]
