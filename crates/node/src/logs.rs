@@ -225,9 +225,15 @@ fn open_plain(path: &Path) -> Result<Option<(File, u64)>, LogError> {
 /// The last `max` bytes of the file at `path` and whether the file is longer than that;
 /// `None` when it does not exist.
 pub fn read_tail(path: &Path, max: u64) -> Result<Option<(Vec<u8>, bool)>, LogError> {
-    let Some((mut file, len)) = open_plain(path)? else {
+    let Some((mut file, _)) = open_plain(path)? else {
         return Ok(None);
     };
+    // The shim appends under an exclusive lock: a copy in progress completes first.
+    let _lock = paddock_sandbox::namespace::FlockGuard::shared(&file);
+    let len = file
+        .metadata()
+        .map_err(io_err(format!("inspecting {}", path.display())))?
+        .len();
     let start = len.saturating_sub(max);
     file.seek(SeekFrom::Start(start))
         .map_err(io_err(format!("seeking in {}", path.display())))?;
@@ -334,16 +340,26 @@ pub(crate) async fn archive_logged(state_dir: PathBuf, sandboxes_dir: &Path, id:
     }
 }
 
-/// [`read_envd_logs`] on the blocking pool for the node's sandbox `id`.
+/// How long a read of a running sandbox's log waits for its shim to copy what envd wrote
+/// before it (see [`paddock_sandbox::namespace::wait_log_copied`]).
+const COPY_WAIT: Duration = Duration::from_millis(250);
+
+/// [`read_envd_logs`] on the blocking pool for the node's sandbox `id`; for a running one
+/// (`init_pid`), after its shim has copied everything envd wrote so far.
 pub(crate) async fn read_logged(
     state_dir: PathBuf,
     sandboxes_dir: &Path,
     id: &SandboxId,
+    init_pid: Option<u32>,
 ) -> Result<Vec<LogEntry>, crate::NodeError> {
     let archive_dir = archive_dir(sandboxes_dir);
     let sandbox = id.clone();
-    let read =
-        tokio::task::spawn_blocking(move || read_envd_logs(&state_dir, &archive_dir, &sandbox));
+    let read = tokio::task::spawn_blocking(move || {
+        if let Some(pid) = init_pid {
+            paddock_sandbox::namespace::wait_log_copied(pid, COPY_WAIT);
+        }
+        read_envd_logs(&state_dir, &archive_dir, &sandbox)
+    });
     let context = format!("reading the envd log of {id}");
     match read.await {
         Ok(Ok(entries)) => Ok(entries),

@@ -487,7 +487,8 @@ impl Node for LocalNode {
     }
 
     async fn envd_logs(&self, id: &SandboxId) -> Result<Vec<crate::logs::LogEntry>, NodeError> {
-        crate::logs::read_logged(self.state_dir(id), &self.cfg.sandboxes_dir, id).await
+        let init_pid = self.table().live.get(id).map(|l| l.handle.init_pid);
+        crate::logs::read_logged(self.state_dir(id), &self.cfg.sandboxes_dir, id, init_pid).await
     }
 
     async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {

@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::Duration;
@@ -21,6 +21,9 @@ pub(crate) const BOOT_CONFIG_MAX_BYTES: u64 = 8 << 20;
 pub(crate) const LOG_MAX_BYTES: u64 = 16 << 20;
 /// How long the shim waits, after PID 1 exited, for the last of its output.
 const LOG_DRAIN_WAIT: Duration = Duration::from_millis(500);
+/// The descriptor the shim keeps the read end of envd's log pipe on, so the node can see (by
+/// `FIONREAD` through `/proc/<shim>/fd/`) whether output is still waiting to be copied.
+pub(crate) const SHIM_LOG_PIPE_FD: i32 = 10;
 
 /// The boot configuration of the sandbox in `state_dir` as a sealed memfd positioned at 0;
 /// `None` when the node wrote none.
@@ -181,8 +184,11 @@ impl LogPump {
         }
     }
 
-    /// One read from the pipe, appended to the log (started again when it would pass `max`).
+    /// One read from the pipe, appended to the log (started again when it would pass `max`),
+    /// under an exclusive `flock` of the log: a reader that saw the pipe empty and then takes a
+    /// shared lock sees everything envd wrote before it looked ([`wait_log_copied`]).
     fn copy_once(&mut self) {
+        let _lock = FlockGuard::exclusive(&self.log);
         let n = match self.pipe.read(&mut self.buf) {
             Ok(0) => {
                 self.eof = true;
@@ -210,6 +216,77 @@ impl LogPump {
         if self.log.write_all(&self.buf[..n]).is_ok() {
             self.size += n as u64;
         }
+    }
+}
+
+/// An `flock` held until dropped (best effort: a failure to lock only loses ordering). It
+/// keeps the raw descriptor: the file it was taken on must outlive the guard.
+pub struct FlockGuard(Option<std::os::fd::RawFd>);
+
+impl FlockGuard {
+    /// Takes an exclusive lock on `file`.
+    pub fn exclusive(file: &File) -> Self {
+        Self::take(file, libc::LOCK_EX)
+    }
+
+    /// Takes a shared lock on `file`.
+    pub fn shared(file: &File) -> Self {
+        Self::take(file, libc::LOCK_SH)
+    }
+
+    fn take(file: &File, how: libc::c_int) -> Self {
+        loop {
+            // SAFETY: flock on a descriptor `file` owns; no memory is passed.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), how) };
+            if rc == 0 {
+                return FlockGuard(Some(file.as_raw_fd()));
+            }
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                return FlockGuard(None);
+            }
+        }
+    }
+}
+
+impl Drop for FlockGuard {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0 {
+            // SAFETY: the descriptor is still open (the guard's contract); no memory is passed.
+            unsafe { libc::flock(fd, libc::LOCK_UN) };
+        }
+    }
+}
+
+/// Waits (at most `max`) until everything the sandbox whose PID 1 is `init_pid` has written
+/// to its log pipe has been taken by its shim, so that a read of `envd.log` under
+/// [`FlockGuard::shared`] right after sees it: envd logs a command's end before the client
+/// hears of it, and a client that then asks for the logs expects to find it. The shim is
+/// PID 1's parent, a host process; its pipe end is at [`SHIM_LOG_PIPE_FD`].
+pub fn wait_log_copied(init_pid: u32, max: Duration) {
+    let Some(shim) = super::sys::parent_pid(init_pid) else {
+        return;
+    };
+    let path = format!("/proc/{shim}/fd/{SHIM_LOG_PIPE_FD}");
+    let Ok(pipe) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+    else {
+        return;
+    };
+    use std::os::unix::fs::FileTypeExt;
+    if !pipe.metadata().is_ok_and(|m| m.file_type().is_fifo()) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + max;
+    loop {
+        let mut pending: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int into `pending`, which lives across the call.
+        let rc = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut pending) };
+        if rc != 0 || pending == 0 || std::time::Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

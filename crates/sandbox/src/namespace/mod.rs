@@ -31,7 +31,7 @@ use crate::{RuntimeDriver, RuntimeError, SandboxHandle, SandboxSpec};
 pub mod cgroup;
 mod create;
 pub mod disk;
-mod handoff;
+pub(crate) mod handoff;
 mod mounts;
 mod pause;
 pub mod seccomp;
@@ -40,6 +40,7 @@ mod state;
 mod sys;
 mod teardown;
 
+pub use handoff::{wait_log_copied, FlockGuard};
 pub use mounts::is_mount_point;
 pub use shim::shim_main;
 

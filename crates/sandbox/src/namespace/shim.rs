@@ -250,6 +250,12 @@ fn run() -> Result<i32, ShimError> {
     let log = nix::unistd::dup(2).map_err(|e| ShimError::Sys("duplicating stderr", e))?;
     // SAFETY: `dup` just returned this descriptor and nothing else owns it.
     let log = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(log) };
+    // The pipe's read end on a known descriptor, where the node looks for output not yet copied.
+    let pipe_fd = super::handoff::SHIM_LOG_PIPE_FD;
+    dup2(log_read.as_raw_fd(), pipe_fd).map_err(|e| ShimError::Sys("placing the log pipe", e))?;
+    drop(log_read);
+    // SAFETY: dup2 just made `pipe_fd` a descriptor of the pipe that nothing else owns.
+    let log_read = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pipe_fd) };
     let mut pump = super::handoff::LogPump::new(log_read, log, super::handoff::LOG_MAX_BYTES);
     send(&ShimMessage::Pid(child.as_raw() as u32));
     if let Some(map) = &spec.id_map {

@@ -57,6 +57,13 @@ pub(crate) fn close_fds_from(first: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// The parent of `pid` (field 4 of `/proc/<pid>/stat`, after the command name in brackets).
+pub(crate) fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Opens a pidfd for `pid` (readable once the process has exited).
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     let pid = libc::pid_t::try_from(pid)
