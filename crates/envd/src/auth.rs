@@ -33,6 +33,10 @@ pub fn header_token(headers: &HeaderMap) -> Option<&str> {
     headers.get("x-access-token").and_then(|v| v.to_str().ok())
 }
 
+/// E2B envd's 401 text for a request without the right `X-Access-Token`, word for word.
+pub const UNAUTHORIZED_MESSAGE: &str =
+    "unauthorized access, please provide a valid access token or method signing if supported";
+
 /// Middleware: rejects requests without the right token, except the exempt paths.
 pub async fn require_token(State(state): State<EnvdState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
@@ -41,10 +45,7 @@ pub async fn require_token(State(state): State<EnvdState>, req: Request, next: N
         if let Some(expected) = state.config().access_token {
             let ok = header_token(req.headers()).is_some_and(|t| token_matches(&expected, t));
             if !ok {
-                return http_error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized access, please provide a valid access token (X-Access-Token header)",
-                );
+                return http_error(StatusCode::UNAUTHORIZED, UNAUTHORIZED_MESSAGE);
             }
         }
     }
@@ -71,17 +72,19 @@ pub fn sign(
     )
 }
 
-/// Why a `/files` request was not authorised.
+/// Why a `/files` request was not authorised. The messages are E2B envd's, word for word (the
+/// SDKs and E2B's own tests match on them).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilesAuthError {
     /// `X-Access-Token` present but wrong.
-    #[error("invalid access token")]
+    #[error("access token present in header but does not match")]
     BadToken,
     /// Neither token nor signature.
-    #[error("missing signature: provide X-Access-Token or a signed URL")]
+    #[error("missing signature query parameter")]
     MissingSignature,
-    /// Signature expired.
-    #[error("signature has expired")]
+    /// Signature valid but expired (checked after the signature itself, as E2B does, so a forged
+    /// signature is "invalid" whatever its expiry).
+    #[error("signature is already expired")]
     Expired,
     /// Signature does not match.
     #[error("invalid signature")]
@@ -111,11 +114,6 @@ pub fn authorize_files(
         };
     }
     let sig = signature.ok_or(FilesAuthError::MissingSignature)?;
-    if let Some(exp) = expiration {
-        if exp < now {
-            return Err(FilesAuthError::Expired);
-        }
-    }
     let want = sign(
         path,
         operation,
@@ -123,10 +121,12 @@ pub fn authorize_files(
         expected,
         expiration,
     );
-    if token_matches(&want, sig) {
-        Ok(())
-    } else {
-        Err(FilesAuthError::BadSignature)
+    if !token_matches(&want, sig) {
+        return Err(FilesAuthError::BadSignature);
+    }
+    match expiration {
+        Some(exp) if exp < now => Err(FilesAuthError::Expired),
+        _ => Ok(()),
     }
 }
 
@@ -185,6 +185,48 @@ mod tests {
         assert_eq!(
             authorize_files(None, &h, "/x", "read", None, None, None, 50),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn messages_are_e2b_envds() {
+        let h = HeaderMap::new();
+        let sig = sign("/x", "read", "", "tok", Some(100));
+        let check = |sig: Option<&str>, exp: Option<i64>| {
+            authorize_files(Some("tok"), &h, "/x", "read", None, sig, exp, 101)
+                .expect_err("refused")
+                .to_string()
+        };
+        assert_eq!(check(Some(&sig), Some(100)), "signature is already expired");
+        assert_eq!(check(Some("v1_forged"), Some(100)), "invalid signature");
+        assert_eq!(check(Some(&sig), None), "invalid signature");
+        assert_eq!(check(None, None), "missing signature query parameter");
+        let mut bad = HeaderMap::new();
+        bad.insert("x-access-token", HeaderValue::from_static("bad"));
+        assert_eq!(
+            authorize_files(Some("tok"), &bad, "/x", "read", None, None, None, 0)
+                .expect_err("refused")
+                .to_string(),
+            "access token present in header but does not match"
+        );
+    }
+
+    #[test]
+    fn forged_signature_is_invalid_whatever_its_expiry() {
+        let h = HeaderMap::new();
+        let forged = sign("/x", "read", "", "not-the-token", Some(100));
+        assert_eq!(
+            authorize_files(
+                Some("tok"),
+                &h,
+                "/x",
+                "read",
+                None,
+                Some(&forged),
+                Some(100),
+                101
+            ),
+            Err(FilesAuthError::BadSignature)
         );
     }
 

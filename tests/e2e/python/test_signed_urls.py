@@ -6,6 +6,8 @@ sandbox, so requests carry the routing headers (or a `Host` from `get_host`), as
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
@@ -26,6 +28,12 @@ def _with_query(url: str, **changes) -> str:
         else:
             query[k] = v
     return urlunparse(parts._replace(query=urlencode(query)))
+
+
+def _sign(path: str, operation: str, username: str, token: str, expiration: int) -> str:
+    """A `v1_` signature as the SDK computes it (spec 3.2), for an expiry of our choosing."""
+    raw = f"{path}:{operation}:{username}:{token}:{expiration}"
+    return "v1_" + base64.b64encode(hashlib.sha256(raw.encode()).digest()).decode().rstrip("=")
 
 
 def _tamper(signature: str) -> str:
@@ -83,7 +91,7 @@ def test_tampered_signature_is_401(sbx, signed_file):
     signature = parse_qs(urlparse(url).query)["signature"][0]
     r = requests.get(_with_query(url, signature=_tamper(signature)), headers=_route(sbx), timeout=30)
     assert r.status_code == 401
-    assert r.json()["code"] == 401
+    assert r.json() == {"code": 401, "message": "invalid signature"}
 
 
 def test_signature_for_another_path_is_401(sbx, signed_file):
@@ -101,13 +109,37 @@ def test_read_signature_cannot_write(sbx, signed_file):
 
 def test_missing_signature_is_401(sbx, signed_file):
     url = _with_query(sbx.download_url(signed_file), signature=None)
-    assert requests.get(url, headers=_route(sbx), timeout=30).status_code == 401
+    r = requests.get(url, headers=_route(sbx), timeout=30)
+    assert r.status_code == 401
+    assert r.json() == {"code": 401, "message": "missing signature query parameter"}
 
 
-def test_expired_signature_is_401(sbx, signed_file):
-    url = sbx.download_url(signed_file, use_signature_expiration=1)
-    time.sleep(2.2)
-    assert requests.get(url, headers=_route(sbx), timeout=30).status_code == 401
+def test_expired_signature_is_401_with_e2b_message(sbx, signed_file):
+    """A genuine signature whose expiry has passed gets E2B envd's exact text (E2B's SDK tests match it)."""
+    url = sbx.download_url(signed_file, use_signature_expiration=120)
+    query = parse_qs(urlparse(url).query)
+    username = query.get("username", [""])[0]
+    past = int(time.time()) - 60
+    signature = _sign(signed_file, "read", username, sbx._envd_access_token, past)
+    r = requests.get(
+        _with_query(url, signature=signature, signature_expiration=str(past)), headers=_route(sbx), timeout=30
+    )
+    assert r.status_code == 401
+    assert r.json() == {"code": 401, "message": "signature is already expired"}
+    # The same signature, forged for the expiry it claims, is "invalid" (checked before the expiry).
+    r = requests.get(
+        _with_query(url, signature=_tamper(signature), signature_expiration=str(past)),
+        headers=_route(sbx),
+        timeout=30,
+    )
+    assert r.json() == {"code": 401, "message": "invalid signature"}
+
+
+def test_wrong_header_token_on_files_is_401(sbx, signed_file):
+    url = _with_query(sbx.download_url(signed_file), signature=None)
+    r = requests.get(url, headers={**_route(sbx), "X-Access-Token": "wrong"}, timeout=30)
+    assert r.status_code == 401
+    assert r.json() == {"code": 401, "message": "access token present in header but does not match"}
 
 
 def test_rpc_without_access_token_is_401(sbx, paddock):
@@ -118,7 +150,10 @@ def test_rpc_without_access_token_is_401(sbx, paddock):
         timeout=30,
     )
     assert r.status_code == 401
-    assert r.json()["code"] == 401
+    assert r.json() == {
+        "code": 401,
+        "message": "unauthorized access, please provide a valid access token or method signing if supported",
+    }
 
 
 def test_rpc_with_access_token_works(sbx, paddock):
