@@ -107,7 +107,7 @@ pub struct ListQuery {
     pub metadata: Vec<(String, String)>,
     /// Only this template (by name or requested alias).
     pub template: Option<String>,
-    /// Only sandboxes started strictly after this time.
+    /// Only sandboxes started at or after this time (inclusive, as E2B's `startedAfter`).
     pub started_after: Option<DateTime<Utc>>,
     /// Sort order.
     pub order: Order,

@@ -324,7 +324,9 @@ fn list_sql(q: &ListQuery) -> (String, Vec<Value>) {
         values.push(Value::Text(template.clone()));
     }
     if let Some(after) = q.started_after {
-        sql.push_str(" AND started_at > ?");
+        // Inclusive, as E2B's: a sandbox started at exactly `startedAfter` (the time the API
+        // reported for it, in milliseconds like the stored column) is listed.
+        sql.push_str(" AND started_at >= ?");
         values.push(Value::Integer(to_ms(after)));
     }
     let cmp = match q.order {

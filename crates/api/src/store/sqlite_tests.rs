@@ -115,6 +115,35 @@ async fn listing_filters_metadata_and_pages_by_cursor() {
 }
 
 #[tokio::test]
+async fn started_after_includes_a_sandbox_started_at_that_instant() {
+    let (_dir, store) = open();
+    let team = store.ensure_team("t").await.expect("team");
+    let rec = record(&team, 1_700_000_000_000, &[]);
+    store.insert_sandbox(&rec).await.expect("insert");
+    let query = |after: DateTime<Utc>, order: Order| ListQuery {
+        team_id: team.clone(),
+        states: vec![SandboxState::Running],
+        metadata: vec![],
+        template: None,
+        started_after: Some(after),
+        order,
+        cursor: None,
+        limit: 10,
+    };
+    for order in [Order::Desc, Order::Asc] {
+        let at = store
+            .list_sandboxes(&query(rec.started_at, order))
+            .await
+            .expect("list");
+        assert_eq!(at.len(), 1, "a sandbox started at the bound is listed");
+        let before = query(rec.started_at - chrono::Duration::milliseconds(1), order);
+        assert_eq!(store.list_sandboxes(&before).await.expect("list").len(), 1);
+        let after = query(rec.started_at + chrono::Duration::milliseconds(1), order);
+        assert!(store.list_sandboxes(&after).await.expect("list").is_empty());
+    }
+}
+
+#[tokio::test]
 async fn expiry_queries_and_idempotency() {
     let (_dir, store) = open();
     let team = store.ensure_team("t").await.expect("team");

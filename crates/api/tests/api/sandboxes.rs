@@ -74,6 +74,34 @@ async fn list_filters_by_metadata_and_paginates() {
 }
 
 #[tokio::test]
+async fn started_after_is_inclusive() {
+    let h = start().await;
+    let id = h.create(json!({"templateID": "base"})).await;
+    let detail = h.get(&format!("/sandboxes/{id}")).await;
+    assert_eq!(detail.status, StatusCode::OK, "{}", detail.body);
+    let started: chrono::DateTime<chrono::Utc> = detail.body["startedAt"]
+        .as_str()
+        .expect("startedAt")
+        .parse()
+        .expect("RFC 3339");
+    let listed = |t: chrono::DateTime<chrono::Utc>| {
+        let q = t
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+            .replace('+', "%2B");
+        let h = &h;
+        async move {
+            let r = h.get(&format!("/v2/sandboxes?startedAfter={q}")).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            r.body.as_array().expect("array").len()
+        }
+    };
+    assert_eq!(listed(started).await, 1, "started exactly at the bound");
+    let ms = chrono::Duration::milliseconds(1);
+    assert_eq!(listed(started - ms).await, 1);
+    assert_eq!(listed(started + ms).await, 0);
+}
+
+#[tokio::test]
 async fn connect_only_extends_the_end_time() {
     let h = start().await;
     let id = h.create(json!({"templateID": "base", "timeout": 10})).await;
