@@ -54,6 +54,7 @@ pub mod wire;
 
 pub use auth::{ensure_api_key, ensure_api_key_in, hash_api_key, KeySetupError};
 pub use error::ApiError;
+pub use events::WebhookDestinations;
 pub use lifecycle::admission::{AdmissionLimits, Rejected as AdmissionRejected};
 pub use lifecycle::pause::Wake;
 pub use lifecycle::reconcile::ReconcileReport;
@@ -75,15 +76,19 @@ pub struct ApiConfig {
     pub domain: Option<String>,
     /// Limits on creates in flight (on the node, per team); over them creates get 429.
     pub admission: AdmissionLimits,
+    /// Where webhooks may be delivered (default: globally routable addresses only).
+    pub webhook_destinations: WebhookDestinations,
 }
 
 impl ApiConfig {
-    /// A configuration with no domain and this machine's default admission limits.
+    /// A configuration with no domain, this machine's default admission limits and webhooks
+    /// limited to globally routable destinations.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         ApiConfig {
             data_dir: data_dir.into(),
             domain: None,
             admission: AdmissionLimits::default(),
+            webhook_destinations: WebhookDestinations::default(),
         }
     }
 }

@@ -29,7 +29,8 @@ from e2b import Sandbox  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def paddock(request: pytest.FixtureRequest):
-    server = PaddockServer()
+    # The webhook tests' receivers listen on 127.0.0.1, which webhooks may not reach by default.
+    server = PaddockServer(extra_args=["--webhook-allow-cidr", "127.0.0.1/32"])
     for key in [k for k in os.environ if k.startswith("E2B_")]:
         del os.environ[key]
     try:

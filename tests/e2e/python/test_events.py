@@ -2,7 +2,9 @@
 sandbox driven with the official SDK (create, set_timeout, pause, connect, kill) leaves exactly
 that sequence in `GET /events/sandboxes/{id}`; a Server-Sent Events stream opened before the
 create sees the events live and resumes after `Last-Event-ID`; a webhook receiver on
-127.0.0.1 gets every subscribed event with a valid `e2b-signature`."""
+127.0.0.1 (allowed by the session server's `--webhook-allow-cidr 127.0.0.1/32`) gets every
+subscribed event with a valid `e2b-signature`; a server with default flags refuses webhooks
+aimed at loopback, link-local and other internal addresses."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Dict, List, Optional
 import requests
 
 from e2b import Sandbox
+from paddock_server import PaddockServer
 
 LIFECYCLE = ["created", "updated", "paused", "resumed", "killed"]
 
@@ -241,3 +244,51 @@ def test_webhook_gets_signed_events(new_sandbox, api, auth):
         assert payload["sandbox_team_id"] == event["sandboxTeamId"]
     r = requests.get(f"{api}/events/webhooks/{hook['id']}", headers=auth, timeout=30)
     assert r.status_code == 404
+
+
+INTERNAL_URLS = [
+    "http://127.0.0.1:8080/hook",
+    "http://localhost:8080/hook",
+    "http://[::1]:8080/hook",
+    "http://[::ffff:127.0.0.1]:8080/hook",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[fe80::1]/hook",
+    "http://0.0.0.0:3000/hook",
+    "http://10.213.0.2:49983/hook",
+]
+
+
+def _register(api: str, auth: dict, url: str) -> requests.Response:
+    return requests.post(
+        f"{api}/events/webhooks",
+        headers=auth,
+        json={"name": "ssrf", "url": url, "events": ["sandbox.lifecycle.created"], "signatureSecret": "s"},
+        timeout=30,
+    )
+
+
+def test_allowed_cidr_opens_only_itself(api, auth):
+    """The session server allows 127.0.0.1/32 and nothing else that is internal."""
+    for url in INTERNAL_URLS[2:]:
+        r = _register(api, auth, url)
+        assert r.status_code == 400, (url, r.text)
+        assert r.json()["message"].startswith("url"), r.text
+
+
+def test_default_server_refuses_internal_webhook_destinations():
+    server = PaddockServer(extra_args=["--network", "none"]).start()
+    try:
+        auth = {"X-API-Key": server.api_key}
+        for url in INTERNAL_URLS:
+            r = _register(server.api_url, auth, url)
+            assert r.status_code == 400, (url, r.text)
+            body = r.json()
+            assert body["code"] == 400
+            assert body["message"].startswith("url") and "refused" in body["message"], body
+        ok = _register(server.api_url, auth, "https://hooks.example.com/paddock")
+        assert ok.status_code == 201, ok.text
+        assert requests.get(f"{server.api_url}/events/webhooks", headers=auth, timeout=30).json() == [ok.json()]
+    finally:
+        assert server.stop(timeout=30) == 0
+        assert server.leaks() == []
+        server.cleanup()

@@ -7,7 +7,9 @@
 //! backoff ([`RetryPolicy`]) before anything newer of that webhook is sent; after the last
 //! attempt it is kept as `failed` and the queue moves on. The queue lives in the store, so a
 //! restart loses nothing (an attempt cut short by the restart is simply made again). Each
-//! attempt has its own timeout and follows no redirects.
+//! attempt has its own timeout, follows no redirects and reaches only the destinations
+//! [`super::destination::WebhookDestinations`] allows (checked after DNS resolution, on the
+//! addresses connected to).
 //!
 //! Headers of a delivery, as E2B sends them: `content-type: application/json`,
 //! `e2b-webhook-id`, `e2b-delivery-id` (new for every attempt), `e2b-signature-version: v1`,
@@ -24,6 +26,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::destination::WebhookDestinations;
 use super::store::{EventStore, PendingDelivery};
 use super::{new_uuid, webhook, Events, RETENTION};
 
@@ -78,16 +81,16 @@ impl RetryPolicy {
 }
 
 /// Runs the worker until `shutdown` turns true. Without an event store there is nothing to do.
-pub(crate) async fn run(events: &Arc<Events>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    events: &Arc<Events>,
+    destinations: Arc<WebhookDestinations>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let Some(store) = events.store().cloned() else {
         let _ = shutdown.wait_for(|s| *s).await;
         return;
     };
-    let client = match reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("paddock-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+    let client = match destinations.client() {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %crate::error::chain(&e), "cannot build the webhook HTTP client; webhooks are not delivered");
@@ -123,10 +126,18 @@ pub(crate) async fn run(events: &Arc<Events>, mut shutdown: watch::Receiver<bool
                     }
                     if head.next_at <= now {
                         let hook = head.webhook_id.clone();
-                        let (store, client, policy) =
-                            (Arc::clone(&store), client.clone(), events.retry_policy());
+                        let (store, client, policy, destinations) = (
+                            Arc::clone(&store),
+                            client.clone(),
+                            events.retry_policy(),
+                            Arc::clone(&destinations),
+                        );
                         let task = in_flight.spawn(async move {
-                            deliver(store.as_ref(), &client, policy, head).await;
+                            let target = Target {
+                                client: &client,
+                                destinations: &destinations,
+                            };
+                            deliver(store.as_ref(), target, policy, head).await;
                         });
                         busy.insert(task.id(), hook);
                     } else {
@@ -159,14 +170,21 @@ pub(crate) async fn run(events: &Arc<Events>, mut shutdown: watch::Receiver<bool
     }
 }
 
+/// The delivery client and the destination rule it enforces.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    client: &'a reqwest::Client,
+    destinations: &'a WebhookDestinations,
+}
+
 /// Makes one attempt at `d` and records the outcome in the store.
 async fn deliver(
     store: &dyn EventStore,
-    client: &reqwest::Client,
+    target: Target<'_>,
     policy: RetryPolicy,
     d: PendingDelivery,
 ) {
-    let outcome = attempt(client, policy, &d).await;
+    let outcome = attempt(target, policy, &d).await;
     let result = match outcome {
         Ok(()) => {
             tracing::debug!(webhook_id = %d.webhook_id, delivery = d.seq, "webhook delivered");
@@ -198,13 +216,21 @@ async fn deliver(
 }
 
 /// One signed POST of the payload; `Err` with a reason unless the receiver answered 2xx.
+/// The URL is checked again (it may have been stored before the rule, or by an older
+/// version): IP literals never reach the checking resolver.
 async fn attempt(
-    client: &reqwest::Client,
+    target: Target<'_>,
     policy: RetryPolicy,
     d: &PendingDelivery,
 ) -> Result<(), String> {
-    let response = client
-        .post(&d.url)
+    let url = reqwest::Url::parse(&d.url).map_err(|e| format!("invalid url: {e}"))?;
+    target
+        .destinations
+        .check_url(&url)
+        .map_err(|e| e.to_string())?;
+    let response = target
+        .client
+        .post(url)
         .timeout(policy.attempt_timeout)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("e2b-webhook-id", &d.webhook_id)

@@ -189,7 +189,8 @@ impl Core {
 
     /// Runs the webhook delivery worker (which also prunes old events) until shutdown.
     pub(crate) async fn run_events(&self) {
-        super::dispatch::run(&self.events, self.shutdown.subscribe()).await;
+        let destinations = std::sync::Arc::new(self.config.webhook_destinations.clone());
+        super::dispatch::run(&self.events, destinations, self.shutdown.subscribe()).await;
     }
 }
 

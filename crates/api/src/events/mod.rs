@@ -13,7 +13,8 @@
 //!   the network: a recording failure is logged and the event still goes out live;
 //! - the [`EventStore`] trait the persistent backends implement (SQLite: `store::sqlite_events`);
 //! - [`stream`] (SSE with `Last-Event-ID` resume), [`webhook`] (validation, wire shapes,
-//!   signature) and [`dispatch`] (at-least-once delivery with retries, and pruning);
+//!   signature), [`destination`] (which addresses webhooks may reach) and [`dispatch`]
+//!   (at-least-once delivery with retries, and pruning);
 //! - the lifecycle's one-line hooks (`Core::emit`, `Core::emit_transition`) in `emit`.
 
 use std::sync::{Arc, Mutex};
@@ -24,12 +25,14 @@ use tokio::sync::{broadcast, Notify};
 
 use crate::store::{SandboxRecord, Store, StoreError, TeamId};
 
+pub mod destination;
 pub mod dispatch;
 mod emit;
 pub mod store;
 pub mod stream;
 pub mod webhook;
 
+pub use destination::WebhookDestinations;
 pub use dispatch::RetryPolicy;
 pub use emit::EventKind;
 pub use store::{EventQuery, EventStore, PendingDelivery, Webhook};

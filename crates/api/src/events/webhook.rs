@@ -11,6 +11,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::destination::WebhookDestinations;
 use super::store::Webhook;
 use super::{new_uuid, rfc3339, EventType};
 use crate::store::TeamId;
@@ -78,8 +79,9 @@ impl From<&Webhook> for WebhookWire {
 }
 
 /// Checks a webhook URL: absolute http or https, with a host, no whitespace, at most
-/// [`MAX_URL`] bytes. Returns it as given.
-pub fn validate_url(raw: &str) -> Result<String, String> {
+/// [`MAX_URL`] bytes, and not aimed at an address `destinations` refuses (IP literals and
+/// `localhost`; names are checked after resolution, at delivery). Returns it as given.
+pub fn validate_url(raw: &str, destinations: &WebhookDestinations) -> Result<String, String> {
     if raw.is_empty() || raw.len() > MAX_URL {
         return Err(format!("url must be 1 to {MAX_URL} bytes long"));
     }
@@ -96,6 +98,9 @@ pub fn validate_url(raw: &str) -> Result<String, String> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("url {raw:?} has no host"));
     }
+    destinations
+        .check_url(&url)
+        .map_err(|e| format!("url {raw:?}: {e}"))?;
     Ok(raw.to_string())
 }
 
@@ -138,11 +143,18 @@ fn validate_secret(secret: &str) -> Result<String, String> {
     Ok(secret.to_string())
 }
 
-/// A new webhook of `team` from a `POST` body.
-pub fn new_webhook(team: &TeamId, body: &WebhookBody) -> Result<Webhook, String> {
+/// A new webhook of `team` from a `POST` body; its URL must pass `destinations`.
+pub fn new_webhook(
+    team: &TeamId,
+    body: &WebhookBody,
+    destinations: &WebhookDestinations,
+) -> Result<Webhook, String> {
     let required = |field: &str| format!("{field} is required");
     let name = validate_name(body.name.as_deref().ok_or_else(|| required("name"))?)?;
-    let url = validate_url(body.url.as_deref().ok_or_else(|| required("url"))?)?;
+    let url = validate_url(
+        body.url.as_deref().ok_or_else(|| required("url"))?,
+        destinations,
+    )?;
     let events = validate_events(body.events.as_deref().ok_or_else(|| required("events"))?)?;
     let secret = validate_secret(
         body.signature_secret
@@ -162,10 +174,18 @@ pub fn new_webhook(team: &TeamId, body: &WebhookBody) -> Result<Webhook, String>
 }
 
 /// Applies a `PATCH` body to `hook`: given fields replace the old ones. Validates everything
-/// before changing anything.
-pub fn apply_patch(hook: &mut Webhook, body: &WebhookBody) -> Result<(), String> {
+/// before changing anything; a new URL must pass `destinations`.
+pub fn apply_patch(
+    hook: &mut Webhook,
+    body: &WebhookBody,
+    destinations: &WebhookDestinations,
+) -> Result<(), String> {
     let name = body.name.as_deref().map(validate_name).transpose()?;
-    let url = body.url.as_deref().map(validate_url).transpose()?;
+    let url = body
+        .url
+        .as_deref()
+        .map(|u| validate_url(u, destinations))
+        .transpose()?;
     let events = body.events.as_deref().map(validate_events).transpose()?;
     let secret = body
         .signature_secret
@@ -225,6 +245,14 @@ mod tests {
         );
     }
 
+    /// The policy of a test receiver on 127.0.0.1.
+    fn open() -> WebhookDestinations {
+        WebhookDestinations {
+            allow_private: true,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn urls_must_be_http_or_https() {
         for ok in [
@@ -232,7 +260,7 @@ mod tests {
             "https://example.com/webhook?x=1",
             "http://[::1]:9/",
         ] {
-            assert_eq!(validate_url(ok).as_deref(), Ok(ok));
+            assert_eq!(validate_url(ok, &open()).as_deref(), Ok(ok));
         }
         for bad in [
             "",
@@ -243,34 +271,67 @@ mod tests {
             "http://exa mple.com/",
             "javascript:alert(1)",
         ] {
-            let err = validate_url(bad).expect_err(bad);
+            let err = validate_url(bad, &open()).expect_err(bad);
             assert!(err.starts_with("url"), "{bad}: {err}");
         }
-        assert!(validate_url(&format!("http://a.com/{}", "x".repeat(MAX_URL))).is_err());
+        assert!(validate_url(&format!("http://a.com/{}", "x".repeat(MAX_URL)), &open()).is_err());
+    }
+
+    #[test]
+    fn urls_at_refused_literal_addresses_are_refused_by_default() {
+        let strict = WebhookDestinations::default();
+        for bad in [
+            "http://127.0.0.1:8080/hook",
+            "http://[::1]:9/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fe80::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://localhost:3000/",
+            "http://0.0.0.0/",
+            "http://10.213.0.2/",
+        ] {
+            let err = validate_url(bad, &strict).expect_err(bad);
+            assert!(
+                err.starts_with("url") && err.contains("refused"),
+                "{bad}: {err}"
+            );
+        }
+        assert!(validate_url("https://example.com/hook", &strict).is_ok());
+        let team = TeamId::from_stored("t".into());
+        let err = new_webhook(&team, &body(json_body()), &strict).expect_err("loopback");
+        assert!(err.starts_with("url"), "{err}");
+        let mut hook = new_webhook(&team, &body(json_body()), &open()).expect("allowed");
+        let err = apply_patch(
+            &mut hook,
+            &body(serde_json::json!({"url": "http://169.254.169.254/"})),
+            &strict,
+        )
+        .expect_err("link-local");
+        assert!(err.starts_with("url"), "{err}");
     }
 
     #[test]
     fn create_requires_and_checks_every_field() {
         let team = TeamId::from_stored("t".into());
         let full = json_body();
-        let hook = new_webhook(&team, &body(full.clone())).expect("valid");
+        let hook = new_webhook(&team, &body(full.clone()), &open()).expect("valid");
         assert!(hook.enabled);
         assert_eq!(hook.events, [EventType::Created, EventType::Killed]);
         assert_eq!(hook.name, "hook");
         for field in ["name", "url", "events", "signatureSecret"] {
             let mut v = full.clone();
             v.as_object_mut().expect("object").remove(field);
-            let err = new_webhook(&team, &body(v)).expect_err(field);
+            let err = new_webhook(&team, &body(v), &open()).expect_err(field);
             assert!(err.contains(field), "{field}: {err}");
         }
         let mut v = full.clone();
         v["events"] = serde_json::json!(["sandbox.lifecycle.exploded"]);
-        assert!(new_webhook(&team, &body(v))
+        assert!(new_webhook(&team, &body(v), &open())
             .expect_err("unknown")
             .contains("exploded"));
         let mut v = full;
         v["events"] = serde_json::json!([]);
-        assert!(new_webhook(&team, &body(v))
+        assert!(new_webhook(&team, &body(v), &open())
             .expect_err("empty")
             .starts_with("events"));
     }
@@ -288,11 +349,12 @@ mod tests {
     #[test]
     fn patch_replaces_given_fields_only_and_is_atomic() {
         let team = TeamId::from_stored("t".into());
-        let mut hook = new_webhook(&team, &body(json_body())).expect("valid");
+        let mut hook = new_webhook(&team, &body(json_body()), &open()).expect("valid");
         let before = hook.clone();
         let err = apply_patch(
             &mut hook,
             &body(serde_json::json!({"name": "new", "url": "gopher://x"})),
+            &open(),
         )
         .expect_err("bad url");
         assert!(err.starts_with("url"));
@@ -300,6 +362,7 @@ mod tests {
         apply_patch(
             &mut hook,
             &body(serde_json::json!({"enabled": false, "events": ["sandbox.lifecycle.paused"]})),
+            &open(),
         )
         .expect("valid");
         assert!(!hook.enabled);

@@ -225,7 +225,8 @@ pub(super) async fn create_webhook(
     Json(body): Json<WebhookBody>,
 ) -> Result<(StatusCode, axum::Json<WebhookWire>), ApiError> {
     let store = event_store(&state)?;
-    let hook = webhook::new_webhook(&team.0, &body).map_err(ApiError::BadRequest)?;
+    let destinations = &state.core.config.webhook_destinations;
+    let hook = webhook::new_webhook(&team.0, &body, destinations).map_err(ApiError::BadRequest)?;
     if store.webhooks(&team.0).await.map_err(internal)?.len() >= MAX_WEBHOOKS_PER_TEAM {
         return Err(ApiError::BadRequest(format!(
             "a team may register at most {MAX_WEBHOOKS_PER_TEAM} webhooks"
@@ -273,7 +274,8 @@ pub(super) async fn update_webhook(
         .await
         .map_err(internal)?
         .ok_or_else(|| webhook_not_found(&id))?;
-    webhook::apply_patch(&mut hook, &body).map_err(ApiError::BadRequest)?;
+    webhook::apply_patch(&mut hook, &body, &state.core.config.webhook_destinations)
+        .map_err(ApiError::BadRequest)?;
     if !store.update_webhook(&hook).await.map_err(internal)? {
         return Err(webhook_not_found(&id));
     }

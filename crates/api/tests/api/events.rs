@@ -2,7 +2,8 @@
 //! timeout, pause, resume, kill, expiry, exit), listing filters, order and paging, team
 //! scoping, Server-Sent Events (live, `Last-Event-ID` resume, a lagging subscriber reloading
 //! from the store, end at shutdown), and webhook delivery to a local receiver (signature,
-//! headers, retry after a 500, a pending delivery surviving a restart).
+//! headers, retry after a 500, a pending delivery surviving a restart), and the destinations
+//! webhooks may not reach (loopback, link-local, ... at registration and after resolution).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -247,7 +248,7 @@ async fn events_and_webhooks_are_team_scoped() {
     let hook = h
         .post(
             "/events/webhooks",
-            r#"{"name":"mine","url":"http://127.0.0.1:9/h","events":["sandbox.lifecycle.created"],"signatureSecret":"s"}"#,
+            r#"{"name":"mine","url":"http://hooks.example.com:9/h","events":["sandbox.lifecycle.created"],"signatureSecret":"s"}"#,
         )
         .await;
     assert_eq!(hook.status, StatusCode::CREATED, "{}", hook.body);
@@ -342,11 +343,11 @@ async fn webhook_crud_and_validation() {
             Method::PATCH,
             &format!("/events/webhooks/{id}"),
             Some(KEY),
-            Some(r#"{"url":"http://127.0.0.1:8080/hook","enabled":false,"events":["sandbox.lifecycle.created"]}"#),
+            Some(r#"{"url":"http://hooks.example.com:8080/hook","enabled":false,"events":["sandbox.lifecycle.created"]}"#),
         )
         .await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
-    assert_eq!(patched.body["url"], "http://127.0.0.1:8080/hook");
+    assert_eq!(patched.body["url"], "http://hooks.example.com:8080/hook");
     assert_eq!(patched.body["enabled"], false);
     assert_eq!(patched.body["events"], json!(["sandbox.lifecycle.created"]));
     assert_eq!(patched.body["name"], "My Sandbox Webhook");
@@ -669,6 +670,15 @@ impl Receiver {
     }
 }
 
+/// A control plane whose webhooks may reach the test receivers on 127.0.0.1 (and nothing
+/// else that is not globally routable).
+async fn start_local_hooks(dir: tempfile::TempDir) -> Harness {
+    start_configured(dir, FakeNode::new(), |c| {
+        c.webhook_destinations.allowed = vec!["127.0.0.1/32".parse().expect("cidr")];
+    })
+    .await
+}
+
 fn e2b_signature(secret: &str, body: &str) -> String {
     STANDARD_NO_PAD.encode(Sha256::digest(format!("{secret}{body}").as_bytes()))
 }
@@ -683,7 +693,7 @@ async fn register(h: &Harness, url: &str, events: &[&str], secret: &str) -> Stri
 
 #[tokio::test]
 async fn webhook_gets_signed_deliveries() {
-    let h = start().await;
+    let h = start_local_hooks(tempfile::tempdir().expect("tempdir")).await;
     let mut receiver = Receiver::start().await;
     let hook = register(
         &h,
@@ -769,7 +779,7 @@ async fn webhook_gets_signed_deliveries() {
 
 #[tokio::test]
 async fn failed_delivery_is_retried_until_it_succeeds() {
-    let h = start().await;
+    let h = start_local_hooks(tempfile::tempdir().expect("tempdir")).await;
     h.control.events().set_retry_policy(RetryPolicy {
         first_retry: Duration::from_millis(50),
         factor: 2,
@@ -818,7 +828,7 @@ async fn failed_delivery_is_retried_until_it_succeeds() {
 
 #[tokio::test]
 async fn a_delivery_that_keeps_failing_is_given_up() {
-    let h = start().await;
+    let h = start_local_hooks(tempfile::tempdir().expect("tempdir")).await;
     h.control.events().set_retry_policy(RetryPolicy {
         max_attempts: 3,
         first_retry: Duration::from_millis(20),
@@ -849,7 +859,7 @@ async fn a_delivery_that_keeps_failing_is_given_up() {
 
 #[tokio::test]
 async fn a_pending_delivery_survives_a_restart() {
-    let h = start().await;
+    let h = start_local_hooks(tempfile::tempdir().expect("tempdir")).await;
     // The receiver's address is known, but nothing answers it before the restart.
     let mut receiver = Receiver::bind().await;
     let hook = register(
@@ -871,7 +881,7 @@ async fn a_pending_delivery_survives_a_restart() {
     // Restart on the same data directory (the node forgot the sandbox: it is reconciled
     // to stopped, which is one more event).
     let Harness { dir, .. } = h;
-    let h = start_in(dir, FakeNode::new()).await;
+    let h = start_local_hooks(dir).await;
     receiver.serve();
     let background = spawn_background(&h);
     let created: Value = serde_json::from_str(&receiver.next().await.body).expect("JSON");
@@ -886,6 +896,119 @@ async fn a_pending_delivery_survives_a_restart() {
     assert_eq!(killed["type"], "sandbox.lifecycle.killed");
     assert_eq!(killed["event_data"]["kill_reason"], "restart");
     receiver.nothing_more().await;
+    h.control.shutdown().await;
+    background.await.expect("background ends");
+}
+
+#[tokio::test]
+async fn webhooks_to_internal_addresses_are_refused_at_registration() {
+    let h = start().await;
+    let ok = h
+        .post(
+            "/events/webhooks",
+            &json!({"name": "n", "url": "https://hooks.example.com/x",
+                    "events": ["sandbox.lifecycle.created"], "signatureSecret": "s"})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.body);
+    let id = ok.body["id"].as_str().expect("id").to_string();
+    for url in [
+        "http://127.0.0.1:8080/hook",
+        "http://127.1/",
+        "http://2130706433/",
+        "http://localhost:3000/",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1]/",
+        "http://0.0.0.0:3000/",
+        "http://10.213.0.2:49983/",
+        "http://192.168.1.1/",
+        "http://224.0.0.1/",
+        "http://255.255.255.255/",
+    ] {
+        let body = json!({"name": "n", "url": url, "events": ["sandbox.lifecycle.created"],
+                          "signatureSecret": "s"});
+        let r = h.post("/events/webhooks", &body.to_string()).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "url");
+        assert!(
+            r.body["message"]
+                .as_str()
+                .expect("message")
+                .contains("refused"),
+            "{url}: {}",
+            r.body
+        );
+        let r = h
+            .call(
+                Method::PATCH,
+                &format!("/events/webhooks/{id}"),
+                Some(KEY),
+                Some(&json!({ "url": url }).to_string()),
+            )
+            .await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "url");
+    }
+    let hooks = h.get("/events/webhooks").await;
+    assert_eq!(hooks.body.as_array().expect("list").len(), 1);
+    assert_eq!(hooks.body[0]["url"], "https://hooks.example.com/x");
+}
+
+/// Webhooks stored before the rule (by an older server, straight in the store here) are
+/// checked at every delivery: a name is resolved and every address checked, and an IP literal
+/// is checked before connecting. The receiver is up and answers 200, so a failed attempt means
+/// nothing reached it.
+#[tokio::test]
+async fn deliveries_to_internal_addresses_are_refused_after_resolution() {
+    let h = start().await;
+    h.control.events().set_retry_policy(RetryPolicy {
+        first_retry: Duration::from_secs(3600),
+        ..RetryPolicy::default()
+    });
+    let mut receiver = Receiver::start().await;
+    let port = receiver.url.rsplit(':').next().expect("port").to_string();
+    let team = h
+        .control
+        .store()
+        .ensure_team(paddock_api::DEFAULT_TEAM)
+        .await
+        .expect("team");
+    let store = h.control.events().store().cloned().expect("persistent");
+    let mut ids = Vec::new();
+    for url in [
+        format!("http://localhost:{port}"),
+        format!("http://127.0.0.1:{port}"),
+        format!("http://[::ffff:127.0.0.1]:{port}"),
+    ] {
+        let hook = paddock_api::events::Webhook {
+            id: format!("{:08}-0000-4000-8000-000000000000", ids.len()),
+            team_id: team.clone(),
+            name: "stored earlier".into(),
+            url,
+            enabled: true,
+            events: vec![paddock_api::events::EventType::Created],
+            secret: "s".into(),
+            created_at: chrono::Utc::now(),
+        };
+        store.insert_webhook(&hook).await.expect("insert");
+        ids.push(hook.id);
+    }
+    let background = spawn_background(&h);
+    h.create(json!({"templateID": "base"})).await;
+    // Wait until every webhook's attempt has been made and recorded as failed.
+    let mut waited = 0;
+    loop {
+        let heads = store.delivery_heads().await.expect("heads");
+        assert_eq!(heads.len(), ids.len(), "kept for a retry");
+        if heads.iter().all(|d| d.attempts == 1) {
+            break;
+        }
+        waited += 1;
+        assert!(waited < 1000, "attempts not made: {heads:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(receiver.got.try_recv().is_err(), "nothing was delivered");
     h.control.shutdown().await;
     background.await.expect("background ends");
 }

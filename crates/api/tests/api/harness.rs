@@ -426,9 +426,19 @@ pub struct Harness {
 }
 
 pub async fn start_in(dir: tempfile::TempDir, node: Arc<FakeNode>) -> Harness {
+    start_configured(dir, node, |_| {}).await
+}
+
+/// Like [`start_in`], with the configuration adjusted by `adjust` first.
+pub async fn start_configured(
+    dir: tempfile::TempDir,
+    node: Arc<FakeNode>,
+    adjust: impl FnOnce(&mut ApiConfig),
+) -> Harness {
     let data_dir = dir.path().to_path_buf();
     let mut config = ApiConfig::new(&data_dir);
     config.domain = Some("sbx.example.com".into());
+    adjust(&mut config);
     let control = ControlPlane::open(config, node.clone())
         .await
         .expect("open control plane");

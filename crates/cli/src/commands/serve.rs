@@ -92,6 +92,20 @@ pub struct ServeArgs {
     /// it for untrusted code.
     #[arg(long, hide = true)]
     unhardened_for_benchmarks: bool,
+    /// Let webhooks reach any address, loopback, link-local, private networks and the sandbox
+    /// pool included (by default only globally routable addresses are delivered to). For tests
+    /// and trusted single-user setups.
+    #[arg(long, env = "PADDOCK_WEBHOOK_ALLOW_PRIVATE")]
+    webhook_allow_private: bool,
+    /// An address range webhooks may reach although it is not globally routable, e.g. the LAN
+    /// of a receiver (repeatable or comma-separated). Never opens the sandbox pool.
+    #[arg(
+        long = "webhook-allow-cidr",
+        value_name = "CIDR",
+        env = "PADDOCK_WEBHOOK_ALLOW_CIDR",
+        value_delimiter = ','
+    )]
+    webhook_allow_cidrs: Vec<paddock_node::Cidr>,
 }
 
 /// Parses a limit that must be at least 1.
@@ -158,6 +172,19 @@ fn admission_limits(args: &ServeArgs) -> paddock_api::AdmissionLimits {
             .max_concurrent_creates_per_team
             .unwrap_or(defaults.per_team),
         ..defaults
+    }
+}
+
+/// Where webhooks may be delivered: `--webhook-allow-private`, `--webhook-allow-cidr`, and
+/// the sandbox network pool always refused otherwise.
+fn webhook_destinations(
+    args: &ServeArgs,
+    pool: paddock_node::Cidr,
+) -> paddock_api::WebhookDestinations {
+    paddock_api::WebhookDestinations {
+        allow_private: args.webhook_allow_private,
+        allowed: args.webhook_allow_cidrs.clone(),
+        sandbox_pool: vec![pool],
     }
 }
 
@@ -248,16 +275,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
              cut or /proc masks); for benchmarks only, never for untrusted code"
         );
     }
+    let network_config = paddock_node::NetworkConfig {
+        // A restarted server gets its own slice (and cleans up its leftovers) first.
+        preferred_slice: data_dir_hash(&data_dir) % 16,
+        ..paddock_node::NetworkConfig::default()
+    };
+    // The whole range, every server's slice: webhooks never reach any sandbox on this host.
+    let sandbox_pool = network_config.cidr;
     let network = match args.network {
         NetworkMode::None => None,
         NetworkMode::Nat => Some(
-            paddock_node::Network::start(paddock_node::NetworkConfig {
-                // A restarted server gets its own slice (and cleans up its leftovers) first.
-                preferred_slice: data_dir_hash(&data_dir) % 16,
-                ..paddock_node::NetworkConfig::default()
-            })
-            .await
-            .context("setting up sandbox networking (use --network none to run without)")?,
+            paddock_node::Network::start(network_config)
+                .await
+                .context("setting up sandbox networking (use --network none to run without)")?,
         ),
     };
     let node = LocalNode::new(
@@ -289,6 +319,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             data_dir: data_dir.clone(),
             domain,
             admission: admission_limits(&args),
+            webhook_destinations: webhook_destinations(&args, sandbox_pool),
         },
         node.clone() as Arc<dyn Node>,
     )
@@ -561,5 +592,29 @@ mod tests {
         assert_eq!((both.node, both.per_team), (64, 3));
         assert!(limits(&["--max-concurrent-creates", "0"]).is_err());
         assert!(limits(&["--max-concurrent-creates-per-team", "0"]).is_err());
+    }
+
+    #[test]
+    fn webhook_destination_flags() {
+        let parse = |flags: &[&str]| {
+            let argv = std::iter::once("serve").chain(flags.iter().copied());
+            Cli::try_parse_from(argv)
+        };
+        let pool: paddock_node::Cidr = "10.213.0.0/16".parse().expect("cidr");
+        let loopback = "127.0.0.1".parse().expect("ip");
+        let default = webhook_destinations(&parse(&[]).expect("defaults").serve, pool);
+        assert!(default.check(loopback).is_err(), "refused by default");
+        assert!(default.check("10.213.0.2".parse().expect("ip")).is_err());
+        let cli = parse(&["--webhook-allow-cidr", "127.0.0.1/32,192.168.0.0/16"]).expect("cidrs");
+        let some = webhook_destinations(&cli.serve, pool);
+        assert_eq!(some.check(loopback), Ok(()));
+        assert_eq!(some.check("192.168.3.4".parse().expect("ip")), Ok(()));
+        assert!(some.check("169.254.169.254".parse().expect("ip")).is_err());
+        let cli = parse(&["--webhook-allow-private"]).expect("flag");
+        assert_eq!(
+            webhook_destinations(&cli.serve, pool).check(loopback),
+            Ok(())
+        );
+        assert!(parse(&["--webhook-allow-cidr", "localhost"]).is_err());
     }
 }
