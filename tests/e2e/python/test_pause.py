@@ -221,6 +221,21 @@ def test_paused_without_auto_resume_answers_paused(new_sandbox, paddock):
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.parametrize("attempt", range(6))
+def test_connect_right_after_a_zero_timeout_pause_runs_commands(new_sandbox, attempt):
+    """E2B's SDK test: `lifecycle={"on_timeout": "pause"}`, `set_timeout(0)`, then `connect()`
+    at once. Whichever of the timeout's pause and the connect comes first, the connect returns
+    a running sandbox: it must not extend a record still marked running while the freeze lands
+    after it (commands then failed with "The sandbox is paused")."""
+    sbx = new_sandbox(timeout=300, lifecycle={"on_timeout": "pause"})
+    sbx.set_timeout(0)
+    connected = Sandbox.connect(sbx.sandbox_id)
+    assert connected.is_running()
+    result = connected.commands.run("echo alive")
+    assert result.exit_code == 0 and result.stdout.strip() == "alive"
+    assert Sandbox.get_info(sbx.sandbox_id).state == SandboxState.RUNNING
+
+
 def test_paused_sandbox_survives_a_crash_of_the_server():
     """The freeze lives in the kernel: a server killed with SIGKILL and started again on the
     same data dir adopts the frozen sandbox as `paused`, and connect resumes it."""

@@ -67,11 +67,24 @@ impl Core {
     async fn expire_due(self: &Arc<Self>) -> Result<StdDuration, Error> {
         let now = Utc::now();
         for id in self.store.ended_by(SandboxState::Running, now).await? {
+            // Under the sandbox's lock, on the record as it is now: a connect or set_timeout
+            // that got there first moved the end time, and one that comes later waits for
+            // this pause or kill to be recorded.
+            let _held = self.sandbox_locks.lock(&id).await;
+            match self.store.sandbox(&id).await? {
+                Some(rec) if rec.state == SandboxState::Running && rec.end_at <= Utc::now() => {}
+                _ => continue,
+            }
             // `autoPause` sandboxes are paused instead (inline: a freeze takes milliseconds,
             // and the next pass must not see them as due again). A failed pause kills.
-            if self.store.lifecycle(&id).await?.auto_pause {
-                match self.auto_pause(&id).await {
-                    Ok(_) => continue,
+            let lifecycle = self.store.lifecycle(&id).await?;
+            if lifecycle.auto_pause {
+                let to_disk = lifecycle.pause_to_disk;
+                match self
+                    .pause_locked(&id, "timeout reached (autoPause)", to_disk)
+                    .await
+                {
+                    Ok(()) => continue,
                     Err(err) => {
                         tracing::error!(sandbox_id = %id, error = ?err, "auto-pause failed; killing the sandbox instead");
                     }

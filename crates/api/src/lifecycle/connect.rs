@@ -1,6 +1,8 @@
 //! Connect: hand a running sandbox back to a client and extend its life. The end time only ever
 //! grows here: `end = max(end, now + timeout)`. A paused sandbox is resumed (see `pause`) and
-//! gets `end = now + timeout`.
+//! gets `end = now + timeout`. All of it runs under the sandbox's transition lock, on the
+//! record read after taking it: a connect racing the timeout's pause waits for the freeze to
+//! land, finds the sandbox paused and resumes it (never "running" on a frozen sandbox).
 
 use chrono::{Duration, Utc};
 use paddock_domain::{SandboxId, SandboxState};
@@ -20,14 +22,11 @@ impl Core {
         cold: bool,
     ) -> Result<(SandboxRecord, bool), Error> {
         let timeout = validate::timeout("timeout", timeout_secs)?;
+        self.visible(team, id).await?;
+        let _held = self.sandbox_locks.lock(id).await;
         let mut rec = self.visible(team, id).await?;
         if rec.state == SandboxState::Paused {
-            let (resumed, was_paused) = self.resume_by_id(id, timeout, cold).await?;
-            if was_paused {
-                return Ok((resumed, true));
-            }
-            // Resumed by someone else meanwhile: extend it like any running sandbox.
-            rec = resumed;
+            return self.resume_locked(id, timeout, cold).await;
         }
         let wanted = Utc::now() + Duration::seconds(timeout);
         if wanted > rec.end_at {

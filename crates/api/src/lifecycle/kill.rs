@@ -1,7 +1,9 @@
 //! Kill: `running|paused → stopping → node.kill → stopped`. The compare-and-set on `stopping`
 //! decides the single winner when a client kill, the expiry and shutdown race. The node call runs
 //! in its own (tracked) task so a client disconnect cannot leave a record stuck in `stopping`; a
-//! failed node kill leaves the record in `error` and is retried by the expiry task.
+//! failed node kill leaves the record in `error` and is retried by the expiry task. The claim
+//! runs under the sandbox's transition lock (a kill waits for a pause or resume under way);
+//! the node call does not need it (`stopping` ends every other operation).
 
 use std::sync::Arc;
 
@@ -13,17 +15,21 @@ use crate::store::TeamId;
 impl Core {
     /// Kills one of the team's sandboxes (the `DELETE` endpoint).
     pub(crate) async fn kill(self: &Arc<Self>, team: &TeamId, id: &SandboxId) -> Result<(), Error> {
-        let rec = self.visible(team, id).await?;
-        if !self
-            .advance(
-                id,
-                rec.state,
-                SandboxState::Stopping,
-                Some("killed by request"),
-            )
-            .await?
+        self.visible(team, id).await?;
         {
-            return Err(Error::SandboxNotFound(id.to_string()));
+            let _held = self.sandbox_locks.lock(id).await;
+            let rec = self.visible(team, id).await?;
+            if !self
+                .advance(
+                    id,
+                    rec.state,
+                    SandboxState::Stopping,
+                    Some("killed by request"),
+                )
+                .await?
+            {
+                return Err(Error::SandboxNotFound(id.to_string()));
+            }
         }
         let core = Arc::clone(self);
         let id = id.clone();

@@ -1,7 +1,9 @@
 //! The sandbox lifecycle, independent of HTTP: one file per operation (create, connect, kill,
 //! timeout, list/get), the background tasks (expiry, exit watcher) and startup reconciliation.
 //! Every state change goes through [`SandboxState::transition`] and is persisted with a
-//! compare-and-set ([`Core::advance`]), so concurrent operations on one sandbox cannot both win.
+//! compare-and-set ([`Core::advance`]), so concurrent operations on one sandbox cannot both win;
+//! the operations of one sandbox also run one at a time under its lock (`locks`), each reading
+//! the record after taking it.
 //!
 //! [`Core`] holds the store, the node and the expiry wake-up; routes call its operations and map
 //! [`Error`] to HTTP. Node work that must finish even if the client goes away (creates, kills)
@@ -26,6 +28,7 @@ pub(crate) mod cleanup;
 pub(crate) mod connect;
 pub(crate) mod create;
 pub(crate) mod kill;
+pub(crate) mod locks;
 pub(crate) mod network;
 pub(crate) mod pause;
 pub(crate) mod query;
@@ -133,8 +136,8 @@ pub(crate) struct Core {
     pub(crate) cleanups: cleanup::Retries,
     /// Serialises creates that carry the same `Idempotency-Key` within a team.
     idempotency_locks: IdempotencyLocks,
-    /// Serialises pause and resume of one sandbox.
-    pub(crate) pause_locks: pause::PauseLocks,
+    /// Serialises the transitions of one sandbox (see `locks`).
+    pub(crate) sandbox_locks: locks::SandboxLocks,
     /// Lifecycle events: recorded, streamed, delivered to webhooks.
     pub(crate) events: Arc<crate::events::Events>,
     /// Template builds: the lock over template ownership, the upload-link key.
@@ -157,7 +160,7 @@ impl Core {
             tasks: TaskTracker::new(),
             cleanups: cleanup::Retries::default(),
             idempotency_locks: Mutex::new(HashMap::new()),
-            pause_locks: pause::PauseLocks::default(),
+            sandbox_locks: locks::SandboxLocks::default(),
             builds: build::Builds::default(),
         }
     }

@@ -19,6 +19,8 @@ impl Core {
         body: &NetworkBody,
     ) -> Result<(), Error> {
         let policy = validate::egress(None, Some(body))?;
+        self.visible(team, id).await?;
+        let _held = self.sandbox_locks.lock(id).await;
         let rec = self.visible(team, id).await?;
         if rec.state != SandboxState::Running {
             return Err(Error::SandboxNotFound(id.to_string()));

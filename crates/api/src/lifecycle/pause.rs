@@ -12,12 +12,9 @@
 //! - While paused the end time does not apply (the expiry task only looks at running
 //!   sandboxes): E2B keeps paused sandboxes until they are resumed or killed.
 //!
-//! Pause and resume of one sandbox are serialised by a per-sandbox lock, so a pause racing a
-//! resume cannot leave the record and the freezer disagreeing. Kill does not take it: the node
-//! thaws a frozen sandbox before killing it, and the compare-and-set on the record decides.
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+//! Pause and resume run under the sandbox's transition lock (see `locks`), like connect, kill
+//! and the timeouts, so a pause racing a resume or a connect cannot leave the record and the
+//! freezer disagreeing.
 
 use chrono::{Duration, Utc};
 use paddock_domain::{SandboxId, SandboxState};
@@ -31,19 +28,6 @@ pub const RESUME_DEFAULT_TIMEOUT_SECS: i64 = 15;
 /// Timeout given to a sandbox woken by traffic (`autoResume`), in seconds: the SDKs' default
 /// sandbox timeout.
 pub const AUTO_RESUME_TIMEOUT_SECS: i64 = 300;
-
-/// Per-sandbox locks of pause and resume.
-#[derive(Default)]
-pub(crate) struct PauseLocks(Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>);
-
-impl PauseLocks {
-    pub(super) fn get(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        // Drop locks nobody holds any more, so the map stays small.
-        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        Arc::clone(locks.entry(id.clone()).or_default())
-    }
-}
 
 /// What the proxy learns when it asks to wake a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,30 +60,17 @@ impl Core {
         to_disk: bool,
     ) -> Result<(), Error> {
         self.visible(team, id).await?;
-        let lock = self.pause_locks.get(id);
-        let _held = lock.lock().await;
+        let _held = self.sandbox_locks.lock(id).await;
         self.pause_locked(id, "pause requested", to_disk).await
     }
 
-    /// Pauses a running sandbox whose end time has passed and that asked for `autoPause`.
-    /// Returns whether it is paused now; `false` means it is no longer due (a connect moved
-    /// its end time) or no longer running.
-    pub(crate) async fn auto_pause(&self, id: &SandboxId) -> Result<bool, Error> {
-        let lock = self.pause_locks.get(id);
-        let _held = lock.lock().await;
-        match self.store.sandbox(id).await? {
-            Some(rec) if rec.state == SandboxState::Running && rec.end_at <= Utc::now() => {
-                let to_disk = self.store.lifecycle(id).await?.pause_to_disk;
-                self.pause_locked(id, "timeout reached (autoPause)", to_disk)
-                    .await?;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    /// The pause itself; the caller holds the sandbox's pause lock.
-    async fn pause_locked(&self, id: &SandboxId, why: &str, to_disk: bool) -> Result<(), Error> {
+    /// The pause itself; the caller holds the sandbox's transition lock.
+    pub(super) async fn pause_locked(
+        &self,
+        id: &SandboxId,
+        why: &str,
+        to_disk: bool,
+    ) -> Result<(), Error> {
         let rec = self
             .store
             .sandbox(id)
@@ -164,8 +135,17 @@ impl Core {
         timeout_secs: i64,
         cold: bool,
     ) -> Result<(SandboxRecord, bool), Error> {
-        let lock = self.pause_locks.get(id);
-        let _held = lock.lock().await;
+        let _held = self.sandbox_locks.lock(id).await;
+        self.resume_locked(id, timeout_secs, cold).await
+    }
+
+    /// [`Core::resume_by_id`] for a caller that holds the sandbox's transition lock.
+    pub(super) async fn resume_locked(
+        &self,
+        id: &SandboxId,
+        timeout_secs: i64,
+        cold: bool,
+    ) -> Result<(SandboxRecord, bool), Error> {
         let mut rec = self
             .store
             .sandbox(id)

@@ -84,8 +84,7 @@ impl Core {
             )));
         }
         let made = {
-            let lock = self.pause_locks.get(id);
-            let _held = lock.lock().await;
+            let _held = self.sandbox_locks.lock(id).await;
             self.visible(team, id).await?;
             self.node
                 .snapshot(id, &name)
@@ -185,8 +184,7 @@ impl Core {
         .map_err(|e| Error::Invalid(e.to_string()))?;
         let started = std::time::Instant::now();
         let made = {
-            let lock = self.pause_locks.get(id);
-            let _held = lock.lock().await;
+            let _held = self.sandbox_locks.lock(id).await;
             self.visible(team, id).await?;
             self.node
                 .snapshot(id, &private)

@@ -1,5 +1,6 @@
 //! Timeouts: `set_timeout` sets the end time to `now + timeout` (it may shorten it), `refresh`
-//! extends it by a keep-alive duration without ever shortening. Both wake the expiry task.
+//! extends it by a keep-alive duration without ever shortening. Both wake the expiry task and
+//! run under the sandbox's transition lock.
 
 use chrono::{Duration, Utc};
 use paddock_domain::{SandboxId, SandboxState};
@@ -21,6 +22,8 @@ impl Core {
         timeout_secs: i64,
     ) -> Result<(), Error> {
         let timeout = validate::timeout("timeout", timeout_secs)?;
+        self.visible(team, id).await?;
+        let _held = self.sandbox_locks.lock(id).await;
         let rec = self.visible(team, id).await?;
         let end = Utc::now() + Duration::seconds(timeout);
         if !self.store.set_end_at(id, rec.state, end).await? {
@@ -45,6 +48,8 @@ impl Core {
                 "duration must be between 0 and {REFRESH_MAX_SECS} seconds, got {duration}"
             )));
         }
+        self.visible(team, id).await?;
+        let _held = self.sandbox_locks.lock(id).await;
         let rec = self.visible(team, id).await?;
         let wanted = Utc::now() + Duration::seconds(duration.max(REFRESH_MIN_SECS));
         if wanted > rec.end_at

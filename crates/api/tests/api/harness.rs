@@ -45,6 +45,11 @@ pub struct FakeNode {
     pub paused: Mutex<HashSet<SandboxId>>,
     /// How many of the next pauses fail.
     pub pause_failures: AtomicUsize,
+    /// When set, a pause reports itself on `pausing` and lands only after a permit of
+    /// `pause_gate` (the freeze is "in progress" until then).
+    pub hold_pauses: std::sync::atomic::AtomicBool,
+    pub pausing: tokio::sync::Notify,
+    pub pause_gate: Semaphore,
     /// Templates published by builds.
     pub built: Mutex<std::collections::BTreeMap<TemplateName, paddock_node::TemplateSummary>>,
     /// Every build request, in order.
@@ -68,6 +73,9 @@ impl FakeNode {
             envd_log: Mutex::new(Vec::new()),
             paused: Mutex::new(HashSet::new()),
             pause_failures: AtomicUsize::new(0),
+            hold_pauses: std::sync::atomic::AtomicBool::new(false),
+            pausing: tokio::sync::Notify::new(),
+            pause_gate: Semaphore::new(0),
             built: Mutex::new(std::collections::BTreeMap::new()),
             build_requests: Mutex::new(Vec::new()),
             build_gate: Semaphore::new(0),
@@ -362,6 +370,10 @@ impl Node for FakeNode {
             return Err(NodeError::Envd(
                 "freezer did not settle for the test".into(),
             ));
+        }
+        if self.hold_pauses.load(Ordering::SeqCst) {
+            self.pausing.notify_one();
+            self.pause_gate.acquire().await.expect("gate open").forget();
         }
         self.paused.lock().expect("lock").insert(id.clone());
         Ok(())

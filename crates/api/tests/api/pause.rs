@@ -1,7 +1,8 @@
 //! Pause and resume through the REST API: status codes of pause, connect (v1, v2) and the
 //! deprecated resume, `paused` in get and list, kill of a paused sandbox, failures, the expiry
 //! leaving paused sandboxes alone, `autoPause` on timeout and the proxy's wake-up
-//! (`autoResume`), and the paused state across a restart.
+//! (`autoResume`), the paused state across a restart, and a connect racing the timeout's
+//! pause.
 
 use crate::harness::*;
 use paddock_node::Node as _;
@@ -308,4 +309,89 @@ async fn a_restart_keeps_paused_sandboxes_paused() {
     assert!(!node.is_paused(&sid(&running)));
     let r = h.post(&format!("/v2/sandboxes/{id}/connect"), "{}").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
+
+/// E2B's `lifecycle={"on_timeout": "pause"}` + `set_timeout(0)` + `connect()`: the timeout's
+/// freeze is under way (held by the fake node) when the connect arrives. The connect must not
+/// answer "running" for a sandbox the freeze then pauses: it waits for the pause and resumes it,
+/// and the record agrees with the node afterwards.
+#[tokio::test]
+async fn connect_racing_the_timeout_pause_leaves_record_and_node_agreeing() {
+    let node = FakeNode::new();
+    node.hold_pauses
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let h = Arc::new(start_in(tempfile::tempdir().expect("tempdir"), node.clone()).await);
+    let background = tokio::spawn({
+        let control = h.control.clone();
+        async move { control.run_background().await }
+    });
+    for round in 0..6 {
+        let id = h
+            .create(json!({"templateID": "base", "autoPause": true}))
+            .await;
+        let r = h
+            .post(&format!("/sandboxes/{id}/timeout"), r#"{"timeout":0}"#)
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        // The expiry is freezing it now.
+        tokio::time::timeout(Duration::from_secs(10), node.pausing.notified())
+            .await
+            .expect("the timeout pauses the sandbox");
+        let connect = tokio::spawn({
+            let (h, id) = (Arc::clone(&h), id.clone());
+            async move {
+                h.post(&format!("/sandboxes/{id}/connect"), r#"{"timeout":60}"#)
+                    .await
+            }
+        });
+        // Give the connect time to reach the record while the freeze is in progress (the
+        // assertions below hold however long this is).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        node.pause_gate.add_permits(1);
+        let r = connect.await.expect("connect task");
+        assert!(
+            r.status == StatusCode::OK || r.status == StatusCode::CREATED,
+            "round {round}: {} {}",
+            r.status,
+            r.body
+        );
+        // Wait (bounded) for the timeout's pause to be recorded, whichever order things ran in.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = h.get(&format!("/events/sandboxes/{id}?limit=100")).await;
+            let paused = events
+                .body
+                .as_array()
+                .expect("events")
+                .iter()
+                .any(|e| e["type"] == "sandbox.lifecycle.paused");
+            if paused {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: never paused"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let info = h.get(&format!("/sandboxes/{id}")).await;
+        assert_eq!(
+            info.body["state"], "running",
+            "round {round}: connect said running"
+        );
+        assert!(
+            !node.is_paused(&sid(&id)),
+            "round {round}: the record says running but the node has it frozen"
+        );
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "round {round}: it was paused, so connect resumed it"
+        );
+    }
+    h.control.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(5), background)
+        .await
+        .expect("background tasks end on shutdown")
+        .expect("no panic");
 }
