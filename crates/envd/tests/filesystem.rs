@@ -594,3 +594,163 @@ async fn upload_reads_the_body_to_its_end() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(read_all.load(Ordering::SeqCst), "the body was left unread");
 }
+
+/// Checks that a body is complete by its framing: a `Content-Length`, when sent, is the body's
+/// length (a length taken from `st_size` would be 0 for procfs and 4096 for sysfs).
+fn assert_framed(headers: &http::HeaderMap, body: &[u8], what: &str) {
+    if let Some(len) = headers.get("content-length") {
+        assert_eq!(
+            len.to_str().ok(),
+            Some(body.len().to_string().as_str()),
+            "{what}"
+        );
+    }
+}
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(data)
+        .read_to_end(&mut out)
+        .expect("a valid gzip body");
+    out
+}
+
+/// Files of `/proc` and `/sys` report a size (0, 4096) that is not their content's length: they
+/// are read to their end, with a `Content-Length` only when it is the body's.
+#[tokio::test]
+async fn proc_and_sys_files_are_read_to_their_end() {
+    let env = Env::new(None);
+    let (status, headers, body) = env.get_file("path=%2Fproc%2Fself%2Fstatus").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    assert!(
+        text.starts_with("Name:") && text.contains("\nPid:"),
+        "{text:?}"
+    );
+    assert_framed(&headers, &body, "/proc/self/status");
+
+    let (status, headers, body) = env.get_file("path=%2Fproc%2Fcpuinfo").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    assert!(text.contains("processor"), "{text:?}");
+    assert_framed(&headers, &body, "/proc/cpuinfo");
+
+    // sysfs says 4096 bytes; the content is a few.
+    let sys = "/sys/devices/system/cpu/online";
+    let (status, headers, body) = env.get_file(&format!("path={}", q(sys))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        &body[..],
+        std::fs::read(sys).expect("read sysfs").as_slice()
+    );
+    assert!(!body.is_empty());
+    assert_framed(&headers, &body, sys);
+
+    // Compressed, too.
+    let (status, headers, body) = env
+        .get_file_with(
+            "path=%2Fproc%2Fself%2Fstatus",
+            &[("accept-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert!(String::from_utf8(gunzip(&body))
+        .expect("utf-8")
+        .starts_with("Name:"));
+}
+
+/// A file whose end only reading finds (a FIFO here: no size at all), longer than one read
+/// chunk, is streamed whole with chunked framing; opening it does not wait for a writer.
+#[tokio::test]
+async fn files_without_a_size_stream_past_the_first_chunk() {
+    let env = Env::new(None);
+    let fifo = env.home().join("pipe");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let writer = {
+        let (fifo, data) = (fifo.clone(), data.clone());
+        std::thread::spawn(move || {
+            // Blocks until envd opens the reading end.
+            let mut w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .expect("open fifo");
+            w.write_all(&data).expect("write fifo");
+        })
+    };
+    let (status, headers, body) = env.get_file("path=pipe").await;
+    writer.join().expect("writer");
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get("content-length").is_none(), "{headers:?}");
+    assert_eq!(body.len(), data.len());
+    assert!(body[..] == data[..]);
+}
+
+/// A regular file keeps its `Content-Length` and single byte ranges; `Accept-Encoding: gzip`
+/// compresses the body (no length then), except for range requests, as E2B's envd does.
+#[tokio::test]
+async fn regular_files_keep_their_length_ranges_and_gzip() {
+    let env = Env::new(None);
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(env.home().join("blob.bin"), &data).expect("write");
+
+    let (status, headers, body) = env.get_file("path=blob.bin").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-length"], data.len().to_string().as_str());
+    assert_eq!(headers["accept-ranges"], "bytes");
+    assert!(body[..] == data[..]);
+
+    let (status, headers, body) = env
+        .get_file_with("path=blob.bin", &[("accept-encoding", "gzip, deflate")])
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert_eq!(headers["vary"], "Accept-Encoding");
+    assert!(headers.get("content-length").is_none());
+    assert!(gunzip(&body) == data);
+    let text = "line of text\n".repeat(5000);
+    std::fs::write(env.home().join("notes.txt"), &text).expect("write");
+    let (_, headers, body) = env
+        .get_file_with("path=notes.txt", &[("accept-encoding", "gzip")])
+        .await;
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert!(
+        body.len() < text.len() / 10,
+        "compressed to {} bytes",
+        body.len()
+    );
+    assert_eq!(gunzip(&body), text.as_bytes());
+
+    let (status, headers, body) = env
+        .get_file_with(
+            "path=blob.bin",
+            &[("range", "bytes=70000-70009"), ("accept-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert!(headers.get("content-encoding").is_none());
+    assert_eq!(headers["content-range"], "bytes 70000-70009/200000");
+    assert_eq!(headers["content-length"], "10");
+    assert_eq!(&body[..], &data[70000..70010]);
+    let (status, _, body) = env
+        .get_file_with("path=blob.bin", &[("range", "bytes=-5")])
+        .await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::PARTIAL_CONTENT, &data[199_995..])
+    );
+    let (status, headers, _) = env
+        .get_file_with("path=blob.bin", &[("range", "bytes=200000-")])
+        .await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(headers["content-range"], "bytes */200000");
+
+    let (status, _, body) = env
+        .get_file_with("path=blob.bin", &[("accept-encoding", "br, identity;q=0")])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let body: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(body["code"], 400);
+}

@@ -193,3 +193,41 @@ def test_watch_dir_sees_created_file(sbx):
 def test_watch_missing_dir(sbx):
     with pytest.raises(NotFoundException):
         sbx.files.watch_dir(f"{HOME}/not-watched")
+
+
+@pytest.mark.parametrize(
+    "path,marker",
+    [
+        ("/proc/self/status", "Name:"),
+        ("/proc/cpuinfo", "processor"),
+        ("/proc/self/mountinfo", " / "),
+        ("/sys/devices/system/cpu/online", "0"),
+    ],
+)
+def test_read_proc_and_sys_files(sbx, path, marker):
+    # procfs reports a size of 0 and sysfs 4096 whatever the content: the read goes to the end.
+    text = sbx.files.read(path)
+    assert text, f"{path} read empty"
+    assert marker in text
+    if path.startswith("/sys/"):
+        assert text == sbx.commands.run(f"cat {path}").stdout
+    assert sbx.files.read(path, format="bytes") != b""
+
+
+def test_read_with_and_without_gzip(sbx):
+    # The SDK's HTTP client asks for gzip; a request without it gets the identity body.
+    import requests
+
+    text = "compressible line\n" * 20000
+    sbx.files.write(f"{HOME}/gz.txt", text)
+    url = sbx.download_url(f"{HOME}/gz.txt")
+    route = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"}
+    gz = requests.get(url, headers={**route, "Accept-Encoding": "gzip"}, timeout=30)
+    assert gz.status_code == 200, gz.text
+    assert gz.headers["content-encoding"] == "gzip"
+    assert gz.text == text
+    plain = requests.get(url, headers={**route, "Accept-Encoding": "identity"}, timeout=30)
+    assert plain.status_code == 200, plain.text
+    assert "content-encoding" not in plain.headers
+    assert plain.headers["content-length"] == str(len(text))
+    assert plain.text == text

@@ -131,13 +131,20 @@ impl Env {
     }
 
     pub async fn get_file(&self, query: &str) -> (StatusCode, http::HeaderMap, Bytes) {
-        let resp = self
-            .call(
-                Request::get(format!("/files?{query}"))
-                    .body(Body::empty())
-                    .expect("request"),
-            )
-            .await;
+        self.get_file_with(query, &[]).await
+    }
+
+    /// `GET /files` with extra request headers; returns the status, headers and raw body.
+    pub async fn get_file_with(
+        &self,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, http::HeaderMap, Bytes) {
+        let mut req = Request::get(format!("/files?{query}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = self.call(req.body(Body::empty()).expect("request")).await;
         let (parts, body) = resp.into_parts();
         (
             parts.status,
