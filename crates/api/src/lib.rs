@@ -56,6 +56,7 @@ pub use auth::{ensure_api_key, ensure_api_key_in, hash_api_key, KeySetupError};
 pub use error::ApiError;
 pub use events::WebhookDestinations;
 pub use lifecycle::admission::{AdmissionLimits, Rejected as AdmissionRejected};
+pub use lifecycle::build_files::MAX_UPLOAD_BYTES as MAX_BUILD_UPLOAD_BYTES;
 pub use lifecycle::pause::Wake;
 pub use lifecycle::reconcile::ReconcileReport;
 pub use lifecycle::tags::is_build_template;
@@ -78,6 +79,9 @@ pub struct ApiConfig {
     pub admission: AdmissionLimits,
     /// Where webhooks may be delivered (default: globally routable addresses only).
     pub webhook_destinations: WebhookDestinations,
+    /// Largest build-files (COPY archive) upload accepted, in bytes; a larger one gets 413
+    /// (default [`MAX_BUILD_UPLOAD_BYTES`], 10 GiB).
+    pub build_upload_limit: u64,
 }
 
 impl ApiConfig {
@@ -89,6 +93,7 @@ impl ApiConfig {
             domain: None,
             admission: AdmissionLimits::default(),
             webhook_destinations: WebhookDestinations::default(),
+            build_upload_limit: MAX_BUILD_UPLOAD_BYTES,
         }
     }
 }

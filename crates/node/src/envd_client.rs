@@ -41,6 +41,8 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_MESSAGE: usize = 16 << 20;
 /// Most bytes of an error answer's body kept for [`EnvdClientError::Http`].
 const MAX_ERROR_BODY: usize = 64 << 10;
+/// Read size of file uploads.
+const UPLOAD_CHUNK: usize = 256 << 10;
 /// The `Start` RPC of envd's process service.
 const START_PATH: &str = "/process.Process/Start";
 
@@ -257,6 +259,42 @@ impl EnvdClient {
     /// file is truncated, both owned by the user. A relative `path` is resolved against the
     /// user's home.
     pub async fn upload(&self, path: &str, user: &str, data: Bytes) -> Result<(), EnvdClientError> {
+        let len = data.len() as u64;
+        self.upload_body(path, user, len, Full::new(data)).await
+    }
+
+    /// [`EnvdClient::upload`] of the first `len` bytes of `file` (from its current position),
+    /// streamed in chunks as envd takes them: the file is never held in memory whole.
+    pub async fn upload_file(
+        &self,
+        path: &str,
+        user: &str,
+        file: tokio::fs::File,
+        len: u64,
+    ) -> Result<(), EnvdClientError> {
+        use tokio::io::AsyncReadExt as _;
+        let chunks = futures::stream::try_unfold(file.take(len), |mut rest| async move {
+            let mut buf = BytesMut::with_capacity(UPLOAD_CHUNK);
+            match rest.read_buf(&mut buf).await? {
+                0 => Ok::<_, std::io::Error>(None),
+                _ => Ok(Some((hyper::body::Frame::data(buf.freeze()), rest))),
+            }
+        });
+        self.upload_body(path, user, len, http_body_util::StreamBody::new(chunks))
+            .await
+    }
+
+    async fn upload_body<B>(
+        &self,
+        path: &str,
+        user: &str,
+        len: u64,
+        body: B,
+    ) -> Result<(), EnvdClientError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let mut uri = format!("/files?path={}", query_escape(path));
         if !user.is_empty() {
             uri.push_str("&username=");
@@ -265,7 +303,8 @@ impl EnvdClient {
         let req = self
             .request(&uri)
             .header(http::header::CONTENT_TYPE, "application/octet-stream")
-            .body(Full::new(data))
+            .header(http::header::CONTENT_LENGTH, len)
+            .body(body)
             .map_err(|e| EnvdClientError::Protocol(format!("building the request: {e}")))?;
         let (mut sender, _driver) = self.connect().await?;
         // The answer comes once the whole body is written, which takes as long as it takes.
@@ -338,7 +377,12 @@ impl EnvdClient {
     }
 
     /// Opens a connection and spawns its driver, which lives as long as the returned guard.
-    async fn connect(&self) -> Result<(SendRequest<Full<Bytes>>, Driver), EnvdClientError> {
+    async fn connect<B>(&self) -> Result<(SendRequest<B>, Driver), EnvdClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let socket = &self.inner.socket;
         let stream = tokio::time::timeout(SETUP_TIMEOUT, connect_no_follow(socket))
             .await

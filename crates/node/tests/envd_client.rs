@@ -440,6 +440,37 @@ async fn upload_writes_files_as_the_user() {
     );
 }
 
+/// `upload_file` streams a file (from its position, `len` bytes) rather than taking it in
+/// memory: what envd writes is exactly that slice, however large.
+#[tokio::test]
+async fn upload_file_streams_a_slice_of_a_file() {
+    use tokio::io::AsyncSeekExt as _;
+    let envd = Envd::launch(config());
+    let client = envd.client(Some(TOKEN));
+    let data: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    let src = envd.dir.path().join("archive.tar");
+    std::fs::write(&src, &data).expect("source");
+
+    let file = tokio::fs::File::open(&src).await.expect("open");
+    client
+        .upload_file("big.bin", "user", file, data.len() as u64)
+        .await
+        .expect("uploads");
+    let written = std::fs::read(envd.home().join("big.bin")).expect("written");
+    assert!(written == data, "{} bytes written", written.len());
+
+    let mut file = tokio::fs::File::open(&src).await.expect("open");
+    file.seek(std::io::SeekFrom::Start(1000))
+        .await
+        .expect("seek");
+    client
+        .upload_file("slice.bin", "user", file, 300_000)
+        .await
+        .expect("uploads");
+    let written = std::fs::read(envd.home().join("slice.bin")).expect("written");
+    assert!(written[..] == data[1000..301_000]);
+}
+
 #[tokio::test]
 async fn dead_or_foreign_sockets_fail_fast() {
     let envd = Envd::launch(config());

@@ -7,7 +7,12 @@
 //! key: the token is `<expiry>.<hex HMAC-SHA256>` over the template name, the hash and the
 //! expiry (one hour), keyed with a random per-server key kept in `<data_dir>/upload-key`.
 //! Uploads are streamed to a temporary file beside their final place and renamed into place
-//! once complete (never buffered in memory); a partial upload leaves nothing behind.
+//! once complete (never buffered in memory: one body chunk at a time); the size limit
+//! ([`crate::ApiConfig::build_upload_limit`]) is checked against `Content-Length` before the
+//! body is read and again as it streams; a partial, refused or interrupted upload (even a
+//! dropped request) leaves nothing behind. There is no checksum to verify: E2B's `filesHash` is
+//! the SDK's hash of the COPY instruction and the files' names, modes and contents, not of the
+//! archive's bytes.
 
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
@@ -28,7 +33,7 @@ pub const FILES_DIR: &str = "build-files";
 pub const UPLOAD_KEY_FILE: &str = "upload-key";
 /// How long an upload link stays valid, in seconds.
 pub const UPLOAD_LINK_SECS: i64 = 3600;
-/// Largest upload accepted, in bytes (10 GiB).
+/// Default largest upload accepted, in bytes (10 GiB).
 pub const MAX_UPLOAD_BYTES: u64 = 10 << 30;
 
 /// What `GET /templates/{id}/files/{hash}` tells the client.
@@ -53,9 +58,9 @@ pub enum UploadError {
     /// Missing, wrong or expired token (403).
     #[error("the upload link is invalid or has expired: ask for a new one")]
     Forbidden,
-    /// The body is larger than [`MAX_UPLOAD_BYTES`] (413).
-    #[error("the upload is larger than the limit of {MAX_UPLOAD_BYTES} bytes")]
-    TooLarge,
+    /// The body is larger than the limit, in bytes (413).
+    #[error("the upload is larger than the limit of {0} bytes")]
+    TooLarge(u64),
     /// The body could not be read to its end (400).
     #[error("the upload was interrupted")]
     Body(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -260,8 +265,9 @@ impl Core {
         if !verify(key, &name, &hash, token, Utc::now().timestamp()) {
             return Err(UploadError::Forbidden);
         }
-        if content_length.is_some_and(|n| n > MAX_UPLOAD_BYTES) {
-            return Err(UploadError::TooLarge);
+        let limit = self.config.build_upload_limit;
+        if content_length.is_some_and(|n| n > limit) {
+            return Err(UploadError::TooLarge(limit));
         }
         // The link names the template; its owner's directory receives the files.
         let owner = match self.store.template_record(&name).await {
@@ -291,8 +297,8 @@ impl Core {
             let chunk = chunk.map_err(|e| UploadError::Body(Box::new(e)))?;
             let bytes = chunk.as_ref();
             total += bytes.len() as u64;
-            if total > MAX_UPLOAD_BYTES {
-                return Err(UploadError::TooLarge);
+            if total > limit {
+                return Err(UploadError::TooLarge(limit));
             }
             file.write_all(bytes).await.map_err(write_err())?;
         }

@@ -181,7 +181,7 @@ pub(super) async fn upload(
         Ok(_) => StatusCode::CREATED.into_response(),
         Err(e @ UploadError::Invalid(_)) => ApiError::BadRequest(e.to_string()).into_response(),
         Err(e @ UploadError::Forbidden) => ApiError::Forbidden(e.to_string()).into_response(),
-        Err(e @ UploadError::TooLarge) => too_large(e.to_string()),
+        Err(e @ UploadError::TooLarge(_)) => too_large(e.to_string()),
         Err(e @ UploadError::Body(_)) => {
             ApiError::BadRequest(crate::error::chain(&e)).into_response()
         }

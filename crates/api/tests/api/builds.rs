@@ -4,6 +4,7 @@
 //! templates across two teams (listing, aliases, creates, deletes); restart and shutdown.
 
 use crate::harness::*;
+use futures::StreamExt as _;
 use paddock_api::store::TeamId;
 
 const OTHER_KEY: &str = "e2b_other_builder_key";
@@ -801,4 +802,188 @@ async fn shutdown_abandons_running_builds() {
     let next = request_ok(&h, KEY, "later").await;
     let r = start_build(&h, KEY, "later", &next, json!({"fromTemplate": "base"})).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+}
+
+/// A harness whose build-files uploads are limited to `limit` bytes.
+async fn start_with_upload_limit(limit: u64) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().to_path_buf();
+    let node = FakeNode::new();
+    let mut config = ApiConfig::new(&data_dir);
+    config.build_upload_limit = limit;
+    let control = ControlPlane::open(config, node.clone())
+        .await
+        .expect("open control plane");
+    control.reconcile().await.expect("reconcile");
+    control
+        .ensure_api_key(Some(KEY.into()))
+        .await
+        .expect("register key");
+    let router = control.router();
+    Harness {
+        dir,
+        data_dir,
+        node,
+        control,
+        router,
+    }
+}
+
+const MIB: usize = 1 << 20;
+
+/// Chunk `i` of a generated upload.
+fn chunk(i: usize) -> axum::body::Bytes {
+    axum::body::Bytes::from(vec![(i % 251) as u8; MIB])
+}
+
+/// Sizes of the temporary files of uploads in progress (or left behind).
+fn partial_uploads(data_dir: &std::path::Path) -> Vec<u64> {
+    let Ok(teams) = std::fs::read_dir(data_dir.join("build-files")) else {
+        return Vec::new();
+    };
+    teams
+        .flat_map(|t| std::fs::read_dir(t.expect("team").path()).expect("team dir"))
+        .map(|e| e.expect("entry"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".upload-"))
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .collect()
+}
+
+/// PUTs a generated body of `chunks` MiB (optionally declaring `content_length`) and counts
+/// how many chunks the server pulled.
+async fn upload_generated(
+    h: &Harness,
+    url: &str,
+    chunks: usize,
+    content_length: Option<u64>,
+    on_pull: impl Fn(usize) + Send + Sync + 'static,
+) -> (Reply, usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&pulled);
+    let body = futures::stream::iter(0..chunks).map(move |i| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        on_pull(i);
+        Ok::<_, std::io::Error>(chunk(i))
+    });
+    let path = url.strip_prefix(&format!("http://{HOST}")).unwrap_or(url);
+    let mut req = Request::put(path);
+    if let Some(n) = content_length {
+        req = req.header("content-length", n);
+    }
+    let req = req.body(Body::from_stream(body)).expect("request");
+    let reply = send(h, req).await;
+    (reply, pulled.load(Ordering::SeqCst))
+}
+
+/// A 64 MiB COPY archive is streamed to disk as it arrives: whenever the server asks for the
+/// next chunk, all but the last chunk or two it took are already in the file (so the server
+/// holds a bounded amount of the body however large it is), and the stored archive is exact.
+#[tokio::test]
+async fn large_uploads_are_streamed_to_disk() {
+    use sha2::Digest as _;
+    let h = start().await;
+    request_ok(&h, KEY, "app").await;
+    let files = hash(0x64);
+    let r = link(&h, KEY, "app", &files).await;
+    let url = r.body["url"].as_str().expect("url").to_string();
+
+    const CHUNKS: usize = 64;
+    let data_dir = h.data_dir.clone();
+    let (r, pulled) = upload_generated(&h, &url, CHUNKS, None, move |i| {
+        if i >= 2 {
+            let sizes = partial_uploads(&data_dir);
+            assert_eq!(sizes.len(), 1, "one upload in progress: {sizes:?}");
+            let behind = (i * MIB) as u64 - sizes[0];
+            assert!(
+                behind <= (2 * MIB) as u64,
+                "asking for chunk {i} with {behind} bytes taken but not written"
+            );
+        }
+    })
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(pulled, CHUNKS);
+
+    let stored = std::fs::read_dir(h.data_dir.join("build-files"))
+        .expect("files dir")
+        .map(|e| e.expect("team").path().join(&files))
+        .find(|p| p.exists())
+        .expect("stored archive");
+    let mut want = sha2::Sha256::new();
+    for i in 0..CHUNKS {
+        want.update(chunk(i));
+    }
+    let mut got = sha2::Sha256::new();
+    let mut file = std::fs::File::open(&stored).expect("open");
+    std::io::copy(&mut file, &mut got).expect("hash");
+    assert_eq!(got.finalize(), want.finalize());
+    assert_eq!(
+        std::fs::metadata(&stored).expect("stat").len(),
+        (CHUNKS * MIB) as u64
+    );
+    assert!(partial_uploads(&h.data_dir).is_empty());
+}
+
+/// Over the limit: a declared length is refused with 413 before any of the body is read; an
+/// undeclared one is refused as soon as it passes the limit (the rest is never read); an
+/// interrupted body is 400. None leaves a file behind.
+#[tokio::test]
+async fn oversized_or_interrupted_uploads_are_refused_and_leave_nothing() {
+    let h = start_with_upload_limit(8 * MIB as u64).await;
+    request_ok(&h, KEY, "app").await;
+    let files = hash(0x65);
+    let r = link(&h, KEY, "app", &files).await;
+    let url = r.body["url"].as_str().expect("url").to_string();
+
+    let (r, pulled) = upload_generated(&h, &url, 9, Some(9 * MIB as u64), |_| {}).await;
+    assert_error(
+        &r,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "larger than the limit of 8388608 bytes",
+    );
+    assert_eq!(pulled, 0, "refused on its Content-Length, before reading");
+
+    let (r, pulled) = upload_generated(&h, &url, 64, None, |_| {}).await;
+    assert_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "larger than the limit");
+    assert_eq!(
+        pulled, 9,
+        "reading stopped at the chunk that passed the limit"
+    );
+    assert!(
+        partial_uploads(&h.data_dir).is_empty(),
+        "the partial upload is removed"
+    );
+
+    // Exactly at the limit is fine.
+    let (r, _) = upload_generated(&h, &url, 8, None, |_| {}).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    // A body that fails half-way (a client gone) is 400; the archive stored before stays.
+    let other = hash(0x66);
+    let r = link(&h, KEY, "app", &other).await;
+    let url = r.body["url"].as_str().expect("url").to_string();
+    let path = url.strip_prefix(&format!("http://{HOST}")).unwrap_or(&url);
+    let body = futures::stream::iter(0..4).map(|i| {
+        if i < 3 {
+            Ok(chunk(i))
+        } else {
+            Err(std::io::Error::other("connection reset"))
+        }
+    });
+    let req = Request::put(path)
+        .body(Body::from_stream(body))
+        .expect("request");
+    let r = send(&h, req).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "interrupted");
+    assert!(
+        partial_uploads(&h.data_dir).is_empty(),
+        "the partial upload is removed"
+    );
+    let kept: Vec<_> = std::fs::read_dir(h.data_dir.join("build-files"))
+        .expect("files dir")
+        .flat_map(|t| std::fs::read_dir(t.expect("team").path()).expect("team dir"))
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept, vec![files], "only the complete upload is kept");
 }

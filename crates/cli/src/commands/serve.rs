@@ -320,6 +320,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             domain,
             admission: admission_limits(&args),
             webhook_destinations: webhook_destinations(&args, sandbox_pool),
+            build_upload_limit: paddock_api::MAX_BUILD_UPLOAD_BYTES,
         },
         node.clone() as Arc<dyn Node>,
     )

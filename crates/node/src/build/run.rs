@@ -485,6 +485,39 @@ fn token() -> String {
     SandboxId::generate().to_string() + &SandboxId::generate().to_string()
 }
 
+/// A COPY step's uploaded archive, opened: it is streamed into the build sandbox from the file,
+/// never read into memory (uploads may be gigabytes).
+struct Archive {
+    /// The archive, positioned at its start.
+    file: tokio::fs::File,
+    /// Its size when opened.
+    len: u64,
+    /// Whether it is gzipped (by its magic bytes).
+    gzip: bool,
+}
+
+impl Archive {
+    async fn open(path: &Path) -> std::io::Result<Archive> {
+        use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+        let mut file = tokio::fs::File::open(path).await?;
+        let meta = file.metadata().await?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        let mut magic = [0u8; 2];
+        let gzip = meta.len() >= 2 && {
+            file.read_exact(&mut magic).await?;
+            file.seek(std::io::SeekFrom::Start(0)).await?;
+            magic == [0x1f, 0x8b]
+        };
+        Ok(Archive {
+            file,
+            len: meta.len(),
+            gzip,
+        })
+    }
+}
+
 /// Runs one file-changing step in a new sandbox on `state.template` and keeps the result as
 /// template `name`.
 async fn run_step(
@@ -500,13 +533,13 @@ async fn run_step(
     let archive = match step {
         BuildStep::Copy { files_hash, .. } => {
             let path = req.files_dir.join(files_hash);
-            let data = tokio::fs::read(&path).await.map_err(|e| {
+            let archive = Archive::open(&path).await.map_err(|e| {
                 fail(
                     label,
                     format!("the files of this COPY ({files_hash}) were not uploaded: {e}"),
                 )
             })?;
-            Some(bytes::Bytes::from(data))
+            Some(archive)
         }
         _ => None,
     };
@@ -618,7 +651,7 @@ async fn step_process(
     envd: &EnvdClient,
     state: &State,
     step: &BuildStep,
-    archive: Option<bytes::Bytes>,
+    archive: Option<Archive>,
     label: &str,
 ) -> Result<ProcessSpec, BuildError> {
     let workdir = state.workdir();
@@ -636,10 +669,11 @@ async fn step_process(
             mode,
             files_hash,
         } => {
-            let data = archive.unwrap_or_default();
-            let gzip = data.starts_with(&[0x1f, 0x8b]);
+            let archive =
+                archive.ok_or_else(|| fail(label, "the files of this COPY were not opened"))?;
+            let gzip = archive.gzip;
             let path = format!("{COPY_ARCHIVE_DIR}/.paddock-copy-{files_hash}.tar");
-            envd.upload(&path, "root", data)
+            envd.upload_file(&path, "root", archive.file, archive.len)
                 .await
                 .map_err(|e| fail(label, format!("cannot upload the files: {e}")))?;
             let mut spec = ProcessSpec::shell(COPY_SCRIPT, "root");
