@@ -229,7 +229,7 @@ pub fn read_tail(path: &Path, max: u64) -> Result<Option<(Vec<u8>, bool)>, LogEr
         return Ok(None);
     };
     // The shim appends under an exclusive lock: a copy in progress completes first.
-    let _lock = paddock_sandbox::namespace::FlockGuard::shared(&file);
+    let _lock = paddock_sandbox::namespace::FlockGuard::shared_within(&file, LOCK_WAIT);
     let len = file
         .metadata()
         .map_err(io_err(format!("inspecting {}", path.display())))?
@@ -339,6 +339,10 @@ pub(crate) async fn archive_logged(state_dir: PathBuf, sandboxes_dir: &Path, id:
         Err(e) => tracing::warn!(sandbox_id = %id, error = %e, "keeping the envd log failed"),
     }
 }
+
+/// How long a read of a log waits for the shim to finish an append in progress (a paused
+/// sandbox's shim is frozen with it, possibly mid-append: then the read goes on without it).
+const LOCK_WAIT: Duration = Duration::from_millis(100);
 
 /// How long a read of a running sandbox's log waits for its shim to copy what envd wrote
 /// before it (see [`paddock_sandbox::namespace::wait_log_copied`]).

@@ -78,10 +78,23 @@ impl Default for Limits {
     }
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the (new) soft limit.
+/// Most descriptors [`raise_nofile`] asks for.
+const NOFILE_TARGET: u64 = 1 << 20;
+
+/// Raises `RLIMIT_NOFILE`: both limits to `min(fs.nr_open, 2^20)` where the process may raise
+/// its hard limit (root), else the soft limit to the hard one; returns the (new) soft limit.
+/// Sandboxes do not inherit the raise (the node hands them the limits it started with).
 pub fn raise_nofile() -> io::Result<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    let target = nr_open.min(NOFILE_TARGET);
+    if target > hard && setrlimit(Resource::RLIMIT_NOFILE, target, target).is_ok() {
+        return Ok(target);
+    }
     if soft < hard {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
     }

@@ -286,3 +286,18 @@ def test_python_is_python3(new_sandbox):
     sbx = new_sandbox(timeout=300)
     r = run(sbx, "python -c 'import sys; print(sys.version_info[0])'")
     assert r.stdout.strip() == "3", r
+
+
+def test_fifos_left_where_setup_writes_cannot_stall_a_start(new_sandbox):
+    """A FIFO (or link) left at a path the sandbox's PID 1 writes at every start (`/etc/hosts`,
+    `/etc/hostname`, `/etc/resolv.conf`, envd's mount point) is replaced, never opened: a start
+    from disk (or a create from a snapshot of it) must not hang on it."""
+    sbx = new_sandbox(timeout=300)
+    r = run(sbx, "for f in /etc/hostname /etc/hosts /etc/resolv.conf; do rm -f $f && mkfifo $f; "
+                 "done; ls -l /etc/hostname", user="root")
+    assert r.stdout.startswith("p"), r
+    assert sbx.pause(mode="filesystem") is True
+    sbx = Sandbox.connect(sbx.sandbox_id)
+    r = run(sbx, "stat -c %F /etc/hostname /etc/hosts; cat /etc/hostname")
+    assert r.stdout.split("\n")[:2] == ["regular file", "regular file"], r
+    assert r.stdout.split("\n")[2] == sbx.sandbox_id, r

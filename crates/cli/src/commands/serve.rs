@@ -331,6 +331,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("reconciling sandboxes after start")?;
 
+    // Sandboxes keep the limits the server started with; the raise is for its own listeners.
+    paddock_sandbox::namespace::keep_sandbox_nofile();
     let nofile = paddock_proxy::listener::raise_nofile().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "raising the open-files limit failed");
         1024

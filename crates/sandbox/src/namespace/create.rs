@@ -227,6 +227,7 @@ async fn start(
             .unwrap_or_default(),
         id_map: inner.cfg.id_map,
         hardened: inner.cfg.hardened,
+        nofile: super::SANDBOX_NOFILE.get().copied(),
     };
     let json =
         serde_json::to_vec(&shim_spec).map_err(|e| format!("encoding the shim spec: {e}"))?;

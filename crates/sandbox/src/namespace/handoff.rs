@@ -104,6 +104,13 @@ pub(crate) enum Woke {
 impl LogPump {
     /// A pump from `pipe` (read end) to `log` (opened for appending), bounded by `max` bytes.
     pub(crate) fn new(pipe: OwnedFd, log: OwnedFd, max: u64) -> Self {
+        // SAFETY: F_GETFL/F_SETFL on a descriptor `pipe` owns; no memory is passed.
+        unsafe {
+            let flags = libc::fcntl(pipe.as_raw_fd(), libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(pipe.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
         let log = File::from(log);
         let size = log.metadata().map(|m| m.len()).unwrap_or(0);
         LogPump {
@@ -188,19 +195,27 @@ impl LogPump {
     /// under an exclusive `flock` of the log: a reader that saw the pipe empty and then takes a
     /// shared lock sees everything envd wrote before it looked ([`wait_log_copied`]).
     fn copy_once(&mut self) {
-        let _lock = FlockGuard::exclusive(&self.log);
+        // The pipe is non-blocking: a read that finds nothing (EAGAIN) costs nothing. The lock
+        // is taken only around the write, and readers never wait for it unboundedly (a pause
+        // freezes the shim with the sandbox, possibly right here).
         let n = match self.pipe.read(&mut self.buf) {
             Ok(0) => {
                 self.eof = true;
                 return;
             }
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            Err(e)
+                if e.kind() == io::ErrorKind::Interrupted
+                    || e.kind() == io::ErrorKind::WouldBlock =>
+            {
+                return
+            }
             Err(_) => {
                 self.eof = true;
                 return;
             }
         };
+        let _lock = FlockGuard::exclusive(&self.log);
         if self.size + n as u64 > self.max {
             let note = format!(
                 "paddock shim: envd.log reached {} bytes; earlier output was dropped\n",
@@ -229,9 +244,17 @@ impl FlockGuard {
         Self::take(file, libc::LOCK_EX)
     }
 
-    /// Takes a shared lock on `file`.
-    pub fn shared(file: &File) -> Self {
-        Self::take(file, libc::LOCK_SH)
+    /// Takes a shared lock on `file`, waiting at most `max` for a writer to let go; after
+    /// that, returns without the lock (the reader then sees the log as it is).
+    pub fn shared_within(file: &File, max: Duration) -> Self {
+        let deadline = std::time::Instant::now() + max;
+        loop {
+            let guard = Self::take(file, libc::LOCK_SH | libc::LOCK_NB);
+            if guard.0.is_some() || std::time::Instant::now() >= deadline {
+                return guard;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     fn take(file: &File, how: libc::c_int) -> Self {
@@ -259,7 +282,7 @@ impl Drop for FlockGuard {
 
 /// Waits (at most `max`) until everything the sandbox whose PID 1 is `init_pid` has written
 /// to its log pipe has been taken by its shim, so that a read of `envd.log` under
-/// [`FlockGuard::shared`] right after sees it: envd logs a command's end before the client
+/// [`FlockGuard::shared_within`] right after sees it: envd logs a command's end before the client
 /// hears of it, and a client that then asks for the logs expects to find it. The shim is
 /// PID 1's parent, a host process; its pipe end is at [`SHIM_LOG_PIPE_FD`].
 pub fn wait_log_copied(init_pid: u32, max: Duration) {

@@ -275,6 +275,18 @@ impl RuntimeDriver for NamespaceDriver {
     }
 }
 
+/// `RLIMIT_NOFILE` (soft, hard) every sandbox's PID 1 starts with, when recorded.
+static SANDBOX_NOFILE: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+
+/// Records this process's current `RLIMIT_NOFILE` as the one sandboxes start with, so that a
+/// server raising its own limit (for its listeners) does not raise theirs. Later calls keep
+/// the first record.
+pub fn keep_sandbox_nofile() {
+    if let Ok(limits) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        let _ = SANDBOX_NOFILE.set(limits);
+    }
+}
+
 /// The handle of a sandbox whose state directory is `state_dir`.
 pub(crate) fn handle(id: SandboxId, init_pid: u32, state_dir: &Path) -> SandboxHandle {
     SandboxHandle {

@@ -251,11 +251,12 @@ fn mount_overlay(layout: &RootLayout<'_>, root: &Path) -> Result<()> {
         fd_path(&upper_dir),
         fd_path(&work_dir)
     );
+    // No device node of a layer works (`/dev` is a tmpfs of its own with bound host nodes).
     mount(
         Some("overlay"),
         root,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NODEV,
         Some(data.as_str()),
     )
     .map_err(|e| SetupError::new("mounting overlay root", e))
@@ -379,13 +380,7 @@ pub(crate) fn write_etc(root: &Path, hostname: &str, owner: Option<u32>) -> Resu
     );
     for (name, text) in [("hostname", format!("{hostname}\n")), ("hosts", hosts)] {
         let path = etc.join(name);
-        // A symlink in the template must not redirect the write.
-        if path.is_symlink() {
-            std::fs::remove_file(&path)
-                .map_err(|e| SetupError::new(format!("removing {}", path.display()), e))?;
-        }
-        std::fs::write(&path, text)
-            .map_err(|e| SetupError::new(format!("writing {}", path.display()), e))?;
+        write_regular(&path, text.as_bytes())?;
         if let Some(id) = owner {
             chown(&path, id)?;
         }
@@ -402,12 +397,7 @@ pub(crate) fn write_resolv_conf(
 ) -> Result<()> {
     let path = root.join("etc").join("resolv.conf");
     let text: String = dns.iter().map(|ip| format!("nameserver {ip}\n")).collect();
-    if path.is_symlink() {
-        std::fs::remove_file(&path)
-            .map_err(|e| SetupError::new(format!("removing {}", path.display()), e))?;
-    }
-    std::fs::write(&path, text)
-        .map_err(|e| SetupError::new(format!("writing {}", path.display()), e))?;
+    write_regular(&path, text.as_bytes())?;
     match owner {
         Some(id) => chown(&path, id),
         None => Ok(()),
@@ -460,14 +450,55 @@ fn mkdir(path: &Path) -> Result<()> {
         .map_err(|e| SetupError::new(format!("creating {}", path.display()), e))
 }
 
+/// Makes `path` an existing regular file (a mount point for a file), replacing whatever else
+/// the template or a snapshot left there (a FIFO would block the open, a symlink redirect it).
 fn touch(path: &Path) -> Result<()> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
+    open_regular(path, false).map(drop)
+}
+
+/// Writes `text` to `path` as a fresh regular file: a symlink, FIFO, socket or device the
+/// template (or a snapshot of a sandbox) left there is removed first, never followed or opened,
+/// so neither a redirect nor a blocking open can stall the sandbox's start.
+fn write_regular(path: &Path, text: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut file = open_regular(path, true)?;
+    file.write_all(text)
+        .map_err(|e| SetupError::new(format!("writing {}", path.display()), e))
+}
+
+fn open_regular(path: &Path, truncate: bool) -> Result<std::fs::File> {
+    let err = |what: &str, e: io::Error| SetupError::new(format!("{what} {}", path.display()), e);
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_file() => {}
+        Ok(meta) if meta.file_type().is_dir() => {
+            return Err(err(
+                "replacing",
+                io::Error::new(io::ErrorKind::InvalidInput, "it is a directory"),
+            ))
+        }
+        Ok(_) => std::fs::remove_file(path).map_err(|e| err("removing", e))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err("inspecting", e)),
+    }
+    let file = std::fs::OpenOptions::new()
         .write(true)
+        .create(true)
+        .truncate(truncate)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
-        .map(drop)
-        .map_err(|e| SetupError::new(format!("creating {}", path.display()), e))
+        .map_err(|e| err("creating", e))?;
+    let is_file = file
+        .metadata()
+        .map_err(|e| err("inspecting", e))?
+        .file_type()
+        .is_file();
+    if !is_file {
+        return Err(err(
+            "creating",
+            io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
+    Ok(file)
 }
 
 /// Whether `path` is the root of a mount (its device differs from its parent's).

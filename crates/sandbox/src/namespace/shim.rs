@@ -67,6 +67,10 @@ pub(crate) struct ShimSpec {
     /// Seccomp filter, capability cut and `/proc` masks (off only for benchmarks).
     #[serde(default = "yes")]
     pub hardened: bool,
+    /// `RLIMIT_NOFILE` (soft, hard) for PID 1, when the node's own differs from what sandboxes
+    /// get (see `keep_sandbox_nofile`).
+    #[serde(default)]
+    pub nofile: Option<(u64, u64)>,
 }
 
 fn yes() -> bool {
@@ -440,6 +444,10 @@ fn child_main(
     }
     sys::close_fds_from(next).map_err(|e| SetupError::new("closing descriptors", e))?;
 
+    if let Some((soft, hard)) = spec.nofile {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, soft, hard)
+            .map_err(|e| SetupError::new("setting the open-files limit", e))?;
+    }
     // SAFETY: restoring the default disposition installs no handler code.
     unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) }
         .map_err(|e| SetupError::new("resetting SIGPIPE", e))?;
@@ -609,6 +617,7 @@ mod tests {
             dns: vec!["1.1.1.1".parse().expect("ip")],
             id_map: Some(IdMap::DEFAULT),
             hardened: true,
+            nofile: Some((1024, 4096)),
         };
         let json = serde_json::to_string(&spec).expect("serialize");
         assert_eq!(
