@@ -8,7 +8,12 @@
 //!
 //! Slots are built in the background with bounded concurrency, so a create only pops one from
 //! the pool (and runs `nft` only for a non-default policy). A slot is never reused: release
-//! deletes it and the pool is refilled with a fresh one.
+//! deletes it and the pool is refilled with a fresh one. Deleting a veth waits for the kernel's
+//! RCU grace periods, so under churn address blocks come back late: a create that finds every
+//! block taken while slots are being destroyed or built waits for one (up to [`ACQUIRE_WAIT`])
+//! instead of failing, and only then reports [`NetworkError::Exhausted`], which
+//! [`NetworkError::is_exhausted`] tells callers to treat as "busy, retry later", never as a
+//! server fault.
 #![warn(missing_docs)]
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -34,6 +39,34 @@ use slot::Slot;
 const FILL_CONCURRENCY: usize = 2;
 /// How long shutdown waits for slots still being built.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+/// Longest wait of [`Network::acquire`] for an address block held by a slot being destroyed
+/// or built, before it gives up with [`NetworkError::Exhausted`].
+pub const ACQUIRE_WAIT: Duration = Duration::from_secs(10);
+
+/// Per-sandbox limits on the connections the host tracks for a sandbox (its conntrack
+/// entries), enforced by the ruleset before an entry is confirmed: a sandbox over them has its
+/// new flows dropped instead of filling the host's table, which would drop new flows of every
+/// sandbox and of the host. `0` turns a limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowLimits {
+    /// Most connections tracked at once per sandbox (TCP, UDP, ICMP flows; closed TCP
+    /// connections do not count). Default 4096.
+    pub max_flows: u32,
+    /// New flows per second per sandbox, sustained. Default 300.
+    pub new_flows_per_sec: u32,
+    /// New flows a sandbox may open at once above the rate. Default 1000.
+    pub new_flow_burst: u32,
+}
+
+impl Default for FlowLimits {
+    fn default() -> Self {
+        FlowLimits {
+            max_flows: 4096,
+            new_flows_per_sec: 300,
+            new_flow_burst: 1000,
+        }
+    }
+}
 
 /// Settings of a [`Network`].
 #[derive(Debug, Clone)]
@@ -61,6 +94,8 @@ pub struct NetworkConfig {
     /// sandboxes' redirected HTTP/TLS connections reach it; the ruleset closes it to every
     /// other interface.
     pub egress_proxy_port: u16,
+    /// Per-sandbox connection tracking limits (default: see [`FlowLimits`]).
+    pub flow_limits: FlowLimits,
 }
 
 impl Default for NetworkConfig {
@@ -76,6 +111,7 @@ impl Default for NetworkConfig {
             prefix: "pdk".into(),
             lock_dir: PathBuf::from("/run/paddock"),
             egress_proxy_port: 0,
+            flow_limits: FlowLimits::default(),
         }
     }
 }
@@ -164,7 +200,8 @@ pub enum NetworkError {
     /// The configuration cannot work.
     #[error("network config: {0}")]
     Config(String),
-    /// The pool has no free address block left.
+    /// The pool has no free address block left, even after waiting for slots being
+    /// destroyed: the host is busy, not broken (see [`NetworkError::is_exhausted`]).
     #[error("no free address in the network pool")]
     Exhausted,
     /// The sandbox holds no lease.
@@ -176,6 +213,14 @@ pub enum NetworkError {
     /// I/O with context.
     #[error("{0}")]
     Io(String, #[source] std::io::Error),
+}
+
+impl NetworkError {
+    /// Whether the error means a pooled resource ran out for now (a caller should answer
+    /// "busy, retry later", e.g. HTTP 429 with `Retry-After`), rather than a failure.
+    pub fn is_exhausted(&self) -> bool {
+        matches!(self, NetworkError::Exhausted)
+    }
 }
 
 /// The network of one sandbox, as the runtime needs it.
@@ -200,8 +245,29 @@ struct State {
     leased: HashMap<String, Slot>,
     free_blocks: BTreeSet<u32>,
     next_block: u32,
-    /// Slots being built or destroyed in the background.
-    filling: usize,
+    /// Slots being built (their blocks are taken).
+    building: usize,
+    /// Slots being destroyed (their blocks come back when done).
+    destroying: usize,
+}
+
+impl State {
+    /// Takes a free address block, if any is left.
+    fn take_block(&mut self, blocks: u32) -> Option<u32> {
+        if let Some(b) = self.free_blocks.pop_first() {
+            Some(b)
+        } else if self.next_block < blocks {
+            self.next_block += 1;
+            Some(self.next_block - 1)
+        } else {
+            None
+        }
+    }
+
+    /// Free blocks left (never handed out or given back).
+    fn blocks_left(&self, blocks: u32) -> usize {
+        self.free_blocks.len() + (blocks - self.next_block) as usize
+    }
 }
 
 struct Inner {
@@ -307,6 +373,7 @@ impl Network {
                     IpAddr::V6(_) => None,
                 })
                 .collect(),
+            limits: cfg.flow_limits,
         };
         nft::run(&names.ruleset()).await?;
         tracing::info!(pool = %pool, table = %names.table, interfaces = %iface_prefix, egress_proxy_port = egress.port(), "sandbox networking ready");
@@ -356,20 +423,16 @@ impl Network {
         self.inner.state().ready.len()
     }
 
+    /// Slots being destroyed in the background right now.
+    pub fn destroying(&self) -> usize {
+        self.inner.state().destroying
+    }
+
     /// Gives sandbox `id` a slot (from the pool, or built now if the pool is empty) and applies
-    /// `policy` to it.
+    /// `policy` to it. When every address block is taken but slots are being destroyed or
+    /// built, waits for one (up to [`ACQUIRE_WAIT`]); [`NetworkError::Exhausted`] after that.
     pub async fn acquire(&self, id: &str, policy: &EgressPolicy) -> Result<Lease, NetworkError> {
-        if self.inner.shutting_down.load(Ordering::SeqCst) {
-            return Err(NetworkError::ShuttingDown);
-        }
-        let pooled = self.inner.state().ready.pop_front();
-        let mut slot = match pooled {
-            Some(s) => s,
-            None => {
-                self.refill();
-                self.inner.build().await?
-            }
-        };
+        let mut slot = self.take_slot().await?;
         self.inner
             .egress
             .registry()
@@ -400,6 +463,44 @@ impl Network {
             self.inner.destroy(old).await;
         }
         Ok(lease)
+    }
+
+    /// A ready slot, or one built now on a free block, or (every block taken) the first that
+    /// slots being destroyed or built give back within [`ACQUIRE_WAIT`].
+    async fn take_slot(&self) -> Result<Slot, NetworkError> {
+        let deadline = tokio::time::Instant::now() + ACQUIRE_WAIT;
+        loop {
+            if self.inner.shutting_down.load(Ordering::SeqCst) {
+                return Err(NetworkError::ShuttingDown);
+            }
+            let notified = self.inner.fill_done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (block, pending) = {
+                let mut st = self.inner.state();
+                if let Some(slot) = st.ready.pop_front() {
+                    return Ok(slot);
+                }
+                (
+                    st.take_block(self.inner.blocks),
+                    st.building + st.destroying,
+                )
+            };
+            if let Some(index) = block {
+                self.refill();
+                return self.inner.build(index).await;
+            }
+            if pending == 0 {
+                return Err(NetworkError::Exhausted);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(
+                    waited_secs = ACQUIRE_WAIT.as_secs(),
+                    "no network slot came back in time"
+                );
+                return Err(NetworkError::Exhausted);
+            }
+        }
     }
 
     /// Replaces the egress policy of sandbox `id` (atomically, one nft transaction). The egress
@@ -439,7 +540,7 @@ impl Network {
             let mut st = self.inner.state();
             let slot = st.leased.remove(id);
             if slot.is_some() {
-                st.filling += 1;
+                st.destroying += 1;
             }
             slot
         };
@@ -448,9 +549,11 @@ impl Network {
             let net = self.clone();
             tokio::spawn(async move {
                 inner.destroy(slot).await;
-                inner.state().filling -= 1;
-                inner.fill_done.notify_waiters();
+                inner.state().destroying -= 1;
+                // Refill before waking waiters: they may find the block taken by a build, which
+                // they then wait for.
                 net.refill();
+                inner.fill_done.notify_waiters();
             });
         }
     }
@@ -464,7 +567,11 @@ impl Network {
             let notified = self.inner.fill_done.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.inner.state().filling == 0 {
+            let pending = {
+                let st = self.inner.state();
+                st.building + st.destroying
+            };
+            if pending == 0 {
                 break;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -491,24 +598,33 @@ impl Network {
     /// it when the pool had a slot: building one takes the kernel's RTNL lock, which the
     /// sandbox being started needs too, so the caller refills once its sandbox runs.
     pub fn refill(&self) {
-        let missing = {
+        if self.inner.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        let blocks: Vec<u32> = {
             let mut st = self.inner.state();
             let want = self
                 .inner
                 .cfg
                 .pool_size
-                .saturating_sub(st.ready.len() + st.filling);
-            st.filling += want;
-            want
+                .saturating_sub(st.ready.len() + st.building)
+                .min(st.blocks_left(self.inner.blocks));
+            st.building += want;
+            (0..want)
+                .filter_map(|_| st.take_block(self.inner.blocks))
+                .collect()
         };
-        for _ in 0..missing {
+        for index in blocks {
             let inner = Arc::clone(&self.inner);
             tokio::spawn(async move {
                 let built = match inner.fill_permits.acquire().await {
                     Ok(_permit) if !inner.shutting_down.load(Ordering::SeqCst) => {
-                        Some(inner.build().await)
+                        Some(inner.build(index).await)
                     }
-                    _ => None,
+                    _ => {
+                        inner.state().free_blocks.insert(index);
+                        None
+                    }
                 };
                 let leftover = match built {
                     Some(Ok(slot)) if !inner.shutting_down.load(Ordering::SeqCst) => {
@@ -525,7 +641,7 @@ impl Network {
                 if let Some(slot) = leftover {
                     inner.destroy(slot).await;
                 }
-                inner.state().filling -= 1;
+                inner.state().building -= 1;
                 inner.fill_done.notify_waiters();
             });
         }
@@ -537,20 +653,13 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Builds one slot with a fresh name and a free address block.
-    async fn build(&self) -> Result<Slot, NetworkError> {
-        let index = {
-            let mut st = self.state();
-            if let Some(b) = st.free_blocks.pop_first() {
-                b
-            } else if st.next_block < self.blocks {
-                st.next_block += 1;
-                st.next_block - 1
-            } else {
-                return Err(NetworkError::Exhausted);
-            }
+    /// Builds one slot with a fresh name on address block `index` (taken from the free ones
+    /// by the caller; given back on failure).
+    async fn build(&self, index: u32) -> Result<Slot, NetworkError> {
+        let Some(block) = slot::block(&self.names.pool, index) else {
+            self.state().free_blocks.insert(index);
+            return Err(NetworkError::Exhausted);
         };
-        let block = slot::block(&self.names.pool, index).ok_or(NetworkError::Exhausted)?;
         let iface = format!(
             "{}{}",
             self.iface_prefix,

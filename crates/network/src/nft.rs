@@ -14,6 +14,14 @@
 //!   (169.254.0.0/16: cloud metadata) and all IPv6; then the slot's own chain through the
 //!   `egress` verdict map; then accept. To a sandbox only replies pass.
 //! - nat postrouting: masquerade this instance's slice leaving through any other interface.
+//! - limits (prerouting, after conntrack has seen the packet, before NAT): per sandbox
+//!   interface, new flows over the rate limit and over the cap of tracked connections are
+//!   dropped, so their conntrack entries are never confirmed and no sandbox fills the host's
+//!   table (see [`FlowLimits`]). Keyed by the interface name, which no later slot reuses, so a
+//!   new sandbox never inherits the entries of an earlier one at the same address.
+//! - output: the host opens no connection into a sandbox (every port of every sandbox is
+//!   reached through the proxy's Unix sockets, never its address); only replies and errors
+//!   about a sandbox's own flows leave through `<prefix>*`.
 //!
 //! A slot chain accepts `allowOut` CIDRs, then (for a policy with domain names) DNS on port 53
 //! to the configured nameservers, then drops `denyOut` CIDRs, then drops everything when
@@ -30,7 +38,7 @@ use tokio::io::AsyncWriteExt;
 use std::net::Ipv4Addr;
 
 use crate::policy::{Cidr, EgressPolicy};
-use crate::NetworkError;
+use crate::{FlowLimits, NetworkError};
 
 /// Names and ranges of the nftables objects of one [`crate::Network`].
 #[derive(Debug, Clone)]
@@ -47,6 +55,8 @@ pub(crate) struct Names {
     pub proxy_port: u16,
     /// Nameservers of the sandboxes, reachable on port 53 when a policy names domains.
     pub dns: Vec<Ipv4Addr>,
+    /// Per-sandbox caps on tracked connections.
+    pub limits: FlowLimits,
 }
 
 impl Names {
@@ -64,6 +74,20 @@ impl Names {
         let all = &self.all;
         let pool = &self.pool;
         let port = self.proxy_port;
+        let mut limits = String::new();
+        let l = &self.limits;
+        if l.new_flows_per_sec > 0 {
+            let (rate, burst) = (l.new_flows_per_sec, l.new_flow_burst.max(1));
+            limits.push_str(&format!(
+                "    iifname \"{p}*\" ct state new add @new_flows {{ iifname limit rate over {rate}/second burst {burst} packets }} drop\n"
+            ));
+        }
+        if l.max_flows > 0 {
+            let max = l.max_flows;
+            limits.push_str(&format!(
+                "    iifname \"{p}*\" ct state new add @flows {{ iifname ct count over {max} }} drop\n"
+            ));
+        }
         format!(
             "add table inet {t}
 delete table inet {t}
@@ -74,6 +98,20 @@ table inet {t} {{
   set proxied {{
     type ifname
   }}
+  set flows {{
+    type ifname
+    size 65535
+    flags dynamic
+  }}
+  set new_flows {{
+    type ifname
+    size 65535
+    flags dynamic,timeout
+    timeout 1m
+  }}
+  chain limits {{
+    type filter hook prerouting priority mangle; policy accept;
+{limits}  }}
   chain input {{
     type filter hook input priority filter - 10; policy accept;
     iifname \"{p}*\" ct state established,related accept
@@ -92,6 +130,11 @@ table inet {t} {{
     iifname \"{p}*\" meta nfproto ipv6 drop
     iifname vmap @egress
     iifname \"{p}*\" accept
+    oifname \"{p}*\" ct state established,related accept
+    oifname \"{p}*\" drop
+  }}
+  chain output {{
+    type filter hook output priority filter - 10; policy accept;
     oifname \"{p}*\" ct state established,related accept
     oifname \"{p}*\" drop
   }}
@@ -224,6 +267,11 @@ mod tests {
             pool: "10.213.16.0/20".parse().expect("cidr"),
             proxy_port: 40123,
             dns: vec![Ipv4Addr::new(192, 0, 2, 53)],
+            limits: FlowLimits {
+                max_flows: 4096,
+                new_flows_per_sec: 300,
+                new_flow_burst: 1000,
+            },
         }
     }
 
@@ -239,10 +287,23 @@ mod tests {
             "ip saddr 10.213.16.0/20 oifname != \"pdk*\" masquerade",
             "set proxied {\n    type ifname\n  }",
             "iifname \"pdk*\" meta l4proto tcp ct status dnat accept\n    iifname \"pdk*\" drop\n    iifname != \"pdk*\" tcp dport 40123 drop",
+            "type filter hook prerouting priority mangle; policy accept;\n    iifname \"pdk*\" ct state new add @new_flows { iifname limit rate over 300/second burst 1000 packets } drop\n    iifname \"pdk*\" ct state new add @flows { iifname ct count over 4096 } drop\n  }",
+            "type filter hook output priority filter - 10; policy accept;\n    oifname \"pdk*\" ct state established,related accept\n    oifname \"pdk*\" drop\n  }",
             "type nat hook prerouting priority dstnat; policy accept;\n    iifname @proxied ip daddr != { 10.213.0.0/16, 169.254.0.0/16 } tcp dport { 80, 443 } fib daddr type != local redirect to :40123",
         ] {
             assert!(r.contains(line), "missing {line:?} in {r}");
         }
+        // A limit of 0 is no limit: no rule (the sets stay, empty).
+        let mut n = names();
+        n.limits = FlowLimits {
+            max_flows: 0,
+            new_flows_per_sec: 0,
+            new_flow_burst: 5,
+        };
+        let r = n.ruleset();
+        assert!(!r.contains("ct count"), "{r}");
+        assert!(!r.contains("limit rate"), "{r}");
+        assert!(r.contains("priority mangle; policy accept;\n  }"), "{r}");
     }
 
     #[test]

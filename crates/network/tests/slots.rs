@@ -1,6 +1,7 @@
 //! Real slots (needs root, `nft`): NAT to an "outside" network namespace this test makes itself
-//! (198.18.x.0/30 on its own veth), isolation from the host and between slots, runtime policy
-//! updates, and a clean shutdown. Traffic never leaves this machine.
+//! (198.18.x.0/30 on its own veth), isolation from the host (both ways) and between slots,
+//! runtime policy updates, per-sandbox connection tracking limits, waiting for blocks of slots
+//! being destroyed, and a clean shutdown. Traffic never leaves this machine.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -9,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use paddock_network::{EgressPolicy, Network, NetworkConfig};
+use paddock_network::{EgressPolicy, FlowLimits, Network, NetworkConfig};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -210,6 +211,19 @@ async fn nat_isolation_policy_and_shutdown() {
         "b's own server must answer inside b"
     );
     assert_eq!(probe(&a_ns, b_addr), None, "a reached b");
+    // Nor does the host reach a sandbox's address: every port of a sandbox is reached through
+    // the proxy's Unix sockets, never over the network. (The port answers inside b.)
+    let b_any_port = in_netns(&b_ns, || {
+        serve(TcpListener::bind("0.0.0.0:0").expect("bind"))
+    });
+    let b_any = SocketAddr::new(IpAddr::V4(b_ip), b_any_port);
+    assert!(probe(&b_ns, b_any).is_some(), "b's server must answer in b");
+    for addr in [b_addr, b_any] {
+        assert!(
+            TcpStream::connect_timeout(&addr, Duration::from_millis(700)).is_err(),
+            "the host reached {addr} inside a sandbox"
+        );
+    }
 
     // Policy at runtime.
     let deny = EgressPolicy {
@@ -300,7 +314,8 @@ async fn pool_fills_in_the_background() {
         assert!(tokio::time::Instant::now() < deadline, "pool never filled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A /28 has 4 blocks: 3 pooled + 1 more, then the pool is exhausted.
+    // A /28 has 4 blocks: 3 pooled + 1 more, then the pool is exhausted: with nothing being
+    // destroyed or built, at once, and as "busy", not as a failure.
     let mut leases = Vec::new();
     for i in 0..4 {
         leases.push(
@@ -309,19 +324,26 @@ async fn pool_fills_in_the_background() {
                 .expect("lease"),
         );
     }
-    assert!(net.acquire("s4", &EgressPolicy::default()).await.is_err());
+    let err = net
+        .acquire("s4", &EgressPolicy::default())
+        .await
+        .expect_err("a fifth lease of four blocks");
+    assert!(err.is_exhausted(), "{err}");
+    // A released slot is destroyed in the background (the veth deletion waits for RCU grace
+    // periods); a create meanwhile waits for its block instead of failing.
     net.release("s0");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match net.acquire("s4", &EgressPolicy::default()).await {
-            Ok(_) => break,
-            Err(e) => assert!(
-                std::time::Instant::now() < deadline,
-                "freed block never reused: {e}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert_eq!(net.destroying(), 1);
+    net.acquire("s4", &EgressPolicy::default())
+        .await
+        .expect("the block of the slot being destroyed");
+    net.release("s1");
+    net.release("s2");
+    net.acquire("s5", &EgressPolicy::default())
+        .await
+        .expect("lease s5");
+    net.acquire("s6", &EgressPolicy::default())
+        .await
+        .expect("lease s6");
     net.shutdown().await;
     assert_eq!(links_with_prefix("pdtb"), Vec::<String>::new());
     assert!(!nft_table_exists("pdtest_b_b"));
@@ -462,4 +484,121 @@ async fn domain_rules_through_the_egress_proxy() {
     let (conn, h, _) = rtnetlink::new_connection().expect("netlink");
     tokio::spawn(conn);
     del_link(&h, "pdxc").await;
+}
+
+/// Conntrack entries whose original direction comes from `addr` (the host's table).
+fn tracked_from(addr: Ipv4Addr) -> usize {
+    let needle = format!(" src={addr} ");
+    std::fs::read_to_string("/proc/net/nf_conntrack")
+        .expect("/proc/net/nf_conntrack")
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .count()
+}
+
+/// Sends one UDP datagram from inside `ns` to each of `ports` of `ip` (each a new flow; nothing
+/// listens there). Returns how long it took.
+fn udp_flows(ns: &OwnedFd, ip: Ipv4Addr, ports: std::ops::Range<u16>) -> Duration {
+    in_netns(ns, move || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let start = std::time::Instant::now();
+        for port in ports {
+            // Dropped datagrams still "send"; ICMP errors may fail a later send: ignore both.
+            let _ = sock.send_to(b"x", (ip, port));
+        }
+        start.elapsed()
+    })
+}
+
+/// Issue 13, finding 6: one sandbox added ~12,000 conntrack entries in 0.1 s, and a full table
+/// drops new flows of every sandbox and of the host. Each sandbox now has a new-flow rate limit
+/// and a cap on its tracked connections; other sandboxes are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conntrack_flooding_is_capped_per_sandbox() {
+    const MAX: usize = 200;
+    const RATE: usize = 100;
+    const BURST: usize = 150;
+    let cfg = NetworkConfig {
+        cidr: "10.251.48.0/24".parse().expect("cidr"),
+        slices: 1,
+        pool_size: 2,
+        dns: vec![],
+        table: "pdtest_d".into(),
+        prefix: "pdtd".into(),
+        flow_limits: FlowLimits {
+            max_flows: MAX as u32,
+            new_flows_per_sec: RATE as u32,
+            new_flow_burst: BURST as u32,
+        },
+        ..NetworkConfig::default()
+    };
+    let net = Network::start(cfg).await.expect("start");
+    let out_ns = outside("pdxd", 9).await;
+    let out_ip = Ipv4Addr::new(198, 18, 9, 2);
+    let out_port = in_netns(&out_ns, || {
+        serve(TcpListener::bind("198.18.9.2:0").expect("bind"))
+    });
+    let outside_addr = SocketAddr::new(IpAddr::V4(out_ip), out_port);
+    let a = net
+        .acquire("a", &EgressPolicy::default())
+        .await
+        .expect("lease a");
+    let b = net
+        .acquire("b", &EgressPolicy::default())
+        .await
+        .expect("lease b");
+    let a_ns = open(&a.netns_path);
+    let b_ns = open(&b.netns_path);
+
+    // A burst of 2,000 new flows: only the burst and what the rate adds meanwhile get tracked.
+    let before = tracked_from(a.address);
+    let took = udp_flows(&a_ns, out_ip, 20_000..22_000);
+    let burst = tracked_from(a.address) - before;
+    let allowed = BURST + (RATE as f64 * took.as_secs_f64()).ceil() as usize + 1;
+    assert!(
+        burst <= allowed,
+        "{burst} of 2000 flows tracked in {took:?}; the limit allows {allowed}"
+    );
+
+    // Sustained: new flows keep coming at the rate until the cap of tracked connections stops
+    // them (UDP entries without a reply live 30 s, longer than this loop).
+    let mut port = 22_000u16;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while tracked_from(a.address) < MAX && std::time::Instant::now() < deadline {
+        udp_flows(&a_ns, out_ip, port..port + 50);
+        port += 50;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Twice what the cap allows, offered after it was reached.
+    for _ in 0..4 {
+        udp_flows(&a_ns, out_ip, port..port + 100);
+        port += 100;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let tracked = tracked_from(a.address);
+    assert!(
+        tracked <= MAX,
+        "{tracked} connections of one sandbox tracked, over the cap of {MAX}"
+    );
+    assert!(
+        tracked > BURST,
+        "only {tracked} tracked: the rate limit never let more flows in after the burst"
+    );
+    // At the cap, a's new connections are dropped; b's are not.
+    assert_eq!(
+        probe(&a_ns, outside_addr),
+        None,
+        "a opened a flow over its cap"
+    );
+    assert!(
+        probe(&b_ns, outside_addr).is_some(),
+        "b was cut off by a's flood"
+    );
+
+    drop((a_ns, b_ns));
+    net.shutdown().await;
+    assert!(!nft_table_exists("pdtest_d_a"));
+    let (conn, h, _) = rtnetlink::new_connection().expect("netlink");
+    tokio::spawn(conn);
+    del_link(&h, "pdxd").await;
 }

@@ -23,7 +23,7 @@ pub mod templates;
 
 pub use manager::{LocalNode, NodeConfig, PoolConfig, PoolStats, TemplatePoolStats};
 pub use metrics::{MetricSample, MetricsRange};
-pub use paddock_network::{Cidr, EgressPolicy, Network, NetworkConfig};
+pub use paddock_network::{Cidr, EgressPolicy, FlowLimits, Network, NetworkConfig};
 
 /// What the control plane asks a node to start.
 #[derive(Debug, Clone)]
@@ -116,7 +116,8 @@ pub enum NodeError {
     /// The sandbox is not on this node.
     #[error("sandbox {0} not found")]
     SandboxNotFound(SandboxId),
-    /// The node cannot take more sandboxes right now.
+    /// The node cannot take more sandboxes right now (including a pooled resource such as
+    /// network slots running out: see the `From<NetworkError>` conversion).
     #[error("node is at capacity: {0}")]
     Busy(String),
     /// This node cannot do the operation at all.
@@ -133,7 +134,7 @@ pub enum NodeError {
     Envd(String),
     /// Sandbox networking failed.
     #[error(transparent)]
-    Network(#[from] paddock_network::NetworkError),
+    Network(paddock_network::NetworkError),
     /// Template store failure.
     #[error(transparent)]
     Template(#[from] templates::TemplateError),
@@ -146,6 +147,19 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<paddock_network::NetworkError> for NodeError {
+    /// A pool that ran out for now (every address block taken, even after waiting for slots
+    /// being destroyed) is [`NodeError::Busy`], which the control plane answers with 429 and
+    /// `Retry-After`; every other networking error is [`NodeError::Network`].
+    fn from(e: paddock_network::NetworkError) -> Self {
+        if e.is_exhausted() {
+            NodeError::Busy(e.to_string())
+        } else {
+            NodeError::Network(e)
+        }
+    }
 }
 
 /// The operations a control plane needs from a node.
@@ -309,5 +323,21 @@ pub trait Node: Send + Sync + 'static {
     fn egress_policy(&self, id: &SandboxId) -> Option<EgressPolicy> {
         let _ = id;
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exhausted_network_pool_is_busy_not_a_failure() {
+        let e = NodeError::from(paddock_network::NetworkError::Exhausted);
+        assert!(
+            matches!(&e, NodeError::Busy(m) if m.contains("network pool")),
+            "{e:?}"
+        );
+        let e = NodeError::from(paddock_network::NetworkError::ShuttingDown);
+        assert!(matches!(e, NodeError::Network(_)), "{e:?}");
     }
 }

@@ -61,6 +61,18 @@ pub struct ServeArgs {
     /// needs `nft`) or `none` (only `lo`, no IP connectivity at all).
     #[arg(long, env = "PADDOCK_NETWORK", value_enum, default_value_t = NetworkMode::Nat)]
     network: NetworkMode,
+    /// Most connections the host tracks at once for one sandbox (its conntrack entries; closed
+    /// TCP connections do not count): its new flows over it are dropped, so no sandbox fills
+    /// the host's table. 0 turns the cap off.
+    #[arg(long, env = "PADDOCK_SANDBOX_MAX_FLOWS", default_value_t = paddock_node::FlowLimits::default().max_flows)]
+    sandbox_max_flows: u32,
+    /// New connections one sandbox may open per second, sustained (see
+    /// `--sandbox-new-flow-burst`); more are dropped. 0 turns the limit off.
+    #[arg(long, env = "PADDOCK_SANDBOX_NEW_FLOWS_PER_SEC", default_value_t = paddock_node::FlowLimits::default().new_flows_per_sec)]
+    sandbox_new_flows_per_sec: u32,
+    /// New connections one sandbox may open at once above `--sandbox-new-flows-per-sec`.
+    #[arg(long, env = "PADDOCK_SANDBOX_NEW_FLOW_BURST", default_value_t = paddock_node::FlowLimits::default().new_flow_burst)]
+    sandbox_new_flow_burst: u32,
     /// Sandboxes kept started in advance per template (warm pool), so that a create only
     /// hands one over. A template's pool is filled after its first create (or from the start
     /// with `--warm-pool-template`) and emptied after 10 idle minutes. 0 turns pools off.
@@ -278,6 +290,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let network_config = paddock_node::NetworkConfig {
         // A restarted server gets its own slice (and cleans up its leftovers) first.
         preferred_slice: data_dir_hash(&data_dir) % 16,
+        flow_limits: paddock_node::FlowLimits {
+            max_flows: args.sandbox_max_flows,
+            new_flows_per_sec: args.sandbox_new_flows_per_sec,
+            new_flow_burst: args.sandbox_new_flow_burst,
+        },
         ..paddock_node::NetworkConfig::default()
     };
     // The whole range, every server's slice: webhooks never reach any sandbox on this host.
