@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// needs `nft`) or `none` (only `lo`, no IP connectivity at all).
     #[arg(long, env = "PADDOCK_NETWORK", value_enum, default_value_t = NetworkMode::Nat)]
     network: NetworkMode,
+    /// IPv4 range for the sandboxes of every Paddock server on this host (`--network nat`): cut
+    /// into 16 slices, each server claims one and gives each sandbox a /30 of it. Every server
+    /// on a host should use the same range.
+    #[arg(long, env = "PADDOCK_NETWORK_CIDR", default_value_t = paddock_node::NetworkConfig::default().cidr)]
+    network_cidr: paddock_node::Cidr,
     /// Most connections the host tracks at once for one sandbox (its conntrack entries; closed
     /// TCP connections do not count): its new flows over it are dropped, so no sandbox fills
     /// the host's table. 0 turns the cap off.
@@ -290,6 +295,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let network_config = paddock_node::NetworkConfig {
         // A restarted server gets its own slice (and cleans up its leftovers) first.
         preferred_slice: data_dir_hash(&data_dir) % 16,
+        cidr: args.network_cidr,
         flow_limits: paddock_node::FlowLimits {
             max_flows: args.sandbox_max_flows,
             new_flows_per_sec: args.sandbox_new_flows_per_sec,
