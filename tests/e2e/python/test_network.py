@@ -1,6 +1,7 @@
 """Per-sandbox networking through the official SDK: egress through NAT to an "outside" network
 namespace this module makes itself (198.18.5.0/30 on its own veth, traffic never leaves the
 machine), no reach to the host's services on any host address, no sandbox-to-sandbox traffic,
+no connection from the host into a sandbox's address,
 `allow_internet_access=False`, `update_network` / raw `PUT /sandboxes/{id}/network` at
 runtime, and domain names in `allowOut` (HTTP on 80 by `Host`, TLS on 443 by SNI, through the
 node's egress proxy) against an HTTP and a TLS server on the outside."""
@@ -225,6 +226,25 @@ def test_sandboxes_cannot_reach_each_other(new_sandbox):
         time.sleep(0.1)
     assert reachable(b, [[b_ip, 8000]]) == [(b_ip, 8000)], "b's server must answer inside b"
     assert reachable(a, [[b_ip, 8000]]) == []
+
+
+def test_the_host_cannot_connect_into_a_sandbox(new_sandbox, paddock):
+    """Issue 13, finding 9: any host process reached envd and every user port at a sandbox's
+    address. Only the proxy (over Unix sockets) leads into a sandbox."""
+    sbx = new_sandbox()
+    sbx.commands.run("python3 -m http.server 8000 --bind 0.0.0.0", background=True)
+    ip = own_ip(sbx)
+    for _ in range(50):
+        if reachable(sbx, [[ip, 8000]]):
+            break
+        time.sleep(0.1)
+    assert reachable(sbx, [[ip, 8000]]) == [(ip, 8000)], "the server must answer inside the sandbox"
+    for port in (8000, 49983):
+        with pytest.raises(OSError):
+            socket.create_connection((ip, port), timeout=1).close()
+    # Through the proxy the port still answers.
+    r = requests.get(paddock.sandbox_url + "/", headers={"Host": sbx.get_host(8000)}, timeout=10)
+    assert r.status_code == 200, r.text
 
 
 def test_allow_internet_access_false_blocks_egress(outside, new_sandbox):
