@@ -128,6 +128,9 @@ pub struct LocalNode {
     /// Set once [`Node::reconcile`] has run: it removes every sandbox it does not adopt, so
     /// warm pools are filled only after it.
     reconciled: std::sync::atomic::AtomicBool,
+    /// Counts pauses (bumped when a sandbox is marked paused, before its freeze), so waiters
+    /// for a given sandbox's pause ([`LocalNode::until_paused`]) wake up and look.
+    pauses: tokio::sync::watch::Sender<u64>,
 }
 
 /// A reserved slot for one create; dropping it (failure, cancellation) frees the slot.
@@ -170,6 +173,7 @@ impl LocalNode {
             pool_wake: Arc::new(Notify::new()),
             starts: tokio::sync::Semaphore::new(cfg_start_concurrency),
             reconciled: std::sync::atomic::AtomicBool::new(false),
+            pauses: tokio::sync::watch::channel(0).0,
         });
         tokio::spawn(crate::metrics::run_sampler(Arc::downgrade(&node)));
         if node.cfg.warm_pool.size > 0 {

@@ -35,6 +35,9 @@ pub enum Lookup {
 /// The future [`SandboxDirectory::wake`] returns.
 pub type WakeFuture<'a> = Pin<Box<dyn Future<Output = Lookup> + Send + 'a>>;
 
+/// The future [`SandboxDirectory::until_paused`] returns.
+pub type PausedFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
 /// Resolves sandbox ids to their sockets. Called once per proxied request, on the request's
 /// task, so it must be cheap and must not block.
 pub trait SandboxDirectory: Send + Sync + 'static {
@@ -48,5 +51,14 @@ pub trait SandboxDirectory: Send + Sync + 'static {
     fn wake<'a>(&'a self, id: &'a SandboxId) -> WakeFuture<'a> {
         let _ = id;
         Box::pin(std::future::ready(Lookup::Paused))
+    }
+
+    /// A future that completes once `id` is paused (at once if it is paused now). The proxy
+    /// races it against the sandbox's answer: a request sent just before a freeze would
+    /// otherwise wait on a frozen sandbox until it is resumed (E2B drops such requests). It
+    /// must start watching when called, not when first polled. Default: never completes.
+    fn until_paused<'a>(&'a self, id: &'a SandboxId) -> PausedFuture<'a> {
+        let _ = id;
+        Box::pin(std::future::pending())
     }
 }

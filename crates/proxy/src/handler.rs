@@ -153,7 +153,17 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let upstream_req = prepare_request(req, route.port, upgrade);
 
-        let mut response = match self.send(&target, upstream_req, upgrade).await {
+        // A pause that lands while the sandbox has yet to answer ends the wait: a frozen
+        // sandbox answers nothing until it is resumed.
+        let paused = self.inner.dir.until_paused(&route.sandbox_id);
+        let sent = tokio::select! {
+            sent = self.send(&target, upstream_req, upgrade) => sent,
+            () = paused => {
+                tracing::debug!("sandbox paused before it answered");
+                return reply::paused(&route.sandbox_id, is_envd);
+            }
+        };
+        let mut response = match sent {
             Ok(response) => response,
             Err(e) => return self.failure(&route, is_envd, e),
         };
@@ -526,5 +536,78 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
         assert!(body_text(resp).await.contains("was not found"));
         assert_eq!(dir.wakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}
+
+#[cfg(test)]
+mod pause_race_tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http::{Request, StatusCode};
+    use http_body_util::Full;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// A running sandbox whose envd accepts connections but never answers (it is frozen), and
+    /// whose pause the test announces through `paused`.
+    struct FreezingDir {
+        socket: std::path::PathBuf,
+        paused: tokio::sync::watch::Receiver<bool>,
+    }
+
+    impl SandboxDirectory for FreezingDir {
+        fn lookup(&self, _: &paddock_domain::SandboxId) -> Lookup {
+            Lookup::Running(crate::Upstream {
+                envd_socket: self.socket.clone(),
+                forward_socket: self.socket.clone(),
+            })
+        }
+
+        fn until_paused<'a>(&'a self, _: &'a paddock_domain::SandboxId) -> crate::PausedFuture<'a> {
+            let mut rx = self.paused.clone();
+            Box::pin(async move {
+                let _ = rx.wait_for(|p| *p).await;
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pause_landing_before_the_answer_ends_the_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("envd.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        let (pause, paused) = tokio::sync::watch::channel(false);
+        let (got_request, mut request_seen) = tokio::sync::mpsc::channel::<()>(1);
+        // The frozen envd: reads the request, never answers, keeps the connection open.
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            let _ = got_request.send(()).await;
+            std::future::pending::<()>().await;
+            drop(conn);
+        });
+        let proxy = Proxy::new(
+            Arc::new(FreezingDir { socket, paused }),
+            ProxyConfig::default(),
+        );
+        let req = Request::builder()
+            .uri("/health")
+            .header("e2b-sandbox-id", "iabc")
+            .header("e2b-sandbox-port", "49983")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let handling = tokio::spawn(async move { proxy.handle(req).await });
+        request_seen.recv().await.expect("the request reached envd");
+        pause.send(true).expect("pause");
+        // A hang guard, not a speed check: without the race the handler waits forever.
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(60), handling)
+            .await
+            .expect("the proxy kept waiting on a frozen sandbox")
+            .expect("handler");
+        // What a paused sandbox's envd port answers: a 502 the SDKs read as "not running".
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     }
 }

@@ -27,7 +27,7 @@ pub mod route;
 mod server;
 mod upstream;
 
-pub use directory::{Lookup, SandboxDirectory, Upstream, WakeFuture};
+pub use directory::{Lookup, PausedFuture, SandboxDirectory, Upstream, WakeFuture};
 pub use handler::{Proxy, ProxyBody};
 pub use route::{Route, RouteError};
 pub use server::serve;

@@ -371,3 +371,22 @@ def test_paused_sandboxes_survive_a_clean_restart_of_the_server():
         assert second.leaks() == [], second.log_tail()
         first.cleanup(keep_data_dir=True)
         second.cleanup()
+
+
+def test_requests_in_flight_when_a_pause_lands_end_at_once(new_sandbox):
+    """E2B's SDK test `test_keep_memory_none_defaults_to_full_memory`: `set_timeout(0)` with
+    `on_timeout: pause`, then `is_running()` in a loop. A request that reached envd just before
+    the freeze used to wait on the frozen sandbox until its resume (or the client's timeout);
+    the proxy now answers it as paused as soon as the pause lands."""
+    for _ in range(8):
+        sbx = new_sandbox(timeout=300, lifecycle={"on_timeout": "pause", "auto_resume": False})
+        sbx.set_timeout(0)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            # Waiting on a frozen sandbox ends in the client's timeout: TimeoutException.
+            running = sbx.is_running(request_timeout=10)
+            if not running:
+                break
+        else:
+            pytest.fail("the sandbox never paused")
+        sbx.kill()

@@ -499,6 +499,10 @@ impl paddock_proxy::SandboxDirectory for NodeDirectory {
             }
         })
     }
+
+    fn until_paused<'a>(&'a self, id: &'a SandboxId) -> paddock_proxy::PausedFuture<'a> {
+        Box::pin(self.node.until_paused(id))
+    }
 }
 
 /// One cgroup subtree per data dir, so two servers on one host never reap each other's sandboxes.

@@ -135,6 +135,28 @@ impl LocalNode {
         Ok(())
     }
 
+    /// Completes once sandbox `id` is marked paused (at once if it is now); watches from the
+    /// call on, so a pause between the call and the first poll is not missed. Never completes
+    /// for a sandbox that stays running.
+    pub fn until_paused<'a>(
+        &'a self,
+        id: &'a SandboxId,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        let mut rx = self.pauses.subscribe();
+        let paused_now = crate::Node::is_paused(self, id);
+        async move {
+            if paused_now {
+                return;
+            }
+            while rx.changed().await.is_ok() {
+                if crate::Node::is_paused(self, id) {
+                    return;
+                }
+            }
+            std::future::pending::<()>().await;
+        }
+    }
+
     pub(super) fn set_paused_flag(&self, id: &SandboxId, paused: bool) {
         if let Some(live) = self.table_mut().live.get_mut(id) {
             live.paused = paused;
@@ -156,6 +178,9 @@ impl LocalNode {
         };
         if paused && !set(true) {
             return Err(NodeError::SandboxNotFound(id.clone()));
+        }
+        if paused {
+            self.pauses.send_modify(|n| *n = n.wrapping_add(1));
         }
         if !paused && !self.table().live.contains_key(id) {
             return Err(NodeError::SandboxNotFound(id.clone()));
