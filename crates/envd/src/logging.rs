@@ -1,6 +1,6 @@
 //! envd's log format: one JSON object per line, `{"ts", "level", "message", "fields", "target"}`,
 //! written by [`JsonLines`], a `tracing` layer. The node sends envd's stderr to
-//! `<state dir>/run/envd.log` and parses these lines for the sandbox logs endpoints
+//! `<state dir>/envd.log` (through a pipe the shim copies) and parses these lines for the sandbox logs endpoints
 //! (`paddock_node::logs`), so the format is a contract between the two:
 //!
 //! - `ts`: RFC 3339 UTC with microseconds (`2024-05-01T12:00:00.123456Z`);

@@ -82,7 +82,7 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ENVD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // One JSON object per line on stderr (the node's `run/envd.log`), parsed by the node for
+    // One JSON object per line on stderr (a pipe the shim copies into the node's `envd.log`), parsed by the node for
     // the sandbox logs endpoints.
     {
         use tracing_subscriber::layer::SubscriberExt as _;

@@ -1,10 +1,11 @@
-//! envd's records in the sandbox logs: reading and parsing `<state dir>/run/envd.log` (the JSON
+//! envd's records in the sandbox logs: reading and parsing `<state dir>/envd.log` (the JSON
 //! lines of `paddock_envd::logging`), and keeping a copy of it after the sandbox stops.
 //!
-//! Trust: the sandbox can write to its own run directory, so everything read here is the
-//! sandbox's word. Every entry is labelled `source: envd` (whatever the line says), the file is
-//! opened without following symlinks and only if it is a regular file with one link (a sandbox
-//! cannot point the node at a host file), and reads are bounded to the last [`TAIL_BYTES`] of the
+//! Trust: the log is in the host-only state directory, but its lines are what envd (run by
+//! sandbox root) wrote, so everything read here is the sandbox's word. Every entry is labelled
+//! `source: envd` (whatever the line says), the file is opened without following symlinks and
+//! only if it is a regular file with one link (a second wall: the sandbox cannot reach the
+//! directory), and reads are bounded to the last [`TAIL_BYTES`] of the
 //! file (a sandbox cannot make the node load an unbounded file into memory). Lines that are not
 //! envd JSON records (e.g. a panic message) are skipped.
 //!

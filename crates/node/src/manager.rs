@@ -4,7 +4,7 @@
 //!
 //! Lifecycle of one sandbox here: `create` (a claimed warm sandbox is handed over, see `pool`;
 //! otherwise slot reservation → a turn in the start queue → template lease → state dir +
-//! `node.json` + `run/config.json` → runtime create → table insert → liveness re-check → the
+//! `node.json` + `config.json` → runtime create → table insert → liveness re-check → the
 //! template's start command) → traffic via [`Node::endpoint`] → `kill` or death (runtime exit
 //! event, or found dead by a resync after missed events) → runtime cleanup → table removal.
 //!
