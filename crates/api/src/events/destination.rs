@@ -71,10 +71,13 @@ impl WebhookDestinations {
         if self.allowed.iter().any(|c| c.contains(addr)) {
             return Ok(());
         }
-        match special_range(addr) {
-            Some(reason) => refused(reason),
-            None => Ok(()),
+        if let Some(reason) = special_range(addr) {
+            return refused(reason);
         }
+        if is_host_address(addr) || embedded_v4(addr).is_some_and(|v4| is_host_address(v4.into())) {
+            return refused("an address of this host");
+        }
+        Ok(())
     }
 
     /// Checks what can be checked of a URL without resolving names: an IP-literal host, and
@@ -114,6 +117,22 @@ impl WebhookDestinations {
 /// The IPv4 address an IPv6 address stands for, if it embeds one: IPv4-mapped
 /// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) or 6to4
 /// (`2002:aabb:ccdd::`).
+/// Whether `addr` is assigned to one of this host's interfaces (its public or LAN address
+/// reaches the server's own listeners, whatever range it is in). Read at every check:
+/// addresses change, and deliveries are rare.
+fn is_host_address(addr: IpAddr) -> bool {
+    let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() else {
+        return false;
+    };
+    ifaddrs.filter_map(|i| i.address).any(|sa| {
+        sa.as_sockaddr_in()
+            .is_some_and(|v4| IpAddr::V4(v4.ip()) == addr)
+            || sa
+                .as_sockaddr_in6()
+                .is_some_and(|v6| IpAddr::V6(v6.ip()) == addr)
+    })
+}
+
 fn embedded_v4(addr: IpAddr) -> Option<Ipv4Addr> {
     let IpAddr::V6(v6) = addr else {
         return None;
@@ -273,6 +292,23 @@ mod tests {
             assert!(err.reason.contains(reason), "{addr}: {}", err.reason);
             assert_eq!(err.addr, ip(addr));
         }
+    }
+
+    #[test]
+    fn the_hosts_own_addresses_are_recognised() {
+        let own: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+            .expect("getifaddrs")
+            .filter_map(|i| i.address)
+            .filter_map(|sa| sa.as_sockaddr_in().map(|v4| IpAddr::V4(v4.ip())))
+            .collect();
+        assert!(own.contains(&ip("127.0.0.1")), "{own:?}");
+        for addr in &own {
+            assert!(is_host_address(*addr), "{addr}");
+            assert!(pool().check(*addr).is_err(), "{addr} allowed");
+        }
+        // A public address no interface here has (TEST-NET-free, globally routable).
+        assert!(!is_host_address(ip("8.8.8.8")));
+        assert!(!is_host_address(ip("2001:4860:4860::8888")));
     }
 
     #[test]
