@@ -15,9 +15,6 @@
 //! stopped sandboxes after 7 days, and serves logs only for sandboxes it still has).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
@@ -199,51 +196,18 @@ pub fn parse_tail(bytes: &[u8], partial_start: bool) -> Vec<LogEntry> {
     text.lines().filter_map(parse_line).collect()
 }
 
-/// Opens `path` for reading only if it is a regular file with a single link, never following a
-/// symlink and never blocking on a FIFO. `Ok(None)` when it does not exist.
-fn open_plain(path: &Path) -> Result<Option<(File, u64)>, LogError> {
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path);
-    let file = match opened {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err(LogError::NotRegular(path.to_path_buf()))
-        }
-        Err(e) => return Err(io_err(format!("opening {}", path.display()))(e)),
-    };
-    let meta = file
-        .metadata()
-        .map_err(io_err(format!("inspecting {}", path.display())))?;
-    if !meta.file_type().is_file() || meta.nlink() != 1 {
-        return Err(LogError::NotRegular(path.to_path_buf()));
-    }
-    Ok(Some((file, meta.len())))
-}
-
 /// The last `max` bytes of the file at `path` and whether the file is longer than that;
-/// `None` when it does not exist.
+/// `None` when it does not exist. Opened through [`paddock_sandbox::hostfile`]: a regular file
+/// with a single link, no symlink followed, no FIFO blocked on.
 pub fn read_tail(path: &Path, max: u64) -> Result<Option<(Vec<u8>, bool)>, LogError> {
-    let Some((mut file, _)) = open_plain(path)? else {
-        return Ok(None);
-    };
-    // The shim appends under an exclusive lock: a copy in progress completes first.
-    let _lock = paddock_sandbox::namespace::FlockGuard::shared_within(&file, LOCK_WAIT);
-    let len = file
-        .metadata()
-        .map_err(io_err(format!("inspecting {}", path.display())))?
-        .len();
-    let start = len.saturating_sub(max);
-    file.seek(SeekFrom::Start(start))
-        .map_err(io_err(format!("seeking in {}", path.display())))?;
-    let mut bytes = Vec::with_capacity(usize::try_from(len - start).unwrap_or(0));
-    // `take` bounds the read even if the file grows meanwhile.
-    file.take(max)
-        .read_to_end(&mut bytes)
-        .map_err(io_err(format!("reading {}", path.display())))?;
-    Ok(Some((bytes, start > 0)))
+    paddock_sandbox::hostfile::read_tail(path, max).map_err(|e| {
+        if e.raw_os_error() == Some(nix::libc::ELOOP) || e.kind() == std::io::ErrorKind::InvalidData
+        {
+            LogError::NotRegular(path.to_path_buf())
+        } else {
+            io_err(format!("reading {}", path.display()))(e)
+        }
+    })
 }
 
 /// envd's entries for a sandbox: from its live log while its state directory exists, else from
@@ -341,10 +305,6 @@ pub(crate) async fn archive_logged(state_dir: PathBuf, sandboxes_dir: &Path, id:
     }
 }
 
-/// How long a read of a log waits for the shim to finish an append in progress (a paused
-/// sandbox's shim is frozen with it, possibly mid-append: then the read goes on without it).
-const LOCK_WAIT: Duration = Duration::from_millis(100);
-
 /// How long a read of a running sandbox's log waits for its shim to copy what envd wrote
 /// before it (see [`paddock_sandbox::namespace::wait_log_copied`]).
 const COPY_WAIT: Duration = Duration::from_millis(250);
@@ -382,6 +342,7 @@ pub(crate) async fn read_logged(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     const START: &str = r#"{"ts":"2024-05-01T12:00:00.123456Z","level":"info","message":"process started: /bin/bash -l -c echo hi","fields":{"pid":"42","cmd":"/bin/bash","user":"user"},"target":"paddock_envd::process::start"}"#;
 

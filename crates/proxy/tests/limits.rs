@@ -102,6 +102,19 @@ async fn get(src: Ipv4Addr, addr: SocketAddr, path: &str) -> String {
 }
 
 /// Hang guard only (generous, never a speed assertion).
+/// Waits (bounded by [`within`]) until `src` gets `/health` answered with 200 again.
+async fn served_again(what: &str, src: Ipv4Addr, addr: SocketAddr) {
+    within(what, async {
+        loop {
+            if get(src, addr, "/health").await.starts_with("HTTP/1.1 200 ") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(60), f)
         .await
@@ -178,18 +191,7 @@ async fn the_listener_cap_refuses_every_client_once_full() {
     );
     drop(conns);
     // The slots come back once the server sees the connections close.
-    within("health after the slots came back", async {
-        loop {
-            if get(OTHER, server.addr, "/health")
-                .await
-                .starts_with("HTTP/1.1 200 ")
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    served_again("health after the slots came back", OTHER, server.addr).await;
 }
 
 #[tokio::test]
@@ -213,18 +215,7 @@ async fn half_sent_heads_are_closed_after_the_header_timeout() {
     }
     within("silent connection closes", until_closed(&mut silent)).await;
     // Their slots are free again.
-    within("the client is served again", async {
-        loop {
-            if get(LOCAL, server.addr, "/health")
-                .await
-                .starts_with("HTTP/1.1 200 ")
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
+    served_again("the client is served again", LOCAL, server.addr).await;
 }
 
 #[tokio::test]

@@ -31,14 +31,21 @@ fn check_regular(file: &File, path: &Path) -> io::Result<()> {
     }
 }
 
-/// Opens an existing regular file for reading without following a symlink in its last
-/// component and without blocking on a FIFO.
+/// How long [`read_tail`] waits for an append in progress (the shim appends to `envd.log`
+/// under an exclusive lock, and a pause may freeze it mid-append: the read then goes on).
+const APPEND_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Opens an existing regular file with a single link for reading, without following a
+/// symlink in its last component and without blocking on a FIFO.
 pub fn open_read(path: &Path) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)?;
-    check_regular(&file, path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() || meta.nlink() != 1 {
+        return Err(not_regular(path));
+    }
     Ok(file)
 }
 
@@ -57,14 +64,15 @@ pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The last `max` bytes of a regular file and whether anything came before them; `None` when
-/// it does not exist.
+/// The last `max` bytes of a regular file and whether anything came before them (read under a
+/// shared lock, waited for at most [`APPEND_LOCK_WAIT`]); `None` when it does not exist.
 pub fn read_tail(path: &Path, max: u64) -> io::Result<Option<(Vec<u8>, bool)>> {
     let mut file = match open_read(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    let _lock = crate::namespace::FlockGuard::shared_within(&file, APPEND_LOCK_WAIT);
     let len = file.metadata()?.len();
     let start = len.saturating_sub(max);
     file.seek(SeekFrom::Start(start))?;

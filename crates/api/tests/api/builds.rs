@@ -807,26 +807,7 @@ async fn shutdown_abandons_running_builds() {
 /// A harness whose build-files uploads are limited to `limit` bytes.
 async fn start_with_upload_limit(limit: u64) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data_dir = dir.path().to_path_buf();
-    let node = FakeNode::new();
-    let mut config = ApiConfig::new(&data_dir);
-    config.build_upload_limit = limit;
-    let control = ControlPlane::open(config, node.clone())
-        .await
-        .expect("open control plane");
-    control.reconcile().await.expect("reconcile");
-    control
-        .ensure_api_key(Some(KEY.into()))
-        .await
-        .expect("register key");
-    let router = control.router();
-    Harness {
-        dir,
-        data_dir,
-        node,
-        control,
-        router,
-    }
+    start_configured(dir, FakeNode::new(), |c| c.build_upload_limit = limit).await
 }
 
 const MIB: usize = 1 << 20;
