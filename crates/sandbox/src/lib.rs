@@ -40,6 +40,9 @@ pub const ENVD_SOCKET: &str = "envd.sock";
 pub const FORWARD_SOCKET: &str = "forward.sock";
 /// Name of envd's boot configuration in the state directory.
 pub const BOOT_CONFIG_FILE: &str = "config.json";
+/// Largest boot configuration the host reads back from a state directory (what the node
+/// writes is far smaller; the bound only keeps a damaged file from being loaded whole).
+pub const BOOT_CONFIG_MAX_BYTES: u64 = 8 << 20;
 /// Name of envd's log in the state directory.
 pub const ENVD_LOG_FILE: &str = "envd.log";
 /// Environment variable naming the fd envd reads its boot configuration from (a sealed memfd).

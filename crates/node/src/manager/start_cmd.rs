@@ -8,16 +8,13 @@ use paddock_envd::BootConfig;
 
 use super::LocalNode;
 
-/// Largest boot configuration the node reads back (what it wrote is far smaller).
-const BOOT_CONFIG_MAX_BYTES: u64 = 8 << 20;
-
 impl LocalNode {
     /// The boot configuration envd of sandbox `id` was given (`None` if unreadable). It lives
     /// in the host-only state directory; read without following links and bounded all the
     /// same.
     pub(super) fn boot_config(&self, id: &SandboxId) -> Option<BootConfig> {
         let path = self.state_dir(id).join(paddock_sandbox::BOOT_CONFIG_FILE);
-        paddock_sandbox::hostfile::read_bounded(&path, BOOT_CONFIG_MAX_BYTES)
+        paddock_sandbox::hostfile::read_bounded(&path, paddock_sandbox::BOOT_CONFIG_MAX_BYTES)
             .ok()
             .and_then(|raw| serde_json::from_slice::<BootConfig>(&raw).ok())
     }

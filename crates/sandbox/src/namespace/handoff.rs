@@ -14,8 +14,6 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::Duration;
 
-/// Largest boot configuration accepted (the environment of a create is bounded far below).
-pub(crate) const BOOT_CONFIG_MAX_BYTES: u64 = 8 << 20;
 /// Size at which envd's log is started again (envd's own lines are small; only a runaway or a
 /// sandbox writing to envd's stderr gets here).
 pub(crate) const LOG_MAX_BYTES: u64 = 16 << 20;
@@ -29,7 +27,7 @@ pub(crate) const SHIM_LOG_PIPE_FD: i32 = 10;
 /// `None` when the node wrote none.
 pub(crate) fn boot_config(state_dir: &Path) -> io::Result<Option<OwnedFd>> {
     let path = state_dir.join(crate::BOOT_CONFIG_FILE);
-    let bytes = match crate::hostfile::read_bounded(&path, BOOT_CONFIG_MAX_BYTES) {
+    let bytes = match crate::hostfile::read_bounded(&path, crate::BOOT_CONFIG_MAX_BYTES) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
