@@ -776,3 +776,45 @@ async fn layers_stack_and_stop_keeps_the_writable_layer() {
     // The pool's ready disks are mounted in the temporary directory: give them back.
     driver.release().await;
 }
+
+/// Whatever descriptors the shim happens to inherit (a caller that leaks one without
+/// close-on-exec, as CI runners do), its own descriptors keep their places: with one more
+/// inherited descriptor the log pipe's fixed number used to land on one the shim still owned,
+/// and the shim aborted ("owned file descriptor already closed").
+#[tokio::test]
+async fn stray_inherited_descriptors_do_not_move_the_shims_own() {
+    let states = tempfile::tempdir().expect("tempdir");
+    let parent = TestParent::new();
+    let driver = driver(&parent, states.path());
+    // Start from a shim that inherits nothing (this process may itself have inherited
+    // descriptors, which would hide the collision), then leak one more per round.
+    for entry in std::fs::read_dir("/proc/self/fd").expect("fds").flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if fd > 2 {
+            // SAFETY: F_SETFD only sets the close-on-exec flag; it changes no ownership.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+    let mut leaked = Vec::new();
+    for stray in 0..12 {
+        let id = SandboxId::generate();
+        let spec = spec(&id, states.path(), "ok");
+        let created = driver.create(spec.clone()).await;
+        let inherited = leaked.len();
+        created.unwrap_or_else(|e| panic!("create with {inherited} stray descriptors: {e:?}"));
+        assert!(driver.is_alive(&id), "{stray}");
+        driver.kill(&id, &spec.state_dir).await.expect("kill");
+        // SAFETY: dup(2) of stderr only makes a new descriptor, without close-on-exec so that
+        // the next shim inherits it; this test owns it until it closes it below.
+        let fd = unsafe { libc::dup(2) };
+        assert!(fd >= 0, "dup: {}", std::io::Error::last_os_error());
+        leaked.push(fd);
+    }
+    for fd in leaked {
+        // SAFETY: `fd` came from dup above and nothing else owns it.
+        unsafe { libc::close(fd) };
+    }
+    driver.release().await;
+}

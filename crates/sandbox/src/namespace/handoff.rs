@@ -23,6 +23,41 @@ const LOG_DRAIN_WAIT: Duration = Duration::from_millis(500);
 /// `FIONREAD` through `/proc/<shim>/fd/`) whether output is still waiting to be copied.
 pub(crate) const SHIM_LOG_PIPE_FD: i32 = 10;
 
+/// [`SHIM_LOG_PIPE_FD`] held (by `/dev/null`) from the shim's first step, so that no other
+/// descriptor the shim opens can get that number; [`LogPipeSlot::fill`] later puts the log
+/// pipe there. Without it, which of the shim's own descriptors sat on that number depended on
+/// how many the shim inherited, and moving the pipe onto it closed one the shim still owned.
+pub(crate) struct LogPipeSlot(OwnedFd);
+
+impl LogPipeSlot {
+    /// Takes [`SHIM_LOG_PIPE_FD`]. Whatever was on it (only something leaked to the shim by
+    /// whoever started it: the shim owns nothing there yet) is closed.
+    pub(crate) fn reserve() -> io::Result<Self> {
+        let null = OwnedFd::from(File::open("/dev/null")?);
+        if null.as_raw_fd() == SHIM_LOG_PIPE_FD {
+            return Ok(LogPipeSlot(null));
+        }
+        nix::unistd::dup2(null.as_raw_fd(), SHIM_LOG_PIPE_FD).map_err(io::Error::from)?;
+        // SAFETY: dup2 just made SHIM_LOG_PIPE_FD a copy of `null`; the shim owned nothing on
+        // that number (see above), so this is its only owner.
+        Ok(LogPipeSlot(unsafe {
+            OwnedFd::from_raw_fd(SHIM_LOG_PIPE_FD)
+        }))
+    }
+
+    /// Moves `pipe` onto [`SHIM_LOG_PIPE_FD`] (dup2 replaces the placeholder atomically) and
+    /// closes its old number.
+    pub(crate) fn fill(self, pipe: OwnedFd) -> io::Result<OwnedFd> {
+        nix::unistd::dup2(pipe.as_raw_fd(), SHIM_LOG_PIPE_FD).map_err(io::Error::from)?;
+        // The placeholder's number now holds the pipe: give up ownership without closing it.
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(self.0);
+        drop(pipe);
+        // SAFETY: `fd` is SHIM_LOG_PIPE_FD, which dup2 just pointed at the pipe and whose
+        // previous owner (the slot) was given up above without closing it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
 /// The boot configuration of the sandbox in `state_dir` as a sealed memfd positioned at 0;
 /// `None` when the node wrote none.
 pub(crate) fn boot_config(state_dir: &Path) -> io::Result<Option<OwnedFd>> {

@@ -160,6 +160,13 @@ fn run() -> Result<i32, ShimError> {
     // failed write must not kill the shim (and with it the sandbox).
     unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }
         .map_err(|e| ShimError::Sys("ignoring SIGPIPE", e))?;
+    // A fresh process owns no descriptor above stderr: anything there was leaked by whoever
+    // started the shim (a service manager, a shell, a CI runner). Closing it keeps the shim's
+    // own descriptors in known places and nothing of the host's near the sandbox.
+    super::sys::close_fds_from(3)
+        .map_err(|e| ShimError::Handoff("closing inherited descriptors", e))?;
+    let log_slot = super::handoff::LogPipeSlot::reserve()
+        .map_err(|e| ShimError::Handoff("reserving the log pipe's descriptor", e))?;
     let mut raw = Vec::new();
     std::io::stdin()
         .read_to_end(&mut raw)
@@ -232,6 +239,7 @@ fn run() -> Result<i32, ShimError> {
             drop(ready_r);
             drop(sync_parent);
             drop(log_read);
+            drop(log_slot);
             // The child keeps its end of the ready pipe open until it exits (`_exit` runs no
             // destructors), so the shim sees EOF only after the error below is in the log.
             let err = match child_main(&spec, &ready_w, &sync_child, &filter, &handoff) {
@@ -255,11 +263,9 @@ fn run() -> Result<i32, ShimError> {
     // SAFETY: `dup` just returned this descriptor and nothing else owns it.
     let log = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(log) };
     // The pipe's read end on a known descriptor, where the node looks for output not yet copied.
-    let pipe_fd = super::handoff::SHIM_LOG_PIPE_FD;
-    dup2(log_read.as_raw_fd(), pipe_fd).map_err(|e| ShimError::Sys("placing the log pipe", e))?;
-    drop(log_read);
-    // SAFETY: dup2 just made `pipe_fd` a descriptor of the pipe that nothing else owns.
-    let log_read = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(pipe_fd) };
+    let log_read = log_slot
+        .fill(log_read)
+        .map_err(|e| ShimError::Handoff("placing the log pipe", e))?;
     let mut pump = super::handoff::LogPump::new(log_read, log, super::handoff::LOG_MAX_BYTES);
     send(&ShimMessage::Pid(child.as_raw() as u32));
     if let Some(map) = &spec.id_map {

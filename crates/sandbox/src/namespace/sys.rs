@@ -48,8 +48,9 @@ pub(crate) fn interface_up(name: &str) -> io::Result<()> {
 pub(crate) fn close_fds_from(first: RawFd) -> io::Result<()> {
     let first = libc::c_uint::try_from(first)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "negative descriptor"))?;
-    // SAFETY: close_range(2) only closes descriptors; the caller owns the process (it is the
-    // sandbox's init just before exec) and nothing uses descriptors >= `first` afterwards.
+    // SAFETY: close_range(2) only closes descriptors. Both callers own no descriptor >= `first`
+    // that anything uses afterwards: the shim at its first step (whatever is there was leaked
+    // to it) and the sandbox's init just before exec.
     let rc = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
