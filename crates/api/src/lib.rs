@@ -1,12 +1,12 @@
 //! The Paddock control plane: the E2B-compatible REST API (spec section 2), `X-API-Key`
 //! authentication, the SQLite store and the sandbox lifecycle (creation, connect, timeouts and
 //! expiry, kill, exit watching, restart reconciliation). It drives sandboxes only through the
-//! [`paddock_node::Node`] trait.
+//! [`paddock_node_contract::Node`] trait.
 //!
 //! How a binary uses it (this is what `paddock serve` does):
 //!
 //! ```no_run
-//! # async fn serve(node: std::sync::Arc<dyn paddock_node::Node>) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn serve(node: std::sync::Arc<dyn paddock_node_contract::Node>) -> Result<(), Box<dyn std::error::Error>> {
 //! use paddock_api::{ApiConfig, ControlPlane};
 //!
 //! let config = ApiConfig::new("/var/lib/paddock");
@@ -40,7 +40,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use paddock_node::Node;
+use paddock_node_contract::Node;
 
 pub mod auth;
 pub mod error;

@@ -10,7 +10,7 @@
 //! - **envd** (`source: envd`): envd's own JSON-lines log (envd start, every process start and
 //!   end with pid, command, user, tag, exit code or signal, OOM kills), read by the node from the
 //!   sandbox's run directory (or the copy it keeps after a stop) through
-//!   [`paddock_node::Node::envd_logs`]. This is the sandbox's word: a sandbox with root can write
+//!   [`paddock_node_contract::Node::envd_logs`]. This is the sandbox's word: a sandbox with root can write
 //!   anything there, but never an entry labelled `control-plane`.
 //!
 //! Queries ([`LogQuery`], [`select`]): entries are merged by time; `cursor` (v2) / `start` (v1)
@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use paddock_domain::{Resources, SandboxId, SandboxState};
-use paddock_node::logs::{LogEntry, LogLevel};
+use paddock_node_contract::logs::{LogEntry, LogLevel};
 use serde::Serialize;
 
 use crate::error::ApiError;

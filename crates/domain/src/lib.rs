@@ -1,12 +1,14 @@
 //! Pure domain types shared by every Paddock role: sandbox and template ids, the sandbox
-//! lifecycle state machine and resource limits. No I/O lives here.
+//! lifecycle state machine, resource limits and sandboxes' egress policies. No I/O lives here.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod egress;
 pub mod ids;
 pub mod resources;
 pub mod state;
 
+pub use egress::{Cidr, EgressPolicy};
 pub use ids::{IdError, SandboxId, TemplateName};
 pub use resources::Resources;
 pub use state::{SandboxState, TransitionError};

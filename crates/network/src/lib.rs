@@ -26,12 +26,16 @@ use std::time::Duration;
 
 mod egress;
 mod nft;
-pub mod policy;
 mod slot;
 mod sniff;
 
 pub use egress::{SNIFF_MAX, SNIFF_TIMEOUT};
-pub use policy::{Cidr, CidrError, DomainError, DomainPattern, EgressPolicy, Verdict};
+/// The egress policy types live in the domain crate (the control plane uses them without the
+/// networking); they are re-exported here, as `policy`, for the code that enforces them.
+pub use paddock_domain::egress as policy;
+pub use paddock_domain::egress::{
+    Cidr, CidrError, DomainError, DomainPattern, EgressPolicy, Verdict,
+};
 
 use slot::Slot;
 

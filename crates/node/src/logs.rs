@@ -31,57 +31,7 @@ const MAX_MESSAGE: usize = 4096;
 /// Most fields kept from an envd line.
 const MAX_FIELDS: usize = 64;
 
-/// Severity of a log entry, ordered from `Debug` to `Error` (sandbox logs and build logs).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    /// `debug`.
-    Debug,
-    /// `info`.
-    Info,
-    /// `warn`.
-    Warn,
-    /// `error`.
-    Error,
-}
-
-impl LogLevel {
-    /// Parses `debug|info|warn|error` (any case; `warning` and `trace` are accepted too).
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw.to_ascii_lowercase().as_str() {
-            "debug" | "trace" => Some(LogLevel::Debug),
-            "info" => Some(LogLevel::Info),
-            "warn" | "warning" => Some(LogLevel::Warn),
-            "error" => Some(LogLevel::Error),
-            _ => None,
-        }
-    }
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogLevel::Debug => "debug",
-            LogLevel::Info => "info",
-            LogLevel::Warn => "warn",
-            LogLevel::Error => "error",
-        }
-    }
-}
-
-/// One sandbox log entry (`SandboxLogEntry` on the wire).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogEntry {
-    /// When it happened.
-    pub timestamp: DateTime<Utc>,
-    /// Severity.
-    pub level: LogLevel,
-    /// Human-readable text.
-    pub message: String,
-    /// Structured details; always has `source` (`envd` or `control-plane`) and `logger`.
-    pub fields: BTreeMap<String, String>,
-}
+pub use paddock_node_contract::logs::{LogEntry, LogLevel};
 
 /// Failures reading or archiving an envd log.
 #[derive(Debug, thiserror::Error)]
@@ -316,7 +266,7 @@ pub(crate) async fn read_logged(
     sandboxes_dir: &Path,
     id: &SandboxId,
     init_pid: Option<u32>,
-) -> Result<Vec<LogEntry>, crate::NodeError> {
+) -> Result<Vec<LogEntry>, crate::LocalError> {
     let archive_dir = archive_dir(sandboxes_dir);
     let sandbox = id.clone();
     let read = tokio::task::spawn_blocking(move || {
@@ -328,11 +278,11 @@ pub(crate) async fn read_logged(
     let context = format!("reading the envd log of {id}");
     match read.await {
         Ok(Ok(entries)) => Ok(entries),
-        Ok(Err(e)) => Err(crate::NodeError::Io {
+        Ok(Err(e)) => Err(crate::LocalError::Io {
             context,
             source: std::io::Error::other(e),
         }),
-        Err(e) => Err(crate::NodeError::Io {
+        Err(e) => Err(crate::LocalError::Io {
             context,
             source: std::io::Error::other(e),
         }),

@@ -5,7 +5,7 @@
 //! Lifecycle of one sandbox here: `create` (a claimed warm sandbox is handed over, see `pool`;
 //! otherwise slot reservation → a turn in the start queue → template lease → state dir +
 //! `node.json` + `config.json` → runtime create → table insert → liveness re-check → the
-//! template's start command) → traffic via [`Node::endpoint`] → `kill` or death (runtime exit
+//! template's start command) → traffic via [`Node::endpoint`](crate::Node::endpoint) → `kill` or death (runtime exit
 //! event, or found dead by a resync after missed events) → runtime cleanup → table removal.
 //!
 //! Capacity: a create reserves its slot synchronously (sandboxes being created and warm ones
@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use paddock_domain::{Resources, SandboxId, TemplateName};
 use paddock_sandbox::{RuntimeDriver, SandboxHandle, SandboxSpec};
 use serde::{Deserialize, Serialize};
@@ -32,7 +31,7 @@ use tokio::sync::{broadcast, Notify};
 
 use crate::templates::{LayerLease, TemplateStore};
 use crate::{
-    CreateRequest, EgressPolicy, Endpoint, Node, NodeError, NodeSandbox, PauseMode, SnapshotMade,
+    CreateRequest, EgressPolicy, Endpoint, LocalError, NodeSandbox, PauseMode, SnapshotMade,
     TemplateInfo,
 };
 pub(crate) use boot::write_private;
@@ -54,7 +53,7 @@ pub struct NodeConfig {
     pub sandboxes_dir: PathBuf,
     /// The envd binary put into every sandbox.
     pub envd_bin: PathBuf,
-    /// Most sandboxes this node runs at once; creates beyond it get [`NodeError::Busy`].
+    /// Most sandboxes this node runs at once; creates beyond it get [`LocalError::Busy`].
     pub max_sandboxes: usize,
     /// Per-sandbox networking; `None` = sandboxes get only `lo`.
     pub network: Option<paddock_network::Network>,
@@ -89,7 +88,7 @@ const SHUTDOWN_CREATE_WAIT: Duration = Duration::from_secs(15);
 #[derive(Debug, Clone)]
 struct Live {
     handle: SandboxHandle,
-    /// Paused (frozen) by [`Node::pause`] or found frozen when adopted.
+    /// Paused (frozen) by [`Node::pause`](crate::Node::pause) or found frozen when adopted.
     paused: bool,
 }
 
@@ -118,14 +117,14 @@ pub struct LocalNode {
     table: RwLock<Table>,
     /// Woken whenever a create gives its reservation back.
     create_done: Notify,
-    exits: broadcast::Sender<SandboxId>,
+    exits: broadcast::Sender<crate::NodeEvent>,
     /// Resource-usage samples of the sandboxes (see [`crate::metrics`]).
     metrics: Arc<crate::metrics::MetricsStore>,
     /// Wakes the warm pools' filler (a claim, a finished fill, a sandbox to discard).
     pool_wake: Arc<Notify>,
     /// Turns to start a sandbox ([`NodeConfig::start_concurrency`]); FIFO.
     starts: tokio::sync::Semaphore,
-    /// Set once [`Node::reconcile`] has run: it removes every sandbox it does not adopt, so
+    /// Set once [`Node::reconcile`](crate::Node::reconcile) has run: it removes every sandbox it does not adopt, so
     /// warm pools are filled only after it.
     reconciled: std::sync::atomic::AtomicBool,
     /// Counts pauses (bumped when a sandbox is marked paused, before its freeze), so waiters
@@ -155,12 +154,12 @@ impl LocalNode {
         cfg: NodeConfig,
         templates: TemplateStore,
         runtime: Arc<dyn RuntimeDriver>,
-    ) -> Result<Arc<Self>, NodeError> {
-        std::fs::create_dir_all(&cfg.sandboxes_dir).map_err(|source| NodeError::Io {
+    ) -> Result<Arc<Self>, LocalError> {
+        std::fs::create_dir_all(&cfg.sandboxes_dir).map_err(|source| LocalError::Io {
             context: format!("creating {}", cfg.sandboxes_dir.display()),
             source,
         })?;
-        let (exits, _) = broadcast::channel(256);
+        let (exits, _) = broadcast::channel(paddock_node_contract::EVENT_BUFFER);
         let cfg_start_concurrency = cfg.start_concurrency.max(1);
         let node = Arc::new(LocalNode {
             cfg,
@@ -248,13 +247,13 @@ impl LocalNode {
 
     /// Reserves a slot for creating `id`, synchronously, so concurrent creates cannot all pass
     /// the capacity check before any of them is live.
-    fn reserve(&self, id: &SandboxId) -> Result<Reservation<'_>, NodeError> {
+    fn reserve(&self, id: &SandboxId) -> Result<Reservation<'_>, LocalError> {
         let mut table = self.table_mut();
         if table.shutting_down {
-            return Err(NodeError::Busy("shutting down".into()));
+            return Err(LocalError::Busy("shutting down".into()));
         }
         if table.live.contains_key(id) || table.creating.contains(id) {
-            return Err(NodeError::Busy(format!(
+            return Err(LocalError::Busy(format!(
                 "sandbox {id} already exists on this node"
             )));
         }
@@ -265,7 +264,7 @@ impl LocalNode {
             self.pool_wake.notify_one();
         }
         if used >= self.cfg.max_sandboxes {
-            return Err(NodeError::Busy(format!(
+            return Err(LocalError::Busy(format!(
                 "{} sandboxes running and {} starting, limit {}",
                 table.live.len(),
                 table.creating.len(),
@@ -305,7 +304,7 @@ impl LocalNode {
         crate::logs::archive_logged(self.state_dir(&id), &self.cfg.sandboxes_dir, &id).await;
         self.stop_and_forget(&id, "cleaning up an exited sandbox")
             .await;
-        let _ = self.exits.send(id);
+        let _ = self.exits.send(crate::NodeEvent::Exited { id });
     }
 
     /// Stops sandbox `id` (already out of the live table) and gives back what it held: its
@@ -345,13 +344,13 @@ impl LocalNode {
     }
 
     /// Reads a sandbox's `node.json`.
-    fn read_meta(&self, id: &SandboxId) -> Result<SandboxMeta, NodeError> {
+    fn read_meta(&self, id: &SandboxId) -> Result<SandboxMeta, LocalError> {
         let path = self.state_dir(id).join("node.json");
-        let raw = std::fs::read(&path).map_err(|source| NodeError::Io {
+        let raw = std::fs::read(&path).map_err(|source| LocalError::Io {
             context: format!("reading {}", path.display()),
             source,
         })?;
-        serde_json::from_slice(&raw).map_err(|e| NodeError::Io {
+        serde_json::from_slice(&raw).map_err(|e| LocalError::Io {
             context: format!("decoding {}", path.display()),
             source: std::io::Error::other(e),
         })
@@ -362,7 +361,7 @@ impl LocalNode {
         &self,
         id: &SandboxId,
         policy: &EgressPolicy,
-    ) -> Result<Option<paddock_sandbox::SandboxNetwork>, NodeError> {
+    ) -> Result<Option<paddock_sandbox::SandboxNetwork>, LocalError> {
         match &self.cfg.network {
             None => Ok(None),
             Some(net) => {
@@ -384,7 +383,7 @@ impl LocalNode {
         reuse_disk: bool,
         resources: Resources,
         network: Option<paddock_sandbox::SandboxNetwork>,
-    ) -> Result<SandboxHandle, NodeError> {
+    ) -> Result<SandboxHandle, LocalError> {
         let spec = SandboxSpec {
             id: id.clone(),
             hostname: id.to_string(),
@@ -431,16 +430,19 @@ impl LocalNode {
     }
 }
 
-#[async_trait]
-impl Node for LocalNode {
-    async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
+/// The node's own API: what the [`Node`] contract delegates to (see `crate::contract`), plus
+/// the reads of its memory that only code in the same process may make (the proxy's routing,
+/// tests).
+impl LocalNode {
+    /// See [`Node::create`](crate::Node::create).
+    pub async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, LocalError> {
         if let Some(warm) = self.take_claimed(&req.id) {
             let handed = self.hand_over(&req, warm).await;
             self.count_hand_over(handed.is_ok());
             match handed {
                 Ok(sandbox) => return Ok(sandbox),
                 // The warm sandbox is gone (discarded by `hand_over`); start a new one.
-                Err(e @ NodeError::Busy(_)) => return Err(e),
+                Err(e @ LocalError::Busy(_)) => return Err(e),
                 Err(e) => {
                     tracing::warn!(sandbox_id = %req.id, error = %e, "a warm sandbox could not be handed over; starting a new one")
                 }
@@ -479,7 +481,7 @@ impl Node for LocalNode {
                 self.table_mut().live.remove(&req.id);
                 self.stop_and_forget(&req.id, "cleaning up after a failed start command")
                     .await;
-                return Err(NodeError::StartCmd(e));
+                return Err(LocalError::StartCmd(e));
             }
         }
         tracing::info!(sandbox_id = %req.id, template = %req.template, "sandbox running");
@@ -490,12 +492,17 @@ impl Node for LocalNode {
         })
     }
 
-    async fn envd_logs(&self, id: &SandboxId) -> Result<Vec<crate::logs::LogEntry>, NodeError> {
+    /// See [`Node::envd_logs`](crate::Node::envd_logs).
+    pub async fn envd_logs(
+        &self,
+        id: &SandboxId,
+    ) -> Result<Vec<crate::logs::LogEntry>, LocalError> {
         let init_pid = self.table().live.get(id).map(|l| l.handle.init_pid);
         crate::logs::read_logged(self.state_dir(id), &self.cfg.sandboxes_dir, id, init_pid).await
     }
 
-    async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {
+    /// See [`Node::kill`](crate::Node::kill).
+    pub async fn kill(&self, id: &SandboxId) -> Result<(), LocalError> {
         // A warm sandbox claimed for a create that never came (the control plane's cleanup).
         let claimed = self.table_mut().pool.unclaim(id);
         if let Some(warm) = claimed {
@@ -512,9 +519,14 @@ impl Node for LocalNode {
         Ok(())
     }
 
-    async fn update_network(&self, id: &SandboxId, policy: EgressPolicy) -> Result<(), NodeError> {
+    /// See [`Node::update_network`](crate::Node::update_network).
+    pub async fn update_network(
+        &self,
+        id: &SandboxId,
+        policy: EgressPolicy,
+    ) -> Result<(), LocalError> {
         if !self.table().live.contains_key(id) {
-            return Err(NodeError::SandboxNotFound(id.clone()));
+            return Err(LocalError::SandboxNotFound(id.clone()));
         }
         match &self.cfg.network {
             Some(net) => Ok(net.update(id.as_str(), &policy).await?),
@@ -522,37 +534,44 @@ impl Node for LocalNode {
         }
     }
 
-    async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
+    /// See [`Node::template`](crate::Node::template).
+    pub async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, LocalError> {
         Ok(self.templates.get(name)?.map(|t| TemplateInfo {
             name: t.name,
             resources: t.resources,
         }))
     }
 
-    fn claim_warm(&self, req: &CreateRequest) -> Option<SandboxId> {
+    /// See [`Node::claim_warm`](crate::Node::claim_warm).
+    pub fn claim_warm(&self, req: &CreateRequest) -> Option<SandboxId> {
         self.claim(req)
     }
 
-    fn pool_stats(&self) -> PoolStats {
+    /// The warm pools' sizes and counters.
+    pub fn pool_stats(&self) -> PoolStats {
         self.stats()
     }
 
-    async fn live(&self) -> Vec<SandboxId> {
+    /// See [`Node::live`](crate::Node::live).
+    pub async fn live(&self) -> Vec<SandboxId> {
         self.table().live.keys().cloned().collect()
     }
 
-    fn exits(&self) -> broadcast::Receiver<SandboxId> {
+    /// Notifies when a sandbox died by itself (see [`Node::events`](crate::Node::events)).
+    pub fn events(&self) -> broadcast::Receiver<crate::NodeEvent> {
         self.exits.subscribe()
     }
 
-    fn endpoint(&self, id: &SandboxId) -> Option<Endpoint> {
+    /// Where to route traffic for a live sandbox (the proxy's node-local hop).
+    pub fn endpoint(&self, id: &SandboxId) -> Option<Endpoint> {
         self.table().live.get(id).map(|l| Endpoint {
             envd_socket: l.handle.envd_socket.clone(),
             forward_socket: l.handle.forward_socket.clone(),
         })
     }
 
-    async fn metrics(
+    /// See [`Node::metrics`](crate::Node::metrics).
+    pub async fn metrics(
         &self,
         id: &SandboxId,
         range: crate::MetricsRange,
@@ -560,7 +579,8 @@ impl Node for LocalNode {
         crate::metrics::query(self, id, range).await
     }
 
-    async fn reconcile(&self, expected: &[SandboxId]) -> Vec<SandboxId> {
+    /// See [`Node::reconcile`](crate::Node::reconcile).
+    pub async fn reconcile(&self, expected: &[SandboxId]) -> Vec<SandboxId> {
         let mut adopted = Vec::new();
         for id in expected {
             let dir = self.state_dir(id);
@@ -630,30 +650,35 @@ impl Node for LocalNode {
         adopted
     }
 
-    async fn pause(&self, id: &SandboxId) -> Result<(), NodeError> {
+    /// See [`Node::pause`](crate::Node::pause).
+    pub async fn pause(&self, id: &SandboxId) -> Result<(), LocalError> {
         if self.table().on_disk.contains(id) {
             return Ok(());
         }
         self.set_paused(id, true).await
     }
 
-    async fn pause_to_disk(&self, id: &SandboxId) -> Result<(), NodeError> {
+    /// See [`Node::pause_to_disk`](crate::Node::pause_to_disk).
+    pub async fn pause_to_disk(&self, id: &SandboxId) -> Result<(), LocalError> {
         self.persist(id).await
     }
 
-    async fn resume(&self, id: &SandboxId) -> Result<(), NodeError> {
+    /// See [`Node::resume`](crate::Node::resume).
+    pub async fn resume(&self, id: &SandboxId) -> Result<(), LocalError> {
         if self.table().on_disk.contains(id) {
             return self.start_from_disk(id).await;
         }
         self.set_paused(id, false).await
     }
 
-    fn is_paused(&self, id: &SandboxId) -> bool {
+    /// Whether a sandbox is paused (frozen in memory or on disk).
+    pub fn is_paused(&self, id: &SandboxId) -> bool {
         let table = self.table();
         table.on_disk.contains(id) || table.live.get(id).is_some_and(|l| l.paused)
     }
 
-    fn pause_mode(&self, id: &SandboxId) -> Option<PauseMode> {
+    /// How a paused sandbox is kept; `None` when it is not paused (or unknown).
+    pub fn pause_mode(&self, id: &SandboxId) -> Option<PauseMode> {
         let table = self.table();
         if table.on_disk.contains(id) {
             Some(PauseMode::Disk)
@@ -664,11 +689,12 @@ impl Node for LocalNode {
         }
     }
 
-    async fn snapshot(
+    /// See [`Node::snapshot`](crate::Node::snapshot).
+    pub async fn snapshot(
         &self,
         id: &SandboxId,
         name: &TemplateName,
-    ) -> Result<SnapshotMade, NodeError> {
+    ) -> Result<SnapshotMade, LocalError> {
         // A sandbox paused to disk has no mounted disk to copy from: it is started, frozen
         // for the copy and paused to disk again.
         let on_disk = self.table().on_disk.contains(id);
@@ -686,11 +712,12 @@ impl Node for LocalNode {
         made
     }
 
-    async fn list_templates(&self) -> Result<Vec<crate::TemplateSummary>, NodeError> {
+    /// See [`Node::list_templates`](crate::Node::list_templates).
+    pub async fn list_templates(&self) -> Result<Vec<crate::TemplateSummary>, LocalError> {
         let store = self.templates.clone();
         let listed = tokio::task::spawn_blocking(move || store.list())
             .await
-            .map_err(|e| NodeError::Io {
+            .map_err(|e| LocalError::Io {
                 context: "template list task failed".into(),
                 source: std::io::Error::other(e),
             })??;
@@ -709,49 +736,54 @@ impl Node for LocalNode {
             .collect())
     }
 
-    async fn delete_template(&self, name: &TemplateName) -> Result<bool, NodeError> {
+    /// See [`Node::delete_template`](crate::Node::delete_template).
+    pub async fn delete_template(&self, name: &TemplateName) -> Result<bool, LocalError> {
         let store = self.templates.clone();
         let target = name.clone();
         let deleted = tokio::task::spawn_blocking(move || store.delete(&target))
             .await
-            .map_err(|e| NodeError::Io {
+            .map_err(|e| LocalError::Io {
                 context: "template delete task failed".into(),
                 source: std::io::Error::other(e),
             })??;
         Ok(deleted)
     }
 
-    async fn copy_template(
+    /// See [`Node::copy_template`](crate::Node::copy_template).
+    pub async fn copy_template(
         &self,
         from: &TemplateName,
         to: &TemplateName,
-    ) -> Result<TemplateInfo, NodeError> {
+    ) -> Result<TemplateInfo, LocalError> {
         let store = self.templates.clone();
         let (source, target) = (from.clone(), to.clone());
         let copied = tokio::task::spawn_blocking(move || store.copy(&source, &target))
             .await
-            .map_err(|e| NodeError::Io {
+            .map_err(|e| LocalError::Io {
                 context: "template copy task failed".into(),
                 source: std::io::Error::other(e),
             })??
-            .ok_or_else(|| NodeError::TemplateNotFound(from.to_string()))?;
+            .ok_or_else(|| LocalError::TemplateNotFound(from.to_string()))?;
         Ok(TemplateInfo {
             name: copied.name,
             resources: copied.resources,
         })
     }
 
-    fn egress_policy(&self, id: &SandboxId) -> Option<EgressPolicy> {
+    /// The egress policy sandbox `id` was started with (`None` if unknown).
+    pub fn egress_policy(&self, id: &SandboxId) -> Option<EgressPolicy> {
         self.read_meta(id).ok().map(|m| m.network)
     }
 
-    fn env_vars(&self, id: &SandboxId) -> HashMap<String, String> {
+    /// The environment variables sandbox `id` was booted with (empty if unknown).
+    pub fn env_vars(&self, id: &SandboxId) -> HashMap<String, String> {
         self.boot_config(id)
             .map(|boot| boot.env_vars)
             .unwrap_or_default()
     }
 
-    async fn build(
+    /// See [`Node::build`](crate::Node::build).
+    pub async fn build(
         &self,
         req: crate::build::BuildRequest,
         logs: crate::build::LogSink,
@@ -759,7 +791,8 @@ impl Node for LocalNode {
         crate::build::run::build(self, req, logs).await
     }
 
-    async fn shutdown(&self) {
+    /// See [`Node::shutdown`](crate::Node::shutdown).
+    pub async fn shutdown(&self) {
         self.table_mut().shutting_down = true;
         // Creates in flight finish (and, seeing the flag, remove their sandbox) before the
         // table is emptied, so none of them outlives the shutdown.

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, Semaphore};
 
 use super::{LocalNode, NodeConfig};
 use crate::templates::{TemplateMeta, TemplateSource, TemplateStore};
-use crate::{CreateRequest, Node, NodeError};
+use crate::{CreateRequest, LocalError};
 
 #[derive(Debug, Default)]
 struct RtState {
@@ -276,7 +276,7 @@ async fn capacity_counts_creates_in_flight_and_failures_free_their_slot() {
     for t in tasks {
         match t.await.expect("task") {
             Ok(_) => ok += 1,
-            Err(NodeError::Busy(msg)) => assert!(msg.contains("limit 2"), "{msg}"),
+            Err(LocalError::Busy(msg)) => assert!(msg.contains("limit 2"), "{msg}"),
             Err(e) => panic!("unexpected error {e}"),
         }
     }
@@ -290,13 +290,13 @@ async fn capacity_counts_creates_in_flight_and_failures_free_their_slot() {
     rt.state().fail.insert(failing.clone());
     rt.gate.add_permits(2);
     let err = node.create(request(&failing)).await.expect_err("fails");
-    assert!(matches!(err, NodeError::Runtime(_)), "{err}");
+    assert!(matches!(err, LocalError::Runtime(_)), "{err}");
     node.create(request(&SandboxId::generate()))
         .await
         .expect("slot is free again");
     assert!(matches!(
         node.create(request(&SandboxId::generate())).await,
-        Err(NodeError::Busy(_))
+        Err(LocalError::Busy(_))
     ));
 }
 
@@ -324,14 +324,14 @@ async fn shutdown_waits_for_creates_in_flight_and_refuses_new_ones() {
         "shutdown must wait for the create in flight"
     );
     match node.create(request(&SandboxId::generate())).await {
-        Err(NodeError::Busy(msg)) => assert_eq!(msg, "shutting down"),
+        Err(LocalError::Busy(msg)) => assert_eq!(msg, "shutting down"),
         other => panic!("create during shutdown: {other:?}"),
     }
 
     rt.gate.add_permits(1);
     shutdown.await.expect("shutdown");
     match late_task.await.expect("task") {
-        Err(NodeError::Busy(msg)) => assert_eq!(msg, "shutting down"),
+        Err(LocalError::Busy(msg)) => assert_eq!(msg, "shutting down"),
         other => panic!("create finishing during shutdown: {other:?}"),
     }
     {
@@ -368,7 +368,7 @@ async fn sandbox_dead_before_the_table_insert_is_not_kept() {
 async fn lagged_exit_notifications_resync_the_table() {
     let rt = GatedRuntime::new();
     let (_dir, node) = node(&rt, 4);
-    let mut node_exits = node.exits();
+    let mut node_exits = node.events();
     let id = SandboxId::generate();
     rt.gate.add_permits(1);
     node.create(request(&id)).await.expect("create");
@@ -382,7 +382,7 @@ async fn lagged_exit_notifications_resync_the_table() {
         .await
         .expect("exit reported")
         .expect("recv");
-    assert_eq!(got, id);
+    assert_eq!(got, crate::NodeEvent::Exited { id: id.clone() });
     assert!(node.live().await.is_empty());
     assert!(rt.state().killed.contains(&id));
 }
@@ -520,7 +520,7 @@ async fn warm_sandboxes_hold_slots_and_give_them_up_to_creates() {
     assert_eq!(ready(&node), 0);
     let mut req = request(&SandboxId::generate());
     req.resources = Some(Resources::default());
-    assert!(matches!(node.create(req).await, Err(NodeError::Busy(_))));
+    assert!(matches!(node.create(req).await, Err(LocalError::Busy(_))));
     // The evicted ones are stopped in the background.
     wait_killed(&rt, &warm).await;
     let live = node.live().await;

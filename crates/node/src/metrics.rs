@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use paddock_domain::{Resources, SandboxId};
 
 use crate::LocalNode;
@@ -42,44 +42,7 @@ pub const RING_CAPACITY: usize = 720;
 
 const MIB: u64 = 1024 * 1024;
 
-/// One measurement of a sandbox.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricSample {
-    /// When it was taken.
-    pub timestamp: DateTime<Utc>,
-    /// CPUs the sandbox may use.
-    pub cpu_count: u32,
-    /// CPU used since the previous sample, in percent of `cpu_count` CPUs (0–100).
-    pub cpu_used_pct: f64,
-    /// Memory in use (without reclaimable inactive page cache), bytes.
-    pub mem_used: u64,
-    /// The memory limit, bytes.
-    pub mem_total: u64,
-    /// Page cache charged to the sandbox, bytes.
-    pub mem_cache: u64,
-    /// Bytes used on the sandbox's disk.
-    pub disk_used: u64,
-    /// Size of the sandbox's disk, bytes.
-    pub disk_total: u64,
-}
-
-/// Which samples to return: timestamps (unix seconds) within `[start, end]`, each bound
-/// optional.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MetricsRange {
-    /// Earliest second included.
-    pub start: Option<i64>,
-    /// Latest second included.
-    pub end: Option<i64>,
-}
-
-impl MetricsRange {
-    /// Whether `t` lies in the range.
-    pub fn contains(&self, t: &DateTime<Utc>) -> bool {
-        let s = t.timestamp();
-        self.start.is_none_or(|start| s >= start) && self.end.is_none_or(|end| s <= end)
-    }
-}
+pub use paddock_node_contract::metrics::{MetricSample, MetricsRange};
 
 /// Why a sandbox could not be measured.
 #[derive(Debug, thiserror::Error)]
@@ -687,7 +650,6 @@ mod tests {
     #[tokio::test]
     async fn node_samples_on_request_each_tick_and_forgets_killed_sandboxes() {
         use crate::templates::{TemplateMeta, TemplateSource, TemplateStore};
-        use crate::Node;
 
         let tmp = tempfile::tempdir().expect("tmp");
         let template = tmp.path().join("templates/base");
@@ -753,7 +715,9 @@ mod tests {
         assert!(after.len() > first.len(), "the tick added a sample");
         assert_eq!(after.last().map(|m| m.mem_used), Some(20 * MIB));
         // The newest sample: the tick's, or one the background sampler took since.
-        let latest = node.latest_metrics(std::slice::from_ref(&a)).await;
+        let latest = crate::Node::latest_metrics(node.as_ref(), std::slice::from_ref(&a))
+            .await
+            .expect("latest metrics");
         let newest = latest.get(&a).expect("a latest sample");
         let tick = after.last().expect("samples");
         assert_eq!(newest.mem_used, 20 * MIB);

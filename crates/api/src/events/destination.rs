@@ -28,7 +28,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use paddock_node::Cidr;
+use paddock_domain::Cidr;
 
 /// Why an address is refused as a webhook destination.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -13,6 +13,7 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::Utc;
 use paddock_domain::{SandboxId, SandboxState};
+use paddock_node_contract::NodeEvent;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::cleanup::PRUNE_EVERY;
@@ -115,7 +116,13 @@ impl Core {
 
     /// Runs the exit watcher until shutdown or until the node stops reporting.
     pub(crate) async fn run_exit_watcher(self: &Arc<Self>) {
-        let mut exits = self.node.exits();
+        let mut exits = match self.node.events().await {
+            Ok(rx) => rx,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot subscribe to the node's events");
+                return;
+            }
+        };
         let mut shutdown = self.shutdown.subscribe();
         loop {
             if *shutdown.borrow() {
@@ -126,7 +133,7 @@ impl Core {
                 _ = shutdown.changed() => return,
             };
             let result = match event {
-                Ok(id) => self.handle_exit(&id).await,
+                Ok(NodeEvent::Exited { id }) => self.handle_exit(&id).await,
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(
                         missed,
@@ -168,7 +175,7 @@ impl Core {
 
     /// Settles every running record the node no longer has.
     async fn sweep_vanished(&self) -> Result<(), Error> {
-        let live: HashSet<SandboxId> = self.node.live().await.into_iter().collect();
+        let live: HashSet<SandboxId> = self.node.live().await?.into_iter().collect();
         let records = self
             .store
             .sandboxes_in_states(&[SandboxState::Running])

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use paddock_domain::{Resources, TemplateName};
-use paddock_node::build::{BuildLog, BuildRequest, CACHE_PREFIX, IMAGE_PREFIX};
+use paddock_node_contract::build::{BuildLog, BuildRequest, CACHE_PREFIX, IMAGE_PREFIX};
 use paddock_template::wire::BuildStartV2;
 use paddock_template::{Base, BuildStep, Recipe};
 
@@ -487,7 +487,7 @@ impl Core {
                         record.tags.iter().map(|t| format!("{name}:{t}")).collect();
                     collector.push(BuildLog {
                         timestamp: Utc::now(),
-                        level: paddock_node::build::LogLevel::Info,
+                        level: paddock_node_contract::logs::LogLevel::Info,
                         step: paddock_template::FINALIZE_STEP.into(),
                         message: format!("published as {}", names.join(", ")),
                     });
@@ -498,7 +498,7 @@ impl Core {
                         .node
                         .delete_template(&super::tags::build_template(&record.id))
                         .await;
-                    Some(Err(paddock_node::build::BuildError {
+                    Some(Err(paddock_node_contract::build::BuildError {
                         step: paddock_template::FINALIZE_STEP.into(),
                         message: format!("tagging the build failed: {e}"),
                     }))
@@ -710,7 +710,7 @@ mod tests {
     fn the_collector_batches_and_keeps_the_last_lines() {
         let line = |i: usize| BuildLog {
             timestamp: Utc::now(),
-            level: paddock_node::build::LogLevel::Info,
+            level: paddock_node_contract::logs::LogLevel::Info,
             step: "1".into(),
             message: format!("line {i}"),
         };

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use paddock_domain::{SandboxId, SandboxState, TemplateName};
-use paddock_node::{CreateRequest, NodeError};
+use paddock_node_contract::{CreateRequest, ErrorCode};
 
 use super::admission::AdmissionPermit;
 use super::{new_access_token, validate, Core, Error, CLIENT_ID};
@@ -54,7 +54,7 @@ pub struct CreateSpec {
     pub node_template: Option<TemplateName>,
     /// The egress policy to apply as it is, instead of one made from `allow_internet_access`
     /// and `network` (a fork takes its parent's).
-    pub egress: Option<paddock_node::EgressPolicy>,
+    pub egress: Option<paddock_domain::EgressPolicy>,
     /// Never take a warm sandbox (a fork's child starts from its parent's private snapshot).
     pub cold: bool,
 }
@@ -172,8 +172,11 @@ impl Core {
         // A warm sandbox of the template, if the node has one ready: its id becomes the
         // sandbox's, and the node hands it over instead of starting one.
         if !spec.cold {
-            if let Some(id) = self.node.claim_warm(&request) {
-                request.id = id;
+            match self.node.claim_warm(&request).await {
+                Ok(Some(id)) => request.id = id,
+                Ok(None) => {}
+                // No warm sandbox to be had: a cold start, which reports a real failure.
+                Err(err) => tracing::debug!(error = %err, "claiming a warm sandbox failed"),
             }
         }
         let now = Utc::now();
@@ -190,6 +193,11 @@ impl Core {
             resources,
             client_id: CLIENT_ID.to_string(),
             end_reason: None,
+        };
+        let sent = crate::store::SentToNode {
+            env_vars: request.env_vars.clone(),
+            egress: request.network.clone(),
+            pause_mode: None,
         };
         let lifecycle = crate::store::SandboxLifecycle {
             auto_pause: spec.auto_pause,
@@ -211,6 +219,7 @@ impl Core {
                 record,
                 lifecycle,
                 idempotency: claim.as_ref().map(|c| (c.key.clone(), Utc::now())),
+                sent,
             };
             core.store.insert_new_sandbox(&new).await?;
             let record = new.record;
@@ -231,6 +240,7 @@ impl Core {
         timeout_secs: i64,
     ) -> Result<SandboxRecord, Error> {
         let id = record.id.clone();
+        let template = request.template.to_string();
         match self.node.create(request).await {
             Ok(started) => {
                 SandboxState::Creating.transition(SandboxState::Running)?;
@@ -267,7 +277,7 @@ impl Core {
                 self.events
                     .record(&record, crate::events::EventKind::Created)
                     .await;
-                if self.node.endpoint(&id).is_none() {
+                if !matches!(self.node.status(&id).await, Ok(Some(_))) {
                     // It died while being created: its exit event found it `creating` and was
                     // ignored, so settle it here.
                     tracing::warn!(sandbox_id = %id, "sandbox exited while it was being created");
@@ -295,12 +305,12 @@ impl Core {
                 } else if let Err(e) = self.node.kill(&id).await {
                     tracing::warn!(sandbox_id = %id, error = %e, "cleanup after failed create failed");
                 }
-                Err(match err {
+                Err(match err.code {
                     // The node closed for shutdown: 503 like any create during shutdown.
-                    NodeError::Busy(_) if self.is_shutting_down() => Error::ShuttingDown,
-                    NodeError::Busy(msg) => Error::Busy(msg),
-                    NodeError::TemplateNotFound(name) => Error::TemplateNotFound(name),
-                    other => Error::CreateFailed(other.to_string()),
+                    ErrorCode::Busy if self.is_shutting_down() => Error::ShuttingDown,
+                    ErrorCode::Busy => Error::Busy(err.message),
+                    ErrorCode::TemplateNotFound => Error::TemplateNotFound(template),
+                    _ => Error::CreateFailed(err.message),
                 })
             }
         }

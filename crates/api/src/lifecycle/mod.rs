@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use paddock_domain::{SandboxId, SandboxState, TransitionError};
-use paddock_node::{Node, NodeError};
+use paddock_node_contract::{Node, NodeError};
 use tokio::sync::{watch, Notify};
 use tokio_util::task::TaskTracker;
 
@@ -57,8 +57,8 @@ pub enum Error {
     #[error("sandbox '{0}' not found")]
     SandboxNotFound(String),
     /// A feature Paddock does not have yet.
-    #[error("{0} is not implemented yet in Paddock")]
-    NotImplemented(&'static str),
+    #[error("{0}")]
+    NotImplemented(String),
     /// The node has no capacity right now; retry later.
     #[error("{0}")]
     Busy(String),
@@ -281,46 +281,8 @@ pub(crate) fn new_access_token() -> String {
 mod tests {
     use super::*;
     use crate::store::SqliteStore;
-    use async_trait::async_trait;
     use chrono::Utc;
     use paddock_domain::{Resources, TemplateName};
-    use paddock_node::{CreateRequest, Endpoint, NodeSandbox, TemplateInfo};
-
-    /// A node with nothing on it; the state-machine tests never reach it.
-    struct EmptyNode(tokio::sync::broadcast::Sender<SandboxId>);
-
-    #[async_trait]
-    impl Node for EmptyNode {
-        async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
-            Err(NodeError::TemplateNotFound(req.template.to_string()))
-        }
-        async fn kill(&self, _id: &SandboxId) -> Result<(), NodeError> {
-            Ok(())
-        }
-        async fn template(&self, _n: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
-            Ok(None)
-        }
-        async fn live(&self) -> Vec<SandboxId> {
-            Vec::new()
-        }
-        fn exits(&self) -> tokio::sync::broadcast::Receiver<SandboxId> {
-            self.0.subscribe()
-        }
-        fn endpoint(&self, _id: &SandboxId) -> Option<Endpoint> {
-            None
-        }
-        async fn update_network(
-            &self,
-            id: &SandboxId,
-            _policy: paddock_node::EgressPolicy,
-        ) -> Result<(), NodeError> {
-            Err(NodeError::SandboxNotFound(id.clone()))
-        }
-        async fn reconcile(&self, _expected: &[SandboxId]) -> Vec<SandboxId> {
-            Vec::new()
-        }
-        async fn shutdown(&self) {}
-    }
 
     async fn core_with(state: SandboxState) -> (tempfile::TempDir, Core, SandboxId) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -343,7 +305,7 @@ mod tests {
             end_reason: None,
         };
         store.insert_sandbox(&rec).await.expect("insert");
-        let node = Arc::new(EmptyNode(tokio::sync::broadcast::channel(1).0));
+        let node = paddock_node_contract::fake::FakeNode::new();
         let core = Core::new(Arc::new(store), node, crate::ApiConfig::new(dir.path()));
         (dir, core, id)
     }

@@ -4,7 +4,7 @@
 //! the node's egress proxy judges new and open HTTP/TLS connections with the new policy at once.
 
 use paddock_domain::{SandboxId, SandboxState};
-use paddock_node::NodeError;
+use paddock_node_contract::ErrorCode;
 
 use super::{validate, Core, Error};
 use crate::store::TeamId;
@@ -25,13 +25,16 @@ impl Core {
         if rec.state != SandboxState::Running {
             return Err(Error::SandboxNotFound(id.to_string()));
         }
-        match self.node.update_network(id, policy).await {
+        match self.node.update_network(id, policy.clone()).await {
             Ok(()) => {
+                self.store.set_egress(id, &policy).await?;
                 tracing::info!(sandbox_id = %id, "sandbox network updated");
                 self.emit(id, crate::events::EventKind::network(body)).await;
                 Ok(())
             }
-            Err(NodeError::SandboxNotFound(_)) => Err(Error::SandboxNotFound(id.to_string())),
+            Err(e) if e.is(ErrorCode::SandboxNotFound) => {
+                Err(Error::SandboxNotFound(id.to_string()))
+            }
             Err(e) => Err(e.into()),
         }
     }

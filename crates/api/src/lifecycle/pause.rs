@@ -18,7 +18,7 @@
 
 use chrono::{Duration, Utc};
 use paddock_domain::{SandboxId, SandboxState};
-use paddock_node::NodeError;
+use paddock_node_contract::{ErrorCode, NodeError, PauseMode, SandboxStatus};
 
 use super::{validate, Core, Error};
 use crate::store::{SandboxLifecycle, SandboxRecord, TeamId};
@@ -42,10 +42,10 @@ pub enum Wake {
 
 /// Maps a node failure of pause or resume to the lifecycle error.
 fn node_error(id: &SandboxId, err: NodeError) -> Error {
-    match err {
-        NodeError::SandboxNotFound(_) => Error::SandboxNotFound(id.to_string()),
-        NodeError::Unsupported(what) => Error::NotImplemented(what),
-        other => Error::PauseFailed(crate::error::chain(&other)),
+    match err.code {
+        ErrorCode::SandboxNotFound => Error::SandboxNotFound(id.to_string()),
+        ErrorCode::Unsupported => Error::NotImplemented(err.message),
+        _ => Error::PauseFailed(err.message),
     }
 }
 
@@ -90,6 +90,12 @@ impl Core {
             self.node.pause(id).await
         };
         paused.map_err(|e| node_error(id, e))?;
+        let mode = if to_disk {
+            PauseMode::Disk
+        } else {
+            PauseMode::Memory
+        };
+        self.store.set_pause_mode(id, Some(mode)).await?;
         SandboxState::Running.transition(SandboxState::Paused)?;
         if !self
             .store
@@ -156,25 +162,31 @@ impl Core {
             SandboxState::Running => return Ok((rec, false)),
             _ => return Err(Error::SandboxNotFound(id.to_string())),
         }
-        let mode = self.node.pause_mode(id);
+        let mode = self
+            .store
+            .sent_to_node(id)
+            .await?
+            .and_then(|sent| sent.pause_mode);
         // Starting again from disk costs what a create costs: it is admitted like one.
-        let _permit = if cold || mode == Some(paddock_node::PauseMode::Disk) {
+        let _permit = if cold || mode == Some(PauseMode::Disk) {
             Some(self.admission.try_admit(&rec.team_id)?)
         } else {
             None
         };
         let started = std::time::Instant::now();
-        if cold && mode == Some(paddock_node::PauseMode::Memory) {
+        if cold && mode == Some(PauseMode::Memory) {
             self.node
                 .pause_to_disk(id)
                 .await
                 .map_err(|e| node_error(id, e))?;
+            self.store.set_pause_mode(id, Some(PauseMode::Disk)).await?;
         }
         self.node.resume(id).await.map_err(|e| match e {
             // The node is full (a start from disk takes a slot): 429, unless it is closing.
-            NodeError::Busy(msg) if !self.is_shutting_down() => Error::Busy(msg),
+            e if e.is(ErrorCode::Busy) && !self.is_shutting_down() => Error::Busy(e.message),
             other => node_error(id, other),
         })?;
+        self.store.set_pause_mode(id, None).await?;
         SandboxState::Paused.transition(SandboxState::Running)?;
         if !self
             .store
@@ -230,6 +242,15 @@ impl Core {
         }
     }
 
+    /// What was sent to the node for a sandbox and how it is paused, for
+    /// `GET /sandboxes/{id}` (the default when the record is gone).
+    pub(crate) async fn sent_to_node(
+        &self,
+        id: &SandboxId,
+    ) -> Result<crate::store::SentToNode, Error> {
+        Ok(self.store.sent_to_node(id).await?.unwrap_or_default())
+    }
+
     /// The lifecycle settings of a sandbox, for `GET /sandboxes/{id}`.
     pub(crate) async fn lifecycle_of(&self, id: &SandboxId) -> Result<SandboxLifecycle, Error> {
         Ok(self.store.lifecycle(id).await?)
@@ -243,11 +264,34 @@ impl Core {
             let Some(rec) = self.store.sandbox(id).await? else {
                 continue;
             };
-            let frozen = self.node.is_paused(id);
+            let status = match self.node.status(id).await {
+                Ok(status) => status,
+                Err(e) => {
+                    tracing::warn!(sandbox_id = %id, error = %e, "cannot ask the node how the sandbox is after restart");
+                    continue;
+                }
+            };
+            let frozen = matches!(status, Some(SandboxStatus::Paused(_)));
             let result = match rec.state {
-                SandboxState::Paused if !frozen => self.node.pause(id).await,
-                SandboxState::Running if frozen => self.node.resume(id).await,
-                _ => Ok(()),
+                SandboxState::Paused if !frozen => {
+                    self.node.pause(id).await.map(|()| Some(PauseMode::Memory))
+                }
+                SandboxState::Paused => Ok(match status {
+                    Some(SandboxStatus::Paused(mode)) => Some(mode),
+                    _ => None,
+                }),
+                SandboxState::Running if frozen => self.node.resume(id).await.map(|()| None),
+                _ => Ok(None),
+            };
+            // The record says how the node keeps it (rows from before the store kept the
+            // pause mode learn it here).
+            let result = match result {
+                Ok(mode) => self
+                    .store
+                    .set_pause_mode(id, mode)
+                    .await
+                    .map_err(Error::from),
+                Err(e) => Err(Error::Node(e)),
             };
             if let Err(e) = result {
                 tracing::warn!(sandbox_id = %id, state = %rec.state, error = %e, "cannot restore the paused state after restart");

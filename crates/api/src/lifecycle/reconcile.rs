@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 
 use paddock_domain::{SandboxId, SandboxState};
+use paddock_node_contract::{PauseMode, SandboxStatus};
 
 use super::{Core, Error};
 
@@ -41,7 +42,7 @@ impl Core {
             .filter(|r| matches!(r.state, SandboxState::Running | SandboxState::Paused))
             .map(|r| r.id.clone())
             .collect();
-        let alive: HashSet<SandboxId> = self.node.reconcile(&expected).await.into_iter().collect();
+        let alive: HashSet<SandboxId> = self.node.reconcile(&expected).await?.into_iter().collect();
         let mut report = ReconcileReport::default();
         for rec in records {
             let still_running = alive.contains(&rec.id)
@@ -84,13 +85,22 @@ impl Core {
                 "sandbox operations still running at shutdown; stopping anyway"
             );
         }
-        self.node.shutdown().await;
+        if let Err(e) = self.node.shutdown().await {
+            tracing::error!(error = %e, "the node's shutdown failed");
+        }
         let records = self.store.sandboxes_in_states(&UNSETTLED).await?;
         for rec in records {
-            // Paused sandboxes the node kept on disk stay paused across the restart.
-            if rec.state == SandboxState::Paused
-                && self.node.pause_mode(&rec.id) == Some(paddock_node::PauseMode::Disk)
-            {
+            // Paused sandboxes the node kept on disk stay paused across the restart (the
+            // node pauses frozen ones to disk as it shuts down).
+            let on_disk = rec.state == SandboxState::Paused
+                && matches!(
+                    self.node.status(&rec.id).await,
+                    Ok(Some(SandboxStatus::Paused(PauseMode::Disk)))
+                );
+            if on_disk {
+                self.store
+                    .set_pause_mode(&rec.id, Some(PauseMode::Disk))
+                    .await?;
                 tracing::info!(sandbox_id = %rec.id, "paused sandbox kept on disk");
                 continue;
             }

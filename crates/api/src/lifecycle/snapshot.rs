@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use paddock_domain::{SandboxId, TemplateName};
-use paddock_node::NodeError;
+use paddock_node_contract::{ErrorCode, NodeError};
 
 use super::create::CreateSpec;
 use super::{validate, Core, Error};
@@ -39,13 +39,13 @@ fn random_suffix() -> String {
 
 /// Maps a node failure of a snapshot.
 fn snapshot_error(id: &SandboxId, name: &TemplateName, err: NodeError) -> Error {
-    match err {
-        NodeError::SandboxNotFound(_) => Error::SandboxNotFound(id.to_string()),
-        NodeError::Template(paddock_node::templates::TemplateError::AlreadyExists(_)) => {
+    match err.code {
+        ErrorCode::SandboxNotFound => Error::SandboxNotFound(id.to_string()),
+        ErrorCode::TemplateExists => {
             Error::Conflict(format!("a template named '{name}' already exists"))
         }
-        NodeError::Unsupported(what) => Error::NotImplemented(what),
-        other => Error::Node(other),
+        ErrorCode::Unsupported => Error::NotImplemented(err.message),
+        _ => Error::Node(err),
     }
 }
 
@@ -193,6 +193,7 @@ impl Core {
         };
         let copied_ms = started.elapsed().as_secs_f64() * 1000.0;
         let lifecycle = self.store.lifecycle(id).await?;
+        let sent = self.store.sent_to_node(id).await?.unwrap_or_default();
         let spec = CreateSpec {
             template: parent
                 .alias
@@ -200,7 +201,7 @@ impl Core {
                 .unwrap_or_else(|| parent.template.to_string()),
             timeout_secs: timeout,
             metadata: parent.metadata.clone(),
-            env_vars: self.node.env_vars(id),
+            env_vars: sent.env_vars,
             auto_pause: lifecycle.auto_pause,
             auto_resume: lifecycle.auto_resume,
             auto_pause_memory: lifecycle.pause_to_disk.then_some(false),
@@ -208,7 +209,7 @@ impl Core {
             allow_internet_access: None,
             network: None,
             node_template: Some(private.clone()),
-            egress: Some(self.node.egress_policy(id).unwrap_or_default()),
+            egress: Some(sent.egress),
             cold: true,
         };
         let resources = made.template.resources;

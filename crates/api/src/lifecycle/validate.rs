@@ -92,8 +92,8 @@ pub fn idempotency_key(key: &str) -> Result<(), Error> {
 pub fn egress(
     allow_internet_access: Option<bool>,
     network: Option<&crate::wire::NetworkBody>,
-) -> Result<paddock_node::EgressPolicy, Error> {
-    let mut policy = paddock_node::EgressPolicy {
+) -> Result<paddock_domain::EgressPolicy, Error> {
+    let mut policy = paddock_domain::EgressPolicy {
         allow_internet_access: allow_internet_access.unwrap_or(true),
         ..Default::default()
     };
@@ -131,7 +131,7 @@ pub fn egress(
         return unsupported("rules");
     }
     for entry in net.deny_out.iter().flatten() {
-        let c = entry.parse::<paddock_node::Cidr>().map_err(|e| {
+        let c = entry.parse::<paddock_domain::Cidr>().map_err(|e| {
             // E2B's message first, then ours.
             Error::Invalid(format!(
                 "invalid denied CIDR {entry}: network.denyOut: {e} (only IPs and CIDRs, no domain names)"
@@ -140,7 +140,7 @@ pub fn egress(
         policy.deny_out.push(c);
     }
     for entry in net.allow_out.iter().flatten() {
-        match entry.parse::<paddock_node::Cidr>() {
+        match entry.parse::<paddock_domain::Cidr>() {
             Ok(c) => policy.allow_out.push(c),
             Err(_) if looks_like_domain(entry) => {
                 let domain = entry

@@ -25,7 +25,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::SecondsFormat;
-use paddock_node::build::{BuildLog, LogLevel};
+use paddock_node_contract::build::{BuildLog, LogLevel};
 use paddock_template::wire::BuildStartV2;
 use serde::{Deserialize, Serialize};
 

@@ -18,9 +18,10 @@ pub(super) async fn get(
     let lifecycle = state.core.lifecycle_of(&rec.id).await?;
     let mut detail = SandboxDetail::detail(&rec, state.core.config.domain.as_deref());
     detail.lifecycle = Some(lifecycle.into());
-    detail.pause_mode = state.core.node.pause_mode(&rec.id).map(|m| match m {
-        paddock_node::PauseMode::Memory => "full",
-        paddock_node::PauseMode::Disk => "filesystem",
+    let sent = state.core.sent_to_node(&rec.id).await?;
+    detail.pause_mode = sent.pause_mode.map(|m| match m {
+        paddock_node_contract::PauseMode::Memory => "full",
+        paddock_node_contract::PauseMode::Disk => "filesystem",
     });
     Ok(Json(detail))
 }

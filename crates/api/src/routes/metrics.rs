@@ -6,7 +6,7 @@
 //! Scoping: only the caller's running or paused sandboxes are visible (404 for the single
 //! endpoint, left out of the batch). A paused sandbox reports its last samples.
 //!
-//! [`Node::metrics`]: paddock_node::Node::metrics
+//! [`Node::metrics`]: paddock_node_contract::Node::metrics
 
 use std::collections::BTreeMap;
 
@@ -14,7 +14,7 @@ use axum::extract::{RawQuery, State};
 use axum::Json;
 use chrono::SecondsFormat;
 use paddock_domain::{SandboxId, SandboxState};
-use paddock_node::{MetricSample, MetricsRange};
+use paddock_node_contract::{MetricSample, MetricsRange};
 use serde::Serialize;
 
 use crate::auth::Team;
@@ -145,7 +145,12 @@ pub(super) async fn sandbox_metrics(
 ) -> Result<Json<Vec<SandboxMetric>>, ApiError> {
     let range = parse_range(raw.as_deref())?;
     state.core.get(&team.0, &path.0).await?;
-    let samples = state.core.node.metrics(&path.0, range).await;
+    let samples = state
+        .core
+        .node
+        .metrics(&path.0, range)
+        .await
+        .map_err(|e| ApiError::from(crate::lifecycle::Error::from(e)))?;
     Ok(Json(samples.iter().map(SandboxMetric::from).collect()))
 }
 
@@ -169,7 +174,12 @@ pub(super) async fn batch_metrics(
             visible.push(id);
         }
     }
-    let latest = state.core.node.latest_metrics(&visible).await;
+    let latest = state
+        .core
+        .node
+        .latest_metrics(&visible)
+        .await
+        .map_err(|e| ApiError::from(crate::lifecycle::Error::from(e)))?;
     let sandboxes = latest
         .iter()
         .map(|(id, m)| (id.to_string(), SandboxMetric::from(m)))

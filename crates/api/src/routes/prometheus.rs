@@ -22,9 +22,10 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::Team;
 use crate::error::ApiError;
 use crate::AppState;
+use crate::LifecycleError;
 
 /// Reads one value of a template's pool.
-type PoolValue = fn(&paddock_node::TemplatePoolStats) -> usize;
+type PoolValue = fn(&paddock_node_contract::TemplatePoolStats) -> usize;
 
 /// The exposition format's content type.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -35,8 +36,8 @@ pub(super) async fn metrics(
     team: Team,
 ) -> Result<Response, ApiError> {
     let core = &state.core;
-    let pools = core.node.pool_stats();
-    let running = core.node.live().await.len();
+    let pools = core.node.pool_stats().await.map_err(LifecycleError::from)?;
+    let running = core.node.live().await.map_err(LifecycleError::from)?.len();
     let mut visible = Vec::new();
     for pool in &pools.pools {
         let owner = core.template_owner(&pool.template).await?;

@@ -21,7 +21,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use paddock_domain::TemplateName;
-use paddock_node::TemplateSummary;
+use paddock_node_contract::TemplateSummary;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 

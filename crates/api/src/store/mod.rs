@@ -159,9 +159,25 @@ pub struct NewSandbox {
     /// Its lifecycle settings.
     pub lifecycle: SandboxLifecycle,
     /// Its first log entry.
-    pub log: paddock_node::logs::LogEntry,
+    pub log: paddock_node_contract::logs::LogEntry,
     /// The `Idempotency-Key` that created it, and when.
     pub idempotency: Option<(String, DateTime<Utc>)>,
+    /// What the node is sent for it.
+    pub sent: SentToNode,
+}
+
+/// What the control plane sent a node for a sandbox and how the node keeps it while paused.
+/// Kept in the store, so that nothing is read back out of a node's memory (the node may be
+/// another host, or gone): forks copy the env vars and egress policy from here, and resumes,
+/// shutdowns and `GET /sandboxes/{id}` read the pause mode from here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SentToNode {
+    /// The environment variables the sandbox was created with.
+    pub env_vars: std::collections::HashMap<String, String>,
+    /// Its egress policy as last sent (at create or by `PUT .../network`).
+    pub egress: paddock_domain::EgressPolicy,
+    /// How it is paused (`None` while it is not).
+    pub pause_mode: Option<paddock_node_contract::PauseMode>,
 }
 
 /// What a sandbox does at its end time and on traffic while paused (`autoPause`, `autoResume`).
@@ -290,7 +306,7 @@ pub struct BuildReason {
     /// The step that failed (`base`, `1`..`N`, `finalize`), when known.
     pub step: Option<String>,
     /// The last log lines before the failure.
-    pub log_entries: Vec<paddock_node::build::BuildLog>,
+    pub log_entries: Vec<paddock_node_contract::build::BuildLog>,
 }
 
 /// A template a team builds: the name is the team's from the first build request on
@@ -386,7 +402,7 @@ pub struct BuildLogQuery {
     /// Most lines returned.
     pub limit: u64,
     /// Minimum level.
-    pub min_level: Option<paddock_node::build::LogLevel>,
+    pub min_level: Option<paddock_node_contract::logs::LogLevel>,
     /// Unix ms, inclusive: lines at or after it (forward) or at or before it (backward).
     pub cursor_ms: Option<i64>,
     /// Newest first (from the cursor back) instead of oldest first.
@@ -508,7 +524,7 @@ pub trait Store: Send + Sync + 'static {
         resources: Resources,
         started_at: DateTime<Utc>,
         end_at: DateTime<Utc>,
-        entry: &paddock_node::logs::LogEntry,
+        entry: &paddock_node_contract::logs::LogEntry,
     ) -> Result<bool, StoreError> {
         let changed = self.set_running(id, resources, started_at, end_at).await?;
         if changed {
@@ -522,7 +538,7 @@ pub trait Store: Send + Sync + 'static {
     async fn append_sandbox_log(
         &self,
         id: &SandboxId,
-        entry: &paddock_node::logs::LogEntry,
+        entry: &paddock_node_contract::logs::LogEntry,
     ) -> Result<(), StoreError> {
         let _ = (id, entry);
         Ok(())
@@ -533,7 +549,7 @@ pub trait Store: Send + Sync + 'static {
     async fn sandbox_logs(
         &self,
         id: &SandboxId,
-    ) -> Result<Vec<paddock_node::logs::LogEntry>, StoreError> {
+    ) -> Result<Vec<paddock_node_contract::logs::LogEntry>, StoreError> {
         let _ = id;
         Ok(Vec::new())
     }
@@ -543,6 +559,23 @@ pub trait Store: Send + Sync + 'static {
         let _ = id;
         Ok(SandboxLifecycle::default())
     }
+
+    /// What was sent to the node for a sandbox and how it is paused; `None` for an unknown id.
+    async fn sent_to_node(&self, id: &SandboxId) -> Result<Option<SentToNode>, StoreError>;
+
+    /// Records how the sandbox is paused now (`None`: not paused).
+    async fn set_pause_mode(
+        &self,
+        id: &SandboxId,
+        mode: Option<paddock_node_contract::PauseMode>,
+    ) -> Result<(), StoreError>;
+
+    /// Records the egress policy last sent to the node for the sandbox.
+    async fn set_egress(
+        &self,
+        id: &SandboxId,
+        egress: &paddock_domain::EgressPolicy,
+    ) -> Result<(), StoreError>;
 
     /// How many of the team's sandbox records (kept for a week after they stop) were started
     /// from each template, and when the last one was: `name → (count, last start)`. Default:
@@ -653,7 +686,7 @@ pub trait Store: Send + Sync + 'static {
     async fn append_build_logs(
         &self,
         id: &BuildId,
-        logs: &[paddock_node::build::BuildLog],
+        logs: &[paddock_node_contract::build::BuildLog],
     ) -> Result<(), StoreError> {
         let _ = (id, logs);
         Ok(())
@@ -664,7 +697,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: &BuildId,
         query: &BuildLogQuery,
-    ) -> Result<Vec<paddock_node::build::BuildLog>, StoreError> {
+    ) -> Result<Vec<paddock_node_contract::build::BuildLog>, StoreError> {
         let _ = (id, query);
         Ok(Vec::new())
     }

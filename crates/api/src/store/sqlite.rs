@@ -14,7 +14,9 @@ use paddock_domain::{Resources, SandboxId, SandboxState, TemplateName};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
-use super::{ListQuery, Order, SandboxLifecycle, SandboxRecord, Store, StoreError, TeamId};
+use super::{
+    ListQuery, Order, SandboxLifecycle, SandboxRecord, SentToNode, Store, StoreError, TeamId,
+};
 
 /// Schema migrations; `user_version` is the number of entries applied.
 const MIGRATIONS: &[&str] = &[
@@ -66,6 +68,7 @@ ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
     snapshots::MIGRATION,
     builds::MIGRATION,
     tags::MIGRATION,
+    create::MIGRATION,
 ];
 
 const SANDBOX_COLUMNS: &str = "id, team_id, template, alias, state, metadata, access_token, \
@@ -621,7 +624,7 @@ impl Store for SqliteStore {
         resources: Resources,
         started_at: DateTime<Utc>,
         end_at: DateTime<Utc>,
-        entry: &paddock_node::logs::LogEntry,
+        entry: &paddock_node_contract::logs::LogEntry,
     ) -> Result<bool, StoreError> {
         let (id, entry) = (id.clone(), entry.clone());
         self.with_conn_quick(move |conn| {
@@ -651,10 +654,50 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn sent_to_node(&self, id: &SandboxId) -> Result<Option<SentToNode>, StoreError> {
+        let id = id.clone();
+        self.with_conn(move |conn| create::sent_row(conn, &id))
+            .await
+    }
+
+    async fn set_pause_mode(
+        &self,
+        id: &SandboxId,
+        mode: Option<paddock_node_contract::PauseMode>,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.with_conn(move |conn| {
+            exec(
+                conn,
+                "UPDATE sandboxes SET pause_mode = ?1, updated_at = ?2 WHERE id = ?3",
+                rusqlite::params![mode.map(|m| m.as_str()), now_ms(), id.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_egress(
+        &self,
+        id: &SandboxId,
+        egress: &paddock_domain::EgressPolicy,
+    ) -> Result<(), StoreError> {
+        let (id, text) = (id.clone(), serde_json::to_string(egress)?);
+        self.with_conn(move |conn| {
+            exec(
+                conn,
+                "UPDATE sandboxes SET egress = ?1, updated_at = ?2 WHERE id = ?3",
+                rusqlite::params![text, now_ms(), id.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn append_sandbox_log(
         &self,
         id: &SandboxId,
-        entry: &paddock_node::logs::LogEntry,
+        entry: &paddock_node_contract::logs::LogEntry,
     ) -> Result<(), StoreError> {
         let (id, entry) = (id.clone(), entry.clone());
         self.with_conn(move |conn| logs::append(conn, &id, &entry))
@@ -664,7 +707,7 @@ impl Store for SqliteStore {
     async fn sandbox_logs(
         &self,
         id: &SandboxId,
-    ) -> Result<Vec<paddock_node::logs::LogEntry>, StoreError> {
+    ) -> Result<Vec<paddock_node_contract::logs::LogEntry>, StoreError> {
         let id = id.clone();
         self.with_conn(move |conn| logs::read(conn, &id)).await
     }
@@ -796,7 +839,7 @@ impl Store for SqliteStore {
     async fn append_build_logs(
         &self,
         id: &super::BuildId,
-        logs: &[paddock_node::build::BuildLog],
+        logs: &[paddock_node_contract::build::BuildLog],
     ) -> Result<(), StoreError> {
         let (id, logs) = (id.clone(), logs.to_vec());
         self.with_conn(move |conn| builds::append_logs(conn, &id, &logs))
@@ -807,7 +850,7 @@ impl Store for SqliteStore {
         &self,
         id: &super::BuildId,
         query: &super::BuildLogQuery,
-    ) -> Result<Vec<paddock_node::build::BuildLog>, StoreError> {
+    ) -> Result<Vec<paddock_node_contract::build::BuildLog>, StoreError> {
         let (id, query) = (id.clone(), query.clone());
         self.with_conn(move |conn| builds::logs(conn, &id, &query))
             .await

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use paddock_domain::{Resources, TemplateName};
-use paddock_node::build::{BuildLog, LogLevel};
+use paddock_node_contract::build::{BuildLog, LogLevel};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, TransactionBehavior};
 

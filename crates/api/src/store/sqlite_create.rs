@@ -6,11 +6,73 @@
 
 use chrono::{DateTime, Utc};
 use paddock_domain::{Resources, SandboxId};
-use paddock_node::logs::LogEntry;
+use paddock_node_contract::logs::LogEntry;
 use rusqlite::{params, Connection};
 
-use super::{exec, logs, now_ms, to_ms, SANDBOX_COLUMNS};
-use crate::store::{NewSandbox, SandboxLifecycle, SandboxRecord, StoreError, TeamId};
+use super::{exec, logs, now_ms, query_one, to_ms, SANDBOX_COLUMNS};
+use crate::store::{NewSandbox, SandboxLifecycle, SandboxRecord, SentToNode, StoreError, TeamId};
+
+/// Columns of what the control plane sent the node (see [`SentToNode`]). Rows older than this
+/// migration have no env vars and the default egress policy on record; their pause mode is
+/// filled in from the node at the next start (`reconcile_paused`).
+pub(super) const MIGRATION: &str = r#"
+ALTER TABLE sandboxes ADD COLUMN env_vars TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE sandboxes ADD COLUMN egress TEXT;
+ALTER TABLE sandboxes ADD COLUMN pause_mode TEXT;
+"#;
+
+/// Records the env vars and egress policy sent to the node for sandbox `id`.
+pub(super) fn set_sent_row(
+    conn: &Connection,
+    id: &SandboxId,
+    sent: &SentToNode,
+) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "UPDATE sandboxes SET env_vars = ?1, egress = ?2, pause_mode = ?3 WHERE id = ?4",
+        params![
+            serde_json::to_string(&sent.env_vars)?,
+            serde_json::to_string(&sent.egress)?,
+            sent.pause_mode.map(|m| m.as_str()),
+            id.as_str()
+        ],
+    )?;
+    Ok(())
+}
+
+/// What was sent to the node for sandbox `id` (`None` when there is no such row).
+pub(super) fn sent_row(
+    conn: &Connection,
+    id: &SandboxId,
+) -> Result<Option<SentToNode>, StoreError> {
+    use rusqlite::OptionalExtension as _;
+    let row = query_one(
+        conn,
+        "SELECT env_vars, egress, pause_mode FROM sandboxes WHERE id = ?1",
+        [id.as_str()],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        },
+    )
+    .optional()?;
+    let Some((env, egress, mode)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(SentToNode {
+        env_vars: serde_json::from_str(&env)?,
+        egress: match egress {
+            Some(text) => serde_json::from_str(&text)?,
+            None => Default::default(),
+        },
+        pause_mode: mode
+            .as_deref()
+            .and_then(paddock_node_contract::PauseMode::parse),
+    }))
+}
 
 /// Inserts a sandbox's row.
 pub(super) fn insert_row(conn: &Connection, r: &SandboxRecord) -> Result<(), StoreError> {
@@ -118,6 +180,9 @@ pub(super) fn record_idempotency_row(
 pub(super) fn insert_new(conn: &mut Connection, new: &NewSandbox) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     insert_row(&tx, &new.record)?;
+    if new.sent != SentToNode::default() {
+        set_sent_row(&tx, &new.record.id, &new.sent)?;
+    }
     if new.lifecycle != SandboxLifecycle::default() {
         set_lifecycle_row(&tx, &new.record.id, new.lifecycle)?;
     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use paddock_domain::SandboxId;
-use paddock_node::logs::{LogEntry, LogLevel};
+use paddock_node_contract::logs::{LogEntry, LogLevel};
 use rusqlite::{params, Connection};
 
 use super::{exec, from_ms, to_ms};

@@ -255,9 +255,9 @@ async fn a_new_sandbox_is_recorded_in_one_write_and_running_is_logged_once() {
     let team = store.ensure_team("t").await.expect("team");
     let mut rec = record(&team, 1_700_000_000_000, &[("k", "v")]);
     rec.state = SandboxState::Creating;
-    let entry = |message: &str| paddock_node::logs::LogEntry {
+    let entry = |message: &str| paddock_node_contract::logs::LogEntry {
         timestamp: Utc::now(),
-        level: paddock_node::logs::LogLevel::Info,
+        level: paddock_node_contract::logs::LogLevel::Info,
         message: message.into(),
         fields: Default::default(),
     };
@@ -271,8 +271,53 @@ async fn a_new_sandbox_is_recorded_in_one_write_and_running_is_logged_once() {
         lifecycle,
         log: entry("created"),
         idempotency: Some(("key-1".into(), Utc::now())),
+        sent: crate::store::SentToNode {
+            env_vars: [("TOKEN".to_string(), "s3cret".to_string())].into(),
+            egress: paddock_domain::EgressPolicy {
+                allow_internet_access: false,
+                allow_out: vec!["10.1.0.0/16".parse().expect("cidr")],
+                ..Default::default()
+            },
+            pause_mode: None,
+        },
     };
     store.insert_new_sandbox(&new).await.expect("insert");
+    // What was sent to the node is kept, and the pause mode and egress follow their setters.
+    assert_eq!(
+        store.sent_to_node(&rec.id).await.expect("sent"),
+        Some(new.sent.clone())
+    );
+    let mode = Some(paddock_node_contract::PauseMode::Disk);
+    store.set_pause_mode(&rec.id, mode).await.expect("mode");
+    store
+        .set_egress(&rec.id, &paddock_domain::EgressPolicy::default())
+        .await
+        .expect("egress");
+    let sent = store
+        .sent_to_node(&rec.id)
+        .await
+        .expect("sent")
+        .expect("row");
+    assert_eq!(sent.pause_mode, mode);
+    assert_eq!(sent.egress, paddock_domain::EgressPolicy::default());
+    assert_eq!(sent.env_vars, new.sent.env_vars);
+    store.set_pause_mode(&rec.id, None).await.expect("mode");
+    assert_eq!(
+        store
+            .sent_to_node(&rec.id)
+            .await
+            .expect("sent")
+            .expect("row")
+            .pause_mode,
+        None
+    );
+    assert_eq!(
+        store
+            .sent_to_node(&SandboxId::generate())
+            .await
+            .expect("unknown"),
+        None
+    );
     assert_eq!(
         store.sandbox(&rec.id).await.expect("read"),
         Some(rec.clone())

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use paddock_node::logs::{LogEntry, LogLevel};
+use paddock_node_contract::logs::{LogEntry, LogLevel};
 
 use crate::harness::*;
 

@@ -1,22 +1,12 @@
-//! `GET /sandboxes/{id}/metrics` and `GET /sandboxes/metrics`, over a node that wraps the
-//! shared `FakeNode` and serves three fixed samples per sandbox (t = 1000, 2000, 3000 s).
+//! `GET /sandboxes/{id}/metrics` and `GET /sandboxes/metrics`, over the shared `FakeNode`
+//! serving three fixed samples per sandbox (t = 1000, 2000, 3000 s).
 
 use std::collections::HashMap;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use paddock_domain::TemplateName;
-use paddock_node::{
-    CreateRequest, EgressPolicy, Endpoint, MetricSample, MetricsRange, Node, NodeError,
-    NodeSandbox, TemplateInfo,
-};
-use tokio::sync::broadcast;
+use paddock_node_contract::MetricSample;
 
 use crate::harness::*;
-
-struct MetricsNode {
-    fake: Arc<FakeNode>,
-}
 
 fn sample(secs: i64, cpu: f64) -> MetricSample {
     MetricSample {
@@ -31,61 +21,13 @@ fn sample(secs: i64, cpu: f64) -> MetricSample {
     }
 }
 
-#[async_trait]
-impl Node for MetricsNode {
-    async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
-        self.fake.create(req).await
-    }
-    async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {
-        self.fake.kill(id).await
-    }
-    async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
-        self.fake.template(name).await
-    }
-    async fn live(&self) -> Vec<SandboxId> {
-        self.fake.live().await
-    }
-    fn exits(&self) -> broadcast::Receiver<SandboxId> {
-        self.fake.exits()
-    }
-    fn endpoint(&self, id: &SandboxId) -> Option<Endpoint> {
-        self.fake.endpoint(id)
-    }
-    async fn update_network(&self, id: &SandboxId, policy: EgressPolicy) -> Result<(), NodeError> {
-        self.fake.update_network(id, policy).await
-    }
-    async fn reconcile(&self, expected: &[SandboxId]) -> Vec<SandboxId> {
-        self.fake.reconcile(expected).await
-    }
-    async fn shutdown(&self) {
-        self.fake.shutdown().await
-    }
-    /// Every sandbox the node ever created has samples, like the real node's series, which
-    /// outlive a pause.
-    async fn metrics(&self, id: &SandboxId, range: MetricsRange) -> Vec<MetricSample> {
-        let created = self
-            .fake
-            .created
-            .lock()
-            .expect("lock")
-            .iter()
-            .any(|r| &r.id == id);
-        if !created {
-            return Vec::new();
-        }
-        [sample(1000, 5.0), sample(2000, 50.0), sample(3000, 99.5)]
-            .into_iter()
-            .filter(|m| range.contains(&m.timestamp))
-            .collect()
-    }
-}
-
 async fn start_metrics() -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let fake = FakeNode::new();
     let data_dir = dir.path().to_path_buf();
-    let node = Arc::new(MetricsNode { fake: fake.clone() });
-    let control = ControlPlane::open(ApiConfig::new(&data_dir), node)
+    *fake.samples.lock().expect("lock") =
+        vec![sample(1000, 5.0), sample(2000, 50.0), sample(3000, 99.5)];
+    let control = ControlPlane::open(ApiConfig::new(&data_dir), fake.clone())
         .await
         .expect("open control plane");
     control.reconcile().await.expect("reconcile");

@@ -5,7 +5,6 @@
 //! pause.
 
 use crate::harness::*;
-use paddock_node::Node as _;
 
 fn sid(id: &str) -> SandboxId {
     SandboxId::parse(id).expect("valid id")

@@ -14,7 +14,7 @@ use paddock_template::{
 use super::{BuildError, BuildLog, BuildRequest, Built, LogLevel, LogSink, CACHE_PREFIX};
 use crate::envd_client::{EnvdClient, OutputStream, ProcessSpec};
 use crate::templates::{Template, TemplateConfig, TemplateMeta, TemplateSource};
-use crate::{CreateRequest, LocalNode, Node, TemplateInfo};
+use crate::{CreateRequest, LocalNode, TemplateInfo};
 
 /// How many output lines a failed command's error repeats.
 const TAIL_LINES: usize = 20;
@@ -617,7 +617,7 @@ async fn run_step(
             // result first, or be keeping it right now: use that one.
             let busy = matches!(
                 e,
-                crate::NodeError::Template(crate::templates::TemplateError::Busy(_))
+                crate::LocalError::Template(crate::templates::TemplateError::Busy(_))
             );
             let deadline = Instant::now() + std::time::Duration::from_secs(300);
             loop {

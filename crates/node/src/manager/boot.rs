@@ -12,7 +12,7 @@ use paddock_sandbox::SandboxHandle;
 
 use super::{Live, LocalNode, Reservation, SandboxMeta};
 use crate::templates::LayerLease;
-use crate::{CreateRequest, NodeError};
+use crate::{CreateRequest, LocalError};
 
 /// A sandbox [`LocalNode::boot`] started, not yet in the live table (or a warm pool).
 pub(super) struct Booted<'a> {
@@ -28,14 +28,14 @@ pub(super) struct Booted<'a> {
 
 impl LocalNode {
     /// Waits for a turn to start a sandbox (in order); fails if the node shut down meanwhile.
-    pub(super) async fn start_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, NodeError> {
+    pub(super) async fn start_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, LocalError> {
         let turn = self
             .starts
             .acquire()
             .await
-            .map_err(|_| NodeError::Busy("shutting down".into()))?;
+            .map_err(|_| LocalError::Busy("shutting down".into()))?;
         if self.table().shutting_down {
-            return Err(NodeError::Busy("shutting down".into()));
+            return Err(LocalError::Busy("shutting down".into()));
         }
         Ok(turn)
     }
@@ -53,11 +53,11 @@ impl LocalNode {
         req: &CreateRequest,
         reservation: Reservation<'a>,
         template_env_only: bool,
-    ) -> Result<Booted<'a>, NodeError> {
+    ) -> Result<Booted<'a>, LocalError> {
         let (template, lease) = self
             .templates
             .lease(&req.template)?
-            .ok_or_else(|| NodeError::TemplateNotFound(req.template.to_string()))?;
+            .ok_or_else(|| LocalError::TemplateNotFound(req.template.to_string()))?;
         let meta = SandboxMeta {
             template: req.template.clone(),
             resources: req.resources.unwrap_or(template.resources),
@@ -124,7 +124,7 @@ impl LocalNode {
         &self,
         id: &SandboxId,
         booted: Booted<'_>,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), LocalError> {
         let Booted {
             handle,
             lease,
@@ -154,7 +154,7 @@ impl LocalNode {
                 tracing::error!(sandbox_id = %id, error = %e, "stopping a sandbox created during shutdown");
             }
             self.release_network(id).await;
-            return Err(NodeError::Busy("shutting down".into()));
+            return Err(LocalError::Busy("shutting down".into()));
         }
         drop(reservation);
         // envd may have died between the runtime's bookkeeping and the insert above, and its
@@ -166,7 +166,7 @@ impl LocalNode {
                     .await;
             }
             tracing::warn!(sandbox_id = %id, "sandbox exited right after it started");
-            return Err(NodeError::Runtime(paddock_sandbox::RuntimeError::Create {
+            return Err(LocalError::Runtime(paddock_sandbox::RuntimeError::Create {
                 id: id.clone(),
                 message: "envd exited right after it was ready".into(),
             }));
@@ -179,20 +179,20 @@ impl LocalNode {
         &self,
         req: &CreateRequest,
         meta: &SandboxMeta,
-    ) -> Result<PathBuf, NodeError> {
+    ) -> Result<PathBuf, LocalError> {
         let dir = self.state_dir(&req.id);
-        let io = |context: String| move |source| NodeError::Io { context, source };
+        let io = |context: String| move |source| LocalError::Io { context, source };
         // Host-only (0700): the sandbox sees none of it (see paddock_sandbox::hostfile).
         paddock_sandbox::hostfile::create_private_dir(&dir)
             .map_err(io(format!("creating {}", dir.display())))?;
-        let meta_json = serde_json::to_vec(meta).map_err(|e| NodeError::Io {
+        let meta_json = serde_json::to_vec(meta).map_err(|e| LocalError::Io {
             context: "encoding node.json".into(),
             source: std::io::Error::other(e),
         })?;
         write_private(&dir.join("node.json"), &meta_json)
             .map_err(io("writing node.json".into()))?;
         let boot = boot_config(req, meta);
-        let boot_json = serde_json::to_vec(&boot).map_err(|e| NodeError::Io {
+        let boot_json = serde_json::to_vec(&boot).map_err(|e| LocalError::Io {
             context: "encoding envd config".into(),
             source: std::io::Error::other(e),
         })?;

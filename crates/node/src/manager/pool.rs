@@ -32,7 +32,7 @@ use paddock_sandbox::SandboxHandle;
 use super::{boot_config, Booted, LocalNode, Reservation, SandboxMeta};
 use crate::envd_client::{EnvdClient, InitBody};
 use crate::templates::{LayerLease, Template};
-use crate::{CreateRequest, EgressPolicy, NodeError, NodeSandbox};
+use crate::{CreateRequest, EgressPolicy, LocalError, NodeSandbox};
 
 /// How often the filler looks at the pools without being woken.
 const TICK: Duration = Duration::from_secs(1);
@@ -66,33 +66,7 @@ impl Default for PoolConfig {
     }
 }
 
-/// One template's pool, as metrics show it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemplatePoolStats {
-    /// The template.
-    pub template: TemplateName,
-    /// Sandboxes ready to be handed over.
-    pub ready: usize,
-    /// Sandboxes being filled.
-    pub filling: usize,
-    /// The pool's target size.
-    pub size: usize,
-}
-
-/// The warm pools of a node, as metrics show them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PoolStats {
-    /// One entry per template with a pool, by name.
-    pub pools: Vec<TemplatePoolStats>,
-    /// Creates served by a warm sandbox.
-    pub hits: u64,
-    /// Creates that could have used a pool but found none ready.
-    pub misses: u64,
-    /// Fills that failed.
-    pub fill_failures: u64,
-    /// Warm sandboxes claimed and not yet handed over.
-    pub claimed: usize,
-}
+pub use paddock_node_contract::metrics::{PoolStats, TemplatePoolStats};
 
 /// A sandbox started in advance for a template's pool.
 pub(super) struct Warm {
@@ -271,7 +245,7 @@ impl LocalNode {
         meta: &SandboxMeta,
         socket: std::path::PathBuf,
         current_token: &str,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), LocalError> {
         self.prepare_state_dir(req, meta)?;
         let boot = boot_config(req, meta);
         let envd = EnvdClient::new(socket, Some(current_token.to_string()));
@@ -283,7 +257,7 @@ impl LocalNode {
             timestamp: chrono::Utc::now(),
         })
         .await
-        .map_err(|e| NodeError::Envd(e.to_string()))
+        .map_err(|e| LocalError::Envd(e.to_string()))
     }
 
     /// The claimed warm sandbox `id`, taken out of the table.
@@ -299,7 +273,7 @@ impl LocalNode {
         &self,
         req: &CreateRequest,
         warm: Warm,
-    ) -> Result<NodeSandbox, NodeError> {
+    ) -> Result<NodeSandbox, LocalError> {
         let started = Instant::now();
         let reservation = {
             let mut table = self.table_mut();
@@ -315,7 +289,7 @@ impl LocalNode {
         };
         let Some(reservation) = reservation else {
             self.discard(warm).await;
-            return Err(NodeError::Busy("shutting down".into()));
+            return Err(LocalError::Busy("shutting down".into()));
         };
         let meta = SandboxMeta {
             template: req.template.clone(),
@@ -415,14 +389,14 @@ impl LocalNode {
     }
 
     /// A slot for a fill: like a create's, but never the last free one and never by evicting.
-    fn reserve_fill(&self, id: &SandboxId) -> Result<Reservation<'_>, NodeError> {
+    fn reserve_fill(&self, id: &SandboxId) -> Result<Reservation<'_>, LocalError> {
         let mut table = self.table_mut();
         if table.shutting_down {
-            return Err(NodeError::Busy("shutting down".into()));
+            return Err(LocalError::Busy("shutting down".into()));
         }
         let used = table.live.len() + table.creating.len() + table.pool.held();
         if used + 1 >= self.cfg.max_sandboxes {
-            return Err(NodeError::Busy(
+            return Err(LocalError::Busy(
                 "no slot to spare for a warm sandbox".into(),
             ));
         }
@@ -434,7 +408,7 @@ impl LocalNode {
     }
 
     /// Starts one sandbox for `name`'s pool and puts it there.
-    async fn fill_one(&self, name: &TemplateName) -> Result<(), NodeError> {
+    async fn fill_one(&self, name: &TemplateName) -> Result<(), LocalError> {
         let req = CreateRequest {
             id: SandboxId::generate(),
             template: name.clone(),
@@ -450,7 +424,7 @@ impl LocalNode {
         let started = self
             .run_start_cmd(&id, socket, &booted.meta.config, &req.access_token)
             .await
-            .map_err(NodeError::StartCmd);
+            .map_err(LocalError::StartCmd);
         let Booted {
             handle,
             template,
@@ -471,7 +445,9 @@ impl LocalNode {
         }
         if !self.runtime.is_alive(&id) {
             self.discard(warm).await;
-            return Err(NodeError::Envd("envd exited right after it started".into()));
+            return Err(LocalError::Envd(
+                "envd exited right after it started".into(),
+            ));
         }
         // Placed while the reservation still counts, so shutdown (which waits for
         // reservations) finds it in the pool.
@@ -571,7 +547,7 @@ impl LocalNode {
     }
 
     /// Books the end of a fill of `name`'s pool.
-    fn fill_done(&self, name: &TemplateName, result: Result<(), NodeError>) {
+    fn fill_done(&self, name: &TemplateName, result: Result<(), LocalError>) {
         let mut table = self.table_mut();
         let pools = &mut table.pool;
         pools.fills = pools.fills.saturating_sub(1);

@@ -6,7 +6,7 @@ use paddock_domain::{SandboxId, TemplateName};
 
 use super::LocalNode;
 use crate::templates::{Template, TemplateSource};
-use crate::{NodeError, SnapshotMade, TemplateInfo};
+use crate::{LocalError, SnapshotMade, TemplateInfo};
 
 impl LocalNode {
     /// Copies the writable layer of a live sandbox into a new template `name` on top of the
@@ -16,14 +16,14 @@ impl LocalNode {
         &self,
         id: &SandboxId,
         name: &TemplateName,
-    ) -> Result<SnapshotMade, NodeError> {
+    ) -> Result<SnapshotMade, LocalError> {
         let was_paused = match self.table().live.get(id) {
             Some(live) => live.paused,
-            None => return Err(NodeError::SandboxNotFound(id.clone())),
+            None => return Err(LocalError::SandboxNotFound(id.clone())),
         };
         let meta = self.read_meta(id)?;
         if meta.layers.is_empty() {
-            return Err(NodeError::Unsupported(
+            return Err(LocalError::Unsupported(
                 "snapshots of sandboxes started before this version of Paddock",
             ));
         }
@@ -56,7 +56,7 @@ impl LocalNode {
                 tracing::error!(sandbox_id = %id, error = %e, "thawing after a snapshot failed");
             }
         }
-        let template = copied.map_err(|e| NodeError::Io {
+        let template = copied.map_err(|e| LocalError::Io {
             context: "snapshot task failed".into(),
             source: std::io::Error::other(e),
         })??;

@@ -6,7 +6,7 @@
 use paddock_domain::SandboxId;
 
 use super::{Live, LocalNode, SandboxMeta};
-use crate::NodeError;
+use crate::LocalError;
 
 /// Marker file in a state directory: the sandbox is paused to disk (its processes are gone,
 /// its disk image is kept). Written before the sandbox is stopped, removed once it runs again.
@@ -16,7 +16,7 @@ impl LocalNode {
     /// Pauses a live sandbox to disk: the marker first (so a crash in the middle is finished
     /// by the next start instead of losing the sandbox), then the runtime stops it keeping its
     /// disk, then its network slot goes.
-    pub(super) async fn persist(&self, id: &SandboxId) -> Result<(), NodeError> {
+    pub(super) async fn persist(&self, id: &SandboxId) -> Result<(), LocalError> {
         {
             let mut table = self.table_mut();
             if table.on_disk.contains(id) {
@@ -25,7 +25,7 @@ impl LocalNode {
             match table.live.get_mut(id) {
                 // Held back by the proxy from here on.
                 Some(live) => live.paused = true,
-                None => return Err(NodeError::SandboxNotFound(id.clone())),
+                None => return Err(LocalError::SandboxNotFound(id.clone())),
             }
         }
         let started = std::time::Instant::now();
@@ -33,7 +33,7 @@ impl LocalNode {
         let marker = dir.join(ON_DISK_MARKER);
         if let Err(source) = std::fs::write(&marker, b"") {
             self.set_paused_flag(id, false);
-            return Err(NodeError::Io {
+            return Err(LocalError::Io {
                 context: format!("writing {}", marker.display()),
                 source,
             });
@@ -66,7 +66,7 @@ impl LocalNode {
 
     /// Starts a sandbox paused to disk again on its kept disk, with its recorded layers,
     /// limits and egress policy; envd reads the boot configuration the first start left.
-    pub(super) async fn start_from_disk(&self, id: &SandboxId) -> Result<(), NodeError> {
+    pub(super) async fn start_from_disk(&self, id: &SandboxId) -> Result<(), LocalError> {
         let started = std::time::Instant::now();
         let reservation = self.reserve(id)?;
         let turn = self.start_turn().await?;
@@ -112,10 +112,10 @@ impl LocalNode {
         &self,
         id: &SandboxId,
         meta: &SandboxMeta,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), LocalError> {
         let dir = self.state_dir(id);
         if !dir.join("disk.img").is_file() {
-            return Err(NodeError::Io {
+            return Err(LocalError::Io {
                 context: format!("{} has no disk image", dir.display()),
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             });
@@ -127,7 +127,7 @@ impl LocalNode {
         let lease = self
             .templates
             .lease_layers(&meta.layers)
-            .map_err(NodeError::from)?;
+            .map_err(LocalError::from)?;
         let mut table = self.table_mut();
         table.on_disk.insert(id.clone());
         table.leases.insert(id.clone(), lease);
@@ -143,13 +143,13 @@ impl LocalNode {
         id: &'a SandboxId,
     ) -> impl std::future::Future<Output = ()> + Send + 'a {
         let mut rx = self.pauses.subscribe();
-        let paused_now = crate::Node::is_paused(self, id);
+        let paused_now = self.is_paused(id);
         async move {
             if paused_now {
                 return;
             }
             while rx.changed().await.is_ok() {
-                if crate::Node::is_paused(self, id) {
+                if self.is_paused(id) {
                     return;
                 }
             }
@@ -166,7 +166,7 @@ impl LocalNode {
     /// Freezes (`paused`) or thaws a live sandbox. The table says `paused` before the freeze
     /// starts, so the proxy holds new traffic back instead of sending it into a sandbox that
     /// cannot answer, and says running only once the thaw is done.
-    pub(super) async fn set_paused(&self, id: &SandboxId, paused: bool) -> Result<(), NodeError> {
+    pub(super) async fn set_paused(&self, id: &SandboxId, paused: bool) -> Result<(), LocalError> {
         let set = |value: bool| -> bool {
             match self.table_mut().live.get_mut(id) {
                 Some(live) => {
@@ -177,13 +177,13 @@ impl LocalNode {
             }
         };
         if paused && !set(true) {
-            return Err(NodeError::SandboxNotFound(id.clone()));
+            return Err(LocalError::SandboxNotFound(id.clone()));
         }
         if paused {
             self.pauses.send_modify(|n| *n = n.wrapping_add(1));
         }
         if !paused && !self.table().live.contains_key(id) {
-            return Err(NodeError::SandboxNotFound(id.clone()));
+            return Err(LocalError::SandboxNotFound(id.clone()));
         }
         let started = std::time::Instant::now();
         let result = if paused {
@@ -210,9 +210,9 @@ impl LocalNode {
                     set(false);
                 }
                 Err(match e {
-                    paddock_sandbox::RuntimeError::NotFound(id) => NodeError::SandboxNotFound(id),
+                    paddock_sandbox::RuntimeError::NotFound(id) => LocalError::SandboxNotFound(id),
                     paddock_sandbox::RuntimeError::Unsupported { .. } => {
-                        NodeError::Unsupported("pausing sandboxes on this runtime")
+                        LocalError::Unsupported("pausing sandboxes on this runtime")
                     }
                     other => other.into(),
                 })

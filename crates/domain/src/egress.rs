@@ -1,7 +1,7 @@
 //! Egress policy of one sandbox: whether it may reach the internet at all, the CIDRs it is
 //! explicitly allowed (`allowOut`) or denied (`denyOut`), and the domain names it is allowed
 //! (`allowOut` entries like `example.com` or `*.example.com`, enforced for HTTP on port 80 and
-//! TLS on port 443 by the egress proxy, see `egress`). `allowOut` wins over `denyOut`, and
+//! TLS on port 443 by the node's egress proxy). `allowOut` wins over `denyOut`, and
 //! `allow_internet_access = false` is the same as denying `0.0.0.0/0` (as in E2B).
 
 use std::fmt;
