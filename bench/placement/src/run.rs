@@ -129,6 +129,15 @@ impl<S: Strategy> Sim<'_, S> {
         } else {
             self.s.release(&p.ticket, Answer::Created, now);
             self.truth[p.node].add(&p.request.demand);
+            let (u, c) = (&self.truth[p.node], &w.nodes[p.node].capacity);
+            assert!(
+                u.cpus <= c.cpus
+                    && u.memory_mb <= c.memory_mb
+                    && u.disk_mb <= c.disk_mb
+                    && u.sandboxes <= c.max_sandboxes,
+                "node {} overcommitted: {u:?} of {c:?}",
+                p.node
+            );
             self.out.created += 1;
             let end = step + w.creates[p.create].lifetime;
             self.ends.push(Reverse((end, p.node, p.create)));
