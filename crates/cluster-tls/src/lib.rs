@@ -17,7 +17,7 @@
 //!   SAN `paddock://<role>/<id>` (with CN = id, OU = role), read back from a peer's verified
 //!   certificate by [`CaCert::verify_client`] / [`client_identity`].
 //! - [`server_config`], [`client_config`], [`join_client_config`]: rustls configurations
-//!   (TLS 1.3, `ring`) for cluster links; see [`tls`](crate::tls) for the rule a service with
+//!   (TLS 1.3, `ring`) for cluster links; see [`tls`] for the rule a service with
 //!   [`ClientAuth::Optional`] must follow.
 //!
 //! The join, end to end:
@@ -32,12 +32,12 @@
 //!    the token pins), `store(dir)`; from then on `client_config`/`server_config` with
 //!    `ClientAuth::Required` on its own port.
 //!
-//! With tonic (0.14, feature `tls-ring`, which uses this rustls 0.23 through tokio-rustls
-//! 0.26): serve over a `tokio_rustls::TlsAcceptor` built from [`server_config`] with
-//! `serve_with_incoming`, exposing [`client_identity`] through the stream's `Connected` info,
-//! and connect through a connector that wraps `tokio_rustls::TlsConnector` from
-//! [`client_config`], rather than tonic's own `ServerTlsConfig`/`ClientTlsConfig` (which check
-//! host names and cannot check roles).
+//! With tonic (0.14, feature `tls-ring`; it uses this rustls 0.23 through tokio-rustls 0.26):
+//! serve with `serve_with_incoming` over streams a `tokio_rustls::TlsAcceptor` made from
+//! [`server_config`] accepted (tonic's `tls-connect-info` then gives each request its
+//! `peer_certs()`, for [`client_identity`]), and connect through a connector that wraps a
+//! `tokio_rustls::TlsConnector` made from [`client_config`], rather than tonic's own
+//! `ServerTlsConfig`/`ClientTlsConfig`, which check host names and cannot check roles.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -28,7 +28,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, OtherError, ServerConfig,
-    ServerConnection, SignatureScheme,
+    SignatureScheme,
 };
 
 use crate::ca::{CaCert, CaFingerprint};
@@ -76,14 +76,16 @@ pub fn server_config(member: &MemberIdentity, auth: ClientAuth) -> Result<Server
     Ok(config)
 }
 
-/// The identity of the client on a server connection: `None` if it presented no certificate
-/// (possible only under [`ClientAuth::Optional`]), else the identity its certificate records,
-/// verified again against `ca`.
+/// The identity of the client of a server connection, from the certificates it presented
+/// (rustls's `ServerConnection::peer_certificates()`, or tonic's `Request::peer_certs()` on a
+/// server fed tokio-rustls streams): `None` if it presented none (possible only under
+/// [`ClientAuth::Optional`]), else the identity its certificate records, verified again against
+/// `ca`.
 pub fn client_identity(
     ca: &CaCert,
-    conn: &ServerConnection,
+    peer_certificates: Option<&[CertificateDer<'_>]>,
 ) -> Result<Option<PeerIdentity>, Error> {
-    match conn.peer_certificates().and_then(|certs| certs.first()) {
+    match peer_certificates.and_then(|certs| certs.first()) {
         None => Ok(None),
         Some(cert) => ca.verify_client(cert).map(Some),
     }

@@ -166,7 +166,8 @@ async fn handshake(
         let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
         let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
         let who = match &ca {
-            Some(ca) => client_identity(ca, tls.get_ref().1).map_err(|e| e.to_string())?,
+            Some(ca) => client_identity(ca, tls.get_ref().1.peer_certificates())
+                .map_err(|e| e.to_string())?,
             None => None,
         };
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
