@@ -24,7 +24,8 @@ pub struct FakeNode {
     pub live: Mutex<HashSet<SandboxId>>,
     pub killed: Mutex<Vec<SandboxId>>,
     pub created: Mutex<Vec<CreateRequest>>,
-    pub exits: broadcast::Sender<NodeEvent>,
+    /// Where events go; [`FakeNode::end_events`] replaces it (ending every subscription).
+    pub exits: Mutex<broadcast::Sender<NodeEvent>>,
     /// Creates of `slow` sandboxes wait for a permit here.
     pub slow_gate: Semaphore,
     /// Creates currently inside `Node::create`.
@@ -61,7 +62,7 @@ impl FakeNode {
             live: Mutex::new(HashSet::new()),
             killed: Mutex::new(Vec::new()),
             created: Mutex::new(Vec::new()),
-            exits: broadcast::channel(crate::EVENT_BUFFER).0,
+            exits: Mutex::new(broadcast::channel(crate::EVENT_BUFFER).0),
             slow_gate: Semaphore::new(0),
             in_create: AtomicUsize::new(0),
             kill_failures: AtomicUsize::new(0),
@@ -111,11 +112,30 @@ impl FakeNode {
         self.paused.lock().expect("lock").contains(id)
     }
 
+    /// Ends every event subscription (as a remote node's stream ends when it goes away);
+    /// new subscriptions work.
+    pub fn end_events(&self) {
+        *self.exits.lock().expect("lock") = broadcast::channel(crate::EVENT_BUFFER).0;
+    }
+
+    /// How many subscribers the event stream has now.
+    pub fn event_subscribers(&self) -> usize {
+        self.exits.lock().expect("lock").receiver_count()
+    }
+
+    /// Simulates a sandbox dying by itself without an event reaching anyone.
+    pub fn vanish(&self, id: &str) {
+        let id = SandboxId::parse(id).expect("valid id");
+        self.live.lock().expect("lock").remove(&id);
+    }
+
     /// Simulates a sandbox dying by itself.
     pub fn die(&self, id: &str) {
         let id = SandboxId::parse(id).expect("valid id");
         self.live.lock().expect("lock").remove(&id);
         self.exits
+            .lock()
+            .expect("lock")
             .send(NodeEvent::Exited { id })
             .expect("a watcher is subscribed");
     }
@@ -139,7 +159,11 @@ impl Node for FakeNode {
         }
         if req.template.as_str() == "fragile" {
             // Died right after starting: gone from the node, exit reported while `creating`.
-            let _ = self.exits.send(NodeEvent::Exited { id: req.id.clone() });
+            let _ = self
+                .exits
+                .lock()
+                .expect("lock")
+                .send(NodeEvent::Exited { id: req.id.clone() });
         } else {
             self.live.lock().expect("lock").insert(req.id.clone());
         }
@@ -338,7 +362,7 @@ impl Node for FakeNode {
     }
 
     async fn events(&self) -> Result<broadcast::Receiver<NodeEvent>, NodeError> {
-        Ok(self.exits.subscribe())
+        Ok(self.exits.lock().expect("lock").subscribe())
     }
 
     async fn status(&self, id: &SandboxId) -> Result<Option<SandboxStatus>, NodeError> {

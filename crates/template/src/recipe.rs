@@ -8,7 +8,7 @@
 //! change the build's state (ENV, WORKDIR, USER) are part of the chain too, because later RUN
 //! steps see them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::wire::{BuildStartV2, WireStep};
@@ -25,7 +25,7 @@ pub const MAX_STEPS: usize = 256;
 pub const MAX_COMMAND: usize = 64 * 1024;
 
 /// What a build starts from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "ref", rename_all = "snake_case")]
 pub enum Base {
     /// An existing template, by name (optionally `name:tag`).
@@ -36,7 +36,7 @@ pub enum Base {
 }
 
 /// One instruction of a recipe.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "UPPERCASE")]
 pub enum BuildStep {
     /// Runs `command` with `/bin/bash -c` (args: `[command]` or `[command, user]`).
@@ -105,7 +105,7 @@ impl BuildStep {
 }
 
 /// A step and whether it must be rebuilt even if cached.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
     /// The instruction.
     pub step: BuildStep,
@@ -113,8 +113,9 @@ pub struct Step {
     pub force: bool,
 }
 
-/// A validated build request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A validated build request. Its serde form is how a control plane hands it to a node over
+/// the network (the node contract's `Build` call), not the SDK's wire form ([`crate::wire`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipe {
     /// What the build starts from.
     pub base: Base,

@@ -114,16 +114,43 @@ impl Core {
         })
     }
 
-    /// Runs the exit watcher until shutdown or until the node stops reporting.
-    pub(crate) async fn run_exit_watcher(self: &Arc<Self>) {
-        let mut exits = match self.node.events().await {
-            Ok(rx) => rx,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot subscribe to the node's events");
-                return;
+    /// How long the exit watcher waits before subscribing again to a node whose event stream
+    /// ended (a remote node that went away or restarted), at first and at most.
+    const RESUBSCRIBE_FIRST: StdDuration = StdDuration::from_millis(250);
+    const RESUBSCRIBE_MAX: StdDuration = StdDuration::from_secs(5);
+
+    /// Subscribes to the node's events, retrying with backoff; `None` once shutdown begins.
+    async fn subscribe_events(
+        &self,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::sync::broadcast::Receiver<NodeEvent>> {
+        let mut wait = Self::RESUBSCRIBE_FIRST;
+        loop {
+            if *shutdown.borrow() {
+                return None;
             }
-        };
+            match self.node.events().await {
+                Ok(rx) => return Some(rx),
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "cannot subscribe to the node's events");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return None,
+            }
+            wait = (wait * 2).min(Self::RESUBSCRIBE_MAX);
+        }
+    }
+
+    /// Runs the exit watcher until shutdown. When the node's event stream ends (a remote node
+    /// went away, or this watcher lagged on it) it subscribes again and compares the store with
+    /// the node, so an exit in between is not missed.
+    pub(crate) async fn run_exit_watcher(self: &Arc<Self>) {
         let mut shutdown = self.shutdown.subscribe();
+        let Some(mut exits) = self.subscribe_events(&mut shutdown).await else {
+            return;
+        };
         loop {
             if *shutdown.borrow() {
                 return;
@@ -142,8 +169,16 @@ impl Core {
                     self.sweep_vanished().await
                 }
                 Err(RecvError::Closed) => {
-                    tracing::debug!("node exit channel closed");
-                    return;
+                    tracing::warn!("the node's event stream ended; subscribing again");
+                    tokio::select! {
+                        () = tokio::time::sleep(Self::RESUBSCRIBE_FIRST) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    let Some(rx) = self.subscribe_events(&mut shutdown).await else {
+                        return;
+                    };
+                    exits = rx;
+                    self.sweep_vanished().await
                 }
             };
             if let Err(err) = result {

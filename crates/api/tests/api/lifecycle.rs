@@ -24,6 +24,63 @@ async fn sandboxes_that_die_by_themselves_are_marked_stopped() {
     background.await.expect("no panic");
 }
 
+/// A node's event stream that ends (a remote node that went away and came back) does not end
+/// exit watching: the watcher subscribes again, and a sandbox that died while nobody listened
+/// is found by comparing the store with the node.
+#[tokio::test]
+async fn exits_are_watched_again_after_the_event_stream_ends() {
+    let h = start().await;
+    let background = tokio::spawn({
+        let control = h.control.clone();
+        async move { control.run_background().await }
+    });
+    let wait_for = |what: &'static str, check: Box<dyn Fn() -> bool + Send>| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let quiet = h.create(json!({"templateID": "base"})).await;
+    let loud = h.create(json!({"templateID": "base"})).await;
+    let node = h.node.clone();
+    wait_for(
+        "the watcher subscribes",
+        Box::new(move || node.event_subscribers() > 0),
+    )
+    .await;
+
+    // Dies without an event, then the stream ends: the sweep after resubscribing finds it.
+    h.node.vanish(&quiet);
+    h.node.end_events();
+    let node = h.node.clone();
+    wait_for(
+        "the watcher subscribes again",
+        Box::new(move || node.event_subscribers() > 0),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.state_of(&quiet).await != SandboxState::Stopped {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the silent exit was not found"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And events flow on the new subscription.
+    assert_eq!(h.state_of(&loud).await, SandboxState::Running);
+    h.node.die(&loud);
+    while h.state_of(&loud).await != SandboxState::Stopped {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the exit was not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.control.shutdown().await;
+    background.await.expect("no panic");
+}
+
 #[tokio::test]
 async fn restart_reconciles_vanished_sandboxes() {
     let h = start().await;

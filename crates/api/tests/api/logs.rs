@@ -153,7 +153,7 @@ async fn a_sandbox_that_died_says_so() {
     // Wait for the exit watcher to listen, then for it to settle the record (conditions, not
     // times; the bound only stops a broken build from hanging).
     for _ in 0..2000 {
-        if h.node.exits.receiver_count() > 0 {
+        if h.node.event_subscribers() > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -1,0 +1,465 @@
+//! A remote node as a [`Node`]: [`GrpcNode`] calls a node's gRPC service over mutual TLS.
+//!
+//! The connection is made lazily and again after it breaks; HTTP/2 keepalives notice a node
+//! that went away, and every call but the long ones (create, resume, snapshot, builds...) has a
+//! deadline, so nothing waits forever on a lost node: the call fails with
+//! [`ErrorCode::Unavailable`](paddock_node_contract::ErrorCode::Unavailable).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use paddock_cluster_tls::{ExpectedPeer, MemberIdentity};
+use paddock_domain::{EgressPolicy, SandboxId, TemplateName};
+use paddock_node_contract::build::{BuildError, BuildRequest, Built, LogSink};
+use paddock_node_contract::{
+    CreateRequest, LogEntry, MetricSample, MetricsRange, Node, NodeError, NodeEvent, NodeSandbox,
+    PoolStats, SandboxStatus, SnapshotMade, TemplateInfo, TemplateSummary, EVENT_BUFFER,
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Request;
+
+use crate::convert;
+use crate::proto as p;
+use crate::proto::node_client::NodeClient;
+use crate::server::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+use crate::status::from_status;
+
+/// Deadline of calls that only read or flip state on the node.
+pub const QUICK_CALL: Duration = Duration::from_secs(15);
+/// Deadline of calls that start or copy a sandbox or a template.
+pub const LONG_CALL: Duration = Duration::from_secs(600);
+/// How long a TCP connect plus TLS handshake may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TLS configuration could not be made from the identity.
+    #[error("TLS configuration")]
+    Tls(#[from] paddock_cluster_tls::Error),
+    /// The endpoint could not be set up.
+    #[error("gRPC endpoint")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A node reached over gRPC.
+#[derive(Clone)]
+pub struct GrpcNode {
+    client: NodeClient<Channel>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for GrpcNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcNode")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl GrpcNode {
+    /// A client of the node at `addr`, presenting `identity` and accepting only a server whose
+    /// certificate (of the same CA) is `expect`. Connects on the first call.
+    pub fn new(
+        addr: SocketAddr,
+        identity: &MemberIdentity,
+        expect: ExpectedPeer,
+    ) -> Result<Self, ClientError> {
+        let tls = paddock_cluster_tls::client_config(identity, expect)?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let connect = tower::service_fn(move |_uri: tonic::transport::Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                // Host names are not checked (the verifier checks the CA and the member's
+                // role and id); the address only fills SNI's place.
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        });
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+            .connect_with_connector_lazy(connect);
+        let client = NodeClient::new(channel)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+            .max_encoding_message_size(MAX_REQUEST_BYTES);
+        Ok(GrpcNode { client, addr })
+    }
+
+    /// The node's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+fn call<T>(message: T, deadline: Option<Duration>) -> Request<T> {
+    let mut req = Request::new(message);
+    if let Some(d) = deadline {
+        req.set_timeout(d);
+    }
+    req
+}
+
+fn decoded<T>(r: Result<T, convert::Invalid>) -> Result<T, NodeError> {
+    r.map_err(|e| NodeError::internal(format!("the node answered with {e}")))
+}
+
+fn sandbox_ref(id: &SandboxId) -> p::SandboxRef {
+    p::SandboxRef { id: id.to_string() }
+}
+
+fn template_ref(name: &TemplateName) -> p::TemplateRef {
+    p::TemplateRef {
+        name: name.to_string(),
+    }
+}
+
+#[async_trait]
+impl Node for GrpcNode {
+    async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
+        let r = self
+            .client
+            .clone()
+            .create(call(convert::create_out(&req), Some(LONG_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        decoded(convert::sandbox(r.into_inner()))
+    }
+
+    async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.client
+            .clone()
+            .kill(call(sandbox_ref(id), Some(LONG_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(())
+    }
+
+    async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
+        let r = self
+            .client
+            .clone()
+            .get_template(call(template_ref(name), Some(QUICK_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?
+            .into_inner();
+        if !r.found {
+            return Ok(None);
+        }
+        decoded(convert::template_info(r.template)).map(Some)
+    }
+
+    async fn claim_warm(&self, req: &CreateRequest) -> Result<Option<SandboxId>, NodeError> {
+        let r = self
+            .client
+            .clone()
+            .claim_warm(call(convert::create_out(req), Some(QUICK_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?
+            .into_inner();
+        if r.id.is_empty() {
+            return Ok(None);
+        }
+        decoded(convert::sandbox_id(&r.id)).map(Some)
+    }
+
+    async fn pool_stats(&self) -> Result<PoolStats, NodeError> {
+        let r = self
+            .client
+            .clone()
+            .pool_stats(call(p::Empty {}, Some(QUICK_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        decoded(convert::pool_stats(r.into_inner()))
+    }
+
+    async fn live(&self) -> Result<Vec<SandboxId>, NodeError> {
+        let r = self
+            .client
+            .clone()
+            .live(call(p::Empty {}, Some(QUICK_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        decoded(convert::sandbox_ids(&r.into_inner().ids))
+    }
+
+    /// A new subscription: the node's stream is copied into a channel of [`EVENT_BUFFER`]
+    /// events; when the stream ends (the node went away, or this subscriber lagged on the
+    /// node) the channel closes, and the subscriber should compare its records with
+    /// [`Node::live`] and subscribe again.
+    async fn events(&self) -> Result<tokio::sync::broadcast::Receiver<NodeEvent>, NodeError> {
+        let mut stream = self
+            .client
+            .clone()
+            .events(call(p::Empty {}, None))
+            .await
+            .map_err(|s| from_status(&s))?
+            .into_inner();
+        let (tx, rx) = tokio::sync::broadcast::channel(EVENT_BUFFER);
+        let addr = self.addr;
+        tokio::spawn(async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(event)) => match convert::event(event) {
+                        Ok(Some(event)) => {
+                            if tx.send(event).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(node = %addr, error = %e, "bad node event"),
+                    },
+                    Ok(None) => return,
+                    Err(s) => {
+                        tracing::warn!(node = %addr, error = %from_status(&s), "node event stream ended");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn status(&self, id: &SandboxId) -> Result<Option<SandboxStatus>, NodeError> {
+        let r = self
+            .client
+            .clone()
+            .status(call(sandbox_ref(id), Some(QUICK_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        decoded(convert::status(r.into_inner()))
+    }
+
+    async fn update_network(&self, id: &SandboxId, policy: EgressPolicy) -> Result<(), NodeError> {
+        let req = p::UpdateNetworkRequest {
+            id: id.to_string(),
+            policy: Some(convert::egress_out(&policy)),
+        };
+        self.client
+            .clone()
+            .update_network(call(req, Some(QUICK_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(())
+    }
+
+    async fn metrics(
+        &self,
+        id: &SandboxId,
+        range: MetricsRange,
+    ) -> Result<Vec<MetricSample>, NodeError> {
+        let req = p::MetricsRequest {
+            id: id.to_string(),
+            start: range.start,
+            end: range.end,
+        };
+        let r = self
+            .client
+            .clone()
+            .metrics(call(req, Some(QUICK_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        decoded(
+            r.into_inner()
+                .samples
+                .into_iter()
+                .map(convert::sample)
+                .collect(),
+        )
+    }
+
+    async fn latest_metrics(
+        &self,
+        ids: &[SandboxId],
+    ) -> Result<HashMap<SandboxId, MetricSample>, NodeError> {
+        let r = self
+            .client
+            .clone()
+            .latest_metrics(call(convert::ids_out(ids), Some(QUICK_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        decoded(convert::latest(r.into_inner()))
+    }
+
+    async fn reconcile(&self, expected: &[SandboxId]) -> Result<Vec<SandboxId>, NodeError> {
+        let r = self
+            .client
+            .clone()
+            .reconcile(call(convert::ids_out(expected), Some(LONG_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        decoded(convert::sandbox_ids(&r.into_inner().ids))
+    }
+
+    async fn shutdown(&self) -> Result<(), NodeError> {
+        self.client
+            .clone()
+            .shutdown(call(p::Empty {}, Some(LONG_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(())
+    }
+
+    async fn envd_logs(&self, id: &SandboxId) -> Result<Vec<LogEntry>, NodeError> {
+        let r = self
+            .client
+            .clone()
+            .envd_logs(call(sandbox_ref(id), Some(QUICK_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        decoded(
+            r.into_inner()
+                .entries
+                .into_iter()
+                .map(convert::log)
+                .collect(),
+        )
+    }
+
+    async fn pause(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.client
+            .clone()
+            .pause(call(sandbox_ref(id), Some(LONG_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(())
+    }
+
+    async fn resume(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.client
+            .clone()
+            .resume(call(sandbox_ref(id), Some(LONG_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(())
+    }
+
+    async fn pause_to_disk(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.client
+            .clone()
+            .pause_to_disk(call(sandbox_ref(id), Some(LONG_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(())
+    }
+
+    async fn snapshot(
+        &self,
+        id: &SandboxId,
+        name: &TemplateName,
+    ) -> Result<SnapshotMade, NodeError> {
+        let req = p::SnapshotRequest {
+            id: id.to_string(),
+            name: name.to_string(),
+        };
+        let r = self
+            .client
+            .clone()
+            .snapshot(call(req, Some(LONG_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?
+            .into_inner();
+        Ok(SnapshotMade {
+            template: decoded(convert::template_info(r.template))?,
+            size_bytes: r.size_bytes,
+        })
+    }
+
+    async fn list_templates(&self) -> Result<Vec<TemplateSummary>, NodeError> {
+        let r = self
+            .client
+            .clone()
+            .list_templates(call(p::Empty {}, Some(QUICK_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        decoded(
+            r.into_inner()
+                .templates
+                .into_iter()
+                .map(convert::summary)
+                .collect(),
+        )
+    }
+
+    async fn delete_template(&self, name: &TemplateName) -> Result<bool, NodeError> {
+        let r = self
+            .client
+            .clone()
+            .delete_template(call(template_ref(name), Some(LONG_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(r.into_inner().deleted)
+    }
+
+    async fn copy_template(
+        &self,
+        from: &TemplateName,
+        to: &TemplateName,
+    ) -> Result<TemplateInfo, NodeError> {
+        let req = p::CopyTemplateRequest {
+            from: from.to_string(),
+            to: to.to_string(),
+        };
+        let r = self
+            .client
+            .clone()
+            .copy_template(call(req, Some(LONG_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        decoded(convert::template_info(Some(r.into_inner())))
+    }
+
+    /// Streams the node's build log into `logs`; a broken stream fails the build in the last
+    /// step it logged (`base` before any).
+    async fn build(&self, req: BuildRequest, logs: LogSink) -> Result<Built, BuildError> {
+        let mut step = paddock_template::BASE_STEP.to_string();
+        let failed = |step: &str, message: String| BuildError {
+            step: step.to_string(),
+            message,
+        };
+        let wire = convert::build_request_out(&req).map_err(|e| failed(&step, e.to_string()))?;
+        let mut stream = self
+            .client
+            .clone()
+            .build(call(wire, None))
+            .await
+            .map_err(|s| failed(&step, from_status(&s).message))?
+            .into_inner();
+        loop {
+            let event = stream
+                .message()
+                .await
+                .map_err(|s| failed(&step, from_status(&s).message))?
+                .ok_or_else(|| {
+                    failed(&step, "the node ended the build without an outcome".into())
+                })?;
+            match event.kind {
+                Some(p::build_event::Kind::Log(line)) => {
+                    let line =
+                        convert::build_log(line).map_err(|e| failed(&step, e.to_string()))?;
+                    step.clone_from(&line.step);
+                    let _ = logs.send(line);
+                }
+                Some(p::build_event::Kind::Built(built)) => {
+                    return convert::built(built).map_err(|e| failed(&step, e.to_string()));
+                }
+                Some(p::build_event::Kind::Failed(f)) => {
+                    return Err(BuildError {
+                        step: f.step,
+                        message: f.message,
+                    })
+                }
+                None => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The node contract ([`paddock_node_contract::Node`]) over gRPC with mutual TLS, as written
+//! down in `proto/paddock/node/v1/node.proto`:
+//! - [`serve`] serves any implementation of the trait (a node serves its `LocalNode`; tests
+//!   serve the shared fake) to callers whose cluster certificate has an allowed role;
+//! - [`GrpcNode`] is a remote node as an implementation of the trait, for the control plane.
+//!
+//! Modules: [`proto`] (generated), `convert` (contract types ↔ messages), [`status`] (errors ↔
+//! gRPC statuses), [`server`], [`client`].
+#![warn(missing_docs)]
+
+pub mod client;
+mod convert;
+pub mod server;
+pub mod status;
+
+/// The generated messages, client and server of `paddock.node.v1`.
+pub mod proto {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("paddock.node.v1");
+}
+
+pub use client::{ClientError, GrpcNode};
+pub use convert::Invalid;
+pub use server::{caller, serve, PeerInfo, ServeConfig, ServeError};

@@ -1,0 +1,451 @@
+//! Serves any [`Node`] implementation over gRPC with mutual TLS: [`serve`].
+//!
+//! Every connection must present a certificate of the cluster's CA whose role is one the
+//! server allows (a node allows only the control plane, [`Role::Api`]); anything else is
+//! dropped after the handshake, before a single call. The listener has limits: at most
+//! [`ServeConfig::max_connections`] connections at once, a TLS handshake must finish within
+//! [`HANDSHAKE_TIMEOUT`], HTTP/2 keepalives find dead peers, and requests larger than
+//! [`MAX_REQUEST_BYTES`] are refused.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use paddock_cluster_tls::{ClientAuth, MemberIdentity, PeerIdentity, Role};
+use paddock_node_contract::{build::BuildError, Node, NodeError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::proto as p;
+use crate::proto::node_server::{Node as NodeRpc, NodeServer};
+use crate::status::{invalid, to_status};
+
+/// How long a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request accepted (a build's recipe is the largest: 256 steps of up to 64 KiB).
+pub const MAX_REQUEST_BYTES: usize = 32 << 20;
+/// Largest answer sent (a sandbox's envd log is at most 4 MiB of text).
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// HTTP/2 keepalive: a ping this often, and a peer that does not answer within
+/// [`KEEPALIVE_TIMEOUT`] is gone.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// See [`KEEPALIVE_INTERVAL`].
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How [`serve`] runs.
+#[derive(Clone)]
+pub struct ServeConfig {
+    /// The server's own identity (its certificate and the cluster's CA).
+    pub identity: MemberIdentity,
+    /// Roles whose members may call (a node: only [`Role::Api`]).
+    pub callers: Vec<Role>,
+    /// Connections open at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+}
+
+impl ServeConfig {
+    /// A node's service: only the control plane may call, 1024 connections.
+    pub fn node(identity: MemberIdentity) -> Self {
+        ServeConfig {
+            identity,
+            callers: vec![Role::Api],
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Why serving stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The TLS configuration could not be made from the identity.
+    #[error("TLS configuration")]
+    Tls(#[from] paddock_cluster_tls::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Who is calling, as the connection's certificate says (in each request's extensions, see
+/// [`caller`]).
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The verified identity.
+    pub identity: PeerIdentity,
+    /// Its address.
+    pub remote: SocketAddr,
+}
+
+/// The verified caller of a request served by [`serve`].
+pub fn caller<T>(req: &Request<T>) -> Option<&PeerInfo> {
+    req.extensions().get::<PeerInfo>()
+}
+
+/// A TLS connection whose peer was verified, holding its slot of the connection limit.
+struct Authed {
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    info: PeerInfo,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Authed {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for Authed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Authed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+}
+
+/// Accepts connections, handshakes each in its own task (a slow one holds up no other), and
+/// passes on those whose peer is allowed.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    config: ServeConfig,
+    out: mpsc::Sender<Result<Authed, io::Error>>,
+) {
+    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a cluster connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = out.closed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, config, out) = (acceptor.clone(), config.clone(), out.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::warn!(%remote, error = %e, "cluster TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%remote, "cluster TLS handshake timed out");
+                    return;
+                }
+            };
+            let certs = tls.get_ref().1.peer_certificates();
+            let peer = paddock_cluster_tls::client_identity(config.identity.ca(), certs);
+            let identity = match peer {
+                Ok(Some(id)) if config.callers.contains(&id.role) => id,
+                Ok(Some(id)) => {
+                    tracing::warn!(%remote, peer = %id.uri(), "refused a cluster member whose role may not call here");
+                    return;
+                }
+                Ok(None) => {
+                    tracing::warn!(%remote, "refused a cluster connection without a certificate");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(%remote, error = %e, "refused a cluster certificate");
+                    return;
+                }
+            };
+            let info = PeerInfo { identity, remote };
+            let _ = out
+                .send(Ok(Authed {
+                    tls,
+                    info,
+                    _slot: slot,
+                }))
+                .await;
+        });
+    }
+}
+
+/// Serves `node` on `listener` until `shutdown` completes.
+pub async fn serve(
+    node: Arc<dyn Node>,
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let tls = paddock_cluster_tls::server_config(&config.identity, ClientAuth::Required)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let (tx, rx) = mpsc::channel(64);
+    let accept = tokio::spawn(accept_loop(listener, acceptor, config, tx));
+    let service = NodeServer::new(NodeService { node })
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let served = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(256))
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
+        .await;
+    accept.abort();
+    Ok(served?)
+}
+
+/// The gRPC face of a [`Node`].
+struct NodeService {
+    node: Arc<dyn Node>,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn answer<T, U>(r: Result<T, NodeError>, f: impl FnOnce(T) -> U) -> Reply<U> {
+    match r {
+        Ok(v) => Ok(Response::new(f(v))),
+        Err(e) => Err(to_status(&e)),
+    }
+}
+
+fn id_of(raw: &str) -> Result<paddock_domain::SandboxId, Status> {
+    convert::sandbox_id(raw).map_err(|e| invalid(&e))
+}
+
+fn name_of(raw: &str) -> Result<paddock_domain::TemplateName, Status> {
+    convert::template_name(raw).map_err(|e| invalid(&e))
+}
+
+type EventStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<p::Event, Status>> + Send + 'static>>;
+type BuildStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<p::BuildEvent, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl NodeRpc for NodeService {
+    async fn create(&self, req: Request<p::CreateRequest>) -> Reply<p::Sandbox> {
+        let req = convert::create(req.into_inner()).map_err(|e| invalid(&e))?;
+        answer(self.node.create(req).await, |s| convert::sandbox_out(&s))
+    }
+
+    async fn kill(&self, req: Request<p::SandboxRef>) -> Reply<p::Empty> {
+        let id = id_of(&req.into_inner().id)?;
+        answer(self.node.kill(&id).await, |()| p::Empty {})
+    }
+
+    async fn get_template(&self, req: Request<p::TemplateRef>) -> Reply<p::TemplateLookup> {
+        let name = name_of(&req.into_inner().name)?;
+        answer(self.node.template(&name).await, |t| p::TemplateLookup {
+            found: t.is_some(),
+            template: t.as_ref().map(convert::template_info_out),
+        })
+    }
+
+    async fn claim_warm(&self, req: Request<p::CreateRequest>) -> Reply<p::WarmClaim> {
+        let req = convert::create(req.into_inner()).map_err(|e| invalid(&e))?;
+        answer(self.node.claim_warm(&req).await, |id| p::WarmClaim {
+            id: id.map(|id| id.to_string()).unwrap_or_default(),
+        })
+    }
+
+    async fn pool_stats(&self, _req: Request<p::Empty>) -> Reply<p::PoolStatsReply> {
+        answer(self.node.pool_stats().await, |s| {
+            convert::pool_stats_out(&s)
+        })
+    }
+
+    async fn live(&self, _req: Request<p::Empty>) -> Reply<p::SandboxIds> {
+        answer(self.node.live().await, |ids| convert::ids_out(&ids))
+    }
+
+    type EventsStream = EventStream;
+
+    async fn events(&self, _req: Request<p::Empty>) -> Reply<EventStream> {
+        let rx = self.node.events().await.map_err(|e| to_status(&e))?;
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|item| match item {
+            Ok(event) => Ok(convert::event_out(&event)),
+            // The subscriber lagged: end the stream, so the caller compares its records with
+            // `Live` and subscribes again.
+            Err(lagged) => Err(Status::data_loss(lagged.to_string())),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn status(&self, req: Request<p::SandboxRef>) -> Reply<p::StatusReply> {
+        let id = id_of(&req.into_inner().id)?;
+        answer(self.node.status(&id).await, convert::status_out)
+    }
+
+    async fn update_network(&self, req: Request<p::UpdateNetworkRequest>) -> Reply<p::Empty> {
+        let req = req.into_inner();
+        let id = id_of(&req.id)?;
+        let policy = convert::egress(req.policy).map_err(|e| invalid(&e))?;
+        answer(
+            self.node.update_network(&id, policy).await,
+            |()| p::Empty {},
+        )
+    }
+
+    async fn metrics(&self, req: Request<p::MetricsRequest>) -> Reply<p::MetricSamples> {
+        let req = req.into_inner();
+        let id = id_of(&req.id)?;
+        let range = paddock_node_contract::MetricsRange {
+            start: req.start,
+            end: req.end,
+        };
+        answer(self.node.metrics(&id, range).await, |s| p::MetricSamples {
+            samples: s.iter().map(convert::sample_out).collect(),
+        })
+    }
+
+    async fn latest_metrics(&self, req: Request<p::SandboxIds>) -> Reply<p::LatestMetricsReply> {
+        let ids = convert::sandbox_ids(&req.into_inner().ids).map_err(|e| invalid(&e))?;
+        answer(self.node.latest_metrics(&ids).await, |m| {
+            convert::latest_out(&m)
+        })
+    }
+
+    async fn reconcile(&self, req: Request<p::SandboxIds>) -> Reply<p::SandboxIds> {
+        let ids = convert::sandbox_ids(&req.into_inner().ids).map_err(|e| invalid(&e))?;
+        answer(self.node.reconcile(&ids).await, |ids| {
+            convert::ids_out(&ids)
+        })
+    }
+
+    async fn shutdown(&self, _req: Request<p::Empty>) -> Reply<p::Empty> {
+        answer(self.node.shutdown().await, |()| p::Empty {})
+    }
+
+    async fn envd_logs(&self, req: Request<p::SandboxRef>) -> Reply<p::LogEntries> {
+        let id = id_of(&req.into_inner().id)?;
+        answer(self.node.envd_logs(&id).await, |entries| p::LogEntries {
+            entries: entries.iter().map(convert::log_out).collect(),
+        })
+    }
+
+    async fn pause(&self, req: Request<p::SandboxRef>) -> Reply<p::Empty> {
+        let id = id_of(&req.into_inner().id)?;
+        answer(self.node.pause(&id).await, |()| p::Empty {})
+    }
+
+    async fn resume(&self, req: Request<p::SandboxRef>) -> Reply<p::Empty> {
+        let id = id_of(&req.into_inner().id)?;
+        answer(self.node.resume(&id).await, |()| p::Empty {})
+    }
+
+    async fn pause_to_disk(&self, req: Request<p::SandboxRef>) -> Reply<p::Empty> {
+        let id = id_of(&req.into_inner().id)?;
+        answer(self.node.pause_to_disk(&id).await, |()| p::Empty {})
+    }
+
+    async fn snapshot(&self, req: Request<p::SnapshotRequest>) -> Reply<p::SnapshotReply> {
+        let req = req.into_inner();
+        let (id, name) = (id_of(&req.id)?, name_of(&req.name)?);
+        answer(self.node.snapshot(&id, &name).await, |s| p::SnapshotReply {
+            template: Some(convert::template_info_out(&s.template)),
+            size_bytes: s.size_bytes,
+        })
+    }
+
+    async fn list_templates(&self, _req: Request<p::Empty>) -> Reply<p::TemplateList> {
+        answer(self.node.list_templates().await, |t| p::TemplateList {
+            templates: t.iter().map(convert::summary_out).collect(),
+        })
+    }
+
+    async fn delete_template(&self, req: Request<p::TemplateRef>) -> Reply<p::Deleted> {
+        let name = name_of(&req.into_inner().name)?;
+        answer(self.node.delete_template(&name).await, |deleted| {
+            p::Deleted { deleted }
+        })
+    }
+
+    async fn copy_template(&self, req: Request<p::CopyTemplateRequest>) -> Reply<p::TemplateInfo> {
+        let req = req.into_inner();
+        let (from, to) = (name_of(&req.from)?, name_of(&req.to)?);
+        answer(self.node.copy_template(&from, &to).await, |t| {
+            convert::template_info_out(&t)
+        })
+    }
+
+    type BuildStream = BuildStream;
+
+    async fn build(&self, req: Request<p::BuildRequest>) -> Reply<BuildStream> {
+        let req = convert::build_request(req.into_inner()).map_err(|e| invalid(&e))?;
+        let (out, rx) = mpsc::channel::<Result<p::BuildEvent, Status>>(256);
+        let node = Arc::clone(&self.node);
+        tokio::spawn(async move {
+            let (logs, mut log_rx) = mpsc::unbounded_channel();
+            let build = node.build(req, logs);
+            tokio::pin!(build);
+            let log_event = |l: &paddock_node_contract::build::BuildLog| p::BuildEvent {
+                kind: Some(p::build_event::Kind::Log(convert::build_log_out(l))),
+            };
+            // The caller hanging up abandons the build, as dropping the call does in process.
+            let outcome: Result<_, BuildError> = loop {
+                tokio::select! {
+                    biased;
+                    () = out.closed() => return,
+                    Some(line) = log_rx.recv() => {
+                        if out.send(Ok(log_event(&line))).await.is_err() {
+                            return;
+                        }
+                    }
+                    done = &mut build => break done,
+                }
+            };
+            while let Ok(line) = log_rx.try_recv() {
+                if out.send(Ok(log_event(&line))).await.is_err() {
+                    return;
+                }
+            }
+            let last = match outcome {
+                Ok(built) => p::build_event::Kind::Built(convert::built_out(&built)),
+                Err(e) => p::build_event::Kind::Failed(p::BuildFailed {
+                    step: e.step,
+                    message: e.message,
+                }),
+            };
+            let _ = out.send(Ok(p::BuildEvent { kind: Some(last) })).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
