@@ -30,7 +30,9 @@ pub fn token_matches(expected: &str, given: &str) -> bool {
 
 /// The `X-Access-Token` header, if present.
 pub fn header_token(headers: &HeaderMap) -> Option<&str> {
-    headers.get("x-access-token").and_then(|v| v.to_str().ok())
+    headers
+        .get(paddock_envd_proto::headers::ACCESS_TOKEN)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// E2B envd's 401 text for a request without the right `X-Access-Token`, word for word.

@@ -1,8 +1,9 @@
-//! The Connect protocol as the E2B SDKs speak it (spec 3.3): JSON codec only, unary calls as
-//! plain `application/json`, server/client streams as 5-byte envelopes of
-//! `application/connect+json` with a mandatory end-of-stream envelope that carries errors.
+//! envd's side of the Connect protocol as the E2B SDKs speak it (spec 3.3) on axum: JSON codec
+//! only, unary calls as plain `application/json`, server/client streams as 5-byte envelopes of
+//! `application/connect+json` with a mandatory end-of-stream envelope that carries errors. The
+//! framing, the error form and the codes are `paddock_envd_proto::connect`'s.
 //!
-//! Owns: error codes, request decoding (with size limits: [`MAX_UNARY_BODY`] for unary bodies,
+//! Owns: the server's error type ([`ConnectError`], an HTTP response), request decoding (with size limits: [`MAX_UNARY_BODY`] for unary bodies,
 //! [`MAX_STREAM_REQUEST`] for the request of a server stream, [`MAX_MESSAGE`] per client-stream
 //! envelope), unary and streaming response encoding, per-call headers (`Connect-Timeout-Ms`,
 //! `Keepalive-Ping-Interval`, both clamped). Does not own any RPC's semantics.
@@ -12,17 +13,20 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::response::{IntoResponse, Response};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
+use paddock_envd_proto::connect::{
+    decode_json, Decoder, EndStream, Frame, FrameError, WireError, CONTENT_TYPE_CONNECT_JSON,
+    CONTENT_TYPE_JSON, KEEPALIVE_HEADER, TIMEOUT_HEADER,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-/// Flag bit of an envelope that ends the stream.
-pub const END_STREAM_FLAG: u8 = 0x02;
-/// Flag bit of a compressed envelope (never used by the SDKs; refused).
-pub const COMPRESSED_FLAG: u8 = 0x01;
+pub use paddock_envd_proto::connect::Code;
+pub use paddock_envd_proto::pbjson;
+
 /// Largest request message of a client stream (`StreamInput`) accepted (64 MiB).
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Largest request message of a server-streaming call (`Start`, `Connect`, `WatchDir`): 4 MiB.
@@ -33,70 +37,6 @@ pub const MAX_UNARY_BODY: usize = MAX_MESSAGE;
 pub const MAX_KEEPALIVE: Duration = Duration::from_secs(86_400);
 /// Largest honoured `Connect-Timeout-Ms` (30 days).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
-
-/// Connect error codes with their wire names and unary HTTP statuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum Code {
-    Canceled,
-    Unknown,
-    InvalidArgument,
-    DeadlineExceeded,
-    NotFound,
-    AlreadyExists,
-    PermissionDenied,
-    ResourceExhausted,
-    FailedPrecondition,
-    Aborted,
-    OutOfRange,
-    Unimplemented,
-    Internal,
-    Unavailable,
-    DataLoss,
-    Unauthenticated,
-}
-
-impl Code {
-    /// The snake_case wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::Canceled => "canceled",
-            Code::Unknown => "unknown",
-            Code::InvalidArgument => "invalid_argument",
-            Code::DeadlineExceeded => "deadline_exceeded",
-            Code::NotFound => "not_found",
-            Code::AlreadyExists => "already_exists",
-            Code::PermissionDenied => "permission_denied",
-            Code::ResourceExhausted => "resource_exhausted",
-            Code::FailedPrecondition => "failed_precondition",
-            Code::Aborted => "aborted",
-            Code::OutOfRange => "out_of_range",
-            Code::Unimplemented => "unimplemented",
-            Code::Internal => "internal",
-            Code::Unavailable => "unavailable",
-            Code::DataLoss => "data_loss",
-            Code::Unauthenticated => "unauthenticated",
-        }
-    }
-
-    /// The HTTP status used for this code on unary responses.
-    pub fn http_status(self) -> StatusCode {
-        let n = match self {
-            Code::Canceled => 499,
-            Code::Unknown | Code::Internal | Code::DataLoss => 500,
-            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
-            Code::DeadlineExceeded => 504,
-            Code::NotFound => 404,
-            Code::AlreadyExists | Code::Aborted => 409,
-            Code::PermissionDenied => 403,
-            Code::ResourceExhausted => 429,
-            Code::Unimplemented => 501,
-            Code::Unavailable => 503,
-            Code::Unauthenticated => 401,
-        };
-        StatusCode::from_u16(n).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-    }
-}
 
 /// An RPC error: a code and a human-readable message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -133,18 +73,21 @@ impl ConnectError {
         Self::new(Code::ResourceExhausted, message)
     }
 
-    fn json(&self) -> serde_json::Value {
-        serde_json::json!({ "code": self.code.as_str(), "message": self.message })
+    /// The error as it travels.
+    pub fn wire(&self) -> WireError {
+        WireError::new(self.code, self.message.clone())
     }
 }
 
 impl IntoResponse for ConnectError {
     /// The unary error form: HTTP status from the code table, JSON body with a string code.
     fn into_response(self) -> Response {
-        let mut resp = (self.code.http_status(), self.json().to_string()).into_response();
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, self.wire().to_json()).into_response();
         resp.headers_mut().insert(
             http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
+            HeaderValue::from_static(CONTENT_TYPE_JSON),
         );
         resp
     }
@@ -169,15 +112,11 @@ impl CallOptions {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
-        let timeout = num("connect-timeout-ms")
+        let timeout = num(TIMEOUT_HEADER)
             .filter(|&ms| ms > 0)
             .map(|ms| Duration::from_millis(ms).min(MAX_TIMEOUT));
-        let keepalive = Duration::from_secs(
-            num("keepalive-ping-interval")
-                .filter(|&s| s > 0)
-                .unwrap_or(90),
-        )
-        .min(MAX_KEEPALIVE);
+        let keepalive = Duration::from_secs(num(KEEPALIVE_HEADER).filter(|&s| s > 0).unwrap_or(90))
+            .min(MAX_KEEPALIVE);
         CallOptions { timeout, keepalive }
     }
 
@@ -231,8 +170,8 @@ pub fn decode_unary<T: DeserializeOwned>(
     let ct = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    if !ct.starts_with("application/json") {
+        .unwrap_or(CONTENT_TYPE_JSON);
+    if !ct.starts_with(CONTENT_TYPE_JSON) {
         return Err(ConnectError::new(
             Code::Unimplemented,
             format!(
@@ -240,13 +179,7 @@ pub fn decode_unary<T: DeserializeOwned>(
             ),
         ));
     }
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}".as_slice()
-    } else {
-        body
-    };
-    serde_json::from_slice(body)
-        .map_err(|e| ConnectError::invalid(format!("invalid request message: {e}")))
+    decode_json(body).map_err(|e| ConnectError::invalid(format!("invalid request message: {e}")))
 }
 
 /// The unary success response: HTTP 200 with the JSON message.
@@ -256,7 +189,7 @@ pub fn unary_ok<T: Serialize>(msg: &T) -> Response {
             let mut resp = (StatusCode::OK, body).into_response();
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
+                HeaderValue::from_static(CONTENT_TYPE_JSON),
             );
             resp
         }
@@ -264,21 +197,11 @@ pub fn unary_ok<T: Serialize>(msg: &T) -> Response {
     }
 }
 
-/// Frames one envelope.
-pub fn envelope(flags: u8, payload: &[u8]) -> Bytes {
-    let mut buf = BytesMut::with_capacity(5 + payload.len());
-    buf.put_u8(flags);
-    buf.put_u32(payload.len() as u32);
-    buf.put_slice(payload);
-    buf.freeze()
-}
-
 /// Incremental decoder of request envelopes (client streams, and the single envelope of
 /// server-streaming calls, possibly split across chunked HTTP/1.1 frames).
 pub struct EnvelopeReader {
     body: axum::body::BodyDataStream,
-    buf: BytesMut,
-    limit: usize,
+    decoder: Decoder,
     /// The body has ended (its stream returned `None`).
     body_ended: bool,
 }
@@ -293,8 +216,7 @@ impl EnvelopeReader {
     pub fn with_limit(body: Body, limit: usize) -> Self {
         EnvelopeReader {
             body: body.into_data_stream(),
-            buf: BytesMut::new(),
-            limit,
+            decoder: Decoder::new(limit),
             body_ended: false,
         }
     }
@@ -302,51 +224,27 @@ impl EnvelopeReader {
     /// Returns the next message, `Ok(None)` at the end of the body or after an end-stream envelope.
     pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnectError> {
         loop {
-            if self.buf.len() >= 5 {
-                let flags = self.buf[0];
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                    as usize;
-                if len > self.limit {
-                    return Err(ConnectError::exhausted(format!(
-                        "request message too large: {len} bytes, the limit is {}",
-                        self.limit
-                    )));
-                }
-                if self.buf.len() >= 5 + len {
-                    self.buf.advance(5);
-                    let payload = self.buf.split_to(len);
-                    if flags & COMPRESSED_FLAG != 0 {
-                        return Err(ConnectError::new(
-                            Code::Unimplemented,
-                            "compressed messages are not supported",
-                        ));
-                    }
-                    if flags & END_STREAM_FLAG != 0 {
-                        return Ok(None);
-                    }
-                    let payload: &[u8] = if payload.is_empty() { b"{}" } else { &payload };
-                    return serde_json::from_slice(payload).map(Some).map_err(|e| {
+            match self.decoder.next_frame().map_err(request_frame_error)? {
+                Some(Frame::End(_)) => return Ok(None),
+                Some(Frame::Message(payload)) => {
+                    return decode_json(&payload).map(Some).map_err(|e| {
                         ConnectError::invalid(format!("invalid request message: {e}"))
-                    });
+                    })
                 }
+                None => {}
             }
             match self.body.next().await {
-                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                Some(Ok(chunk)) => self.decoder.push(&chunk),
                 Some(Err(e)) => {
                     return Err(ConnectError::new(
                         Code::Canceled,
                         format!("reading request: {e}"),
                     ))
                 }
-                None if self.buf.is_empty() => {
-                    self.body_ended = true;
-                    return Ok(None);
-                }
                 None => {
                     self.body_ended = true;
-                    return Err(ConnectError::invalid(
-                        "request body ends inside an envelope",
-                    ));
+                    self.decoder.finish().map_err(request_frame_error)?;
+                    return Ok(None);
                 }
             }
         }
@@ -382,22 +280,41 @@ impl EnvelopeReader {
     }
 }
 
+/// The Connect error for a request body that is not a sequence of envelopes.
+fn request_frame_error(e: FrameError) -> ConnectError {
+    match e {
+        FrameError::TooLarge { len, limit } => ConnectError::exhausted(format!(
+            "request message too large: {len} bytes, the limit is {limit}"
+        )),
+        FrameError::Compressed => {
+            ConnectError::new(Code::Unimplemented, "compressed messages are not supported")
+        }
+        FrameError::Truncated(_) => ConnectError::invalid("request body ends inside an envelope"),
+    }
+}
+
+/// Checks that a streaming request is `application/connect+json`.
+pub fn require_stream_content_type(headers: &HeaderMap) -> Result<(), ConnectError> {
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.starts_with(CONTENT_TYPE_CONNECT_JSON) {
+        return Ok(());
+    }
+    Err(ConnectError::new(
+        Code::Unimplemented,
+        format!("unsupported content type {ct:?}: expected {CONTENT_TYPE_CONNECT_JSON}"),
+    ))
+}
+
 /// Reads the one request message of a server-streaming call, and the request body to its end
 /// (see [`EnvelopeReader::expect_end`]).
 pub async fn decode_stream_request<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, ConnectError> {
-    let ct = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.starts_with("application/connect+json") {
-        return Err(ConnectError::new(
-            Code::Unimplemented,
-            format!("unsupported content type {ct:?}: expected application/connect+json"),
-        ));
-    }
+    require_stream_content_type(headers)?;
     let mut reader = EnvelopeReader::with_limit(body, MAX_STREAM_REQUEST);
     let message = reader
         .next()
@@ -418,7 +335,10 @@ impl StreamSender {
     pub async fn send<T: Serialize>(&self, msg: &T) -> bool {
         let Some(tx) = &self.tx else { return false };
         match serde_json::to_vec(msg) {
-            Ok(payload) => tx.send(envelope(0, &payload)).await.is_ok(),
+            Ok(payload) => tx
+                .send(paddock_envd_proto::connect::encode(0, &payload))
+                .await
+                .is_ok(),
             Err(_) => false,
         }
     }
@@ -455,11 +375,7 @@ impl Drop for StreamSender {
 }
 
 fn end_envelope(result: Result<(), ConnectError>) -> Bytes {
-    let body = match result {
-        Ok(()) => serde_json::json!({}),
-        Err(e) => serde_json::json!({ "error": e.json() }),
-    };
-    envelope(END_STREAM_FLAG, body.to_string().as_bytes())
+    EndStream::new(result.map_err(|e| e.wire())).encode()
 }
 
 /// Creates a streaming response (HTTP 200, `application/connect+json`) and its sender.
@@ -470,7 +386,7 @@ pub fn stream_response() -> (StreamSender, Response) {
     let mut resp = Response::new(Body::from_stream(stream));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/connect+json"),
+        HeaderValue::from_static(CONTENT_TYPE_CONNECT_JSON),
     );
     (StreamSender { tx: Some(tx) }, resp)
 }
@@ -480,95 +396,19 @@ pub fn stream_error(err: ConnectError) -> Response {
     let mut resp = Response::new(Body::from(end_envelope(Err(err))));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/connect+json"),
+        HeaderValue::from_static(CONTENT_TYPE_CONNECT_JSON),
     );
     resp
-}
-
-/// serde helpers for proto3 JSON: `bytes` as base64, 64-bit ints as strings.
-pub mod pbjson {
-    use base64::Engine;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// `bytes` fields: standard base64 with padding out; any base64 flavour in.
-    pub mod bytes {
-        use super::*;
-        /// Serializes bytes as standard padded base64.
-        pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
-        }
-        /// Accepts standard or URL-safe base64, padded or not.
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-            let s = String::deserialize(d)?;
-            decode(&s).map_err(serde::de::Error::custom)
-        }
-    }
-
-    /// Decodes any base64 flavour.
-    pub fn decode(s: &str) -> Result<Vec<u8>, String> {
-        let cleaned: String = s.trim_end_matches('=').replace('-', "+").replace('_', "/");
-        base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(cleaned.as_bytes())
-            .map_err(|e| format!("invalid base64: {e}"))
-    }
-
-    /// `int64`/`uint64` fields: a JSON string out; a string or a number in.
-    pub mod int64 {
-        use super::*;
-        /// Serializes as a decimal string.
-        pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_str(&v.to_string())
-        }
-        /// Accepts a string or a number.
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-            #[derive(Deserialize)]
-            #[serde(untagged)]
-            enum N {
-                S(String),
-                I(i64),
-            }
-            match N::deserialize(d)? {
-                N::S(s) => s.parse().map_err(serde::de::Error::custom),
-                N::I(i) => Ok(i),
-            }
-        }
-    }
-
-    /// 32-bit ints: a number out; a number or a string in.
-    pub mod uint32 {
-        use super::*;
-        /// Serializes as a JSON number.
-        pub fn serialize<S: Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_u32(*v)
-        }
-        /// Accepts a string or a number.
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-            #[derive(Deserialize)]
-            #[serde(untagged)]
-            enum N {
-                S(String),
-                I(u32),
-            }
-            match N::deserialize(d)? {
-                N::S(s) => s.parse().map_err(serde::de::Error::custom),
-                N::I(i) => Ok(i),
-            }
-        }
-    }
-
-    /// Whether a number is zero (proto3 omits zero values on output).
-    pub fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
-        *v == T::default()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use paddock_envd_proto::connect::{encode, END_STREAM_FLAG};
 
     #[tokio::test]
     async fn envelopes_split_across_chunks_are_reassembled() {
-        let env = envelope(0, br#"{"a":1}"#);
+        let env = encode(0, br#"{"a":1}"#);
         let (a, b) = env.split_at(3);
         let chunks: Vec<Result<Bytes, std::io::Error>> =
             vec![Ok(Bytes::copy_from_slice(a)), Ok(Bytes::copy_from_slice(b))];
@@ -618,9 +458,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/connect+json"),
+            HeaderValue::from_static(CONTENT_TYPE_CONNECT_JSON),
         );
-        (h, Body::from(envelope(flags, payload)))
+        (h, Body::from(encode(flags, payload)))
     }
 
     #[tokio::test]
@@ -660,7 +500,7 @@ mod tests {
     async fn stream_requests_are_read_to_the_end_of_the_body() {
         let (h, _) = stream_body(0, b"");
         // The message, then a separate (empty) last chunk, as a chunked body ends.
-        let (body, ended) = body_noting_its_end(vec![envelope(0, br#"{"a":1}"#), Bytes::new()]);
+        let (body, ended) = body_noting_its_end(vec![encode(0, br#"{"a":1}"#), Bytes::new()]);
         let v: serde_json::Value = decode_stream_request(&h, body).await.expect("decodes");
         assert_eq!(v, serde_json::json!({"a":1}));
         assert!(
@@ -670,8 +510,8 @@ mod tests {
 
         // An end-stream envelope may follow, and bytes after it are drained.
         let (body, ended) = body_noting_its_end(vec![
-            envelope(0, br#"{"a":2}"#),
-            envelope(END_STREAM_FLAG, b"{}"),
+            encode(0, br#"{"a":2}"#),
+            encode(END_STREAM_FLAG, b"{}"),
             Bytes::from_static(b"trailing"),
         ]);
         let v: serde_json::Value = decode_stream_request(&h, body).await.expect("decodes");
@@ -680,7 +520,7 @@ mod tests {
 
         // A second message is refused.
         let (body, _) =
-            body_noting_its_end(vec![envelope(0, br#"{"a":1}"#), envelope(0, br#"{"a":2}"#)]);
+            body_noting_its_end(vec![encode(0, br#"{"a":1}"#), encode(0, br#"{"a":2}"#)]);
         let err = decode_stream_request::<serde_json::Value>(&h, body)
             .await
             .expect_err("two messages");
@@ -715,13 +555,6 @@ mod tests {
             .expect("body");
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(v["code"], "resource_exhausted");
-    }
-
-    #[test]
-    fn base64_flavours_decode() {
-        assert_eq!(pbjson::decode("aGkK").expect("std"), b"hi\n");
-        assert_eq!(pbjson::decode("aGk=").expect("padded"), b"hi");
-        assert_eq!(pbjson::decode("_-8").expect("urlsafe"), vec![0xff, 0xef]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use http::{HeaderMap, HeaderValue, StatusCode};
+use paddock_envd_proto::rpc;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{header_token, http_error, token_matches};
@@ -21,10 +22,10 @@ use crate::state::EnvdState;
 /// Routes of the plain HTTP API.
 pub fn router() -> Router<EnvdState> {
     Router::new()
-        .route("/health", get(health))
-        .route("/init", post(init))
-        .route("/envs", get(envs))
-        .route("/metrics", get(metrics))
+        .route(rpc::HEALTH, get(health))
+        .route(rpc::INIT, post(init))
+        .route(rpc::ENVS, get(envs))
+        .route(rpc::METRICS, get(metrics))
 }
 
 fn no_store(mut resp: Response) -> Response {
@@ -151,7 +152,7 @@ async fn init(State(state): State<EnvdState>, headers: HeaderMap, body: Bytes) -
             let mut resp = no_store(StatusCode::NO_CONTENT.into_response());
             resp.headers_mut().insert(
                 "x-envd-version",
-                HeaderValue::from_static(paddock_domain::ENVD_VERSION),
+                HeaderValue::from_static(paddock_envd_proto::ENVD_VERSION),
             );
             resp
         }
@@ -407,7 +408,7 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
         assert_eq!(
             resp.headers()["x-envd-version"],
-            paddock_domain::ENVD_VERSION
+            paddock_envd_proto::ENVD_VERSION
         );
         let resp = app
             .clone()

@@ -24,7 +24,8 @@ pub mod users;
 
 use axum::Router;
 
-pub use state::{BootConfig, EnvdState};
+pub use paddock_envd_proto::BootConfig;
+pub use state::EnvdState;
 
 /// The whole envd HTTP surface with token enforcement.
 pub fn router(state: EnvdState, processes: process::ProcessRegistry) -> Router {

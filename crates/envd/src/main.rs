@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use paddock_envd::server::{self, ServeOptions};
+use paddock_envd_proto::boot;
 use tokio::signal::unix::{signal, SignalKind};
 
 const USAGE: &str = "usage: paddock-envd [--run-dir DIR] [--port N] [--etc-dir DIR]\n\
@@ -96,13 +97,13 @@ fn main() -> ExitCode {
     // Forks the helper that starts processes in the user cgroup: must happen while envd is
     // still single-threaded (before the runtime starts).
     paddock_envd::process::spawner::start();
-    opts.ready_fd = std::env::var("PADDOCK_READY_FD")
+    opts.ready_fd = std::env::var(boot::READY_FD_ENV)
         .ok()
         .and_then(|v| v.trim().parse().ok());
-    opts.boot_config_fd = std::env::var("PADDOCK_BOOT_CONFIG_FD")
+    opts.boot_config_fd = std::env::var(boot::BOOT_CONFIG_FD_ENV)
         .ok()
         .and_then(|v| v.trim().parse().ok());
-    opts.listen_fds = std::env::var("PADDOCK_LISTEN_FDS")
+    opts.listen_fds = std::env::var(boot::LISTEN_FDS_ENV)
         .ok()
         .and_then(|v| parse_fd_pair(&v));
 

@@ -23,11 +23,10 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::process::reaper::Reaper;
 use crate::process::ProcessRegistry;
-use crate::state::{BootConfig, EnvdState};
-use crate::users::UserDb;
+use paddock_envd_proto::boot::{self, BootConfig};
 
-/// The envd port inside a sandbox.
-pub const DEFAULT_PORT: u16 = 49983;
+use crate::state::EnvdState;
+use crate::users::UserDb;
 
 /// How envd is started.
 #[derive(Debug, Clone)]
@@ -52,8 +51,8 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
-            run_dir: PathBuf::from("/run/paddock"),
-            port: DEFAULT_PORT,
+            run_dir: PathBuf::from(boot::RUN_DIR),
+            port: paddock_envd_proto::ENVD_PORT,
             etc_dir: PathBuf::from("/etc"),
             ready_fd: None,
             listen_fds: None,
@@ -94,9 +93,6 @@ pub enum ServeError {
     },
 }
 
-/// Largest boot configuration read from a descriptor.
-const BOOT_CONFIG_MAX_BYTES: u64 = 8 << 20;
-
 /// Reads the boot configuration from an inherited descriptor (and closes it).
 pub fn read_boot_config_fd(fd: RawFd) -> Result<BootConfig, ServeError> {
     use std::io::Read;
@@ -105,7 +101,7 @@ pub fn read_boot_config_fd(fd: RawFd) -> Result<BootConfig, ServeError> {
     // (PADDOCK_BOOT_CONFIG_FD) and nothing else uses it; it moves into the File, closed on drop.
     let file = unsafe { std::fs::File::from_raw_fd(fd) };
     let mut bytes = Vec::new();
-    file.take(BOOT_CONFIG_MAX_BYTES)
+    file.take(boot::BOOT_CONFIG_MAX_BYTES)
         .read_to_end(&mut bytes)
         .map_err(|source| ServeError::Config {
             path: path.clone(),
@@ -132,7 +128,7 @@ fn inherited_listener(fd: RawFd, what: &str) -> Result<UnixListener, ServeError>
 
 /// Reads `<run_dir>/config.json`; a missing file is the default configuration.
 pub fn load_boot_config(run_dir: &Path) -> Result<BootConfig, ServeError> {
-    let path = run_dir.join("config.json");
+    let path = run_dir.join(boot::BOOT_CONFIG_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ServeError::Config {
             path,
@@ -284,8 +280,8 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
                 what: opts.run_dir.display().to_string(),
                 source,
             })?;
-            let envd_sock = opts.run_dir.join("envd.sock");
-            let forward_sock = opts.run_dir.join("forward.sock");
+            let envd_sock = opts.run_dir.join(boot::ENVD_SOCKET);
+            let forward_sock = opts.run_dir.join(boot::FORWARD_SOCKET);
             let unix = bind_unix(&envd_sock)?;
             let forward = bind_unix(&forward_sock)?;
             own_sockets.extend([envd_sock, forward_sock]);
@@ -308,7 +304,7 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
     tracing::info!(
         inherited = opts.listen_fds.is_some(),
         port = opts.port,
-        version = paddock_domain::ENVD_VERSION,
+        version = paddock_envd_proto::ENVD_VERSION,
         "envd listening"
     );
     if let Some(fd) = opts.ready_fd {

@@ -5,32 +5,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use serde::{Deserialize, Serialize};
+use paddock_envd_proto::BootConfig;
 
 use crate::connect::{Code, ConnectError};
 use crate::users::{User, UserDb};
-
-/// Boot configuration written by the node before envd starts (`/run/paddock/config.json`).
-/// The same fields can later be replaced by `POST /init`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct BootConfig {
-    /// The access token every request must carry (`X-Access-Token`); none = open.
-    pub access_token: Option<String>,
-    /// Global environment variables for every process.
-    #[serde(default)]
-    pub env_vars: HashMap<String, String>,
-    /// Sandbox id (`E2B_SANDBOX_ID`).
-    #[serde(default)]
-    pub sandbox_id: String,
-    /// Template id (`E2B_TEMPLATE_ID`).
-    #[serde(default)]
-    pub template_id: String,
-    /// Default user when a request names none (default `user`).
-    pub default_user: Option<String>,
-    /// Default working directory for empty paths and processes.
-    pub default_workdir: Option<String>,
-}
 
 /// Mutable runtime configuration.
 #[derive(Debug, Clone)]

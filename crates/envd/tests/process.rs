@@ -194,10 +194,7 @@ async fn stdin_input_and_close() {
             body,
         )
         .await;
-    let mut frames_in = Frames {
-        body: resp.into_body(),
-        buf: BytesMut::new(),
-    };
+    let mut frames_in = Frames::new(resp.into_body());
     assert_eq!(frames_in.next().await, Some((0, json!({}))));
     assert_eq!(frames_in.next().await, Some((2, json!({}))));
     assert_eq!(frames.event().await["data"]["stdout"], B64.encode("more\n"));

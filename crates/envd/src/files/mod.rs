@@ -6,6 +6,7 @@
 //! [`download`] streams a file out, [`upload`] streams multipart or raw (optionally gzip) bodies to
 //! disk, [`metadata`] validates `X-Metadata-*` headers and [`gzip`] decodes request bodies. No
 //! file is ever held in memory whole.
+use paddock_envd_proto::rpc;
 
 pub mod download;
 pub mod gzip;
@@ -26,7 +27,7 @@ use crate::users::{resolve_path, User};
 
 /// Routes of `/files`.
 pub fn router() -> Router<EnvdState> {
-    Router::new().route("/files", get(download::download).post(upload::upload))
+    Router::new().route(rpc::FILES, get(download::download).post(upload::upload))
 }
 
 /// The query of both `/files` methods.

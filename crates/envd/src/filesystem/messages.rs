@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::connect::pbjson;
+use paddock_envd_proto::pbjson;
 
 /// `StatRequest`, `MakeDirRequest` and `RemoveRequest`: a single `path`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 //! [`User`]; this module only decodes requests, picks the user from Basic auth, runs the
 //! operation off the async workers and encodes the answer. HTTP `/files` lives in
 //! [`crate::files`].
+use paddock_envd_proto::rpc;
 
 pub mod entry;
 pub mod list_dir;
@@ -65,45 +66,42 @@ pub fn router() -> Router<EnvdState> {
     let watchers = Arc::new(watchers::Watchers::default());
     Router::new()
         .route(
-            "/filesystem.Filesystem/Stat",
+            rpc::FILESYSTEM_STAT,
             post(|s: State<EnvdState>, h: HeaderMap, b: UnaryBody| unary(s, h, b, stat::stat)),
         )
         .route(
-            "/filesystem.Filesystem/MakeDir",
+            rpc::FILESYSTEM_MAKE_DIR,
             post(|s: State<EnvdState>, h: HeaderMap, b: UnaryBody| {
                 unary(s, h, b, make_dir::make_dir)
             }),
         )
         .route(
-            "/filesystem.Filesystem/Move",
+            rpc::FILESYSTEM_MOVE,
             post(|s: State<EnvdState>, h: HeaderMap, b: UnaryBody| {
                 unary(s, h, b, move_::move_entry)
             }),
         )
         .route(
-            "/filesystem.Filesystem/ListDir",
+            rpc::FILESYSTEM_LIST_DIR,
             post(|s: State<EnvdState>, h: HeaderMap, b: UnaryBody| {
                 unary(s, h, b, list_dir::list_dir)
             }),
         )
         .route(
-            "/filesystem.Filesystem/Remove",
+            rpc::FILESYSTEM_REMOVE,
             post(|s: State<EnvdState>, h: HeaderMap, b: UnaryBody| unary(s, h, b, remove::remove)),
         )
+        .route(rpc::FILESYSTEM_WATCH_DIR, post(watch::watch_dir_handler))
         .route(
-            "/filesystem.Filesystem/WatchDir",
-            post(watch::watch_dir_handler),
-        )
-        .route(
-            "/filesystem.Filesystem/CreateWatcher",
+            rpc::FILESYSTEM_CREATE_WATCHER,
             post(watchers::create_watcher_handler),
         )
         .route(
-            "/filesystem.Filesystem/GetWatcherEvents",
+            rpc::FILESYSTEM_GET_WATCHER_EVENTS,
             post(watchers::get_watcher_events_handler),
         )
         .route(
-            "/filesystem.Filesystem/RemoveWatcher",
+            rpc::FILESYSTEM_REMOVE_WATCHER,
             post(watchers::remove_watcher_handler),
         )
         .layer(Extension(watchers))

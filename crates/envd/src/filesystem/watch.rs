@@ -346,7 +346,7 @@ mod tests {
         }
         task.await.expect("pump");
         let last = frames.last().expect("end envelope");
-        assert_eq!(last[0], crate::connect::END_STREAM_FLAG);
+        assert_eq!(last[0], paddock_envd_proto::connect::END_STREAM_FLAG);
         let end: serde_json::Value = serde_json::from_slice(&last[5..]).expect("json");
         assert_eq!(end["error"]["code"], "resource_exhausted");
         assert!(end["error"]["message"]

@@ -59,7 +59,7 @@ pub(super) async fn connect(State(ctx): State<Ctx>, headers: HeaderMap, body: Bo
 }
 
 async fn send(sender: &StreamSender, event: &ProcessEvent) -> bool {
-    sender.send(&EventResponse { event }).await
+    sender.send(&EventResponse::from(event)).await
 }
 
 fn deadline_error() -> ConnectError {

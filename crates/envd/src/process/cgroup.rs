@@ -7,15 +7,12 @@
 use std::os::fd::RawFd;
 use std::sync::OnceLock;
 
-/// The variable's name (`paddock_sandbox::USER_CGROUP_FDS_ENV`).
-pub const ENV: &str = "PADDOCK_USER_CGROUP_FDS";
-
 static FDS: OnceLock<Vec<RawFd>> = OnceLock::new();
 
 /// Reads the variable once, keeps the descriptors that are open and marks them close-on-exec
 /// (so the user's programs never inherit them). Call before any thread starts.
 pub fn init_from_env() {
-    let fds = std::env::var(ENV)
+    let fds = std::env::var(paddock_envd_proto::boot::USER_CGROUP_FDS_ENV)
         .ok()
         .map(|v| parse(&v))
         .unwrap_or_default()

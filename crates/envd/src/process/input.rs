@@ -9,8 +9,9 @@ use http::{HeaderMap, HeaderValue};
 use super::messages::{Empty, ProcessInput, SelectorRequest, SendInputRequest, StreamInputRequest};
 use super::{unary, Ctx};
 use crate::connect::{
-    envelope, stream_error, Code, ConnectError, EnvelopeReader, UnaryBody, END_STREAM_FLAG,
+    require_stream_content_type, stream_error, ConnectError, EnvelopeReader, UnaryBody,
 };
+use paddock_envd_proto::connect::{encode, EndStream, CONTENT_TYPE_CONNECT_JSON};
 
 /// Writes one `ProcessInput` to a process.
 async fn write(
@@ -58,15 +59,8 @@ pub(super) async fn stream_input(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let ct = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.starts_with("application/connect+json") {
-        return stream_error(ConnectError::new(
-            Code::Unimplemented,
-            format!("unsupported content type {ct:?}: expected application/connect+json"),
-        ));
+    if let Err(e) = require_stream_content_type(&headers) {
+        return stream_error(e);
     }
     match consume(&ctx, EnvelopeReader::new(body)).await {
         Ok(()) => client_stream_ok(),
@@ -96,12 +90,12 @@ async fn consume(ctx: &Ctx, mut reader: EnvelopeReader) -> Result<(), ConnectErr
 
 /// The response of a successful client stream: one empty message, then end-of-stream.
 fn client_stream_ok() -> Response {
-    let mut body = envelope(0, b"{}").to_vec();
-    body.extend_from_slice(&envelope(END_STREAM_FLAG, b"{}"));
+    let mut body = encode(0, b"{}").to_vec();
+    body.extend_from_slice(&EndStream::default().encode());
     let mut resp = Response::new(Body::from(body));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/connect+json"),
+        HeaderValue::from_static(CONTENT_TYPE_CONNECT_JSON),
     );
     resp
 }

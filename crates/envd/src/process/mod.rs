@@ -7,6 +7,7 @@
 //! that forks children straight into the user cgroup), [`handle`] (one process and its
 //! output pump), [`reaper`] (the PID-1 zombie reaper), [`pty`] (terminals), [`rlimit`] (the
 //! open-files limit), and one file per RPC group: `start.rs`, `attach.rs` (Connect), `input.rs`, `signal.rs`, `update.rs`.
+use paddock_envd_proto::rpc;
 
 mod attach;
 pub mod cgroup;
@@ -125,14 +126,14 @@ pub(crate) struct Ctx {
 /// Routes of the process service: `POST /process.Process/<Method>`.
 pub fn router(state: EnvdState, registry: ProcessRegistry) -> Router {
     Router::new()
-        .route("/process.Process/Start", post(start::start))
-        .route("/process.Process/Connect", post(attach::connect))
-        .route("/process.Process/List", post(list))
-        .route("/process.Process/SendInput", post(input::send_input))
-        .route("/process.Process/StreamInput", post(input::stream_input))
-        .route("/process.Process/CloseStdin", post(input::close_stdin))
-        .route("/process.Process/SendSignal", post(signal::send_signal))
-        .route("/process.Process/Update", post(update::update))
+        .route(rpc::PROCESS_START, post(start::start))
+        .route(rpc::PROCESS_CONNECT, post(attach::connect))
+        .route(rpc::PROCESS_LIST, post(list))
+        .route(rpc::PROCESS_SEND_INPUT, post(input::send_input))
+        .route(rpc::PROCESS_STREAM_INPUT, post(input::stream_input))
+        .route(rpc::PROCESS_CLOSE_STDIN, post(input::close_stdin))
+        .route(rpc::PROCESS_SEND_SIGNAL, post(signal::send_signal))
+        .route(rpc::PROCESS_UPDATE, post(update::update))
         .layer(body_limit())
         .with_state(Ctx { state, registry })
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use paddock_envd_proto::DEFAULT_PATH;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
@@ -34,9 +35,6 @@ use crate::users::User;
 
 /// `oom_score_adj` of every process envd starts (envd's own is -1000 or 0).
 pub const CHILD_OOM_SCORE_ADJ: &[u8] = b"200";
-
-/// `PATH` of every process.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Everything needed to start one process, already resolved.
 pub struct SpawnSpec {

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::Router;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use paddock_envd::process::ProcessRegistry;
 use paddock_envd::users::UserDb;
 use paddock_envd::{BootConfig, EnvdState};
+use paddock_envd_proto::connect::{encode, Decoder, Frame};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -110,10 +111,7 @@ impl Env {
         msg: Value,
         extra: &[(&str, &str)],
     ) -> EnvelopeStream {
-        let payload = msg.to_string();
-        let mut framed = vec![0u8];
-        framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        framed.extend_from_slice(payload.as_bytes());
+        let framed = encode(0, msg.to_string().as_bytes());
         let mut req = Request::post(format!("/filesystem.Filesystem/{method}"))
             .header("content-type", "application/connect+json")
             .header("connect-protocol-version", "1");
@@ -126,7 +124,7 @@ impl Env {
         assert_eq!(resp.headers()["content-type"], "application/connect+json");
         EnvelopeStream {
             body: resp.into_body(),
-            buf: BytesMut::new(),
+            decoder: Decoder::new(usize::MAX),
         }
     }
 
@@ -177,22 +175,19 @@ pub fn q(s: &str) -> String {
 /// Reads Connect envelopes off a streaming response: `Ok(msg)` per message, `Err(end)` at the end.
 pub struct EnvelopeStream {
     body: Body,
-    buf: BytesMut,
+    decoder: Decoder,
 }
 
 impl EnvelopeStream {
     pub async fn next(&mut self) -> Result<Value, Value> {
         loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                    as usize;
-                if self.buf.len() >= 5 + len {
-                    let flags = self.buf[0];
-                    self.buf.advance(5);
-                    let payload = self.buf.split_to(len);
-                    let v: Value = serde_json::from_slice(&payload).expect("JSON envelope");
-                    return if flags & 0x02 != 0 { Err(v) } else { Ok(v) };
-                }
+            let json = |payload: &[u8]| -> Value {
+                serde_json::from_slice(payload).expect("JSON envelope")
+            };
+            match self.decoder.next_frame().expect("well-formed envelopes") {
+                Some(Frame::Message(payload)) => return Ok(json(&payload)),
+                Some(Frame::End(payload)) => return Err(json(&payload)),
+                None => {}
             }
             let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
                 .await
@@ -200,7 +195,7 @@ impl EnvelopeStream {
                 .expect("stream not finished without end envelope")
                 .expect("body frame");
             if let Ok(data) = frame.into_data() {
-                self.buf.extend_from_slice(&data);
+                self.decoder.push(&data);
             }
         }
     }

@@ -11,10 +11,11 @@ pub use std::process::{Child, Command};
 pub use std::time::Duration;
 
 pub use base64::Engine;
-pub use bytes::{Buf, Bytes, BytesMut};
+pub use bytes::Bytes;
 pub use http_body_util::{BodyExt, Full};
 pub use hyper::body::Incoming;
 pub use hyper_util::rt::TokioIo;
+pub use paddock_envd_proto::connect::{Decoder, Frame, END_STREAM_FLAG};
 pub use serde_json::{json, Value};
 pub use tokio::net::UnixStream;
 
@@ -152,10 +153,7 @@ impl Envd {
             .await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "application/connect+json");
-        Frames {
-            body: resp.into_body(),
-            buf: BytesMut::new(),
-        }
+        Frames::new(resp.into_body())
     }
 
     pub async fn run(&self, cmd: &str, extra: &[(&str, &str)]) -> Frames {
@@ -175,10 +173,7 @@ impl Drop for Envd {
 }
 
 pub fn envelope(flags: u8, payload: &str) -> Vec<u8> {
-    let mut out = vec![flags];
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload.as_bytes());
-    out
+    paddock_envd_proto::connect::encode(flags, payload.as_bytes()).to_vec()
 }
 
 pub async fn request(
@@ -217,36 +212,43 @@ pub async fn send(
 
 /// Incremental envelope reader of a streaming response.
 pub struct Frames {
-    pub body: Incoming,
-    pub buf: BytesMut,
+    body: Incoming,
+    decoder: Decoder,
 }
 
 impl Frames {
+    /// Reads the envelopes of a streaming response's body.
+    pub fn new(body: Incoming) -> Self {
+        Frames {
+            body,
+            decoder: Decoder::new(usize::MAX),
+        }
+    }
+
     /// The next envelope: (flags, JSON), or None at the end of the body.
     pub async fn next(&mut self) -> Option<(u8, Value)> {
         loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                    as usize;
-                if self.buf.len() >= 5 + len {
-                    let flags = self.buf[0];
-                    self.buf.advance(5);
-                    let payload = self.buf.split_to(len);
-                    return Some((
-                        flags,
-                        serde_json::from_slice(&payload).expect("envelope json"),
-                    ));
+            match self.decoder.next_frame().expect("well-formed envelopes") {
+                Some(Frame::Message(payload)) => {
+                    return Some((0, serde_json::from_slice(&payload).expect("envelope json")))
                 }
+                Some(Frame::End(payload)) => {
+                    return Some((
+                        END_STREAM_FLAG,
+                        serde_json::from_slice(&payload).expect("envelope json"),
+                    ))
+                }
+                None => {}
             }
             match self.body.frame().await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
+                        self.decoder.push(&data);
                     }
                 }
                 Some(Err(e)) => panic!("stream body failed: {e}"),
                 None => {
-                    assert!(self.buf.is_empty(), "body ended inside an envelope");
+                    self.decoder.finish().expect("body ended between envelopes");
                     return None;
                 }
             }
