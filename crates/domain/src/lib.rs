@@ -13,8 +13,6 @@ pub use ids::{IdError, SandboxId, TemplateName};
 pub use resources::Resources;
 pub use state::{SandboxState, TransitionError};
 
-/// The envd version Paddock reports to the SDKs (they gate features on it; see the spec 3.7).
-pub const ENVD_VERSION: &str = "0.6.13";
-
-/// The port envd listens on inside every sandbox.
-pub const ENVD_PORT: u16 = 49983;
+/// envd's version and port, defined by envd's protocol crate; re-exported for the control
+/// plane, which reports the version in its sandbox and template records.
+pub use paddock_envd_proto::{ENVD_PORT, ENVD_VERSION};

@@ -32,7 +32,7 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// envd paths only the node may call (spec 1.7); refused for external traffic.
 const ENVD_CONTROL_PATHS: [&str; 7] = [
-    "/init",
+    paddock_envd_proto::rpc::INIT,
     "/freeze",
     "/unfreeze",
     "/collapse",

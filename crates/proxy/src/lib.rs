@@ -58,7 +58,7 @@ pub struct ProxyConfig {
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
-            envd_port: paddock_domain::ENVD_PORT,
+            envd_port: paddock_envd_proto::ENVD_PORT,
             refuse_envd_control_paths: true,
             connect_timeout: Duration::from_secs(10),
             max_idle_per_upstream: 16,

@@ -4,11 +4,7 @@
 
 use http::{HeaderMap, Uri};
 use paddock_domain::SandboxId;
-
-/// Header naming the sandbox (sent by the SDKs on every sandbox request).
-pub const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
-/// Header naming the port inside the sandbox.
-pub const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
+use paddock_envd_proto::headers::{SANDBOX_ID, SANDBOX_PORT};
 
 /// The destination of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +38,8 @@ pub fn resolve(uri: &Uri, headers: &HeaderMap) -> Result<Route, RouteError> {
     if let Some(route) = host.and_then(parse_host) {
         return Ok(route);
     }
-    let id = header_str(headers, SANDBOX_ID_HEADER)?;
-    let port = header_str(headers, SANDBOX_PORT_HEADER)?;
+    let id = header_str(headers, SANDBOX_ID)?;
+    let port = header_str(headers, SANDBOX_PORT)?;
     match (id, port) {
         (Some(id), Some(port)) => {
             let sandbox_id =
@@ -82,7 +78,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
         None => Ok(None),
         Some(v) => match v.to_str() {
             Ok(s) => Ok(Some(s.trim())),
-            Err(_) => Err(if name == SANDBOX_ID_HEADER {
+            Err(_) => Err(if name == SANDBOX_ID {
                 RouteError::InvalidSandboxId(String::from_utf8_lossy(v.as_bytes()).into_owned())
             } else {
                 RouteError::InvalidPort(String::from_utf8_lossy(v.as_bytes()).into_owned())

@@ -35,7 +35,7 @@ use tokio_stream::wrappers::ReceiverStream;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ClientBody = UnsyncBoxBody<Bytes, BoxError>;
 
-pub const ENVD_PORT: u16 = 49983;
+pub use paddock_envd_proto::ENVD_PORT;
 pub const SANDBOX: &str = "itestsandbox0000000001";
 pub const MIB: usize = 1024 * 1024;
 
