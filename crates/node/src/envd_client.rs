@@ -4,8 +4,9 @@
 //! create's start and ready commands and the warm pools use it.
 //!
 //! Owns: one HTTP/1.1 connection per call, opened without following a symlink (the socket's
-//! directory is writable from inside the sandbox, see [`EnvdClient`]); the framing of Connect
-//! responses; the mapping of envd's answers to [`EnvdClientError`]. Does not own deadlines:
+//! directory is writable from inside the sandbox, see [`EnvdClient`]); the mapping of envd's
+//! answers to [`EnvdClientError`]. The messages and their framing are
+//! `paddock_envd_proto`'s. Does not own deadlines:
 //! [`EnvdClient::run`] waits as long as the process runs, so callers bound it with
 //! `tokio::time::timeout`. Only setting a call up is bounded, by [`SETUP_TIMEOUT`].
 //!
@@ -24,14 +25,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use paddock_envd::connect::{envelope, pbjson, COMPRESSED_FLAG, END_STREAM_FLAG};
-use paddock_envd::process::messages::{Base64, ProcessConfig};
-use serde::{Deserialize, Deserializer, Serialize};
+use paddock_envd_proto::connect::{
+    self, Decoder, EndStream, Frame, FrameError, CONTENT_TYPE_CONNECT_JSON, CONTENT_TYPE_JSON,
+    PROTOCOL_VERSION, PROTOCOL_VERSION_HEADER,
+};
+use paddock_envd_proto::process::{
+    DataEvent, EndEvent, EventResponse, ProcessConfig, ProcessEvent, StartRequest,
+};
+use paddock_envd_proto::{headers, rpc};
+use serde::Serialize;
 use tokio::net::UnixStream;
 
 /// How long connecting to envd, and for a process envd's answer to `Start` (sent once the
@@ -43,8 +50,6 @@ const MAX_MESSAGE: usize = 16 << 20;
 const MAX_ERROR_BODY: usize = 64 << 10;
 /// Read size of file uploads.
 const UPLOAD_CHUNK: usize = 256 << 10;
-/// The `Start` RPC of envd's process service.
-const START_PATH: &str = "/process.Process/Start";
 
 /// What to run in the sandbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -154,6 +159,9 @@ pub enum EnvdClientError {
     /// envd's answer broke the protocol (or its stream ended before the process did).
     #[error("unexpected answer from envd: {0}")]
     Protocol(String),
+    /// envd's stream could not be split into Connect envelopes.
+    #[error("unexpected answer from envd")]
+    Frame(#[from] FrameError),
     /// The connection failed while the call was in flight.
     #[error("the connection to envd failed")]
     Io(#[from] hyper::Error),
@@ -213,21 +221,20 @@ impl EnvdClient {
     ) -> Result<ExitStatus, EnvdClientError> {
         let mut events = self.start(spec).await?;
         while let Some(event) = events.next().await? {
-            if let Some(data) = event.data {
+            match event {
                 // `pty` never comes (no terminal is requested); counted as stdout if it did.
-                let chunks = [
-                    (OutputStream::Stdout, data.stdout),
-                    (OutputStream::Stderr, data.stderr),
-                    (OutputStream::Stdout, data.pty),
-                ];
-                for (stream, bytes) in chunks {
-                    if let Some(Base64(bytes)) = bytes.filter(|b| !b.0.is_empty()) {
-                        on_output(stream, &bytes);
+                ProcessEvent::Data(DataEvent::Stdout(bytes) | DataEvent::Pty(bytes)) => {
+                    if !bytes.0.is_empty() {
+                        on_output(OutputStream::Stdout, &bytes.0);
                     }
                 }
-            }
-            if let Some(end) = event.end {
-                return Ok(end.into());
+                ProcessEvent::Data(DataEvent::Stderr(bytes)) => {
+                    if !bytes.0.is_empty() {
+                        on_output(OutputStream::Stderr, &bytes.0);
+                    }
+                }
+                ProcessEvent::End(end) => return Ok(end.into()),
+                ProcessEvent::Start(_) | ProcessEvent::Keepalive(_) => {}
             }
         }
         Err(EnvdClientError::Protocol(
@@ -242,11 +249,10 @@ impl EnvdClient {
     pub async fn spawn(&self, spec: &ProcessSpec) -> Result<u32, EnvdClientError> {
         let mut events = self.start(spec).await?;
         while let Some(event) = events.next().await? {
-            if let Some(start) = event.start {
-                return Ok(start.pid);
-            }
-            if event.end.is_some() {
-                break;
+            match event {
+                ProcessEvent::Start(start) => return Ok(start.pid),
+                ProcessEvent::End(_) => break,
+                ProcessEvent::Data(_) | ProcessEvent::Keepalive(_) => {}
             }
         }
         Err(EnvdClientError::Protocol(
@@ -295,7 +301,7 @@ impl EnvdClient {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let mut uri = format!("/files?path={}", query_escape(path));
+        let mut uri = format!("{}?path={}", rpc::FILES, query_escape(path));
         if !user.is_empty() {
             uri.push_str("&username=");
             uri.push_str(&query_escape(user));
@@ -325,8 +331,8 @@ impl EnvdClient {
         let payload = serde_json::to_vec(init)
             .map_err(|e| EnvdClientError::Protocol(format!("encoding the request: {e}")))?;
         let req = self
-            .request("/init")
-            .header(http::header::CONTENT_TYPE, "application/json")
+            .request(rpc::INIT)
+            .header(http::header::CONTENT_TYPE, CONTENT_TYPE_JSON)
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| EnvdClientError::Protocol(format!("building the request: {e}")))?;
         let (mut sender, _driver) = self.connect().await?;
@@ -341,17 +347,17 @@ impl EnvdClient {
 
     /// Sends `Start` for `spec` and returns the stream of its events.
     async fn start(&self, spec: &ProcessSpec) -> Result<Events, EnvdClientError> {
-        let payload = serde_json::to_vec(&StartRequest::new(spec))
+        let payload = serde_json::to_vec(&start_request(spec))
             .map_err(|e| EnvdClientError::Protocol(format!("encoding the request: {e}")))?;
         let mut req = self
-            .request(START_PATH)
-            .header(http::header::CONTENT_TYPE, "application/connect+json")
-            .header("connect-protocol-version", "1");
+            .request(rpc::PROCESS_START)
+            .header(http::header::CONTENT_TYPE, CONTENT_TYPE_CONNECT_JSON)
+            .header(PROTOCOL_VERSION_HEADER, PROTOCOL_VERSION);
         if !spec.user.is_empty() {
             req = req.header(http::header::AUTHORIZATION, basic_user(&spec.user));
         }
         let req = req
-            .body(Full::new(envelope(0, &payload)))
+            .body(Full::new(connect::encode(0, &payload)))
             .map_err(|e| EnvdClientError::Protocol(format!("building the request: {e}")))?;
         let (mut sender, driver) = self.connect().await?;
         let resp = tokio::time::timeout(SETUP_TIMEOUT, sender.send_request(req))
@@ -362,7 +368,7 @@ impl EnvdClient {
         }
         Ok(Events {
             body: resp.into_body(),
-            buf: BytesMut::new(),
+            decoder: Decoder::new(MAX_MESSAGE),
             _driver: driver,
         })
     }
@@ -371,7 +377,7 @@ impl EnvdClient {
     fn request(&self, uri: &str) -> http::request::Builder {
         let mut req = http::Request::post(uri).header(http::header::HOST, "localhost");
         if let Some(token) = &self.inner.access_token {
-            req = req.header("x-access-token", token);
+            req = req.header(headers::ACCESS_TOKEN, token);
         }
         req
     }
@@ -499,137 +505,50 @@ impl std::fmt::Debug for InitBody {
     }
 }
 
-/// `StartRequest` as the SDKs send it (`stdin: false` for `/dev/null`).
-#[derive(Serialize)]
-struct StartRequest<'a> {
-    process: ProcessConfig,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tag: Option<&'a str>,
-    stdin: bool,
-}
-
-impl<'a> StartRequest<'a> {
-    fn new(spec: &'a ProcessSpec) -> Self {
-        StartRequest {
-            process: ProcessConfig {
-                cmd: spec.cmd.clone(),
-                args: spec.args.clone(),
-                envs: spec.envs.iter().cloned().collect::<HashMap<_, _>>(),
-                cwd: spec.cwd.clone(),
-            },
-            tag: spec.tag.as_deref(),
-            stdin: false,
-        }
+/// `StartRequest` for `spec` as the SDKs send it (`stdin: false` for `/dev/null`).
+fn start_request(spec: &ProcessSpec) -> StartRequest {
+    StartRequest {
+        process: ProcessConfig {
+            cmd: spec.cmd.clone(),
+            args: spec.args.clone(),
+            envs: spec.envs.iter().cloned().collect::<HashMap<_, _>>(),
+            cwd: spec.cwd.clone(),
+        },
+        pty: None,
+        tag: spec.tag.clone(),
+        stdin: Some(false),
     }
-}
-
-/// `StartResponse`: `{"event":{…}}`.
-#[derive(Deserialize)]
-struct StartResponse {
-    #[serde(default)]
-    event: Option<Event>,
-}
-
-/// `ProcessEvent`: one of `start`, `data`, `end`, `keepalive` (ignored).
-#[derive(Debug, Default, Deserialize)]
-struct Event {
-    #[serde(default)]
-    start: Option<StartEvent>,
-    #[serde(default)]
-    data: Option<DataEvent>,
-    #[serde(default)]
-    end: Option<EndEvent>,
-}
-
-#[derive(Debug, Deserialize)]
-struct StartEvent {
-    #[serde(default, deserialize_with = "pbjson::uint32::deserialize")]
-    pid: u32,
-}
-
-#[derive(Debug, Deserialize)]
-struct DataEvent {
-    #[serde(default)]
-    stdout: Option<Base64>,
-    #[serde(default)]
-    stderr: Option<Base64>,
-    #[serde(default)]
-    pty: Option<Base64>,
-}
-
-/// `EndEvent` (proto3 JSON leaves out zero values: `exitCode` 0, `exited` false, empty texts).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct EndEvent {
-    #[serde(default, deserialize_with = "int32")]
-    exit_code: i32,
-    #[serde(default)]
-    status: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
 }
 
 impl From<EndEvent> for ExitStatus {
     fn from(end: EndEvent) -> Self {
         ExitStatus {
             exit_code: end.exit_code,
-            status: end.status.unwrap_or_default(),
+            status: end.status,
             error: end.error.filter(|e| !e.is_empty()),
         }
     }
 }
 
-/// A proto3 JSON `int32`: a number, a decimal string, or null.
-fn int32<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum N {
-        S(String),
-        I(i32),
-    }
-    match Option::<N>::deserialize(d)? {
-        None => Ok(0),
-        Some(N::I(i)) => Ok(i),
-        Some(N::S(s)) => s.trim().parse().map_err(serde::de::Error::custom),
-    }
-}
-
-/// The end-of-stream message: `{}` or `{"error":{"code":…,"message":…}}`.
-#[derive(Deserialize)]
-struct EndOfStream {
-    #[serde(default)]
-    error: Option<WireError>,
-}
-
-#[derive(Deserialize)]
-struct WireError {
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default)]
-    message: Option<String>,
-}
-
 /// The events of one `Start` stream, read envelope by envelope; holds the connection.
 struct Events {
     body: Incoming,
-    buf: BytesMut,
+    decoder: Decoder,
     _driver: Driver,
 }
 
 impl Events {
     /// The next event; `Ok(None)` at a clean end of the stream, an end-of-stream error as
     /// [`EnvdClientError::Rpc`].
-    async fn next(&mut self) -> Result<Option<Event>, EnvdClientError> {
+    async fn next(&mut self) -> Result<Option<ProcessEvent>, EnvdClientError> {
         loop {
-            match decode(&mut self.buf)? {
+            match self.decoder.next_frame()? {
                 Some(Frame::Message(payload)) => {
-                    let resp: StartResponse = serde_json::from_slice(&payload).map_err(|e| {
-                        EnvdClientError::Protocol(format!("an event that does not parse: {e}"))
-                    })?;
-                    if let Some(event) = resp.event {
-                        return Ok(Some(event));
-                    }
-                    continue;
+                    let resp: EventResponse<'static> =
+                        serde_json::from_slice(&payload).map_err(|e| {
+                            EnvdClientError::Protocol(format!("an event that does not parse: {e}"))
+                        })?;
+                    return Ok(Some(resp.event.into_owned()));
                 }
                 Some(Frame::End(payload)) => return end_of_stream(&payload),
                 None => {}
@@ -637,72 +556,28 @@ impl Events {
             match self.body.frame().await {
                 Some(frame) => {
                     if let Ok(data) = frame?.into_data() {
-                        self.buf.extend_from_slice(&data);
+                        self.decoder.push(&data);
                     }
                 }
-                None if self.buf.is_empty() => return Ok(None),
                 None => {
-                    return Err(EnvdClientError::Protocol(
-                        "the stream ends inside an envelope".into(),
-                    ))
+                    self.decoder.finish()?;
+                    return Ok(None);
                 }
             }
         }
     }
 }
 
-/// One decoded envelope.
-#[derive(Debug, PartialEq, Eq)]
-enum Frame {
-    /// A message.
-    Message(Bytes),
-    /// The end-of-stream message.
-    End(Bytes),
-}
-
-/// Takes the next complete envelope off `buf`, if there is one.
-fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, EnvdClientError> {
-    if buf.len() < 5 {
-        return Ok(None);
-    }
-    let flags = buf[0];
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if flags & COMPRESSED_FLAG != 0 {
-        return Err(EnvdClientError::Protocol(
-            "a compressed envelope (none was asked for)".into(),
-        ));
-    }
-    if len > MAX_MESSAGE {
-        return Err(EnvdClientError::Protocol(format!(
-            "an envelope of {len} bytes (the limit is {MAX_MESSAGE})"
-        )));
-    }
-    if buf.len() < 5 + len {
-        return Ok(None);
-    }
-    buf.advance(5);
-    let payload = buf.split_to(len).freeze();
-    Ok(Some(if flags & END_STREAM_FLAG != 0 {
-        Frame::End(payload)
-    } else {
-        Frame::Message(payload)
-    }))
-}
-
 /// The result an end-of-stream message stands for.
-fn end_of_stream(payload: &[u8]) -> Result<Option<Event>, EnvdClientError> {
-    let payload = if payload.is_empty() { b"{}" } else { payload };
-    let end: EndOfStream = serde_json::from_slice(payload).map_err(|e| {
+fn end_of_stream(payload: &[u8]) -> Result<Option<ProcessEvent>, EnvdClientError> {
+    let end = EndStream::parse(payload).map_err(|e| {
         EnvdClientError::Protocol(format!("an end-of-stream message that does not parse: {e}"))
     })?;
-    match end.error {
-        None => Ok(None),
-        Some(err) => Err(EnvdClientError::Rpc {
-            code: err
-                .code
-                .filter(|c| !c.is_empty())
-                .unwrap_or_else(|| "unknown".into()),
-            message: err.message.unwrap_or_default(),
+    match end.into_result() {
+        Ok(()) => Ok(None),
+        Err(err) => Err(EnvdClientError::Rpc {
+            code: err.code,
+            message: err.message,
         }),
     }
 }
@@ -712,67 +587,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn envelopes_are_decoded_wherever_the_chunks_cut() {
-        let mut wire = BytesMut::new();
-        wire.extend_from_slice(&envelope(0, br#"{"event":{"start":{"pid":7}}}"#));
-        wire.extend_from_slice(&envelope(END_STREAM_FLAG, b"{}"));
-        let wire = wire.freeze();
-        for cut in 0..wire.len() {
-            let mut buf = BytesMut::from(&wire[..cut]);
-            let mut frames = Vec::new();
-            while let Some(f) = decode(&mut buf).expect("decodes") {
-                frames.push(f);
-            }
-            buf.extend_from_slice(&wire[cut..]);
-            while let Some(f) = decode(&mut buf).expect("decodes") {
-                frames.push(f);
-            }
-            assert_eq!(
-                frames,
-                vec![
-                    Frame::Message(Bytes::from_static(br#"{"event":{"start":{"pid":7}}}"#)),
-                    Frame::End(Bytes::from_static(b"{}")),
-                ],
-                "cut at {cut}"
-            );
-            assert!(buf.is_empty());
-        }
-    }
-
-    #[test]
-    fn compressed_and_huge_envelopes_are_refused() {
-        let mut buf = BytesMut::from(&envelope(COMPRESSED_FLAG, b"{}")[..]);
-        assert!(matches!(
-            decode(&mut buf),
-            Err(EnvdClientError::Protocol(_))
-        ));
-        let mut buf = BytesMut::from(&[0u8, 0xff, 0xff, 0xff, 0xff][..]);
-        assert!(matches!(
-            decode(&mut buf),
-            Err(EnvdClientError::Protocol(_))
-        ));
-    }
-
-    #[test]
-    fn events_parse_as_envd_sends_them() {
-        let ev: StartResponse =
-            serde_json::from_str(r#"{"event":{"data":{"stderr":"aGkK"}}}"#).expect("parses");
-        let data = ev.event.and_then(|e| e.data).expect("data");
-        assert_eq!(data.stderr, Some(Base64(b"hi\n".to_vec())));
-        assert_eq!(data.stdout, None);
-
-        let ev: StartResponse =
-            serde_json::from_str(r#"{"event":{"start":{"pid":"42"}}}"#).expect("parses");
-        assert_eq!(ev.event.and_then(|e| e.start).map(|s| s.pid), Some(42));
-
-        let ev: StartResponse =
-            serde_json::from_str(r#"{"event":{"keepalive":{}}}"#).expect("parses");
-        let ev = ev.event.expect("event");
-        assert!(ev.start.is_none() && ev.data.is_none() && ev.end.is_none());
-
+    fn end_events_become_exit_statuses() {
         let end = |json: &str| -> ExitStatus {
-            let ev: StartResponse = serde_json::from_str(json).expect("parses");
-            ev.event.and_then(|e| e.end).expect("end").into()
+            let resp: EventResponse<'static> = serde_json::from_str(json).expect("parses");
+            match resp.event.into_owned() {
+                ProcessEvent::End(end) => end.into(),
+                other => panic!("not an end event: {other:?}"),
+            }
         };
         let ok = end(r#"{"event":{"end":{"exited":true,"status":"exit status 0"}}}"#);
         assert_eq!(ok.exit_code, 0);
@@ -784,6 +605,9 @@ mod tests {
         assert_eq!(killed.status, "signal: killed");
         assert!(!killed.success());
         assert_eq!(killed.to_string(), "signal: killed");
+        let empty_error = end(r#"{"event":{"end":{"exitCode":2,"error":""}}}"#);
+        assert_eq!(empty_error.error, None);
+        assert!(!empty_error.success());
     }
 
     #[test]
@@ -796,6 +620,10 @@ mod tests {
             matches!(&err, EnvdClientError::Rpc { code, message } if code == "unauthenticated" && message == "no user"),
             "{err:?}"
         );
+        assert!(matches!(
+            end_of_stream(b"{"),
+            Err(EnvdClientError::Protocol(_))
+        ));
     }
 
     #[test]
@@ -804,11 +632,13 @@ mod tests {
         spec.cwd = Some("/tmp".into());
         spec.envs = vec![("A".into(), "1".into()), ("A".into(), "2".into())];
         assert_eq!(
-            serde_json::to_value(StartRequest::new(&spec)).expect("encodes"),
-            serde_json::json!({
-                "process":{"cmd":"/bin/bash","args":["-l","-c","echo hi"],"envs":{"A":"2"},"cwd":"/tmp"},
-                "stdin":false
-            })
+            serde_json::to_string(&start_request(&spec)).expect("encodes"),
+            r#"{"process":{"cmd":"/bin/bash","args":["-l","-c","echo hi"],"envs":{"A":"2"},"cwd":"/tmp"},"stdin":false}"#
+        );
+        spec.tag = Some("t".into());
+        assert_eq!(
+            serde_json::to_value(start_request(&spec)).expect("encodes")["tag"],
+            "t"
         );
         assert_eq!(basic_user("root"), "Basic cm9vdDo=");
     }

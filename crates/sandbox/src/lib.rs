@@ -30,31 +30,10 @@ pub mod idmap;
 pub mod namespace;
 pub mod xattr;
 
-/// Where envd's run directory is mounted inside every sandbox.
-pub const SANDBOX_RUN_DIR: &str = "/run/paddock";
 /// Where the envd binary is bind-mounted (read-only) inside every sandbox.
 pub const SANDBOX_ENVD_PATH: &str = "/usr/local/bin/envd";
-/// Name of envd's HTTP socket in the state directory.
-pub const ENVD_SOCKET: &str = "envd.sock";
-/// Name of envd's port-forwarding socket in the state directory.
-pub const FORWARD_SOCKET: &str = "forward.sock";
-/// Name of envd's boot configuration in the state directory.
-pub const BOOT_CONFIG_FILE: &str = "config.json";
-/// Largest boot configuration the host reads back from a state directory (what the node
-/// writes is far smaller; the bound only keeps a damaged file from being loaded whole).
-pub const BOOT_CONFIG_MAX_BYTES: u64 = 8 << 20;
 /// Name of envd's log in the state directory.
 pub const ENVD_LOG_FILE: &str = "envd.log";
-/// Environment variable naming the fd envd reads its boot configuration from (a sealed memfd).
-pub const BOOT_CONFIG_FD_ENV: &str = "PADDOCK_BOOT_CONFIG_FD";
-/// Environment variable naming the listening fds envd serves: `<http>,<forward>`.
-pub const LISTEN_FDS_ENV: &str = "PADDOCK_LISTEN_FDS";
-/// Environment variable naming the fd envd writes one line to when it is ready.
-pub const READY_FD_ENV: &str = "PADDOCK_READY_FD";
-/// Environment variable listing (comma-separated) the fds of the `cgroup.procs` files envd's
-/// children write `0` into to leave envd's cgroup for the user one (opened by the node, so
-/// the sandbox never sees the cgroup file system).
-pub const USER_CGROUP_FDS_ENV: &str = "PADDOCK_USER_CGROUP_FDS";
 
 /// What to run.
 #[derive(Debug, Clone)]

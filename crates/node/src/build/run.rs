@@ -355,7 +355,7 @@ fn expand_env(value: &str, state: &State) -> String {
             return v.clone();
         }
         match name {
-            "PATH" => paddock_envd::process::spawn::DEFAULT_PATH.to_string(),
+            "PATH" => paddock_envd_proto::DEFAULT_PATH.to_string(),
             "HOME" => {
                 let user = state.user();
                 if user == "root" {
@@ -831,7 +831,7 @@ mod tests {
         };
         assert_eq!(
             expand_env("/opt/bin:$PATH", &state),
-            format!("/opt/bin:{}", paddock_envd::process::spawn::DEFAULT_PATH)
+            format!("/opt/bin:{}", paddock_envd_proto::DEFAULT_PATH)
         );
         assert_eq!(expand_env("${A}-$A-$NOPE-x", &state), "one-one--x");
         assert_eq!(expand_env("\\$A $HOME $1 ${A", &state), "$A /root $1 ${A");

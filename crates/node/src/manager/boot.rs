@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use paddock_domain::SandboxId;
-use paddock_envd::BootConfig;
+use paddock_envd_proto::boot::{self, BootConfig};
 use paddock_sandbox::SandboxHandle;
 
 use super::{Live, LocalNode, Reservation, SandboxMeta};
@@ -196,7 +196,7 @@ impl LocalNode {
             context: "encoding envd config".into(),
             source: std::io::Error::other(e),
         })?;
-        write_private(&dir.join(paddock_sandbox::BOOT_CONFIG_FILE), &boot_json)
+        write_private(&dir.join(boot::BOOT_CONFIG_FILE), &boot_json)
             .map_err(io("writing envd config".into()))?;
         Ok(dir)
     }

@@ -4,7 +4,7 @@
 //! `prepare_state_dir`'s job in the parent module.
 
 use paddock_domain::SandboxId;
-use paddock_envd::BootConfig;
+use paddock_envd_proto::boot::{self, BootConfig};
 
 use super::LocalNode;
 
@@ -13,8 +13,8 @@ impl LocalNode {
     /// in the host-only state directory; read without following links and bounded all the
     /// same.
     pub(super) fn boot_config(&self, id: &SandboxId) -> Option<BootConfig> {
-        let path = self.state_dir(id).join(paddock_sandbox::BOOT_CONFIG_FILE);
-        paddock_sandbox::hostfile::read_bounded(&path, paddock_sandbox::BOOT_CONFIG_MAX_BYTES)
+        let path = self.state_dir(id).join(boot::BOOT_CONFIG_FILE);
+        paddock_sandbox::hostfile::read_bounded(&path, boot::BOOT_CONFIG_MAX_BYTES)
             .ok()
             .and_then(|raw| serde_json::from_slice::<BootConfig>(&raw).ok())
     }

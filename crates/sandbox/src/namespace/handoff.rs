@@ -5,6 +5,7 @@
 //! bounded: past [`LOG_MAX_BYTES`] the log starts again). So the sandbox shares no directory
 //! with the host, and the host opens nothing by a path the sandbox could have changed.
 
+use paddock_envd_proto::boot;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -61,8 +62,8 @@ impl LogPipeSlot {
 /// The boot configuration of the sandbox in `state_dir` as a sealed memfd positioned at 0;
 /// `None` when the node wrote none.
 pub(crate) fn boot_config(state_dir: &Path) -> io::Result<Option<OwnedFd>> {
-    let path = state_dir.join(crate::BOOT_CONFIG_FILE);
-    let bytes = match crate::hostfile::read_bounded(&path, crate::BOOT_CONFIG_MAX_BYTES) {
+    let path = state_dir.join(boot::BOOT_CONFIG_FILE);
+    let bytes = match crate::hostfile::read_bounded(&path, boot::BOOT_CONFIG_MAX_BYTES) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -95,7 +96,7 @@ pub(crate) fn listeners(state_dir: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::fchdir(dir.as_raw_fd()).map_err(io::Error::from)?;
     let bound = (|| {
         let mut out = Vec::new();
-        for name in [crate::ENVD_SOCKET, crate::FORWARD_SOCKET] {
+        for name in [boot::ENVD_SOCKET, boot::FORWARD_SOCKET] {
             match std::fs::remove_file(name) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -354,7 +355,7 @@ mod tests {
     fn boot_config_is_a_sealed_copy() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(boot_config(dir.path()).expect("missing").is_none());
-        std::fs::write(dir.path().join(crate::BOOT_CONFIG_FILE), b"{\"a\":1}").expect("write");
+        std::fs::write(dir.path().join(boot::BOOT_CONFIG_FILE), b"{\"a\":1}").expect("write");
         let fd = boot_config(dir.path()).expect("read").expect("some");
         let mut f = File::from(fd);
         let mut text = String::new();
@@ -368,7 +369,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "other sandbox's env").expect("write");
-        std::os::unix::fs::symlink(&secret, dir.path().join(crate::BOOT_CONFIG_FILE))
+        std::os::unix::fs::symlink(&secret, dir.path().join(boot::BOOT_CONFIG_FILE))
             .expect("symlink");
         let err = boot_config(dir.path()).expect_err("followed");
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
@@ -377,18 +378,18 @@ mod tests {
     #[test]
     fn listeners_replace_stale_sockets_and_hide_the_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join(crate::ENVD_SOCKET), "stale").expect("write");
+        std::fs::write(dir.path().join(boot::ENVD_SOCKET), "stale").expect("write");
         let (http, _forward) = listeners(dir.path()).expect("bind");
         let listener = UnixListener::from(http);
         let addr = listener.local_addr().expect("addr");
         assert_eq!(
             addr.as_pathname(),
-            Some(Path::new(crate::ENVD_SOCKET)),
+            Some(Path::new(boot::ENVD_SOCKET)),
             "bound by relative name"
         );
-        let meta = std::fs::symlink_metadata(dir.path().join(crate::ENVD_SOCKET)).expect("stat");
+        let meta = std::fs::symlink_metadata(dir.path().join(boot::ENVD_SOCKET)).expect("stat");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        std::os::unix::net::UnixStream::connect(dir.path().join(crate::ENVD_SOCKET))
+        std::os::unix::net::UnixStream::connect(dir.path().join(boot::ENVD_SOCKET))
             .expect("connect");
     }
 

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use paddock_domain::SandboxId;
+use paddock_envd_proto::boot;
 use tokio::sync::{broadcast, watch};
 
 use crate::{RuntimeDriver, RuntimeError, SandboxHandle, SandboxSpec};
@@ -292,8 +293,8 @@ pub(crate) fn handle(id: SandboxId, init_pid: u32, state_dir: &Path) -> SandboxH
     SandboxHandle {
         id,
         init_pid,
-        envd_socket: state_dir.join(crate::ENVD_SOCKET),
-        forward_socket: state_dir.join(crate::FORWARD_SOCKET),
+        envd_socket: state_dir.join(boot::ENVD_SOCKET),
+        forward_socket: state_dir.join(boot::FORWARD_SOCKET),
     }
 }
 

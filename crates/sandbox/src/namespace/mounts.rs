@@ -17,6 +17,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use paddock_envd_proto::boot;
 
 /// A step of the setup that failed.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +111,7 @@ pub(crate) fn build_root(layout: &RootLayout<'_>) -> Result<()> {
     mount_overlay(layout, &root)?;
     // Every path setup mounts on or creates while host path resolution still applies, and
     // `/etc` (written after pivot_root, refused too for a clear error instead of a loop).
-    let run_rel = crate::SANDBOX_RUN_DIR.trim_start_matches('/');
+    let run_rel = boot::RUN_DIR.trim_start_matches('/');
     let envd_rel = crate::SANDBOX_ENVD_PATH.trim_start_matches('/');
     for rel in ["proc", "dev", "sys", "etc", run_rel, envd_rel] {
         refuse_symlinks(&root, rel)?;

@@ -22,6 +22,7 @@ use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{dup2, ForkResult};
+use paddock_envd_proto::boot;
 use serde::{Deserialize, Serialize};
 
 use super::mounts::{self, RootLayout, SetupError};
@@ -46,7 +47,7 @@ pub(crate) struct ShimSpec {
     /// `cgroup.procs` files to join before unsharing.
     pub cgroup_procs: Vec<PathBuf>,
     /// `cgroup.procs` files of the user child cgroups, handed to envd open (see
-    /// [`crate::USER_CGROUP_FDS_ENV`]).
+    /// [`paddock_envd_proto::boot::USER_CGROUP_FDS_ENV`]).
     #[serde(default)]
     pub user_cgroup_procs: Vec<PathBuf>,
     /// The sandbox's memory cgroup directory, bind-mounted read-only at `/run/paddock/memcg`
@@ -465,22 +466,18 @@ fn child_main(
             .map_err(|e| SetupError::new("building exec arguments", std::io::Error::other(e)))
     };
     let path = cstr(crate::SANDBOX_ENVD_PATH)?;
-    let args = [
-        cstr("envd")?,
-        cstr("--run-dir")?,
-        cstr(crate::SANDBOX_RUN_DIR)?,
-    ];
+    let args = [cstr("envd")?, cstr("--run-dir")?, cstr(boot::RUN_DIR)?];
     let env = [
-        cstr("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")?,
+        cstr(&format!("PATH={}", paddock_envd_proto::DEFAULT_PATH))?,
         cstr("HOME=/root")?,
-        cstr(&format!("{}={READY_FD}", crate::READY_FD_ENV))?,
+        cstr(&format!("{}={READY_FD}", boot::READY_FD_ENV))?,
         cstr(&format!(
             "{}={}",
-            crate::USER_CGROUP_FDS_ENV,
+            boot::USER_CGROUP_FDS_ENV,
             user_fds.join(",")
         ))?,
-        cstr(&format!("{}={listen_fds}", crate::LISTEN_FDS_ENV))?,
-        cstr(&format!("{}={boot_fd}", crate::BOOT_CONFIG_FD_ENV))?,
+        cstr(&format!("{}={listen_fds}", boot::LISTEN_FDS_ENV))?,
+        cstr(&format!("{}={boot_fd}", boot::BOOT_CONFIG_FD_ENV))?,
     ];
     // Last, because the filter forbids what setup needs (mounts, unshare); installed before the
     // capabilities are cut, since without `no_new_privs` installing it needs CAP_SYS_ADMIN (in

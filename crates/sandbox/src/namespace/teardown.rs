@@ -13,6 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use paddock_domain::SandboxId;
+use paddock_envd_proto::boot;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
@@ -87,8 +88,8 @@ fn release_disk(dir: &Path) -> Result<(), RuntimeError> {
     }
     for leftover in [
         dir.join(state::STATE_FILE),
-        dir.join(crate::ENVD_SOCKET),
-        dir.join(crate::FORWARD_SOCKET),
+        dir.join(boot::ENVD_SOCKET),
+        dir.join(boot::FORWARD_SOCKET),
     ] {
         match std::fs::remove_file(&leftover) {
             Ok(()) => {}
