@@ -94,4 +94,20 @@ pub mod headers {
     pub const SANDBOX_ID: &str = "e2b-sandbox-id";
     /// The port inside the sandbox a request is for (with [`SANDBOX_ID`]).
     pub const SANDBOX_PORT: &str = "e2b-sandbox-port";
+
+    /// The `Authorization` value that names the user an RPC acts as, as the SDKs send it:
+    /// `Basic base64("<user>:")` (no password).
+    pub fn basic_user(user: &str) -> String {
+        use base64::Engine as _;
+        let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
+        format!("Basic {credentials}")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn the_user_travels_as_basic_credentials() {
+            assert_eq!(super::basic_user("root"), "Basic cm9vdDo=");
+        }
+    }
 }

@@ -20,7 +20,7 @@ impl<'de> Deserialize<'de> for Base64 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(Base64::default()),
-            Some(s) => decode(&s).map(Base64).map_err(serde::de::Error::custom),
+            Some(s) => decode(&s).map(Base64).map_err(invalid_base64),
         }
     }
 }
@@ -35,16 +35,18 @@ pub mod bytes {
     /// Accepts standard or URL-safe base64, padded or not.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        decode(&s).map_err(serde::de::Error::custom)
+        decode(&s).map_err(invalid_base64)
     }
 }
 
 /// Decodes any base64 flavour (standard or URL-safe, padded or not).
-pub fn decode(s: &str) -> Result<Vec<u8>, String> {
+pub fn decode(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
     let cleaned: String = s.trim_end_matches('=').replace('-', "+").replace('_', "/");
-    base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(cleaned.as_bytes())
-        .map_err(|e| format!("invalid base64: {e}"))
+    base64::engine::general_purpose::STANDARD_NO_PAD.decode(cleaned.as_bytes())
+}
+
+fn invalid_base64<E: serde::de::Error>(e: base64::DecodeError) -> E {
+    E::custom(format_args!("invalid base64: {e}"))
 }
 
 /// A number that may arrive as a JSON number or a decimal string.

@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
@@ -354,7 +353,7 @@ impl EnvdClient {
             .header(http::header::CONTENT_TYPE, CONTENT_TYPE_CONNECT_JSON)
             .header(PROTOCOL_VERSION_HEADER, PROTOCOL_VERSION);
         if !spec.user.is_empty() {
-            req = req.header(http::header::AUTHORIZATION, basic_user(&spec.user));
+            req = req.header(http::header::AUTHORIZATION, headers::basic_user(&spec.user));
         }
         let req = req
             .body(Full::new(connect::encode(0, &payload)))
@@ -454,12 +453,6 @@ async fn http_error(resp: http::Response<Incoming>) -> EnvdClientError {
         Err(e) => format!("(the body could not be read: {e})"),
     };
     EnvdClientError::Http { status, body }
-}
-
-/// `Basic base64("<user>:")`: the credentials envd takes the acting user from.
-fn basic_user(user: &str) -> String {
-    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
-    format!("Basic {credentials}")
 }
 
 /// Percent-encodes a query value: everything but RFC 3986's unreserved characters and `/`.
@@ -640,7 +633,6 @@ mod tests {
             serde_json::to_value(start_request(&spec)).expect("encodes")["tag"],
             "t"
         );
-        assert_eq!(basic_user("root"), "Basic cm9vdDo=");
     }
 
     #[test]

@@ -1,95 +1,29 @@
 //! The CLI's client for envd, the daemon inside every sandbox, reached through the sandbox proxy
 //! over Connect with the JSON codec (spec 3.3), exactly as the SDKs call it. This module owns the
-//! Connect envelope framing ([`EnvelopeDecoder`]), the headers the SDKs send (sandbox id and
-//! port, access token, the user as Basic credentials), unary calls and server streams
+//! headers the SDKs send (sandbox id and port, access token, the user as Basic credentials),
+//! unary calls and server streams
 //! ([`Envd`], [`MessageStream`]), the mapping of proxy/envd failures to clear errors
 //! ([`RpcError`]), and the reading of process events (`data_bytes`, `end_code`). `sandbox exec`
 //! (see [`super::sandbox`]) and `sandbox shell` (see [`super::shell`]) both use it; finding a
-//! sandbox's envd through the REST API is `sandbox`'s job.
+//! sandbox's envd through the REST API is `sandbox`'s job. The framing, the error form and the
+//! RPC paths are `paddock_envd_proto`'s.
 
 use anyhow::Context;
+use paddock_envd_proto::connect::{
+    self, Decoder, EndStream, Frame, FrameError, WireError, CONTENT_TYPE_CONNECT_JSON,
+    CONTENT_TYPE_JSON, KEEPALIVE_HEADER, PROTOCOL_VERSION, PROTOCOL_VERSION_HEADER, TIMEOUT_HEADER,
+};
+use paddock_envd_proto::{headers, rpc, ENVD_PORT};
 use serde_json::{json, Value};
 
 use super::sandbox::error_message;
 
-/// Port envd listens on, as E2B's SDKs address it.
-const ENVD_PORT: u16 = 49983;
-
 /// `process.Process/Start`: a server stream of `ProcessEvent`s.
-pub(crate) const START: &str = "process.Process/Start";
-/// Connect envelope flag: the payload is compressed (never negotiated, so refused).
-const FLAG_COMPRESSED: u8 = 0x01;
-/// Connect envelope flag: the end-of-stream message (`{}` or `{"error": …}`).
-const FLAG_END_STREAM: u8 = 0x02;
+pub(crate) const START: &str = rpc::PROCESS_START;
 /// Largest envelope accepted (envd's data events carry at most 32 KiB of bytes).
 const MAX_ENVELOPE: usize = 16 << 20;
 /// Deadline of a unary call, as the SDKs' default request timeout.
 const UNARY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// A Connect stream that cannot be split into envelopes.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum FrameError {
-    /// A compressed envelope although no compression was negotiated.
-    #[error("a compressed Connect envelope (no compression was negotiated)")]
-    Compressed,
-    /// An envelope longer than [`MAX_ENVELOPE`].
-    #[error("a Connect envelope of {0} bytes (the limit is {MAX_ENVELOPE})")]
-    TooLarge(usize),
-    /// The body ended in the middle of an envelope.
-    #[error("the stream ended inside a Connect envelope ({0} bytes left over)")]
-    Truncated(usize),
-}
-
-/// One message envelope: a flag byte (0), the payload's length (4 bytes, big-endian), the payload.
-fn envelope(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 5);
-    out.push(0u8);
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-/// Splits a byte stream into Connect envelopes, wherever the chunks happen to cut it.
-#[derive(Debug, Default)]
-struct EnvelopeDecoder {
-    buf: Vec<u8>,
-}
-
-impl EnvelopeDecoder {
-    /// Appends bytes read from the body.
-    fn push(&mut self, chunk: &[u8]) {
-        self.buf.extend_from_slice(chunk);
-    }
-
-    /// The next complete envelope as `(flags, payload)`; `None` until one is fully buffered.
-    fn next_envelope(&mut self) -> Result<Option<(u8, Vec<u8>)>, FrameError> {
-        if self.buf.len() < 5 {
-            return Ok(None);
-        }
-        let flags = self.buf[0];
-        if flags & FLAG_COMPRESSED != 0 {
-            return Err(FrameError::Compressed);
-        }
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        if len > MAX_ENVELOPE {
-            return Err(FrameError::TooLarge(len));
-        }
-        if self.buf.len() < 5 + len {
-            return Ok(None);
-        }
-        let payload = self.buf[5..5 + len].to_vec();
-        self.buf.drain(..5 + len);
-        Ok(Some((flags, payload)))
-    }
-
-    /// Checks that the body ended between envelopes.
-    fn finish(&self) -> Result<(), FrameError> {
-        match self.buf.len() {
-            0 => Ok(()),
-            n => Err(FrameError::Truncated(n)),
-        }
-    }
-}
 
 /// Why a call to envd failed, in terms a user can act on.
 #[derive(Debug, thiserror::Error)]
@@ -139,11 +73,13 @@ impl RpcError {
         }
     }
 
-    /// Classifies an error status of an envd call made through the proxy of sandbox `id`.
+    /// Classifies an error status of an envd call made through the proxy of sandbox `id`: a
+    /// Connect error carries a code name, the proxy's own errors a number.
     fn from_status(id: &str, status: u16, body: &str) -> Self {
-        let code = serde_json::from_str::<Value>(body)
+        let code = serde_json::from_str::<WireError>(body)
             .ok()
-            .and_then(|v| v.get("code").and_then(Value::as_str).map(str::to_string));
+            .map(|e| e.code)
+            .filter(|c| !c.is_empty());
         let message = error_message(body);
         match (status, code) {
             (_, Some(code)) => RpcError::Connect { code, message },
@@ -155,18 +91,14 @@ impl RpcError {
             (status, None) => RpcError::Http { status, message },
         }
     }
+}
 
-    /// The error carried by an end-of-stream message, if any.
-    fn from_end_of_stream(end: &Value) -> Option<Self> {
-        let err = end.get("error")?;
-        let text = |k: &str| err.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-        let code = Some(text("code"))
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| "unknown".into());
-        Some(RpcError::Connect {
-            code,
-            message: text("message"),
-        })
+impl From<WireError> for RpcError {
+    fn from(e: WireError) -> Self {
+        RpcError::Connect {
+            code: e.code,
+            message: e.message,
+        }
     }
 }
 
@@ -195,26 +127,26 @@ impl Envd {
         }
     }
 
-    /// A request for `method` (`process.Process/Start`…) with the Connect and sandbox headers,
-    /// the access token, and the user in Basic credentials when one is given.
+    /// A request for the RPC at `path` (`/process.Process/Start`…) with the Connect and sandbox
+    /// headers, the access token, and the user in Basic credentials when one is given.
     fn request(
         &self,
-        method: &str,
+        path: &str,
         content_type: &str,
         user: Option<&str>,
     ) -> reqwest::RequestBuilder {
         let mut req = self
             .http
-            .post(format!("{}/{method}", self.base))
-            .header("Content-Type", content_type)
-            .header("Connect-Protocol-Version", "1")
-            .header("E2b-Sandbox-Id", &self.sandbox_id)
-            .header("E2b-Sandbox-Port", ENVD_PORT.to_string());
+            .post(format!("{}{path}", self.base))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .header(PROTOCOL_VERSION_HEADER, PROTOCOL_VERSION)
+            .header(headers::SANDBOX_ID, &self.sandbox_id)
+            .header(headers::SANDBOX_PORT, ENVD_PORT.to_string());
         if let Some(token) = &self.token {
-            req = req.header("X-Access-Token", token);
+            req = req.header(headers::ACCESS_TOKEN, token);
         }
         if let Some(user) = user {
-            req = req.header("Authorization", format!("Basic {}", basic_user(user)));
+            req = req.header(reqwest::header::AUTHORIZATION, headers::basic_user(user));
         }
         req
     }
@@ -224,8 +156,8 @@ impl Envd {
     pub(crate) async fn unary(&self, method: &str, message: &Value) -> Result<Value, RpcError> {
         let body = serde_json::to_vec(message).map_err(|e| RpcError::Protocol(e.to_string()))?;
         let resp = self
-            .request(method, "application/json", None)
-            .header("Connect-Timeout-Ms", UNARY_TIMEOUT.as_millis().to_string())
+            .request(method, CONTENT_TYPE_JSON, None)
+            .header(TIMEOUT_HEADER, UNARY_TIMEOUT.as_millis().to_string())
             .timeout(UNARY_TIMEOUT)
             .body(body)
             .send()
@@ -255,9 +187,9 @@ impl Envd {
     ) -> Result<MessageStream, RpcError> {
         let payload = serde_json::to_vec(message).map_err(|e| RpcError::Protocol(e.to_string()))?;
         let resp = self
-            .request(method, "application/connect+json", user)
-            .header("Keepalive-Ping-Interval", "50")
-            .body(envelope(&payload))
+            .request(method, CONTENT_TYPE_CONNECT_JSON, user)
+            .header(KEEPALIVE_HEADER, "50")
+            .body(connect::encode(0, &payload))
             .send()
             .await?;
         let status = resp.status();
@@ -271,7 +203,7 @@ impl Envd {
         }
         Ok(MessageStream {
             resp,
-            decoder: EnvelopeDecoder::default(),
+            decoder: Decoder::new(MAX_ENVELOPE),
             finished: false,
         })
     }
@@ -280,7 +212,7 @@ impl Envd {
 /// The messages of a Connect server stream, in order.
 pub(crate) struct MessageStream {
     resp: reqwest::Response,
-    decoder: EnvelopeDecoder,
+    decoder: Decoder,
     finished: bool,
 }
 
@@ -294,17 +226,22 @@ impl MessageStream {
             if self.finished {
                 return Ok(None);
             }
-            if let Some((flags, payload)) = self.decoder.next_envelope()? {
-                let value: Value = serde_json::from_slice(&payload)
-                    .map_err(|e| RpcError::Protocol(format!("a message that is not JSON: {e}")))?;
-                if flags & FLAG_END_STREAM == 0 {
-                    return Ok(Some(value));
+            match self.decoder.next_frame()? {
+                Some(Frame::Message(payload)) => {
+                    return serde_json::from_slice(&payload).map(Some).map_err(|e| {
+                        RpcError::Protocol(format!("a message that is not JSON: {e}"))
+                    })
                 }
-                self.finished = true;
-                return match RpcError::from_end_of_stream(&value) {
-                    Some(err) => Err(err),
-                    None => Ok(None),
-                };
+                Some(Frame::End(payload)) => {
+                    self.finished = true;
+                    let end = EndStream::parse(&payload).map_err(|e| {
+                        RpcError::Protocol(format!(
+                            "an end-of-stream message that is not JSON: {e}"
+                        ))
+                    })?;
+                    return end.into_result().map(|()| None).map_err(RpcError::from);
+                }
+                None => {}
             }
             match self.resp.chunk().await? {
                 Some(chunk) => self.decoder.push(&chunk),
@@ -320,12 +257,10 @@ impl MessageStream {
 
 /// The bytes of `data.<key>` (`stdout`, `stderr`, `pty`) of a `DataEvent`, if present.
 pub(crate) fn data_bytes(data: &Value, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-    use base64::Engine as _;
     let Some(b64) = data.get(key).and_then(Value::as_str) else {
         return Ok(None);
     };
-    base64::engine::general_purpose::STANDARD
-        .decode(b64)
+    paddock_envd_proto::pbjson::decode(b64)
         .map(Some)
         .with_context(|| format!("{key} is not base64"))
 }
@@ -347,12 +282,6 @@ fn signal_of(status: &str) -> u8 {
         "terminated" => 15,
         _ => 9,
     }
-}
-
-/// `user:` in base64, the Basic credentials envd reads the user from.
-fn basic_user(user: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(format!("{user}:"))
 }
 
 /// A scripted HTTP/1.1 server standing in for the sandbox proxy and envd in unit tests.
@@ -464,10 +393,12 @@ pub(crate) mod mock {
 mod tests {
     use super::*;
 
+    fn envelope(payload: &[u8]) -> Vec<u8> {
+        connect::encode(0, payload).to_vec()
+    }
+
     fn end_of_stream(payload: &[u8]) -> Vec<u8> {
-        let mut end = envelope(payload);
-        end[0] = FLAG_END_STREAM;
-        end
+        connect::encode(connect::END_STREAM_FLAG, payload).to_vec()
     }
 
     #[tokio::test]
@@ -553,7 +484,7 @@ mod tests {
         let envd = Envd::new(reqwest::Client::new(), &url, "iabc", None);
         let msg = json!({"process": {"pid": 42}});
         let err = envd
-            .unary("process.Process/Update", &msg)
+            .unary(rpc::PROCESS_UPDATE, &msg)
             .await
             .expect_err("not found");
         assert_eq!(err.code(), Some("not_found"));
@@ -579,54 +510,10 @@ mod tests {
         .await;
         let envd = Envd::new(reqwest::Client::new(), &url, "iabc", None);
         let err = envd
-            .unary("process.Process/Update", &msg)
+            .unary(rpc::PROCESS_UPDATE, &msg)
             .await
             .expect_err("502");
         assert_eq!(err.to_string(), "sandbox iabc is not running");
-    }
-
-    #[test]
-    fn envelopes_are_split_wherever_the_chunks_cut() {
-        let mut stream = envelope(br#"{"a":1}"#);
-        let mut end = envelope(b"{}");
-        end[0] = FLAG_END_STREAM;
-        stream.extend_from_slice(&end);
-        for cut in 0..stream.len() {
-            let mut d = EnvelopeDecoder::default();
-            let mut got = Vec::new();
-            for part in [&stream[..cut], &stream[cut..]] {
-                d.push(part);
-                while let Some(frame) = d.next_envelope().expect("well-formed") {
-                    got.push(frame);
-                }
-            }
-            d.finish().expect("ends between envelopes");
-            assert_eq!(
-                got,
-                vec![
-                    (0, br#"{"a":1}"#.to_vec()),
-                    (FLAG_END_STREAM, b"{}".to_vec())
-                ],
-                "cut at {cut}"
-            );
-        }
-    }
-
-    #[test]
-    fn bad_envelopes_are_refused() {
-        let mut d = EnvelopeDecoder::default();
-        d.push(&[FLAG_COMPRESSED, 0, 0, 0, 1, b'x']);
-        assert_eq!(d.next_envelope(), Err(FrameError::Compressed));
-        let mut d = EnvelopeDecoder::default();
-        d.push(&[0, 0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(
-            d.next_envelope(),
-            Err(FrameError::TooLarge(u32::MAX as usize))
-        );
-        let mut d = EnvelopeDecoder::default();
-        d.push(&[0, 0, 0, 0, 9, b'{']);
-        assert_eq!(d.next_envelope(), Ok(None));
-        assert_eq!(d.finish(), Err(FrameError::Truncated(6)));
     }
 
     #[test]
@@ -656,13 +543,14 @@ mod tests {
         assert_eq!(e.to_string(), "HTTP 500: boom");
 
         let end = json!({"error": {"code": "not_found", "message": "pid 9 not found"}});
-        let e = RpcError::from_end_of_stream(&end).expect("an error");
+        let e = RpcError::from(
+            serde_json::from_value::<EndStream>(end)
+                .expect("parses")
+                .into_result()
+                .expect_err("an error"),
+        );
         assert_eq!(e.code(), Some("not_found"));
-        assert!(RpcError::from_end_of_stream(&json!({})).is_none());
-    }
-
-    #[test]
-    fn basic_credentials_name_the_user() {
-        assert_eq!(basic_user("root"), "cm9vdDo=");
+        let e = RpcError::from_status("iabc", 502, r#"{"code":"","message":"m"}"#);
+        assert!(matches!(e, RpcError::Http { status: 502, .. }), "{e}");
     }
 }

@@ -26,11 +26,11 @@ use tokio::sync::mpsc;
 use super::envd::{data_bytes, end_code, Envd, RpcError, START};
 
 /// Unary RPC typing bytes into the process's terminal.
-const SEND_INPUT: &str = "process.Process/SendInput";
+const SEND_INPUT: &str = paddock_envd_proto::rpc::PROCESS_SEND_INPUT;
 /// Unary RPC resizing the process's terminal.
-const UPDATE: &str = "process.Process/Update";
+const UPDATE: &str = paddock_envd_proto::rpc::PROCESS_UPDATE;
 /// Unary RPC signalling the process.
-const SEND_SIGNAL: &str = "process.Process/SendSignal";
+const SEND_SIGNAL: &str = paddock_envd_proto::rpc::PROCESS_SEND_SIGNAL;
 /// Most bytes read from stdin at once.
 const READ_CHUNK: usize = 16 * 1024;
 /// Most bytes sent in one `SendInput` when queued keystrokes are batched.
