@@ -54,6 +54,10 @@ pub struct FakeNode {
     /// The samples every sandbox this node ever created has (like the real node's series,
     /// they outlive a pause); none by default.
     pub samples: Mutex<Vec<crate::MetricSample>>,
+    /// Every create answers "busy" (the node is full).
+    pub full: std::sync::atomic::AtomicBool,
+    /// Every call fails as if the node could not be reached.
+    pub down: std::sync::atomic::AtomicBool,
 }
 
 impl FakeNode {
@@ -77,6 +81,8 @@ impl FakeNode {
             build_gate: Semaphore::new(0),
             builds_abandoned: AtomicUsize::new(0),
             samples: Mutex::new(Vec::new()),
+            full: std::sync::atomic::AtomicBool::new(false),
+            down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -112,6 +118,14 @@ impl FakeNode {
         self.paused.lock().expect("lock").contains(id)
     }
 
+    /// [`NodeError`] `unavailable` while [`FakeNode::down`] is set.
+    fn reachable(&self) -> Result<(), NodeError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(NodeError::unavailable("the fake node is down"));
+        }
+        Ok(())
+    }
+
     /// Ends every event subscription (as a remote node's stream ends when it goes away);
     /// new subscriptions work.
     pub fn end_events(&self) {
@@ -144,8 +158,12 @@ impl FakeNode {
 #[async_trait]
 impl Node for FakeNode {
     async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
+        self.reachable()?;
         self.in_create.fetch_add(1, Ordering::SeqCst);
         let _done = InCreate(&self.in_create);
+        if self.full.load(Ordering::SeqCst) {
+            return Err(NodeError::busy("the fake node is full"));
+        }
         match req.template.as_str() {
             "busy" => return Err(NodeError::busy("all slots taken")),
             "broken" => {
@@ -182,6 +200,7 @@ impl Node for FakeNode {
     }
 
     async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.reachable()?;
         let fail = self
             .kill_failures
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -196,6 +215,7 @@ impl Node for FakeNode {
     }
 
     async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
+        self.reachable()?;
         if let Some(info) = self.built_info(name) {
             return Ok(Some(info));
         }
@@ -208,6 +228,7 @@ impl Node for FakeNode {
     }
 
     async fn list_templates(&self) -> Result<Vec<crate::TemplateSummary>, NodeError> {
+        self.reachable()?;
         let mut all: Vec<crate::TemplateSummary> = ["base", "broken", "busy", "fragile", "slow"]
             .iter()
             .map(|n| crate::TemplateSummary {
@@ -346,6 +367,7 @@ impl Node for FakeNode {
     }
 
     async fn live(&self) -> Result<Vec<SandboxId>, NodeError> {
+        self.reachable()?;
         Ok(self.live.lock().expect("lock").iter().cloned().collect())
     }
 
@@ -366,6 +388,7 @@ impl Node for FakeNode {
     }
 
     async fn status(&self, id: &SandboxId) -> Result<Option<SandboxStatus>, NodeError> {
+        self.reachable()?;
         if !self.live.lock().expect("lock").contains(id) {
             return Ok(None);
         }
@@ -377,6 +400,7 @@ impl Node for FakeNode {
     }
 
     async fn reconcile(&self, expected: &[SandboxId]) -> Result<Vec<SandboxId>, NodeError> {
+        self.reachable()?;
         let live = self.live.lock().expect("lock");
         Ok(expected
             .iter()
@@ -391,6 +415,7 @@ impl Node for FakeNode {
     }
 
     async fn pause(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.reachable()?;
         if !self.live.lock().expect("lock").contains(id) {
             return Err(NodeError::sandbox_not_found(id));
         }
@@ -410,6 +435,7 @@ impl Node for FakeNode {
     }
 
     async fn resume(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.reachable()?;
         if !self.live.lock().expect("lock").contains(id) {
             return Err(NodeError::sandbox_not_found(id));
         }

@@ -1,0 +1,691 @@
+//! Many nodes as one [`Node`]: [`NodeSet`] is what the control plane of a cluster talks to.
+//! Creates (and builds) are placed by [`paddock_placement`] (best of K ready nodes, retried
+//! on up to three nodes when one is full or fails, circuit breakers for failing ones); every
+//! other call about a sandbox goes to the node that holds it ([`NodeSet::owner_of`]); calls
+//! about templates go to every node. Members come and go at runtime ([`NodeSet::add`],
+//! [`NodeSet::remove`]); each member's events are merged into the set's stream, and when a
+//! member's stream ends (it went away, or restarted) the set subscribes again and reports as
+//! exited what the member no longer holds.
+//!
+//! A member's sandboxes are known from the creates that went through the set, from
+//! [`Node::reconcile`] and, for an id the set has not seen, by asking every member's
+//! [`Node::status`]. Removing a member reports its sandboxes as exited (lost with it).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use paddock_domain::{EgressPolicy, Resources, SandboxId, TemplateName};
+use paddock_node_contract::build::{BuildError, BuildRequest, Built, LogSink};
+use paddock_node_contract::{
+    CreateRequest, ErrorCode, LogEntry, MetricSample, MetricsRange, Node, NodeError, NodeEvent,
+    NodeSandbox, PoolStats, SandboxStatus, SnapshotMade, TemplateInfo, TemplateSummary,
+    EVENT_BUFFER,
+};
+use paddock_placement::{
+    Answer, Capacity, Demand, Load, NodeStatus, NodeView, PlaceError, Placer, PlacerConfig,
+    Request, Usage,
+};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+/// How many nodes one create is tried on.
+pub const CREATE_TRIES: usize = 3;
+/// How long a member's event pump waits before subscribing again, at first and at most.
+const RESUBSCRIBE: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
+
+struct Member {
+    node: Arc<dyn Node>,
+    pump: JoinHandle<()>,
+}
+
+/// Where a sandbox runs and what placement counted for it there.
+#[derive(Debug, Clone)]
+struct Owner {
+    node: String,
+    demand: Demand,
+}
+
+struct Inner {
+    members: RwLock<HashMap<String, Member>>,
+    placer: Mutex<Placer>,
+    owners: RwLock<HashMap<SandboxId, Owner>>,
+    events: broadcast::Sender<NodeEvent>,
+}
+
+/// The nodes of a cluster as one [`Node`]. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeSet {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NodeSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let members: Vec<String> = self.member_ids();
+        f.debug_struct("NodeSet")
+            .field("members", &members)
+            .finish()
+    }
+}
+
+impl Default for NodeSet {
+    fn default() -> Self {
+        Self::new(PlacerConfig::default())
+    }
+}
+
+/// What placement counts for a create that does not name its limits (the template's are
+/// only known to the node): the platform's default sandbox.
+fn demand_of(resources: Option<&Resources>) -> Demand {
+    Demand::from(resources.unwrap_or(&Resources::default()))
+}
+
+/// How a node's failed create counts for placement.
+fn answer_of(e: &NodeError) -> Answer {
+    match e.code {
+        ErrorCode::Busy => Answer::Full,
+        // Templates are per node until the control plane is their catalog: another node
+        // may have it; the node is healthy.
+        ErrorCode::TemplateNotFound => Answer::Full,
+        ErrorCode::Unavailable | ErrorCode::Internal => Answer::NodeFailed,
+        _ => Answer::Rejected,
+    }
+}
+
+fn place_error(e: &PlaceError) -> NodeError {
+    match e {
+        PlaceError::AllFull { .. } | PlaceError::PinnedFull { .. } => NodeError::busy(e),
+        PlaceError::NoReadyNode | PlaceError::PinnedUnavailable { .. } => {
+            NodeError::unavailable(e.to_string())
+        }
+    }
+}
+
+impl NodeSet {
+    /// An empty set.
+    pub fn new(config: PlacerConfig) -> Self {
+        NodeSet {
+            inner: Arc::new(Inner {
+                members: RwLock::new(HashMap::new()),
+                placer: Mutex::new(Placer::new(config)),
+                owners: RwLock::new(HashMap::new()),
+                events: broadcast::channel(EVENT_BUFFER).0,
+            }),
+        }
+    }
+
+    /// Adds (or replaces) member `id`, ready to take sandboxes up to `capacity`.
+    pub fn add(&self, id: &str, node: Arc<dyn Node>, capacity: Capacity) {
+        let pump = tokio::spawn(pump_events(
+            Arc::downgrade(&self.inner),
+            id.to_string(),
+            Arc::clone(&node),
+        ));
+        let old = self
+            .inner
+            .members
+            .write()
+            .expect("members lock")
+            .insert(id.to_string(), Member { node, pump });
+        if let Some(old) = old {
+            old.pump.abort();
+        }
+        self.inner
+            .placer
+            .lock()
+            .expect("placer lock")
+            .upsert(NodeView::new(id, capacity));
+        tracing::info!(node = id, "node joined the set");
+    }
+
+    /// Removes member `id`; its sandboxes are lost with it and reported as exited.
+    pub fn remove(&self, id: &str) -> bool {
+        let member = self.inner.members.write().expect("members lock").remove(id);
+        self.inner.placer.lock().expect("placer lock").remove(id);
+        let Some(member) = member else {
+            return false;
+        };
+        member.pump.abort();
+        let lost: Vec<SandboxId> = {
+            let mut owners = self.inner.owners.write().expect("owners lock");
+            let lost: Vec<SandboxId> = owners
+                .iter()
+                .filter(|(_, o)| o.node == id)
+                .map(|(s, _)| s.clone())
+                .collect();
+            for s in &lost {
+                owners.remove(s);
+            }
+            lost
+        };
+        tracing::warn!(
+            node = id,
+            sandboxes = lost.len(),
+            "node left the set; its sandboxes are lost"
+        );
+        for sandbox in lost {
+            let _ = self.inner.events.send(NodeEvent::Exited { id: sandbox });
+        }
+        true
+    }
+
+    /// Sets member `id`'s status (only `Ready` members take new sandboxes).
+    pub fn set_status(&self, id: &str, status: NodeStatus) -> bool {
+        self.inner
+            .placer
+            .lock()
+            .expect("placer lock")
+            .set_status(id, status)
+    }
+
+    /// Records what member `id` reported it holds and how loaded it is.
+    pub fn report(&self, id: &str, allocated: Usage, load: Load) -> bool {
+        self.inner
+            .placer
+            .lock()
+            .expect("placer lock")
+            .report(id, allocated, load)
+    }
+
+    /// The members' ids, sorted.
+    pub fn member_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .inner
+            .members
+            .read()
+            .expect("members lock")
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The member that holds sandbox `id`, if the set knows it.
+    pub fn owner_of(&self, id: &SandboxId) -> Option<String> {
+        self.inner
+            .owners
+            .read()
+            .expect("owners lock")
+            .get(id)
+            .map(|o| o.node.clone())
+    }
+
+    /// The sandboxes the set knows on member `node`.
+    pub fn sandboxes_on(&self, node: &str) -> Vec<SandboxId> {
+        let mut ids: Vec<SandboxId> = self
+            .inner
+            .owners
+            .read()
+            .expect("owners lock")
+            .iter()
+            .filter(|(_, o)| o.node == node)
+            .map(|(s, _)| s.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn member(&self, id: &str) -> Option<Arc<dyn Node>> {
+        self.inner
+            .members
+            .read()
+            .expect("members lock")
+            .get(id)
+            .map(|m| Arc::clone(&m.node))
+    }
+
+    fn members(&self) -> Vec<(String, Arc<dyn Node>)> {
+        let mut all: Vec<(String, Arc<dyn Node>)> = self
+            .inner
+            .members
+            .read()
+            .expect("members lock")
+            .iter()
+            .map(|(id, m)| (id.clone(), Arc::clone(&m.node)))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Records that `sandbox` runs on `node`, holding `demand` (a sandbox the set learns of
+    /// from a node counts as the default sandbox until the node's next report).
+    fn own(&self, sandbox: &SandboxId, node: &str, demand: Option<Demand>) {
+        let mut owners = self.inner.owners.write().expect("owners lock");
+        let known = owners.get(sandbox).is_some_and(|o| o.node == node);
+        if known && demand.is_none() {
+            return;
+        }
+        owners.insert(
+            sandbox.clone(),
+            Owner {
+                node: node.to_string(),
+                demand: demand.unwrap_or_else(|| demand_of(None)),
+            },
+        );
+    }
+
+    fn disown(&self, sandbox: &SandboxId) {
+        let gone = self
+            .inner
+            .owners
+            .write()
+            .expect("owners lock")
+            .remove(sandbox);
+        if let Some(o) = gone {
+            free(&self.inner, &o);
+        }
+    }
+
+    /// The member holding `sandbox`: the one on record, else the first that reports it.
+    async fn holder(&self, sandbox: &SandboxId) -> Result<Option<Arc<dyn Node>>, NodeError> {
+        if let Some(owner) = self.owner_of(sandbox) {
+            return match self.member(&owner) {
+                Some(node) => Ok(Some(node)),
+                None => Err(NodeError::unavailable(format!(
+                    "node {owner} that holds sandbox {sandbox} is not in the cluster"
+                ))),
+            };
+        }
+        for (id, node) in self.members() {
+            if node.status(sandbox).await?.is_some() {
+                self.own(sandbox, &id, None);
+                return Ok(Some(node));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn holder_or_not_found(&self, sandbox: &SandboxId) -> Result<Arc<dyn Node>, NodeError> {
+        self.holder(sandbox)
+            .await?
+            .ok_or_else(|| NodeError::sandbox_not_found(sandbox))
+    }
+
+    /// Places a request of `demand` (excluding `tried`), reserving it.
+    fn place(
+        &self,
+        demand: Demand,
+        template: &TemplateName,
+        pin: Option<&str>,
+        tried: &HashSet<String>,
+    ) -> Result<paddock_placement::Placement, NodeError> {
+        let mut req = Request::new(demand).with_template(template.clone());
+        if let Some(pin) = pin {
+            req = req.pinned_to(pin);
+        }
+        for t in tried {
+            req = req.excluding(t.clone());
+        }
+        self.inner
+            .placer
+            .lock()
+            .expect("placer lock")
+            .place(&req, Instant::now())
+            .map_err(|e| place_error(&e))
+    }
+
+    fn release(&self, p: &paddock_placement::Placement, answer: Answer) {
+        self.inner
+            .placer
+            .lock()
+            .expect("placer lock")
+            .release(p, answer, Instant::now());
+    }
+}
+
+/// Gives back what placement counted for a sandbox that ended.
+fn free(inner: &Inner, owner: &Owner) {
+    inner
+        .placer
+        .lock()
+        .expect("placer lock")
+        .free(&owner.node, &owner.demand);
+}
+
+/// Copies member `id`'s events into the set's stream, subscribing again (and reporting as
+/// exited what the member no longer holds) whenever its stream ends, until the set is gone.
+async fn pump_events(set: std::sync::Weak<Inner>, id: String, node: Arc<dyn Node>) {
+    let mut wait = RESUBSCRIBE.0;
+    let mut first = true;
+    loop {
+        let rx = node.events().await;
+        let Some(inner) = set.upgrade() else { return };
+        let mut rx = match rx {
+            Ok(rx) => {
+                wait = RESUBSCRIBE.0;
+                if !first {
+                    sweep(&inner, &id, node.as_ref()).await;
+                }
+                first = false;
+                rx
+            }
+            Err(e) => {
+                tracing::warn!(node = %id, error = %e, "cannot subscribe to the node's events");
+                drop(inner);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RESUBSCRIBE.1);
+                continue;
+            }
+        };
+        drop(inner);
+        loop {
+            match rx.recv().await {
+                Ok(event) => {
+                    let Some(inner) = set.upgrade() else { return };
+                    let NodeEvent::Exited { id: sandbox } = &event;
+                    let gone = inner.owners.write().expect("owners lock").remove(sandbox);
+                    if let Some(o) = gone {
+                        free(&inner, &o);
+                    }
+                    let _ = inner.events.send(event);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let Some(inner) = set.upgrade() else { return };
+                    sweep(&inner, &id, node.as_ref()).await;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+        tracing::warn!(node = %id, "the node's event stream ended; subscribing again");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Reports as exited every sandbox the set places on member `id` that it no longer holds.
+async fn sweep(inner: &Inner, id: &str, node: &dyn Node) {
+    let Ok(live) = node.live().await else {
+        return;
+    };
+    let live: HashSet<SandboxId> = live.into_iter().collect();
+    let gone: Vec<(SandboxId, Owner)> = {
+        let mut owners = inner.owners.write().expect("owners lock");
+        let gone: Vec<SandboxId> = owners
+            .iter()
+            .filter(|(s, o)| o.node == id && !live.contains(*s))
+            .map(|(s, _)| s.clone())
+            .collect();
+        gone.into_iter()
+            .filter_map(|s| owners.remove(&s).map(|o| (s, o)))
+            .collect()
+    };
+    for (sandbox, owner) in gone {
+        free(inner, &owner);
+        let _ = inner.events.send(NodeEvent::Exited { id: sandbox });
+    }
+}
+
+#[async_trait]
+impl Node for NodeSet {
+    async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
+        let demand = demand_of(req.resources.as_ref());
+        // A claimed warm sandbox is handed over where it waits.
+        let pin = self.owner_of(&req.id);
+        let mut tried = HashSet::new();
+        let mut last = None;
+        for _ in 0..CREATE_TRIES {
+            let placed = match self.place(demand, &req.template, pin.as_deref(), &tried) {
+                Ok(p) => p,
+                Err(e) => return Err(last.unwrap_or(e)),
+            };
+            let node_id = placed.node().to_string();
+            let Some(node) = self.member(&node_id) else {
+                self.release(&placed, Answer::NodeFailed);
+                tried.insert(node_id);
+                continue;
+            };
+            match node.create(req.clone()).await {
+                Ok(made) => {
+                    self.release(&placed, Answer::Created);
+                    self.own(&made.id, &node_id, Some(Demand::from(&made.resources)));
+                    return Ok(made);
+                }
+                Err(e) => {
+                    let answer = answer_of(&e);
+                    self.release(&placed, answer);
+                    tracing::warn!(node = %node_id, sandbox_id = %req.id, error = %e, "create failed on a node");
+                    if !answer.retry_elsewhere() || pin.is_some() {
+                        if pin.is_some() {
+                            self.disown(&req.id);
+                        }
+                        return Err(e);
+                    }
+                    tried.insert(node_id);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| NodeError::unavailable("no node could take the sandbox")))
+    }
+
+    async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {
+        let holder = match self.holder(id).await {
+            Ok(h) => h,
+            // The node that held it is gone: so is the sandbox.
+            Err(e) if e.is(ErrorCode::Unavailable) && self.owner_of(id).is_some() => {
+                let owner = self.owner_of(id).unwrap_or_default();
+                if self.member(&owner).is_none() {
+                    self.disown(id);
+                    return Ok(());
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(node) = holder {
+            node.kill(id).await?;
+        }
+        self.disown(id);
+        Ok(())
+    }
+
+    async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
+        for (_, node) in self.members() {
+            if let Some(t) = node.template(name).await? {
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn claim_warm(&self, req: &CreateRequest) -> Result<Option<SandboxId>, NodeError> {
+        let demand = demand_of(req.resources.as_ref());
+        let placed = match self.place(demand, &req.template, None, &HashSet::new()) {
+            Ok(p) => p,
+            Err(_) => return Ok(None),
+        };
+        let node_id = placed.node().to_string();
+        // Not a create: the reservation is only for the choice.
+        self.release(&placed, Answer::Rejected);
+        let Some(node) = self.member(&node_id) else {
+            return Ok(None);
+        };
+        let claimed = node.claim_warm(req).await?;
+        if let Some(id) = &claimed {
+            self.own(id, &node_id, None);
+        }
+        Ok(claimed)
+    }
+
+    async fn pool_stats(&self) -> Result<PoolStats, NodeError> {
+        let mut all = PoolStats::default();
+        for (_, node) in self.members() {
+            let s = node.pool_stats().await?;
+            all.pools.extend(s.pools);
+            all.hits += s.hits;
+            all.misses += s.misses;
+            all.fill_failures += s.fill_failures;
+            all.claimed += s.claimed;
+        }
+        Ok(all)
+    }
+
+    /// Every member's live sandboxes; fails if a member cannot answer (a node that is only
+    /// slow must not make its sandboxes look gone).
+    async fn live(&self) -> Result<Vec<SandboxId>, NodeError> {
+        let mut all = Vec::new();
+        for (id, node) in self.members() {
+            for sandbox in node.live().await? {
+                self.own(&sandbox, &id, None);
+                all.push(sandbox);
+            }
+        }
+        Ok(all)
+    }
+
+    async fn events(&self) -> Result<broadcast::Receiver<NodeEvent>, NodeError> {
+        Ok(self.inner.events.subscribe())
+    }
+
+    async fn status(&self, id: &SandboxId) -> Result<Option<SandboxStatus>, NodeError> {
+        match self.holder(id).await? {
+            Some(node) => node.status(id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn update_network(&self, id: &SandboxId, policy: EgressPolicy) -> Result<(), NodeError> {
+        self.holder_or_not_found(id)
+            .await?
+            .update_network(id, policy)
+            .await
+    }
+
+    async fn metrics(
+        &self,
+        id: &SandboxId,
+        range: MetricsRange,
+    ) -> Result<Vec<MetricSample>, NodeError> {
+        match self.holder(id).await? {
+            Some(node) => node.metrics(id, range).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn latest_metrics(
+        &self,
+        ids: &[SandboxId],
+    ) -> Result<HashMap<SandboxId, MetricSample>, NodeError> {
+        let mut by_node: HashMap<String, Vec<SandboxId>> = HashMap::new();
+        for id in ids {
+            if let Some(owner) = self.owner_of(id) {
+                by_node.entry(owner).or_default().push(id.clone());
+            }
+        }
+        let mut out = HashMap::new();
+        for (owner, ids) in by_node {
+            if let Some(node) = self.member(&owner) {
+                out.extend(node.latest_metrics(&ids).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn reconcile(&self, expected: &[SandboxId]) -> Result<Vec<SandboxId>, NodeError> {
+        let mut kept = Vec::new();
+        for (id, node) in self.members() {
+            for sandbox in node.reconcile(expected).await? {
+                self.own(&sandbox, &id, None);
+                kept.push(sandbox);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Nothing: the nodes of a cluster outlive its control plane.
+    async fn shutdown(&self) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    async fn envd_logs(&self, id: &SandboxId) -> Result<Vec<LogEntry>, NodeError> {
+        match self.holder(id).await? {
+            Some(node) => node.envd_logs(id).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn pause(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.holder_or_not_found(id).await?.pause(id).await
+    }
+
+    async fn resume(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.holder_or_not_found(id).await?.resume(id).await
+    }
+
+    async fn pause_to_disk(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.holder_or_not_found(id).await?.pause_to_disk(id).await
+    }
+
+    async fn snapshot(
+        &self,
+        id: &SandboxId,
+        name: &TemplateName,
+    ) -> Result<SnapshotMade, NodeError> {
+        self.holder_or_not_found(id).await?.snapshot(id, name).await
+    }
+
+    async fn list_templates(&self) -> Result<Vec<TemplateSummary>, NodeError> {
+        let mut by_name: HashMap<TemplateName, TemplateSummary> = HashMap::new();
+        for (_, node) in self.members() {
+            for t in node.list_templates().await? {
+                by_name.entry(t.name.clone()).or_insert(t);
+            }
+        }
+        let mut all: Vec<TemplateSummary> = by_name.into_values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    async fn delete_template(&self, name: &TemplateName) -> Result<bool, NodeError> {
+        let mut deleted = false;
+        for (_, node) in self.members() {
+            deleted |= node.delete_template(name).await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn copy_template(
+        &self,
+        from: &TemplateName,
+        to: &TemplateName,
+    ) -> Result<TemplateInfo, NodeError> {
+        let mut copied = None;
+        for (_, node) in self.members() {
+            match node.copy_template(from, to).await {
+                Ok(t) => copied = Some(t),
+                Err(e) if e.is(ErrorCode::TemplateNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        copied.ok_or_else(|| NodeError::template_not_found(from))
+    }
+
+    async fn build(&self, req: BuildRequest, logs: LogSink) -> Result<Built, BuildError> {
+        let failed = |message: String| BuildError {
+            step: paddock_template_base_step(),
+            message,
+        };
+        let demand = Demand::from(&req.resources);
+        let placed = self
+            .place(demand, &req.name, None, &HashSet::new())
+            .map_err(|e| failed(e.message))?;
+        let node_id = placed.node().to_string();
+        self.release(&placed, Answer::Rejected);
+        let node = self
+            .member(&node_id)
+            .ok_or_else(|| failed(format!("node {node_id} left the cluster")))?;
+        tracing::info!(node = %node_id, template = %req.name, "building a template");
+        node.build(req, logs).await
+    }
+}
+
+/// The step a build failure before any step is reported in (E2B's `base`).
+fn paddock_template_base_step() -> String {
+    "base".to_string()
+}
+
+#[cfg(test)]
+mod tests;

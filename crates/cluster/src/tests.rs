@@ -1,0 +1,258 @@
+use std::sync::atomic::Ordering;
+
+use paddock_node_contract::fake::FakeNode;
+
+use super::*;
+
+fn cap() -> Capacity {
+    Capacity {
+        cpus: 64,
+        memory_mb: 16 * 1024,
+        disk_mb: 200_000,
+        max_sandboxes: 20,
+    }
+}
+
+fn set_of(n: usize) -> (NodeSet, Vec<Arc<FakeNode>>) {
+    let set = NodeSet::default();
+    let nodes: Vec<Arc<FakeNode>> = (0..n).map(|_| FakeNode::new()).collect();
+    for (i, node) in nodes.iter().enumerate() {
+        set.add(&format!("n{i}"), node.clone(), cap());
+    }
+    (set, nodes)
+}
+
+fn request() -> CreateRequest {
+    CreateRequest {
+        id: SandboxId::generate(),
+        template: TemplateName::parse("base").expect("name"),
+        env_vars: HashMap::new(),
+        access_token: "t".into(),
+        resources: None,
+        network: EgressPolicy::default(),
+        start_cmd: true,
+    }
+}
+
+fn count(node: &FakeNode) -> usize {
+    node.live.lock().expect("lock").len()
+}
+
+async fn next_event(rx: &mut broadcast::Receiver<NodeEvent>) -> NodeEvent {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("an event in time")
+        .expect("event")
+}
+
+#[tokio::test]
+async fn creates_spread_over_the_nodes() {
+    let (set, nodes) = set_of(3);
+    for _ in 0..30 {
+        set.create(request()).await.expect("create");
+    }
+    let counts: Vec<usize> = nodes.iter().map(|n| count(n)).collect();
+    assert_eq!(counts.iter().sum::<usize>(), 30);
+    assert!(counts.iter().all(|&c| c <= 18), "none over 60%: {counts:?}");
+    // Each sandbox is known where it runs.
+    for (i, node) in nodes.iter().enumerate() {
+        for id in node.live.lock().expect("lock").iter() {
+            assert_eq!(set.owner_of(id).as_deref(), Some(format!("n{i}").as_str()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_full_or_failing_node_is_skipped_and_the_create_retried_elsewhere() {
+    let (set, nodes) = set_of(3);
+    nodes[0].full.store(true, Ordering::SeqCst);
+    nodes[1].down.store(true, Ordering::SeqCst);
+    for _ in 0..10 {
+        set.create(request())
+            .await
+            .expect("create lands on the healthy node");
+    }
+    assert_eq!(count(&nodes[2]), 10);
+    assert_eq!(count(&nodes[0]) + count(&nodes[1]), 0);
+
+    // With no node able to take it, the create fails with the last node's reason.
+    nodes[2].full.store(true, Ordering::SeqCst);
+    let err = set
+        .create(request())
+        .await
+        .expect_err("every node full or down");
+    assert!(
+        matches!(err.code, ErrorCode::Busy | ErrorCode::Unavailable),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_draining_node_takes_no_new_sandboxes_but_keeps_serving_its_own() {
+    let (set, nodes) = set_of(2);
+    let first = set.create(request()).await.expect("create").id;
+    let owner = set.owner_of(&first).expect("owner");
+    set.set_status(&owner, NodeStatus::Draining);
+    for _ in 0..5 {
+        let id = set.create(request()).await.expect("create").id;
+        assert_ne!(set.owner_of(&id), Some(owner.clone()));
+    }
+    set.pause(&first).await.expect("pause on the draining node");
+    let holder = if owner == "n0" { &nodes[0] } else { &nodes[1] };
+    assert!(holder.is_paused(&first));
+}
+
+#[tokio::test]
+async fn calls_about_a_sandbox_go_to_its_node() {
+    let (set, nodes) = set_of(2);
+    let id = set.create(request()).await.expect("create").id;
+    let (holder, other) = match set.owner_of(&id).as_deref() {
+        Some("n0") => (&nodes[0], &nodes[1]),
+        _ => (&nodes[1], &nodes[0]),
+    };
+    set.pause(&id).await.expect("pause");
+    assert!(holder.is_paused(&id));
+    assert_eq!(
+        set.status(&id).await.expect("status"),
+        Some(SandboxStatus::Paused(
+            paddock_node_contract::PauseMode::Memory
+        ))
+    );
+    set.resume(&id).await.expect("resume");
+    set.kill(&id).await.expect("kill");
+    assert!(holder.was_killed(id.as_str()));
+    assert!(!other.was_killed(id.as_str()));
+    assert_eq!(set.owner_of(&id), None);
+    assert_eq!(
+        set.pause(&id).await.expect_err("gone").code,
+        ErrorCode::SandboxNotFound
+    );
+
+    // A sandbox the set did not place (e.g. before a restart) is found by asking.
+    let direct = request();
+    let direct_id = direct.id.clone();
+    nodes[1].create(direct).await.expect("direct create");
+    assert_eq!(
+        set.status(&direct_id).await.expect("status"),
+        Some(SandboxStatus::Running)
+    );
+    assert_eq!(set.owner_of(&direct_id).as_deref(), Some("n1"));
+}
+
+#[tokio::test]
+async fn events_of_every_node_arrive_and_a_lost_node_loses_its_sandboxes() {
+    let (set, nodes) = set_of(2);
+    let mut events = set.events().await.expect("subscribe");
+    let on = |i: usize| {
+        let node = nodes[i].clone();
+        async move {
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+                if node.event_subscribers() > 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the set never subscribed to n{i}");
+        }
+    };
+    on(0).await;
+    on(1).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(set.create(request()).await.expect("create").id);
+    }
+    let on_n0 = set.sandboxes_on("n0");
+    let on_n1 = set.sandboxes_on("n1");
+    assert!(
+        !on_n0.is_empty() && !on_n1.is_empty(),
+        "{on_n0:?} {on_n1:?}"
+    );
+
+    nodes[1].die(on_n1[0].as_str());
+    assert_eq!(
+        next_event(&mut events).await,
+        NodeEvent::Exited {
+            id: on_n1[0].clone()
+        }
+    );
+    assert_eq!(set.owner_of(&on_n1[0]), None);
+
+    // n0 leaves: every sandbox on it is reported gone.
+    assert!(set.remove("n0"));
+    let mut lost = Vec::new();
+    for _ in 0..on_n0.len() {
+        let NodeEvent::Exited { id } = next_event(&mut events).await;
+        lost.push(id);
+    }
+    lost.sort();
+    assert_eq!(lost, on_n0);
+    assert!(set.member_ids() == vec!["n1".to_string()]);
+}
+
+#[tokio::test]
+async fn a_node_whose_event_stream_ends_is_swept_for_what_died_meanwhile() {
+    let (set, nodes) = set_of(1);
+    let mut events = set.events().await.expect("subscribe");
+    let a = set.create(request()).await.expect("create").id;
+    let b = set.create(request()).await.expect("create").id;
+    while nodes[0].event_subscribers() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    nodes[0].vanish(a.as_str());
+    nodes[0].end_events();
+    assert_eq!(next_event(&mut events).await, NodeEvent::Exited { id: a });
+    // Events flow again on the new subscription.
+    while nodes[0].event_subscribers() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    nodes[0].die(b.as_str());
+    assert_eq!(next_event(&mut events).await, NodeEvent::Exited { id: b });
+}
+
+#[tokio::test]
+async fn an_unreachable_node_fails_live_instead_of_hiding_its_sandboxes() {
+    let (set, nodes) = set_of(2);
+    set.create(request()).await.expect("create");
+    nodes[0].down.store(true, Ordering::SeqCst);
+    assert_eq!(
+        set.live().await.expect_err("n0 is down").code,
+        ErrorCode::Unavailable
+    );
+}
+
+#[tokio::test]
+async fn an_empty_set_has_no_room() {
+    let set = NodeSet::default();
+    let err = set.create(request()).await.expect_err("no nodes");
+    assert_eq!(err.code, ErrorCode::Unavailable);
+    assert!(set.live().await.expect("live").is_empty());
+}
+
+#[tokio::test]
+async fn what_ends_gives_its_room_back() {
+    let set = NodeSet::default();
+    let node = FakeNode::new();
+    let small = Capacity {
+        max_sandboxes: 2,
+        ..cap()
+    };
+    set.add("n0", node.clone(), small);
+    let a = set.create(request()).await.expect("first").id;
+    let b = set.create(request()).await.expect("second").id;
+    assert_eq!(
+        set.create(request()).await.expect_err("full").code,
+        ErrorCode::Busy
+    );
+    set.kill(&a).await.expect("kill");
+    let c = set.create(request()).await.expect("room after a kill").id;
+    // An exit gives room back too.
+    while node.event_subscribers() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut events = set.events().await.expect("subscribe");
+    node.die(b.as_str());
+    next_event(&mut events).await;
+    set.create(request()).await.expect("room after an exit");
+    assert!(set.owner_of(&c).is_some());
+}
