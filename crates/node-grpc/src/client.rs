@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,21 +17,20 @@ use paddock_node_contract::{
     CreateRequest, LogEntry, MetricSample, MetricsRange, Node, NodeError, NodeEvent, NodeSandbox,
     PoolStats, SandboxStatus, SnapshotMade, TemplateInfo, TemplateSummary, EVENT_BUFFER,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Request;
 
 use crate::convert;
 use crate::proto as p;
 use crate::proto::node_client::NodeClient;
-use crate::server::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
+use crate::server::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES};
 use crate::status::from_status;
 
 /// Deadline of calls that only read or flip state on the node.
 pub const QUICK_CALL: Duration = Duration::from_secs(15);
 /// Deadline of calls that start or copy a sandbox or a template.
 pub const LONG_CALL: Duration = Duration::from_secs(600);
-/// How long a TCP connect plus TLS handshake may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::tls::CONNECT_TIMEOUT;
 
 /// Why a client could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -69,26 +67,7 @@ impl GrpcNode {
         expect: ExpectedPeer,
     ) -> Result<Self, ClientError> {
         let tls = paddock_cluster_tls::client_config(identity, expect)?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-        let connect = tower::service_fn(move |_uri: tonic::transport::Uri| {
-            let connector = connector.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                tcp.set_nodelay(true)?;
-                // Host names are not checked (the verifier checks the CA and the member's
-                // role and id); the address only fills SNI's place.
-                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        });
-        let channel = Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true)
-            .connect_with_connector_lazy(connect);
+        let channel = crate::tls::channel(addr, tls)?;
         let client = NodeClient::new(channel)
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .max_encoding_message_size(MAX_REQUEST_BYTES);

@@ -5,13 +5,15 @@
 //! - [`GrpcNode`] is a remote node as an implementation of the trait, for the control plane.
 //!
 //! Modules: [`proto`] (generated), `convert` (contract types ↔ messages), [`status`] (errors ↔
-//! gRPC statuses), [`server`], [`client`].
+//! gRPC statuses), [`tls`] (mutual-TLS connections for any cluster service), [`server`],
+//! [`client`].
 #![warn(missing_docs)]
 
 pub mod client;
 mod convert;
 pub mod server;
 pub mod status;
+pub mod tls;
 
 /// The generated messages, client and server of `paddock.node.v1`.
 pub mod proto {
@@ -21,4 +23,5 @@ pub mod proto {
 
 pub use client::{ClientError, GrpcNode};
 pub use convert::Invalid;
-pub use server::{caller, serve, PeerInfo, ServeConfig, ServeError};
+pub use server::{serve, ServeConfig, ServeError};
+pub use tls::{caller, incoming, AcceptHandle, Authed, PeerInfo};

@@ -8,18 +8,13 @@
 //! [`MAX_REQUEST_BYTES`] are refused.
 
 use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
-use paddock_cluster_tls::{ClientAuth, MemberIdentity, PeerIdentity, Role};
+use paddock_cluster_tls::{ClientAuth, MemberIdentity, Role};
 use paddock_node_contract::{build::BuildError, Node, NodeError};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
@@ -29,17 +24,12 @@ use crate::proto as p;
 use crate::proto::node_server::{Node as NodeRpc, NodeServer};
 use crate::status::{invalid, to_status};
 
-/// How long a TLS handshake may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::tls::HANDSHAKE_TIMEOUT;
 /// Largest request accepted (a build's recipe is the largest: 256 steps of up to 64 KiB).
 pub const MAX_REQUEST_BYTES: usize = 32 << 20;
 /// Largest answer sent (a sandbox's envd log is at most 4 MiB of text).
 pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
-/// HTTP/2 keepalive: a ping this often, and a peer that does not answer within
-/// [`KEEPALIVE_TIMEOUT`] is gone.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// See [`KEEPALIVE_INTERVAL`].
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::tls::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 
 /// How [`serve`] runs.
 #[derive(Clone)]
@@ -74,138 +64,6 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Who is calling, as the connection's certificate says (in each request's extensions, see
-/// [`caller`]).
-#[derive(Debug, Clone)]
-pub struct PeerInfo {
-    /// The verified identity.
-    pub identity: PeerIdentity,
-    /// Its address.
-    pub remote: SocketAddr,
-}
-
-/// The verified caller of a request served by [`serve`].
-pub fn caller<T>(req: &Request<T>) -> Option<&PeerInfo> {
-    req.extensions().get::<PeerInfo>()
-}
-
-/// A TLS connection whose peer was verified, holding its slot of the connection limit.
-struct Authed {
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
-    info: PeerInfo,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl tonic::transport::server::Connected for Authed {
-    type ConnectInfo = PeerInfo;
-    fn connect_info(&self) -> PeerInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for Authed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tls).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Authed {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tls).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tls).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tls).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.tls.is_write_vectored()
-    }
-}
-
-/// Accepts connections, handshakes each in its own task (a slow one holds up no other), and
-/// passes on those whose peer is allowed.
-async fn accept_loop(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    config: ServeConfig,
-    out: mpsc::Sender<Result<Authed, io::Error>>,
-) {
-    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let (tcp, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a cluster connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = out.closed() => return,
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, config, out) = (acceptor.clone(), config.clone(), out.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::warn!(%remote, error = %e, "cluster TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(%remote, "cluster TLS handshake timed out");
-                    return;
-                }
-            };
-            let certs = tls.get_ref().1.peer_certificates();
-            let peer = paddock_cluster_tls::client_identity(config.identity.ca(), certs);
-            let identity = match peer {
-                Ok(Some(id)) if config.callers.contains(&id.role) => id,
-                Ok(Some(id)) => {
-                    tracing::warn!(%remote, peer = %id.uri(), "refused a cluster member whose role may not call here");
-                    return;
-                }
-                Ok(None) => {
-                    tracing::warn!(%remote, "refused a cluster connection without a certificate");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(%remote, error = %e, "refused a cluster certificate");
-                    return;
-                }
-            };
-            let info = PeerInfo { identity, remote };
-            let _ = out
-                .send(Ok(Authed {
-                    tls,
-                    info,
-                    _slot: slot,
-                }))
-                .await;
-        });
-    }
-}
-
 /// Serves `node` on `listener` until `shutdown` completes.
 pub async fn serve(
     node: Arc<dyn Node>,
@@ -214,9 +72,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let tls = paddock_cluster_tls::server_config(&config.identity, ClientAuth::Required)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let (tx, rx) = mpsc::channel(64);
-    let accept = tokio::spawn(accept_loop(listener, acceptor, config, tx));
+    let callers = config.callers.clone();
+    let (incoming, accept) = crate::tls::incoming(
+        listener,
+        tls,
+        config.identity.ca().clone(),
+        config.max_connections,
+        move |peer| peer.is_some_and(|p| callers.contains(&p.role)),
+    );
     let service = NodeServer::new(NodeService { node })
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -226,9 +89,9 @@ pub async fn serve(
         .max_concurrent_streams(Some(256))
         .tcp_nodelay(true)
         .add_service(service)
-        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
-    accept.abort();
+    drop(accept);
     Ok(served?)
 }
 
