@@ -123,6 +123,9 @@ impl AsyncWrite for Authed {
     }
 }
 
+/// Decides from a verified peer (or none) whether its connection is served.
+type Admit = dyn Fn(Option<&PeerIdentity>) -> bool + Send + Sync;
+
 /// Accepts connections, handshakes each in its own task (a slow one holds up no other) and
 /// passes on those whose peer `admit` allows.
 async fn accept_loop(
@@ -130,7 +133,7 @@ async fn accept_loop(
     acceptor: tokio_rustls::TlsAcceptor,
     ca: CaCert,
     max_connections: usize,
-    admit: Arc<dyn Fn(Option<&PeerIdentity>) -> bool + Send + Sync>,
+    admit: Arc<Admit>,
     out: mpsc::Sender<Result<Authed, io::Error>>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
