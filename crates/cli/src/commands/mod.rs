@@ -1,6 +1,7 @@
 //! One module per subcommand.
 pub mod doctor;
 pub mod envd;
+pub mod host;
 pub mod sandbox;
 pub mod serve;
 pub mod shell;

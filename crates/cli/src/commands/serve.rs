@@ -4,16 +4,15 @@
 //! sandbox and exit cleanly.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use paddock_domain::{SandboxId, TemplateName};
-use paddock_node::templates::{TemplateSource, TemplateStore};
-use paddock_node::{LocalNode, Node, NodeConfig};
-use paddock_sandbox::namespace::{NamespaceConfig, NamespaceDriver};
+use paddock_node::Node;
 use tokio::net::TcpListener;
+
+use super::host::{NetworkMode, NodeDirectory};
 use tokio::sync::watch;
 
 /// Flags of `paddock serve`.
@@ -22,27 +21,19 @@ pub struct ServeArgs {
     /// Where state lives: the database, sandboxes' writable layers, templates, the API key.
     #[arg(long, default_value = "/var/lib/paddock")]
     data_dir: PathBuf,
+    /// The node's own settings (templates, envd, networking, warm pools, limits).
+    #[command(flatten)]
+    pub(crate) node: super::host::NodeArgs,
     /// Address of the E2B REST API.
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
     /// Address of the sandbox traffic proxy (envd and every port of every sandbox).
     #[arg(long, default_value = "127.0.0.1:3002")]
     proxy_listen: SocketAddr,
-    /// Templates directory (default `<data-dir>/templates`).
-    #[arg(long, env = "PADDOCK_TEMPLATES_DIR")]
-    templates_dir: Option<PathBuf>,
-    /// envd binary to put into sandboxes (default: `paddock-envd` next to this binary, or the
-    /// static build under `target/<arch>-unknown-linux-gnu/`).
-    #[arg(long, env = "PADDOCK_ENVD_BIN")]
-    envd_bin: Option<PathBuf>,
     /// Domain returned to SDKs for `<port>-<sandboxID>.<domain>` hosts (default
     /// `localhost:<proxy port>` when the proxy listens on loopback).
     #[arg(long)]
     domain: Option<String>,
-    /// Most sandboxes alive at once on this node (running, starting, paused in memory); creates
-    /// beyond it get 429 with `Retry-After`.
-    #[arg(long, env = "PADDOCK_MAX_SANDBOXES", default_value_t = 1000)]
-    max_sandboxes: usize,
     /// Most sandbox creates in flight at once on this node (starts from disk included); more get
     /// 429 with `Retry-After` at once. Admitted creates wait their turn in the node's start
     /// queue (a few start at a time), so this bounds that queue. Default: 64 per CPU, at least
@@ -57,36 +48,6 @@ pub struct ServeArgs {
     /// API key accepted for the default team (generated and kept in the data dir when unset).
     #[arg(long, env = "PADDOCK_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Sandbox networking: `nat` (own network namespace, veth, NAT egress, nftables policy;
-    /// needs `nft`) or `none` (only `lo`, no IP connectivity at all).
-    #[arg(long, env = "PADDOCK_NETWORK", value_enum, default_value_t = NetworkMode::Nat)]
-    network: NetworkMode,
-    /// IPv4 range for the sandboxes of every Paddock server on this host (`--network nat`): cut
-    /// into 16 slices, each server claims one and gives each sandbox a /30 of it. Every server
-    /// on a host should use the same range.
-    #[arg(long, env = "PADDOCK_NETWORK_CIDR", default_value_t = paddock_node::NetworkConfig::default().cidr)]
-    network_cidr: paddock_node::Cidr,
-    /// Most connections the host tracks at once for one sandbox (its conntrack entries; closed
-    /// TCP connections do not count): its new flows over it are dropped, so no sandbox fills
-    /// the host's table. 0 turns the cap off.
-    #[arg(long, env = "PADDOCK_SANDBOX_MAX_FLOWS", default_value_t = paddock_node::FlowLimits::default().max_flows)]
-    sandbox_max_flows: u32,
-    /// New connections one sandbox may open per second, sustained (see
-    /// `--sandbox-new-flow-burst`); more are dropped. 0 turns the limit off.
-    #[arg(long, env = "PADDOCK_SANDBOX_NEW_FLOWS_PER_SEC", default_value_t = paddock_node::FlowLimits::default().new_flows_per_sec)]
-    sandbox_new_flows_per_sec: u32,
-    /// New connections one sandbox may open at once above `--sandbox-new-flows-per-sec`.
-    #[arg(long, env = "PADDOCK_SANDBOX_NEW_FLOW_BURST", default_value_t = paddock_node::FlowLimits::default().new_flow_burst)]
-    sandbox_new_flow_burst: u32,
-    /// Sandboxes kept started in advance per template (warm pool), so that a create only
-    /// hands one over. A template's pool is filled after its first create (or from the start
-    /// with `--warm-pool-template`) and emptied after 10 idle minutes. 0 turns pools off.
-    #[arg(long, env = "PADDOCK_WARM_POOL_SIZE", default_value_t = 2)]
-    warm_pool_size: usize,
-    /// A template whose warm pool is filled from the start and kept however idle it is
-    /// (repeatable).
-    #[arg(long = "warm-pool-template", value_name = "TEMPLATE")]
-    warm_pool_templates: Vec<String>,
     /// Seconds a new client connection (API or proxy) may take to send its first complete
     /// request head; slower ones are closed. Requests whose head is in are not limited.
     #[arg(long, env = "PADDOCK_HEADER_TIMEOUT", default_value_t = 10, value_parser = at_least_one_u64())]
@@ -104,11 +65,6 @@ pub struct ServeArgs {
     /// proxy every client has its address: raise it to `--max-connections`.
     #[arg(long, env = "PADDOCK_MAX_CONNECTIONS_PER_IP", value_parser = at_least_one())]
     max_connections_per_ip: Option<usize>,
-    /// Benchmarks only: sandboxes without user namespace, seccomp filter, capability cut or
-    /// `/proc` masks (and with `--network none`), to measure what hardening costs. Never use
-    /// it for untrusted code.
-    #[arg(long, hide = true)]
-    unhardened_for_benchmarks: bool,
     /// Let webhooks reach any address, loopback, link-local, private networks and the sandbox
     /// pool included (by default only globally routable addresses are delivered to). For tests
     /// and trusted single-user setups.
@@ -145,8 +101,8 @@ fn descriptor_reserve(args: &ServeArgs) -> u64 {
     // pool, the shim's pipes); doubled for headroom.
     const PER_SANDBOX: u64 = 6;
     const EGRESS: u64 = 2 * 4096;
-    let sandboxes = u64::try_from(args.max_sandboxes).unwrap_or(u64::MAX);
-    let egress = if args.network == NetworkMode::Nat {
+    let sandboxes = u64::try_from(args.node.max_sandboxes).unwrap_or(u64::MAX);
+    let egress = if args.node.network == NetworkMode::Nat {
         EGRESS
     } else {
         0
@@ -207,32 +163,6 @@ fn webhook_destinations(
     }
 }
 
-/// The warm pools' configuration from `--warm-pool-size` and `--warm-pool-template`: fills
-/// run one per CPU at most (two at most), so refills never take the whole machine.
-fn warm_pool(args: &ServeArgs) -> anyhow::Result<paddock_node::PoolConfig> {
-    let pinned = args
-        .warm_pool_templates
-        .iter()
-        .map(|t| TemplateName::parse(t).with_context(|| format!("--warm-pool-template {t}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Ok(paddock_node::PoolConfig {
-        size: args.warm_pool_size,
-        pinned,
-        fill_concurrency: cpus.clamp(1, 2),
-        ..Default::default()
-    })
-}
-
-/// `--network` choices.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum NetworkMode {
-    /// Per-sandbox network namespace with NAT egress.
-    Nat,
-    /// Loopback only.
-    None,
-}
-
 /// Runs `paddock serve` until SIGTERM or SIGINT.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
@@ -241,94 +171,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .data_dir
         .canonicalize()
         .context("resolving the data dir")?;
-
-    let templates_dir = super::templates_dir(args.templates_dir.clone(), &data_dir);
-    let templates = TemplateStore::open(&templates_dir)
-        .with_context(|| format!("opening templates in {}", templates_dir.display()))?;
-    let base = TemplateName::parse("base").context("template name")?;
-    let existing = templates.get(&base)?;
-    if let Some(recipe) = existing.as_ref().and_then(|t| match &t.source {
-        TemplateSource::Debootstrap { recipe, .. } => Some(*recipe),
-        _ => None,
-    }) {
-        if recipe < paddock_node::templates::base::RECIPE {
-            eprintln!(
-                "paddock: the base template in {} was built by an older recipe ({recipe}, now {}); \
-                 it works; `paddock template delete base` and a restart rebuild it with the \
-                 current one",
-                templates_dir.display(),
-                paddock_node::templates::base::RECIPE
-            );
-        }
-    }
-    if existing.is_none() {
-        eprintln!(
-            "paddock: building the base template in {} (first start; takes a minute or two)",
-            templates_dir.display()
-        );
-        templates
-            .ensure_base(&|line: &str| eprintln!("{line}"))
-            .await
-            .context("building the base template")?;
-        eprintln!("paddock: base template ready");
-    }
-
-    let envd_bin = resolve_envd(args.envd_bin.as_deref())?;
-    let exe = std::env::current_exe().context("locating the paddock binary")?;
-    let runtime = NamespaceDriver::new(NamespaceConfig {
-        shim_exe: exe,
-        shim_args: vec!["sandbox-shim".into()],
-        cgroup_parent: cgroup_parent(&data_dir),
-        state_root: data_dir.join("sandboxes"),
-        disk_dir: data_dir.join("disks"),
-        id_map: (!args.unhardened_for_benchmarks).then_some(paddock_sandbox::idmap::IdMap::DEFAULT),
-        hardened: !args.unhardened_for_benchmarks,
-    })
-    .context("setting up the namespace runtime")?;
-    if args.unhardened_for_benchmarks {
-        if args.network != NetworkMode::None {
-            anyhow::bail!("--unhardened-for-benchmarks needs --network none");
-        }
-        eprintln!(
-            "paddock: WARNING: sandboxes run UNHARDENED (no user namespace, seccomp, capability \
-             cut or /proc masks); for benchmarks only, never for untrusted code"
-        );
-    }
-    let network_config = paddock_node::NetworkConfig {
-        // A restarted server gets its own slice (and cleans up its leftovers) first.
-        preferred_slice: data_dir_hash(&data_dir) % 16,
-        cidr: args.network_cidr,
-        flow_limits: paddock_node::FlowLimits {
-            max_flows: args.sandbox_max_flows,
-            new_flows_per_sec: args.sandbox_new_flows_per_sec,
-            new_flow_burst: args.sandbox_new_flow_burst,
-        },
-        ..paddock_node::NetworkConfig::default()
-    };
-    // The whole range, every server's slice: webhooks never reach any sandbox on this host.
-    let sandbox_pool = network_config.cidr;
-    let network = match args.network {
-        NetworkMode::None => None,
-        NetworkMode::Nat => Some(
-            paddock_node::Network::start(network_config)
-                .await
-                .context("setting up sandbox networking (use --network none to run without)")?,
-        ),
-    };
-    let node = LocalNode::new(
-        NodeConfig {
-            sandboxes_dir: data_dir.join("sandboxes"),
-            envd_bin,
-            max_sandboxes: args.max_sandboxes,
-            network: network.clone(),
-            warm_pool: warm_pool(&args)?,
-            // Two starts per CPU keep the CPUs busy while one waits for envd.
-            start_concurrency: std::thread::available_parallelism()
-                .map_or(2, |n| n.get().saturating_mul(2)),
-        },
-        templates,
-        Arc::new(runtime),
-    )?;
+    let host = super::host::start(&args.node, &data_dir).await?;
+    let (node, network, sandbox_pool) = (host.node, host.network, host.sandbox_pool);
 
     let (api_key, generated) = paddock_api::ensure_api_key(&data_dir, args.api_key.clone())
         .await
@@ -424,7 +268,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let proxy = tokio::spawn({
         let dir: Arc<dyn paddock_proxy::SandboxDirectory> = Arc::new(NodeDirectory {
             node: node.clone(),
-            control: control.clone(),
+            control: Some(control.clone()),
         });
         let rx = stop_rx.clone();
         let proxy = paddock_proxy::Proxy::new(
@@ -465,80 +309,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Routes proxy lookups to the node's live sandboxes; traffic for a paused one asks the
-/// control plane to wake it (`autoResume`).
-struct NodeDirectory {
-    node: Arc<LocalNode>,
-    control: paddock_api::ControlPlane,
-}
-
-impl paddock_proxy::SandboxDirectory for NodeDirectory {
-    fn lookup(&self, id: &SandboxId) -> paddock_proxy::Lookup {
-        if self.node.is_paused(id) {
-            return paddock_proxy::Lookup::Paused;
-        }
-        match self.node.endpoint(id) {
-            Some(e) => paddock_proxy::Lookup::Running(paddock_proxy::Upstream {
-                envd_socket: e.envd_socket,
-                forward_socket: e.forward_socket,
-            }),
-            None => paddock_proxy::Lookup::NotFound,
-        }
-    }
-
-    fn wake<'a>(&'a self, id: &'a SandboxId) -> paddock_proxy::WakeFuture<'a> {
-        Box::pin(async move {
-            match self.control.wake(id).await {
-                Ok(paddock_api::Wake::Running) => self.lookup(id),
-                Ok(paddock_api::Wake::Paused) => paddock_proxy::Lookup::Paused,
-                Ok(paddock_api::Wake::NotFound) => paddock_proxy::Lookup::NotFound,
-                Err(e) => {
-                    tracing::error!(sandbox_id = %id, error = %e, "waking a paused sandbox failed");
-                    paddock_proxy::Lookup::Paused
-                }
-            }
-        })
-    }
-
-    fn until_paused<'a>(&'a self, id: &'a SandboxId) -> paddock_proxy::PausedFuture<'a> {
-        Box::pin(self.node.until_paused(id))
-    }
-}
-
-/// One cgroup subtree per data dir, so two servers on one host never reap each other's sandboxes.
-/// The name must be the same across releases (a restarted server reaps and adopts under it), so
-/// it is FNV-1a (32-bit) of the path's bytes, not `DefaultHasher`, whose output may change.
-fn cgroup_parent(data_dir: &Path) -> String {
-    format!("paddock/{:08x}", data_dir_hash(data_dir))
-}
-
-/// FNV-1a (32-bit) of the data dir path's bytes: stable across releases.
-fn data_dir_hash(data_dir: &Path) -> u32 {
-    use std::os::unix::ffi::OsStrExt;
-    data_dir
-        .as_os_str()
-        .as_bytes()
-        .iter()
-        .fold(0x811c_9dc5_u32, |h, b| {
-            (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-        })
-}
-
-fn resolve_envd(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = flag {
-        anyhow::ensure!(p.is_file(), "envd binary {} does not exist", p.display());
-        return Ok(p.to_path_buf());
-    }
-    let exe = std::env::current_exe().context("locating the paddock binary")?;
-    // The static build comes first: a dynamically linked envd only runs in rootfs with a
-    // matching libc.
-    let candidates = paddock_node::doctor::host::envd_candidates(&exe);
-    candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
-        format!("no envd binary found (looked at {candidates:?}); build it with scripts/setup.sh or pass --envd-bin")
-    })
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
+pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
