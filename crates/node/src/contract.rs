@@ -9,8 +9,8 @@ use paddock_node_contract::{
     CreateRequest, ErrorCode, LogEntry, MetricSample, MetricsRange, Node, NodeError, NodeEvent,
     NodeSandbox, PoolStats, SandboxStatus, SnapshotMade, TemplateInfo, TemplateSummary,
 };
+use paddock_templates::TemplateError;
 
-use crate::templates::TemplateError;
 use crate::{LocalError, LocalNode};
 
 impl From<LocalError> for NodeError {

@@ -17,7 +17,8 @@ pub mod logs;
 pub mod manager;
 pub mod metrics;
 mod start;
-pub mod templates;
+/// Template storage ([`paddock_templates`]), under the name callers knew it by.
+pub use paddock_templates as templates;
 
 pub use manager::{LocalNode, NodeConfig, PoolConfig};
 pub use paddock_network::{Cidr, EgressPolicy, FlowLimits, Network, NetworkConfig};

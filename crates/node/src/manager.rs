@@ -26,10 +26,10 @@ use std::time::Duration;
 
 use paddock_domain::{Resources, SandboxId, TemplateName};
 use paddock_sandbox::{RuntimeDriver, SandboxHandle, SandboxSpec};
+use paddock_templates::{LayerLease, TemplateStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
 
-use crate::templates::{LayerLease, TemplateStore};
 use crate::{
     CreateRequest, EgressPolicy, Endpoint, LocalError, NodeSandbox, PauseMode, SnapshotMade,
     TemplateInfo,
@@ -79,7 +79,7 @@ struct SandboxMeta {
     network: EgressPolicy,
     /// Its template's start state (user, workdir, env, start and ready commands).
     #[serde(default)]
-    config: crate::templates::TemplateConfig,
+    config: paddock_templates::TemplateConfig,
 }
 
 /// How long shutdown waits for creates in flight before killing what is live.

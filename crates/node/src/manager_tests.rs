@@ -12,10 +12,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use paddock_domain::{Resources, SandboxId, TemplateName};
 use paddock_sandbox::{RuntimeDriver, RuntimeError, SandboxHandle, SandboxSpec};
+use paddock_templates::{TemplateMeta, TemplateSource, TemplateStore};
 use tokio::sync::{broadcast, Semaphore};
 
 use super::{LocalNode, NodeConfig};
-use crate::templates::{TemplateMeta, TemplateSource, TemplateStore};
 use crate::{CreateRequest, LocalError};
 
 #[derive(Debug, Default)]

@@ -649,7 +649,7 @@ mod tests {
 
     #[tokio::test]
     async fn node_samples_on_request_each_tick_and_forgets_killed_sandboxes() {
-        use crate::templates::{TemplateMeta, TemplateSource, TemplateStore};
+        use paddock_templates::{TemplateMeta, TemplateSource, TemplateStore};
 
         let tmp = tempfile::tempdir().expect("tmp");
         let template = tmp.path().join("templates/base");

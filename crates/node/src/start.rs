@@ -5,8 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use paddock_templates::TemplateConfig;
+
 use crate::envd_client::{EnvdClient, OutputStream, ProcessSpec};
-use crate::templates::TemplateConfig;
 
 /// How long a create waits for the ready check.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);

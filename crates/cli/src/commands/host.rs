@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use paddock_domain::{SandboxId, TemplateName};
-use paddock_node::templates::{TemplateSource, TemplateStore};
+use paddock_templates::{TemplateSource, TemplateStore};
 use paddock_node::{LocalNode, NodeConfig};
 use paddock_sandbox::namespace::{NamespaceConfig, NamespaceDriver};
 
@@ -82,13 +82,13 @@ pub(crate) async fn start(args: &NodeArgs, data_dir: &Path) -> anyhow::Result<Ho
         TemplateSource::Debootstrap { recipe, .. } => Some(*recipe),
         _ => None,
     }) {
-        if recipe < paddock_node::templates::base::RECIPE {
+        if recipe < paddock_templates::base::RECIPE {
             eprintln!(
                 "paddock: the base template in {} was built by an older recipe ({recipe}, now {}); \
                  it works; `paddock template delete base` and a restart rebuild it with the \
                  current one",
                 templates_dir.display(),
-                paddock_node::templates::base::RECIPE
+                paddock_templates::base::RECIPE
             );
         }
     }

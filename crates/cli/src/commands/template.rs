@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use paddock_domain::TemplateName;
-use paddock_node::templates::TemplateStore;
+use paddock_templates::TemplateStore;
 
 /// Where the templates are (shared by every template subcommand).
 #[derive(Args)]

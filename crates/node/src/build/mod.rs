@@ -18,8 +18,8 @@ pub(crate) mod run;
 
 use paddock_domain::TemplateName;
 
-pub use crate::templates::TemplateConfig;
 pub use paddock_node_contract::logs::LogLevel;
+pub use paddock_templates::TemplateConfig;
 
 pub use paddock_node_contract::build::{
     BuildError, BuildLog, BuildRequest, Built, LogSink, CACHE_PREFIX, IMAGE_PREFIX,
@@ -29,9 +29,9 @@ pub use paddock_node_contract::build::{
 /// `image-*` one. Their layers go with the next collection unless templates or sandboxes use
 /// them. Returns the names deleted. A template busy in a build is skipped (logged).
 pub fn clear_cache(
-    store: &crate::templates::TemplateStore,
+    store: &paddock_templates::TemplateStore,
     images: bool,
-) -> Result<Vec<TemplateName>, crate::templates::TemplateError> {
+) -> Result<Vec<TemplateName>, paddock_templates::TemplateError> {
     let mut deleted = Vec::new();
     for name in store.names()? {
         let n = name.as_str();
@@ -41,7 +41,7 @@ pub fn clear_cache(
         match store.delete(&name) {
             Ok(true) => deleted.push(name),
             Ok(false) => {}
-            Err(crate::templates::TemplateError::Busy(_)) => {
+            Err(paddock_templates::TemplateError::Busy(_)) => {
                 tracing::warn!(template = %name, "in use by a build; not deleted")
             }
             Err(e) => return Err(e),
@@ -53,9 +53,9 @@ pub fn clear_cache(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::templates::{TemplateMeta, TemplateSource, TemplateStore};
     use chrono::Utc;
     use paddock_domain::Resources;
+    use paddock_templates::{TemplateMeta, TemplateSource, TemplateStore};
 
     #[test]
     fn clearing_the_cache_keeps_templates() {

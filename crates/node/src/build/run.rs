@@ -10,10 +10,10 @@ use paddock_domain::{SandboxId, TemplateName};
 use paddock_template::{
     base_key, cache_key, finalize_key, Base, BuildStep, BASE_STEP, FINALIZE_STEP,
 };
+use paddock_templates::{Template, TemplateConfig, TemplateMeta, TemplateSource};
 
 use super::{BuildError, BuildLog, BuildRequest, Built, LogLevel, LogSink, CACHE_PREFIX};
 use crate::envd_client::{EnvdClient, OutputStream, ProcessSpec};
-use crate::templates::{Template, TemplateConfig, TemplateMeta, TemplateSource};
 use crate::{CreateRequest, LocalNode, TemplateInfo};
 
 /// How many output lines a failed command's error repeats.
@@ -414,8 +414,8 @@ fn check_archive_dir(reference: &str, images_dir: Option<&Path>) -> Result<(), B
     let Some(dir) = images_dir else {
         return Ok(());
     };
-    let Ok(crate::templates::images::ImageRef::Archive { path }) =
-        crate::templates::images::ImageRef::parse(reference)
+    let Ok(paddock_templates::images::ImageRef::Archive { path }) =
+        paddock_templates::images::ImageRef::parse(reference)
     else {
         return Ok(());
     };
@@ -457,7 +457,7 @@ fn layer_id(path: &Path) -> String {
 
 /// Publishes a template over `layers` (see [`TemplateStore::publish`]) off the async threads.
 ///
-/// [`TemplateStore::publish`]: crate::templates::TemplateStore::publish
+/// [`TemplateStore::publish`]: paddock_templates::TemplateStore::publish
 async fn publish(
     node: &LocalNode,
     layers: &[std::path::PathBuf],
@@ -471,7 +471,7 @@ async fn publish(
         let (layers, m) = (layers.to_vec(), meta.clone());
         match tokio::task::spawn_blocking(move || store.publish(&layers, &m)).await {
             Ok(Ok(t)) => return Ok(t),
-            Ok(Err(crate::templates::TemplateError::Busy(_))) if Instant::now() < deadline => {
+            Ok(Err(paddock_templates::TemplateError::Busy(_))) if Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             Ok(Err(e)) => return Err(fail(FINALIZE_STEP, e.to_string())),
@@ -617,7 +617,7 @@ async fn run_step(
             // result first, or be keeping it right now: use that one.
             let busy = matches!(
                 e,
-                crate::LocalError::Template(crate::templates::TemplateError::Busy(_))
+                crate::LocalError::Template(paddock_templates::TemplateError::Busy(_))
             );
             let deadline = Instant::now() + std::time::Duration::from_secs(300);
             loop {

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use paddock_domain::SandboxId;
 use paddock_envd_proto::boot::{self, BootConfig};
 use paddock_sandbox::SandboxHandle;
+use paddock_templates::LayerLease;
 
 use super::{Live, LocalNode, Reservation, SandboxMeta};
-use crate::templates::LayerLease;
 use crate::{CreateRequest, LocalError};
 
 /// A sandbox [`LocalNode::boot`] started, not yet in the live table (or a warm pool).
@@ -19,7 +19,7 @@ pub(super) struct Booted<'a> {
     pub(super) handle: SandboxHandle,
     pub(super) meta: SandboxMeta,
     /// The template as it was when the sandbox started.
-    pub(super) template: crate::templates::Template,
+    pub(super) template: paddock_templates::Template,
     pub(super) lease: LayerLease,
     pub(super) reservation: Reservation<'a>,
     /// envd booted without the create's environment (see [`LocalNode::boot`]).

@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 
 use paddock_domain::{SandboxId, TemplateName};
 use paddock_sandbox::SandboxHandle;
+use paddock_templates::{LayerLease, Template};
 
 use super::{boot_config, Booted, LocalNode, Reservation, SandboxMeta};
 use crate::envd_client::{EnvdClient, InitBody};
-use crate::templates::{LayerLease, Template};
 use crate::{CreateRequest, EgressPolicy, LocalError, NodeSandbox};
 
 /// How often the filler looks at the pools without being woken.

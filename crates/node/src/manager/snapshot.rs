@@ -3,9 +3,9 @@
 //! sandbox paused to disk is brought back for it by the `Node` impl in the parent module.
 
 use paddock_domain::{SandboxId, TemplateName};
+use paddock_templates::{Template, TemplateSource};
 
 use super::LocalNode;
-use crate::templates::{Template, TemplateSource};
 use crate::{LocalError, SnapshotMade, TemplateInfo};
 
 impl LocalNode {
@@ -60,7 +60,7 @@ impl LocalNode {
             context: "snapshot task failed".into(),
             source: std::io::Error::other(e),
         })??;
-        let size_bytes = crate::templates::layer_size(template.top_layer()).unwrap_or(0);
+        let size_bytes = paddock_templates::layer_size(template.top_layer()).unwrap_or(0);
         tracing::info!(
             sandbox_id = %id,
             template = %name,

@@ -26,7 +26,7 @@ impl LocalNode {
         &self,
         id: &SandboxId,
         socket: std::path::PathBuf,
-        config: &crate::templates::TemplateConfig,
+        config: &paddock_templates::TemplateConfig,
         token: &str,
     ) -> Result<(), String> {
         if config.start_cmd.is_none() && config.ready_cmd.is_none() {

@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use paddock_domain::TemplateName;
-use paddock_node::templates::import::image::host_architecture;
-use paddock_node::templates::{Template, TemplateError, TemplateSource, TemplateStore};
+use paddock_templates::import::image::host_architecture;
+use paddock_templates::{Template, TemplateError, TemplateSource, TemplateStore};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
@@ -159,7 +159,7 @@ async fn archive_is_imported_once_and_again_when_it_changes() {
     assert_eq!(first, other);
     let log = lines.take();
     assert_eq!(count(&log, "unpacking"), 1, "imported once: {log:#?}");
-    let expected = paddock_node::templates::images::image_template_name(&reference).expect("name");
+    let expected = paddock_templates::images::image_template_name(&reference).expect("name");
     assert_eq!(first.name, expected);
     assert!(first.name.as_str().starts_with("image-archive-app-"));
     assert!(

@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use tar::EntryType;
 
 use super::{detect_format, unpack_one, ArchiveFormat};
-use crate::templates::TemplateError;
+use crate::TemplateError;
 
 /// Prefix of a whiteout entry's name.
 const WHITEOUT_PREFIX: &str = ".wh.";

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use paddock_domain::TemplateName;
-use paddock_node::templates::import::image::host_architecture;
-use paddock_node::templates::{TemplateError, TemplateSource, TemplateStore};
+use paddock_templates::import::image::host_architecture;
+use paddock_templates::{TemplateError, TemplateSource, TemplateStore};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 

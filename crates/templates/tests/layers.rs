@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use chrono::Utc;
 use nix::mount::{MntFlags, MsFlags};
 use paddock_domain::{Resources, TemplateName};
-use paddock_node::templates::copy::{copy_tree, CopyOptions};
-use paddock_node::templates::{
+use paddock_sandbox::idmap::{self, IdMap};
+use paddock_templates::copy::{copy_tree, CopyOptions};
+use paddock_templates::{
     layer_size, GcStats, TemplateError, TemplateMeta, TemplateSource, TemplateStore,
 };
-use paddock_sandbox::idmap::{self, IdMap};
 
 const BASE: u32 = IdMap::DEFAULT.base;
 
@@ -628,7 +628,7 @@ fn a_lease_held_by_another_store_keeps_the_layer_from_its_collection() {
     );
 }
 
-fn base_layer_id(base: &paddock_node::templates::Template) -> String {
+fn base_layer_id(base: &paddock_templates::Template) -> String {
     base.layers[0]
         .file_name()
         .expect("id")

@@ -1,4 +1,6 @@
-//! The template store: the root filesystems sandboxes start from, kept on the node's disk.
+//! Template storage: the root filesystems sandboxes start from, kept on a node's disk
+//! ([`TemplateStore`]). The node agent (`paddock-node`) opens one store and starts sandboxes on
+//! its layers; this crate starts no sandbox, runs no build recipe and mounts nothing.
 //!
 //! Layout: a template is a name, `<root>/<name>/template.json` ([`TemplateMeta`] plus the ids
 //! of its layers), over a stack of read-only root-filesystem layers kept in
@@ -14,12 +16,14 @@
 //! [`import`] (rootfs tarballs), [`layers`] (snapshots of a sandbox's writable layer, leases
 //! and garbage collection of layers, and the migration of the older one-tree-per-template
 //! layout), [`copy`] (the tree copier snapshots use) and [`users`] (the `user` account every
-//! template needs). This module does not mount anything.
+//! template needs).
 //!
 //! Every layer is stored shifted into the sandboxes' user-id range
 //! ([`paddock_sandbox::idmap`], whose marker sits beside the layer as
 //! `<root>/.layers/.<id>.idmap`): builds are shifted before they are committed, and layers
 //! made by an older Paddock are shifted when the store opens.
+
+#![warn(missing_docs)]
 
 pub mod base;
 pub mod copy;
@@ -371,7 +375,7 @@ impl TemplateStore {
 
     /// The names of the store's entries that are template directories by their name (valid,
     /// canonical template names; build, trash and layer directories are not), unsorted.
-    pub(crate) fn names(&self) -> Result<Vec<TemplateName>, TemplateError> {
+    pub fn names(&self) -> Result<Vec<TemplateName>, TemplateError> {
         let list_error = || TemplateError::io(format!("cannot list {}", self.root.display()));
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.root).map_err(list_error())? {

@@ -13,18 +13,18 @@
 //!   mtime and inode, so a changed file is imported again (and its older import deleted).
 //!
 //! Anything else is refused with [`ImageRefError`]. This module does not build recipes
-//! ([`crate::build`] does) nor list or hide the `image-` templates.
+//! (the node's builder does) nor list or hide the `image-` templates.
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use paddock_domain::TemplateName;
+use paddock_node_contract::build::IMAGE_PREFIX;
 use sha2::{Digest, Sha256};
 
 use super::base::{DebianSpec, BASE_TEMPLATE};
 use super::{Progress, Template, TemplateError, TemplateSource, TemplateStore};
-use crate::build::IMAGE_PREFIX;
 
 /// Packages added to minbase for `debian:<suite>` images: what envd's commands and the SDKs'
 /// helpers use (a login shell, `ps`, `ss`, TLS roots, `curl`, `sudo` for the `user` account).

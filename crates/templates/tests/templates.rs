@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use paddock_domain::TemplateName;
-use paddock_node::templates::{TemplateError, TemplateSource, TemplateStore};
+use paddock_templates::{TemplateError, TemplateSource, TemplateStore};
 use tar::{EntryType, Header};
 
 fn name(s: &str) -> TemplateName {
