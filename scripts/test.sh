@@ -77,14 +77,14 @@ rust_tests() {
   fi
 }
 
-# A cached base template built by an older recipe (`RECIPE` in crates/node/src/templates/base.rs,
+# A cached base template built by an older recipe (`RECIPE` in crates/templates/src/base.rs,
 # recorded in its template.json) is deleted, so that the first server of the e2e suite builds
 # the current one and the tests see what users of a fresh install get.
 base_template() {
   local want have meta=$PADDOCK_TEMPLATES_DIR/base/template.json
-  want=$(sed -n 's/^pub const RECIPE: u32 = \([0-9]*\);.*$/\1/p' crates/node/src/templates/base.rs)
+  want=$(sed -n 's/^pub const RECIPE: u32 = \([0-9]*\);.*$/\1/p' crates/templates/src/base.rs)
   if [ -z "$want" ]; then
-    log "cannot read RECIPE from crates/node/src/templates/base.rs"
+    log "cannot read RECIPE from crates/templates/src/base.rs"
     return 1
   fi
   if [ ! -e "$meta" ]; then

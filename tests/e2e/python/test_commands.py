@@ -95,7 +95,7 @@ def test_root_user(sbx):
 
 def test_login_shell_path_is_debians(sbx):
     # The base template's /etc/profile reads bash's EUID instead of forking `id -u`
-    # (crates/node/src/templates/base.rs); bash and sh must still get Debian's PATH for each user.
+    # (crates/templates/src/base.rs); bash and sh must still get Debian's PATH for each user.
     user_path = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
     root_path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     assert sbx.commands.run('echo "$PATH"').stdout == user_path + "\n"

@@ -1,8 +1,8 @@
 //! Builds (or finds) the `base` template in a template directory, printing progress.
 //!
-//! `cargo run -p paddock-node --example build_base -- /var/cache/paddock/templates`
+//! `cargo run -p paddock-templates --example build_base -- /var/cache/paddock/templates`
 
-use paddock_node::templates::TemplateStore;
+use paddock_templates::TemplateStore;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
