@@ -3,7 +3,7 @@
 //! imported again (replacing the older import) when the file changes; `e2bdev/base` is the
 //! `base` template; registry images are refused. The debootstrap of a Debian suite needs the
 //! network and minutes, so it is `#[ignore]`d: run it with
-//! `cargo test -p paddock-node --test images -- --ignored` (as root; `PADDOCK_TEMPLATES_DIR`
+//! `cargo test -p paddock-templates --test images -- --ignored` (as root; `PADDOCK_TEMPLATES_DIR`
 //! keeps the store, `PADDOCK_TEST_SUITE` picks the suite, default trixie).
 
 use std::sync::Mutex;
