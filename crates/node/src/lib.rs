@@ -5,6 +5,7 @@
 //! The control plane talks to a node only through the [`Node`] contract
 //! ([`paddock_node_contract`]), which [`LocalNode`] implements in `contract`; its own errors
 //! ([`LocalError`]) become the contract's code + message there.
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 use paddock_domain::SandboxId;
