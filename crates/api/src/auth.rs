@@ -1,5 +1,6 @@
 //! API keys: SHA-256 hashing (only hashes are stored), first-start key provisioning
-//! ([`ensure_api_key`]) and the [`Team`] extractor that authenticates `X-API-Key`.
+//! ([`ensure_api_key`]) and the [`Team`] extractor that authenticates `X-API-Key`; the [`Admin`]
+//! extractor that checks `X-Admin-Token` against [`crate::ApiConfig::admin_token`].
 
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -167,6 +168,43 @@ impl FromRequestParts<AppState> for Team {
     }
 }
 
+/// Proof that the request carries the configured admin token in `X-Admin-Token` (compared in
+/// constant time, over SHA-256 digests so the token's length does not show either). Without a
+/// configured token every admin request is refused.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+/// Whether `presented` is the admin token `expected`, in time independent of both.
+fn admin_token_matches(expected: &str, presented: &[u8]) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let expected = Sha256::digest(expected.as_bytes());
+    let presented = Sha256::digest(presented);
+    expected.ct_eq(&presented).into()
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(expected) = state.core.config.admin_token.as_deref() else {
+            return Err(ApiError::Unauthorized(
+                "admin routes are disabled: no admin token is configured",
+            ));
+        };
+        let presented = parts
+            .headers
+            .get("x-admin-token")
+            .ok_or(ApiError::Unauthorized(
+                "missing admin token: send it in the X-Admin-Token header",
+            ))?;
+        if admin_token_matches(expected, presented.as_bytes()) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::Unauthorized("invalid admin token"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +218,14 @@ mod tests {
         let key = generate_api_key();
         assert!(key.starts_with("e2b_") && key.len() == 44);
         assert_ne!(key, generate_api_key());
+    }
+
+    #[test]
+    fn admin_tokens_compare_exactly() {
+        assert!(admin_token_matches("s3cret", b"s3cret"));
+        for wrong in [&b"s3cre"[..], b"s3cret ", b"S3cret", b""] {
+            assert!(!admin_token_matches("s3cret", wrong), "{wrong:?}");
+        }
     }
 
     #[tokio::test]

@@ -32,7 +32,8 @@
 //!
 //! Modules: [`store`] (the [`Store`] trait and [`SqliteStore`]), [`auth`] (key hashing and
 //! provisioning), [`routes`] (one file per endpoint), [`wire`] (JSON schemas), [`error`]
-//! ([`ApiError`]), [`logs`] (sandbox logs: sources, queries, wire shapes) and the private
+//! ([`ApiError`]), [`logs`] (sandbox logs: sources, queries, wire shapes), [`cluster`] (the
+//! node registry and node health) and the private
 //! `lifecycle` core (one file per operation).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -43,6 +44,7 @@ use std::sync::Arc;
 use paddock_node_contract::Node;
 
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -69,7 +71,7 @@ use lifecycle::Core;
 pub const DEFAULT_TEAM: &str = "default";
 
 /// Settings of the control plane.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiConfig {
     /// Directory holding `paddock.db` and the generated `api-key`.
     pub data_dir: PathBuf,
@@ -82,6 +84,25 @@ pub struct ApiConfig {
     /// Largest build-files (COPY archive) upload accepted, in bytes; a larger one gets 413
     /// (default [`MAX_BUILD_UPLOAD_BYTES`], 10 GiB).
     pub build_upload_limit: u64,
+    /// The token the admin routes (`/nodes`) require in `X-Admin-Token`; `None` closes them
+    /// (every admin request gets 401).
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("data_dir", &self.data_dir)
+            .field("domain", &self.domain)
+            .field("admission", &self.admission)
+            .field("webhook_destinations", &self.webhook_destinations)
+            .field("build_upload_limit", &self.build_upload_limit)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl ApiConfig {
@@ -94,6 +115,7 @@ impl ApiConfig {
             admission: AdmissionLimits::default(),
             webhook_destinations: WebhookDestinations::default(),
             build_upload_limit: MAX_BUILD_UPLOAD_BYTES,
+            admin_token: None,
         }
     }
 }
@@ -110,6 +132,7 @@ pub enum OpenError {
 #[derive(Clone)]
 pub struct AppState {
     core: Arc<Core>,
+    nodes: cluster::NodeRegistry,
 }
 
 /// The control plane: store, node and lifecycle behind one cheap-to-clone handle.
@@ -120,6 +143,7 @@ pub struct AppState {
 #[derive(Clone)]
 pub struct ControlPlane {
     core: Arc<Core>,
+    nodes: cluster::NodeRegistry,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -145,6 +169,7 @@ impl ControlPlane {
     pub fn with_store(config: ApiConfig, store: Arc<dyn Store>, node: Arc<dyn Node>) -> Self {
         ControlPlane {
             core: Arc::new(Core::new(store, node, config)),
+            nodes: cluster::NodeRegistry::new(),
         }
     }
 
@@ -176,17 +201,20 @@ impl ControlPlane {
     pub fn router(&self) -> axum::Router {
         routes::router(AppState {
             core: Arc::clone(&self.core),
+            nodes: self.nodes.clone(),
         })
     }
 
     /// Runs the expiry task (which also retries failed node cleanups and prunes `stopped`
     /// records older than 7 days), the exit watcher and the webhook delivery worker (which
-    /// also prunes events older than 7 days) until [`ControlPlane::shutdown`].
+    /// also prunes events older than 7 days) and the node health sweep
+    /// ([`cluster::NodeRegistry::run_health`]) until [`ControlPlane::shutdown`].
     pub async fn run_background(&self) {
         tokio::join!(
             self.core.run_expiry(),
             self.core.run_exit_watcher(),
-            self.core.run_events()
+            self.core.run_events(),
+            self.nodes.run_health(self.core.shutdown.subscribe())
         );
     }
 
@@ -210,6 +238,12 @@ impl ControlPlane {
     /// created with `autoResume` (its end time becomes now + 300 s) and says whether it runs now.
     pub async fn wake(&self, id: &paddock_domain::SandboxId) -> Result<Wake, LifecycleError> {
         self.core.wake(id).await
+    }
+
+    /// The cluster's node registry (the cluster service registers nodes and records their
+    /// reports in it; the admin routes read it).
+    pub fn nodes(&self) -> cluster::NodeRegistry {
+        self.nodes.clone()
     }
 
     /// The store (for tools that inspect records).

@@ -19,6 +19,7 @@ mod list;
 mod logs;
 mod metrics;
 mod network;
+mod nodes;
 mod pause;
 mod prometheus;
 pub(crate) mod query;
@@ -104,6 +105,8 @@ pub fn router(state: AppState) -> Router {
                 .patch(events::update_webhook)
                 .delete(events::delete_webhook),
         )
+        .route("/nodes", get(nodes::list))
+        .route("/nodes/{node_id}", get(nodes::get).post(nodes::set_status))
         .fallback(not_found)
         .with_state(state)
 }
