@@ -11,6 +11,7 @@ mod harness;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod nodes;
 mod pause;
 mod sandboxes;
 mod snapshots;
