@@ -84,6 +84,10 @@ pub struct HugePages {
 }
 
 /// What a node reports every second or two.
+///
+/// `cluster.proto`'s `NodeReport` carries all of it but `cpu_count`, `sandboxes`,
+/// `huge_pages` and the disks' names (it has one used/total pair, which maps to one
+/// [`DiskUsage`]); until it does, those stay at their defaults and show as zero or empty.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct NodeReport {
     /// Sandboxes running (or paused in memory) on it.
