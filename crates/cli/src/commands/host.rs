@@ -9,9 +9,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use paddock_domain::{SandboxId, TemplateName};
-use paddock_templates::{TemplateSource, TemplateStore};
 use paddock_node::{LocalNode, NodeConfig};
 use paddock_sandbox::namespace::{NamespaceConfig, NamespaceDriver};
+use paddock_templates::{TemplateSource, TemplateStore};
 
 /// Flags of a host that runs sandboxes (`serve` and `node`).
 #[derive(Args, Clone)]

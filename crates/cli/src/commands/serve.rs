@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// allows it.
     #[arg(long, env = "PADDOCK_MAX_CONCURRENT_CREATES_PER_TEAM", value_parser = at_least_one())]
     max_concurrent_creates_per_team: Option<usize>,
+    /// Token of E2B's admin routes (`X-Admin-Token`: `GET /nodes`, ...); without one they
+    /// answer 401.
+    #[arg(long, env = "PADDOCK_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// API key accepted for the default team (generated and kept in the data dir when unset).
     #[arg(long, env = "PADDOCK_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -190,6 +194,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             admission: admission_limits(&args),
             webhook_destinations: webhook_destinations(&args, sandbox_pool),
             build_upload_limit: paddock_api::MAX_BUILD_UPLOAD_BYTES,
+            admin_token: args.admin_token.clone(),
         },
         node.clone() as Arc<dyn Node>,
     )
