@@ -87,6 +87,9 @@ pub struct ApiConfig {
     /// The token the admin routes (`/nodes`) require in `X-Admin-Token`; `None` closes them
     /// (every admin request gets 401).
     pub admin_token: Option<String>,
+    /// At shutdown, leave sandboxes and their records as they are (a cluster's control plane:
+    /// its nodes and their sandboxes outlive it) instead of stopping every sandbox (`serve`).
+    pub keep_sandboxes_on_shutdown: bool,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -97,6 +100,10 @@ impl std::fmt::Debug for ApiConfig {
             .field("admission", &self.admission)
             .field("webhook_destinations", &self.webhook_destinations)
             .field("build_upload_limit", &self.build_upload_limit)
+            .field(
+                "keep_sandboxes_on_shutdown",
+                &self.keep_sandboxes_on_shutdown,
+            )
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
@@ -116,6 +123,7 @@ impl ApiConfig {
             webhook_destinations: WebhookDestinations::default(),
             build_upload_limit: MAX_BUILD_UPLOAD_BYTES,
             admin_token: None,
+            keep_sandboxes_on_shutdown: false,
         }
     }
 }

@@ -172,6 +172,22 @@ impl NodeSet {
         true
     }
 
+    /// Records that member `node` holds `ids` (what its reconcile kept).
+    pub fn adopt(&self, node: &str, ids: &[SandboxId]) {
+        for id in ids {
+            self.own(id, node, None);
+        }
+    }
+
+    /// Reports sandboxes as exited that no member holds any more (e.g. found by the control
+    /// plane after its restart: their node never came back).
+    pub fn report_gone(&self, ids: &[SandboxId]) {
+        for id in ids {
+            self.disown(id);
+            let _ = self.inner.events.send(NodeEvent::Exited { id: id.clone() });
+        }
+    }
+
     /// Sets member `id`'s status (only `Ready` members take new sandboxes).
     pub fn set_status(&self, id: &str, status: NodeStatus) -> bool {
         self.inner

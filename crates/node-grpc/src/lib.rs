@@ -23,5 +23,5 @@ pub mod proto {
 
 pub use client::{ClientError, GrpcNode};
 pub use convert::Invalid;
-pub use server::{serve, ServeConfig, ServeError};
+pub use server::{serve, serve_incoming, ServeConfig, ServeError};
 pub use tls::{caller, incoming, AcceptHandle, Authed, PeerInfo};

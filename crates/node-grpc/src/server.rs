@@ -80,19 +80,32 @@ pub async fn serve(
         config.max_connections,
         move |peer| peer.is_some_and(|p| callers.contains(&p.role)),
     );
+    let served = serve_incoming(node, incoming, shutdown).await;
+    drop(accept);
+    served
+}
+
+/// Serves `node` on connections someone else accepted and verified (e.g. a node's listener
+/// that also carries other traffic, told apart by ALPN) until `shutdown` completes.
+pub async fn serve_incoming(
+    node: Arc<dyn Node>,
+    incoming: impl tokio_stream::Stream<Item = Result<crate::tls::Authed, std::io::Error>>
+        + Send
+        + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let service = NodeServer::new(NodeService { node })
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    let served = tonic::transport::Server::builder()
+    tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(256))
         .tcp_nodelay(true)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
-    drop(accept);
-    Ok(served?)
+        .await?;
+    Ok(())
 }
 
 /// The gRPC face of a [`Node`].

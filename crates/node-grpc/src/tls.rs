@@ -80,6 +80,18 @@ pub struct Authed {
     _slot: OwnedSemaphorePermit,
 }
 
+impl Authed {
+    /// Who is calling.
+    pub fn peer(&self) -> &PeerInfo {
+        &self.info
+    }
+
+    /// The protocol the handshake agreed on (ALPN), e.g. `h2` or `http/1.1`.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.tls.get_ref().1.alpn_protocol()
+    }
+}
+
 impl tonic::transport::server::Connected for Authed {
     type ConnectInfo = PeerInfo;
     fn connect_info(&self) -> PeerInfo {

@@ -15,6 +15,9 @@
 //!   last changed, and the [`RegistryEvent`]s (`node.joined`, `node.left`, `node.unhealthy`,
 //!   `node.status_changed`) published on a broadcast channel ([`NodeRegistry::subscribe`]).
 //!
+//! [`service`] is the control plane's side of the cluster's gRPC service, which feeds the
+//! registry and the node set placement uses.
+//!
 //! It does not own the transport that feeds it (the cluster's gRPC service calls `register`,
 //! `report` and `mark_gone`), placement (`paddock-placement`, which reads
 //! [`NodeInfo::placement_view`]) or the HTTP admin routes (`routes::nodes`).
@@ -25,6 +28,7 @@
 
 mod node;
 mod registry;
+pub mod service;
 
 pub use node::{
     AdminStatus, Allocated, DiskUsage, HugePages, MachineInfo, NodeInfo, NodeRegistration,

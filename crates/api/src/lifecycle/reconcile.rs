@@ -85,6 +85,10 @@ impl Core {
                 "sandbox operations still running at shutdown; stopping anyway"
             );
         }
+        if self.config.keep_sandboxes_on_shutdown {
+            tracing::info!("control plane shut down; sandboxes keep running on their nodes");
+            return Ok(());
+        }
         if let Err(e) = self.node.shutdown().await {
             tracing::error!(error = %e, "the node's shutdown failed");
         }

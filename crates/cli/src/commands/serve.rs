@@ -195,6 +195,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             webhook_destinations: webhook_destinations(&args, sandbox_pool),
             build_upload_limit: paddock_api::MAX_BUILD_UPLOAD_BYTES,
             admin_token: args.admin_token.clone(),
+            keep_sandboxes_on_shutdown: false,
         },
         node.clone() as Arc<dyn Node>,
     )
