@@ -123,35 +123,38 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         let config = &self.inner.config;
-        let mut lookup = self.inner.dir.lookup(&route.sandbox_id);
+        let id = &route.sandbox_id;
+        let is_envd = route.port == config.envd_port;
+        let mut lookup = self.inner.dir.resolve(id).await;
         if lookup == Lookup::Paused {
             // Resumes it when it asked for that (autoResume); the request then goes through.
-            lookup = self.inner.dir.wake(&route.sandbox_id).await;
+            lookup = self.inner.dir.wake(id).await;
         }
-        let upstream = match lookup {
-            Lookup::Running(upstream) => upstream,
+        let target = match lookup {
+            Lookup::Running(upstream) if is_envd => Target::Envd(upstream.envd_socket),
+            Lookup::Running(upstream) => Target::Forward(upstream.forward_socket, route.port),
+            Lookup::Remote(hop) => Target::Remote(hop),
             Lookup::Paused => {
                 tracing::debug!("sandbox is paused");
-                return reply::paused(&route.sandbox_id, route.port == config.envd_port);
+                return reply::paused(id, is_envd);
             }
             Lookup::NotFound => {
                 tracing::debug!("sandbox not found");
-                return reply::sandbox_not_found(&route.sandbox_id);
+                return reply::sandbox_not_found(id);
+            }
+            Lookup::Unavailable => {
+                tracing::debug!("the directory cannot tell where the sandbox runs");
+                return reply::sandbox_unreachable(id);
             }
         };
-        let is_envd = route.port == config.envd_port;
         if is_envd && config.refuse_envd_control_paths && is_control_path(req.uri().path()) {
-            return reply::forbidden_path(&route.sandbox_id, req.uri().path());
+            return reply::forbidden_path(id, req.uri().path());
         }
-        let target = if is_envd {
-            Target::Envd(upstream.envd_socket)
-        } else {
-            Target::Forward(upstream.forward_socket, route.port)
-        };
 
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let upstream_req = prepare_request(req, route.port, upgrade);
+        let remote = matches!(target, Target::Remote(_));
+        let upstream_req = prepare_request(req, route.port, upgrade, remote);
 
         // A pause that lands while the sandbox has yet to answer ends the wait: a frozen
         // sandbox answers nothing until it is resumed.
@@ -165,7 +168,8 @@ impl Proxy {
         };
         let mut response = match sent {
             Ok(response) => response,
-            Err(e) => return self.failure(&route, is_envd, e),
+            Err(e) if remote => return self.remote_failure(&route, is_envd, e).await,
+            Err(e) => return self.failure(&route, is_envd, e).await,
         };
         tracing::debug!(status = response.status().as_u16(), "upstream answered");
 
@@ -234,29 +238,58 @@ impl Proxy {
         Ok(response)
     }
 
-    fn failure(&self, route: &Route, is_envd: bool, error: SendError) -> Response<ProxyBody> {
+    async fn failure(&self, route: &Route, is_envd: bool, error: SendError) -> Response<ProxyBody> {
         tracing::debug!(error = %ErrorChain(&error), "proxying failed");
         let id = &route.sandbox_id;
         match error {
             SendError::Connect(ConnectError::Unreachable { .. }) => reply::sandbox_not_found(id),
             // envd listens as long as the sandbox runs, so a slow connect usually means the
             // sandbox is gone; if it is still listed, it is only slow to accept.
-            SendError::Connect(ConnectError::Timeout) if is_envd => match self.inner.dir.lookup(id)
-            {
-                Lookup::NotFound => reply::sandbox_not_found(id),
-                Lookup::Paused => reply::paused(id, is_envd),
-                Lookup::Running(_) => reply::upstream_failed(id, route.port),
-            },
+            SendError::Connect(ConnectError::Timeout) if is_envd => {
+                self.answer_for_failed(route, is_envd).await
+            }
             SendError::Connect(
                 ConnectError::PortClosed | ConnectError::BadStatus(_) | ConnectError::Timeout,
             ) => reply::port_not_open(id, route.port),
             // The sandbox may have died under the request: say so if it did.
-            SendError::Connect(ConnectError::Handshake(_)) | SendError::Exchange(_) => {
-                match self.inner.dir.lookup(id) {
-                    Lookup::NotFound => reply::sandbox_not_found(id),
-                    Lookup::Paused => reply::paused(id, is_envd),
-                    Lookup::Running(_) => reply::upstream_failed(id, route.port),
-                }
+            SendError::Connect(
+                ConnectError::Handshake(_)
+                | ConnectError::NodeUnreachable { .. }
+                | ConnectError::NoHopAlpn(_),
+            )
+            | SendError::Exchange(_) => self.answer_for_failed(route, is_envd).await,
+        }
+    }
+
+    /// The answer when a node's hop could not be reached or failed mid-exchange (the hop's own
+    /// answers, 502s for a sandbox gone from the node included, pass through as they are): the
+    /// directory forgets its answer, and is asked again whether the sandbox is still there.
+    async fn remote_failure(
+        &self,
+        route: &Route,
+        is_envd: bool,
+        error: SendError,
+    ) -> Response<ProxyBody> {
+        tracing::debug!(error = %ErrorChain(&error), "proxying to the node's hop failed");
+        let id = &route.sandbox_id;
+        self.inner.dir.forget(id);
+        match (error, self.inner.dir.resolve(id).await) {
+            (_, Lookup::NotFound) => reply::sandbox_not_found(id),
+            (_, Lookup::Paused) => reply::paused(id, is_envd),
+            (SendError::Exchange(_), _) => reply::upstream_failed(id, route.port),
+            (SendError::Connect(_), _) => reply::sandbox_unreachable(id),
+        }
+    }
+
+    /// The answer when a sandbox listed as running failed to answer: not found or paused if
+    /// the directory now says so, else that it did not answer.
+    async fn answer_for_failed(&self, route: &Route, is_envd: bool) -> Response<ProxyBody> {
+        let id = &route.sandbox_id;
+        match self.inner.dir.resolve(id).await {
+            Lookup::NotFound => reply::sandbox_not_found(id),
+            Lookup::Paused => reply::paused(id, is_envd),
+            Lookup::Running(_) | Lookup::Remote(_) | Lookup::Unavailable => {
+                reply::upstream_failed(id, route.port)
             }
         }
     }
@@ -264,12 +297,22 @@ impl Proxy {
 
 /// Rewrites a client request for the upstream hop: origin-form URI, HTTP/1.1, hop-by-hop
 /// headers removed (the upgrade pair kept for upgrades), a `Host` if the client sent none.
-fn prepare_request<B>(req: Request<B>, port: u16, upgrade: bool) -> Request<UpstreamBody>
+///
+/// For a `remote` hop (another node's proxy, which routes the request again) the `Host` is
+/// the client's: an absolute URI's authority if the client sent no `Host`, else none, so that
+/// the hop routes by the `E2b-Sandbox-*` headers as this proxy did.
+fn prepare_request<B>(
+    req: Request<B>,
+    port: u16,
+    upgrade: bool,
+    remote: bool,
+) -> Request<UpstreamBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
+    let authority = parts.uri.authority().cloned();
     let path = parts.uri.path_and_query().cloned();
     let mut uri = http::uri::Parts::default();
     uri.path_and_query = Some(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
@@ -281,9 +324,17 @@ where
     parts.extensions = http::Extensions::new();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     if !parts.headers.contains_key(header::HOST) {
-        let host = HeaderValue::from_str(&format!("localhost:{port}"))
-            .expect("a number is a valid header value");
-        parts.headers.insert(header::HOST, host);
+        let host = match authority {
+            Some(authority) if remote => HeaderValue::from_str(authority.as_str()).ok(),
+            None if remote => None,
+            _ => Some(
+                HeaderValue::from_str(&format!("localhost:{port}"))
+                    .expect("a number is a valid header value"),
+            ),
+        };
+        if let Some(host) = host {
+            parts.headers.insert(header::HOST, host);
+        }
     }
     let body = body.map_err(Into::into).boxed_unsync();
     Request::from_parts(parts, body)
@@ -329,7 +380,7 @@ async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, mut stop: watch::Receive
 }
 
 /// Displays an error with its sources, `a: b: c`.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -385,7 +436,7 @@ mod tests {
             .header("x-access-token", "t")
             .body(Full::new(Bytes::new()))
             .expect("request");
-        let up = prepare_request(req, 49983, false);
+        let up = prepare_request(req, 49983, false, false);
         assert_eq!(up.uri(), "/files?path=%2Ftmp");
         assert_eq!(up.version(), Version::HTTP_11);
         assert_eq!(up.headers()[header::HOST], "localhost:49983");
@@ -448,14 +499,14 @@ mod tests {
         let timeout = || SendError::Connect(ConnectError::Timeout);
 
         let listed = Proxy::new(Arc::new(Everybody), ProxyConfig::default());
-        let response = listed.failure(&route, true, timeout());
+        let response = listed.failure(&route, true, timeout()).await;
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
         let body = body_text(response).await;
         assert!(!body.contains("was not found"), "{body}");
         assert!(body.contains("did not answer"), "{body}");
 
         let gone = Proxy::new(Arc::new(Nobody), ProxyConfig::default());
-        let body = body_text(gone.failure(&route, true, timeout())).await;
+        let body = body_text(gone.failure(&route, true, timeout()).await).await;
         assert!(body.contains("The sandbox was not found"), "{body}");
     }
 

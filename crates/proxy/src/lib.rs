@@ -17,6 +17,7 @@
 
 use std::time::Duration;
 
+mod cluster;
 mod directory;
 mod handler;
 mod headers;
@@ -27,7 +28,13 @@ pub mod route;
 mod server;
 mod upstream;
 
-pub use directory::{Lookup, PausedFuture, SandboxDirectory, Upstream, WakeFuture};
+pub use cluster::{
+    ClusterDirectory, ClusterDirectoryConfig, LocateError, LocateFuture, Located, Locator, NodeHop,
+};
+pub use directory::{
+    Lookup, PausedFuture, RemoteUpstream, ResolveFuture, SandboxDirectory, Upstream, WakeFuture,
+    HOP_ALPN,
+};
 pub use handler::{Proxy, ProxyBody};
 pub use route::{Route, RouteError};
 pub use server::serve;

@@ -21,7 +21,12 @@
 //! Shutdown is graceful: stop accepting, let in-flight requests finish for the grace period,
 //! then cut what is left (long streams, tunnels).
 //!
-//! Main items: [`serve`], [`Limits`], [`ConnectionLimiter`], [`DescriptorBudget`].
+//! [`serve_connection`] serves one connection accepted elsewhere (e.g. a TLS stream a node
+//! dispatched by ALPN) with the same per-connection limits (header and keep-alive timeouts);
+//! the caps are the accepting side's, which can hold a [`Slot`] in a [`LimitedStream`].
+//!
+//! Main items: [`serve`], [`serve_connection`], [`Limits`], [`ConnectionLimiter`],
+//! [`DescriptorBudget`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -253,12 +258,28 @@ retry-after: 1\r\nconnection: close\r\ncontent-length: 66\r\n\r\n\
 
 /// A client connection holding its [`Slot`]: the slot is released when the stream is dropped,
 /// wherever it went (hyper's connection or, after an upgrade, the tunnel).
-pub struct LimitedStream {
-    stream: TcpStream,
+#[derive(Debug)]
+pub struct LimitedStream<S = TcpStream> {
+    stream: S,
     _slot: Slot,
 }
 
-impl AsyncRead for LimitedStream {
+impl<S> LimitedStream<S> {
+    /// `stream`, holding `slot` until it is dropped.
+    pub fn new(stream: S, slot: Slot) -> Self {
+        LimitedStream {
+            stream,
+            _slot: slot,
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for LimitedStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -268,7 +289,7 @@ impl AsyncRead for LimitedStream {
     }
 }
 
-impl AsyncWrite for LimitedStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for LimitedStream<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -316,9 +337,7 @@ where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let limiter = ConnectionLimiter::new(limits);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.keepalive_timeout);
+    let http = http_builder(limits);
     let header_timeout = limits.header_timeout;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
@@ -335,7 +354,11 @@ where
                     let stop = stop_rx.clone();
                     conns.spawn(async move {
                         tracing::trace!(%peer, "connection accepted");
-                        serve_connection(http, stream, handler, header_timeout, stop).await;
+                        let stop = async move {
+                            let mut stop = stop;
+                            let _ = stop.wait_for(|s| *s).await;
+                        };
+                        drive(http, stream, handler, header_timeout, stop).await;
                     });
                 }
                 Err(e) if is_transient(&e) => {
@@ -391,13 +414,49 @@ fn admit(
     }
 }
 
-async fn serve_connection<F, Fut, B, E>(
+/// Serves HTTP/1.1 (with upgrades) on one connection accepted elsewhere, with the limits of a
+/// connection of [`serve`]: its first request head must arrive within
+/// [`Limits::header_timeout`], a kept-alive connection's next one within
+/// [`Limits::keepalive_timeout`]. Returns when the connection closes (or is handed to an
+/// upgrade). Once `shutdown` completes the connection closes after its in-flight request;
+/// drop the future to cut it at once. The caps of [`Limits`] are the accepting side's (see
+/// [`ConnectionLimiter`] and [`LimitedStream`]).
+pub async fn serve_connection<S, F, Fut, B, E>(
+    io: S,
+    limits: &Limits,
+    handler: F,
+    shutdown: impl Future,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let http = http_builder(limits);
+    drive(http, io, handler, limits.header_timeout, shutdown).await;
+}
+
+/// The HTTP/1 server settings of every connection: hyper's header timeout is the keep-alive
+/// one (the first head's shorter limit is [`drive`]'s).
+fn http_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.keepalive_timeout);
+    http
+}
+
+/// Runs one connection to its end: the first head within `header_timeout`, a graceful close
+/// once `stop` completes.
+async fn drive<S, F, Fut, B, E>(
     http: hyper::server::conn::http1::Builder,
-    stream: LimitedStream,
+    stream: S,
     handler: F,
     header_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: impl Future,
 ) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -420,6 +479,7 @@ async fn serve_connection<F, Fut, B, E>(
     let first_head = tokio::time::sleep(header_timeout);
     let mut first_head = std::pin::pin!(first_head);
     let mut waiting_for_head = true;
+    let mut stop = std::pin::pin!(stop);
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -436,7 +496,7 @@ async fn serve_connection<F, Fut, B, E>(
                 }
                 waiting_for_head = false;
             }
-            _ = stop.wait_for(|s| *s), if !stopping => {
+            _ = stop.as_mut(), if !stopping => {
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
             }

@@ -88,6 +88,15 @@ pub fn upstream_failed(id: &SandboxId, port: u16) -> Response<ProxyBody> {
     edge_error(id, message, Some(port), StatusCode::BAD_GATEWAY)
 }
 
+/// The message when the proxy cannot reach the sandbox's node, or cannot learn which it is.
+pub const SANDBOX_UNREACHABLE: &str = "The sandbox could not be reached";
+
+/// 502 when the sandbox's node cannot be reached, or the directory cannot tell where the
+/// sandbox runs: it may still exist, so this does not say it was not found.
+pub fn sandbox_unreachable(id: &SandboxId) -> Response<ProxyBody> {
+    edge_error(id, SANDBOX_UNREACHABLE, None, StatusCode::BAD_GATEWAY)
+}
+
 /// 403 for envd paths only the node may call.
 pub fn forbidden_path(id: &SandboxId, path: &str) -> Response<ProxyBody> {
     let message = format!("The path {path} is not reachable through the proxy");

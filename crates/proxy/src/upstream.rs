@@ -1,6 +1,7 @@
 //! Opening HTTP/1.1 connections into a sandbox: straight to envd's Unix socket, or through the
 //! port-forwarding socket (2-byte big-endian port out, 1 status byte back, then the stream is
-//! the TCP connection to that port inside the sandbox). Each connection's driver runs on its own
+//! the TCP connection to that port inside the sandbox), or, for a sandbox on another host, over
+//! TCP and TLS (ALPN `http/1.1`) to its node's hop. Each connection's driver runs on its own
 //! task with upgrades enabled and ends when the connection closes or its sender is dropped.
 //!
 //! The sockets live in a directory the sandbox can write, so a socket path is never connected
@@ -8,6 +9,7 @@
 //! is a socket and connects through `/proc/self/fd/<n>`, which reaches exactly that inode.
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
@@ -17,8 +19,11 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::directory::{RemoteUpstream, HOP_ALPN};
 
 /// Boxed error of request bodies passed upstream.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -37,6 +42,8 @@ pub(crate) enum Target {
     Envd(PathBuf),
     /// Any other port, through the forwarding socket.
     Forward(PathBuf, u16),
+    /// Another host's hop; one target per node, whatever the sandbox or port.
+    Remote(RemoteUpstream),
 }
 
 /// Why no connection into the sandbox could be made.
@@ -60,6 +67,19 @@ pub(crate) enum ConnectError {
     /// Connecting took longer than the configured limit.
     #[error("connecting into the sandbox timed out")]
     Timeout,
+    /// The node's hop refused the TCP connection or the TLS handshake failed (which includes
+    /// a hop whose certificate is not the expected node's).
+    #[error("the node at {addr} is unreachable")]
+    NodeUnreachable {
+        /// The hop's address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The hop did not agree to speak HTTP/1.1 (ALPN).
+    #[error("the node at {0} did not negotiate http/1.1")]
+    NoHopAlpn(SocketAddr),
     /// The HTTP/1 client could not be set up on the stream.
     #[error("http handshake with the sandbox failed")]
     Handshake(#[source] hyper::Error),
@@ -70,9 +90,30 @@ pub(crate) async fn connect(
     target: &Target,
     timeout: Duration,
 ) -> Result<SendRequest<UpstreamBody>, ConnectError> {
-    let stream = tokio::time::timeout(timeout, open(target))
+    match target {
+        Target::Envd(path) => handshake(within(timeout, open(path, None)).await?).await,
+        Target::Forward(path, port) => {
+            handshake(within(timeout, open(path, Some(*port))).await?).await
+        }
+        Target::Remote(hop) => handshake(within(timeout, open_hop(hop)).await?).await,
+    }
+}
+
+/// `open`, or [`ConnectError::Timeout`] once `timeout` has passed.
+async fn within<T>(
+    timeout: Duration,
+    open: impl std::future::Future<Output = Result<T, ConnectError>>,
+) -> Result<T, ConnectError> {
+    tokio::time::timeout(timeout, open)
         .await
-        .map_err(|_| ConnectError::Timeout)??;
+        .map_err(|_| ConnectError::Timeout)?
+}
+
+/// Sets up the HTTP/1 client on `stream` and spawns its driver.
+async fn handshake<S>(stream: S) -> Result<SendRequest<UpstreamBody>, ConnectError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -85,13 +126,31 @@ pub(crate) async fn connect(
     Ok(sender)
 }
 
-async fn open(target: &Target) -> Result<UnixStream, ConnectError> {
-    let (path, port) = match target {
-        Target::Envd(path) => (path, None),
-        Target::Forward(path, port) => (path, Some(*port)),
-    };
+/// Connects to a node's hop: TCP, then TLS with the hop's configuration; the hop must pick
+/// [`HOP_ALPN`].
+async fn open_hop(
+    hop: &RemoteUpstream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    let addr = hop.addr();
+    let unreachable = |source| ConnectError::NodeUnreachable { addr, source };
+    let tcp = TcpStream::connect(addr).await.map_err(unreachable)?;
+    let _ = tcp.set_nodelay(true);
+    // Cluster configurations check the peer's identity, not a host name: the address will do.
+    let name = ServerName::IpAddress(addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(hop.tls()))
+        .connect(name, tcp)
+        .await
+        .map_err(unreachable)?;
+    if tls.get_ref().1.alpn_protocol() != Some(HOP_ALPN) {
+        return Err(ConnectError::NoHopAlpn(addr));
+    }
+    Ok(tls)
+}
+
+/// Connects to envd's socket (`port` `None`) or through the forwarding socket to `port`.
+async fn open(path: &Path, port: Option<u16>) -> Result<UnixStream, ConnectError> {
     let unreachable = |source| ConnectError::Unreachable {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
     let mut stream = connect_no_follow(path).await.map_err(unreachable)?;
