@@ -1,6 +1,10 @@
 //! The request handler: route, look up, pass through. [`Proxy::handle`] needs no socket, so it
 //! can be driven directly in tests; [`crate::serve`] wraps it in an HTTP/1.1 server.
 //!
+//! A sandbox on another host ([`Lookup::Remote`]) gets the request as the client sent it (same
+//! `Host` and `E2b-Sandbox-*` headers, hop-by-hop headers removed) on a pooled TLS connection
+//! to its node's hop, which routes it again; the envd control paths are refused here first.
+//!
 //! Streaming: request and response bodies are handed over frame by frame (nothing is buffered),
 //! so Connect server streams, chunked uploads and large downloads flow as they are produced.
 //! When the client goes away, hyper drops the handler future or the response body, which drops

@@ -3,15 +3,22 @@
 //! the `E2b-Sandbox-Id` / `E2b-Sandbox-Port` headers ([`route`]), asks a [`SandboxDirectory`]
 //! where the sandbox lives, and passes the request through — streaming bodies both ways and
 //! `Upgrade` (WebSocket) tunnels — to envd's Unix socket (port 49983) or to the sandbox's
-//! port-forwarding socket (any other port). Failures answer with the exact E2B JSON bodies the
-//! SDKs parse ([`reply`]).
+//! port-forwarding socket (any other port), or, for a sandbox on another host, unchanged to
+//! that node's hop over TLS ([`RemoteUpstream`]). Failures answer with the exact E2B JSON
+//! bodies the SDKs parse ([`reply`]).
 //!
 //! The proxy does not own sandboxes or know about nodes: the directory is its only view of them.
 //! Main types: [`Proxy`] (the request handler, usable without a socket), [`serve`] /
-//! [`Proxy::serve`] (the HTTP/1.1 accept loop with graceful shutdown), [`ProxyConfig`].
-//! [`listener`] is the HTTP/1.1 listener with slow-client limits (header timeout, connection
-//! caps per listener and per client, descriptor budget) that both the proxy and the REST API
-//! of `paddock serve` run on.
+//! [`Proxy::serve`] (the HTTP/1.1 accept loop with graceful shutdown),
+//! [`Proxy::serve_connection`] (one connection accepted elsewhere: a node's hop),
+//! [`ProxyConfig`], and [`ClusterDirectory`], the edge's directory over a [`Locator`] (the
+//! control plane). [`listener`] is the HTTP/1.1 listener with slow-client limits (header
+//! timeout, connection caps per listener and per client, descriptor budget) that both the proxy
+//! and the REST API of `paddock serve` run on.
+//!
+//! In a cluster: the edge (`paddock proxy`) runs a [`Proxy`] over a [`ClusterDirectory`]; each
+//! node runs a [`Proxy`] over its own sandboxes and serves it, as the hop, on the `http/1.1`
+//! connections ([`HOP_ALPN`]) of its mutual-TLS cluster port.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -67,9 +67,9 @@ impl SandboxDirectory for TestDirectory {
 #[derive(Clone)]
 pub struct EnvdState {
     /// Lets `/stream` send its second chunk.
-    stream_go: Arc<Notify>,
+    pub stream_go: Arc<Notify>,
     /// Receives a message when a `/hold` stream is dropped (client went away).
-    hold_dropped: mpsc::UnboundedSender<()>,
+    pub hold_dropped: mpsc::UnboundedSender<()>,
 }
 
 pub fn fnv(hash: &mut u64, bytes: &[u8]) {
