@@ -54,10 +54,11 @@ pub struct ProxyConfig {
     /// Refuse external requests to envd's orchestrator-only paths (`/init`, `/freeze`, ...),
     /// as the reference edge does. The node reaches them through the socket directly.
     pub refuse_envd_control_paths: bool,
-    /// Limit for connecting to a sandbox socket and, for forwarded ports, for the port status.
+    /// Limit for connecting to a sandbox socket and, for forwarded ports, for the port status;
+    /// for a sandbox on another host, for the TCP connection and TLS handshake to its hop.
     pub connect_timeout: Duration,
-    /// Idle upstream HTTP/1 connections kept per sandbox socket (and port) for reuse; 0 disables
-    /// reuse.
+    /// Idle upstream HTTP/1 connections kept per sandbox socket (and port), or per node hop,
+    /// for reuse; 0 disables reuse.
     pub max_idle_per_upstream: usize,
     /// How long an idle upstream connection may wait for reuse before it is closed.
     pub idle_timeout: Duration,
