@@ -18,6 +18,12 @@ struct Cli {
 enum Command {
     /// Run the control plane, one node and the proxy in one process.
     Serve(commands::serve::ServeArgs),
+    /// Run the control plane of a cluster (nodes and proxies join it).
+    Api(commands::api::ApiArgs),
+    /// Run a node of a cluster: joins the control plane and runs its sandboxes.
+    Node(commands::node::NodeArgs),
+    /// Run the edge proxy of a cluster: routes sandbox traffic to the node that holds it.
+    Proxy(commands::proxy::ProxyArgs),
     /// Manage templates (sandbox root filesystems).
     #[command(subcommand)]
     Template(commands::template::TemplateCommand),
@@ -56,6 +62,9 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Serve(args) => commands::serve::run(args).await.map(|()| 0),
+            Command::Api(args) => commands::api::run(args).await.map(|()| 0),
+            Command::Node(args) => commands::node::run(args).await.map(|()| 0),
+            Command::Proxy(args) => commands::proxy::run(args).await.map(|()| 0),
             Command::Template(cmd) => commands::template::run(cmd).await.map(|()| 0),
             Command::Doctor(args) => commands::doctor::run(args).await.map(|()| 0),
             Command::Sandbox(cmd) => commands::sandbox::run(cmd).await,
@@ -86,4 +95,15 @@ fn init_logging() {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every subcommand's flags are well formed (unique names, groups and short flags), which
+    /// clap otherwise only checks when that subcommand is run.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -1,5 +1,5 @@
 //! What a host that runs sandboxes sets up, shared by `paddock serve` and `paddock node`: its
-//! flags ([`NodeArgs`]), the `base` template on first start, the namespace runtime, sandbox
+//! flags ([`HostArgs`]), the `base` template on first start, the namespace runtime, sandbox
 //! networking and the [`LocalNode`] ([`start`]), and the proxy's view of its sandboxes
 //! ([`NodeDirectory`]).
 
@@ -15,7 +15,7 @@ use paddock_templates::{TemplateSource, TemplateStore};
 
 /// Flags of a host that runs sandboxes (`serve` and `node`).
 #[derive(Args, Clone)]
-pub struct NodeArgs {
+pub struct HostArgs {
     /// Templates directory (default `<data-dir>/templates`).
     #[arg(long, env = "PADDOCK_TEMPLATES_DIR")]
     pub(crate) templates_dir: Option<PathBuf>,
@@ -72,7 +72,7 @@ pub(crate) struct Host {
 }
 
 /// Builds `base` if missing, then starts the runtime, networking and the node of `data_dir`.
-pub(crate) async fn start(args: &NodeArgs, data_dir: &Path) -> anyhow::Result<Host> {
+pub(crate) async fn start(args: &HostArgs, data_dir: &Path) -> anyhow::Result<Host> {
     let templates_dir = super::templates_dir(args.templates_dir.clone(), data_dir);
     let templates = TemplateStore::open(&templates_dir)
         .with_context(|| format!("opening templates in {}", templates_dir.display()))?;
@@ -170,7 +170,7 @@ pub(crate) async fn start(args: &NodeArgs, data_dir: &Path) -> anyhow::Result<Ho
 
 /// The warm pools' configuration from `--warm-pool-size` and `--warm-pool-template`: fills
 /// run one per CPU at most (two at most), so refills never take the whole machine.
-fn warm_pool(args: &NodeArgs) -> anyhow::Result<paddock_node::PoolConfig> {
+fn warm_pool(args: &HostArgs) -> anyhow::Result<paddock_node::PoolConfig> {
     let pinned = args
         .warm_pool_templates
         .iter()

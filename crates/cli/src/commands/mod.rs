@@ -1,7 +1,12 @@
 //! One module per subcommand.
+pub mod api;
 pub mod doctor;
 pub mod envd;
 pub mod host;
+pub mod listen;
+pub mod member;
+pub mod node;
+pub mod proxy;
 pub mod sandbox;
 pub mod serve;
 pub mod shell;

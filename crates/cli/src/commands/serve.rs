@@ -23,7 +23,7 @@ pub struct ServeArgs {
     data_dir: PathBuf,
     /// The node's own settings (templates, envd, networking, warm pools, limits).
     #[command(flatten)]
-    pub(crate) node: super::host::NodeArgs,
+    pub(crate) node: super::host::HostArgs,
     /// Address of the E2B REST API.
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
@@ -52,23 +52,9 @@ pub struct ServeArgs {
     /// API key accepted for the default team (generated and kept in the data dir when unset).
     #[arg(long, env = "PADDOCK_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Seconds a new client connection (API or proxy) may take to send its first complete
-    /// request head; slower ones are closed. Requests whose head is in are not limited.
-    #[arg(long, env = "PADDOCK_HEADER_TIMEOUT", default_value_t = 10, value_parser = at_least_one_u64())]
-    header_timeout: u64,
-    /// Seconds a kept-alive client connection may stay idle (and take to send its next
-    /// request head) before it is closed.
-    #[arg(long, env = "PADDOCK_KEEPALIVE_TIMEOUT", default_value_t = 90, value_parser = at_least_one_u64())]
-    keepalive_timeout: u64,
-    /// Most open client connections per listener (API, proxy); more are answered 503 and
-    /// closed at once. Lowered at start to fit the open-files limit (see docs/security.md).
-    #[arg(long, env = "PADDOCK_MAX_CONNECTIONS", default_value_t = paddock_proxy::listener::DEFAULT_MAX_CONNECTIONS, value_parser = at_least_one())]
-    max_connections: usize,
-    /// Most open connections per listener from one client address (IPv6: per /64); more are
-    /// answered 429 and closed at once. Default: half of the listener's cap. Behind a reverse
-    /// proxy every client has its address: raise it to `--max-connections`.
-    #[arg(long, env = "PADDOCK_MAX_CONNECTIONS_PER_IP", value_parser = at_least_one())]
-    max_connections_per_ip: Option<usize>,
+    /// Slow-client limits of the API and proxy listeners.
+    #[command(flatten)]
+    pub(crate) limits: super::listen::ListenArgs,
     /// Let webhooks reach any address, loopback, link-local, private networks and the sandbox
     /// pool included (by default only globally routable addresses are delivered to). For tests
     /// and trusted single-user setups.
@@ -86,12 +72,12 @@ pub struct ServeArgs {
 }
 
 /// Parses a limit that must be at least 1.
-fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+pub(crate) fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 /// Parses a number of seconds that must be at least 1.
-fn at_least_one_u64() -> clap::builder::RangedU64ValueParser<u64> {
+pub(crate) fn at_least_one_u64() -> clap::builder::RangedU64ValueParser<u64> {
     clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
@@ -126,16 +112,8 @@ fn listener_limits(
     paddock_proxy::listener::Limits,
 ) {
     let limits = |share: f64| {
-        let max_connections = budget.cap(args.max_connections, share);
-        paddock_proxy::listener::Limits {
-            header_timeout: std::time::Duration::from_secs(args.header_timeout),
-            keepalive_timeout: std::time::Duration::from_secs(args.keepalive_timeout),
-            max_connections,
-            max_per_ip: args
-                .max_connections_per_ip
-                .unwrap_or(max_connections / 2)
-                .clamp(1, max_connections),
-        }
+        args.limits
+            .limits(budget.cap(args.limits.max_connections, share))
     };
     (limits(0.25), limits(0.75))
 }

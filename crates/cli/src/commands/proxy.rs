@@ -1,0 +1,146 @@
+//! `paddock proxy`: the edge proxy of a cluster, the address the SDKs reach for sandbox
+//! traffic (`E2B_SANDBOX_URL`). It joins like a node (as role `proxy`), asks the control plane
+//! where each sandbox runs (`Locate`, cached briefly) and passes the traffic, streaming and
+//! WebSocket included, to that node's hop over mutual TLS; traffic for a paused sandbox asks
+//! the control plane to wake it (`autoResume`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use paddock_cluster_rpc::{proto, ClusterClient};
+use paddock_cluster_tls::{ExpectedPeer, MemberId, MemberIdentity, PeerIdentity, Role};
+use paddock_domain::SandboxId;
+use paddock_proxy::{LocateError, LocateFuture, Located, Locator, NodeHop};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Flags of `paddock proxy`.
+#[derive(Args)]
+pub struct ProxyArgs {
+    /// Where the proxy keeps its cluster identity.
+    #[arg(long, default_value = "/var/lib/paddock-proxy")]
+    data_dir: PathBuf,
+    /// Address the SDKs reach for sandbox traffic.
+    #[arg(long, default_value = "127.0.0.1:3002")]
+    listen: SocketAddr,
+    /// The control plane's cluster address (`paddock api --cluster-listen`).
+    #[arg(long)]
+    join: SocketAddr,
+    /// File holding the join token (needed only for the first start).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The proxy's id in the cluster (default: a stable id kept in the data dir).
+    #[arg(long)]
+    name: Option<String>,
+    /// Slow-client limits of the listener.
+    #[command(flatten)]
+    limits: super::listen::ListenArgs,
+}
+
+/// `Locate`/`Wake` over the cluster service, and the proxy's certificate for the hops.
+struct GrpcLocator {
+    client: ClusterClient,
+    identity: MemberIdentity,
+}
+
+fn located(loc: proto::Location) -> Result<Located, LocateError> {
+    use proto::location::State;
+    match State::try_from(loc.state).map_err(LocateError::new)? {
+        State::NotFound => Ok(Located::NotFound),
+        State::Paused => Ok(Located::Paused),
+        State::Running => Ok(Located::Running(NodeHop {
+            addr: loc
+                .node_address
+                .parse()
+                .map_err(|e: std::net::AddrParseError| LocateError::new(e))?,
+            node_id: loc.node_id,
+        })),
+    }
+}
+
+impl Locator for GrpcLocator {
+    fn locate<'a>(&'a self, id: &'a SandboxId) -> LocateFuture<'a> {
+        Box::pin(async move { located(self.client.locate(id).await.map_err(LocateError::new)?) })
+    }
+
+    fn wake<'a>(&'a self, id: &'a SandboxId) -> LocateFuture<'a> {
+        Box::pin(async move { located(self.client.wake(id).await.map_err(LocateError::new)?) })
+    }
+
+    fn hop_tls(&self, node_id: &str) -> Result<rustls::ClientConfig, LocateError> {
+        let node = MemberId::new(node_id).map_err(LocateError::new)?;
+        paddock_cluster_tls::client_config(
+            &self.identity,
+            ExpectedPeer::member(PeerIdentity::new(Role::Node, node)),
+        )
+        .map_err(LocateError::new)
+    }
+}
+
+/// Runs `paddock proxy` until SIGTERM or SIGINT.
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let data_dir = args
+        .data_dir
+        .canonicalize()
+        .context("resolving the data dir")?;
+    let id = super::member::member_id(&data_dir, Role::Proxy, args.name.as_deref())?;
+    let identity = super::member::identity(
+        &data_dir,
+        Role::Proxy,
+        &id,
+        args.join,
+        args.token_file.as_deref(),
+        &[],
+    )
+    .await?;
+    let locator = GrpcLocator {
+        client: ClusterClient::new(args.join, &identity)?,
+        identity,
+    };
+    let directory = paddock_proxy::ClusterDirectory::new(
+        locator,
+        paddock_proxy::ClusterDirectoryConfig::default(),
+    );
+    let proxy = paddock_proxy::Proxy::new(
+        Arc::new(directory),
+        paddock_proxy::ProxyConfig {
+            limits: args.limits.limits(args.limits.max_connections),
+            ..paddock_proxy::ProxyConfig::default()
+        },
+    );
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let serving = tokio::spawn({
+        let proxy = proxy.clone();
+        let mut rx = stop_rx;
+        async move {
+            proxy
+                .serve(listener, async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        }
+    });
+    println!("export E2B_SANDBOX_URL=http://{addr}");
+    eprintln!(
+        "paddock: edge proxy {} ready on {addr} (control plane {})",
+        id.as_str(),
+        args.join
+    );
+    super::serve::wait_for_signal().await?;
+    let _ = stop_tx.send(true);
+    serving
+        .await
+        .context("proxy task")?
+        .context("proxy server")?;
+    eprintln!("paddock: stopped");
+    Ok(())
+}
