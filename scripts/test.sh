@@ -115,6 +115,8 @@ print(s.get("recipe", 1) if s.get("kind") == "debootstrap" else "other")' "$meta
 
 py_e2e() { "$VENV/bin/python" -m pytest -x -q tests/e2e/python; }
 py_soak() { "$VENV/bin/python" -m pytest -x -q -m soak tests/e2e/python; }
+# The cluster on one host: `paddock api`, three `paddock node`, `paddock proxy` (tests/e2e/cluster).
+py_cluster() { "$VENV/bin/python" -m pytest -x -q tests/e2e/cluster; }
 js_e2e() { cd "$repo/tests/e2e/js" && npm test; cd "$repo"; }
 
 step "setup" bash scripts/setup.sh --test-deps
@@ -130,6 +132,7 @@ step "rust tests" rust_tests
 step "base template" base_template
 step "e2e: python SDK" py_e2e
 step "e2e: soak (create + true + kill churn)" py_soak
+step "e2e: cluster (api, three nodes, edge proxy)" py_cluster
 step "e2e: js SDK" js_e2e
 if [ -x bench/run.sh ] || [ -f bench/run.sh ]; then
   step "benchmark (quick)" bash bench/run.sh --quick

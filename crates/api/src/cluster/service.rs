@@ -47,6 +47,7 @@ pub struct ClusterService {
     cluster_id: String,
     addresses: Mutex<HashMap<String, SocketAddr>>,
     started: std::time::Instant,
+    lost_after: Duration,
 }
 
 impl ClusterService {
@@ -71,7 +72,14 @@ impl ClusterService {
             cluster_id,
             addresses: Mutex::new(HashMap::new()),
             started: std::time::Instant::now(),
+            lost_after: LOST_AFTER,
         }
+    }
+
+    /// How long a node may stay silent before it is lost (default [`LOST_AFTER`]).
+    pub fn with_lost_after(mut self, after: Duration) -> Self {
+        self.lost_after = after;
+        self
     }
 
     /// The node set's status of each member follows the registry; members silent for
@@ -95,14 +103,14 @@ impl ClusterService {
                 };
                 self.nodes.set_status(&id, info.status);
                 let silent = (now - info.last_seen()).to_std().unwrap_or_default();
-                if info.status == NodeStatus::Unhealthy && silent >= LOST_AFTER {
+                if info.status == NodeStatus::Unhealthy && silent >= self.lost_after {
                     tracing::warn!(node = %id, "node lost: its sandboxes are reported lost");
                     self.nodes.remove(&id);
                     let _ = self.registry.mark_gone(&id);
                     self.addresses.lock().expect("addresses lock").remove(&id);
                 }
             }
-            if !swept && self.started.elapsed() >= LOST_AFTER {
+            if !swept && self.started.elapsed() >= self.lost_after {
                 swept = true;
                 if let Err(e) = self.sweep_unheld().await {
                     tracing::warn!(error = %e, "settling sandboxes no node holds");
@@ -257,7 +265,7 @@ impl ClusterHandler for ClusterService {
                 NodeReport {
                     sandbox_count: r.sandbox_count,
                     starting_count: r.starting_count,
-                    sandboxes: Vec::new(),
+                    sandboxes: r.sandboxes,
                     allocated: Allocated {
                         cpus: r.allocated_cpus,
                         memory_mb: r.allocated_memory_mb,

@@ -36,6 +36,10 @@ pub struct ApiArgs {
     /// when unset.
     #[arg(long, env = "PADDOCK_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Seconds a node may stay silent before it is removed and its sandboxes are reported
+    /// lost (it is `unhealthy`, taking no creates, after 10 s already).
+    #[arg(long, default_value_t = 120, value_parser = super::serve::at_least_one_u64())]
+    node_lost_after: u64,
     /// Slow-client limits of the REST listener.
     #[command(flatten)]
     limits: super::listen::ListenArgs,
@@ -111,14 +115,17 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         .await
         .context("setting up the API key")?;
 
-    let service = Arc::new(paddock_api::cluster::service::ClusterService::new(
-        ca,
-        token.clone(),
-        identity.clone(),
-        control.clone(),
-        nodes,
-        cluster_id,
-    ));
+    let service = Arc::new(
+        paddock_api::cluster::service::ClusterService::new(
+            ca,
+            token.clone(),
+            identity.clone(),
+            control.clone(),
+            nodes,
+            cluster_id,
+        )
+        .with_lost_after(std::time::Duration::from_secs(args.node_lost_after)),
+    );
     let api_listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

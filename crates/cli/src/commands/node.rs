@@ -144,7 +144,8 @@ async fn registration(
             }
         } else {
             let stats = host_stats(&data_dir);
-            let count = node.live().await.len() as u32;
+            let live = node.live().await;
+            let count = live.len() as u32;
             let d = paddock_domain::Resources::default();
             let report = proto::NodeReport {
                 sandbox_count: count,
@@ -164,6 +165,7 @@ async fn registration(
                 disk_total_bytes: stats.disk_total,
                 create_successes: 0,
                 create_fails: 0,
+                sandboxes: live.iter().map(ToString::to_string).collect(),
             };
             match client.report(report).await {
                 Ok(_) => {}

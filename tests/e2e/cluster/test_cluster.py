@@ -1,0 +1,150 @@
+"""The cluster end to end, with the official SDK: sandboxes created through `paddock api`, run
+on three `paddock node`s, reached through `paddock proxy`. The last tests kill a node."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+import requests
+from e2b import Sandbox
+
+from cluster import Cluster, wait_gone
+
+
+def holder(cluster: Cluster, sandbox_id: str) -> str:
+    """The node that reports `sandbox_id` (reports come every second)."""
+    found = {}
+
+    def look():
+        for name in cluster.node_names:
+            if sandbox_id in cluster.sandboxes_on(name):
+                found["node"] = name
+                return True
+        return False
+
+    wait_gone(look, f"a node reporting {sandbox_id}", timeout=15)
+    return found["node"]
+
+
+def test_the_sdk_works_through_the_cluster():
+    sbx = Sandbox.create(envs={"WHO": "cluster"})
+    try:
+        r = sbx.commands.run("echo $WHO; hostname")
+        assert r.stdout.split() == ["cluster", sbx.sandbox_id]
+        sbx.files.write("/home/user/note.txt", "kept on its node")
+        assert sbx.files.read("/home/user/note.txt") == "kept on its node"
+        # A port of the sandbox through the edge proxy and the node's hop.
+        sbx.commands.run("python3 -m http.server 8000 --directory /home/user", background=True)
+        host = sbx.get_host(8000)
+
+        def served():
+            try:
+                resp = requests.get(
+                    os.environ["E2B_SANDBOX_URL"] + "/note.txt", headers={"Host": host}, timeout=5
+                )
+                return resp.status_code == 200 and resp.text == "kept on its node"
+            except requests.RequestException:
+                return False
+        wait_gone(served, "the sandbox's port 8000 through the edge", timeout=20)
+        listed = [s.sandbox_id for s in Sandbox.list().next_items()]
+        assert sbx.sandbox_id in listed
+    finally:
+        sbx.kill()
+    with pytest.raises(Exception):
+        Sandbox.connect(sbx.sandbox_id)
+
+
+def test_creates_spread_over_the_nodes(cluster: Cluster):
+    headers = {"X-API-Key": cluster.env["E2B_API_KEY"]}
+    ids = []
+    try:
+        for _ in range(30):
+            r = requests.post(cluster.api_url + "/sandboxes", json={"templateID": "base", "timeout": 300},
+                              headers=headers, timeout=120)
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["sandboxID"])
+        counts = Counter(holder(cluster, i) for i in ids)
+        assert sum(counts.values()) == 30
+        assert max(counts.values()) <= 18, f"one node holds more than 60%: {counts}"
+        assert len(counts) == 3, counts
+    finally:
+        for i in ids:
+            requests.delete(f"{cluster.api_url}/sandboxes/{i}", headers=headers, timeout=60)
+
+
+def test_pause_and_resume_on_the_node_that_holds_it():
+    sbx = Sandbox.create(timeout=300)
+    try:
+        sbx.commands.run("echo before > /tmp/state")
+        sbx.beta_pause()
+        resumed = Sandbox.connect(sbx.sandbox_id)
+        assert resumed.commands.run("cat /tmp/state").stdout.strip() == "before"
+    finally:
+        sbx.kill()
+
+
+def test_a_wrong_token_does_not_join(cluster: Cluster, tmp_path):
+    bad = tmp_path / "token"
+    text = cluster.token_file.read_text().strip()
+    secret, pin = text.rsplit(".", 1)
+    bad.write_text(secret[:-4] + ("AAAA" if not secret.endswith("AAAA") else "BBBB") + "." + pin)
+    cluster.node_ports["intruder"] = 1
+    proc = cluster.node_proc("intruder", token_file=bad)
+    proc.args[proc.args.index("--listen") + 1] = "127.0.0.1:0"
+    out = subprocess.run(proc.args, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "refused" in out.stderr, out.stderr
+    assert cluster.node_json("intruder") is None
+
+
+def test_a_killed_node_is_unhealthy_its_sandboxes_lost_and_it_rejoins_clean(cluster: Cluster):
+    headers = {"X-API-Key": cluster.env["E2B_API_KEY"]}
+    victim = cluster.node_names[-1]
+    # Sandboxes until one lands on the victim.
+    on_victim, others = None, []
+    for _ in range(12):
+        r = requests.post(cluster.api_url + "/sandboxes", json={"templateID": "base", "timeout": 600},
+                          headers=headers, timeout=120)
+        assert r.status_code == 201, r.text
+        sid = r.json()["sandboxID"]
+        if holder(cluster, sid) == victim and on_victim is None:
+            on_victim = sid
+        else:
+            others.append(sid)
+        if on_victim:
+            break
+    assert on_victim, "no sandbox was placed on the victim node"
+
+    cluster.nodes[victim].kill9()
+    t0 = time.monotonic()
+    cluster.wait_status(victim, "unhealthy", timeout=15)
+    assert time.monotonic() - t0 <= 12
+
+    # Creates go to the others, every one of them succeeds.
+    made = []
+    for _ in range(10):
+        r = requests.post(cluster.api_url + "/sandboxes", json={"templateID": "base"}, headers=headers, timeout=120)
+        assert r.status_code == 201, r.text
+        made.append(r.json()["sandboxID"])
+    for sid in made:
+        assert holder(cluster, sid) != victim
+
+    # Its sandbox is reported lost: no longer running or listed.
+    def lost():
+        r = requests.get(f"{cluster.api_url}/sandboxes/{on_victim}", headers=headers, timeout=10)
+        return r.status_code == 404
+    wait_gone(lost, "the lost node's sandbox to be gone", timeout=cluster.lost_after + 30)
+    listed = requests.get(cluster.api_url + "/sandboxes", headers=headers, timeout=10).json()
+    assert on_victim not in [s["sandboxID"] for s in listed]
+
+    # It comes back with the same data dir: it rejoins and kills what nobody expects.
+    cluster.nodes[victim] = cluster.node_proc(victim).start()
+    cluster.wait_status(victim, "ready", timeout=60)
+    wait_gone(lambda: cluster.node_json(victim)["sandboxCount"] == 0 and not cluster.sandboxes_on(victim),
+              "the rejoined node to hold nothing", timeout=20)
+    for sid in made + others:
+        requests.delete(f"{cluster.api_url}/sandboxes/{sid}", headers=headers, timeout=60)
