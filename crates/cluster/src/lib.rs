@@ -53,6 +53,9 @@ struct Inner {
     members: RwLock<HashMap<String, Member>>,
     placer: Mutex<Placer>,
     owners: RwLock<HashMap<SandboxId, Owner>>,
+    /// Templates only one node has (snapshots, fork templates, builds), by the node that made
+    /// them: creates of them go there.
+    homes: RwLock<HashMap<TemplateName, String>>,
     events: broadcast::Sender<NodeEvent>,
 }
 
@@ -112,6 +115,7 @@ impl NodeSet {
                 members: RwLock::new(HashMap::new()),
                 placer: Mutex::new(Placer::new(config)),
                 owners: RwLock::new(HashMap::new()),
+                homes: RwLock::new(HashMap::new()),
                 events: broadcast::channel(EVENT_BUFFER).0,
             }),
         }
@@ -284,6 +288,24 @@ impl NodeSet {
         );
     }
 
+    /// The node that made template `name`, if one did through the set.
+    pub fn home_of(&self, name: &TemplateName) -> Option<String> {
+        self.inner
+            .homes
+            .read()
+            .expect("homes lock")
+            .get(name)
+            .cloned()
+    }
+
+    fn set_home(&self, name: &TemplateName, node: Option<&str>) {
+        let mut homes = self.inner.homes.write().expect("homes lock");
+        match node {
+            Some(n) => homes.insert(name.clone(), n.to_string()),
+            None => homes.remove(name),
+        };
+    }
+
     fn disown(&self, sandbox: &SandboxId) {
         let gone = self
             .inner
@@ -438,8 +460,11 @@ async fn sweep(inner: &Inner, id: &str, node: &dyn Node) {
 impl Node for NodeSet {
     async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
         let demand = demand_of(req.resources.as_ref());
-        // A claimed warm sandbox is handed over where it waits.
-        let pin = self.owner_of(&req.id);
+        // A claimed warm sandbox is handed over where it waits; a template only one node has
+        // (a snapshot, a fork's template) starts there.
+        let pin = self
+            .owner_of(&req.id)
+            .or_else(|| self.home_of(&req.template));
         let mut tried = HashSet::new();
         let mut last = None;
         for _ in 0..CREATE_TRIES {
@@ -640,7 +665,16 @@ impl Node for NodeSet {
         id: &SandboxId,
         name: &TemplateName,
     ) -> Result<SnapshotMade, NodeError> {
-        self.holder_or_not_found(id).await?.snapshot(id, name).await
+        let owner = self.owner_of(id);
+        let made = self
+            .holder_or_not_found(id)
+            .await?
+            .snapshot(id, name)
+            .await?;
+        if let Some(owner) = owner.or_else(|| self.owner_of(id)) {
+            self.set_home(name, Some(&owner));
+        }
+        Ok(made)
     }
 
     async fn list_templates(&self) -> Result<Vec<TemplateSummary>, NodeError> {
@@ -660,6 +694,7 @@ impl Node for NodeSet {
         for (_, node) in self.members() {
             deleted |= node.delete_template(name).await?;
         }
+        self.set_home(name, None);
         Ok(deleted)
     }
 
@@ -669,12 +704,20 @@ impl Node for NodeSet {
         to: &TemplateName,
     ) -> Result<TemplateInfo, NodeError> {
         let mut copied = None;
-        for (_, node) in self.members() {
+        let mut homes = Vec::new();
+        for (id, node) in self.members() {
             match node.copy_template(from, to).await {
-                Ok(t) => copied = Some(t),
+                Ok(t) => {
+                    homes.push(id);
+                    copied = Some(t);
+                }
                 Err(e) if e.is(ErrorCode::TemplateNotFound) => {}
                 Err(e) => return Err(e),
             }
+        }
+        // A copy of a template one node has lives on that node only.
+        if let [only] = homes.as_slice() {
+            self.set_home(to, Some(only));
         }
         copied.ok_or_else(|| NodeError::template_not_found(from))
     }
@@ -694,7 +737,10 @@ impl Node for NodeSet {
             .member(&node_id)
             .ok_or_else(|| failed(format!("node {node_id} left the cluster")))?;
         tracing::info!(node = %node_id, template = %req.name, "building a template");
-        node.build(req, logs).await
+        let name = req.name.clone();
+        let built = node.build(req, logs).await?;
+        self.set_home(&name, Some(&node_id));
+        Ok(built)
     }
 }
 

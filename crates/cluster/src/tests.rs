@@ -256,3 +256,47 @@ async fn what_ends_gives_its_room_back() {
     set.create(request()).await.expect("room after an exit");
     assert!(set.owner_of(&c).is_some());
 }
+
+#[tokio::test]
+async fn a_template_made_on_one_node_starts_there() {
+    use paddock_node_contract::build::BuildRequest;
+    let (set, nodes) = set_of(3);
+    let (logs, _lines) = tokio::sync::mpsc::unbounded_channel();
+    let name = TemplateName::parse("mine").expect("name");
+    set.build(
+        BuildRequest {
+            name: name.clone(),
+            recipe: paddock_template::Recipe {
+                base: paddock_template::Base::Template("base".into()),
+                steps: vec![],
+                force: false,
+                start_cmd: None,
+                ready_cmd: None,
+            },
+            resources: Resources::default(),
+            files_dir: "/nonexistent".into(),
+            images_dir: None,
+        },
+        logs,
+    )
+    .await
+    .expect("build");
+    let home = set.home_of(&name).expect("the builder is its home");
+    for _ in 0..6 {
+        let req = CreateRequest {
+            template: name.clone(),
+            ..request()
+        };
+        let id = set.create(req).await.expect("create").id;
+        assert_eq!(set.owner_of(&id).as_deref(), Some(home.as_str()));
+    }
+    let built_on: Vec<usize> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| !n.built.lock().expect("lock").is_empty())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(built_on, vec![home[1..].parse::<usize>().expect("n<i>")]);
+    assert!(set.delete_template(&name).await.expect("delete"));
+    assert_eq!(set.home_of(&name), None);
+}
