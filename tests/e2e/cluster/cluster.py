@@ -111,7 +111,15 @@ class Cluster:
         ]
         return Proc(name, args, self.dir / f"{name}.log")
 
-    def start(self) -> "Cluster":
+    def restart_api(self) -> None:
+        """Stops the control plane (SIGTERM) and starts it again on the same data dir and
+        ports."""
+        assert self.api is not None
+        code = self.api.stop()
+        assert code == 0, f"paddock api exited with {code}"
+        self._start_api()
+
+    def _start_api(self) -> None:
         self.api = Proc("api", [
             str(self.bin), "api",
             "--data-dir", str(self.dir / "api"),
@@ -121,6 +129,19 @@ class Cluster:
             "--admin-token", ADMIN_TOKEN,
             "--node-lost-after", str(self.lost_after),
         ], self.dir / "api.log").start()
+        assert self.api.p is not None and self.api.p.stdout is not None
+        exports = ""
+        while "E2B_API_KEY" not in exports:
+            line = self.api.p.stdout.readline().decode()
+            if not line:
+                raise RuntimeError("paddock api exited:\n" + self.api.tail())
+            exports += line
+        self.env = parse_exports(exports)
+        self.env["E2B_SANDBOX_URL"] = f"http://127.0.0.1:{self.proxy_port}"
+        self.env["E2B_DOMAIN"] = f"localhost:{self.proxy_port}"
+
+    def start(self) -> "Cluster":
+        self._start_api()
         wait_for(lambda: self.token_file.exists() and self.token_file.read_text().strip(),
                  "the join token", timeout=30)
         for name in self.node_names:
@@ -132,16 +153,6 @@ class Cluster:
             "--join", f"127.0.0.1:{self.cluster_port}",
             "--token-file", str(self.token_file),
         ], self.dir / "proxy.log").start()
-        assert self.api.p is not None and self.api.p.stdout is not None
-        exports = ""
-        while "E2B_API_KEY" not in exports:
-            line = self.api.p.stdout.readline().decode()
-            if not line:
-                raise RuntimeError("paddock api exited:\n" + self.api.tail())
-            exports += line
-        self.env = parse_exports(exports)
-        self.env["E2B_SANDBOX_URL"] = f"http://127.0.0.1:{self.proxy_port}"
-        self.env["E2B_DOMAIN"] = f"localhost:{self.proxy_port}"
         for name in self.node_names:
             self.wait_status(name, "ready", timeout=120)
         wait_for(lambda: self._proxy_up(), "the edge proxy", timeout=30)

@@ -87,6 +87,40 @@ def test_pause_and_resume_on_the_node_that_holds_it():
         sbx.kill()
 
 
+def test_snapshots_and_forks_start_on_the_node_that_has_their_files(cluster: Cluster):
+    parent = Sandbox.create(timeout=300)
+    kids, child, snap = [], None, None
+    try:
+        parent.files.write("/home/user/state.txt", "from the parent")
+        home = holder(cluster, parent.sandbox_id)
+        snap = parent.create_snapshot(name="cluster-snap")
+        child = Sandbox.create(template=snap.snapshot_id, timeout=120)
+        assert child.files.read("/home/user/state.txt") == "from the parent"
+        assert holder(cluster, child.sandbox_id) == home
+        kids = parent.fork(count=2, timeout=120)
+        for kid in kids:
+            assert kid.files.read("/home/user/state.txt") == "from the parent"
+            assert holder(cluster, kid.sandbox_id) == home
+    finally:
+        for s in kids + ([child] if child else []) + [parent]:
+            s.kill()
+        if snap is not None:
+            assert Sandbox.delete_snapshot(snap.snapshot_id) is True
+
+
+def test_sandboxes_outlive_a_restart_of_the_control_plane(cluster: Cluster):
+    sbx = Sandbox.create(timeout=300)
+    try:
+        sbx.commands.run("echo kept > /tmp/kept")
+        cluster.restart_api()
+        for name in cluster.node_names:
+            cluster.wait_status(name, "ready", timeout=60)
+        again = Sandbox.connect(sbx.sandbox_id)
+        assert again.commands.run("cat /tmp/kept").stdout.strip() == "kept"
+    finally:
+        sbx.kill()
+
+
 def test_a_wrong_token_does_not_join(cluster: Cluster, tmp_path):
     bad = tmp_path / "token"
     text = cluster.token_file.read_text().strip()
