@@ -98,6 +98,15 @@ class Cluster:
     def admin(self) -> Dict[str, str]:
         return {"X-Admin-Token": ADMIN_TOKEN}
 
+    def node_templates(self, name: str) -> Path:
+        """The node's own templates dir: a hard-linked copy of the shared cache (layers are
+        never changed in place), because a node owns its templates dir (it collects layers no
+        template of its own names)."""
+        own = self.dir / f"{name}-templates"
+        if not own.exists():
+            subprocess.run(["cp", "-al", str(self.templates), str(own)], check=True)
+        return own
+
     def node_proc(self, name: str, token_file: Optional[Path] = None) -> Proc:
         args = [
             str(self.bin), "node",
@@ -106,7 +115,7 @@ class Cluster:
             "--token-file", str(token_file or self.token_file),
             "--name", name,
             "--listen", f"127.0.0.1:{self.node_ports[name]}",
-            "--templates-dir", str(self.templates),
+            "--templates-dir", str(self.node_templates(name)),
             "--warm-pool-size", "1",
         ]
         return Proc(name, args, self.dir / f"{name}.log")
