@@ -157,22 +157,8 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     ));
     let limits = args.limits.limits(args.limits.max_connections);
     let api = tokio::spawn({
-        let router = control.router();
-        let rx = stop_rx.clone();
-        let handler = move |req| {
-            use tower::ServiceExt as _;
-            router.clone().oneshot(req)
-        };
-        async move {
-            paddock_proxy::listener::serve(
-                api_listener,
-                &limits,
-                handler,
-                stopped(rx),
-                std::time::Duration::from_secs(5),
-            )
-            .await
-        }
+        let (control, rx) = (control.clone(), stop_rx.clone());
+        async move { super::listen::serve_api(api_listener, limits, &control, rx).await }
     });
 
     if generated {

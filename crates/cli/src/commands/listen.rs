@@ -40,3 +40,28 @@ impl ListenArgs {
         }
     }
 }
+
+/// Serves the control plane's REST API (`control`'s router) on `listener` with `limits` until
+/// `stop` turns true, then lets requests in flight finish for 5 s.
+pub(crate) async fn serve_api(
+    listener: tokio::net::TcpListener,
+    limits: paddock_proxy::listener::Limits,
+    control: &paddock_api::ControlPlane,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let router = control.router();
+    let handler = move |req| {
+        use tower::ServiceExt as _;
+        router.clone().oneshot(req)
+    };
+    paddock_proxy::listener::serve(
+        listener,
+        &limits,
+        handler,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+        std::time::Duration::from_secs(5),
+    )
+    .await
+}

@@ -232,22 +232,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     let api = tokio::spawn({
-        let router = control.router();
-        let rx = stop_rx.clone();
-        let handler = move |req| {
-            use tower::ServiceExt as _;
-            router.clone().oneshot(req)
-        };
-        async move {
-            paddock_proxy::listener::serve(
-                api_listener,
-                &api_limits,
-                handler,
-                stopped(rx),
-                std::time::Duration::from_secs(5),
-            )
-            .await
-        }
+        let (control, rx) = (control.clone(), stop_rx.clone());
+        async move { super::listen::serve_api(api_listener, api_limits, &control, rx).await }
     });
     let proxy = tokio::spawn({
         let dir: Arc<dyn paddock_proxy::SandboxDirectory> = Arc::new(NodeDirectory {
