@@ -123,9 +123,9 @@ impl From<LifecycleError> for ApiError {
             | LifecycleError::SandboxNotFound(_)
             | LifecycleError::BuildNotFound(_)) => ApiError::NotFound(e.to_string()),
             e @ LifecycleError::NotImplemented(_) => ApiError::NotImplemented(e.to_string()),
-            LifecycleError::Busy(msg) => {
-                ApiError::TooManyRequests(format!("node is at capacity: {msg}"))
-            }
+            // The node's message says what ran out ("node is at capacity: ...", "no ready
+            // node can take a sandbox").
+            LifecycleError::Busy(msg) => ApiError::TooManyRequests(msg),
             e @ LifecycleError::Saturated(_) => ApiError::TooManyRequests(e.to_string()),
             e @ LifecycleError::ShuttingDown => ApiError::Unavailable(e.to_string()),
             e @ LifecycleError::StoppedDuringCreate(_) => ApiError::Conflict(e.to_string()),
@@ -133,6 +133,10 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Forbidden(msg) => ApiError::Forbidden(msg),
             e @ LifecycleError::PauseFailed(_) => ApiError::Unavailable(e.to_string()),
             e @ LifecycleError::CreateFailed(_) => ApiError::CreateFailed(e.to_string()),
+            // A node (or, in a cluster, every node) could not be reached: retry later.
+            LifecycleError::Node(e) if e.is(paddock_node_contract::ErrorCode::Unavailable) => {
+                ApiError::Unavailable(e.message)
+            }
             other => ApiError::Internal(Box::new(other)),
         }
     }

@@ -523,13 +523,25 @@ impl Node for NodeSet {
         Ok(())
     }
 
+    /// The first answer of a member that has the template; members that cannot be reached
+    /// are skipped (a lost node must not hide the others' templates), and only when none
+    /// answers is it an error.
     async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
-        for (_, node) in self.members() {
-            if let Some(t) = node.template(name).await? {
-                return Ok(Some(t));
+        let (mut answered, mut last_error) = (false, None);
+        for (id, node) in self.members() {
+            match node.template(name).await {
+                Ok(Some(t)) => return Ok(Some(t)),
+                Ok(None) => answered = true,
+                Err(e) => {
+                    tracing::warn!(node = %id, error = %e, "a node could not be asked for a template");
+                    last_error = Some(e);
+                }
             }
         }
-        Ok(None)
+        match (answered, last_error) {
+            (false, Some(e)) => Err(e),
+            _ => Ok(None),
+        }
     }
 
     async fn claim_warm(&self, req: &CreateRequest) -> Result<Option<SandboxId>, NodeError> {
@@ -553,8 +565,15 @@ impl Node for NodeSet {
 
     async fn pool_stats(&self) -> Result<PoolStats, NodeError> {
         let mut all = PoolStats::default();
-        for (_, node) in self.members() {
-            let s = node.pool_stats().await?;
+        for (id, node) in self.members() {
+            // Metrics of the nodes that answer; a lost node's pools are gone anyway.
+            let s = match node.pool_stats().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(node = %id, error = %e, "a node could not report its pools");
+                    continue;
+                }
+            };
             all.pools.extend(s.pools);
             all.hits += s.hits;
             all.misses += s.misses;
@@ -679,10 +698,23 @@ impl Node for NodeSet {
 
     async fn list_templates(&self) -> Result<Vec<TemplateSummary>, NodeError> {
         let mut by_name: HashMap<TemplateName, TemplateSummary> = HashMap::new();
-        for (_, node) in self.members() {
-            for t in node.list_templates().await? {
-                by_name.entry(t.name.clone()).or_insert(t);
+        let (mut answered, mut last_error) = (false, None);
+        for (id, node) in self.members() {
+            match node.list_templates().await {
+                Ok(list) => {
+                    answered = true;
+                    for t in list {
+                        by_name.entry(t.name.clone()).or_insert(t);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(node = %id, error = %e, "a node could not list its templates");
+                    last_error = Some(e);
+                }
             }
+        }
+        if let (false, Some(e)) = (answered, last_error) {
+            return Err(e);
         }
         let mut all: Vec<TemplateSummary> = by_name.into_values().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));

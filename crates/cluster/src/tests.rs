@@ -300,3 +300,29 @@ async fn a_template_made_on_one_node_starts_there() {
     assert!(set.delete_template(&name).await.expect("delete"));
     assert_eq!(set.home_of(&name), None);
 }
+
+#[tokio::test]
+async fn an_unreachable_node_does_not_hide_the_others_templates() {
+    let (set, nodes) = set_of(3);
+    let base = TemplateName::parse("base").expect("name");
+    // n0 is asked first; it is down.
+    nodes[0].down.store(true, Ordering::SeqCst);
+    assert!(set.template(&base).await.expect("lookup").is_some());
+    assert!(!set.list_templates().await.expect("list").is_empty());
+    assert_eq!(
+        set.template(&TemplateName::parse("nope").expect("name"))
+            .await
+            .expect("the others answered"),
+        None
+    );
+    // Creates go on on the others.
+    set.create(request()).await.expect("create");
+    // With every node down, the lookup fails instead of saying "no such template".
+    for n in &nodes {
+        n.down.store(true, Ordering::SeqCst);
+    }
+    assert_eq!(
+        set.template(&base).await.expect_err("nobody answered").code,
+        ErrorCode::Unavailable
+    );
+}

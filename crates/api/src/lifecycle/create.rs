@@ -308,7 +308,9 @@ impl Core {
                 Err(match err.code {
                     // The node closed for shutdown: 503 like any create during shutdown.
                     ErrorCode::Busy if self.is_shutting_down() => Error::ShuttingDown,
-                    ErrorCode::Busy => Error::Busy(err.message),
+                    // No node can take it now (full, or none reachable in a cluster): 429 with
+                    // Retry-After, so the SDK's caller retries instead of giving up.
+                    ErrorCode::Busy | ErrorCode::Unavailable => Error::Busy(err.message),
                     ErrorCode::TemplateNotFound => Error::TemplateNotFound(template),
                     _ => Error::CreateFailed(err.message),
                 })

@@ -127,6 +127,35 @@ async fn unknown_template_is_404_with_a_clear_message() {
     );
 }
 
+/// A node that cannot be reached (in a cluster: no node can) is a 503 with `Retry-After`, not
+/// an internal error, and a node that answers "busy" a 429 whose message is the node's.
+#[tokio::test]
+async fn an_unreachable_node_is_retryable() {
+    let h = start().await;
+    h.node.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = h.post("/v2/sandboxes", r#"{"templateID":"base"}"#).await;
+    assert_error(&r, StatusCode::SERVICE_UNAVAILABLE, "down");
+    assert_eq!(r.headers["retry-after"], "1");
+    h.node
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    h.node.full.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = h.post("/v2/sandboxes", r#"{"templateID":"base"}"#).await;
+    assert_error(
+        &r,
+        StatusCode::TOO_MANY_REQUESTS,
+        "node is at capacity: the fake node is full",
+    );
+    assert!(
+        !r.body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("capacity: node is"),
+        "{}",
+        r.body
+    );
+}
+
 #[tokio::test]
 async fn node_failures_are_reported_and_recorded() {
     let h = start().await;
