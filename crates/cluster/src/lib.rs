@@ -660,11 +660,22 @@ impl Node for NodeSet {
         Ok(())
     }
 
+    /// From the node that holds the sandbox; for one that ended (a node keeps its log after
+    /// it stopped), from the first node that has entries for it.
     async fn envd_logs(&self, id: &SandboxId) -> Result<Vec<LogEntry>, NodeError> {
-        match self.holder(id).await? {
-            Some(node) => node.envd_logs(id).await,
-            None => Ok(Vec::new()),
+        if let Some(node) = self.holder(id).await? {
+            return node.envd_logs(id).await;
         }
+        for (member, node) in self.members() {
+            match node.envd_logs(id).await {
+                Ok(entries) if !entries.is_empty() => return Ok(entries),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(node = %member, error = %e, "a node could not be asked for a log")
+                }
+            }
+        }
+        Ok(Vec::new())
     }
 
     async fn pause(&self, id: &SandboxId) -> Result<(), NodeError> {

@@ -326,3 +326,26 @@ async fn an_unreachable_node_does_not_hide_the_others_templates() {
         ErrorCode::Unavailable
     );
 }
+
+#[tokio::test]
+async fn an_ended_sandboxs_log_is_found_on_the_node_that_ran_it() {
+    let (set, nodes) = set_of(3);
+    let entry = paddock_node_contract::LogEntry {
+        timestamp: chrono::Utc::now(),
+        level: paddock_node_contract::LogLevel::Info,
+        message: "kept after the end".into(),
+        fields: Default::default(),
+    };
+    for n in &nodes {
+        *n.envd_log.lock().expect("lock") = vec![entry.clone()];
+    }
+    let id = set.create(request()).await.expect("create").id;
+    set.kill(&id).await.expect("kill");
+    assert_eq!(set.owner_of(&id), None);
+    assert_eq!(set.envd_logs(&id).await.expect("logs"), vec![entry]);
+    assert!(set
+        .envd_logs(&SandboxId::generate())
+        .await
+        .expect("logs")
+        .is_empty());
+}

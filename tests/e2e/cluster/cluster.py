@@ -7,6 +7,7 @@ Environment: PADDOCK_BIN, PADDOCK_TEMPLATES_DIR as for the single-server suite.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -56,8 +57,11 @@ class Proc:
         self.p.wait(timeout=10)
 
     def stop(self, timeout: float = 30) -> int:
-        if self.p is None or self.p.poll() is not None:
-            return self.p.returncode if self.p else 0
+        if self.p is None:
+            return 0
+        if self.p.poll() is not None:
+            # Ended before (a test killed it on purpose and started a new one in its place).
+            return 0 if self.p.returncode == -signal.SIGKILL else self.p.returncode
         self.p.send_signal(signal.SIGTERM)
         try:
             return self.p.wait(timeout=timeout)
@@ -99,12 +103,24 @@ class Cluster:
         return {"X-Admin-Token": ADMIN_TOKEN}
 
     def node_templates(self, name: str) -> Path:
-        """The node's own templates dir: a hard-linked copy of the shared cache (layers are
-        never changed in place), because a node owns its templates dir (it collects layers no
-        template of its own names)."""
+        """The node's own templates dir holding `base` from the shared cache (its layers
+        hard-linked: layers are never changed in place), because a node owns its templates dir
+        (it collects layers no template of its own names)."""
         own = self.dir / f"{name}-templates"
-        if not own.exists():
-            subprocess.run(["cp", "-al", str(self.templates), str(own)], check=True)
+        if own.exists():
+            return own
+        meta = json.loads((self.templates / "base" / "template.json").read_text())
+        (own / "base").mkdir(parents=True)
+        (own / ".layers").mkdir()
+        for layer in meta["layers"]:
+            subprocess.run(
+                ["cp", "-al", str(self.templates / ".layers" / layer), str(own / ".layers" / layer)],
+                check=True,
+            )
+            idmap = self.templates / ".layers" / f".{layer}.idmap"
+            if idmap.exists():
+                shutil.copy2(idmap, own / ".layers" / idmap.name)
+        shutil.copy2(self.templates / "base" / "template.json", own / "base" / "template.json")
         return own
 
     def node_proc(self, name: str, token_file: Optional[Path] = None) -> Proc:
@@ -202,8 +218,8 @@ class Cluster:
         procs = ([self.proxy] if self.proxy else []) + list(self.nodes.values()) + ([self.api] if self.api else [])
         for p in procs:
             code = p.stop()
-            if code not in (0, -9):
-                problems.append(f"{p.name} exited with {code}")
+            if code != 0:
+                problems.append(f"{p.name} exited with {code} after SIGTERM (want 0 within 30 s)")
         return problems
 
     def logs(self) -> str:
@@ -223,3 +239,56 @@ def wait_gone(check, what: str, timeout: float) -> None:
             return
         time.sleep(0.25)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class ClusterAsServer:
+    """A cluster with the face of `paddock_server.PaddockServer`, so that the single-server
+    suite's SDK tests can run against a cluster unchanged (`PADDOCK_E2E_CLUSTER=1`; see
+    tests/e2e/python/conftest.py)."""
+
+    def __init__(self, nodes: int = 3):
+        self.cluster = Cluster(nodes=nodes)
+        self.created_ids = set()
+
+    @property
+    def api_url(self) -> str:
+        return self.cluster.api_url
+
+    @property
+    def sandbox_url(self) -> str:
+        return self.cluster.env["E2B_SANDBOX_URL"]
+
+    @property
+    def api_key(self) -> str:
+        return self.cluster.env["E2B_API_KEY"]
+
+    @property
+    def log_path(self) -> Path:
+        return self.cluster.dir / "api.log"
+
+    def client_env(self) -> Dict[str, str]:
+        return {
+            "E2B_API_URL": self.api_url,
+            "E2B_SANDBOX_URL": self.sandbox_url,
+            "E2B_API_KEY": self.api_key,
+        }
+
+    def track(self, sandbox_id: str) -> str:
+        self.created_ids.add(sandbox_id)
+        return sandbox_id
+
+    def start(self, ready_timeout: float = 600.0) -> "ClusterAsServer":
+        self.cluster.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> int:
+        return 1 if self.cluster.stop() else 0
+
+    def leaks(self) -> List[str]:
+        return []
+
+    def log_tail(self, lines: int = 80) -> str:
+        return self.cluster.logs()
+
+    def cleanup(self) -> None:
+        self.cluster.cleanup()

@@ -29,8 +29,17 @@ from e2b import Sandbox  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def paddock(request: pytest.FixtureRequest):
-    # The webhook tests' receivers listen on 127.0.0.1, which webhooks may not reach by default.
-    server = PaddockServer(extra_args=["--webhook-allow-cidr", "127.0.0.1/32"])
+    if os.environ.get("PADDOCK_E2E_CLUSTER"):
+        # The same SDK tests against a cluster (api, three nodes, edge proxy): see
+        # tests/e2e/cluster/cluster.py and the cluster stage of scripts/test.sh.
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+        from cluster import ClusterAsServer  # noqa: PLC0415
+
+        server = ClusterAsServer()
+    else:
+        # The webhook tests' receivers listen on 127.0.0.1, which webhooks may not reach by
+        # default.
+        server = PaddockServer(extra_args=["--webhook-allow-cidr", "127.0.0.1/32"])
     for key in [k for k in os.environ if k.startswith("E2B_")]:
         del os.environ[key]
     try:
@@ -111,3 +120,11 @@ def sbx(paddock: PaddockServer) -> Sandbox:
     paddock.track(sandbox.sandbox_id)
     yield sandbox
     _kill_quietly(sandbox)
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PADDOCK_E2E_CLUSTER"):
+        skip = pytest.mark.skip(reason="looks at `paddock serve` itself, not the SDK's view")
+        for item in items:
+            if "serve_only" in item.keywords:
+                item.add_marker(skip)

@@ -20,6 +20,7 @@ def _assert_error_body(r: requests.Response, status: int) -> dict:
     return body
 
 
+@pytest.mark.serve_only
 def test_server_prints_the_three_exports(paddock):
     assert paddock.exports["E2B_API_KEY"] == paddock.api_key
     assert paddock.exports["E2B_API_URL"].rstrip("/").endswith(f":{paddock.api_port}")

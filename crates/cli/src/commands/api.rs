@@ -194,10 +194,12 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let _ = background.await;
     let _ = health.await;
     api.await.context("api task")?.context("api server")?;
-    cluster
-        .await
-        .context("cluster task")?
-        .context("cluster service")?;
+    // Nodes and proxies keep their connections open; the graceful end waits for them only so
+    // long.
+    match tokio::time::timeout(std::time::Duration::from_secs(5), cluster).await {
+        Ok(served) => served.context("cluster task")?.context("cluster service")?,
+        Err(_) => tracing::info!("closing the cluster port with members still connected"),
+    }
     eprintln!("paddock: stopped");
     Ok(())
 }

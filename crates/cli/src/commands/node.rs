@@ -306,7 +306,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if let Some(net) = &host.network {
         net.shutdown().await;
     }
-    let _ = grpc.await;
+    // The control plane keeps its connection open; gRPC's graceful end waits for it only so
+    // long.
+    let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
     eprintln!("paddock: stopped");
     Ok(())
 }
