@@ -51,6 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import requests  # noqa: E402
 
+import docsections  # noqa: E402
+
 from bench import (  # noqa: E402
     HEADER,
     REPO,
@@ -65,7 +67,7 @@ from bench import (  # noqa: E402
 from paddock_server import DEFAULT_BIN, PaddockServer, ServerError  # noqa: E402
 
 # The markdown section this bench owns in docs/benchmarks.md.
-SECTION_TITLE = "## Template builds"
+SECTION_TITLE = docsections.TEMPLATES_TITLE
 SERVER_LABEL = "default"
 RECIPE_DIR = Path("recipes") / "code-interpreter"  # relative to REPO, as the CLI is run there
 CI_NAME = "code-interpreter-bench"
@@ -795,39 +797,6 @@ def render_section(out: Outcome, quick: bool) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def section_span(doc: str) -> Optional[tuple]:
-    """(start, end) character offsets of this bench's section in `doc`, if present: from its
-    heading to the next `## ` heading or the end."""
-    m = re.search(r"^## Template builds[ \t]*$", doc, flags=re.M)
-    if m is None:
-        return None
-    nxt = re.search(r"^## ", doc[m.end():], flags=re.M)
-    return m.start(), (m.end() + nxt.start()) if nxt else len(doc)
-
-
-def with_section(doc: str, section: str) -> str:
-    """`doc` with this bench's section replaced by `section` (appended when absent)."""
-    span = section_span(doc)
-    if span is None:
-        return doc.rstrip("\n") + "\n\n" + section if doc.strip() else section
-    start, end = span
-    rest = doc[end:]
-    return doc[:start] + section + ("\n" + rest if rest else "")
-
-
-def keep_section(old_path: Path, new_doc: str) -> str:
-    """`new_doc` with the section this bench wrote into `old_path` earlier, if any (so a run of
-    the sandbox benchmarks alone does not drop it)."""
-    try:
-        old = old_path.read_text()
-    except OSError:
-        return new_doc
-    span = section_span(old)
-    if span is None:
-        return new_doc
-    return with_section(new_doc, old[span[0]:span[1]].rstrip("\n") + "\n")
-
-
 def run_and_report(quick: bool, write: bool, out_path: Path) -> int:
     """Runs the bench, prints its table and notes, and with `write` puts its section into
     `out_path` (the rest of the file kept). 1 if the server did not start."""
@@ -867,7 +836,7 @@ def run_and_report(quick: bool, write: bool, out_path: Path) -> int:
             doc = out_path.read_text()
         except FileNotFoundError:
             doc = "# Benchmarks\n"
-        out_path.write_text(with_section(doc, render_section(out, quick)))
+        out_path.write_text(docsections.replace(doc, SECTION_TITLE, render_section(out, quick)))
         print(f"\nwrote the template section of {out_path}")
     if not out.started:
         print("the templates server did not start", file=sys.stderr)
