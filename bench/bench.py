@@ -16,7 +16,15 @@ checked for leaks, before the next starts), in this order:
 built); without it configuration 3 is skipped with a note. The default server runs after the
 other three so that its background work (pool refills, slot teardown) cannot bleed into them, and
 the bursts-only one after it (it measures only bursts, each after the server went idle);
-`--configs` picks a subset (e.g. `--configs default`).
+`--configs` picks a subset (e.g. `--configs default`). Last, with the sandboxes part:
+  6. cluster                          bench/clusterbench.py: one more `paddock serve` (default
+                                      flags) and, beside it, a one-node cluster (`paddock api`,
+                                      `paddock node`, `paddock proxy` on loopback, over gRPC and
+                                      mutual TLS); REST create, SDK create + first command and
+                                      the exec round trip on both, interleaved, and what the
+                                      cluster adds at p50/p95/p99
+                                      (its own section of docs/benchmarks.md; `--configs cluster`
+                                      alone runs only it and rewrites only that section)
 
 Measures (n samples each, n=100; --quick: n=10), after the same warm-up on every server:
   1. REST create            POST /v2/sandboxes (timed) then DELETE (not timed)      per server
@@ -36,6 +44,8 @@ Warm pool hits and misses (`GET /metrics`, when the server has it) are noted nex
 sequential, burst and sustained rows. Every sandbox and snapshot a row makes is removed in that
 row, failed or not; a sweep at the end kills and deletes whatever is left (and says so), since
 snapshots live in the shared templates dir and would outlive the server.
+Writing docs/benchmarks.md keeps the sections this run does not produce (bench/docsections.py):
+the template builds, the placement simulator, the cluster overhead when it did not run.
 
 Prints a table (p50/p95/p99/mean, success rate) and the machine, then the issue's targets next
 to the measured values (met / not met), memory per idle sandbox, sustained creates/s, ratios to
@@ -497,6 +507,7 @@ class ServerConfig:
     args: List[str]  # extra `paddock serve` flags
     cold: bool = False  # without a warm pool: `--warm-pool-size 0`
     bursts_only: bool = False  # runs only the bursts of 50 (with the load part), after the others
+    cluster: bool = False  # not a serve: bench/clusterbench.py (with the sandboxes part), last
 
     def flags(self) -> List[str]:
         return [*self.args, "--warm-pool-size", "0"] if self.cold else list(self.args)
@@ -505,8 +516,8 @@ class ServerConfig:
 # The warm pool of the `bigpool` configuration: more than the largest burst.
 BIG_POOL = 64
 # The order of the run (see the module doc): the default server after the other full ones, so
-# its network pool refills and slot teardown cannot land in their measurements; the bursts-only
-# one last.
+# its network pool refills and slot teardown cannot land in their measurements; then the
+# bursts-only one, then the cluster.
 CONFIGS = [
     ServerConfig("unhardened", "unhardened", ["--unhardened-for-benchmarks", "--network", "none"], cold=True),
     ServerConfig("none", "hardened, no network", ["--network", "none"], cold=True),
@@ -520,6 +531,8 @@ CONFIGS = [
         ["--warm-pool-size", str(BIG_POOL), "--warm-pool-template", "base"],
         bursts_only=True,
     ),
+    # Create + first command through a one-node cluster beside a serve of its own, interleaved.
+    ServerConfig("cluster", "cluster: api + 1 node + edge proxy, beside serve", [], cluster=True),
 ]
 BASELINE_KEY = "unhardened"
 NOPOOL_KEY = "nopool"
@@ -774,6 +787,30 @@ def run_steps(steps: List[tuple], extra: List[str], label: str) -> None:
                 extra.append(f"- note [{label}]: {name} failed: {type(e).__name__}: {e}"[:300])
 
 
+def run_cluster_only(args: argparse.Namespace, n: int, write: bool) -> int:
+    """`--configs cluster` alone: the cluster part (its own serve beside it), its section
+    written into `args.out` with the rest of the file kept; then the templates part if asked."""
+    import clusterbench  # bench/clusterbench.py
+    import docsections
+    import templates
+
+    out = clusterbench.run(n)
+    clusterbench.print_out(out)
+    if write:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            doc = args.out.read_text()
+        except FileNotFoundError:
+            doc = "# Benchmarks\n"
+        args.out.write_text(docsections.replace(doc, clusterbench.SECTION_TITLE, clusterbench.render_section(out)))
+        print(f"\nwrote the cluster section of {args.out}")
+    status = 0 if out.started else 1
+    if "templates" in args.parts:
+        time.sleep(SETTLE_SECONDS)
+        status = templates.run_and_report(args.quick, write, args.out) or status
+    return status
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="n=10, short load rows, and do not write docs/benchmarks.md")
@@ -836,6 +873,11 @@ def main() -> int:
     if not configs:
         print("no configuration left to run", file=sys.stderr)
         return 1
+    # The cluster runs last, with the sandboxes part, beside a serve of its own.
+    do_cluster = seq and any(c.cluster for c in configs)
+    configs = [c for c in configs if not c.cluster]
+    if not configs and do_cluster:
+        return run_cluster_only(args, n, write)
     # The bursts-only configurations run after the others, and only with the load part.
     burst_configs = [c for c in configs if c.bursts_only] if do_load else []
     configs = [c for c in configs if not c.bursts_only]
@@ -896,6 +938,18 @@ def main() -> int:
 
         if not run_server(config, config.flags(), n, [], extra, bursts):
             failed.append(config.label)
+    cluster_out = None
+    if do_cluster:
+        import clusterbench  # bench/clusterbench.py
+
+        time.sleep(SETTLE_SECONDS)
+        cluster_out = clusterbench.run(n)
+        if not cluster_out.started:
+            failed.append("cluster")
+        header_notes.append(
+            "- then, side by side, one more `paddock serve` and a one-node cluster (`paddock api`, `paddock node`, "
+            f"`paddock proxy`): see [{clusterbench.SECTION_TITLE[3:]}](#cluster-overhead-issue-14)"
+        )
     pooled_rows = [m for rows in pooled_bursts.values() for _, _, m in rows]
     # The default server's own rows and the baselines measured while it ran.
     once_rows = (once.rows() if once else []) + (loads.rows() if loads else [])
@@ -937,11 +991,15 @@ def main() -> int:
     )
 
     baselines.print_report(results, info, n, n_heavy, sections, header_notes + extra)
+    if cluster_out is not None:
+        clusterbench.print_out(cluster_out)
     if write:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         shown = [(c, c.flags()) for c in configs + burst_configs]
         doc = baselines.render_markdown(results, info, n, n_heavy, extra, shown, sections)
-        # The sections other writers own (template builds, placement simulator) stay.
+        if cluster_out is not None:
+            doc = docsections.replace(doc, clusterbench.SECTION_TITLE, clusterbench.render_section(cluster_out))
+        # The sections other writers own (and the cluster's when this run did not measure it).
         args.out.write_text(docsections.keep(args.out, doc))
         print(f"\nwrote {args.out}")
     status = 0

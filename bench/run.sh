@@ -9,10 +9,14 @@
 #                                    sandbox, file throughput) and the baselines, on one server
 #   bench/run.sh --parts templates   only the template builds (bench/templates.py; adds the
 #                                    code-interpreter recipe without --quick, which downloads packages)
+#   bench/run.sh --configs cluster --parts sandboxes
+#                                    only the cluster overhead (bench/clusterbench.py): create + first
+#                                    command through a one-node cluster (api, node, edge proxy) and on
+#                                    a `paddock serve` beside it, interleaved; part of every run
 # One run starts the servers one after the other (unhardened, hardened without network, hardened +
 # networking without a warm pool, the default, then one with a warm pool of 64 for the bursts of
 # 50 only) to report what hardening and the warm pool change; the load rows and the baselines run
-# on the default server.
+# on the default server; last, the cluster beside one more `paddock serve`.
 # Uses the Python venv at $PADDOCK_VENV (default /var/cache/paddock/venv), creating it if needed.
 # The paddock binary: $PADDOCK_BIN (default target/release/paddock, built if missing); the
 # templates: $PADDOCK_TEMPLATES_DIR (default /var/cache/paddock/templates).
