@@ -116,7 +116,14 @@ print(s.get("recipe", 1) if s.get("kind") == "debootstrap" else "other")' "$meta
 py_e2e() { "$VENV/bin/python" -m pytest -x -q tests/e2e/python; }
 py_soak() { "$VENV/bin/python" -m pytest -x -q -m soak tests/e2e/python; }
 # The cluster on one host: `paddock api`, three `paddock node`, `paddock proxy` (tests/e2e/cluster).
-py_cluster() { "$VENV/bin/python" -m pytest -x -q tests/e2e/cluster; }
+# Then the single-server suite's SDK tests against such a cluster, unchanged (PADDOCK_E2E_CLUSTER).
+py_cluster() {
+  "$VENV/bin/python" -m pytest -x -q tests/e2e/cluster
+  PADDOCK_E2E_CLUSTER=1 "$VENV/bin/python" -m pytest -x -q \
+    tests/e2e/python/test_commands.py tests/e2e/python/test_files.py tests/e2e/python/test_pty.py \
+    tests/e2e/python/test_proxy.py tests/e2e/python/test_lifecycle.py tests/e2e/python/test_api.py \
+    tests/e2e/python/test_metrics.py tests/e2e/python/test_logs.py tests/e2e/python/test_signed_urls.py
+}
 js_e2e() { cd "$repo/tests/e2e/js" && npm test; cd "$repo"; }
 
 step "setup" bash scripts/setup.sh --test-deps
