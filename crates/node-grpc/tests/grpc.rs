@@ -311,4 +311,3 @@ async fn a_node_that_is_not_there_is_unavailable_not_a_hang() {
         .expect_err("nothing there");
     assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
 }
-
