@@ -22,7 +22,7 @@ use paddock_domain::{EgressPolicy, Resources, SandboxId, TemplateName};
 use paddock_node_contract::build::{BuildError, BuildRequest, Built, LogSink};
 use paddock_node_contract::{
     CreateRequest, ErrorCode, LogEntry, MetricSample, MetricsRange, Node, NodeError, NodeEvent,
-    NodeSandbox, PoolStats, SandboxStatus, SnapshotMade, TemplateInfo, TemplateSummary,
+    NodeSandbox, PauseMode, PoolStats, SandboxStatus, SnapshotMade, TemplateInfo, TemplateSummary,
     EVENT_BUFFER,
 };
 use paddock_placement::{
@@ -34,6 +34,10 @@ use tokio::task::JoinHandle;
 
 /// How many nodes one create is tried on.
 pub const CREATE_TRIES: usize = 3;
+/// How long a template found on a node is answered from memory (every create looks its
+/// template up first; this saves that round trip). Templates changed through the set are
+/// forgotten at once; ones changed on a node directly show after this long.
+pub const TEMPLATE_CACHE_TTL: Duration = Duration::from_secs(5);
 /// How long a member's event pump waits before subscribing again, at first and at most.
 const RESUBSCRIBE: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
 
@@ -47,6 +51,9 @@ struct Member {
 struct Owner {
     node: String,
     demand: Demand,
+    /// Its status as the set last made it (create, pause, resume through the set); `None` for
+    /// a sandbox the set learnt of from a node, whose status is asked for.
+    status: Option<SandboxStatus>,
 }
 
 struct Inner {
@@ -56,6 +63,8 @@ struct Inner {
     /// Templates only one node has (snapshots, fork templates, builds), by the node that made
     /// them: creates of them go there.
     homes: RwLock<HashMap<TemplateName, String>>,
+    /// Templates found recently, and when (see [`TEMPLATE_CACHE_TTL`]).
+    found: RwLock<HashMap<TemplateName, (TemplateInfo, Instant)>>,
     events: broadcast::Sender<NodeEvent>,
 }
 
@@ -116,6 +125,7 @@ impl NodeSet {
                 placer: Mutex::new(Placer::new(config)),
                 owners: RwLock::new(HashMap::new()),
                 homes: RwLock::new(HashMap::new()),
+                found: RwLock::new(HashMap::new()),
                 events: broadcast::channel(EVENT_BUFFER).0,
             }),
         }
@@ -284,6 +294,7 @@ impl NodeSet {
             Owner {
                 node: node.to_string(),
                 demand: demand.unwrap_or_else(|| demand_of(None)),
+                status: None,
             },
         );
     }
@@ -299,11 +310,57 @@ impl NodeSet {
     }
 
     fn set_home(&self, name: &TemplateName, node: Option<&str>) {
+        self.forget_template(name);
         let mut homes = self.inner.homes.write().expect("homes lock");
         match node {
             Some(n) => homes.insert(name.clone(), n.to_string()),
             None => homes.remove(name),
         };
+    }
+
+    /// Records the status the set just gave `sandbox` (after a create, pause or resume).
+    fn set_status_of(&self, sandbox: &SandboxId, status: SandboxStatus) {
+        if let Some(o) = self
+            .inner
+            .owners
+            .write()
+            .expect("owners lock")
+            .get_mut(sandbox)
+        {
+            o.status = Some(status);
+        }
+    }
+
+    /// Forgets what the set knew of `sandbox`'s status (a change is under way).
+    fn forget_status(&self, sandbox: &SandboxId) {
+        if let Some(o) = self
+            .inner
+            .owners
+            .write()
+            .expect("owners lock")
+            .get_mut(sandbox)
+        {
+            o.status = None;
+        }
+    }
+
+    /// The status the set last gave `sandbox`, if it knows it.
+    fn known_status(&self, sandbox: &SandboxId) -> Option<SandboxStatus> {
+        self.inner
+            .owners
+            .read()
+            .expect("owners lock")
+            .get(sandbox)
+            .and_then(|o| o.status)
+    }
+
+    /// Drops `name` from the template cache (it changed through the set).
+    fn forget_template(&self, name: &TemplateName) {
+        self.inner
+            .found
+            .write()
+            .expect("templates lock")
+            .remove(name);
     }
 
     fn disown(&self, sandbox: &SandboxId) {
@@ -482,6 +539,7 @@ impl Node for NodeSet {
                 Ok(made) => {
                     self.release(&placed, Answer::Created);
                     self.own(&made.id, &node_id, Some(Demand::from(&made.resources)));
+                    self.set_status_of(&made.id, SandboxStatus::Running);
                     return Ok(made);
                 }
                 Err(e) => {
@@ -527,10 +585,22 @@ impl Node for NodeSet {
     /// are skipped (a lost node must not hide the others' templates), and only when none
     /// answers is it an error.
     async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
+        if let Some((info, at)) = self.inner.found.read().expect("templates lock").get(name) {
+            if at.elapsed() < TEMPLATE_CACHE_TTL {
+                return Ok(Some(info.clone()));
+            }
+        }
         let (mut answered, mut last_error) = (false, None);
         for (id, node) in self.members() {
             match node.template(name).await {
-                Ok(Some(t)) => return Ok(Some(t)),
+                Ok(Some(t)) => {
+                    self.inner
+                        .found
+                        .write()
+                        .expect("templates lock")
+                        .insert(name.clone(), (t.clone(), Instant::now()));
+                    return Ok(Some(t));
+                }
                 Ok(None) => answered = true,
                 Err(e) => {
                     tracing::warn!(node = %id, error = %e, "a node could not be asked for a template");
@@ -600,11 +670,22 @@ impl Node for NodeSet {
         Ok(self.inner.events.subscribe())
     }
 
+    /// What the set made of the sandbox (created, paused, resumed through it) without asking:
+    /// every change of a sandbox the set placed goes through it but its end, which arrives as an
+    /// event and removes the sandbox (a status asked before that event arrives says it runs,
+    /// as the event will then find it). Sandboxes the set learnt of otherwise are asked for.
     async fn status(&self, id: &SandboxId) -> Result<Option<SandboxStatus>, NodeError> {
-        match self.holder(id).await? {
-            Some(node) => node.status(id).await,
-            None => Ok(None),
+        if let Some(known) = self.known_status(id) {
+            return Ok(Some(known));
         }
+        let status = match self.holder(id).await? {
+            Some(node) => node.status(id).await?,
+            None => None,
+        };
+        if let Some(s) = status {
+            self.set_status_of(id, s);
+        }
+        Ok(status)
     }
 
     async fn update_network(&self, id: &SandboxId, policy: EgressPolicy) -> Result<(), NodeError> {
@@ -679,15 +760,27 @@ impl Node for NodeSet {
     }
 
     async fn pause(&self, id: &SandboxId) -> Result<(), NodeError> {
-        self.holder_or_not_found(id).await?.pause(id).await
+        let node = self.holder_or_not_found(id).await?;
+        self.forget_status(id);
+        node.pause(id).await?;
+        // Pausing one on disk leaves it there: ask next time.
+        Ok(())
     }
 
     async fn resume(&self, id: &SandboxId) -> Result<(), NodeError> {
-        self.holder_or_not_found(id).await?.resume(id).await
+        let node = self.holder_or_not_found(id).await?;
+        self.forget_status(id);
+        node.resume(id).await?;
+        self.set_status_of(id, SandboxStatus::Running);
+        Ok(())
     }
 
     async fn pause_to_disk(&self, id: &SandboxId) -> Result<(), NodeError> {
-        self.holder_or_not_found(id).await?.pause_to_disk(id).await
+        let node = self.holder_or_not_found(id).await?;
+        self.forget_status(id);
+        node.pause_to_disk(id).await?;
+        self.set_status_of(id, SandboxStatus::Paused(PauseMode::Disk));
+        Ok(())
     }
 
     async fn snapshot(
@@ -746,6 +839,7 @@ impl Node for NodeSet {
         from: &TemplateName,
         to: &TemplateName,
     ) -> Result<TemplateInfo, NodeError> {
+        self.forget_template(to);
         let mut copied = None;
         let mut homes = Vec::new();
         for (id, node) in self.members() {

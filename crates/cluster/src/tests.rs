@@ -317,12 +317,16 @@ async fn an_unreachable_node_does_not_hide_the_others_templates() {
     );
     // Creates go on on the others.
     set.create(request()).await.expect("create");
-    // With every node down, the lookup fails instead of saying "no such template".
+    // With every node down, a lookup (of a template not found recently) fails instead of
+    // saying "no such template".
     for n in &nodes {
         n.down.store(true, Ordering::SeqCst);
     }
     assert_eq!(
-        set.template(&base).await.expect_err("nobody answered").code,
+        set.template(&TemplateName::parse("slow").expect("name"))
+            .await
+            .expect_err("nobody answered")
+            .code,
         ErrorCode::Unavailable
     );
 }
@@ -348,4 +352,72 @@ async fn an_ended_sandboxs_log_is_found_on_the_node_that_ran_it() {
         .await
         .expect("logs")
         .is_empty());
+}
+
+#[tokio::test]
+async fn templates_found_are_answered_from_memory_until_they_change_through_the_set() {
+    use paddock_node_contract::build::BuildRequest;
+    let (set, nodes) = set_of(2);
+    let name = TemplateName::parse("cached").expect("name");
+    let (logs, _lines) = tokio::sync::mpsc::unbounded_channel();
+    set.build(
+        BuildRequest {
+            name: name.clone(),
+            recipe: paddock_template::Recipe {
+                base: paddock_template::Base::Template("base".into()),
+                steps: vec![],
+                force: false,
+                start_cmd: None,
+                ready_cmd: None,
+            },
+            resources: Resources::default(),
+            files_dir: "/nonexistent".into(),
+            images_dir: None,
+        },
+        logs,
+    )
+    .await
+    .expect("build");
+    assert!(set.template(&name).await.expect("lookup").is_some());
+    // Gone on the node behind the set's back: still answered from memory (for a while).
+    for n in &nodes {
+        n.built.lock().expect("lock").remove(&name);
+    }
+    assert!(set.template(&name).await.expect("lookup").is_some());
+    // Deleted through the set: forgotten at once.
+    set.delete_template(&name).await.expect("delete");
+    assert_eq!(set.template(&name).await.expect("lookup"), None);
+}
+
+#[tokio::test]
+async fn the_status_the_set_gave_a_sandbox_is_answered_without_asking() {
+    let (set, nodes) = set_of(1);
+    let mut events = set.events().await.expect("subscribe");
+    let id = set.create(request()).await.expect("create").id;
+    // Answered from what the set did (the node is not even reachable).
+    nodes[0].down.store(true, Ordering::SeqCst);
+    assert_eq!(
+        set.status(&id).await.expect("status"),
+        Some(SandboxStatus::Running)
+    );
+    nodes[0].down.store(false, Ordering::SeqCst);
+    set.pause(&id).await.expect("pause");
+    assert_eq!(
+        set.status(&id).await.expect("status"),
+        Some(SandboxStatus::Paused(
+            paddock_node_contract::PauseMode::Memory
+        ))
+    );
+    set.resume(&id).await.expect("resume");
+    assert_eq!(
+        set.status(&id).await.expect("status"),
+        Some(SandboxStatus::Running)
+    );
+    // Its end arrives as an event, and then it is gone.
+    while nodes[0].event_subscribers() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    nodes[0].die(id.as_str());
+    next_event(&mut events).await;
+    assert_eq!(set.status(&id).await.expect("status"), None);
 }
