@@ -165,6 +165,7 @@ impl Strategy for FullScan {
             Answer::Rejected => b.on_success(),
             Answer::Full => b.on_full(),
             Answer::NodeFailed => b.on_failure(now, &self.breaker),
+            Answer::Withdrawn => b.on_withdrawn(now),
         }
     }
 

@@ -3,7 +3,6 @@
 //! for a failed create whose reason the client needs.
 
 use std::error::Error as StdError;
-use std::fmt::Write as _;
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -74,15 +73,7 @@ impl ApiError {
 }
 
 /// `error` and its sources, joined with `: `.
-pub(crate) fn chain(error: &(dyn StdError + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let _ = write!(out, ": {cause}");
-        source = cause.source();
-    }
-    out
-}
+pub(crate) use paddock_domain::error_chain as chain;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

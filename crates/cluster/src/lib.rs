@@ -234,6 +234,15 @@ impl NodeSet {
         ids
     }
 
+    /// Whether `id` is a member.
+    pub fn has_member(&self, id: &str) -> bool {
+        self.inner
+            .members
+            .read()
+            .expect("members lock")
+            .contains_key(id)
+    }
+
     /// The member that holds sandbox `id`, if the set knows it.
     pub fn owner_of(&self, id: &SandboxId) -> Option<String> {
         self.inner
@@ -622,7 +631,7 @@ impl Node for NodeSet {
         };
         let node_id = placed.node().to_string();
         // Not a create: the reservation is only for the choice.
-        self.release(&placed, Answer::Rejected);
+        self.release(&placed, Answer::Withdrawn);
         let Some(node) = self.member(&node_id) else {
             return Ok(None);
         };
@@ -861,7 +870,7 @@ impl Node for NodeSet {
 
     async fn build(&self, req: BuildRequest, logs: LogSink) -> Result<Built, BuildError> {
         let failed = |message: String| BuildError {
-            step: paddock_template_base_step(),
+            step: paddock_template::BASE_STEP.to_string(),
             message,
         };
         let demand = Demand::from(&req.resources);
@@ -869,7 +878,7 @@ impl Node for NodeSet {
             .place(demand, &req.name, None, &HashSet::new())
             .map_err(|e| failed(e.message))?;
         let node_id = placed.node().to_string();
-        self.release(&placed, Answer::Rejected);
+        self.release(&placed, Answer::Withdrawn);
         let node = self
             .member(&node_id)
             .ok_or_else(|| failed(format!("node {node_id} left the cluster")))?;
@@ -879,11 +888,6 @@ impl Node for NodeSet {
         self.set_home(&name, Some(&node_id));
         Ok(built)
     }
-}
-
-/// The step a build failure before any step is reported in (E2B's `base`).
-fn paddock_template_base_step() -> String {
-    "base".to_string()
 }
 
 #[cfg(test)]

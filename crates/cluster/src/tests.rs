@@ -38,6 +38,23 @@ fn count(node: &FakeNode) -> usize {
     node.live.lock().expect("lock").len()
 }
 
+/// A build of template `name` over `base` with no steps.
+fn build_of(name: &TemplateName) -> paddock_node_contract::build::BuildRequest {
+    paddock_node_contract::build::BuildRequest {
+        name: name.clone(),
+        recipe: paddock_template::Recipe {
+            base: paddock_template::Base::Template("base".into()),
+            steps: vec![],
+            force: false,
+            start_cmd: None,
+            ready_cmd: None,
+        },
+        resources: Resources::default(),
+        files_dir: "/nonexistent".into(),
+        images_dir: None,
+    }
+}
+
 async fn next_event(rx: &mut broadcast::Receiver<NodeEvent>) -> NodeEvent {
     tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
@@ -259,28 +276,10 @@ async fn what_ends_gives_its_room_back() {
 
 #[tokio::test]
 async fn a_template_made_on_one_node_starts_there() {
-    use paddock_node_contract::build::BuildRequest;
     let (set, nodes) = set_of(3);
     let (logs, _lines) = tokio::sync::mpsc::unbounded_channel();
     let name = TemplateName::parse("mine").expect("name");
-    set.build(
-        BuildRequest {
-            name: name.clone(),
-            recipe: paddock_template::Recipe {
-                base: paddock_template::Base::Template("base".into()),
-                steps: vec![],
-                force: false,
-                start_cmd: None,
-                ready_cmd: None,
-            },
-            resources: Resources::default(),
-            files_dir: "/nonexistent".into(),
-            images_dir: None,
-        },
-        logs,
-    )
-    .await
-    .expect("build");
+    set.build(build_of(&name), logs).await.expect("build");
     let home = set.home_of(&name).expect("the builder is its home");
     for _ in 0..6 {
         let req = CreateRequest {
@@ -356,28 +355,10 @@ async fn an_ended_sandboxs_log_is_found_on_the_node_that_ran_it() {
 
 #[tokio::test]
 async fn templates_found_are_answered_from_memory_until_they_change_through_the_set() {
-    use paddock_node_contract::build::BuildRequest;
     let (set, nodes) = set_of(2);
     let name = TemplateName::parse("cached").expect("name");
     let (logs, _lines) = tokio::sync::mpsc::unbounded_channel();
-    set.build(
-        BuildRequest {
-            name: name.clone(),
-            recipe: paddock_template::Recipe {
-                base: paddock_template::Base::Template("base".into()),
-                steps: vec![],
-                force: false,
-                start_cmd: None,
-                ready_cmd: None,
-            },
-            resources: Resources::default(),
-            files_dir: "/nonexistent".into(),
-            images_dir: None,
-        },
-        logs,
-    )
-    .await
-    .expect("build");
+    set.build(build_of(&name), logs).await.expect("build");
     assert!(set.template(&name).await.expect("lookup").is_some());
     // Gone on the node behind the set's back: still answered from memory (for a while).
     for n in &nodes {

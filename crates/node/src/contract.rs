@@ -29,23 +29,8 @@ impl From<LocalError> for NodeError {
             | LocalError::Template(_)
             | LocalError::Io { .. } => ErrorCode::Internal,
         };
-        NodeError::new(code, chain(&e))
+        NodeError::new(code, paddock_domain::error_chain(&e))
     }
-}
-
-/// `e` and its sources, joined by ": " (the message that crosses the seam).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[async_trait]

@@ -99,6 +99,17 @@ impl Breaker {
         }
     }
 
+    /// What [`Breaker::on_send`] counted as sent was not sent after all: a probe it started is
+    /// open to be taken again at once; nothing else changes.
+    pub fn on_withdrawn(&mut self, now: Instant) {
+        if let BreakerState::Probing { cool_down } = self.state {
+            self.state = BreakerState::Open {
+                until: now,
+                cool_down,
+            };
+        }
+    }
+
     /// The node answered a create sensibly (created it, or refused it for a reason of the
     /// request's own): the breaker closes.
     pub fn on_success(&mut self) {
@@ -166,6 +177,22 @@ mod tests {
         assert_eq!(b.admit(t0), Admit::No);
         assert_eq!(b.admit(t0 + Duration::from_secs(29)), Admit::No);
         assert_eq!(b.admit(t0 + Duration::from_secs(30)), Admit::Probe);
+    }
+
+    #[test]
+    fn a_withdrawn_probe_can_be_taken_again_and_counts_nothing() {
+        let (c, t0) = (cfg(), Instant::now());
+        let mut b = Breaker::default();
+        b.on_failure(t0, &c);
+        b.on_withdrawn(t0);
+        assert_eq!(b.state(), BreakerState::Closed { failures: 1 });
+        b.on_failure(t0, &c);
+        b.on_failure(t0, &c);
+        let t1 = t0 + Duration::from_secs(31);
+        b.on_send(t1);
+        assert_eq!(b.admit(t1), Admit::No, "the probe is out");
+        b.on_withdrawn(t1);
+        assert_eq!(b.admit(t1), Admit::Probe, "it was never sent");
     }
 
     #[test]

@@ -287,7 +287,7 @@ impl ClusterHandler for ClusterService {
                 },
             )
             .map_err(|e| Status::not_found(format!("register first: {e}")))?;
-        if !self.nodes.member_ids().iter().any(|m| m == id) {
+        if !self.nodes.has_member(id) {
             return Err(Status::not_found(
                 "register first: the control plane does not know this node",
             ));

@@ -86,6 +86,11 @@ impl Harness {
             None => req.body(Body::empty()),
         }
         .expect("request");
+        self.send(req).await
+    }
+
+    /// Sends a request built by the caller through the router and reads the reply.
+    pub async fn send(&self, req: Request<Body>) -> Reply {
         let res = self.router.clone().oneshot(req).await.expect("infallible");
         let status = res.status();
         let headers = res.headers().clone();

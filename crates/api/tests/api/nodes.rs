@@ -37,20 +37,7 @@ async fn admin(
         .header("content-type", "application/json")
         .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
         .expect("request");
-    let res = h.router.clone().oneshot(req).await.expect("infallible");
-    let status = res.status();
-    let headers = res.headers().clone();
-    let bytes = res.into_body().collect().await.expect("body").to_bytes();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).expect("JSON body")
-    };
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    h.send(req).await
 }
 
 fn registration(id: &str, cluster: &str) -> NodeRegistration {

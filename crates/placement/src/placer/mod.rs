@@ -141,6 +141,9 @@ pub enum Answer {
     /// The node refused the request for a reason of its own (unknown template, bad input):
     /// final, and the node is healthy.
     Rejected,
+    /// Nothing was sent: the placement only chose the node (e.g. for a warm claim or a build
+    /// that holds no room). The reservation goes, the node's breaker learns nothing.
+    Withdrawn,
 }
 
 impl Answer {
@@ -525,6 +528,7 @@ impl Placer {
             Answer::Rejected => s.breaker.on_success(),
             Answer::Full => s.breaker.on_full(),
             Answer::NodeFailed => s.breaker.on_failure(now, &cfg),
+            Answer::Withdrawn => s.breaker.on_withdrawn(now),
         }
         true
     }

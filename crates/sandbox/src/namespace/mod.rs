@@ -319,16 +319,7 @@ fn validate_parent(parent: &str) -> Result<(), RuntimeError> {
 }
 
 /// An error and its sources, joined with `: `.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
+pub(crate) use paddock_domain::error_chain as chain;
 
 #[cfg(test)]
 mod tests {
