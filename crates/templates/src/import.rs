@@ -314,7 +314,7 @@ struct UnpackStats {
 
 /// A tar reader set up to keep everything a root filesystem needs: permissions, owners,
 /// times and xattrs, overwriting what is there.
-fn rootfs_archive<R: Read>(reader: R) -> tar::Archive<R> {
+pub(crate) fn rootfs_archive<R: Read>(reader: R) -> tar::Archive<R> {
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);

@@ -318,6 +318,7 @@ impl TemplateStore {
                 .map_err(TemplateError::io(format!("cannot list {}", dir.display())))?;
             let mut markers = Vec::new();
             let mut lease_files = Vec::new();
+            let mut digest_files = Vec::new();
             for entry in entries {
                 let entry =
                     entry.map_err(TemplateError::io(format!("cannot list {}", dir.display())))?;
@@ -331,6 +332,10 @@ impl TemplateStore {
                 }
                 if let Some(id) = lease_file_id(name) {
                     lease_files.push(id.to_string());
+                    continue;
+                }
+                if let Some(id) = super::transfer::digest_file_id(name) {
+                    digest_files.push(id.to_string());
                     continue;
                 }
                 if !is_layer_id(name) {
@@ -374,6 +379,11 @@ impl TemplateStore {
                 }
                 if let Ok(Some(_lock)) = lock_layer(&dir, &id, true) {
                     let _ = std::fs::remove_file(lease_file(&dir, &id));
+                }
+            }
+            for id in digest_files {
+                if !self.layer_path(&id).exists() && !table.is_leased(&id) {
+                    super::transfer::remove_digest_file(&dir, &id);
                 }
             }
             for id in markers {
@@ -456,6 +466,7 @@ impl TemplateStore {
             .root
             .join(format!("{TRASH_PREFIX}layer-{id}-{}", unique_suffix()));
         std::fs::rename(self.layer_path(id), &trash)?;
+        super::transfer::remove_digest_file(&self.layers_dir(), id);
         let marker = self.layers_dir().join(format!(".{id}.idmap"));
         match std::fs::remove_file(&marker) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {

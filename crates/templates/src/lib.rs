@@ -31,6 +31,7 @@ pub mod images;
 pub mod import;
 pub mod layers;
 mod publish;
+pub mod transfer;
 pub mod users;
 
 use std::collections::HashMap;
@@ -44,6 +45,7 @@ use paddock_domain::{Resources, TemplateName};
 use serde::{Deserialize, Serialize};
 
 pub use layers::{layer_size, GcStats, LayerLease};
+pub use transfer::{LayerDigest, Manifest};
 
 /// Prefix of the directories builds happen in.
 const BUILD_PREFIX: &str = ".build-";
@@ -128,6 +130,17 @@ pub enum TemplateError {
     /// A path is not a layer of this store.
     #[error("{} is not a layer of the template store", .0.display())]
     NotALayer(PathBuf),
+    /// This store has no layer with the digest asked for ([`transfer`]).
+    #[error("this node has no template layer {0}")]
+    UnknownLayer(String),
+    /// A layer received from another node was refused ([`transfer`]); nothing of it is kept.
+    #[error("template layer {digest} was refused: {reason}")]
+    Transfer {
+        /// The digest it was sent as.
+        digest: String,
+        /// Why.
+        reason: String,
+    },
     /// An image reference names nothing this node can provide ([`images`]).
     #[error(transparent)]
     Image(#[from] images::ImageRefError),
