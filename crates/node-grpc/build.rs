@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Layer chunks are handed on without a copy.
+        .bytes(".paddock.node.v1.LayerChunk.data")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -2,7 +2,11 @@
 //! Creates (and builds) are placed by [`paddock_placement`] (best of K ready nodes, retried
 //! on up to three nodes when one is full or fails, circuit breakers for failing ones); every
 //! other call about a sandbox goes to the node that holds it ([`NodeSet::owner_of`]); calls
-//! about templates go to every node. Members come and go at runtime ([`NodeSet::add`],
+//! about templates go to every node. A template is on the nodes that made or received it: a
+//! create placed on a node that lacks it first sends it there from a node that has it
+//! ([`NodeSet::replicate`]: the manifest, then the layers the node lacks, checked against
+//! their digests), and a node that joins receives `base` from another or, as the first, builds
+//! it ([`NodeSet::provide_base`]), so `base` is built once per cluster. Members come and go at runtime ([`NodeSet::add`],
 //! [`NodeSet::remove`]); each member's events are merged into the set's stream, and when a
 //! member's stream ends (it went away, or restarted) the set subscribes again and reports as
 //! exited what the member no longer holds.
@@ -60,12 +64,16 @@ struct Inner {
     members: RwLock<HashMap<String, Member>>,
     placer: Mutex<Placer>,
     owners: RwLock<HashMap<SandboxId, Owner>>,
-    /// Templates only one node has (snapshots, fork templates, builds), by the node that made
-    /// them: creates of them go there.
+    /// Snapshots (and forks' templates) by the node that made them: creates of them go there
+    /// while it can take them (affinity where the files are), elsewhere otherwise.
     homes: RwLock<HashMap<TemplateName, String>>,
     /// Templates found recently, and when (see [`TEMPLATE_CACHE_TTL`]).
     found: RwLock<HashMap<TemplateName, (TemplateInfo, Instant)>>,
     events: broadcast::Sender<NodeEvent>,
+    /// One transfer of a template to a node at a time ([`NodeSet::replicate`]).
+    transfers: Mutex<HashMap<(String, TemplateName), Arc<tokio::sync::Mutex<()>>>>,
+    /// One [`NodeSet::provide_base`] at a time, so `base` is built once per cluster.
+    base: tokio::sync::Mutex<()>,
 }
 
 /// The nodes of a cluster as one [`Node`]. Cheap to clone.
@@ -95,13 +103,37 @@ fn demand_of(resources: Option<&Resources>) -> Demand {
     Demand::from(resources.unwrap_or(&Resources::default()))
 }
 
+/// The chunks of layers `digests` of `src`, one layer after the other; a layer that cannot be
+/// sent ends the stream with its error.
+fn send_layers(src: Arc<dyn Node>, digests: Vec<String>) -> paddock_node_contract::LayerStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        for digest in digests {
+            let mut chunks = match src.export_layer(&digest).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
 /// How a node's failed create counts for placement.
 fn answer_of(e: &NodeError) -> Answer {
     match e.code {
         ErrorCode::Busy => Answer::Full,
-        // Templates are per node until the control plane is their catalog: another node
-        // may have it; the node is healthy.
-        ErrorCode::TemplateNotFound => Answer::Full,
+        // The node is healthy; no member has the template (create sends it to a node that
+        // lacks it before it gets here).
+        ErrorCode::TemplateNotFound => Answer::Rejected,
         ErrorCode::Unavailable | ErrorCode::Internal => Answer::NodeFailed,
         _ => Answer::Rejected,
     }
@@ -127,6 +159,8 @@ impl NodeSet {
                 homes: RwLock::new(HashMap::new()),
                 found: RwLock::new(HashMap::new()),
                 events: broadcast::channel(EVENT_BUFFER).0,
+                transfers: Mutex::new(HashMap::new()),
+                base: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -432,6 +466,125 @@ impl NodeSet {
             .map_err(|e| place_error(&e))
     }
 
+    /// Creates on `node`; a node that lacks the template gets it from a member that has it
+    /// first ([`NodeSet::replicate`]), then is asked again.
+    async fn create_on(
+        &self,
+        node_id: &str,
+        node: &dyn Node,
+        req: &CreateRequest,
+    ) -> Result<NodeSandbox, NodeError> {
+        match node.create(req.clone()).await {
+            Err(e) if e.is(ErrorCode::TemplateNotFound) => {
+                match self.replicate(&req.template, node_id).await {
+                    Ok(Some(_)) => node.create(req.clone()).await,
+                    Ok(None) => Err(e),
+                    // The transfer failed: the node may be failing; another may have it.
+                    Err(t) => Err(NodeError::unavailable(format!(
+                        "template '{}' could not be sent to node {node_id}: {}",
+                        req.template, t.message
+                    ))),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Gives member `to` template `name` from a member that has it: the manifest from that
+    /// member, then the layers `to` lacks, each checked by `to` against its digest. One
+    /// transfer of a template to a node at a time (creates that need it wait for it).
+    /// `Ok(None)` when no other member has the template.
+    pub async fn replicate(
+        &self,
+        name: &TemplateName,
+        to: &str,
+    ) -> Result<Option<TemplateInfo>, NodeError> {
+        let dst = self
+            .member(to)
+            .ok_or_else(|| NodeError::unavailable(format!("node {to} left the cluster")))?;
+        let lock = {
+            let mut transfers = self.inner.transfers.lock().expect("transfers lock");
+            Arc::clone(transfers.entry((to.to_string(), name.clone())).or_default())
+        };
+        let _one = lock.lock().await;
+        if let Some(t) = dst.template(name).await? {
+            return Ok(Some(t));
+        }
+        let mut source = None;
+        for (id, node) in self.members() {
+            if id == to {
+                continue;
+            }
+            match node.template_manifest(name).await {
+                Ok(Some(m)) => {
+                    source = Some((id, node, m));
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(node = %id, template = %name, error = %e, "a node could not describe a template")
+                }
+            }
+        }
+        let Some((from, src, manifest)) = source else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let missing = dst.missing_layers(&manifest.digests()).await?;
+        let bytes: u64 = manifest
+            .layers
+            .iter()
+            .filter(|l| missing.contains(&l.digest))
+            .map(|l| l.size)
+            .sum();
+        let layers = send_layers(src, missing.clone());
+        let info = dst.install_template(manifest, layers).await?;
+        tracing::info!(
+            template = %name,
+            from = %from,
+            to = %to,
+            layers_sent = missing.len(),
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "template sent to a node"
+        );
+        Ok(Some(info))
+    }
+
+    /// Makes sure member `to` has the default template `base`: from a member that has it, or,
+    /// when none has, built by `to` itself. One at a time, so a cluster builds it once and
+    /// the nodes that join meanwhile receive it.
+    pub async fn provide_base(&self, to: &str) -> Result<(), NodeError> {
+        let base = TemplateName::parse(paddock_template::BASE_STEP)
+            .map_err(|e| NodeError::internal(e.to_string()))?;
+        let _one = self.inner.base.lock().await;
+        let dst = self
+            .member(to)
+            .ok_or_else(|| NodeError::unavailable(format!("node {to} left the cluster")))?;
+        if dst.template(&base).await?.is_some() {
+            return Ok(());
+        }
+        if self.replicate(&base, to).await?.is_some() {
+            return Ok(());
+        }
+        tracing::info!(node = %to, "no node has the base template: this one builds it");
+        dst.prepare_base().await
+    }
+
+    /// Deletes template `name` on every member but `keep` (their copies are of an older
+    /// template of that name; a create there fetches the new one).
+    async fn drop_stale(&self, name: &TemplateName, keep: &[String]) {
+        self.forget_template(name);
+        for (id, node) in self.members() {
+            if keep.contains(&id) {
+                continue;
+            }
+            if let Err(e) = node.delete_template(name).await {
+                tracing::warn!(node = %id, template = %name, error = %e, "could not drop an older copy of a template");
+            }
+        }
+    }
+
     fn release(&self, p: &paddock_placement::Placement, answer: Answer) {
         self.inner
             .placer
@@ -526,16 +679,23 @@ async fn sweep(inner: &Inner, id: &str, node: &dyn Node) {
 impl Node for NodeSet {
     async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
         let demand = demand_of(req.resources.as_ref());
-        // A claimed warm sandbox is handed over where it waits; a template only one node has
-        // (a snapshot, a fork's template) starts there.
-        let pin = self
-            .owner_of(&req.id)
-            .or_else(|| self.home_of(&req.template));
+        // A claimed warm sandbox is handed over where it waits (nowhere else); a snapshot or
+        // a fork's template starts where its files are if that node can take it, else
+        // anywhere (its layers travel).
+        let claimed = self.owner_of(&req.id);
+        let mut pin = claimed.clone().or_else(|| self.home_of(&req.template));
         let mut tried = HashSet::new();
         let mut last = None;
         for _ in 0..CREATE_TRIES {
             let placed = match self.place(demand, &req.template, pin.as_deref(), &tried) {
                 Ok(p) => p,
+                Err(_) if pin.is_some() && claimed.is_none() => {
+                    pin = None;
+                    match self.place(demand, &req.template, None, &tried) {
+                        Ok(p) => p,
+                        Err(e) => return Err(last.unwrap_or(e)),
+                    }
+                }
                 Err(e) => return Err(last.unwrap_or(e)),
             };
             let node_id = placed.node().to_string();
@@ -544,7 +704,7 @@ impl Node for NodeSet {
                 tried.insert(node_id);
                 continue;
             };
-            match node.create(req.clone()).await {
+            match self.create_on(&node_id, node.as_ref(), &req).await {
                 Ok(made) => {
                     self.release(&placed, Answer::Created);
                     self.own(&made.id, &node_id, Some(Demand::from(&made.resources)));
@@ -555,12 +715,13 @@ impl Node for NodeSet {
                     let answer = answer_of(&e);
                     self.release(&placed, answer);
                     tracing::warn!(node = %node_id, sandbox_id = %req.id, error = %e, "create failed on a node");
-                    if !answer.retry_elsewhere() || pin.is_some() {
-                        if pin.is_some() {
+                    if !answer.retry_elsewhere() || claimed.is_some() {
+                        if claimed.is_some() {
                             self.disown(&req.id);
                         }
                         return Err(e);
                     }
+                    pin = None;
                     tried.insert(node_id);
                     last = Some(e);
                 }
@@ -804,6 +965,7 @@ impl Node for NodeSet {
             .snapshot(id, name)
             .await?;
         if let Some(owner) = owner.or_else(|| self.owner_of(id)) {
+            self.drop_stale(name, std::slice::from_ref(&owner)).await;
             self.set_home(name, Some(&owner));
         }
         Ok(made)
@@ -843,6 +1005,8 @@ impl Node for NodeSet {
         Ok(deleted)
     }
 
+    /// Copies on every member that has `from`; members that do not drop their copy of `to`
+    /// (an older template of that name) and fetch the new one when a create needs it.
     async fn copy_template(
         &self,
         from: &TemplateName,
@@ -850,22 +1014,22 @@ impl Node for NodeSet {
     ) -> Result<TemplateInfo, NodeError> {
         self.forget_template(to);
         let mut copied = None;
-        let mut homes = Vec::new();
+        let mut lacking = Vec::new();
         for (id, node) in self.members() {
             match node.copy_template(from, to).await {
-                Ok(t) => {
-                    homes.push(id);
-                    copied = Some(t);
-                }
-                Err(e) if e.is(ErrorCode::TemplateNotFound) => {}
+                Ok(t) => copied = Some(t),
+                Err(e) if e.is(ErrorCode::TemplateNotFound) => lacking.push((id, node)),
                 Err(e) => return Err(e),
             }
         }
-        // A copy of a template one node has lives on that node only.
-        if let [only] = homes.as_slice() {
-            self.set_home(to, Some(only));
+        let copied = copied.ok_or_else(|| NodeError::template_not_found(from))?;
+        for (id, node) in lacking {
+            if let Err(e) = node.delete_template(to).await {
+                tracing::warn!(node = %id, template = %to, error = %e, "could not drop an older copy of a template");
+            }
         }
-        copied.ok_or_else(|| NodeError::template_not_found(from))
+        self.set_home(to, None);
+        Ok(copied)
     }
 
     async fn build(&self, req: BuildRequest, logs: LogSink) -> Result<Built, BuildError> {
@@ -885,7 +1049,10 @@ impl Node for NodeSet {
         tracing::info!(node = %node_id, template = %req.name, "building a template");
         let name = req.name.clone();
         let built = node.build(req, logs).await?;
-        self.set_home(&name, Some(&node_id));
+        // Other nodes' copies of the name are of the template it replaces; they fetch this
+        // one when a create needs it.
+        self.drop_stale(&name, std::slice::from_ref(&node_id)).await;
+        self.set_home(&name, None);
         Ok(built)
     }
 }

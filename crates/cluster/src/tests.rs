@@ -275,29 +275,142 @@ async fn what_ends_gives_its_room_back() {
 }
 
 #[tokio::test]
-async fn a_template_made_on_one_node_starts_there() {
+async fn a_template_made_on_one_node_starts_on_every_node_its_layers_sent_once() {
     let (set, nodes) = set_of(3);
     let (logs, _lines) = tokio::sync::mpsc::unbounded_channel();
     let name = TemplateName::parse("mine").expect("name");
     set.build(build_of(&name), logs).await.expect("build");
-    let home = set.home_of(&name).expect("the builder is its home");
-    for _ in 0..6 {
+    assert_eq!(
+        set.home_of(&name),
+        None,
+        "a build is not pinned to its node"
+    );
+    let builder = nodes
+        .iter()
+        .position(|n| !n.built.lock().expect("lock").is_empty())
+        .expect("built somewhere");
+    let mut holders = HashSet::new();
+    for _ in 0..9 {
         let req = CreateRequest {
             template: name.clone(),
             ..request()
         };
-        let id = set.create(req).await.expect("create").id;
-        assert_eq!(set.owner_of(&id).as_deref(), Some(home.as_str()));
+        let id = set.create(req).await.expect("create");
+        holders.insert(set.owner_of(&id.id).expect("owned"));
     }
-    let built_on: Vec<usize> = nodes
+    assert_eq!(
+        holders.len(),
+        3,
+        "creates spread over every node: {holders:?}"
+    );
+    let digest = paddock_node_contract::fake::fake_digest(&name);
+    for (i, node) in nodes.iter().enumerate() {
+        let received = node.received.lock().expect("lock").clone();
+        if i == builder {
+            assert!(received.is_empty(), "the builder received nothing");
+        } else {
+            // Once, though several creates needed it.
+            assert_eq!(
+                received,
+                vec![(name.clone(), vec![digest.clone()])],
+                "node {i}"
+            );
+        }
+    }
+    // A rebuild replaces the others' copies: they fetch the new one when needed.
+    let (logs, _lines) = tokio::sync::mpsc::unbounded_channel();
+    set.build(build_of(&name), logs).await.expect("rebuild");
+    let with_copy = nodes
         .iter()
-        .enumerate()
-        .filter(|(_, n)| !n.built.lock().expect("lock").is_empty())
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(built_on, vec![home[1..].parse::<usize>().expect("n<i>")]);
+        .filter(|n| n.built.lock().expect("lock").contains_key(&name))
+        .count();
+    assert_eq!(with_copy, 1, "only the node that built it last has it");
     assert!(set.delete_template(&name).await.expect("delete"));
-    assert_eq!(set.home_of(&name), None);
+    assert!(nodes
+        .iter()
+        .all(|n| n.built.lock().expect("lock").is_empty()));
+}
+
+#[tokio::test]
+async fn a_template_no_node_has_is_not_found_without_trying_every_node() {
+    let (set, nodes) = set_of(3);
+    let req = CreateRequest {
+        template: TemplateName::parse("nowhere").expect("name"),
+        ..request()
+    };
+    let e = set.create(req).await.expect_err("no such template");
+    assert_eq!(e.code, ErrorCode::TemplateNotFound);
+    let tries: usize = nodes
+        .iter()
+        .map(|n| n.created.lock().expect("lock").len())
+        .sum();
+    assert!(tries <= 1, "{tries} nodes asked");
+}
+
+#[tokio::test]
+async fn a_snapshot_starts_where_its_files_are_while_that_node_has_room() {
+    let (set, nodes) = set_of(3);
+    let (logs, _lines) = tokio::sync::mpsc::unbounded_channel();
+    let name = TemplateName::parse("snap").expect("name");
+    set.build(build_of(&name), logs).await.expect("build");
+    let home = nodes
+        .iter()
+        .position(|n| !n.built.lock().expect("lock").is_empty())
+        .expect("built somewhere");
+    set.set_home(&name, Some(&format!("n{home}")));
+    let req = || CreateRequest {
+        template: name.clone(),
+        ..request()
+    };
+    for _ in 0..3 {
+        let id = set.create(req()).await.expect("create").id;
+        assert_eq!(set.owner_of(&id), Some(format!("n{home}")));
+    }
+    // Full: the next one goes elsewhere, its layers with it.
+    nodes[home].full.store(true, Ordering::SeqCst);
+    let id = set.create(req()).await.expect("create").id;
+    assert_ne!(set.owner_of(&id), Some(format!("n{home}")));
+}
+
+#[tokio::test]
+async fn base_is_built_once_per_cluster_and_sent_to_the_nodes_that_join() {
+    let set = NodeSet::default();
+    let nodes: Vec<Arc<FakeNode>> = (0..3).map(|_| FakeNode::new()).collect();
+    for n in &nodes {
+        n.without_base.store(true, Ordering::SeqCst);
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        set.add(&format!("n{i}"), node.clone(), cap());
+    }
+    let joins = (0..3).map(|i| {
+        let set = set.clone();
+        tokio::spawn(async move { set.provide_base(&format!("n{i}")).await })
+    });
+    for j in joins {
+        j.await.expect("task").expect("provided");
+    }
+    let builds: usize = nodes
+        .iter()
+        .map(|n| n.base_builds.load(Ordering::SeqCst))
+        .sum();
+    assert_eq!(builds, 1, "built once");
+    let received: usize = nodes
+        .iter()
+        .map(|n| n.received.lock().expect("lock").len())
+        .sum();
+    assert_eq!(received, 2, "sent to the two others");
+    for n in &nodes {
+        assert!(n.has_template(&TemplateName::parse("base").expect("name")));
+    }
+    // A node that has it is left alone.
+    set.provide_base("n0").await.expect("again");
+    assert_eq!(
+        nodes
+            .iter()
+            .map(|n| n.base_builds.load(Ordering::SeqCst))
+            .sum::<usize>(),
+        1
+    );
 }
 
 #[tokio::test]

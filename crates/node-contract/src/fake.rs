@@ -58,6 +58,23 @@ pub struct FakeNode {
     pub full: std::sync::atomic::AtomicBool,
     /// Every call fails as if the node could not be reached.
     pub down: std::sync::atomic::AtomicBool,
+    /// Layers (digests) this node has: those of the templates it built and received.
+    pub layers: Mutex<HashSet<String>>,
+    /// Templates received from other nodes, in order, with the digests that came with them.
+    pub received: Mutex<Vec<(TemplateName, Vec<String>)>>,
+    /// How many times `prepare_base` built `base` (it had not got it).
+    pub base_builds: AtomicUsize,
+    /// Does not have `base` (until it builds or receives it).
+    pub without_base: std::sync::atomic::AtomicBool,
+}
+
+/// The templates every fake node has (besides `base`).
+const STANDARD: [&str; 4] = ["broken", "busy", "fragile", "slow"];
+
+/// The one layer of a fake template (its digest is made of its name).
+pub fn fake_digest(name: &TemplateName) -> String {
+    let hex: String = name.as_str().bytes().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex:0>64}")
 }
 
 impl FakeNode {
@@ -83,7 +100,18 @@ impl FakeNode {
             samples: Mutex::new(Vec::new()),
             full: std::sync::atomic::AtomicBool::new(false),
             down: std::sync::atomic::AtomicBool::new(false),
+            layers: Mutex::new(HashSet::new()),
+            received: Mutex::new(Vec::new()),
+            base_builds: AtomicUsize::new(0),
+            without_base: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether the node has template `name`.
+    pub fn has_template(&self, name: &TemplateName) -> bool {
+        (name.as_str() == "base" && !self.without_base.load(Ordering::SeqCst))
+            || STANDARD.contains(&name.as_str())
+            || self.built.lock().expect("lock").contains_key(name)
     }
 
     fn built_info(&self, name: &TemplateName) -> Option<TemplateInfo> {
@@ -164,6 +192,9 @@ impl Node for FakeNode {
         if self.full.load(Ordering::SeqCst) {
             return Err(NodeError::busy("the fake node is full"));
         }
+        if !self.has_template(&req.template) {
+            return Err(NodeError::template_not_found(&req.template));
+        }
         match req.template.as_str() {
             "busy" => return Err(NodeError::busy("all slots taken")),
             "broken" => {
@@ -219,12 +250,10 @@ impl Node for FakeNode {
         if let Some(info) = self.built_info(name) {
             return Ok(Some(info));
         }
-        Ok(["base", "busy", "broken", "slow", "fragile"]
-            .contains(&name.as_str())
-            .then(|| TemplateInfo {
-                name: name.clone(),
-                resources: Resources::default(),
-            }))
+        Ok(self.has_template(name).then(|| TemplateInfo {
+            name: name.clone(),
+            resources: Resources::default(),
+        }))
     }
 
     async fn list_templates(&self) -> Result<Vec<crate::TemplateSummary>, NodeError> {
@@ -263,6 +292,102 @@ impl Node for FakeNode {
             name: copy.name,
             resources: copy.resources,
         })
+    }
+
+    async fn template_manifest(
+        &self,
+        name: &TemplateName,
+    ) -> Result<Option<crate::TemplateManifest>, NodeError> {
+        self.reachable()?;
+        if !self.has_template(name) {
+            return Ok(None);
+        }
+        Ok(Some(crate::TemplateManifest {
+            name: name.clone(),
+            meta_json: format!("{{\"name\":\"{name}\"}}"),
+            layers: vec![crate::LayerRef {
+                digest: fake_digest(name),
+                size: name.as_str().len() as u64,
+            }],
+        }))
+    }
+
+    /// One chunk: the layer's digest as bytes.
+    async fn export_layer(&self, digest: &str) -> Result<crate::LayerStream, NodeError> {
+        self.reachable()?;
+        let chunk = crate::LayerChunk {
+            digest: digest.to_string(),
+            data: bytes::Bytes::from(digest.to_string()),
+        };
+        Ok(Box::pin(futures::stream::iter([Ok(chunk)])))
+    }
+
+    async fn missing_layers(&self, digests: &[String]) -> Result<Vec<String>, NodeError> {
+        self.reachable()?;
+        let have = self.layers.lock().expect("lock");
+        Ok(digests
+            .iter()
+            .filter(|d| !have.contains(*d))
+            .cloned()
+            .collect())
+    }
+
+    /// Takes every chunk (each must carry its digest as data) and then has the template.
+    async fn install_template(
+        &self,
+        manifest: crate::TemplateManifest,
+        mut layers: crate::LayerStream,
+    ) -> Result<TemplateInfo, NodeError> {
+        self.reachable()?;
+        let mut got = Vec::new();
+        while let Some(chunk) = futures::StreamExt::next(&mut layers).await {
+            let chunk = chunk?;
+            if chunk.data != chunk.digest.as_bytes() {
+                return Err(NodeError::new(
+                    ErrorCode::InvalidArgument,
+                    "layer does not match its digest",
+                ));
+            }
+            got.push(chunk.digest);
+        }
+        for d in manifest.digests() {
+            if !got.contains(&d) && !self.layers.lock().expect("lock").contains(&d) {
+                return Err(NodeError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("layer {d} missing"),
+                ));
+            }
+        }
+        self.layers.lock().expect("lock").extend(manifest.digests());
+        self.received
+            .lock()
+            .expect("lock")
+            .push((manifest.name.clone(), got));
+        if manifest.name.as_str() == "base" {
+            self.without_base.store(false, Ordering::SeqCst);
+        } else {
+            self.built.lock().expect("lock").insert(
+                manifest.name.clone(),
+                crate::TemplateSummary {
+                    name: manifest.name.clone(),
+                    resources: Resources::default(),
+                    created_at: chrono::Utc::now(),
+                    layer_ids: vec![manifest.digests()[0][7..].to_string()],
+                },
+            );
+        }
+        Ok(TemplateInfo {
+            name: manifest.name,
+            resources: Resources::default(),
+        })
+    }
+
+    async fn prepare_base(&self) -> Result<(), NodeError> {
+        self.reachable()?;
+        if self.without_base.swap(false, Ordering::SeqCst) {
+            self.base_builds.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// Builds by the recipe without files: logs a few lines per step (`debug` "cache miss",

@@ -12,7 +12,7 @@
 //!   by itself (a sandbox exited) arrives as a [`NodeEvent`] from [`Node::events`].
 //!
 //! Modules: [`error`] (codes and errors), [`types`] (requests, sandboxes, templates, events),
-//! [`logs`], [`metrics`], [`build`] and, with the `fake` feature, `fake` (the one fake node for
+//! [`layers`] (templates across nodes), [`logs`], [`metrics`], [`build`] and, with the `fake` feature, `fake` (the one fake node for
 //! tests).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,11 +26,13 @@ pub mod build;
 pub mod error;
 #[cfg(feature = "fake")]
 pub mod fake;
+pub mod layers;
 pub mod logs;
 pub mod metrics;
 pub mod types;
 
 pub use error::{ErrorCode, NodeError};
+pub use layers::{LayerChunk, LayerRef, LayerStream, TemplateManifest};
 pub use logs::{LogEntry, LogLevel};
 pub use metrics::{MetricSample, MetricsRange, PoolStats, TemplatePoolStats};
 pub use types::{
@@ -186,6 +188,49 @@ pub trait Node: Send + Sync + 'static {
     ) -> Result<TemplateInfo, NodeError> {
         let _ = (from, to);
         Err(NodeError::unsupported("copying templates"))
+    }
+
+    /// What another node needs to have template `name` (its metadata and its layers'
+    /// digests); `None` if this node does not have it. Default: none.
+    async fn template_manifest(
+        &self,
+        name: &TemplateName,
+    ) -> Result<Option<TemplateManifest>, NodeError> {
+        let _ = name;
+        Ok(None)
+    }
+
+    /// Sends the layer with content address `digest`. Fails with
+    /// [`ErrorCode::TemplateNotFound`] if this node has no such layer. Default: unsupported.
+    async fn export_layer(&self, digest: &str) -> Result<LayerStream, NodeError> {
+        let _ = digest;
+        Err(NodeError::unsupported("sending template layers"))
+    }
+
+    /// Of `digests`, the layers this node does not have. Default: unsupported.
+    async fn missing_layers(&self, digests: &[String]) -> Result<Vec<String>, NodeError> {
+        let _ = digests;
+        Err(NodeError::unsupported("receiving template layers"))
+    }
+
+    /// Makes the template of `manifest` on this node (replacing one of that name) from the
+    /// layers it has and those in `layers` (each checked against its digest before it is
+    /// kept). Fails with [`ErrorCode::InvalidArgument`] when a layer is refused or missing.
+    /// Default: unsupported.
+    async fn install_template(
+        &self,
+        manifest: TemplateManifest,
+        layers: LayerStream,
+    ) -> Result<TemplateInfo, NodeError> {
+        let _ = (manifest, layers);
+        Err(NodeError::unsupported("receiving templates"))
+    }
+
+    /// Builds the default template `base` if this node does not have it (a first node of a
+    /// cluster; the others receive it from a node that has it); returns once it is there.
+    /// Default: unsupported.
+    async fn prepare_base(&self) -> Result<(), NodeError> {
+        Err(NodeError::unsupported("building the base template"))
     }
 
     /// Builds a template from a recipe on this node and publishes it; log lines go to `logs`

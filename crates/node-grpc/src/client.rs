@@ -10,12 +10,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use paddock_cluster_tls::{ExpectedPeer, MemberIdentity};
 use paddock_domain::{EgressPolicy, SandboxId, TemplateName};
 use paddock_node_contract::build::{BuildError, BuildRequest, Built, LogSink};
 use paddock_node_contract::{
-    CreateRequest, LogEntry, MetricSample, MetricsRange, Node, NodeError, NodeEvent, NodeSandbox,
-    PoolStats, SandboxStatus, SnapshotMade, TemplateInfo, TemplateSummary, EVENT_BUFFER,
+    CreateRequest, LayerStream, LogEntry, MetricSample, MetricsRange, Node, NodeError, NodeEvent,
+    NodeSandbox, PoolStats, SandboxStatus, SnapshotMade, TemplateInfo, TemplateManifest,
+    TemplateSummary, EVENT_BUFFER,
 };
 use tonic::transport::Channel;
 use tonic::Request;
@@ -395,6 +397,104 @@ impl Node for GrpcNode {
             .await
             .map_err(|s| from_status(&s))?;
         decoded(convert::template_info(Some(r.into_inner())))
+    }
+
+    async fn template_manifest(
+        &self,
+        name: &TemplateName,
+    ) -> Result<Option<TemplateManifest>, NodeError> {
+        let r = self
+            .client
+            .clone()
+            .get_manifest(call(template_ref(name), Some(LONG_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        r.into_inner()
+            .manifest
+            .map(|m| decoded(convert::manifest(m)))
+            .transpose()
+    }
+
+    async fn export_layer(&self, digest: &str) -> Result<LayerStream, NodeError> {
+        let req = p::LayerRequest {
+            digest: digest.to_string(),
+        };
+        let stream = self
+            .client
+            .clone()
+            .export_layer(call(req, None))
+            .await
+            .map_err(|s| from_status(&s))?
+            .into_inner();
+        Ok(Box::pin(stream.map(|c| {
+            c.map(convert::chunk).map_err(|s| from_status(&s))
+        })))
+    }
+
+    async fn missing_layers(&self, digests: &[String]) -> Result<Vec<String>, NodeError> {
+        let req = p::Digests {
+            digests: digests.to_vec(),
+        };
+        let r = self
+            .client
+            .clone()
+            .missing_layers(call(req, Some(LONG_CALL)))
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(r.into_inner().digests)
+    }
+
+    /// Sends the manifest, then the chunks as they come; a chunk the stream fails with ends
+    /// the call (the node then refuses the incomplete layer).
+    async fn install_template(
+        &self,
+        manifest: TemplateManifest,
+        layers: LayerStream,
+    ) -> Result<TemplateInfo, NodeError> {
+        let first = p::InstallPart {
+            part: Some(p::install_part::Part::Manifest(convert::manifest_out(
+                &manifest,
+            ))),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<p::InstallPart>(4);
+        // The layers are read on a task of their own; a failure of theirs ends the call.
+        let pump = tokio::spawn(async move {
+            let mut layers = layers;
+            if tx.send(first).await.is_err() {
+                return None;
+            }
+            while let Some(chunk) = layers.next().await {
+                let part = match chunk {
+                    Ok(c) => p::InstallPart {
+                        part: Some(p::install_part::Part::Chunk(convert::chunk_out(c))),
+                    },
+                    Err(e) => return Some(e),
+                };
+                if tx.send(part).await.is_err() {
+                    return None;
+                }
+            }
+            None
+        });
+        let r = self
+            .client
+            .clone()
+            .install_template(call(tokio_stream::wrappers::ReceiverStream::new(rx), None))
+            .await;
+        if let Ok(Some(e)) = pump.await {
+            return Err(e);
+        }
+        let r = r.map_err(|s| from_status(&s))?;
+        decoded(convert::template_info(Some(r.into_inner())))
+    }
+
+    async fn prepare_base(&self) -> Result<(), NodeError> {
+        self.client
+            .clone()
+            .prepare_base(call(p::Empty {}, None))
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(())
     }
 
     /// Streams the node's build log into `logs`; a broken stream fails the build in the last

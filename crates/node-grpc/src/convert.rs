@@ -457,3 +457,47 @@ mod tests {
         assert!(time("t", i64::MAX).is_err());
     }
 }
+
+pub(crate) fn manifest_out(m: &c::TemplateManifest) -> p::Manifest {
+    p::Manifest {
+        name: m.name.to_string(),
+        meta_json: m.meta_json.clone(),
+        layers: m
+            .layers
+            .iter()
+            .map(|l| p::LayerRef {
+                digest: l.digest.clone(),
+                size: l.size,
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn manifest(m: p::Manifest) -> Result<c::TemplateManifest, Invalid> {
+    Ok(c::TemplateManifest {
+        name: template_name(&m.name)?,
+        meta_json: m.meta_json,
+        layers: m
+            .layers
+            .into_iter()
+            .map(|l| c::LayerRef {
+                digest: l.digest,
+                size: l.size,
+            })
+            .collect(),
+    })
+}
+
+pub(crate) fn chunk_out(c: c::LayerChunk) -> p::LayerChunk {
+    p::LayerChunk {
+        digest: c.digest,
+        data: c.data,
+    }
+}
+
+pub(crate) fn chunk(c: p::LayerChunk) -> c::LayerChunk {
+    c::LayerChunk {
+        digest: c.digest,
+        data: c.data,
+    }
+}

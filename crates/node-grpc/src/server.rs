@@ -134,6 +134,8 @@ type EventStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<p::Event, Status>> + Send + 'static>>;
 type BuildStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<p::BuildEvent, Status>> + Send + 'static>>;
+type LayerChunks =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<p::LayerChunk, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl NodeRpc for NodeService {
@@ -280,6 +282,72 @@ impl NodeRpc for NodeService {
         answer(self.node.copy_template(&from, &to).await, |t| {
             convert::template_info_out(&t)
         })
+    }
+
+    async fn get_manifest(&self, req: Request<p::TemplateRef>) -> Reply<p::ManifestLookup> {
+        let name = name_of(&req.into_inner().name)?;
+        answer(self.node.template_manifest(&name).await, |m| {
+            p::ManifestLookup {
+                manifest: m.as_ref().map(convert::manifest_out),
+            }
+        })
+    }
+
+    type ExportLayerStream = LayerChunks;
+
+    async fn export_layer(&self, req: Request<p::LayerRequest>) -> Reply<LayerChunks> {
+        let digest = req.into_inner().digest;
+        let chunks = self
+            .node
+            .export_layer(&digest)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(Box::pin(chunks.map(|c| {
+            c.map(convert::chunk_out).map_err(|e| to_status(&e))
+        }))))
+    }
+
+    async fn missing_layers(&self, req: Request<p::Digests>) -> Reply<p::Digests> {
+        let digests = req.into_inner().digests;
+        answer(self.node.missing_layers(&digests).await, |digests| {
+            p::Digests { digests }
+        })
+    }
+
+    async fn install_template(
+        &self,
+        req: Request<tonic::Streaming<p::InstallPart>>,
+    ) -> Reply<p::TemplateInfo> {
+        let mut parts = req.into_inner();
+        let first = parts
+            .message()
+            .await?
+            .and_then(|part| part.part)
+            .ok_or_else(|| Status::invalid_argument("an install starts with the manifest"))?;
+        let p::install_part::Part::Manifest(m) = first else {
+            return Err(Status::invalid_argument(
+                "an install starts with the manifest",
+            ));
+        };
+        let manifest = convert::manifest(m).map_err(|e| invalid(&e))?;
+        let chunks = parts.map(|part| match part {
+            Ok(p::InstallPart {
+                part: Some(p::install_part::Part::Chunk(c)),
+            }) => Ok(convert::chunk(c)),
+            Ok(_) => Err(NodeError::new(
+                paddock_node_contract::ErrorCode::InvalidArgument,
+                "after the manifest, an install sends only layer chunks",
+            )),
+            Err(s) => Err(crate::status::from_status(&s)),
+        });
+        answer(
+            self.node.install_template(manifest, Box::pin(chunks)).await,
+            |t| convert::template_info_out(&t),
+        )
+    }
+
+    async fn prepare_base(&self, _req: Request<p::Empty>) -> Reply<p::Empty> {
+        answer(self.node.prepare_base().await, |()| p::Empty {})
     }
 
     type BuildStream = BuildStream;

@@ -260,6 +260,84 @@ async fn builds_stream_their_log_and_one_outcome() {
 }
 
 #[tokio::test]
+async fn templates_travel_over_grpc_manifest_layers_and_install() {
+    use futures::StreamExt;
+    use paddock_node_contract::fake::fake_digest;
+    let cluster = Cluster::start().await;
+    let node = cluster.api();
+    let base = TemplateName::parse("base").expect("name");
+    let m = node
+        .template_manifest(&base)
+        .await
+        .expect("manifest")
+        .expect("the fake has base");
+    assert_eq!(m.digests(), vec![fake_digest(&base)]);
+    assert!(node
+        .template_manifest(&TemplateName::parse("nowhere").expect("name"))
+        .await
+        .expect("manifest")
+        .is_none());
+    // A layer's chunks arrive in order.
+    let chunks: Vec<_> = node
+        .export_layer(&fake_digest(&base))
+        .await
+        .expect("export")
+        .collect()
+        .await;
+    assert_eq!(chunks.len(), 1);
+    let chunk = chunks.into_iter().next().expect("one").expect("ok");
+    assert_eq!(chunk.data, fake_digest(&base).as_bytes());
+
+    // Install: the manifest, then the layers the node lacks.
+    let app = TemplateName::parse("app").expect("name");
+    let manifest = paddock_node_contract::TemplateManifest {
+        name: app.clone(),
+        meta_json: "{}".into(),
+        layers: vec![paddock_node_contract::LayerRef {
+            digest: fake_digest(&app),
+            size: 3,
+        }],
+    };
+    assert_eq!(
+        node.missing_layers(&manifest.digests())
+            .await
+            .expect("missing"),
+        manifest.digests()
+    );
+    let layer = paddock_node_contract::LayerChunk {
+        digest: fake_digest(&app),
+        data: fake_digest(&app).into_bytes().into(),
+    };
+    let info = node
+        .install_template(
+            manifest.clone(),
+            Box::pin(futures::stream::iter([Ok(layer.clone())])),
+        )
+        .await
+        .expect("install");
+    assert_eq!(info.name, app);
+    assert_eq!(
+        cluster.node.received.lock().expect("lock").clone(),
+        vec![(app.clone(), manifest.digests())]
+    );
+    assert!(node
+        .missing_layers(&manifest.digests())
+        .await
+        .expect("missing")
+        .is_empty());
+    // A stream that fails part-way fails the install with the sender's error.
+    let broken = futures::stream::iter([Err(paddock_node_contract::NodeError::internal(
+        "disk on fire",
+    ))]);
+    let e = node
+        .install_template(manifest, Box::pin(broken))
+        .await
+        .expect_err("cut");
+    assert!(e.message.contains("disk on fire"), "{e:?}");
+    node.prepare_base().await.expect("base");
+}
+
+#[tokio::test]
 async fn only_the_control_plane_of_the_same_cluster_gets_in() {
     let cluster = Cluster::start().await;
     let expect = || ExpectedPeer::member(cluster.node_identity.identity().clone());

@@ -6,8 +6,9 @@ use async_trait::async_trait;
 use paddock_domain::{EgressPolicy, SandboxId, TemplateName};
 use paddock_node_contract::build::{BuildError, BuildRequest, Built, LogSink};
 use paddock_node_contract::{
-    CreateRequest, ErrorCode, LogEntry, MetricSample, MetricsRange, Node, NodeError, NodeEvent,
-    NodeSandbox, PoolStats, SandboxStatus, SnapshotMade, TemplateInfo, TemplateSummary,
+    CreateRequest, ErrorCode, LayerStream, LogEntry, MetricSample, MetricsRange, Node, NodeError,
+    NodeEvent, NodeSandbox, PoolStats, SandboxStatus, SnapshotMade, TemplateInfo, TemplateManifest,
+    TemplateSummary,
 };
 use paddock_templates::TemplateError;
 
@@ -24,6 +25,9 @@ impl From<LocalError> for NodeError {
             LocalError::Envd(_) => ErrorCode::Envd,
             LocalError::Template(TemplateError::AlreadyExists(_)) => ErrorCode::TemplateExists,
             LocalError::Template(TemplateError::NotFound(_)) => ErrorCode::TemplateNotFound,
+            LocalError::Template(TemplateError::UnknownLayer(_)) => ErrorCode::TemplateNotFound,
+            LocalError::Template(TemplateError::Transfer { .. }) => ErrorCode::InvalidArgument,
+            LocalError::Template(TemplateError::Busy(_)) => ErrorCode::Busy,
             LocalError::Runtime(_)
             | LocalError::Network(_)
             | LocalError::Template(_)
@@ -133,6 +137,33 @@ impl Node for LocalNode {
 
     async fn build(&self, req: BuildRequest, logs: LogSink) -> Result<Built, BuildError> {
         LocalNode::build(self, req, logs).await
+    }
+
+    async fn template_manifest(
+        &self,
+        name: &TemplateName,
+    ) -> Result<Option<TemplateManifest>, NodeError> {
+        Ok(LocalNode::template_manifest(self, name).await?)
+    }
+
+    async fn export_layer(&self, digest: &str) -> Result<LayerStream, NodeError> {
+        Ok(LocalNode::export_layer(self, digest).await?)
+    }
+
+    async fn missing_layers(&self, digests: &[String]) -> Result<Vec<String>, NodeError> {
+        Ok(LocalNode::missing_layers(self, digests).await?)
+    }
+
+    async fn install_template(
+        &self,
+        manifest: TemplateManifest,
+        layers: LayerStream,
+    ) -> Result<TemplateInfo, NodeError> {
+        Ok(LocalNode::install_template(self, manifest, layers).await?)
+    }
+
+    async fn prepare_base(&self) -> Result<(), NodeError> {
+        Ok(LocalNode::prepare_base(self).await?)
     }
 }
 

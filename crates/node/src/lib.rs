@@ -18,6 +18,7 @@ pub mod logs;
 pub mod manager;
 pub mod metrics;
 mod start;
+mod transfer;
 /// Template storage ([`paddock_templates`]), under the name callers knew it by.
 pub use paddock_templates as templates;
 

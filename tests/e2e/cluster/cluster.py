@@ -78,7 +78,10 @@ class Proc:
 
 
 class Cluster:
-    def __init__(self, nodes: int = 3, lost_after: int = 15):
+    """`seeded` nodes start with `base` (from the shared cache); the others start without it
+    and receive it from the cluster (base is built once per cluster)."""
+
+    def __init__(self, nodes: int = 3, lost_after: int = 15, seeded: int = 1):
         self.bin = Path(os.environ.get("PADDOCK_BIN", DEFAULT_BIN))
         self.templates = Path(os.environ.get("PADDOCK_TEMPLATES_DIR", DEFAULT_TEMPLATES_DIR))
         self.dir = Path(tempfile.mkdtemp(prefix="paddock-cluster-"))
@@ -86,6 +89,7 @@ class Cluster:
         self.node_names = [f"n{i + 1}" for i in range(nodes)]
         self.node_ports: Dict[str, int] = {n: free_port() for n in self.node_names}
         self.lost_after = lost_after
+        self.seeded = set(self.node_names[:seeded])
         self.api: Optional[Proc] = None
         self.nodes: Dict[str, Proc] = {}
         self.proxy: Optional[Proc] = None
@@ -103,11 +107,14 @@ class Cluster:
         return {"X-Admin-Token": ADMIN_TOKEN}
 
     def node_templates(self, name: str) -> Path:
-        """The node's own templates dir holding `base` from the shared cache (its layers
-        hard-linked: layers are never changed in place), because a node owns its templates dir
-        (it collects layers no template of its own names)."""
+        """The node's own templates dir (a node owns its templates dir: it collects layers no
+        template of its own names): for a seeded node holding `base` from the shared cache (its
+        layers hard-linked: layers are never changed in place), for the others empty."""
         own = self.dir / f"{name}-templates"
         if own.exists():
+            return own
+        if name not in self.seeded:
+            own.mkdir()
             return own
         meta = json.loads((self.templates / "base" / "template.json").read_text())
         (own / "base").mkdir(parents=True)

@@ -3,6 +3,7 @@ on three `paddock node`s, reached through `paddock proxy`. The last tests kill a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -10,7 +11,7 @@ from collections import Counter
 
 import pytest
 import requests
-from e2b import Sandbox
+from e2b import Sandbox, Template
 
 from cluster import Cluster, wait_gone
 
@@ -74,6 +75,64 @@ def test_creates_spread_over_the_nodes(cluster: Cluster):
     finally:
         for i in ids:
             requests.delete(f"{cluster.api_url}/sandboxes/{i}", headers=headers, timeout=60)
+
+
+def test_base_is_built_once_and_sent_to_the_nodes_without_it(cluster: Cluster):
+    """Only the first node started with `base`; the others received it, layer by layer, named
+    by their digests, and never built it."""
+    seeded = [n for n in cluster.node_names if n in cluster.seeded]
+    others = [n for n in cluster.node_names if n not in cluster.seeded]
+    assert seeded and others
+    source = json.loads((cluster.node_templates(seeded[0]) / "base" / "template.json").read_text())
+    for name in others:
+        record = cluster.node_templates(name) / "base" / "template.json"
+        wait_gone(record.exists, f"base on node {name}", timeout=300)
+        meta = json.loads(record.read_text())
+        assert len(meta["layers"]) == len(source["layers"])
+        for layer in meta["layers"]:
+            assert len(layer) == 64, f"a received layer is named by its digest: {layer}"
+            digest = (cluster.node_templates(name) / ".layers" / f".{layer}.digest").read_text()
+            assert digest.startswith(f"sha256:{layer} ")
+        log = (cluster.dir / f"{name}.log").read_text()
+        assert "building the base template" not in log
+    assert (cluster.dir / "api.log").read_text().count("template sent to a node") >= len(others)
+
+
+def drain_all_but(cluster: Cluster, keep: str) -> None:
+    for name in cluster.node_names:
+        want = "ready" if name == keep else "draining"
+        r = requests.post(f"{cluster.api_url}/nodes/{name}", json={"status": want},
+                          headers=cluster.admin(), timeout=10)
+        assert r.status_code in (200, 204), r.text
+
+
+def test_a_template_built_through_the_sdk_starts_on_every_node(cluster: Cluster):
+    name = f"cluster-built-{os.getpid()}"
+    t = Template().from_template("base").run_cmd("echo built-once > /opt/marker")
+    Template.build(t, name)
+    made = []
+    try:
+        for node in cluster.node_names:
+            drain_all_but(cluster, node)
+            sbx = Sandbox.create(template=name, timeout=120)
+            made.append(sbx)
+            assert holder(cluster, sbx.sandbox_id) == node
+            assert sbx.commands.run("cat /opt/marker").stdout.strip() == "built-once"
+        # Rebuilt: every node starts the new one (the older copies are dropped).
+        t = Template().from_template("base").run_cmd("echo built-twice > /opt/marker")
+        Template.build(t, name)
+        for node in reversed(cluster.node_names):
+            drain_all_but(cluster, node)
+            sbx = Sandbox.create(template=name, timeout=120)
+            made.append(sbx)
+            assert holder(cluster, sbx.sandbox_id) == node
+            assert sbx.commands.run("cat /opt/marker").stdout.strip() == "built-twice"
+    finally:
+        for name_ in cluster.node_names:
+            requests.post(f"{cluster.api_url}/nodes/{name_}", json={"status": "ready"},
+                          headers=cluster.admin(), timeout=10)
+        for sbx in made:
+            sbx.kill()
 
 
 def test_pause_and_resume_on_the_node_that_holds_it():

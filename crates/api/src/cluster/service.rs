@@ -246,6 +246,17 @@ impl ClusterHandler for ClusterService {
         self.nodes.add(&id, Arc::new(client), capacity);
         // What it kept is its own from now on.
         self.nodes.adopt(&id, &kept);
+        // `base` from a node that has it (or, the first node, built there): once per cluster.
+        let nodes = self.nodes.clone();
+        let joined = id.clone();
+        tokio::spawn(async move {
+            match nodes.provide_base(&joined).await {
+                Ok(()) => tracing::info!(node = %joined, "node has the base template"),
+                Err(e) => {
+                    tracing::warn!(node = %joined, error = %e, "could not provide the base template")
+                }
+            }
+        });
         tracing::info!(node = %id, %addr, kept = kept.len(), "node registered");
         Ok(proto::Registered {
             cluster_id: self.cluster_id.clone(),

@@ -71,8 +71,23 @@ pub(crate) struct Host {
     pub(crate) sandbox_pool: paddock_node::Cidr,
 }
 
-/// Builds `base` if missing, then starts the runtime, networking and the node of `data_dir`.
-pub(crate) async fn start(args: &HostArgs, data_dir: &Path) -> anyhow::Result<Host> {
+/// Where a host's `base` template comes from when it has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BaseSource {
+    /// Built here before anything starts (`paddock serve`).
+    Build,
+    /// Sent by the cluster from a node that has it, or built here when the control plane asks
+    /// (the first node of a cluster): `paddock node`.
+    Cluster,
+}
+
+/// Builds `base` if missing (with [`BaseSource::Build`]), then starts the runtime, networking
+/// and the node of `data_dir`.
+pub(crate) async fn start(
+    args: &HostArgs,
+    data_dir: &Path,
+    base_source: BaseSource,
+) -> anyhow::Result<Host> {
     let templates_dir = super::templates_dir(args.templates_dir.clone(), data_dir);
     let templates = TemplateStore::open(&templates_dir)
         .with_context(|| format!("opening templates in {}", templates_dir.display()))?;
@@ -92,7 +107,13 @@ pub(crate) async fn start(args: &HostArgs, data_dir: &Path) -> anyhow::Result<Ho
             );
         }
     }
-    if existing.is_none() {
+    if existing.is_none() && base_source == BaseSource::Cluster {
+        eprintln!(
+            "paddock: no base template in {} yet: the cluster sends it from a node that has it \
+             (or has this node build it, if none has)",
+            templates_dir.display()
+        );
+    } else if existing.is_none() {
         eprintln!(
             "paddock: building the base template in {} (first start; takes a minute or two)",
             templates_dir.display()

@@ -215,7 +215,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     )
     .await?;
 
-    let host = super::host::start(&args.host, &data_dir).await?;
+    let host = super::host::start(&args.host, &data_dir, super::host::BaseSource::Cluster).await?;
     let node = host.node.clone();
     let hop = paddock_proxy::Proxy::new(
         Arc::new(super::host::NodeDirectory {

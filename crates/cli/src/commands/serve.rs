@@ -153,7 +153,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .data_dir
         .canonicalize()
         .context("resolving the data dir")?;
-    let host = super::host::start(&args.node, &data_dir).await?;
+    let host = super::host::start(&args.node, &data_dir, super::host::BaseSource::Build).await?;
     let (node, network, sandbox_pool) = (host.node, host.network, host.sandbox_pool);
 
     let (api_key, generated) = paddock_api::ensure_api_key(&data_dir, args.api_key.clone())
