@@ -1046,6 +1046,17 @@ impl Node for NodeSet {
         let node = self
             .member(&node_id)
             .ok_or_else(|| failed(format!("node {node_id} left the cluster")))?;
+        // A recipe that starts from a template starts from the same one on any node.
+        if let paddock_template::Base::Template(parent) = &req.recipe.base {
+            if let Ok(parent) = TemplateName::parse(parent) {
+                self.replicate(&parent, &node_id).await.map_err(|e| {
+                    failed(format!(
+                        "template '{parent}' could not be sent to node {node_id}: {}",
+                        e.message
+                    ))
+                })?;
+            }
+        }
         tracing::info!(node = %node_id, template = %req.name, "building a template");
         let name = req.name.clone();
         let built = node.build(req, logs).await?;
