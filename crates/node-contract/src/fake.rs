@@ -12,8 +12,8 @@ use paddock_domain::{Resources, SandboxId, TemplateName};
 use tokio::sync::{broadcast, Semaphore};
 
 use crate::{
-    CreateRequest, ErrorCode, Node, NodeError, NodeEvent, NodeSandbox, PauseMode, SandboxStatus,
-    TemplateInfo,
+    CreateRequest, ErrorCode, ExitReason, Node, NodeError, NodeEvent, NodeSandbox, PauseMode,
+    SandboxStatus, TemplateInfo,
 };
 
 /// A node that keeps its "sandboxes" in a set. Template `base` works, `busy` reports no
@@ -173,12 +173,19 @@ impl FakeNode {
 
     /// Simulates a sandbox dying by itself.
     pub fn die(&self, id: &str) {
+        self.end(id, ExitReason::Exited);
+    }
+
+    /// Simulates a sandbox ending for `reason` (e.g. [`ExitReason::OutOfMemory`], or
+    /// [`ExitReason::NodeLost`] as a set of nodes reports a member's sandboxes).
+    pub fn end(&self, id: &str, reason: ExitReason) {
         let id = SandboxId::parse(id).expect("valid id");
         self.live.lock().expect("lock").remove(&id);
+        self.paused.lock().expect("lock").remove(&id);
         self.exits
             .lock()
             .expect("lock")
-            .send(NodeEvent::Exited { id })
+            .send(NodeEvent::exited(id, reason))
             .expect("a watcher is subscribed");
     }
 }
@@ -212,7 +219,7 @@ impl Node for FakeNode {
                 .exits
                 .lock()
                 .expect("lock")
-                .send(NodeEvent::Exited { id: req.id.clone() });
+                .send(NodeEvent::exited(req.id.clone(), ExitReason::Exited));
         } else {
             self.live.lock().expect("lock").insert(req.id.clone());
         }

@@ -36,8 +36,8 @@ pub use layers::{LayerChunk, LayerRef, LayerStream, TemplateManifest};
 pub use logs::{LogEntry, LogLevel};
 pub use metrics::{MetricSample, MetricsRange, PoolStats, TemplatePoolStats};
 pub use types::{
-    CreateRequest, NodeEvent, NodeSandbox, PauseMode, SandboxStatus, SnapshotMade, TemplateInfo,
-    TemplateSummary,
+    CreateRequest, ExitReason, NodeEvent, NodeSandbox, PauseMode, SandboxStatus, SnapshotMade,
+    TemplateInfo, TemplateSummary,
 };
 
 /// How many node events a subscriber may fall behind before it is told it lagged

@@ -108,22 +108,112 @@ pub struct SnapshotMade {
     pub size_bytes: u64,
 }
 
+/// Why a sandbox ended without the control plane asking.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// Its init (envd) ended by itself (a crash, `kill 1` from inside), or the node cannot
+    /// tell why it is gone (an older node says nothing more).
+    #[default]
+    Exited,
+    /// Its init ended after the kernel's OOM killer acted in the sandbox's memory cgroup (the
+    /// node found an `oom_kill` recorded there when it noticed the exit).
+    OutOfMemory,
+    /// Its node is gone: removed from the cluster after staying silent, never back after the
+    /// control plane restarted, or back without it (the node restarted).
+    NodeLost,
+}
+
+impl ExitReason {
+    /// Every reason.
+    pub const ALL: [ExitReason; 3] = [
+        ExitReason::Exited,
+        ExitReason::OutOfMemory,
+        ExitReason::NodeLost,
+    ];
+
+    /// The short name (`exited`, `oom`, `node_lost`): E2B's `kill_reason` style.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Exited => "exited",
+            ExitReason::OutOfMemory => "oom",
+            ExitReason::NodeLost => "node_lost",
+        }
+    }
+
+    /// The reason as the control plane records it on the sandbox (its logs, its `killed`
+    /// event's `reason`).
+    pub fn describe(self) -> &'static str {
+        match self {
+            ExitReason::Exited => "sandbox exited by itself",
+            ExitReason::OutOfMemory => "sandbox ran out of memory",
+            ExitReason::NodeLost => "node lost",
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Something that happened to a sandbox on the node without the control plane asking.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NodeEvent {
-    /// The sandbox's init (envd) ended by itself; the node has torn it down.
+    /// The sandbox ended by itself (or was lost with its node); the node has torn it down.
     Exited {
         /// The sandbox.
         id: SandboxId,
+        /// Why.
+        #[serde(default)]
+        reason: ExitReason,
     },
 }
 
 impl NodeEvent {
+    /// A sandbox that ended for `reason`.
+    pub fn exited(id: SandboxId, reason: ExitReason) -> Self {
+        NodeEvent::Exited { id, reason }
+    }
+
     /// The sandbox the event is about.
     pub fn sandbox_id(&self) -> &SandboxId {
         match self {
-            NodeEvent::Exited { id } => id,
+            NodeEvent::Exited { id, .. } => id,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_reasons_have_distinct_names_and_descriptions() {
+        let names: std::collections::HashSet<&str> =
+            ExitReason::ALL.iter().map(|r| r.as_str()).collect();
+        let texts: std::collections::HashSet<&str> =
+            ExitReason::ALL.iter().map(|r| r.describe()).collect();
+        assert_eq!(names.len(), ExitReason::ALL.len());
+        assert_eq!(texts.len(), ExitReason::ALL.len());
+        assert_eq!(ExitReason::NodeLost.to_string(), "node_lost");
+        assert_eq!(ExitReason::default(), ExitReason::Exited);
+    }
+
+    #[test]
+    fn an_event_without_a_reason_reads_as_exited() {
+        let id = SandboxId::parse("isb1").expect("id");
+        let old: NodeEvent =
+            serde_json::from_str(r#"{"kind":"exited","id":"isb1"}"#).expect("decodes");
+        assert_eq!(old, NodeEvent::exited(id.clone(), ExitReason::Exited));
+        let lost = NodeEvent::exited(id, ExitReason::NodeLost);
+        let json = serde_json::to_string(&lost).expect("encodes");
+        assert!(json.contains(r#""reason":"node_lost""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<NodeEvent>(&json).expect("decodes"),
+            lost
+        );
     }
 }

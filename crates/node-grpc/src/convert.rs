@@ -211,10 +211,32 @@ pub(crate) fn pool_stats(s: p::PoolStatsReply) -> Result<c::PoolStats, Invalid> 
 }
 
 pub(crate) fn event_out(e: &c::NodeEvent) -> p::Event {
+    use p::exited::Reason;
     match e {
-        c::NodeEvent::Exited { id } => p::Event {
-            kind: Some(p::event::Kind::Exited(p::Exited { id: id.to_string() })),
-        },
+        c::NodeEvent::Exited { id, reason } => {
+            let reason = match reason {
+                c::ExitReason::Exited => Reason::Exited,
+                c::ExitReason::OutOfMemory => Reason::OutOfMemory,
+                c::ExitReason::NodeLost => Reason::NodeLost,
+            };
+            p::Event {
+                kind: Some(p::event::Kind::Exited(p::Exited {
+                    id: id.to_string(),
+                    reason: reason as i32,
+                })),
+            }
+        }
+    }
+}
+
+/// Why a sandbox ended; a reason this side does not know (a newer node) is
+/// [`c::ExitReason::Exited`], as is the absent field of an older node.
+fn exit_reason(raw: i32) -> c::ExitReason {
+    use p::exited::Reason;
+    match Reason::try_from(raw) {
+        Ok(Reason::OutOfMemory) => c::ExitReason::OutOfMemory,
+        Ok(Reason::NodeLost) => c::ExitReason::NodeLost,
+        Ok(Reason::Exited) | Err(_) => c::ExitReason::Exited,
     }
 }
 
@@ -223,6 +245,7 @@ pub(crate) fn event(e: p::Event) -> Result<Option<c::NodeEvent>, Invalid> {
     Ok(match e.kind {
         Some(p::event::Kind::Exited(x)) => Some(c::NodeEvent::Exited {
             id: sandbox_id(&x.id)?,
+            reason: exit_reason(x.reason),
         }),
         None => None,
     })
@@ -455,6 +478,28 @@ mod tests {
         let now = Utc::now();
         assert_eq!(time("t", micros(&now)).expect("time"), now.trunc_subsecs(6));
         assert!(time("t", i64::MAX).is_err());
+    }
+
+    #[test]
+    fn exit_reasons_cross_the_wire() {
+        let id = SandboxId::generate();
+        for reason in c::ExitReason::ALL {
+            let e = c::NodeEvent::exited(id.clone(), reason);
+            assert_eq!(event(event_out(&e)).expect("event"), Some(e));
+        }
+        // An older node sends no reason, a newer one may send one this side does not know.
+        for raw in [0, 99] {
+            let wire = p::Event {
+                kind: Some(p::event::Kind::Exited(p::Exited {
+                    id: id.to_string(),
+                    reason: raw,
+                })),
+            };
+            assert_eq!(
+                event(wire).expect("event"),
+                Some(c::NodeEvent::exited(id.clone(), c::ExitReason::Exited))
+            );
+        }
     }
 }
 

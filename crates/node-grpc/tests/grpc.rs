@@ -12,7 +12,7 @@ use paddock_cluster_tls::{
 use paddock_domain::{EgressPolicy, SandboxId, TemplateName};
 use paddock_node_contract::fake::FakeNode;
 use paddock_node_contract::{
-    CreateRequest, ErrorCode, MetricsRange, Node, NodeEvent, PauseMode, SandboxStatus,
+    CreateRequest, ErrorCode, ExitReason, MetricsRange, Node, NodeEvent, PauseMode, SandboxStatus,
 };
 use paddock_node_grpc::{serve, GrpcNode, ServeConfig};
 
@@ -127,8 +127,16 @@ async fn a_node_over_grpc_answers_as_it_does_in_process() {
         .await
         .expect("event in time")
         .expect("event");
-    assert_eq!(event, NodeEvent::Exited { id: id.clone() });
+    assert_eq!(event, NodeEvent::exited(id.clone(), ExitReason::Exited));
     assert_eq!(node.status(&id).await.expect("status"), None);
+    // ... with why it ended.
+    let oom = node.create(request("base")).await.expect("create").id;
+    cluster.node.end(oom.as_str(), ExitReason::OutOfMemory);
+    let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("event in time")
+        .expect("event");
+    assert_eq!(event, NodeEvent::exited(oom, ExitReason::OutOfMemory));
 
     // Errors keep their code and message.
     let busy = node.create(request("busy")).await.expect_err("busy");
