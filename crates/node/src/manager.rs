@@ -300,11 +300,28 @@ impl LocalNode {
             }
             return;
         }
-        tracing::warn!(sandbox_id = %id, "sandbox exited on its own");
+        // Read before the cgroup goes with the cleanup.
+        let reason = self.exit_reason(&id);
+        tracing::warn!(sandbox_id = %id, %reason, "sandbox exited on its own");
         crate::logs::archive_logged(self.state_dir(&id), &self.cfg.sandboxes_dir, &id).await;
         self.stop_and_forget(&id, "cleaning up an exited sandbox")
             .await;
-        let _ = self.exits.send(crate::NodeEvent::Exited { id });
+        let _ = self.exits.send(crate::NodeEvent::exited(id, reason));
+    }
+
+    /// Why sandbox `id`, whose init just ended and whose cgroup is still there, ended: out of
+    /// memory when the OOM killer killed a process of the sandbox's own cgroup, else exited by
+    /// itself. On cgroup v1 that cgroup holds envd alone (the user's processes, whose OOM kills
+    /// leave the sandbox running, are in a child); on v2 it holds them all, so an init that
+    /// ended for another reason after an OOM kill of a user's process is reported as out of
+    /// memory too.
+    fn exit_reason(&self, id: &SandboxId) -> paddock_node_contract::ExitReason {
+        let kills = crate::metrics::init_oom_kills(&self.runtime.cgroup_dirs(id));
+        if kills.is_some_and(|n| n > 0) {
+            paddock_node_contract::ExitReason::OutOfMemory
+        } else {
+            paddock_node_contract::ExitReason::Exited
+        }
     }
 
     /// Stops sandbox `id` (already out of the live table) and gives back what it held: its

@@ -5,7 +5,7 @@
 //! against the kernel in `paddock-sandbox`).
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +30,8 @@ struct RtState {
     die_at_start: HashSet<SandboxId>,
     /// How many sandboxes were alive when `release` ran.
     alive_at_release: Option<usize>,
+    /// When set, sandbox `id`'s cgroup directory is `<this>/<id>`.
+    cgroup_root: Option<PathBuf>,
 }
 
 /// The `POST /init` requests a [`GatedRuntime`]'s envd answered: the `X-Access-Token` header
@@ -182,6 +184,11 @@ impl RuntimeDriver for GatedRuntime {
 
     fn is_alive(&self, id: &SandboxId) -> bool {
         self.state().alive.contains(id)
+    }
+
+    fn cgroup_dirs(&self, id: &SandboxId) -> Vec<PathBuf> {
+        let root = self.state().cgroup_root.clone();
+        root.map(|r| vec![r.join(id.as_str())]).unwrap_or_default()
     }
 
     async fn release(&self) {
@@ -382,9 +389,44 @@ async fn lagged_exit_notifications_resync_the_table() {
         .await
         .expect("exit reported")
         .expect("recv");
-    assert_eq!(got, crate::NodeEvent::Exited { id: id.clone() });
+    assert_eq!(
+        got,
+        crate::NodeEvent::exited(id.clone(), paddock_node_contract::ExitReason::Exited)
+    );
     assert!(node.live().await.is_empty());
     assert!(rt.state().killed.contains(&id));
+}
+
+#[tokio::test]
+async fn an_exit_after_an_oom_kill_in_the_sandboxs_cgroup_is_out_of_memory() {
+    use paddock_node_contract::ExitReason;
+    let rt = GatedRuntime::new();
+    let cgroups = tempfile::tempdir().expect("tempdir");
+    rt.state().cgroup_root = Some(cgroups.path().to_path_buf());
+    let (_dir, node) = node(&rt, 4);
+    let mut events = node.events();
+    let (oom, plain) = (SandboxId::generate(), SandboxId::generate());
+    rt.gate.add_permits(2);
+    node.create(request(&oom)).await.expect("create");
+    node.create(request(&plain)).await.expect("create");
+    for (id, kills) in [(&oom, 1), (&plain, 0)] {
+        let dir = cgroups.path().join(id.as_str());
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let text = format!("oom_kill_disable 0\nunder_oom 0\noom_kill {kills}\n");
+        std::fs::write(dir.join("memory.oom_control"), text).expect("write");
+    }
+    for (id, reason) in [
+        (&oom, ExitReason::OutOfMemory),
+        (&plain, ExitReason::Exited),
+    ] {
+        rt.state().alive.remove(id);
+        rt.exits.send(id.clone()).expect("the node listens");
+        let got = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("exit reported")
+            .expect("recv");
+        assert_eq!(got, crate::NodeEvent::exited(id.clone(), reason));
+    }
 }
 
 /// A node with warm pools of `size`, reconciled (pools fill only after the first reconcile).

@@ -170,6 +170,21 @@ fn read_memory(dirs: &[PathBuf]) -> Result<(u64, u64), MetricsError> {
     Ok((usage.saturating_sub(inactive), cache))
 }
 
+/// How many processes of the sandbox's own cgroup the kernel's OOM killer has killed: `oom_kill`
+/// of v2 `memory.events.local` (`memory.events` on kernels before 5.2) or v1
+/// `memory.oom_control`. On v1 the user's processes run in a `user` child cgroup whose kills
+/// the parent's counter does not include, so this counts kills of envd alone; on v2 every
+/// process of the sandbox shares the one cgroup and this counts them all. `None` when no
+/// directory has any of the files (no memory cgroup, or it is gone).
+pub fn init_oom_kills(dirs: &[PathBuf]) -> Option<u64> {
+    dirs.iter().find_map(|dir| {
+        ["memory.events.local", "memory.oom_control", "memory.events"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+            .and_then(|text| parse_flat_keyed(&text).get("oom_kill").copied())
+    })
+}
+
 /// `(used, total)` bytes of the file system mounted at `disk_dir`, or `None` when nothing is
 /// mounted there (same device as its parent) or it cannot be read.
 pub fn disk_usage(disk_dir: &Path) -> Option<(u64, u64)> {
@@ -737,5 +752,41 @@ mod tests {
         sample_tick(&node).await;
         assert!(node.metrics(&a, MetricsRange::default()).await.is_empty());
         assert!(node.metrics_store().ids().is_empty());
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_the_sandboxs_own_cgroup() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // v2: the local counter, not the hierarchical one (which counts the user's kills).
+        let v2 = tmp.path().join("v2/iabc");
+        write(
+            &v2,
+            "memory.events",
+            "low 0\nhigh 0\nmax 9\noom 4\noom_kill 4\n",
+        );
+        write(
+            &v2,
+            "memory.events.local",
+            "low 0\nhigh 0\nmax 1\noom 1\noom_kill 0\n",
+        );
+        assert_eq!(init_oom_kills(std::slice::from_ref(&v2)), Some(0));
+        write(
+            &v2,
+            "memory.events.local",
+            "low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\n",
+        );
+        assert_eq!(init_oom_kills(std::slice::from_ref(&v2)), Some(1));
+        // v1: the memory hierarchy's directory among the others.
+        let mem = tmp.path().join("memory/paddock/iabc");
+        let cpu = tmp.path().join("cpu,cpuacct/paddock/iabc");
+        write(&cpu, "cpuacct.usage", "5\n");
+        write(
+            &mem,
+            "memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        );
+        assert_eq!(init_oom_kills(&[cpu.clone(), mem]), Some(2));
+        // No memory cgroup (or it is gone already).
+        assert_eq!(init_oom_kills(&[cpu, tmp.path().join("gone")]), None);
     }
 }
