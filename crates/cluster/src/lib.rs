@@ -9,11 +9,13 @@
 //! it ([`NodeSet::provide_base`]), so `base` is built once per cluster. Members come and go at runtime ([`NodeSet::add`],
 //! [`NodeSet::remove`]); each member's events are merged into the set's stream, and when a
 //! member's stream ends (it went away, or restarted) the set subscribes again and reports as
-//! exited what the member no longer holds.
+//! lost ([`ExitReason::NodeLost`]) what the member no longer holds.
 //!
 //! A member's sandboxes are known from the creates that went through the set, from
 //! [`Node::reconcile`] and, for an id the set has not seen, by asking every member's
-//! [`Node::status`]. Removing a member reports its sandboxes as exited (lost with it).
+//! [`Node::status`]. Removing a member reports its sandboxes as exited with
+//! [`ExitReason::NodeLost`] (lost with it), as does [`NodeSet::report_gone`]; the exits a
+//! member reports itself keep the member's reason.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -25,9 +27,9 @@ use async_trait::async_trait;
 use paddock_domain::{EgressPolicy, Resources, SandboxId, TemplateName};
 use paddock_node_contract::build::{BuildError, BuildRequest, Built, LogSink};
 use paddock_node_contract::{
-    CreateRequest, ErrorCode, LogEntry, MetricSample, MetricsRange, Node, NodeError, NodeEvent,
-    NodeSandbox, PauseMode, PoolStats, SandboxStatus, SnapshotMade, TemplateInfo, TemplateSummary,
-    EVENT_BUFFER,
+    CreateRequest, ErrorCode, ExitReason, LogEntry, MetricSample, MetricsRange, Node, NodeError,
+    NodeEvent, NodeSandbox, PauseMode, PoolStats, SandboxStatus, SnapshotMade, TemplateInfo,
+    TemplateSummary, EVENT_BUFFER,
 };
 use paddock_placement::{
     Answer, Capacity, Demand, Load, NodeStatus, NodeView, PlaceError, Placer, PlacerConfig,
@@ -165,12 +167,16 @@ impl NodeSet {
         }
     }
 
-    /// Adds (or replaces) member `id`, ready to take sandboxes up to `capacity`.
+    /// Adds (or replaces) member `id`, ready to take sandboxes up to `capacity`. A member
+    /// that replaces one of the same id (the node restarted and registered again) is swept
+    /// once subscribed: what the set placed on it that it no longer holds was lost.
     pub fn add(&self, id: &str, node: Arc<dyn Node>, capacity: Capacity) {
+        let replacing = self.has_member(id);
         let pump = tokio::spawn(pump_events(
             Arc::downgrade(&self.inner),
             id.to_string(),
             Arc::clone(&node),
+            replacing,
         ));
         let old = self
             .inner
@@ -189,7 +195,8 @@ impl NodeSet {
         tracing::info!(node = id, "node joined the set");
     }
 
-    /// Removes member `id`; its sandboxes are lost with it and reported as exited.
+    /// Removes member `id`; its sandboxes are lost with it and reported as exited with
+    /// [`ExitReason::NodeLost`].
     pub fn remove(&self, id: &str) -> bool {
         let member = self.inner.members.write().expect("members lock").remove(id);
         self.inner.placer.lock().expect("placer lock").remove(id);
@@ -215,7 +222,10 @@ impl NodeSet {
             "node left the set; its sandboxes are lost"
         );
         for sandbox in lost {
-            let _ = self.inner.events.send(NodeEvent::Exited { id: sandbox });
+            let _ = self
+                .inner
+                .events
+                .send(NodeEvent::exited(sandbox, ExitReason::NodeLost));
         }
         true
     }
@@ -227,12 +237,15 @@ impl NodeSet {
         }
     }
 
-    /// Reports sandboxes as exited that no member holds any more (e.g. found by the control
-    /// plane after its restart: their node never came back).
+    /// Reports sandboxes as lost ([`ExitReason::NodeLost`]) that no member holds any more
+    /// (e.g. found by the control plane after its restart: their node never came back).
     pub fn report_gone(&self, ids: &[SandboxId]) {
         for id in ids {
             self.disown(id);
-            let _ = self.inner.events.send(NodeEvent::Exited { id: id.clone() });
+            let _ = self
+                .inner
+                .events
+                .send(NodeEvent::exited(id.clone(), ExitReason::NodeLost));
         }
     }
 
@@ -603,21 +616,30 @@ fn free(inner: &Inner, owner: &Owner) {
         .free(&owner.node, &owner.demand);
 }
 
-/// Copies member `id`'s events into the set's stream, subscribing again (and reporting as
-/// exited what the member no longer holds) whenever its stream ends, until the set is gone.
-async fn pump_events(set: std::sync::Weak<Inner>, id: String, node: Arc<dyn Node>) {
+/// Copies member `id`'s events into the set's stream, subscribing again (and reporting as lost
+/// what the member no longer holds) whenever its stream ends, until the set is gone. After a
+/// lag (events were missed, the member itself is fine) what it no longer holds is reported as
+/// exited by itself. `sweep_first`: sweep after the first subscription too (a member that
+/// replaced one of the same id).
+async fn pump_events(
+    set: std::sync::Weak<Inner>,
+    id: String,
+    node: Arc<dyn Node>,
+    sweep_first: bool,
+) {
     let mut wait = RESUBSCRIBE.0;
-    let mut first = true;
+    let mut sweep_next = sweep_first;
     loop {
         let rx = node.events().await;
         let Some(inner) = set.upgrade() else { return };
         let mut rx = match rx {
             Ok(rx) => {
                 wait = RESUBSCRIBE.0;
-                if !first {
-                    sweep(&inner, &id, node.as_ref()).await;
+                if sweep_next {
+                    // It went away (or restarted): what it no longer has was lost with it.
+                    sweep(&inner, &id, node.as_ref(), ExitReason::NodeLost).await;
                 }
-                first = false;
+                sweep_next = true;
                 rx
             }
             Err(e) => {
@@ -633,7 +655,7 @@ async fn pump_events(set: std::sync::Weak<Inner>, id: String, node: Arc<dyn Node
             match rx.recv().await {
                 Ok(event) => {
                     let Some(inner) = set.upgrade() else { return };
-                    let NodeEvent::Exited { id: sandbox } = &event;
+                    let NodeEvent::Exited { id: sandbox, .. } = &event;
                     let gone = inner.owners.write().expect("owners lock").remove(sandbox);
                     if let Some(o) = gone {
                         free(&inner, &o);
@@ -642,7 +664,7 @@ async fn pump_events(set: std::sync::Weak<Inner>, id: String, node: Arc<dyn Node
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     let Some(inner) = set.upgrade() else { return };
-                    sweep(&inner, &id, node.as_ref()).await;
+                    sweep(&inner, &id, node.as_ref(), ExitReason::Exited).await;
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             }
@@ -652,26 +674,53 @@ async fn pump_events(set: std::sync::Weak<Inner>, id: String, node: Arc<dyn Node
     }
 }
 
-/// Reports as exited every sandbox the set places on member `id` that it no longer holds.
-async fn sweep(inner: &Inner, id: &str, node: &dyn Node) {
+/// Reports as exited for `reason` every sandbox the set places on member `id` that it no
+/// longer holds: not live and, asked one by one, not held at all (a sandbox paused to disk is
+/// not live but still there; one created since `live` answered is live now). When the member
+/// cannot be asked, nothing is reported.
+async fn sweep(inner: &Inner, id: &str, node: &dyn Node, reason: ExitReason) {
     let Ok(live) = node.live().await else {
         return;
     };
     let live: HashSet<SandboxId> = live.into_iter().collect();
+    let missing: Vec<SandboxId> = inner
+        .owners
+        .read()
+        .expect("owners lock")
+        .iter()
+        .filter(|(s, o)| o.node == id && !live.contains(*s))
+        .map(|(s, _)| s.clone())
+        .collect();
+    let mut gone = Vec::new();
+    for sandbox in missing {
+        match node.status(&sandbox).await {
+            Ok(Some(_)) => {}
+            Ok(None) => gone.push(sandbox),
+            Err(e) => {
+                tracing::warn!(node = %id, error = %e, "cannot ask a node what it still holds");
+                return;
+            }
+        }
+    }
     let gone: Vec<(SandboxId, Owner)> = {
         let mut owners = inner.owners.write().expect("owners lock");
-        let gone: Vec<SandboxId> = owners
-            .iter()
-            .filter(|(s, o)| o.node == id && !live.contains(*s))
-            .map(|(s, _)| s.clone())
-            .collect();
-        gone.into_iter()
-            .filter_map(|s| owners.remove(&s).map(|o| (s, o)))
-            .collect()
+        let mut removed = Vec::new();
+        for s in gone {
+            // Still where it was when asked (not killed or moved meanwhile).
+            if owners.get(&s).is_some_and(|o| o.node == id) {
+                if let Some(o) = owners.remove(&s) {
+                    removed.push((s, o));
+                }
+            }
+        }
+        removed
     };
+    if !gone.is_empty() {
+        tracing::warn!(node = %id, sandboxes = gone.len(), %reason, "sandboxes the node no longer holds");
+    }
     for (sandbox, owner) in gone {
         free(inner, &owner);
-        let _ = inner.events.send(NodeEvent::Exited { id: sandbox });
+        let _ = inner.events.send(NodeEvent::exited(sandbox, reason));
     }
 }
 

@@ -1,6 +1,7 @@
 use std::sync::atomic::Ordering;
 
 use paddock_node_contract::fake::FakeNode;
+use paddock_node_contract::ExitReason;
 
 use super::*;
 
@@ -189,22 +190,30 @@ async fn events_of_every_node_arrive_and_a_lost_node_loses_its_sandboxes() {
     nodes[1].die(on_n1[0].as_str());
     assert_eq!(
         next_event(&mut events).await,
-        NodeEvent::Exited {
-            id: on_n1[0].clone()
-        }
+        NodeEvent::exited(on_n1[0].clone(), ExitReason::Exited)
     );
     assert_eq!(set.owner_of(&on_n1[0]), None);
+    // A member's own reason passes through.
+    if let Some(second) = on_n1.get(1) {
+        nodes[1].end(second.as_str(), ExitReason::OutOfMemory);
+        assert_eq!(
+            next_event(&mut events).await,
+            NodeEvent::exited(second.clone(), ExitReason::OutOfMemory)
+        );
+    }
 
-    // n0 leaves: every sandbox on it is reported gone.
+    // n0 leaves: every sandbox on it is reported lost with it.
     assert!(set.remove("n0"));
     let mut lost = Vec::new();
     for _ in 0..on_n0.len() {
-        let NodeEvent::Exited { id } = next_event(&mut events).await;
+        let NodeEvent::Exited { id, reason } = next_event(&mut events).await;
+        assert_eq!(reason, ExitReason::NodeLost, "{id}");
         lost.push(id);
     }
     lost.sort();
     assert_eq!(lost, on_n0);
     assert!(set.member_ids() == vec!["n1".to_string()]);
+    assert!(!set.remove("n0"), "removed once");
 }
 
 #[tokio::test]
@@ -218,13 +227,146 @@ async fn a_node_whose_event_stream_ends_is_swept_for_what_died_meanwhile() {
     }
     nodes[0].vanish(a.as_str());
     nodes[0].end_events();
-    assert_eq!(next_event(&mut events).await, NodeEvent::Exited { id: a });
+    // Gone while the node was out of reach (or restarting): lost with it.
+    assert_eq!(
+        next_event(&mut events).await,
+        NodeEvent::exited(a, ExitReason::NodeLost)
+    );
     // Events flow again on the new subscription.
     while nodes[0].event_subscribers() == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     nodes[0].die(b.as_str());
-    assert_eq!(next_event(&mut events).await, NodeEvent::Exited { id: b });
+    assert_eq!(
+        next_event(&mut events).await,
+        NodeEvent::exited(b, ExitReason::Exited)
+    );
+}
+
+#[tokio::test]
+async fn sandboxes_no_member_holds_are_reported_lost() {
+    let (set, _nodes) = set_of(1);
+    let mut events = set.events().await.expect("subscribe");
+    let a = set.create(request()).await.expect("create").id;
+    let never_seen = SandboxId::generate();
+    set.report_gone(&[a.clone(), never_seen.clone()]);
+    assert_eq!(
+        next_event(&mut events).await,
+        NodeEvent::exited(a.clone(), ExitReason::NodeLost)
+    );
+    assert_eq!(
+        next_event(&mut events).await,
+        NodeEvent::exited(never_seen, ExitReason::NodeLost)
+    );
+    assert_eq!(set.owner_of(&a), None);
+}
+
+/// A fake node that also keeps sandboxes paused to disk: they are not live, but their status
+/// says they are held.
+struct WithDisk {
+    fake: Arc<FakeNode>,
+    on_disk: Mutex<HashSet<SandboxId>>,
+}
+
+impl WithDisk {
+    fn new(fake: Arc<FakeNode>) -> Arc<Self> {
+        Arc::new(WithDisk {
+            fake,
+            on_disk: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn to_disk(&self, id: &SandboxId) {
+        self.fake.vanish(id.as_str());
+        self.on_disk.lock().expect("lock").insert(id.clone());
+    }
+}
+
+#[async_trait]
+impl Node for WithDisk {
+    async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
+        self.fake.create(req).await
+    }
+    async fn kill(&self, id: &SandboxId) -> Result<(), NodeError> {
+        self.on_disk.lock().expect("lock").remove(id);
+        self.fake.kill(id).await
+    }
+    async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
+        self.fake.template(name).await
+    }
+    async fn live(&self) -> Result<Vec<SandboxId>, NodeError> {
+        self.fake.live().await
+    }
+    async fn events(&self) -> Result<broadcast::Receiver<NodeEvent>, NodeError> {
+        self.fake.events().await
+    }
+    async fn status(&self, id: &SandboxId) -> Result<Option<SandboxStatus>, NodeError> {
+        if self.on_disk.lock().expect("lock").contains(id) {
+            return Ok(Some(SandboxStatus::Paused(PauseMode::Disk)));
+        }
+        self.fake.status(id).await
+    }
+    async fn update_network(&self, id: &SandboxId, policy: EgressPolicy) -> Result<(), NodeError> {
+        self.fake.update_network(id, policy).await
+    }
+    async fn reconcile(&self, expected: &[SandboxId]) -> Result<Vec<SandboxId>, NodeError> {
+        self.fake.reconcile(expected).await
+    }
+    async fn shutdown(&self) -> Result<(), NodeError> {
+        self.fake.shutdown().await
+    }
+}
+
+#[tokio::test]
+async fn a_sweep_keeps_sandboxes_paused_to_disk() {
+    let set = NodeSet::default();
+    let node = WithDisk::new(FakeNode::new());
+    set.add("n0", node.clone(), cap());
+    let mut events = set.events().await.expect("subscribe");
+    let kept = set.create(request()).await.expect("create").id;
+    let died = set.create(request()).await.expect("create").id;
+    while node.fake.event_subscribers() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node.to_disk(&kept);
+    node.fake.vanish(died.as_str());
+    node.fake.end_events();
+    assert_eq!(
+        next_event(&mut events).await,
+        NodeEvent::exited(died, ExitReason::NodeLost)
+    );
+    assert_eq!(set.owner_of(&kept).as_deref(), Some("n0"));
+    assert!(events.try_recv().is_err(), "only the dead one is reported");
+}
+
+#[tokio::test]
+async fn a_node_that_registers_again_is_swept_for_what_its_restart_lost() {
+    let (set, nodes) = set_of(1);
+    let mut events = set.events().await.expect("subscribe");
+    let survivor = set.create(request()).await.expect("create").id;
+    let lost = set.create(request()).await.expect("create").id;
+    // The node restarts: a new process (a new client) that kept one sandbox.
+    let restarted = FakeNode::new();
+    restarted
+        .live
+        .lock()
+        .expect("lock")
+        .insert(survivor.clone());
+    drop(nodes);
+    set.add("n0", restarted.clone(), cap());
+    set.adopt("n0", std::slice::from_ref(&survivor));
+    assert_eq!(
+        next_event(&mut events).await,
+        NodeEvent::exited(lost.clone(), ExitReason::NodeLost)
+    );
+    assert_eq!(set.owner_of(&lost), None);
+    assert_eq!(set.owner_of(&survivor).as_deref(), Some("n0"));
+    // Its events flow (the sweep ran on its first subscription).
+    restarted.die(survivor.as_str());
+    assert_eq!(
+        next_event(&mut events).await,
+        NodeEvent::exited(survivor, ExitReason::Exited)
+    );
 }
 
 #[tokio::test]
