@@ -4,7 +4,8 @@
 //! Two sources, kept apart because they are not equally trustworthy:
 //! - **control plane** (`source: control-plane`, logger `lifecycle`): the lifecycle records this
 //!   crate writes itself (created, running, paused, resumed, stopping with its reason: killed by
-//!   request, timeout reached, exited by itself..., stopped), stored in SQLite next to the sandbox
+//!   request, timeout reached..., stopped; or `error` when it ended unasked: exited by itself, ran
+//!   out of memory, node lost), stored in SQLite next to the sandbox
 //!   record ([`crate::Store::append_sandbox_log`]) and deleted with it. A sandbox cannot touch
 //!   them.
 //! - **envd** (`source: envd`): envd's own JSON-lines log (envd start, every process start and

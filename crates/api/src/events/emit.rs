@@ -8,6 +8,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use paddock_domain::{SandboxId, SandboxState};
 use serde_json::{json, Map, Value};
 
+use paddock_node_contract::ExitReason;
+
 use super::EventType;
 use crate::lifecycle::Core;
 use crate::store::SandboxRecord;
@@ -19,7 +21,7 @@ pub enum EventKind {
     Created,
     /// It stopped existing for clients; `reason` is the free-text reason recorded on it.
     Killed {
-        /// E.g. `killed by request`, `timeout reached`, `sandbox exited by itself`.
+        /// E.g. `killed by request`, `timeout reached`, `sandbox exited by itself`, `node lost`.
         reason: String,
     },
     /// Its end time was set (timeout, refresh, connect).
@@ -48,8 +50,12 @@ pub enum EventKind {
 }
 
 /// E2B's `kill_reason` for a free-text reason recorded on a sandbox. E2B's own values where one
-/// applies (`request`, `timeout`, `unknown`), Paddock's for causes E2B does not have.
+/// applies (`request`, `timeout`, `unknown`), Paddock's for causes E2B does not have: `exited`,
+/// `oom` and `node_lost` (a node's [`ExitReason`]s, by their names), `shutdown`, `restart`.
 pub fn kill_reason(reason: &str) -> &'static str {
+    if let Some(why) = ExitReason::ALL.iter().find(|r| r.describe() == reason) {
+        return why.as_str();
+    }
     let r = reason.to_ascii_lowercase();
     if r.contains("by request") {
         "request"
@@ -231,6 +237,11 @@ mod tests {
         assert_eq!(kill_reason("killed by request"), "request");
         assert_eq!(kill_reason("timeout reached"), "timeout");
         assert_eq!(kill_reason("sandbox exited by itself"), "exited");
+        assert_eq!(kill_reason("sandbox ran out of memory"), "oom");
+        assert_eq!(kill_reason("node lost"), "node_lost");
+        for why in ExitReason::ALL {
+            assert_eq!(kill_reason(why.describe()), why.as_str());
+        }
         assert_eq!(kill_reason("server shut down"), "shutdown");
         assert_eq!(kill_reason("not running after restart"), "restart");
         assert_eq!(kill_reason("cosmic rays"), "unknown");

@@ -4,8 +4,9 @@
 //!   create, connect or set_timeout wakes it) and kills what has expired (or pauses it, for
 //!   `autoPause` sandboxes; paused sandboxes have no end time); it also retries failed
 //!   node cleanups and prunes old `stopped` records (see `cleanup`);
-//! - **exit watcher** follows `Node::exits()` and settles sandboxes that died by themselves as
-//!   `stopped`; if it falls behind it compares the store with `Node::live()`.
+//! - **exit watcher** follows `Node::exits()` and settles sandboxes that died by themselves (or
+//!   were lost with their node) as `stopped`, recording the event's [`ExitReason`] as the
+//!   sandbox's reason; if it falls behind it compares the store with `Node::live()`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::Utc;
 use paddock_domain::{SandboxId, SandboxState};
-use paddock_node_contract::NodeEvent;
+use paddock_node_contract::{ExitReason, NodeEvent};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::cleanup::PRUNE_EVERY;
@@ -160,7 +161,7 @@ impl Core {
                 _ = shutdown.changed() => return,
             };
             let result = match event {
-                Ok(NodeEvent::Exited { id }) => self.handle_exit(&id).await,
+                Ok(NodeEvent::Exited { id, reason }) => self.handle_exit(&id, reason).await,
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(
                         missed,
@@ -187,23 +188,24 @@ impl Core {
         }
     }
 
-    /// Settles a sandbox that died by itself. Sandboxes being killed or created are left to the
-    /// operation in progress.
-    pub(crate) async fn handle_exit(&self, id: &SandboxId) -> Result<(), Error> {
+    /// Settles a sandbox that ended without being asked to, recording why
+    /// ([`ExitReason::describe`]: its logs' state change and its `killed` event say so).
+    /// Sandboxes being killed or created are left to the operation in progress.
+    pub(crate) async fn handle_exit(&self, id: &SandboxId, why: ExitReason) -> Result<(), Error> {
         let Some(rec) = self.store.sandbox(id).await? else {
             return Ok(());
         };
         if !matches!(rec.state, SandboxState::Running | SandboxState::Paused) {
             return Ok(());
         }
-        let reason = "sandbox exited by itself";
+        let reason = why.describe();
         if !self
             .advance(id, rec.state, SandboxState::Error, Some(reason))
             .await?
         {
             return Ok(());
         }
-        tracing::warn!(sandbox_id = %id, "sandbox exited unexpectedly");
+        tracing::warn!(sandbox_id = %id, reason = %why, "sandbox ended unexpectedly");
         // Let the node release anything the dead sandbox still holds; unknown ids are fine.
         self.clean_up_or_retry(id, reason).await
     }
@@ -216,7 +218,7 @@ impl Core {
             .sandboxes_in_states(&[SandboxState::Running])
             .await?;
         for rec in records.into_iter().filter(|r| !live.contains(&r.id)) {
-            self.handle_exit(&rec.id).await?;
+            self.handle_exit(&rec.id, ExitReason::Exited).await?;
         }
         Ok(())
     }

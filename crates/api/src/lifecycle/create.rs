@@ -281,7 +281,8 @@ impl Core {
                     // It died while being created: its exit event found it `creating` and was
                     // ignored, so settle it here.
                     tracing::warn!(sandbox_id = %id, "sandbox exited while it was being created");
-                    self.handle_exit(&id).await?;
+                    self.handle_exit(&id, paddock_node_contract::ExitReason::Exited)
+                        .await?;
                     return Err(Error::CreateFailed(
                         "the sandbox exited while it was starting".into(),
                     ));

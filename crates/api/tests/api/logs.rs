@@ -175,6 +175,68 @@ async fn a_sandbox_that_died_says_so() {
     background.await.expect("background tasks end");
 }
 
+/// A sandbox lost with its node, or that ran out of memory, says so in its logs and in its
+/// `killed` lifecycle event, not "exited by itself".
+#[tokio::test]
+async fn a_sandbox_lost_with_its_node_or_out_of_memory_says_why() {
+    use paddock_node_contract::ExitReason;
+    let h = start().await;
+    let background = tokio::spawn({
+        let control = h.control.clone();
+        async move { control.run_background().await }
+    });
+    let lost = h.create(json!({"templateID": "base"})).await;
+    let oom = h.create(json!({"templateID": "base"})).await;
+    let paused = h.create(json!({"templateID": "base"})).await;
+    let r = h.post(&format!("/sandboxes/{paused}/pause"), "").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    for _ in 0..2000 {
+        if h.node.event_subscribers() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    h.node.end(&lost, ExitReason::NodeLost);
+    h.node.end(&oom, ExitReason::OutOfMemory);
+    h.node.end(&paused, ExitReason::NodeLost);
+    for id in [&lost, &oom, &paused] {
+        for _ in 0..2000 {
+            if h.state_of(id).await == SandboxState::Stopped {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(h.state_of(id).await, SandboxState::Stopped, "{id}");
+    }
+    for (id, reason, kill_reason) in [
+        (&lost, "node lost", "node_lost"),
+        (&oom, "sandbox ran out of memory", "oom"),
+        (&paused, "node lost", "node_lost"),
+    ] {
+        let r = h.get(&format!("/v2/sandboxes/{id}/logs?level=error")).await;
+        assert_eq!(
+            messages(&r.body["logs"]),
+            [format!("sandbox error: {reason}")]
+        );
+        assert_eq!(r.body["logs"][0]["fields"]["reason"], reason);
+        let r = h
+            .get(&format!("/events/sandboxes/{id}?orderAsc=true"))
+            .await;
+        let killed: Vec<&Value> = r
+            .body
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["type"] == "sandbox.lifecycle.killed")
+            .collect();
+        assert_eq!(killed.len(), 1, "{}", r.body);
+        assert_eq!(killed[0]["eventData"]["kill_reason"], kill_reason);
+        assert_eq!(killed[0]["eventData"]["reason"], reason);
+    }
+    h.control.shutdown().await;
+    background.await.expect("background tasks end");
+}
+
 #[tokio::test]
 async fn unknown_ids_other_teams_and_bad_queries_are_refused() {
     let h = start().await;
