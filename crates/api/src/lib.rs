@@ -152,7 +152,12 @@ pub struct AppState {
 pub struct ControlPlane {
     core: Arc<Core>,
     nodes: cluster::NodeRegistry,
+    /// The node event recorder's subscription, taken at construction (before any node can
+    /// register) and handed to the recorder by [`ControlPlane::run_background`].
+    node_events: Arc<std::sync::Mutex<Option<NodeEventFeed>>>,
 }
+
+type NodeEventFeed = tokio::sync::broadcast::Receiver<cluster::RegistryEvent>;
 
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -175,9 +180,12 @@ impl ControlPlane {
 
     /// Like [`ControlPlane::open`] with any [`Store`] implementation.
     pub fn with_store(config: ApiConfig, store: Arc<dyn Store>, node: Arc<dyn Node>) -> Self {
+        let nodes = cluster::NodeRegistry::new();
+        let feed = nodes.subscribe();
         ControlPlane {
             core: Arc::new(Core::new(store, node, config)),
-            nodes: cluster::NodeRegistry::new(),
+            nodes,
+            node_events: Arc::new(std::sync::Mutex::new(Some(feed))),
         }
     }
 
@@ -215,14 +223,27 @@ impl ControlPlane {
 
     /// Runs the expiry task (which also retries failed node cleanups and prunes `stopped`
     /// records older than 7 days), the exit watcher and the webhook delivery worker (which
-    /// also prunes events older than 7 days) and the node health sweep
-    /// ([`cluster::NodeRegistry::run_health`]) until [`ControlPlane::shutdown`].
+    /// also prunes events older than 7 days), the node health sweep
+    /// ([`cluster::NodeRegistry::run_health`]) and the node event recorder
+    /// ([`cluster::history`], pruning node events older than 7 days) until
+    /// [`ControlPlane::shutdown`].
     pub async fn run_background(&self) {
+        let feed = self
+            .node_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| self.nodes.subscribe());
         tokio::join!(
             self.core.run_expiry(),
             self.core.run_exit_watcher(),
             self.core.run_events(),
-            self.nodes.run_health(self.core.shutdown.subscribe())
+            self.nodes.run_health(self.core.shutdown.subscribe()),
+            cluster::history::record(
+                Arc::clone(&self.core.store),
+                feed,
+                self.core.shutdown.subscribe()
+            )
         );
     }
 

@@ -31,6 +31,9 @@ const EVENT_CAPACITY: usize = 1024;
 /// Longest node id accepted.
 const MAX_ID_LEN: usize = 128;
 
+/// Ids no node may have: `GET /nodes/events` is the node event history, not a node.
+pub const RESERVED_IDS: [&str; 1] = ["events"];
+
 /// The registry's source of the current time (the system clock unless a test injects one).
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
@@ -43,6 +46,9 @@ pub enum RegistryError {
     /// The id is empty, too long, or has characters other than `[A-Za-z0-9._-]`.
     #[error("invalid node id {0:?}: use 1 to 128 of A-Z a-z 0-9 . _ -")]
     InvalidId(String),
+    /// The id is one of the admin routes' own path segments ([`RESERVED_IDS`]).
+    #[error("node id {0:?} is reserved: /nodes/{0} is another admin route")]
+    ReservedId(String),
 }
 
 /// What happened to a node.
@@ -59,6 +65,19 @@ pub enum RegistryEventKind {
 }
 
 impl RegistryEventKind {
+    /// Every kind.
+    pub const ALL: [RegistryEventKind; 4] = [
+        RegistryEventKind::Joined,
+        RegistryEventKind::Left,
+        RegistryEventKind::Unhealthy,
+        RegistryEventKind::StatusChanged,
+    ];
+
+    /// The kind named `name` ([`RegistryEventKind::as_str`]'s output).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// The event's name (`node.joined`, `node.left`, `node.unhealthy`, `node.status_changed`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -254,6 +273,9 @@ impl NodeRegistry {
     pub fn register(&self, registration: NodeRegistration) -> Result<NodeInfo, RegistryError> {
         if !valid_id(&registration.id) {
             return Err(RegistryError::InvalidId(registration.id));
+        }
+        if RESERVED_IDS.contains(&registration.id.as_str()) {
+            return Err(RegistryError::ReservedId(registration.id));
         }
         let now = self.now();
         let mut table = self.write();
@@ -626,6 +648,10 @@ mod tests {
                 "{bad:?}"
             );
         }
+        assert_eq!(
+            reg.register(registration("events", "i")),
+            Err(RegistryError::ReservedId("events".into()))
+        );
         assert!(reg.list().is_empty());
     }
 
@@ -648,6 +674,10 @@ mod tests {
         assert_eq!(RegistryEventKind::Left.as_str(), "node.left");
         assert_eq!(RegistryEventKind::Joined.to_string(), "node.joined");
         assert_eq!(RegistryEventKind::Unhealthy.as_str(), "node.unhealthy");
+        for kind in RegistryEventKind::ALL {
+            assert_eq!(RegistryEventKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(RegistryEventKind::parse("node.exploded"), None);
     }
 
     #[tokio::test]

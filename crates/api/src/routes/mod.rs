@@ -106,6 +106,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(events::delete_webhook),
         )
         .route("/nodes", get(nodes::list))
+        .route("/nodes/events", get(nodes::events))
         .route("/nodes/{node_id}", get(nodes::get).post(nodes::set_status))
         .fallback(not_found)
         .with_state(state)

@@ -3,7 +3,13 @@
 //! - `GET /nodes/{nodeID}[?clusterID=]`: E2B's `NodeDetail`, plus `sandboxes` (the ids of the
 //!   sandboxes the node last reported holding, a Paddock extension);
 //! - `POST /nodes/{nodeID}` with E2B's `NodeStatusChange` (`{"status": "draining"|"ready",
-//!   "clusterID"?}`): 204.
+//!   "clusterID"?}`): 204;
+//! - `GET /nodes/events[?limit=&offset=&nodeID=&type=]` (a Paddock extension): the history of
+//!   the registry's events (`node.joined`, `node.left`, `node.unhealthy`,
+//!   `node.status_changed`), newest first, kept for 7 days; `limit` 1..=1000 (default 100),
+//!   `offset` skips that many (after the filters), `type` is one event name. Each entry:
+//!   `{"seq", "type", "nodeID", "status", "previousStatus" (or null), "timestamp"}`. `events`
+//!   is therefore not a node id (the registry refuses it).
 //!
 //! Without `clusterID` every node is listed (Paddock has no default cluster to fall back to, as
 //! E2B does); with it, only that cluster's, and a node of another cluster is not found.
@@ -14,7 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::auth::Admin;
-use crate::cluster::{AdminStatus, NodeInfo};
+use crate::cluster::{AdminStatus, NodeInfo, RegistryEventKind};
 use crate::error::ApiError;
 use crate::events::rfc3339;
 use crate::extract::Json;
@@ -241,6 +247,101 @@ pub(super) async fn get(
         .map_err(|e| ApiError::Internal(Box::new(e)))
 }
 
+/// Default and largest page of `GET /nodes/events`.
+const EVENTS_PAGE: (u64, u64) = (100, 1000);
+
+/// The query of `GET /nodes/events`.
+fn events_query(query: Option<&str>) -> Result<crate::store::NodeEventQuery, ApiError> {
+    let bad = |msg: String| ApiError::BadRequest(msg);
+    let number = |name: &str, value: &str| {
+        value.trim().parse::<u64>().map_err(|_| {
+            bad(format!(
+                "'{name}' must be a non-negative integer, not {value:?}"
+            ))
+        })
+    };
+    let mut q = crate::store::NodeEventQuery {
+        node_id: None,
+        kind: None,
+        offset: 0,
+        limit: EVENTS_PAGE.0,
+    };
+    for (key, value) in super::query::parse_pairs(query.unwrap_or(""))? {
+        match key.as_str() {
+            "limit" => {
+                q.limit = number("limit", &value)?;
+                if !(1..=EVENTS_PAGE.1).contains(&q.limit) {
+                    return Err(bad(format!(
+                        "'limit' must be 1 to {}, not {}",
+                        EVENTS_PAGE.1, q.limit
+                    )));
+                }
+            }
+            "offset" => q.offset = number("offset", &value)?,
+            "nodeID" => q.node_id = Some(value),
+            "type" => {
+                q.kind = Some(RegistryEventKind::parse(&value).ok_or_else(|| {
+                    let names: Vec<&str> =
+                        RegistryEventKind::ALL.iter().map(|k| k.as_str()).collect();
+                    bad(format!(
+                        "'type' must be one of {}, not {value:?}",
+                        names.join(", ")
+                    ))
+                })?)
+            }
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+/// One entry of `GET /nodes/events`.
+#[derive(Debug, Serialize)]
+struct NodeEventJson<'a> {
+    seq: i64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(rename = "nodeID")]
+    node_id: &'a str,
+    status: &'static str,
+    #[serde(rename = "previousStatus")]
+    previous_status: Option<&'static str>,
+    timestamp: String,
+}
+
+pub(super) async fn events(
+    _: Admin,
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<Value>, ApiError> {
+    let query = events_query(query.as_deref())?;
+    let records = state
+        .core
+        .store
+        .node_events(&query)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Unsupported(what) => {
+                ApiError::NotImplemented(format!("this store keeps no {what}"))
+            }
+            e => ApiError::Internal(Box::new(e)),
+        })?;
+    let body: Vec<NodeEventJson<'_>> = records
+        .iter()
+        .map(|r| NodeEventJson {
+            seq: r.seq,
+            kind: r.event.kind.as_str(),
+            node_id: &r.event.node_id,
+            status: r.event.status.as_str(),
+            previous_status: r.event.previous.map(|p| p.as_str()),
+            timestamp: rfc3339(r.event.at),
+        })
+        .collect();
+    serde_json::to_value(body)
+        .map(axum::Json)
+        .map_err(|e| ApiError::Internal(Box::new(e)))
+}
+
 /// E2B's `NodeStatusChange`, checked field by field so that every 400 names its field.
 fn parse_status_change(body: Value) -> Result<(AdminStatus, Option<String>), ApiError> {
     let bad = |msg: String| ApiError::BadRequest(msg);
@@ -319,6 +420,32 @@ mod tests {
         assert!(err(json!({"status": "ready", "force": true})).contains("'force'"));
         assert!(err(json!({"status": "ready", "clusterID": 1})).contains("'clusterID'"));
         assert!(err(json!(["ready"])).contains("JSON object"));
+    }
+
+    #[test]
+    fn event_queries_are_checked() {
+        let q = events_query(None).expect("ok");
+        assert_eq!((q.limit, q.offset, q.node_id, q.kind), (100, 0, None, None));
+        let q = events_query(Some(
+            "limit=5&offset=10&nodeID=n1&type=node.left&clusterID=c",
+        ))
+        .expect("ok");
+        assert_eq!(
+            (q.limit, q.offset, q.node_id.as_deref(), q.kind),
+            (5, 10, Some("n1"), Some(RegistryEventKind::Left))
+        );
+        for (query, field) in [
+            ("limit=0", "'limit'"),
+            ("limit=1001", "'limit'"),
+            ("limit=-1", "'limit'"),
+            ("offset=x", "'offset'"),
+            ("type=node.exploded", "'type'"),
+        ] {
+            match events_query(Some(query)) {
+                Err(ApiError::BadRequest(msg)) => assert!(msg.contains(field), "{query}: {msg}"),
+                other => panic!("{query}: expected a 400, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Persistence of the control plane behind the [`Store`] trait: teams, API keys (SHA-256 hashes
-//! only), sandbox records, idempotency keys, the control plane's sandbox log entries, snapshots
-//! and template builds (who owns which template, each build and its log). SQL
+//! only), sandbox records, idempotency keys, the control plane's sandbox log entries, snapshots,
+//! template builds (who owns which template, each build and its log) and the history of the
+//! cluster's node events ([`NodeEventRecord`]). SQL
 //! lives only in the backend modules ([`sqlite`] today; Postgres later), never in the lifecycle
 //! or HTTP code.
 //!
@@ -409,6 +410,28 @@ pub struct BuildLogQuery {
     pub backward: bool,
 }
 
+/// A node registry event as the history keeps it (`GET /nodes/events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEventRecord {
+    /// Its position in the history: increasing, never reused (also after pruning).
+    pub seq: i64,
+    /// The event.
+    pub event: crate::cluster::RegistryEvent,
+}
+
+/// A page of the node event history, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEventQuery {
+    /// Only events of this node.
+    pub node_id: Option<String>,
+    /// Only events of this kind.
+    pub kind: Option<crate::cluster::RegistryEventKind>,
+    /// Events to skip (newest first, after the filters).
+    pub offset: u64,
+    /// Most events returned.
+    pub limit: u64,
+}
+
 /// The persistence operations of the control plane. Implementations must be safe to call from
 /// many tasks at once; every method is one short transaction.
 #[async_trait]
@@ -748,6 +771,31 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<TagRecord>, StoreError> {
         let _ = (template, tag);
         Ok(None)
+    }
+
+    /// Appends a node registry event to the history. Default: unsupported (no history is
+    /// kept; the recorder stops at the first event).
+    async fn append_node_event(
+        &self,
+        event: &crate::cluster::RegistryEvent,
+    ) -> Result<(), StoreError> {
+        let _ = event;
+        Err(StoreError::Unsupported("node events"))
+    }
+
+    /// A page of the node event history, newest first. Default: unsupported.
+    async fn node_events(
+        &self,
+        query: &NodeEventQuery,
+    ) -> Result<Vec<NodeEventRecord>, StoreError> {
+        let _ = query;
+        Err(StoreError::Unsupported("node events"))
+    }
+
+    /// Deletes node events that happened before `before`; returns how many. Default: none.
+    async fn prune_node_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let _ = before;
+        Ok(0)
     }
 
     /// The storage of lifecycle events, webhooks and webhook deliveries of this backend.

@@ -69,6 +69,7 @@ ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
     builds::MIGRATION,
     tags::MIGRATION,
     create::MIGRATION,
+    node_events::MIGRATION,
 ];
 
 const SANDBOX_COLUMNS: &str = "id, team_id, template, alias, state, metadata, access_token, \
@@ -903,6 +904,29 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn append_node_event(
+        &self,
+        event: &crate::cluster::RegistryEvent,
+    ) -> Result<(), StoreError> {
+        let event = event.clone();
+        self.with_conn(move |conn| node_events::insert(conn, &event))
+            .await
+    }
+
+    async fn node_events(
+        &self,
+        query: &super::NodeEventQuery,
+    ) -> Result<Vec<super::NodeEventRecord>, StoreError> {
+        let query = query.clone();
+        self.with_conn(move |conn| node_events::list(conn, &query))
+            .await
+    }
+
+    async fn prune_node_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.with_conn(move |conn| node_events::prune(conn, before))
+            .await
+    }
+
     fn event_store(&self) -> Option<Arc<dyn crate::events::EventStore>> {
         Some(Arc::new(self.clone()))
     }
@@ -928,6 +952,9 @@ mod builds;
 
 #[path = "sqlite_tags.rs"]
 mod tags;
+
+#[path = "sqlite_node_events.rs"]
+mod node_events;
 
 #[cfg(test)]
 #[path = "sqlite_tests.rs"]

@@ -144,6 +144,7 @@ async fn admin_routes_need_the_admin_token() {
     join(&h, "node-a", CLUSTER);
     for (method, uri, body) in [
         (Method::GET, "/nodes", None),
+        (Method::GET, "/nodes/events", None),
         (Method::GET, "/nodes/node-a", None),
         (
             Method::POST,
@@ -416,4 +417,137 @@ async fn cluster_id_filters_nodes() {
     assert_error(&r, StatusCode::NOT_FOUND, "not found");
     let r = admin(&h, Method::GET, "/nodes", Some(ADMIN), None).await;
     assert_eq!(r.body.as_array().expect("array").len(), 2);
+}
+
+/// The registry's events are kept and served newest first to the admin, with filters and
+/// paging; they survive a restart of the control plane.
+#[tokio::test]
+async fn node_events_are_kept_for_the_admin() {
+    let h = start_admin().await;
+    let background = tokio::spawn({
+        let control = h.control.clone();
+        async move { control.run_background().await }
+    });
+    join(&h, "node-a", CLUSTER);
+    join(&h, "node-b", CLUSTER);
+    let nodes = h.control.nodes();
+    nodes.report("node-b", report()).expect("report");
+    // node-a goes silent: unhealthy, then it leaves.
+    let later = chrono::Utc::now() + chrono::Duration::seconds(30);
+    nodes.tick(later);
+    nodes.report("node-b", report()).expect("report");
+    nodes.mark_gone("node-a").expect("leave");
+
+    let expected = [
+        ("node.left", "node-a", "unhealthy", Value::Null),
+        ("node.status_changed", "node-b", "ready", json!("unhealthy")),
+        ("node.unhealthy", "node-b", "unhealthy", json!("ready")),
+        ("node.unhealthy", "node-a", "unhealthy", json!("ready")),
+        (
+            "node.status_changed",
+            "node-b",
+            "ready",
+            json!("connecting"),
+        ),
+        ("node.joined", "node-b", "connecting", Value::Null),
+        (
+            "node.status_changed",
+            "node-a",
+            "ready",
+            json!("connecting"),
+        ),
+        ("node.joined", "node-a", "connecting", Value::Null),
+    ];
+    let mut body = Value::Null;
+    for _ in 0..500 {
+        let r = admin(&h, Method::GET, "/nodes/events", Some(ADMIN), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        body = r.body;
+        if body.as_array().expect("array").len() >= expected.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let list = body.as_array().expect("array");
+    let got: Vec<(&str, &str, &str, Value)> = list
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().expect("type"),
+                e["nodeID"].as_str().expect("nodeID"),
+                e["status"].as_str().expect("status"),
+                e["previousStatus"].clone(),
+            )
+        })
+        .collect();
+    let want: Vec<(&str, &str, &str, Value)> = expected
+        .iter()
+        .map(|(t, n, s, p)| (*t, *n, *s, p.clone()))
+        .collect();
+    assert_eq!(got, want, "{body}");
+    assert_eq!(
+        keys(&list[0]),
+        set(&[
+            "seq",
+            "type",
+            "nodeID",
+            "status",
+            "previousStatus",
+            "timestamp"
+        ])
+    );
+    assert!(list
+        .windows(2)
+        .all(|w| w[0]["seq"].as_i64() > w[1]["seq"].as_i64()));
+    assert!(list[0]["timestamp"]
+        .as_str()
+        .expect("timestamp")
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .is_ok());
+
+    // Filters and paging.
+    let r = admin(
+        &h,
+        Method::GET,
+        "/nodes/events?nodeID=node-a&type=node.joined",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(r.body.as_array().expect("array").len(), 1, "{}", r.body);
+    assert_eq!(r.body[0]["nodeID"], "node-a");
+    let r = admin(
+        &h,
+        Method::GET,
+        "/nodes/events?limit=2&offset=1",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    let page: Vec<&Value> = r.body.as_array().expect("array").iter().collect();
+    assert_eq!(page.len(), 2);
+    assert_eq!(page[0]["seq"], list[1]["seq"]);
+    assert_eq!(page[1]["seq"], list[2]["seq"]);
+    let r = admin(&h, Method::GET, "/nodes/events?limit=0", Some(ADMIN), None).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "'limit'");
+    let r = admin(
+        &h,
+        Method::GET,
+        "/nodes/events?type=node.gone",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "'type'");
+
+    h.control.shutdown().await;
+    background.await.expect("background ends");
+
+    // Kept across a restart of the control plane.
+    let Harness { dir, control, .. } = h;
+    drop(control);
+    let h = start_configured(dir, FakeNode::new(), |c| c.admin_token = Some(ADMIN.into())).await;
+    let r = admin(&h, Method::GET, "/nodes/events?limit=1", Some(ADMIN), None).await;
+    assert_eq!(r.body[0]["type"], "node.left", "{}", r.body);
+    assert_eq!(r.body[0]["nodeID"], "node-a");
 }
