@@ -63,7 +63,16 @@ impl Node for LocalNode {
         Ok(LocalNode::live(self).await)
     }
 
+    /// Refused (`unavailable`) until the node has been reconciled: a node that just started
+    /// has not adopted the sandboxes that survived its restart yet, and a subscriber that
+    /// compares its records with [`Node::live`] after subscribing (a set of nodes whose member
+    /// came back) would take every one of them for lost.
     async fn events(&self) -> Result<tokio::sync::broadcast::Receiver<NodeEvent>, NodeError> {
+        if !LocalNode::is_reconciled(self) {
+            return Err(NodeError::unavailable(
+                "the node has not been reconciled since it started",
+            ));
+        }
         Ok(LocalNode::events(self))
     }
 

@@ -574,6 +574,11 @@ impl LocalNode {
         self.table().live.keys().cloned().collect()
     }
 
+    /// Whether [`Node::reconcile`](crate::Node::reconcile) has run since the node started.
+    pub fn is_reconciled(&self) -> bool {
+        self.reconciled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Notifies when a sandbox died by itself (see [`Node::events`](crate::Node::events)).
     pub fn events(&self) -> broadcast::Receiver<crate::NodeEvent> {
         self.exits.subscribe()

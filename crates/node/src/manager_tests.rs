@@ -397,6 +397,24 @@ async fn lagged_exit_notifications_resync_the_table() {
     assert!(rt.state().killed.contains(&id));
 }
 
+/// Subscribers through the contract wait for the reconcile: before it, `live` does not yet
+/// list the sandboxes that survived a restart.
+#[tokio::test]
+async fn events_through_the_contract_wait_for_the_reconcile() {
+    use paddock_node_contract::{ErrorCode, Node};
+    let rt = GatedRuntime::new();
+    let (_dir, node) = node(&rt, 4);
+    let refused = Node::events(node.as_ref())
+        .await
+        .expect_err("not reconciled");
+    assert_eq!(refused.code, ErrorCode::Unavailable);
+    Node::reconcile(node.as_ref(), &[])
+        .await
+        .expect("reconcile");
+    assert!(node.is_reconciled());
+    Node::events(node.as_ref()).await.expect("subscribed");
+}
+
 #[tokio::test]
 async fn an_exit_after_an_oom_kill_in_the_sandboxs_cgroup_is_out_of_memory() {
     use paddock_node_contract::ExitReason;
