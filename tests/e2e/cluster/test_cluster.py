@@ -234,9 +234,39 @@ def test_a_killed_node_is_unhealthy_its_sandboxes_lost_and_it_rejoins_clean(clus
     listed = requests.get(cluster.api_url + "/sandboxes", headers=headers, timeout=10).json()
     assert on_victim not in [s["sandboxID"] for s in listed]
 
+    # It was lost with its node, and says so (not "exited by itself"): in its logs...
+    def lost_in_logs():
+        r = requests.get(f"{cluster.api_url}/v2/sandboxes/{on_victim}/logs?level=error",
+                         headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+        reasons = [e["fields"].get("reason") for e in r.json()["logs"]
+                   if e["fields"].get("source") == "control-plane"]
+        assert reasons in ([], ["node lost"]), r.text
+        return reasons == ["node lost"]
+    wait_gone(lost_in_logs, "the lost sandbox's log to say 'node lost'", timeout=10)
+
+    # ... and in its killed lifecycle event.
+    def lost_in_events():
+        r = requests.get(f"{cluster.api_url}/events/sandboxes/{on_victim}", headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+        killed = [e["eventData"] for e in r.json() if e["type"] == "sandbox.lifecycle.killed"]
+        assert len(killed) <= 1, r.text
+        return [(k["kill_reason"], k["reason"]) for k in killed] == [("node_lost", "node lost")]
+    wait_gone(lost_in_events, "the lost sandbox's killed event to say node_lost", timeout=10)
+
+    # The operator sees what happened to the node, newest first.
+    r = requests.get(f"{cluster.api_url}/nodes/events?nodeID={victim}", headers=cluster.admin(), timeout=10)
+    assert r.status_code == 200, r.text
+    history = [(e["type"], e["status"]) for e in r.json()]
+    assert history[:2] == [("node.left", "unhealthy"), ("node.unhealthy", "unhealthy")], history
+    assert ("node.joined", "connecting") in history, history
+
     # It comes back with the same data dir: it rejoins and kills what nobody expects.
     cluster.nodes[victim] = cluster.node_proc(victim).start()
     cluster.wait_status(victim, "ready", timeout=60)
+    r = requests.get(f"{cluster.api_url}/nodes/events?nodeID={victim}&limit=2", headers=cluster.admin(),
+                     timeout=10)
+    assert [e["type"] for e in r.json()] == ["node.status_changed", "node.joined"], r.text
     wait_gone(lambda: cluster.node_json(victim)["sandboxCount"] == 0 and not cluster.sandboxes_on(victim),
               "the rejoined node to hold nothing", timeout=20)
     for sid in made + others:
