@@ -44,6 +44,10 @@ pub const CREATE_TRIES: usize = 3;
 /// template up first; this saves that round trip). Templates changed through the set are
 /// forgotten at once; ones changed on a node directly show after this long.
 pub const TEMPLATE_CACHE_TTL: Duration = Duration::from_secs(5);
+/// How long a node without `base` waits for a node that has it to join before it builds it
+/// itself (the nodes of a new cluster start together; the first to register may not be the
+/// one with `base`).
+pub const BASE_GRACE: Duration = Duration::from_secs(15);
 /// How long a member's event pump waits before subscribing again, at first and at most.
 const RESUBSCRIBE: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
 
@@ -76,6 +80,8 @@ struct Inner {
     transfers: Mutex<HashMap<(String, TemplateName), Arc<tokio::sync::Mutex<()>>>>,
     /// One [`NodeSet::provide_base`] at a time, so `base` is built once per cluster.
     base: tokio::sync::Mutex<()>,
+    /// See [`NodeSet::set_base_grace`].
+    base_grace: Mutex<Duration>,
 }
 
 /// The nodes of a cluster as one [`Node`]. Cheap to clone.
@@ -163,6 +169,7 @@ impl NodeSet {
                 events: broadcast::channel(EVENT_BUFFER).0,
                 transfers: Mutex::new(HashMap::new()),
                 base: tokio::sync::Mutex::new(()),
+                base_grace: Mutex::new(BASE_GRACE),
             }),
         }
     }
@@ -512,14 +519,26 @@ impl NodeSet {
         name: &TemplateName,
         to: &str,
     ) -> Result<Option<TemplateInfo>, NodeError> {
+        let lock = self.transfer_lock(name, to);
+        let _one = lock.lock().await;
+        self.replicate_locked(name, to).await
+    }
+
+    /// The lock of transfers of template `name` to member `to`.
+    fn transfer_lock(&self, name: &TemplateName, to: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut transfers = self.inner.transfers.lock().expect("transfers lock");
+        Arc::clone(transfers.entry((to.to_string(), name.clone())).or_default())
+    }
+
+    /// [`NodeSet::replicate`] with its transfer lock held.
+    async fn replicate_locked(
+        &self,
+        name: &TemplateName,
+        to: &str,
+    ) -> Result<Option<TemplateInfo>, NodeError> {
         let dst = self
             .member(to)
             .ok_or_else(|| NodeError::unavailable(format!("node {to} left the cluster")))?;
-        let lock = {
-            let mut transfers = self.inner.transfers.lock().expect("transfers lock");
-            Arc::clone(transfers.entry((to.to_string(), name.clone())).or_default())
-        };
-        let _one = lock.lock().await;
         if let Some(t) = dst.template(name).await? {
             return Ok(Some(t));
         }
@@ -565,23 +584,38 @@ impl NodeSet {
     }
 
     /// Makes sure member `to` has the default template `base`: from a member that has it, or,
-    /// when none has, built by `to` itself. One at a time, so a cluster builds it once and
-    /// the nodes that join meanwhile receive it.
+    /// when none has (after waiting [`NodeSet::set_base_grace`] for one to join, as nodes of a
+    /// new cluster start together), built by `to` itself. One at a time, so a cluster builds
+    /// it once and the nodes that join meanwhile receive it; creates placed on `to` meanwhile
+    /// wait for it.
     pub async fn provide_base(&self, to: &str) -> Result<(), NodeError> {
         let base = TemplateName::parse(paddock_template::BASE_STEP)
             .map_err(|e| NodeError::internal(e.to_string()))?;
         let _one = self.inner.base.lock().await;
+        let lock = self.transfer_lock(&base, to);
+        let _transfer = lock.lock().await;
+        let grace = *self.inner.base_grace.lock().expect("grace lock");
+        let deadline = Instant::now() + grace;
+        loop {
+            if self.replicate_locked(&base, to).await?.is_some() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let dst = self
             .member(to)
             .ok_or_else(|| NodeError::unavailable(format!("node {to} left the cluster")))?;
-        if dst.template(&base).await?.is_some() {
-            return Ok(());
-        }
-        if self.replicate(&base, to).await?.is_some() {
-            return Ok(());
-        }
         tracing::info!(node = %to, "no node has the base template: this one builds it");
         dst.prepare_base().await
+    }
+
+    /// How long [`NodeSet::provide_base`] waits for a node with `base` to join before it has
+    /// a node build it (default [`BASE_GRACE`]).
+    pub fn set_base_grace(&self, grace: Duration) {
+        *self.inner.base_grace.lock().expect("grace lock") = grace;
     }
 
     /// Deletes template `name` on every member but `keep` (their copies are of an older

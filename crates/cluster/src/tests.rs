@@ -517,6 +517,7 @@ async fn a_snapshot_starts_where_its_files_are_while_that_node_has_room() {
 #[tokio::test]
 async fn base_is_built_once_per_cluster_and_sent_to_the_nodes_that_join() {
     let set = NodeSet::default();
+    set.set_base_grace(Duration::from_millis(300));
     let nodes: Vec<Arc<FakeNode>> = (0..3).map(|_| FakeNode::new()).collect();
     for n in &nodes {
         n.without_base.store(true, Ordering::SeqCst);
@@ -656,4 +657,27 @@ async fn the_status_the_set_gave_a_sandbox_is_answered_without_asking() {
     nodes[0].die(id.as_str());
     next_event(&mut events).await;
     assert_eq!(set.status(&id).await.expect("status"), None);
+}
+
+#[tokio::test]
+async fn a_node_without_base_waits_for_one_with_it_rather_than_building() {
+    let set = NodeSet::default();
+    set.set_base_grace(Duration::from_secs(5));
+    let bare = FakeNode::new();
+    bare.without_base.store(true, Ordering::SeqCst);
+    set.add("bare", bare.clone(), cap());
+    let providing = {
+        let set = set.clone();
+        tokio::spawn(async move { set.provide_base("bare").await })
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The node with base registers after the one without.
+    set.add("seeded", FakeNode::new(), cap());
+    providing.await.expect("task").expect("provided");
+    assert_eq!(
+        bare.base_builds.load(Ordering::SeqCst),
+        0,
+        "received, not built"
+    );
+    assert_eq!(bare.received.lock().expect("lock").len(), 1);
 }
