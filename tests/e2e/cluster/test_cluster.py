@@ -104,11 +104,13 @@ def drain_all_but(cluster: Cluster, keep: str) -> None:
         r = requests.post(f"{cluster.api_url}/nodes/{name}", json={"status": want},
                           headers=cluster.admin(), timeout=10)
         assert r.status_code in (200, 204), r.text
+    # Placement learns a node's status with its next report (every second).
+    time.sleep(2)
 
 
 def test_a_template_built_through_the_sdk_starts_on_every_node(cluster: Cluster):
     name = f"cluster-built-{os.getpid()}"
-    t = Template().from_template("base").run_cmd("echo built-once > /opt/marker")
+    t = Template().from_template("base").run_cmd("echo built-once > /home/user/marker")
     Template.build(t, name)
     made = []
     try:
@@ -117,16 +119,16 @@ def test_a_template_built_through_the_sdk_starts_on_every_node(cluster: Cluster)
             sbx = Sandbox.create(template=name, timeout=120)
             made.append(sbx)
             assert holder(cluster, sbx.sandbox_id) == node
-            assert sbx.commands.run("cat /opt/marker").stdout.strip() == "built-once"
+            assert sbx.commands.run("cat /home/user/marker").stdout.strip() == "built-once"
         # Rebuilt: every node starts the new one (the older copies are dropped).
-        t = Template().from_template("base").run_cmd("echo built-twice > /opt/marker")
+        t = Template().from_template("base").run_cmd("echo built-twice > /home/user/marker")
         Template.build(t, name)
         for node in reversed(cluster.node_names):
             drain_all_but(cluster, node)
             sbx = Sandbox.create(template=name, timeout=120)
             made.append(sbx)
             assert holder(cluster, sbx.sandbox_id) == node
-            assert sbx.commands.run("cat /opt/marker").stdout.strip() == "built-twice"
+            assert sbx.commands.run("cat /home/user/marker").stdout.strip() == "built-twice"
     finally:
         for name_ in cluster.node_names:
             requests.post(f"{cluster.api_url}/nodes/{name_}", json={"status": "ready"},
