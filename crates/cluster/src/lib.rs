@@ -51,6 +51,9 @@ pub const BASE_GRACE: Duration = Duration::from_secs(15);
 /// How long a member's event pump waits before subscribing again, at first and at most.
 const RESUBSCRIBE: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
 
+/// Held while a template is sent to a node.
+type TransferLock = Arc<tokio::sync::Mutex<()>>;
+
 struct Member {
     node: Arc<dyn Node>,
     pump: JoinHandle<()>,
@@ -77,7 +80,7 @@ struct Inner {
     found: RwLock<HashMap<TemplateName, (TemplateInfo, Instant)>>,
     events: broadcast::Sender<NodeEvent>,
     /// One transfer of a template to a node at a time ([`NodeSet::replicate`]).
-    transfers: Mutex<HashMap<(String, TemplateName), Arc<tokio::sync::Mutex<()>>>>,
+    transfers: Mutex<HashMap<(String, TemplateName), TransferLock>>,
     /// One [`NodeSet::provide_base`] at a time, so `base` is built once per cluster.
     base: tokio::sync::Mutex<()>,
     /// See [`NodeSet::set_base_grace`].

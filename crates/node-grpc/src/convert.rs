@@ -419,6 +419,50 @@ pub(crate) fn built(b: p::Built) -> Result<c::build::Built, Invalid> {
     })
 }
 
+pub(crate) fn manifest_out(m: &c::TemplateManifest) -> p::Manifest {
+    p::Manifest {
+        name: m.name.to_string(),
+        meta_json: m.meta_json.clone(),
+        layers: m
+            .layers
+            .iter()
+            .map(|l| p::LayerRef {
+                digest: l.digest.clone(),
+                size: l.size,
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn manifest(m: p::Manifest) -> Result<c::TemplateManifest, Invalid> {
+    Ok(c::TemplateManifest {
+        name: template_name(&m.name)?,
+        meta_json: m.meta_json,
+        layers: m
+            .layers
+            .into_iter()
+            .map(|l| c::LayerRef {
+                digest: l.digest,
+                size: l.size,
+            })
+            .collect(),
+    })
+}
+
+pub(crate) fn chunk_out(c: c::LayerChunk) -> p::LayerChunk {
+    p::LayerChunk {
+        digest: c.digest,
+        data: c.data,
+    }
+}
+
+pub(crate) fn chunk(c: p::LayerChunk) -> c::LayerChunk {
+    c::LayerChunk {
+        digest: c.digest,
+        data: c.data,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,49 +544,5 @@ mod tests {
                 Some(c::NodeEvent::exited(id.clone(), c::ExitReason::Exited))
             );
         }
-    }
-}
-
-pub(crate) fn manifest_out(m: &c::TemplateManifest) -> p::Manifest {
-    p::Manifest {
-        name: m.name.to_string(),
-        meta_json: m.meta_json.clone(),
-        layers: m
-            .layers
-            .iter()
-            .map(|l| p::LayerRef {
-                digest: l.digest.clone(),
-                size: l.size,
-            })
-            .collect(),
-    }
-}
-
-pub(crate) fn manifest(m: p::Manifest) -> Result<c::TemplateManifest, Invalid> {
-    Ok(c::TemplateManifest {
-        name: template_name(&m.name)?,
-        meta_json: m.meta_json,
-        layers: m
-            .layers
-            .into_iter()
-            .map(|l| c::LayerRef {
-                digest: l.digest,
-                size: l.size,
-            })
-            .collect(),
-    })
-}
-
-pub(crate) fn chunk_out(c: c::LayerChunk) -> p::LayerChunk {
-    p::LayerChunk {
-        digest: c.digest,
-        data: c.data,
-    }
-}
-
-pub(crate) fn chunk(c: p::LayerChunk) -> c::LayerChunk {
-    c::LayerChunk {
-        digest: c.digest,
-        data: c.data,
     }
 }
