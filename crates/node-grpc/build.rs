@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // Layer chunks are handed on without a copy.
         .bytes(".paddock.node.v1.LayerChunk.data")
+        .bytes(".paddock.node.v1.BuildFilePart.data")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -104,6 +104,91 @@ fn template_ref(name: &TemplateName) -> p::TemplateRef {
     }
 }
 
+impl GrpcNode {
+    /// Sends the node the COPY archives of `req` it has not got (see [`crate::build_files`]);
+    /// nothing to do for a node that reads them where the caller keeps them.
+    async fn send_build_files(&self, req: &BuildRequest) -> Result<(), NodeError> {
+        let mut hashes: Vec<String> = Vec::new();
+        for step in &req.recipe.steps {
+            if let paddock_template::BuildStep::Copy { files_hash, .. } = &step.step {
+                if !hashes.contains(files_hash) {
+                    hashes.push(files_hash.clone());
+                }
+            }
+        }
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let namespace = req.files_dir.to_string_lossy().into_owned();
+        let query = p::BuildFilesQuery {
+            namespace: namespace.clone(),
+            hashes,
+        };
+        let missing = match self
+            .client
+            .clone()
+            .missing_build_files(call(query, Some(QUICK_CALL)))
+            .await
+        {
+            Ok(r) => r.into_inner().digests,
+            Err(s) if s.code() == tonic::Code::Unimplemented => return Ok(()),
+            Err(s) => return Err(from_status(&s)),
+        };
+        for hash in missing {
+            let path = req.files_dir.join(&hash);
+            let file = tokio::fs::File::open(&path).await.map_err(|e| {
+                NodeError::new(
+                    paddock_node_contract::ErrorCode::InvalidArgument,
+                    format!("the files of a COPY ({hash}) were not uploaded: {e}"),
+                )
+            })?;
+            let size = file
+                .metadata()
+                .await
+                .map_err(|e| NodeError::internal(format!("{}: {e}", path.display())))?
+                .len();
+            let (tx, rx) = tokio::sync::mpsc::channel::<p::BuildFilePart>(4);
+            let header = p::BuildFilePart {
+                part: Some(p::build_file_part::Part::Header(p::BuildFileHeader {
+                    namespace: namespace.clone(),
+                    hash: hash.clone(),
+                    size,
+                })),
+            };
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut file = file;
+                if tx.send(header).await.is_err() {
+                    return;
+                }
+                loop {
+                    let mut buf = vec![0u8; paddock_node_contract::layers::CHUNK_BYTES];
+                    let n = match file.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.truncate(n);
+                    let part = p::BuildFilePart {
+                        part: Some(p::build_file_part::Part::Data(buf.into())),
+                    };
+                    if tx.send(part).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            self.client
+                .clone()
+                .put_build_file(call(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                    Some(LONG_CALL),
+                ))
+                .await
+                .map_err(|s| from_status(&s))?;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Node for GrpcNode {
     async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
@@ -506,6 +591,9 @@ impl Node for GrpcNode {
             message,
         };
         let wire = convert::build_request_out(&req).map_err(|e| failed(&step, e.to_string()))?;
+        self.send_build_files(&req)
+            .await
+            .map_err(|e| failed(&step, format!("sending the build's files: {}", e.message)))?;
         let mut stream = self
             .client
             .clone()

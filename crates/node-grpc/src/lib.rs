@@ -4,11 +4,12 @@
 //!   serve the shared fake) to callers whose cluster certificate has an allowed role;
 //! - [`GrpcNode`] is a remote node as an implementation of the trait, for the control plane.
 //!
-//! Modules: [`proto`] (generated), `convert` (contract types ↔ messages), [`status`] (errors ↔
+//! Modules: [`proto`] (generated), [`build_files`] (a build's COPY archives on a remote node), `convert` (contract types ↔ messages), [`status`] (errors ↔
 //! gRPC statuses), [`tls`] (mutual-TLS connections for any cluster service), [`server`],
 //! [`client`].
 #![warn(missing_docs)]
 
+pub mod build_files;
 pub mod client;
 mod convert;
 pub mod server;
@@ -21,6 +22,7 @@ pub mod proto {
     tonic::include_proto!("paddock.node.v1");
 }
 
+pub use build_files::BuildFiles;
 pub use client::{ClientError, GrpcNode};
 pub use convert::Invalid;
 pub use server::{serve, serve_incoming, ServeConfig, ServeError};

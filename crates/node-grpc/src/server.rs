@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 
+use crate::build_files::{BuildFileError, BuildFiles};
 use crate::convert;
 use crate::proto as p;
 use crate::proto::node_server::{Node as NodeRpc, NodeServer};
@@ -40,6 +41,9 @@ pub struct ServeConfig {
     pub callers: Vec<Role>,
     /// Connections open at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Where the node keeps the COPY archives builds are sent ([`crate::build_files`]);
+    /// `None`: builds read `files_dir` as the caller gave it (a node on the caller's host).
+    pub build_files: Option<BuildFiles>,
 }
 
 impl ServeConfig {
@@ -49,6 +53,7 @@ impl ServeConfig {
             identity,
             callers: vec![Role::Api],
             max_connections: 1024,
+            build_files: None,
         }
     }
 }
@@ -80,21 +85,23 @@ pub async fn serve(
         config.max_connections,
         move |peer| peer.is_some_and(|p| callers.contains(&p.role)),
     );
-    let served = serve_incoming(node, incoming, shutdown).await;
+    let served = serve_incoming(node, incoming, config.build_files, shutdown).await;
     drop(accept);
     served
 }
 
 /// Serves `node` on connections someone else accepted and verified (e.g. a node's listener
-/// that also carries other traffic, told apart by ALPN) until `shutdown` completes.
+/// that also carries other traffic, told apart by ALPN) until `shutdown` completes. Builds'
+/// COPY archives are kept in `build_files` (see [`ServeConfig::build_files`]).
 pub async fn serve_incoming(
     node: Arc<dyn Node>,
     incoming: impl tokio_stream::Stream<Item = Result<crate::tls::Authed, std::io::Error>>
         + Send
         + 'static,
+    build_files: Option<BuildFiles>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let service = NodeServer::new(NodeService { node })
+    let service = NodeServer::new(NodeService { node, build_files })
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
     tonic::transport::Server::builder()
@@ -111,6 +118,7 @@ pub async fn serve_incoming(
 /// The gRPC face of a [`Node`].
 struct NodeService {
     node: Arc<dyn Node>,
+    build_files: Option<BuildFiles>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -128,6 +136,15 @@ fn id_of(raw: &str) -> Result<paddock_domain::SandboxId, Status> {
 
 fn name_of(raw: &str) -> Result<paddock_domain::TemplateName, Status> {
     convert::template_name(raw).map_err(|e| invalid(&e))
+}
+
+fn build_file_status(e: &BuildFileError) -> Status {
+    match e {
+        BuildFileError::BadHash(_) | BuildFileError::Size(_) => {
+            Status::invalid_argument(e.to_string())
+        }
+        BuildFileError::Io(_) => Status::internal(e.to_string()),
+    }
 }
 
 type EventStream =
@@ -350,10 +367,61 @@ impl NodeRpc for NodeService {
         answer(self.node.prepare_base().await, |()| p::Empty {})
     }
 
+    async fn missing_build_files(&self, req: Request<p::BuildFilesQuery>) -> Reply<p::Digests> {
+        let Some(files) = &self.build_files else {
+            return Err(Status::unimplemented(
+                "this node reads build files where the caller keeps them",
+            ));
+        };
+        let q = req.into_inner();
+        match files.missing(&q.namespace, &q.hashes).await {
+            Ok(digests) => Ok(Response::new(p::Digests { digests })),
+            Err(e) => Err(build_file_status(&e)),
+        }
+    }
+
+    async fn put_build_file(
+        &self,
+        req: Request<tonic::Streaming<p::BuildFilePart>>,
+    ) -> Reply<p::Empty> {
+        let Some(files) = &self.build_files else {
+            return Err(Status::unimplemented(
+                "this node reads build files where the caller keeps them",
+            ));
+        };
+        let mut parts = req.into_inner();
+        let Some(p::BuildFilePart {
+            part: Some(p::build_file_part::Part::Header(header)),
+        }) = parts.message().await?
+        else {
+            return Err(Status::invalid_argument(
+                "a build file starts with its header",
+            ));
+        };
+        let data = parts.map(|part| match part {
+            Ok(p::BuildFilePart {
+                part: Some(p::build_file_part::Part::Data(d)),
+            }) => Ok(d),
+            Ok(_) => Err(BuildFileError::Size("a second header".into())),
+            Err(s) => Err(BuildFileError::Io(std::io::Error::other(
+                s.message().to_string(),
+            ))),
+        });
+        files
+            .put(&header.namespace, &header.hash, header.size, Box::pin(data))
+            .await
+            .map_err(|e| build_file_status(&e))?;
+        Ok(Response::new(p::Empty {}))
+    }
+
     type BuildStream = BuildStream;
 
     async fn build(&self, req: Request<p::BuildRequest>) -> Reply<BuildStream> {
-        let req = convert::build_request(req.into_inner()).map_err(|e| invalid(&e))?;
+        let mut req = convert::build_request(req.into_inner()).map_err(|e| invalid(&e))?;
+        // The archives the caller sent before (PutBuildFile), not a path on its host.
+        if let Some(files) = &self.build_files {
+            req.files_dir = files.dir(&req.files_dir.to_string_lossy());
+        }
         let (out, rx) = mpsc::channel::<Result<p::BuildEvent, Status>>(256);
         let node = Arc::clone(&self.node);
         tokio::spawn(async move {

@@ -25,7 +25,7 @@ fn member(ca: &ClusterCa, role: Role, id: &str) -> MemberIdentity {
 }
 
 struct Cluster {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     ca: ClusterCa,
     node: Arc<FakeNode>,
     addr: SocketAddr,
@@ -45,7 +45,10 @@ impl Cluster {
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served: Arc<dyn Node> = node.clone();
-        let config = ServeConfig::node(node_identity.clone());
+        let mut config = ServeConfig::node(node_identity.clone());
+        config.build_files = Some(paddock_node_grpc::BuildFiles::new(
+            dir.path().join("node-build-files"),
+        ));
         tokio::spawn(async move {
             serve(served, listener, config, async {
                 let _ = stopped.await;
@@ -54,7 +57,7 @@ impl Cluster {
             .expect("serve");
         });
         Cluster {
-            _dir: dir,
+            dir,
             ca,
             node,
             addr,
@@ -343,6 +346,82 @@ async fn templates_travel_over_grpc_manifest_layers_and_install() {
         .expect_err("cut");
     assert!(e.message.contains("disk on fire"), "{e:?}");
     node.prepare_base().await.expect("base");
+}
+
+#[tokio::test]
+async fn a_builds_copy_archives_travel_with_it_to_the_node() {
+    use paddock_node_contract::build::BuildRequest;
+    use paddock_template::{Base, BuildStep, Recipe, Step};
+    let cluster = Cluster::start().await;
+    let node = cluster.api();
+    // The control plane's upload dir (a path the node never reads).
+    let uploads = cluster.dir.path().join("api-uploads/team-1");
+    std::fs::create_dir_all(&uploads).expect("mkdir");
+    let hash = "5e".repeat(32);
+    let archive = vec![9u8; 3 << 20];
+    std::fs::write(uploads.join(&hash), &archive).expect("write");
+    let copy = Step {
+        step: BuildStep::Copy {
+            src: "app".into(),
+            dest: "/app".into(),
+            owner: None,
+            mode: None,
+            files_hash: hash.clone(),
+        },
+        force: false,
+    };
+    let request = BuildRequest {
+        name: TemplateName::parse("with-files").expect("name"),
+        recipe: Recipe {
+            base: Base::Template("base".into()),
+            steps: vec![copy],
+            force: false,
+            start_cmd: None,
+            ready_cmd: None,
+        },
+        resources: Default::default(),
+        files_dir: uploads.clone(),
+        images_dir: None,
+    };
+    let (logs, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    node.build(request.clone(), logs).await.expect("build");
+    let mut got = Vec::new();
+    while let Ok(line) = lines.try_recv() {
+        got.push(line.message);
+    }
+    assert!(
+        got.iter()
+            .any(|l| l == &format!("copied {} bytes", archive.len())),
+        "{got:?}"
+    );
+    // The node read its own copy, under its build-files root.
+    let seen = cluster
+        .node
+        .build_requests
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .expect("req");
+    assert!(
+        seen.files_dir
+            .starts_with(cluster.dir.path().join("node-build-files")),
+        "{:?}",
+        seen.files_dir
+    );
+    assert_eq!(
+        std::fs::read(seen.files_dir.join(&hash)).expect("copy"),
+        archive
+    );
+
+    // An archive the control plane does not have fails the build with a clear message.
+    let mut missing = request.clone();
+    if let BuildStep::Copy { files_hash, .. } = &mut missing.recipe.steps[0].step {
+        *files_hash = "77".repeat(32);
+    }
+    let (logs, _lines) = tokio::sync::mpsc::unbounded_channel();
+    let e = node.build(missing, logs).await.expect_err("not uploaded");
+    assert!(e.message.contains("were not uploaded"), "{e:?}");
 }
 
 #[tokio::test]

@@ -98,6 +98,20 @@ def test_base_is_built_once_and_sent_to_the_nodes_without_it(cluster: Cluster):
     assert (cluster.dir / "api.log").read_text().count("template sent to a node") >= len(others)
 
 
+def test_a_builds_copy_files_are_sent_to_the_node_that_builds(cluster: Cluster, tmp_path):
+    name = f"cluster-copy-{os.getpid()}"
+    (tmp_path / "data.txt").write_text("sent with the build\n")
+    t = Template(file_context_path=str(tmp_path)).from_template("base").copy("data.txt", "/home/user/data.txt")
+    Template.build(t, name)
+    kept = [p for n in cluster.node_names for p in (cluster.dir / n / "build-files").glob("*/*")]
+    assert kept, "the node keeps the archive it was sent under its own data dir"
+    sbx = Sandbox.create(template=name, timeout=60)
+    try:
+        assert sbx.files.read("/home/user/data.txt") == "sent with the build\n"
+    finally:
+        sbx.kill()
+
+
 def drain_all_but(cluster: Cluster, keep: str) -> None:
     for name in cluster.node_names:
         want = "ready" if name == keep else "draining"
@@ -108,9 +122,17 @@ def drain_all_but(cluster: Cluster, keep: str) -> None:
     time.sleep(2)
 
 
-def test_a_template_built_through_the_sdk_starts_on_every_node(cluster: Cluster):
+def test_a_template_built_through_the_sdk_starts_on_every_node(cluster: Cluster, tmp_path):
+    """Built on one node (its COPY archive sent to that node, not read from the api's disk),
+    then started on each node in turn."""
     name = f"cluster-built-{os.getpid()}"
-    t = Template().from_template("base").run_cmd("echo built-once > /home/user/marker")
+    (tmp_path / "copied.txt").write_text("copied through the cluster\n")
+    t = (
+        Template(file_context_path=str(tmp_path))
+        .from_template("base")
+        .copy("copied.txt", "/home/user/copied.txt")
+        .run_cmd("echo built-once > /home/user/marker")
+    )
     Template.build(t, name)
     made = []
     try:
@@ -120,6 +142,7 @@ def test_a_template_built_through_the_sdk_starts_on_every_node(cluster: Cluster)
             made.append(sbx)
             assert holder(cluster, sbx.sandbox_id) == node
             assert sbx.commands.run("cat /home/user/marker").stdout.strip() == "built-once"
+            assert sbx.files.read("/home/user/copied.txt") == "copied through the cluster\n"
         # Rebuilt: every node starts the new one (the older copies are dropped).
         t = Template().from_template("base").run_cmd("echo built-twice > /home/user/marker")
         Template.build(t, name)

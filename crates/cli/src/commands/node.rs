@@ -262,6 +262,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let grpc = tokio::spawn(paddock_node_grpc::serve_incoming(
         node.clone() as Arc<dyn Node>,
         tokio_stream::wrappers::ReceiverStream::new(grpc_rx),
+        Some(paddock_node_grpc::BuildFiles::new(
+            data_dir.join("build-files"),
+        )),
         stopped(stop_rx.clone()),
     ));
 
