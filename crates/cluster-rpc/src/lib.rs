@@ -59,7 +59,16 @@ pub trait ClusterHandler: Send + Sync + 'static {
     async fn locate(&self, id: &SandboxId) -> Result<proto::Location, Status>;
     /// Resumes paused sandbox `id` if it resumes on traffic; where it runs then.
     async fn wake(&self, id: &SandboxId) -> Result<proto::Location, Status>;
+    /// Where sandboxes start or resume from now on, as they do. Default: not offered.
+    async fn watch(&self) -> Result<AnnouncementStream, Status> {
+        Err(Status::unimplemented("announcements"))
+    }
 }
+
+/// Announcements of where sandboxes run, as [`ClusterHandler::watch`] sends them.
+pub type AnnouncementStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<proto::Announcement, Status>> + Send + 'static>,
+>;
 
 /// Why [`serve`] stopped.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +192,16 @@ impl Cluster for Service {
         let id = sandbox_id(&req.get_ref().id)?;
         Ok(Response::new(self.handler.wake(&id).await?))
     }
+
+    type WatchStream = AnnouncementStream;
+
+    async fn watch(
+        &self,
+        req: Request<proto::WatchRequest>,
+    ) -> Result<Response<AnnouncementStream>, Status> {
+        require(&req, &[Role::Proxy])?;
+        Ok(Response::new(self.handler.watch().await?))
+    }
 }
 
 /// Why a join failed.
@@ -290,6 +309,17 @@ impl ClusterClient {
             .client
             .clone()
             .locate(Self::call(req))
+            .await?
+            .into_inner())
+    }
+
+    /// Where sandboxes start or resume from now on (no deadline: it lasts as long as the
+    /// connection).
+    pub async fn watch(&self) -> Result<tonic::Streaming<proto::Announcement>, Status> {
+        Ok(self
+            .client
+            .clone()
+            .watch(Request::new(proto::WatchRequest {}))
             .await?
             .into_inner())
     }

@@ -85,6 +85,8 @@ struct Inner {
     base: tokio::sync::Mutex<()>,
     /// See [`NodeSet::set_base_grace`].
     base_grace: Mutex<Duration>,
+    /// Sandboxes as they start or resume, and on which member ([`NodeSet::started`]).
+    started: broadcast::Sender<(SandboxId, String)>,
 }
 
 /// The nodes of a cluster as one [`Node`]. Cheap to clone.
@@ -173,6 +175,7 @@ impl NodeSet {
                 transfers: Mutex::new(HashMap::new()),
                 base: tokio::sync::Mutex::new(()),
                 base_grace: Mutex::new(BASE_GRACE),
+                started: broadcast::channel(EVENT_BUFFER).0,
             }),
         }
     }
@@ -615,6 +618,13 @@ impl NodeSet {
         dst.prepare_base().await
     }
 
+    /// Sandboxes as they start (a create) or resume through the set, with the member that runs
+    /// them: what the edge proxies are told, so the first request for a new sandbox need not
+    /// ask where it is. A subscriber that lags misses some (they are asked for as before).
+    pub fn started(&self) -> broadcast::Receiver<(SandboxId, String)> {
+        self.inner.started.subscribe()
+    }
+
     /// How long [`NodeSet::provide_base`] waits for a node with `base` to join before it has
     /// a node build it (default [`BASE_GRACE`]).
     pub fn set_base_grace(&self, grace: Duration) {
@@ -795,6 +805,7 @@ impl Node for NodeSet {
                     self.release(&placed, Answer::Created);
                     self.own(&made.id, &node_id, Some(Demand::from(&made.resources)));
                     self.set_status_of(&made.id, SandboxStatus::Running);
+                    let _ = self.inner.started.send((made.id.clone(), node_id));
                     return Ok(made);
                 }
                 Err(e) => {
@@ -1028,6 +1039,9 @@ impl Node for NodeSet {
         self.forget_status(id);
         node.resume(id).await?;
         self.set_status_of(id, SandboxStatus::Running);
+        if let Some(owner) = self.owner_of(id) {
+            let _ = self.inner.started.send((id.clone(), owner));
+        }
         Ok(())
     }
 

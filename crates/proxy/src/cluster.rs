@@ -151,6 +151,12 @@ impl<L: Locator> ClusterDirectory<L> {
         &self.locator
     }
 
+    /// Takes what the control plane announced of sandbox `id` (it started or resumed there) as
+    /// if it had been asked: the first request for it need not ask.
+    pub fn announce(&self, id: &SandboxId, located: Located) {
+        self.remember(id, Ok(located));
+    }
+
     async fn ask(&self, id: &SandboxId) -> Lookup {
         let cell = Arc::clone(lock(&self.asking).entry(id.clone()).or_default());
         let lookup = cell
@@ -423,6 +429,16 @@ mod tests {
         dir.forget(&sb);
         dir.resolve(&sb).await;
         assert_eq!(dir.locator().locates.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_announced_sandbox_is_found_without_asking() {
+        let dir = ClusterDirectory::new(FakeLocator::new(), ClusterDirectoryConfig::default());
+        let sb = id("isbnew");
+        dir.announce(&sb, running("n2", 7000).expect("located"));
+        let found = dir.resolve(&sb).await;
+        assert_eq!(remote(&found).addr().port(), 7000);
+        assert_eq!(dir.locator().locates.load(Ordering::SeqCst), 0, "not asked");
     }
 
     #[tokio::test]

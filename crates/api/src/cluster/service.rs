@@ -45,7 +45,7 @@ pub struct ClusterService {
     nodes: NodeSet,
     registry: NodeRegistry,
     cluster_id: String,
-    addresses: Mutex<HashMap<String, SocketAddr>>,
+    addresses: Arc<Mutex<HashMap<String, SocketAddr>>>,
     started: std::time::Instant,
     lost_after: Duration,
 }
@@ -70,7 +70,7 @@ impl ClusterService {
             nodes,
             registry,
             cluster_id,
-            addresses: Mutex::new(HashMap::new()),
+            addresses: Arc::new(Mutex::new(HashMap::new())),
             started: std::time::Instant::now(),
             lost_after: LOST_AFTER,
         }
@@ -320,6 +320,41 @@ impl ClusterHandler for ClusterService {
         Ok(proto::ReportAck {
             status: status.as_str().to_string(),
         })
+    }
+
+    async fn watch(&self) -> Result<paddock_cluster_rpc::AnnouncementStream, Status> {
+        use proto::location::State;
+        let mut started = self.nodes.started();
+        let addresses = Arc::clone(&self.addresses);
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let (id, node) = match started.recv().await {
+                    Ok(s) => s,
+                    // Missed some: the proxy asks for those.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let addr = addresses
+                    .lock()
+                    .expect("addresses lock")
+                    .get(&node)
+                    .copied();
+                let Some(addr) = addr else { continue };
+                let announcement = proto::Announcement {
+                    sandbox_id: id.to_string(),
+                    location: Some(proto::Location {
+                        state: State::Running as i32,
+                        node_address: addr.to_string(),
+                        node_id: node,
+                    }),
+                };
+                if tx.send(Ok(announcement)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     async fn locate(&self, id: &SandboxId) -> Result<proto::Location, Status> {

@@ -1,6 +1,7 @@
 //! `paddock proxy`: the edge proxy of a cluster, the address the SDKs reach for sandbox
-//! traffic (`E2B_SANDBOX_URL`). It joins like a node (as role `proxy`), asks the control plane
-//! where each sandbox runs (`Locate`, cached briefly) and passes the traffic, streaming and
+//! traffic (`E2B_SANDBOX_URL`). It joins like a node (as role `proxy`), learns where each
+//! sandbox runs from the control plane's announcements as sandboxes start (`Watch`) or by
+//! asking (`Locate`), cached briefly, and passes the traffic, streaming and
 //! WebSocket included, to that node's hop over mutual TLS; traffic for a paused sandbox asks
 //! the control plane to wake it (`autoResume`).
 
@@ -81,6 +82,40 @@ impl Locator for GrpcLocator {
 }
 
 /// Runs `paddock proxy` until SIGTERM or SIGINT.
+/// Feeds the control plane's announcements (sandboxes as they start or resume) into the
+/// directory, subscribing again a second after the stream ends.
+async fn take_announcements(
+    client: ClusterClient,
+    directory: Arc<paddock_proxy::ClusterDirectory<GrpcLocator>>,
+) {
+    loop {
+        match client.watch().await {
+            Ok(mut stream) => loop {
+                match stream.message().await {
+                    Ok(Some(a)) => {
+                        let (Ok(id), Some(loc)) = (SandboxId::parse(&a.sandbox_id), a.location)
+                        else {
+                            continue;
+                        };
+                        if let Ok(located) = located(loc) {
+                            directory.announce(&id, located);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the control plane's announcements ended");
+                        break;
+                    }
+                }
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot follow the control plane's announcements")
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
@@ -102,12 +137,14 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         client: ClusterClient::new(args.join, &identity)?,
         identity,
     };
-    let directory = paddock_proxy::ClusterDirectory::new(
+    let watcher = locator.client.clone();
+    let directory = Arc::new(paddock_proxy::ClusterDirectory::new(
         locator,
         paddock_proxy::ClusterDirectoryConfig::default(),
-    );
+    ));
+    let announcements = tokio::spawn(take_announcements(watcher, Arc::clone(&directory)));
     let proxy = paddock_proxy::Proxy::new(
-        Arc::new(directory),
+        directory,
         paddock_proxy::ProxyConfig {
             limits: args.limits.limits(args.limits.max_connections),
             ..paddock_proxy::ProxyConfig::default()
@@ -137,6 +174,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     );
     super::serve::wait_for_signal().await?;
     let _ = stop_tx.send(true);
+    announcements.abort();
     serving
         .await
         .context("proxy task")?
