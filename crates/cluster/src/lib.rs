@@ -48,6 +48,9 @@ pub const TEMPLATE_CACHE_TTL: Duration = Duration::from_secs(5);
 /// itself (the nodes of a new cluster start together; the first to register may not be the
 /// one with `base`).
 pub const BASE_GRACE: Duration = Duration::from_secs(15);
+/// How long a warm sandbox claimed ahead is handed to a create (a node releases a claim no
+/// create followed after a minute; this leaves a create time to arrive).
+pub const PREFETCH_TTL: Duration = Duration::from_secs(40);
 /// How long a member's event pump waits before subscribing again, at first and at most.
 const RESUBSCRIBE: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
 
@@ -87,6 +90,10 @@ struct Inner {
     base_grace: Mutex<Duration>,
     /// Sandboxes as they start or resume, and on which member ([`NodeSet::started`]).
     started: broadcast::Sender<(SandboxId, String)>,
+    /// Warm sandboxes claimed ahead, by member and template ([`NodeSet::prefetch`]).
+    prefetched: Mutex<HashMap<(String, TemplateName), (SandboxId, Instant)>>,
+    /// Prefetches under way.
+    prefetching: Mutex<HashSet<(String, TemplateName)>>,
 }
 
 /// The nodes of a cluster as one [`Node`]. Cheap to clone.
@@ -176,6 +183,8 @@ impl NodeSet {
                 base: tokio::sync::Mutex::new(()),
                 base_grace: Mutex::new(BASE_GRACE),
                 started: broadcast::channel(EVENT_BUFFER).0,
+                prefetched: Mutex::new(HashMap::new()),
+                prefetching: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -217,6 +226,11 @@ impl NodeSet {
             return false;
         };
         member.pump.abort();
+        self.inner
+            .prefetched
+            .lock()
+            .expect("prefetch lock")
+            .retain(|(node, _), _| node != id);
         let lost: Vec<SandboxId> = {
             let mut owners = self.inner.owners.write().expect("owners lock");
             let lost: Vec<SandboxId> = owners
@@ -430,6 +444,70 @@ impl NodeSet {
             .write()
             .expect("templates lock")
             .remove(name);
+        // Claimed ahead from the template as it was (its node releases them in a minute).
+        self.inner
+            .prefetched
+            .lock()
+            .expect("prefetch lock")
+            .retain(|(_, t), _| t != name);
+    }
+
+    /// Whether a create may take a warm sandbox claimed ahead: the requests a warm pool
+    /// serves, which claim the same whatever their env vars and token.
+    fn plain(req: &CreateRequest) -> bool {
+        req.start_cmd && req.resources.is_none() && req.network == EgressPolicy::default()
+    }
+
+    /// A warm sandbox of `template` claimed ahead on `node`, if one is fresh.
+    fn take_prefetched(&self, node: &str, template: &TemplateName) -> Option<SandboxId> {
+        let (id, at) = self
+            .inner
+            .prefetched
+            .lock()
+            .expect("prefetch lock")
+            .remove(&(node.to_string(), template.clone()))?;
+        (at.elapsed() < PREFETCH_TTL).then_some(id)
+    }
+
+    /// Claims a warm sandbox of `req`'s template on `node` in the background, for the next
+    /// create placed there to take without asking ([`Node::claim_warm`] costs a round trip
+    /// to a remote node). One at a time per member and template; a claim no create takes is
+    /// released by its node after a minute.
+    fn prefetch(&self, node_id: &str, node: Arc<dyn Node>, req: &CreateRequest) {
+        let key = (node_id.to_string(), req.template.clone());
+        if !self
+            .inner
+            .prefetching
+            .lock()
+            .expect("prefetch lock")
+            .insert(key.clone())
+        {
+            return;
+        }
+        let ahead = CreateRequest {
+            id: SandboxId::generate(),
+            env_vars: HashMap::new(),
+            ..req.clone()
+        };
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let claimed = node.claim_warm(&ahead).await;
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            inner
+                .prefetching
+                .lock()
+                .expect("prefetch lock")
+                .remove(&key);
+            if let Ok(Some(id)) = claimed {
+                inner
+                    .prefetched
+                    .lock()
+                    .expect("prefetch lock")
+                    .insert(key, (id, Instant::now()));
+            }
+        });
     }
 
     fn disown(&self, sandbox: &SandboxId) {
@@ -893,9 +971,20 @@ impl Node for NodeSet {
         let Some(node) = self.member(&node_id) else {
             return Ok(None);
         };
+        let plain = Self::plain(req);
+        if plain {
+            if let Some(id) = self.take_prefetched(&node_id, &req.template) {
+                self.own(&id, &node_id, None);
+                self.prefetch(&node_id, node, req);
+                return Ok(Some(id));
+            }
+        }
         let claimed = node.claim_warm(req).await?;
         if let Some(id) = &claimed {
             self.own(id, &node_id, None);
+            if plain {
+                self.prefetch(&node_id, node, req);
+            }
         }
         Ok(claimed)
     }

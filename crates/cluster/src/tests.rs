@@ -681,3 +681,56 @@ async fn a_node_without_base_waits_for_one_with_it_rather_than_building() {
     );
     assert_eq!(bare.received.lock().expect("lock").len(), 1);
 }
+
+#[tokio::test]
+async fn warm_claims_are_made_ahead_so_a_create_need_not_ask() {
+    let (set, nodes) = set_of(1);
+    nodes[0].warm.store(10, Ordering::SeqCst);
+    let calls = || nodes[0].claim_calls.load(Ordering::SeqCst);
+    // The first claim asks; a claim for the next create follows in the background.
+    let first = set
+        .claim_warm(&request())
+        .await
+        .expect("claim")
+        .expect("warm");
+    assert_eq!(calls(), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(calls(), 2, "claimed ahead");
+    let ahead = nodes[0].claimed.lock().expect("lock")[1].clone();
+    // The next plain create takes it without a call (the refill runs after it returns).
+    let second = set
+        .claim_warm(&request())
+        .await
+        .expect("claim")
+        .expect("warm");
+    assert_eq!(second, ahead);
+    assert_eq!(calls(), 2, "answered from memory");
+    assert_ne!(first, second);
+    let made = set
+        .create(CreateRequest {
+            id: second.clone(),
+            ..request()
+        })
+        .await
+        .expect("create");
+    assert_eq!(made.id, second);
+    assert_eq!(set.owner_of(&second).as_deref(), Some("n0"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(calls(), 3, "refilled");
+    // A create with its own limits never takes one claimed for the plain kind.
+    let sized = CreateRequest {
+        resources: Some(Resources::default()),
+        ..request()
+    };
+    assert_eq!(set.claim_warm(&sized).await.expect("claim"), None);
+    assert_eq!(calls(), 4, "asked (and refused)");
+    // A template that changes through the set drops what was claimed of it.
+    set.forget_template(&TemplateName::parse("base").expect("name"));
+    let again = set
+        .claim_warm(&request())
+        .await
+        .expect("claim")
+        .expect("warm");
+    assert_ne!(Some(&again), nodes[0].claimed.lock().expect("lock").get(2));
+    assert_eq!(calls(), 5, "asked again");
+}

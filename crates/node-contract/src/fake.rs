@@ -66,6 +66,11 @@ pub struct FakeNode {
     pub base_builds: AtomicUsize,
     /// Does not have `base` (until it builds or receives it).
     pub without_base: std::sync::atomic::AtomicBool,
+    /// Warm sandboxes ready to be claimed (of any template; none by default).
+    pub warm: AtomicUsize,
+    /// Calls of `claim_warm`, and the ids they handed out.
+    pub claim_calls: AtomicUsize,
+    pub claimed: Mutex<Vec<SandboxId>>,
 }
 
 /// The templates every fake node has (besides `base`).
@@ -104,6 +109,9 @@ impl FakeNode {
             received: Mutex::new(Vec::new()),
             base_builds: AtomicUsize::new(0),
             without_base: std::sync::atomic::AtomicBool::new(false),
+            warm: AtomicUsize::new(0),
+            claim_calls: AtomicUsize::new(0),
+            claimed: Mutex::new(Vec::new()),
         })
     }
 
@@ -250,6 +258,25 @@ impl Node for FakeNode {
         self.paused.lock().expect("lock").remove(id);
         self.killed.lock().expect("lock").push(id.clone());
         Ok(())
+    }
+
+    /// Hands out one of `warm` for a plain request (no limits, default egress, start command).
+    async fn claim_warm(&self, req: &CreateRequest) -> Result<Option<SandboxId>, NodeError> {
+        self.reachable()?;
+        self.claim_calls.fetch_add(1, Ordering::SeqCst);
+        if req.resources.is_some() || !req.start_cmd || !self.has_template(&req.template) {
+            return Ok(None);
+        }
+        let took = self
+            .warm
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if !took {
+            return Ok(None);
+        }
+        let id = SandboxId::generate();
+        self.claimed.lock().expect("lock").push(id.clone());
+        Ok(Some(id))
     }
 
     async fn template(&self, name: &TemplateName) -> Result<Option<TemplateInfo>, NodeError> {
