@@ -98,6 +98,7 @@ async fn take_announcements(
                             continue;
                         };
                         if let Ok(located) = located(loc) {
+                            tracing::trace!(sandbox_id = %id, "announced by the control plane");
                             directory.announce(&id, located);
                         }
                     }
