@@ -112,6 +112,17 @@ def test_a_builds_copy_files_are_sent_to_the_node_that_builds(cluster: Cluster, 
         sbx.kill()
 
 
+def test_nodes_report_their_machine(cluster: Cluster):
+    for node in cluster.nodes_json():
+        m = node["metrics"]
+        assert m["cpuCount"] >= 1, m
+        assert m["memoryTotalBytes"] > 0, m
+        assert m["hugePageSizeBytes"] > 0, m
+        (disk,) = m["disks"]
+        assert disk["mountPoint"].startswith("/") and disk["filesystemType"], disk
+        assert 0 < disk["usedBytes"] <= disk["totalBytes"], disk
+
+
 def drain_all_but(cluster: Cluster, keep: str) -> None:
     for name in cluster.node_names:
         want = "ready" if name == keep else "draining"

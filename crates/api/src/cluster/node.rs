@@ -83,11 +83,8 @@ pub struct HugePages {
     pub page_size_bytes: u64,
 }
 
-/// What a node reports every second or two.
-///
-/// `cluster.proto`'s `NodeReport` carries all of it but `cpu_count`, `sandboxes`,
-/// `huge_pages` and the disks' names (it has one used/total pair, which maps to one
-/// [`DiskUsage`]); until it does, those stay at their defaults and show as zero or empty.
+/// What a node reports every second or two (`cluster.proto`'s `NodeReport`: one disk, the
+/// filesystem of the node's data dir).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct NodeReport {
     /// Sandboxes running (or paused in memory) on it.

@@ -26,8 +26,8 @@ use paddock_placement::{Load, Usage};
 use tonic::Status;
 
 use super::{
-    Allocated, Capacity, DiskUsage, MachineInfo, NodeRegistration, NodeRegistry, NodeReport,
-    NodeStatus,
+    Allocated, Capacity, DiskUsage, HugePages, MachineInfo, NodeRegistration, NodeRegistry,
+    NodeReport, NodeStatus,
 };
 use crate::ControlPlane;
 
@@ -282,16 +282,23 @@ impl ClusterHandler for ClusterService {
                         memory_mb: r.allocated_memory_mb,
                         disk_mb: r.allocated_disk_mb,
                     },
-                    cpu_count: 0,
+                    cpu_count: r.cpu_count,
                     cpu_load: r.cpu_load,
                     memory_used_bytes: r.memory_used_bytes,
                     memory_total_bytes: r.memory_total_bytes,
                     disks: vec![DiskUsage {
+                        mount_point: r.disk_mount_point,
+                        device: r.disk_device,
+                        filesystem_type: r.disk_filesystem_type,
                         used_bytes: r.disk_used_bytes,
                         total_bytes: r.disk_total_bytes,
-                        ..Default::default()
                     }],
-                    huge_pages: Default::default(),
+                    huge_pages: HugePages {
+                        total: r.huge_pages_total,
+                        used: r.huge_pages_total.saturating_sub(r.huge_pages_free),
+                        reserved: r.huge_pages_reserved,
+                        page_size_bytes: r.huge_page_size_bytes,
+                    },
                     create_successes: r.create_successes,
                     create_fails: r.create_fails,
                     at: Utc::now(),

@@ -50,7 +50,7 @@ pub struct NodeArgs {
 }
 
 /// What `/proc` and `statvfs` say about the host.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct HostStats {
     cpus: u32,
     load: f64,
@@ -58,6 +58,48 @@ struct HostStats {
     mem_used: u64,
     disk_total: u64,
     disk_used: u64,
+    /// Mount point, device and filesystem type of the data dir's filesystem.
+    disk: (String, String, String),
+    /// Huge pages: total, free, reserved, page size in bytes.
+    huge_pages: (u64, u64, u64, u64),
+}
+
+/// The mount (point, device, filesystem type) in `mountinfo` (`/proc/self/mountinfo`'s text)
+/// that holds `path`: the one with the longest mount point above it (the last such, as later
+/// mounts hide earlier ones).
+fn mount_of(mountinfo: &str, path: &Path) -> Option<(String, String, String)> {
+    let mut best: Option<(usize, (String, String, String))> = None;
+    for line in mountinfo.lines() {
+        let (left, right) = line.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?.replace("\\040", " ");
+        let mut r = right.split(' ');
+        let (fstype, device) = (r.next()?, r.next()?);
+        if !path.starts_with(&point) {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(len, _)| point.len() >= *len) {
+            best = Some((point.len(), (point, device.to_string(), fstype.to_string())));
+        }
+    }
+    best.map(|(_, m)| m)
+}
+
+/// The huge page pool in `meminfo` (`/proc/meminfo`'s text): total, free, reserved (pages)
+/// and the page size (bytes).
+fn huge_pages(meminfo: &str) -> (u64, u64, u64, u64) {
+    let field = |name: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (
+        field("HugePages_Total:"),
+        field("HugePages_Free:"),
+        field("HugePages_Rsvd:"),
+        field("Hugepagesize:") * 1024,
+    )
 }
 
 fn host_stats(data_dir: &Path) -> HostStats {
@@ -87,6 +129,7 @@ fn host_stats(data_dir: &Path) -> HostStats {
             (total, total.saturating_sub(s.blocks_free() * frag))
         })
         .unwrap_or((0, 0));
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     HostStats {
         cpus,
         load,
@@ -94,6 +137,8 @@ fn host_stats(data_dir: &Path) -> HostStats {
         mem_used: mem_total.saturating_sub(mem_available),
         disk_total,
         disk_used,
+        disk: mount_of(&mountinfo, data_dir).unwrap_or_default(),
+        huge_pages: huge_pages(&meminfo),
     }
 }
 
@@ -166,6 +211,14 @@ async fn registration(
                 create_successes: 0,
                 create_fails: 0,
                 sandboxes: live.iter().map(ToString::to_string).collect(),
+                cpu_count: stats.cpus,
+                disk_mount_point: stats.disk.0.clone(),
+                disk_device: stats.disk.1.clone(),
+                disk_filesystem_type: stats.disk.2.clone(),
+                huge_pages_total: stats.huge_pages.0,
+                huge_pages_free: stats.huge_pages.1,
+                huge_pages_reserved: stats.huge_pages.2,
+                huge_page_size_bytes: stats.huge_pages.3,
             };
             match client.report(report).await {
                 Ok(_) => {}
@@ -314,4 +367,35 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
     eprintln!("paddock: stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_dirs_filesystem_and_the_huge_page_pool() {
+        let mountinfo = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 22 0:26 / /var/lib rw shared:2 - xfs /dev/vdb rw
+31 30 0:27 / /var/lib/paddock-node/sandboxes rw - tmpfs tmpfs rw
+";
+        let m = |p: &str| mount_of(mountinfo, Path::new(p));
+        assert_eq!(
+            m("/var/lib/paddock-node"),
+            Some(("/var/lib".into(), "/dev/vdb".into(), "xfs".into()))
+        );
+        assert_eq!(
+            m("/srv/node"),
+            Some(("/".into(), "/dev/vda".into(), "ext4".into()))
+        );
+        assert_eq!(
+            m("/var/library").map(|x| x.0),
+            Some("/".into()),
+            "by path components, not by text"
+        );
+        let meminfo = "MemTotal: 100 kB\nHugePages_Total:      16\nHugePages_Free:        4\nHugePages_Rsvd:        2\nHugepagesize:       2048 kB\n";
+        assert_eq!(huge_pages(meminfo), (16, 4, 2, 2 << 20));
+        assert_eq!(huge_pages("MemTotal: 1 kB\n"), (0, 0, 0, 0));
+    }
 }
