@@ -3,7 +3,9 @@
 //!
 //! 1. **request** (`POST /v3/templates`): the name (`name` or `name:tag`) becomes the team's
 //!    template, private, from then on (a [`TemplateRecord`]); a `waiting` build is recorded with
-//!    its resources and tags (from `name:tag` and `tags`; none = `default`). Names of node
+//!    its resources and tags (from `name:tag` and `tags`; none = `default`), unless a build of
+//!    the template with one of those tags is waiting or building (409, where E2B cancels the
+//!    older build); builds with other tags run side by side, as in E2B. Names of node
 //!    templates nobody built (`base`) and other teams' templates or snapshots are refused, as
 //!    are the names of hidden templates (prefixes `buildcache-`, `image-`, `fork-`, and
 //!    `build-<32 hex digits>`).
@@ -336,7 +338,8 @@ impl Core {
             BuildClaim::OwnedByOther => return Err(taken()),
             BuildClaim::InProgress => {
                 return Err(Error::Conflict(format!(
-                    "a build of template '{name}' is already waiting or running"
+                    "a build of template '{name}' with tag {} is already waiting or running",
+                    build.tags.join(" or ")
                 )))
             }
         }

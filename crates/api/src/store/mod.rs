@@ -354,7 +354,7 @@ pub enum BuildClaim {
     Created,
     /// Another team owns the template name.
     OwnedByOther,
-    /// A build of the template is already waiting or building.
+    /// A build of the template with one of the same tags is already waiting or building.
     InProgress,
 }
 
@@ -641,8 +641,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a requested build of `build.template` for `build.team_id` in one transaction:
     /// the name becomes the team's ([`TemplateRecord`]) unless another team owns it, and no
-    /// build of it may be waiting or building (a `waiting` build requested before
-    /// `abandoned_before` was never started: it is marked `error` and does not count).
+    /// build of it with one of the same tags may be waiting or building (builds with other tags
+    /// may, as in E2B; a `waiting` build requested before `abandoned_before` was never started:
+    /// it is marked `error` and does not count).
     /// Default: unsupported.
     async fn request_build(
         &self,

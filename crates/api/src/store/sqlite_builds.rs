@@ -208,15 +208,23 @@ pub(super) fn request(
             to_ms(abandoned_before)
         ],
     )?;
-    let busy: bool = query_one(
-        &tx,
-        "SELECT EXISTS (SELECT 1 FROM template_builds WHERE template = ?1 \
-         AND status IN ('waiting', 'building'))",
-        [b.template.as_str()],
-        |r| r.get(0),
-    )?;
-    if busy {
-        return Ok(BuildClaim::InProgress);
+    // As in E2B, builds of one template conflict only when they share a tag (each build is
+    // its own hidden template; its tags are pointed at it when it ends).
+    let in_flight: Vec<String> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT tags FROM template_builds WHERE template = ?1 \
+             AND status IN ('waiting', 'building')",
+        )?;
+        let rows = stmt
+            .query_map([b.template.as_str()], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        rows
+    };
+    for raw in in_flight {
+        let tags: Vec<String> = serde_json::from_str(&raw)?;
+        if tags.iter().any(|t| b.tags.contains(t)) {
+            return Ok(BuildClaim::InProgress);
+        }
     }
     exec(
         &tx,
@@ -589,6 +597,41 @@ mod tests {
             "one record per name"
         );
         assert!(store.team_templates(&b).await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_builds_sharing_a_tag_are_in_progress_for_each_other() {
+        let (_dir, store) = open();
+        let a = store.ensure_team("a").await.expect("team");
+        let epoch = from_ms(0, "t").expect("t");
+        let tagged = |tags: &[&str], ms| BuildRecord {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..build(&a, "app", ms)
+        };
+        let claim = |b: BuildRecord| {
+            let store = &store;
+            async move { store.request_build(&b, epoch).await.expect("request") }
+        };
+        assert_eq!(claim(tagged(&["v1"], 1_000)).await, BuildClaim::Created);
+        // Another tag of the same template goes ahead while v1 waits (E2B builds them side by
+        // side); a build that shares a tag with a waiting or building one does not.
+        assert_eq!(
+            claim(tagged(&["v2", "x"], 1_001)).await,
+            BuildClaim::Created
+        );
+        assert_eq!(claim(tagged(&["v1"], 1_002)).await, BuildClaim::InProgress);
+        assert_eq!(
+            claim(tagged(&["default", "x"], 1_003)).await,
+            BuildClaim::InProgress
+        );
+        assert_eq!(
+            claim(tagged(&["default"], 1_004)).await,
+            BuildClaim::Created
+        );
+        assert_eq!(
+            claim(tagged(&["default"], 1_005)).await,
+            BuildClaim::InProgress
+        );
     }
 
     #[tokio::test]

@@ -547,6 +547,18 @@ async fn names_and_builds_belong_to_the_team_that_builds() {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     let r = request(&h, KEY, json!({"name": "app"})).await;
     assert_error(&r, StatusCode::CONFLICT, "already waiting");
+    // Builds of one template with other tags go ahead meanwhile (as in E2B); one that shares
+    // a tag with a waiting build does not.
+    let r = request(&h, KEY, json!({"name": "mine:v1"})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let r = request(&h, KEY, json!({"name": "mine:v2", "tags": ["stable"]})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let r = request(&h, KEY, json!({"name": "mine", "tags": ["stable"]})).await;
+    assert_error(
+        &r,
+        StatusCode::CONFLICT,
+        "with tag stable is already waiting",
+    );
     let r = request(&h, KEY, json!({"alias": "legacy"})).await;
     assert_eq!(
         r.status,
