@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use paddock_domain::TemplateName;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 use crate::breaker::{Admit, Breaker, BreakerConfig};
 use crate::error::{PlaceError, Unavailable};
@@ -213,14 +213,32 @@ impl Ask<'_> {
     }
 }
 
-/// The best candidate so far.
+/// The best-scored slot so far; among equal scores, each is as likely to be kept (so a
+/// small, idle cluster, whose nodes all score the same, does not send everything to its
+/// first node).
 #[derive(Default)]
-struct Best(Option<(usize, f64)>);
+struct Best {
+    pick: Option<(usize, f64)>,
+    ties: u32,
+}
+
+/// Scores this close are equal.
+const SCORE_EPSILON: f64 = 1e-9;
 
 impl Best {
-    fn offer(&mut self, slot: usize, score: f64) {
-        if self.0.is_none_or(|(_, b)| score < b) {
-            self.0 = Some((slot, score));
+    fn offer(&mut self, slot: usize, score: f64, rng: &mut StdRng) {
+        match self.pick {
+            Some((_, b)) if score > b + SCORE_EPSILON => {}
+            Some((_, b)) if score >= b - SCORE_EPSILON => {
+                self.ties += 1;
+                if rng.gen_range(0..self.ties) == 0 {
+                    self.pick = Some((slot, score));
+                }
+            }
+            _ => {
+                self.pick = Some((slot, score));
+                self.ties = 1;
+            }
         }
     }
 }
@@ -465,7 +483,7 @@ impl Placer {
             sample(slots, w, config.k, rng, seen, &ask, &mut best);
         }
         sample(slots, ready, config.k, rng, seen, &ask, &mut best);
-        if let Some((i, _)) = best.0 {
+        if let Some((i, _)) = best.pick {
             return Ok(i);
         }
         // No sample had room: look at every ready node, so that a full cluster (or one
@@ -474,12 +492,12 @@ impl Placer {
         for i in ready.iter() {
             let Some(s) = slots[i].as_ref() else { continue };
             match ask.consider(i, s) {
-                Ok(score) => best.offer(i, score),
+                Ok(score) => best.offer(i, score, rng),
                 Err(Skip::NoRoom) => any_available = true,
                 Err(Skip::Unavailable) => {}
             }
         }
-        match best.0 {
+        match best.pick {
             Some((i, _)) => Ok(i),
             None if any_available => Err(PlaceError::AllFull { demand: req.demand }),
             None => Err(PlaceError::NoReadyNode),
@@ -554,14 +572,14 @@ fn sample(
     ask: &Ask<'_>,
     best: &mut Best,
 ) {
-    let mut offer = |i: usize| -> bool {
+    let offer = |i: usize, rng: &mut StdRng, seen: &mut Vec<usize>, best: &mut Best| -> bool {
         if seen.contains(&i) {
             return false;
         }
         seen.push(i);
         match slots[i].as_ref().map(|s| ask.consider(i, s)) {
             Some(Ok(score)) => {
-                best.offer(i, score);
+                best.offer(i, score, rng);
                 true
             }
             _ => false,
@@ -569,7 +587,7 @@ fn sample(
     };
     if set.len() <= 2 * k {
         for i in set.iter() {
-            offer(i);
+            offer(i, rng, seen, best);
         }
         return;
     }
@@ -577,7 +595,7 @@ fn sample(
     while found < k && draws < 4 * k {
         draws += 1;
         if let Some(i) = set.pick(rng) {
-            if offer(i) {
+            if offer(i, rng, seen, best) {
                 found += 1;
             }
         }

@@ -135,6 +135,23 @@ fn thirty_creates_over_three_equal_nodes_spread() {
 }
 
 #[test]
+fn an_idle_cluster_does_not_send_everything_to_its_first_node() {
+    // Sandboxes that end before the next create leave every node scoring the same.
+    for seed in 0..10 {
+        let mut p = equal(3, 16, seed);
+        let t0 = Instant::now();
+        let mut chosen = std::collections::HashMap::<String, usize>::new();
+        for _ in 0..60 {
+            let pl = p.place(&Request::new(D), t0).expect("room");
+            *chosen.entry(pl.node().to_string()).or_default() += 1;
+            p.release(&pl, Answer::Withdrawn, t0);
+        }
+        assert_eq!(chosen.len(), 3, "seed {seed}: {chosen:?}");
+        assert!(chosen.values().all(|n| *n >= 8), "seed {seed}: {chosen:?}");
+    }
+}
+
+#[test]
 fn in_flight_creates_spread_too() {
     // Nothing answered yet: in-flight reservations alone must spread the load.
     let mut p = equal(3, 16, 1);
