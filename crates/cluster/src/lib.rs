@@ -570,28 +570,60 @@ impl NodeSet {
             .map_err(|e| place_error(&e))
     }
 
-    /// Creates on `node`; a node that lacks the template gets it from a member that has it
-    /// first ([`NodeSet::replicate`]), then is asked again.
-    async fn create_on(
+    /// Sends template `name` to member `to` in the background (see [`NodeSet::replicate`]).
+    fn replicate_in_background(&self, name: &TemplateName, to: &str) {
+        let (set, name, to) = (self.clone(), name.clone(), to.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = set.replicate(&name, &to).await {
+                tracing::warn!(template = %name, node = %to, error = %e, "sending a template to a node failed");
+            }
+        });
+    }
+
+    /// The create of `req` on `node_id` once `req.template` is there (sent by
+    /// [`NodeSet::replicate`], which this waits for): placed there, created, owned.
+    async fn create_when_sent(
         &self,
         node_id: &str,
-        node: &dyn Node,
         req: &CreateRequest,
+        not_found: NodeError,
     ) -> Result<NodeSandbox, NodeError> {
-        match node.create(req.clone()).await {
-            Err(e) if e.is(ErrorCode::TemplateNotFound) => {
-                match self.replicate(&req.template, node_id).await {
-                    Ok(Some(_)) => node.create(req.clone()).await,
-                    Ok(None) => Err(e),
-                    // The transfer failed: the node may be failing; another may have it.
-                    Err(t) => Err(NodeError::unavailable(format!(
-                        "template '{}' could not be sent to node {node_id}: {}",
-                        req.template, t.message
-                    ))),
-                }
+        match self.replicate(&req.template, node_id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(not_found),
+            Err(t) => {
+                return Err(NodeError::unavailable(format!(
+                    "template '{}' could not be sent to node {node_id}: {}",
+                    req.template, t.message
+                )))
             }
-            other => other,
         }
+        let demand = demand_of(req.resources.as_ref());
+        let placed = self.place(demand, &req.template, Some(node_id), &HashSet::new())?;
+        let node = self
+            .member(node_id)
+            .ok_or_else(|| NodeError::unavailable(format!("node {node_id} left the cluster")))?;
+        match node.create(req.clone()).await {
+            Ok(made) => {
+                self.created(&placed, &made, node_id);
+                Ok(made)
+            }
+            Err(e) => {
+                self.release(&placed, answer_of(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// Bookkeeping of a create that succeeded on `node_id`.
+    fn created(&self, placed: &paddock_placement::Placement, made: &NodeSandbox, node_id: &str) {
+        self.release(placed, Answer::Created);
+        self.own(&made.id, node_id, Some(Demand::from(&made.resources)));
+        self.set_status_of(&made.id, SandboxStatus::Running);
+        let _ = self
+            .inner
+            .started
+            .send((made.id.clone(), node_id.to_string()));
     }
 
     /// Gives member `to` template `name` from a member that has it: the manifest from that
@@ -851,6 +883,10 @@ async fn sweep(inner: &Inner, id: &str, node: &dyn Node, reason: ExitReason) {
 
 #[async_trait]
 impl Node for NodeSet {
+    /// Placed by best of K; a node that is full or fails is skipped and the create tried on
+    /// another (up to [`CREATE_TRIES`]). A node that lacks the template starts receiving it
+    /// in the background while the create tries a node that has it; only when none can take
+    /// it does the create wait for the template to arrive.
     async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, NodeError> {
         let demand = demand_of(req.resources.as_ref());
         // A claimed warm sandbox is handed over where it waits (nowhere else); a snapshot or
@@ -860,6 +896,8 @@ impl Node for NodeSet {
         let mut pin = claimed.clone().or_else(|| self.home_of(&req.template));
         let mut tried = HashSet::new();
         let mut last = None;
+        // A node that is being sent the template, and the answer that said it lacked it.
+        let mut receiving: Option<(String, NodeError)> = None;
         for _ in 0..CREATE_TRIES {
             let placed = match self.place(demand, &req.template, pin.as_deref(), &tried) {
                 Ok(p) => p,
@@ -867,10 +905,16 @@ impl Node for NodeSet {
                     pin = None;
                     match self.place(demand, &req.template, None, &tried) {
                         Ok(p) => p,
-                        Err(e) => return Err(last.unwrap_or(e)),
+                        Err(e) => {
+                            last.get_or_insert(e);
+                            break;
+                        }
                     }
                 }
-                Err(e) => return Err(last.unwrap_or(e)),
+                Err(e) => {
+                    last.get_or_insert(e);
+                    break;
+                }
             };
             let node_id = placed.node().to_string();
             let Some(node) = self.member(&node_id) else {
@@ -878,13 +922,20 @@ impl Node for NodeSet {
                 tried.insert(node_id);
                 continue;
             };
-            match self.create_on(&node_id, node.as_ref(), &req).await {
+            match node.create(req.clone()).await {
                 Ok(made) => {
-                    self.release(&placed, Answer::Created);
-                    self.own(&made.id, &node_id, Some(Demand::from(&made.resources)));
-                    self.set_status_of(&made.id, SandboxStatus::Running);
-                    let _ = self.inner.started.send((made.id.clone(), node_id));
+                    self.created(&placed, &made, &node_id);
                     return Ok(made);
+                }
+                Err(e) if e.is(ErrorCode::TemplateNotFound) && claimed.is_none() => {
+                    self.release(&placed, Answer::Withdrawn);
+                    // No member has it: not found, whichever node is asked.
+                    if self.template(&req.template).await?.is_none() {
+                        return Err(e);
+                    }
+                    self.replicate_in_background(&req.template, &node_id);
+                    receiving.get_or_insert((node_id.clone(), e));
+                    tried.insert(node_id);
                 }
                 Err(e) => {
                     let answer = answer_of(&e);
@@ -901,6 +952,9 @@ impl Node for NodeSet {
                     last = Some(e);
                 }
             }
+        }
+        if let Some((node_id, not_found)) = receiving {
+            return self.create_when_sent(&node_id, &req, not_found).await;
         }
         Err(last.unwrap_or_else(|| NodeError::unavailable("no node could take the sandbox")))
     }

@@ -432,13 +432,17 @@ async fn a_template_made_on_one_node_starts_on_every_node_its_layers_sent_once()
         .position(|n| !n.built.lock().expect("lock").is_empty())
         .expect("built somewhere");
     let mut holders = HashSet::new();
-    for _ in 0..9 {
+    for i in 0..12 {
         let req = CreateRequest {
             template: name.clone(),
             ..request()
         };
         let id = set.create(req).await.expect("create");
-        holders.insert(set.owner_of(&id.id).expect("owned"));
+        if i >= 6 {
+            holders.insert(set.owner_of(&id.id).expect("owned"));
+        }
+        // The nodes that lacked it receive it in the background meanwhile.
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(
         holders.len(),
@@ -733,4 +737,42 @@ async fn warm_claims_are_made_ahead_so_a_create_need_not_ask() {
         .expect("warm");
     assert_ne!(Some(&again), nodes[0].claimed.lock().expect("lock").get(2));
     assert_eq!(calls(), 5, "asked again");
+}
+
+#[tokio::test]
+async fn a_create_does_not_wait_for_a_transfer_while_a_node_with_the_template_has_room() {
+    let (set, nodes) = set_of(2);
+    let (logs, _lines) = tokio::sync::mpsc::unbounded_channel();
+    let name = TemplateName::parse("mine").expect("name");
+    // Built on n0 (the only ready node then).
+    assert!(set.set_status("n1", NodeStatus::Draining));
+    set.build(build_of(&name), logs).await.expect("build");
+    assert!(set.set_status("n1", NodeStatus::Ready));
+    // n0 is full: the create waits for n1 to receive it, then starts there.
+    nodes[0].full.store(true, Ordering::SeqCst);
+    let req = || CreateRequest {
+        template: name.clone(),
+        ..request()
+    };
+    let made = set.create(req()).await.expect("created once sent");
+    assert_eq!(set.owner_of(&made.id).as_deref(), Some("n1"));
+    assert_eq!(nodes[1].received.lock().expect("lock").len(), 1);
+    // A third node without it: creates placed there go to a node that has it meanwhile.
+    let third = FakeNode::new();
+    set.add("n2", third.clone(), cap());
+    nodes[0].full.store(false, Ordering::SeqCst);
+    for _ in 0..6 {
+        let made = set.create(req()).await.expect("create");
+        assert_ne!(
+            set.owner_of(&made.id).as_deref(),
+            Some("n2"),
+            "did not wait for n2"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        third.received.lock().expect("lock").len(),
+        1,
+        "n2 received it meanwhile"
+    );
 }
