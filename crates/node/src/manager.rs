@@ -30,6 +30,10 @@ use paddock_templates::{LayerLease, TemplateStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, Notify};
 
+/// How long a create waits for warm sandboxes being started to free a slot
+/// ([`LocalNode::reserve_after_fills`]).
+const FILL_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 use crate::{
     CreateRequest, EgressPolicy, Endpoint, LocalError, NodeSandbox, PauseMode, SnapshotMade,
     TemplateInfo,
@@ -278,6 +282,25 @@ impl LocalNode {
         })
     }
 
+    /// [`LocalNode::reserve`] for a create: a node that is full only while warm sandboxes are
+    /// being started waits for them (at most [`FILL_WAIT`]); once ready, one gives its slot up
+    /// to the create. Without this, a create arriving while the pool refills after a burst was
+    /// refused although the node had room for it.
+    async fn reserve_after_fills(&self, id: &SandboxId) -> Result<Reservation<'_>, LocalError> {
+        let deadline = std::time::Instant::now() + FILL_WAIT;
+        loop {
+            match self.reserve(id) {
+                Err(LocalError::Busy(_))
+                    if self.table().pool.fills_in_progress() > 0
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Drops every sandbox of the table whose PID 1 the runtime no longer sees running, as if
     /// its exit had been reported (used after exit notifications were lost).
     async fn resync(&self) {
@@ -465,7 +488,7 @@ impl LocalNode {
                 }
             }
         }
-        let reservation = self.reserve(&req.id)?;
+        let reservation = self.reserve_after_fills(&req.id).await?;
         let turn = self.start_turn().await?;
         let booted = self.boot(&req, reservation, req.start_cmd).await?;
         drop(turn);

@@ -145,6 +145,12 @@ impl PoolTable {
     /// Warm sandboxes that hold a slot (fills in flight hold theirs as reservations). Doomed
     /// ones gave theirs up when they were taken out of their pool: an evicted sandbox's slot
     /// goes to the create that evicted it while it is being stopped.
+    /// Warm sandboxes being started right now (each holds a slot until it is ready, when a
+    /// create may evict it).
+    pub(super) fn fills_in_progress(&self) -> usize {
+        self.fills
+    }
+
     pub(super) fn held(&self) -> usize {
         self.ready_count() + self.claimed.len()
     }
