@@ -29,7 +29,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use paddock_domain::TemplateName;
 use paddock_sandbox::idmap::IdMap;
@@ -327,20 +327,6 @@ impl<W: Write> LayerWriter<W> {
     }
 }
 
-/// A tar entry's path relative to the root: `.`, `/` and empty components dropped; `None`
-/// if it has a `..` component.
-fn relative(path: &Path) -> Option<PathBuf> {
-    let mut rel = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(part) => rel.push(part),
-            Component::ParentDir => return None,
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
-    Some(rel)
-}
-
 /// What receiving a layer did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ImportStats {
@@ -383,7 +369,8 @@ fn read_layer(input: impl Read, dst: &Path) -> Result<(String, ImportStats), Str
                 .path()
                 .map_err(|e| format!("invalid path {raw:?}: {e}"))?
                 .into_owned();
-            let rel = relative(&path).ok_or_else(|| format!("entry {raw:?} escapes the root"))?;
+            let rel = super::import::image::relative_path(&path)
+                .ok_or_else(|| format!("entry {raw:?} escapes the root"))?;
             match kind {
                 EntryType::Directory => {
                     let mtime = entry.header().mtime().unwrap_or(0);

@@ -84,16 +84,20 @@ fn mount_of(mountinfo: &str, path: &Path) -> Option<(String, String, String)> {
     best.map(|(_, m)| m)
 }
 
+/// The number after `name` (e.g. `MemTotal:`) in `meminfo` (`/proc/meminfo`'s text); 0 when
+/// it is not there.
+fn meminfo_field(meminfo: &str, name: &str) -> u64 {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 /// The huge page pool in `meminfo` (`/proc/meminfo`'s text): total, free, reserved (pages)
 /// and the page size (bytes).
 fn huge_pages(meminfo: &str) -> (u64, u64, u64, u64) {
-    let field = |name: &str| {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let field = |name: &str| meminfo_field(meminfo, name);
     (
         field("HugePages_Total:"),
         field("HugePages_Free:"),
@@ -113,14 +117,8 @@ fn host_stats(data_dir: &Path) -> HostStats {
         })
         .map_or(0.0, |l| (l / f64::from(cpus)).clamp(0.0, 1.0));
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let field = |name: &str| {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
+    // In kB.
+    let field = |name: &str| meminfo_field(&meminfo, name) * 1024;
     let (mem_total, mem_available) = (field("MemTotal:"), field("MemAvailable:"));
     let (disk_total, disk_used) = nix::sys::statvfs::statvfs(data_dir)
         .map(|s| {

@@ -659,7 +659,7 @@ pub fn apply_layer(
 
 /// A tar entry's path relative to the root: `.`, `/` and empty components dropped; `None`
 /// if it has a `..` component.
-fn relative_path(path: &Path) -> Option<PathBuf> {
+pub(crate) fn relative_path(path: &Path) -> Option<PathBuf> {
     let mut rel = PathBuf::new();
     for c in path.components() {
         match c {
