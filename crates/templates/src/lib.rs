@@ -558,6 +558,7 @@ impl TemplateStore {
                     dir = name,
                     "removing leftover of an interrupted template build"
                 );
+                unmount_below(&entry.path());
                 if let Err(e) = std::fs::remove_dir_all(entry.path()) {
                     tracing::warn!(dir = name, error = %e, "cannot remove stale build dir");
                 }
@@ -693,9 +694,36 @@ impl BuildDir {
     }
 }
 
+/// Detaches every mount below `dir` (deepest first): what a build interrupted mid-way left
+/// mounted in its tree (debootstrap mounts `/proc` in its target), which would otherwise keep
+/// the build directory from being removed, then and at every later start.
+fn unmount_below(dir: &Path) {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir) && p != dir)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for point in points {
+        match nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => {
+                tracing::info!(mount = %point.display(), "unmounted what an interrupted build left")
+            }
+            Err(e) => {
+                tracing::warn!(mount = %point.display(), error = %e, "cannot unmount what an interrupted build left")
+            }
+        }
+    }
+}
+
 impl Drop for BuildDir {
     fn drop(&mut self) {
         if !self.committed {
+            unmount_below(&self.dir);
             if let Err(e) = std::fs::remove_dir_all(&self.dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove build dir");
@@ -708,6 +736,31 @@ impl Drop for BuildDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interrupted_build_leaves_no_mount_and_no_directory() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = TemplateStore::open(dir.path()).expect("store");
+        let build = store.start_build(&name("half")).expect("build");
+        let proc_dir = build.rootfs().join("proc");
+        std::fs::create_dir_all(&proc_dir).expect("mkdir");
+        nix::mount::mount(
+            Some("proc"),
+            &proc_dir,
+            Some("proc"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("mount proc as debootstrap does");
+        let build_dir = build.dir.clone();
+        drop(build);
+        assert!(!build_dir.exists(), "the build dir is removed");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(
+            !mounts.contains(build_dir.to_str().expect("utf-8")),
+            "nothing left mounted"
+        );
+    }
 
     fn name(s: &str) -> TemplateName {
         TemplateName::parse(s).expect("valid name")
