@@ -123,30 +123,6 @@ fn demand_of(resources: Option<&Resources>) -> Demand {
     Demand::from(resources.unwrap_or(&Resources::default()))
 }
 
-/// The chunks of layers `digests` of `src`, one layer after the other; a layer that cannot be
-/// sent ends the stream with its error.
-fn send_layers(src: Arc<dyn Node>, digests: Vec<String>) -> paddock_node_contract::LayerStream {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(async move {
-        for digest in digests {
-            let mut chunks = match src.export_layer(&digest).await {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            };
-            while let Some(chunk) = futures::StreamExt::next(&mut chunks).await {
-                let failed = chunk.is_err();
-                if tx.send(chunk).await.is_err() || failed {
-                    return;
-                }
-            }
-        }
-    });
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
-}
-
 /// How a node's failed create counts for placement.
 fn answer_of(e: &NodeError) -> Answer {
     match e.code {
@@ -351,6 +327,12 @@ impl NodeSet {
             .map(|m| Arc::clone(&m.node))
     }
 
+    /// Member `id`, or `unavailable` when it left.
+    fn member_or_gone(&self, id: &str) -> Result<Arc<dyn Node>, NodeError> {
+        self.member(id)
+            .ok_or_else(|| NodeError::unavailable(format!("node {id} left the cluster")))
+    }
+
     fn members(&self) -> Vec<(String, Arc<dyn Node>)> {
         let mut all: Vec<(String, Arc<dyn Node>)> = self
             .inner
@@ -403,19 +385,15 @@ impl NodeSet {
 
     /// Records the status the set just gave `sandbox` (after a create, pause or resume).
     fn set_status_of(&self, sandbox: &SandboxId, status: SandboxStatus) {
-        if let Some(o) = self
-            .inner
-            .owners
-            .write()
-            .expect("owners lock")
-            .get_mut(sandbox)
-        {
-            o.status = Some(status);
-        }
+        self.note_status(sandbox, Some(status));
     }
 
     /// Forgets what the set knew of `sandbox`'s status (a change is under way).
     fn forget_status(&self, sandbox: &SandboxId) {
+        self.note_status(sandbox, None);
+    }
+
+    fn note_status(&self, sandbox: &SandboxId, status: Option<SandboxStatus>) {
         if let Some(o) = self
             .inner
             .owners
@@ -423,7 +401,7 @@ impl NodeSet {
             .expect("owners lock")
             .get_mut(sandbox)
         {
-            o.status = None;
+            o.status = status;
         }
     }
 
@@ -450,64 +428,6 @@ impl NodeSet {
             .lock()
             .expect("prefetch lock")
             .retain(|(_, t), _| t != name);
-    }
-
-    /// Whether a create may take a warm sandbox claimed ahead: the requests a warm pool
-    /// serves, which claim the same whatever their env vars and token.
-    fn plain(req: &CreateRequest) -> bool {
-        req.start_cmd && req.resources.is_none() && req.network == EgressPolicy::default()
-    }
-
-    /// A warm sandbox of `template` claimed ahead on `node`, if one is fresh.
-    fn take_prefetched(&self, node: &str, template: &TemplateName) -> Option<SandboxId> {
-        let (id, at) = self
-            .inner
-            .prefetched
-            .lock()
-            .expect("prefetch lock")
-            .remove(&(node.to_string(), template.clone()))?;
-        (at.elapsed() < PREFETCH_TTL).then_some(id)
-    }
-
-    /// Claims a warm sandbox of `req`'s template on `node` in the background, for the next
-    /// create placed there to take without asking ([`Node::claim_warm`] costs a round trip
-    /// to a remote node). One at a time per member and template; a claim no create takes is
-    /// released by its node after a minute.
-    fn prefetch(&self, node_id: &str, node: Arc<dyn Node>, req: &CreateRequest) {
-        let key = (node_id.to_string(), req.template.clone());
-        if !self
-            .inner
-            .prefetching
-            .lock()
-            .expect("prefetch lock")
-            .insert(key.clone())
-        {
-            return;
-        }
-        let ahead = CreateRequest {
-            id: SandboxId::generate(),
-            env_vars: HashMap::new(),
-            ..req.clone()
-        };
-        let inner = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            let claimed = node.claim_warm(&ahead).await;
-            let Some(inner) = inner.upgrade() else {
-                return;
-            };
-            inner
-                .prefetching
-                .lock()
-                .expect("prefetch lock")
-                .remove(&key);
-            if let Ok(Some(id)) = claimed {
-                inner
-                    .prefetched
-                    .lock()
-                    .expect("prefetch lock")
-                    .insert(key, (id, Instant::now()));
-            }
-        });
     }
 
     fn disown(&self, sandbox: &SandboxId) {
@@ -570,16 +490,6 @@ impl NodeSet {
             .map_err(|e| place_error(&e))
     }
 
-    /// Sends template `name` to member `to` in the background (see [`NodeSet::replicate`]).
-    fn replicate_in_background(&self, name: &TemplateName, to: &str) {
-        let (set, name, to) = (self.clone(), name.clone(), to.to_string());
-        tokio::spawn(async move {
-            if let Err(e) = set.replicate(&name, &to).await {
-                tracing::warn!(template = %name, node = %to, error = %e, "sending a template to a node failed");
-            }
-        });
-    }
-
     /// The create of `req` on `node_id` once `req.template` is there (sent by
     /// [`NodeSet::replicate`], which this waits for): placed there, created, owned.
     async fn create_when_sent(
@@ -600,9 +510,7 @@ impl NodeSet {
         }
         let demand = demand_of(req.resources.as_ref());
         let placed = self.place(demand, &req.template, Some(node_id), &HashSet::new())?;
-        let node = self
-            .member(node_id)
-            .ok_or_else(|| NodeError::unavailable(format!("node {node_id} left the cluster")))?;
+        let node = self.member_or_gone(node_id)?;
         match node.create(req.clone()).await {
             Ok(made) => {
                 self.created(&placed, &made, node_id);
@@ -626,133 +534,11 @@ impl NodeSet {
             .send((made.id.clone(), node_id.to_string()));
     }
 
-    /// Gives member `to` template `name` from a member that has it: the manifest from that
-    /// member, then the layers `to` lacks, each checked by `to` against its digest. One
-    /// transfer of a template to a node at a time (creates that need it wait for it).
-    /// `Ok(None)` when no other member has the template.
-    pub async fn replicate(
-        &self,
-        name: &TemplateName,
-        to: &str,
-    ) -> Result<Option<TemplateInfo>, NodeError> {
-        let lock = self.transfer_lock(name, to);
-        let _one = lock.lock().await;
-        self.replicate_locked(name, to).await
-    }
-
-    /// The lock of transfers of template `name` to member `to`.
-    fn transfer_lock(&self, name: &TemplateName, to: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut transfers = self.inner.transfers.lock().expect("transfers lock");
-        Arc::clone(transfers.entry((to.to_string(), name.clone())).or_default())
-    }
-
-    /// [`NodeSet::replicate`] with its transfer lock held.
-    async fn replicate_locked(
-        &self,
-        name: &TemplateName,
-        to: &str,
-    ) -> Result<Option<TemplateInfo>, NodeError> {
-        let dst = self
-            .member(to)
-            .ok_or_else(|| NodeError::unavailable(format!("node {to} left the cluster")))?;
-        if let Some(t) = dst.template(name).await? {
-            return Ok(Some(t));
-        }
-        let mut source = None;
-        for (id, node) in self.members() {
-            if id == to {
-                continue;
-            }
-            match node.template_manifest(name).await {
-                Ok(Some(m)) => {
-                    source = Some((id, node, m));
-                    break;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(node = %id, template = %name, error = %e, "a node could not describe a template")
-                }
-            }
-        }
-        let Some((from, src, manifest)) = source else {
-            return Ok(None);
-        };
-        let started = Instant::now();
-        let missing = dst.missing_layers(&manifest.digests()).await?;
-        let bytes: u64 = manifest
-            .layers
-            .iter()
-            .filter(|l| missing.contains(&l.digest))
-            .map(|l| l.size)
-            .sum();
-        let layers = send_layers(src, missing.clone());
-        let info = dst.install_template(manifest, layers).await?;
-        tracing::info!(
-            template = %name,
-            from = %from,
-            to = %to,
-            layers_sent = missing.len(),
-            bytes,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "template sent to a node"
-        );
-        Ok(Some(info))
-    }
-
-    /// Makes sure member `to` has the default template `base`: from a member that has it, or,
-    /// when none has (after waiting [`NodeSet::set_base_grace`] for one to join, as nodes of a
-    /// new cluster start together), built by `to` itself. One at a time, so a cluster builds
-    /// it once and the nodes that join meanwhile receive it; creates placed on `to` meanwhile
-    /// wait for it.
-    pub async fn provide_base(&self, to: &str) -> Result<(), NodeError> {
-        let base = TemplateName::parse(paddock_template::BASE_STEP)
-            .map_err(|e| NodeError::internal(e.to_string()))?;
-        let _one = self.inner.base.lock().await;
-        let lock = self.transfer_lock(&base, to);
-        let _transfer = lock.lock().await;
-        let grace = *self.inner.base_grace.lock().expect("grace lock");
-        let deadline = Instant::now() + grace;
-        loop {
-            if self.replicate_locked(&base, to).await?.is_some() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        let dst = self
-            .member(to)
-            .ok_or_else(|| NodeError::unavailable(format!("node {to} left the cluster")))?;
-        tracing::info!(node = %to, "no node has the base template: this one builds it");
-        dst.prepare_base().await
-    }
-
     /// Sandboxes as they start (a create) or resume through the set, with the member that runs
     /// them: what the edge proxies are told, so the first request for a new sandbox need not
     /// ask where it is. A subscriber that lags misses some (they are asked for as before).
     pub fn started(&self) -> broadcast::Receiver<(SandboxId, String)> {
         self.inner.started.subscribe()
-    }
-
-    /// How long [`NodeSet::provide_base`] waits for a node with `base` to join before it has
-    /// a node build it (default [`BASE_GRACE`]).
-    pub fn set_base_grace(&self, grace: Duration) {
-        *self.inner.base_grace.lock().expect("grace lock") = grace;
-    }
-
-    /// Deletes template `name` on every member but `keep` (their copies are of an older
-    /// template of that name; a create there fetches the new one).
-    async fn drop_stale(&self, name: &TemplateName, keep: &[String]) {
-        self.forget_template(name);
-        for (id, node) in self.members() {
-            if keep.contains(&id) {
-                continue;
-            }
-            if let Err(e) = node.delete_template(name).await {
-                tracing::warn!(node = %id, template = %name, error = %e, "could not drop an older copy of a template");
-            }
-        }
     }
 
     fn release(&self, p: &paddock_placement::Placement, answer: Answer) {
@@ -1310,6 +1096,9 @@ impl Node for NodeSet {
         Ok(built)
     }
 }
+
+mod prefetch;
+mod transfer;
 
 #[cfg(test)]
 mod tests;

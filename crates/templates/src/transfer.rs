@@ -579,13 +579,30 @@ impl TemplateStore {
 
     /// The id of this store's layer with `digest`, if it has one.
     pub fn find_layer(&self, digest: &str) -> Result<Option<String>, TemplateError> {
-        if !is_digest(digest) {
-            return Err(bad_digest(digest));
+        Ok(self
+            .find_layers(std::slice::from_ref(&digest.to_string()))?
+            .remove(digest))
+    }
+
+    /// The ids of this store's layers with `digests` (those it has), reading the digest files
+    /// once for all of them.
+    fn find_layers(&self, digests: &[String]) -> Result<HashMap<String, String>, TemplateError> {
+        let mut found = HashMap::new();
+        let mut wanted = Vec::new();
+        for digest in digests {
+            if !is_digest(digest) {
+                return Err(bad_digest(digest));
+            }
+            // A layer received from another node is named by its digest.
+            let named = &digest[DIGEST_PREFIX.len()..];
+            if self.layer_path(named).is_dir() {
+                found.insert(digest.clone(), named.to_string());
+            } else {
+                wanted.push(digest);
+            }
         }
-        // A layer received from another node is named by its digest.
-        let named = &digest[DIGEST_PREFIX.len()..];
-        if self.layer_path(named).is_dir() {
-            return Ok(Some(named.to_string()));
+        if wanted.is_empty() {
+            return Ok(found);
         }
         let dir = self.layers_dir();
         let entries = std::fs::read_dir(&dir)
@@ -595,13 +612,14 @@ impl TemplateStore {
             let Some(id) = file_name.to_str().and_then(digest_file_id) else {
                 continue;
             };
-            if read_digest_file(&entry.path()).is_some_and(|d| d.digest == digest)
-                && self.layer_path(id).is_dir()
-            {
-                return Ok(Some(id.to_string()));
+            let Some(d) = read_digest_file(&entry.path()) else {
+                continue;
+            };
+            if wanted.contains(&&d.digest) && self.layer_path(id).is_dir() {
+                found.insert(d.digest, id.to_string());
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     /// What another node needs to have template `name`: its metadata and its layers' digests
@@ -633,9 +651,10 @@ impl TemplateStore {
 
     /// Of `digests`, those this store has no layer of.
     pub fn missing_layers(&self, digests: &[String]) -> Result<Vec<String>, TemplateError> {
+        let found = self.find_layers(digests)?;
         let mut missing = Vec::new();
         for d in digests {
-            if self.find_layer(d)?.is_none() && !missing.contains(d) {
+            if !found.contains_key(d) && !missing.contains(d) {
                 missing.push(d.clone());
             }
         }
@@ -734,12 +753,13 @@ impl TemplateStore {
         meta: &TemplateMeta,
         digests: &[String],
     ) -> Result<Template, TemplateError> {
+        let found = self.find_layers(digests)?;
         let mut layers = Vec::with_capacity(digests.len());
         for d in digests {
-            let id = self
-                .find_layer(d)?
+            let id = found
+                .get(d)
                 .ok_or_else(|| TemplateError::UnknownLayer(d.clone()))?;
-            layers.push(self.layer_path(&id));
+            layers.push(self.layer_path(id));
         }
         self.publish(&layers, meta)
     }

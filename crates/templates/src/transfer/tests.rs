@@ -140,6 +140,13 @@ fn describe(root: &Path) -> Vec<String> {
     out
 }
 
+/// A store in a directory of its own (kept with it).
+fn store() -> (tempfile::TempDir, TemplateStore) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = TemplateStore::open(dir.path()).expect("store");
+    (dir, store)
+}
+
 fn export(store: &TemplateStore, digest: &str) -> Vec<u8> {
     let mut bytes = Vec::new();
     store.export_layer(digest, &mut bytes).expect("export");
@@ -148,14 +155,7 @@ fn export(store: &TemplateStore, digest: &str) -> Vec<u8> {
 
 #[test]
 fn a_layer_travels_whole_and_keeps_its_digest() {
-    let (a_dir, b_dir) = (
-        tempfile::tempdir().expect("tmp"),
-        tempfile::tempdir().expect("tmp"),
-    );
-    let (a, b) = (
-        TemplateStore::open(a_dir.path()).expect("a"),
-        TemplateStore::open(b_dir.path()).expect("b"),
-    );
+    let ((_a_dir, a), (_b_dir, b)) = (store(), store());
     let t = sample_template(&a, "app");
     let manifest = a.manifest(&name("app")).expect("manifest").expect("exists");
     assert_eq!(manifest.meta.config.start_cmd.as_deref(), Some("serve"));
@@ -222,14 +222,7 @@ fn a_layer_travels_whole_and_keeps_its_digest() {
 
 #[test]
 fn a_stream_that_does_not_hash_to_its_digest_leaves_nothing() {
-    let (a_dir, b_dir) = (
-        tempfile::tempdir().expect("tmp"),
-        tempfile::tempdir().expect("tmp"),
-    );
-    let (a, b) = (
-        TemplateStore::open(a_dir.path()).expect("a"),
-        TemplateStore::open(b_dir.path()).expect("b"),
-    );
+    let ((_a_dir, a), (b_dir, b)) = (store(), store());
     sample_template(&a, "app");
     let digest = a.manifest(&name("app")).expect("m").expect("exists").layers[0]
         .digest

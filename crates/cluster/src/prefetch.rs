@@ -1,0 +1,71 @@
+//! Warm sandboxes claimed ahead ([`NodeSet::prefetch`]): one per member and template, so a
+//! plain create through the set takes one without the claim's round trip.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use paddock_domain::{EgressPolicy, SandboxId, TemplateName};
+use paddock_node_contract::{CreateRequest, Node};
+
+use crate::{NodeSet, PREFETCH_TTL};
+
+impl NodeSet {
+    /// Whether a create may take a warm sandbox claimed ahead: the requests a warm pool
+    /// serves, which claim the same whatever their env vars and token.
+    pub(crate) fn plain(req: &CreateRequest) -> bool {
+        req.start_cmd && req.resources.is_none() && req.network == EgressPolicy::default()
+    }
+
+    /// A warm sandbox of `template` claimed ahead on `node`, if one is fresh.
+    pub(crate) fn take_prefetched(&self, node: &str, template: &TemplateName) -> Option<SandboxId> {
+        let (id, at) = self
+            .inner
+            .prefetched
+            .lock()
+            .expect("prefetch lock")
+            .remove(&(node.to_string(), template.clone()))?;
+        (at.elapsed() < PREFETCH_TTL).then_some(id)
+    }
+
+    /// Claims a warm sandbox of `req`'s template on `node` in the background, for the next
+    /// create placed there to take without asking ([`Node::claim_warm`] costs a round trip
+    /// to a remote node). One at a time per member and template; a claim no create takes is
+    /// released by its node after a minute.
+    pub(crate) fn prefetch(&self, node_id: &str, node: Arc<dyn Node>, req: &CreateRequest) {
+        let key = (node_id.to_string(), req.template.clone());
+        if !self
+            .inner
+            .prefetching
+            .lock()
+            .expect("prefetch lock")
+            .insert(key.clone())
+        {
+            return;
+        }
+        let ahead = CreateRequest {
+            id: SandboxId::generate(),
+            env_vars: HashMap::new(),
+            ..req.clone()
+        };
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let claimed = node.claim_warm(&ahead).await;
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            inner
+                .prefetching
+                .lock()
+                .expect("prefetch lock")
+                .remove(&key);
+            if let Ok(Some(id)) = claimed {
+                inner
+                    .prefetched
+                    .lock()
+                    .expect("prefetch lock")
+                    .insert(key, (id, Instant::now()));
+            }
+        });
+    }
+}
