@@ -153,6 +153,24 @@ fn read(path: impl AsRef<Path>) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Whether `pid` is blocked in `nanosleep`/`clock_nanosleep` (x86_64 numbers 35 and 230;
+/// aarch64 101 and 115), read from `/proc/<pid>/syscall`.
+fn in_sleep(pid: u32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/syscall")) else {
+        return false;
+    };
+    let nr = s
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse::<u32>().ok());
+    let sleeps: &[u32] = if cfg!(target_arch = "aarch64") {
+        &[101, 115]
+    } else {
+        &[35, 230]
+    };
+    nr.is_some_and(|n| sleeps.contains(&n))
+}
+
 /// The first existing `dir/<name>` among the sandbox's cgroup directories.
 fn knob(dirs: &[PathBuf], names: &[&str]) -> String {
     for d in dirs {
@@ -217,7 +235,10 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
         .collect();
     expected.extend((0..user_cgroups.len()).map(|i| (6 + i).to_string()));
     for _ in 0..500 {
-        if read(format!("/proc/{pid}/comm")).trim() == "sleep" && fds() == expected {
+        // Not merely exec'd: `sleep` opens locale files on its way to its first
+        // nanosleep, so the set is only settled once it sits in that syscall.
+        if read(format!("/proc/{pid}/comm")).trim() == "sleep" && in_sleep(pid) && fds() == expected
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
