@@ -38,6 +38,8 @@ use paddock_placement::{
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
+pub use catalog::{Catalog, CatalogEntry, CatalogError, DirCatalog};
+
 /// How many nodes one create is tried on.
 pub const CREATE_TRIES: usize = 3;
 /// How long a template found on a node is answered from memory (every create looks its
@@ -94,6 +96,13 @@ struct Inner {
     prefetched: Mutex<HashMap<(String, TemplateName), (SandboxId, Instant)>>,
     /// Prefetches under way.
     prefetching: Mutex<HashSet<(String, TemplateName)>>,
+    /// The control plane's catalog of templates ([`NodeSet::set_catalog`]).
+    catalog: RwLock<Option<Arc<dyn Catalog>>>,
+    /// How many times each template changed through the set: an archive of a template that
+    /// changed while it ran is not recorded.
+    generations: Mutex<HashMap<TemplateName, u64>>,
+    /// Archives (and collections of unused layers) one at a time.
+    archiving: tokio::sync::Mutex<()>,
 }
 
 /// The nodes of a cluster as one [`Node`]. Cheap to clone.
@@ -161,6 +170,9 @@ impl NodeSet {
                 started: broadcast::channel(EVENT_BUFFER).0,
                 prefetched: Mutex::new(HashMap::new()),
                 prefetching: Mutex::new(HashSet::new()),
+                catalog: RwLock::new(None),
+                generations: Mutex::new(HashMap::new()),
+                archiving: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -417,6 +429,13 @@ impl NodeSet {
 
     /// Drops `name` from the template cache (it changed through the set).
     fn forget_template(&self, name: &TemplateName) {
+        *self
+            .inner
+            .generations
+            .lock()
+            .expect("generations lock")
+            .entry(name.clone())
+            .or_default() += 1;
         self.inner
             .found
             .write()
@@ -793,6 +812,14 @@ impl Node for NodeSet {
                 }
             }
         }
+        // Recorded in the catalog though no reachable member has it: it is sent to the
+        // node a create is placed on.
+        if let Some((_, entry)) = self.catalog_entry(name).await {
+            return Ok(Some(TemplateInfo {
+                name: entry.summary.name,
+                resources: entry.summary.resources,
+            }));
+        }
         match (answered, last_error) {
             (false, Some(e)) => Err(e),
             _ => Ok(None),
@@ -996,6 +1023,7 @@ impl Node for NodeSet {
         if let Some(owner) = owner.or_else(|| self.owner_of(id)) {
             self.drop_stale(name, std::slice::from_ref(&owner)).await;
             self.set_home(name, Some(&owner));
+            self.archive_in_background(name, &owner);
         }
         Ok(made)
     }
@@ -1017,8 +1045,14 @@ impl Node for NodeSet {
                 }
             }
         }
-        if let (false, Some(e)) = (answered, last_error) {
+        let recorded = self.catalog_entries().await;
+        if let (false, Some(e), true) = (answered, last_error, recorded.is_empty()) {
             return Err(e);
+        }
+        for entry in recorded {
+            by_name
+                .entry(entry.summary.name.clone())
+                .or_insert(entry.summary);
         }
         let mut all: Vec<TemplateSummary> = by_name.into_values().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1031,6 +1065,8 @@ impl Node for NodeSet {
             deleted |= node.delete_template(name).await?;
         }
         self.set_home(name, None);
+        deleted |= self.catalog_entry(name).await.is_some();
+        self.uncatalog(name).await;
         Ok(deleted)
     }
 
@@ -1042,22 +1078,24 @@ impl Node for NodeSet {
         to: &TemplateName,
     ) -> Result<TemplateInfo, NodeError> {
         self.forget_template(to);
+        self.uncatalog(to).await;
         let mut copied = None;
         let mut lacking = Vec::new();
         for (id, node) in self.members() {
             match node.copy_template(from, to).await {
-                Ok(t) => copied = Some(t),
+                Ok(t) => copied = Some((t, id)),
                 Err(e) if e.is(ErrorCode::TemplateNotFound) => lacking.push((id, node)),
                 Err(e) => return Err(e),
             }
         }
-        let copied = copied.ok_or_else(|| NodeError::template_not_found(from))?;
+        let (copied, holder) = copied.ok_or_else(|| NodeError::template_not_found(from))?;
         for (id, node) in lacking {
             if let Err(e) = node.delete_template(to).await {
                 tracing::warn!(node = %id, template = %to, error = %e, "could not drop an older copy of a template");
             }
         }
         self.set_home(to, None);
+        self.archive_in_background(to, &holder);
         Ok(copied)
     }
 
@@ -1093,10 +1131,12 @@ impl Node for NodeSet {
         // one when a create needs it.
         self.drop_stale(&name, std::slice::from_ref(&node_id)).await;
         self.set_home(&name, None);
+        self.archive_in_background(&name, &node_id);
         Ok(built)
     }
 }
 
+pub mod catalog;
 mod prefetch;
 mod transfer;
 

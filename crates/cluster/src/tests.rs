@@ -776,3 +776,143 @@ async fn a_create_does_not_wait_for_a_transfer_while_a_node_with_the_template_ha
         "n2 received it meanwhile"
     );
 }
+
+/// A set of `n` fake nodes keeping its templates in a catalog in a temporary directory.
+fn set_with_catalog(n: usize) -> (NodeSet, Vec<Arc<FakeNode>>, tempfile::TempDir, DirCatalog) {
+    let (set, nodes) = set_of(n);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = DirCatalog::open(dir.path().join("catalog")).expect("catalog");
+    set.set_catalog(Arc::new(catalog.clone()));
+    (set, nodes, dir, catalog)
+}
+
+/// Waits until the catalog records template `name` (archives run in the background).
+async fn archived(catalog: &DirCatalog, name: &TemplateName) -> CatalogEntry {
+    for _ in 0..500 {
+        if let Some(e) = catalog.entry(name).await.expect("catalog") {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{name} was not archived");
+}
+
+#[tokio::test]
+async fn a_template_outlives_every_node_that_had_it_through_the_catalog() {
+    use paddock_node_contract::fake::{fake_digest, fake_layer};
+    let (set, nodes, _dir, catalog) = set_with_catalog(3);
+    let name = TemplateName::parse("mine").expect("name");
+    let (logs, _lines) = tokio::sync::mpsc::unbounded_channel();
+    set.build(build_of(&name), logs).await.expect("build");
+    let entry = archived(&catalog, &name).await;
+    let digest = fake_digest(&name);
+    assert_eq!(entry.digests(), vec![digest.clone()]);
+    // The layer's bytes, checked against its digest, on the control plane's disk.
+    let stored = std::fs::read(catalog.root().join("layers").join(&digest[7..])).expect("layer");
+    assert_eq!(stored, fake_layer(&name));
+
+    // The node that built it goes away, and nobody else had it.
+    let builder = nodes
+        .iter()
+        .position(|n| n.has_template(&name))
+        .expect("built somewhere");
+    assert!(set.remove(&format!("n{builder}")));
+    assert!(set.template(&name).await.expect("lookup").is_some());
+    assert!(set
+        .list_templates()
+        .await
+        .expect("list")
+        .iter()
+        .any(|t| t.name == name));
+    let made = set
+        .create(CreateRequest {
+            template: name.clone(),
+            ..request()
+        })
+        .await
+        .expect("a create still starts it");
+    let holder = set.owner_of(&made.id).expect("owned");
+    let holder = &nodes[holder[1..].parse::<usize>().expect("index")];
+    assert_eq!(
+        holder.received.lock().expect("lock").clone(),
+        vec![(name.clone(), vec![digest.clone()])],
+        "sent from the catalog"
+    );
+
+    // A rebuild replaces the entry; a delete removes it and, in time, its layer.
+    let (logs, _lines) = tokio::sync::mpsc::unbounded_channel();
+    set.build(build_of(&name), logs).await.expect("rebuild");
+    archived(&catalog, &name).await;
+    assert!(set.delete_template(&name).await.expect("delete"));
+    assert!(catalog.entry(&name).await.expect("catalog").is_none());
+    assert!(!set
+        .list_templates()
+        .await
+        .expect("list")
+        .iter()
+        .any(|t| t.name == name));
+    for _ in 0..500 {
+        if !catalog.root().join("layers").join(&digest[7..]).exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the deleted template's layer stayed in the catalog");
+}
+
+#[tokio::test]
+async fn base_built_once_is_archived_and_a_cluster_of_new_nodes_gets_it_from_the_catalog() {
+    let (set, nodes, _dir, catalog) = set_with_catalog(1);
+    set.set_base_grace(Duration::from_millis(50));
+    nodes[0].without_base.store(true, Ordering::SeqCst);
+    set.provide_base("n0").await.expect("built");
+    assert_eq!(nodes[0].base_builds.load(Ordering::SeqCst), 1);
+    let base = TemplateName::parse("base").expect("name");
+    archived(&catalog, &base).await;
+    // Every node is replaced by one that has nothing.
+    assert!(set.remove("n0"));
+    let fresh = FakeNode::new();
+    fresh.without_base.store(true, Ordering::SeqCst);
+    set.add("m0", fresh.clone(), cap());
+    set.provide_base("m0").await.expect("provided");
+    assert_eq!(
+        fresh.base_builds.load(Ordering::SeqCst),
+        0,
+        "not built again"
+    );
+    assert_eq!(fresh.received.lock().expect("lock").len(), 1);
+}
+
+#[tokio::test]
+async fn a_node_that_joins_with_templates_the_catalog_lacks_has_them_archived() {
+    let (set, nodes, _dir, catalog) = set_with_catalog(1);
+    let (logs, _lines) = tokio::sync::mpsc::unbounded_channel();
+    let name = TemplateName::parse("older").expect("name");
+    // Made on the node directly (before the control plane had a catalog).
+    nodes[0].build(build_of(&name), logs).await.expect("build");
+    assert!(catalog.entry(&name).await.expect("catalog").is_none());
+    let archived = set.archive_missing("n0").await.expect("archive");
+    // base, the fake's standard templates and this one; none twice.
+    assert!(archived >= 2, "{archived}");
+    assert!(catalog.entry(&name).await.expect("catalog").is_some());
+    assert_eq!(set.archive_missing("n0").await.expect("again"), 0);
+}
+
+#[tokio::test]
+async fn an_archive_of_a_template_that_changed_meanwhile_is_not_recorded() {
+    let (set, _nodes, _dir, catalog) = set_with_catalog(1);
+    let base = TemplateName::parse("base").expect("name");
+    // Held: the archive waits behind another one.
+    let held = set.inner.archiving.lock().await;
+    let pending = tokio::spawn({
+        let set = set.clone();
+        let base = base.clone();
+        async move { set.archive(&base, "n0").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    set.forget_template(&base);
+    drop(held);
+    assert!(!pending.await.expect("task").expect("archive"));
+    assert!(catalog.entry(&base).await.expect("catalog").is_none());
+    assert!(set.archive(&base, "n0").await.expect("archive"));
+}

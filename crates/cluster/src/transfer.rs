@@ -1,7 +1,8 @@
 //! Templates across the set's members: a template sent to a member that lacks it
-//! ([`NodeSet::replicate`]: the manifest from a member that has it, then the layers the
-//! member lacks, checked against their digests), `base` for a member that joins
-//! ([`NodeSet::provide_base`]), and older copies dropped when a template changes.
+//! ([`NodeSet::replicate`]: the manifest from the catalog or a member that has it, then the
+//! layers the member lacks, checked against their digests), `base` for a member that joins
+//! ([`NodeSet::provide_base`]), templates archived in the control plane's catalog
+//! ([`NodeSet::archive`]), and older copies dropped when a template changes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use paddock_domain::TemplateName;
 use paddock_node_contract::{Node, NodeError, TemplateInfo};
 
+use crate::catalog::{Catalog, CatalogEntry};
 use crate::NodeSet;
 
 /// The chunks of layers `digests` of `src`, one layer after the other; a layer that cannot be
@@ -80,6 +82,15 @@ impl NodeSet {
         if let Some(t) = dst.template(name).await? {
             return Ok(Some(t));
         }
+        if let Some((catalog, entry)) = self.catalog_entry(name).await {
+            match self.install_from_catalog(&*catalog, entry, to, &dst).await {
+                Ok(Some(info)) => return Ok(Some(info)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(template = %name, node = %to, error = %e, "sending a template from the catalog failed; trying the nodes")
+                }
+            }
+        }
         let mut source = None;
         for (id, node) in self.members() {
             if id == to {
@@ -145,7 +156,9 @@ impl NodeSet {
         }
         let dst = self.member_or_gone(to)?;
         tracing::info!(node = %to, "no node has the base template: this one builds it");
-        dst.prepare_base().await
+        dst.prepare_base().await?;
+        self.archive_in_background(&base, to);
+        Ok(())
     }
 
     /// How long [`NodeSet::provide_base`] waits for a node with `base` to join before it has
@@ -155,15 +168,216 @@ impl NodeSet {
     }
 
     /// Deletes template `name` on every member but `keep` (their copies are of an older
-    /// template of that name; a create there fetches the new one).
+    /// template of that name; a create there fetches the new one), and from the catalog.
     pub(crate) async fn drop_stale(&self, name: &TemplateName, keep: &[String]) {
         self.forget_template(name);
+        self.uncatalog(name).await;
         for (id, node) in self.members() {
             if keep.contains(&id) {
                 continue;
             }
             if let Err(e) = node.delete_template(name).await {
                 tracing::warn!(node = %id, template = %name, error = %e, "could not drop an older copy of a template");
+            }
+        }
+    }
+}
+
+impl NodeSet {
+    /// Keeps the cluster's templates in `catalog` from now on: each template made through the
+    /// set is archived there, members that lack a template are sent it from there first, and
+    /// it answers for templates no reachable member has.
+    pub fn set_catalog(&self, catalog: Arc<dyn Catalog>) {
+        *self.inner.catalog.write().expect("catalog lock") = Some(catalog);
+    }
+
+    pub(crate) fn catalog(&self) -> Option<Arc<dyn Catalog>> {
+        self.inner.catalog.read().expect("catalog lock").clone()
+    }
+
+    fn generation(&self, name: &TemplateName) -> u64 {
+        self.inner
+            .generations
+            .lock()
+            .expect("generations lock")
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The catalog's entry for `name`, if there is a catalog and it has one (a catalog that
+    /// cannot be read is logged and counts as having none: the members still answer).
+    pub(crate) async fn catalog_entry(
+        &self,
+        name: &TemplateName,
+    ) -> Option<(Arc<dyn Catalog>, CatalogEntry)> {
+        let catalog = self.catalog()?;
+        match catalog.entry(name).await {
+            Ok(Some(entry)) => Some((catalog, entry)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(template = %name, error = %e, "the template catalog could not be read");
+                None
+            }
+        }
+    }
+
+    /// Every template the catalog records (none without one, or when it cannot be read).
+    pub(crate) async fn catalog_entries(&self) -> Vec<CatalogEntry> {
+        let Some(catalog) = self.catalog() else {
+            return Vec::new();
+        };
+        catalog.entries().await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the template catalog could not be listed");
+            Vec::new()
+        })
+    }
+
+    /// Sends member `to` the catalog's copy of a template: the layers it lacks, from the
+    /// catalog's store. `Ok(None)` when the catalog lacks one of them.
+    async fn install_from_catalog(
+        &self,
+        catalog: &dyn Catalog,
+        entry: CatalogEntry,
+        to: &str,
+        dst: &Arc<dyn Node>,
+    ) -> Result<Option<TemplateInfo>, NodeError> {
+        let started = Instant::now();
+        let missing = dst.missing_layers(&entry.digests()).await?;
+        if !catalog.missing_layers(&missing).await?.is_empty() {
+            return Ok(None);
+        }
+        let bytes: u64 = entry
+            .layers
+            .iter()
+            .filter(|l| missing.contains(&l.digest))
+            .map(|l| l.size)
+            .sum();
+        let layers = catalog.open_layers(missing.clone()).await?;
+        let info = dst.install_template(entry.manifest(), layers).await?;
+        tracing::info!(
+            template = %entry.summary.name,
+            from = "catalog",
+            to = %to,
+            layers_sent = missing.len(),
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "template sent to a node"
+        );
+        Ok(Some(info))
+    }
+
+    /// Archives template `name` from member `from` in the background (see
+    /// [`NodeSet::archive`]).
+    pub(crate) fn archive_in_background(&self, name: &TemplateName, from: &str) {
+        if self.catalog().is_none() {
+            return;
+        }
+        let (set, name, from) = (self.clone(), name.clone(), from.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = set.archive(&name, &from).await {
+                tracing::warn!(template = %name, node = %from, error = %e, "archiving a template in the catalog failed");
+            }
+        });
+    }
+
+    /// Records template `name` as member `from` has it in the catalog: the layers the catalog
+    /// lacks (checked against their digests), then the entry. Not recorded (`Ok(false)`) when
+    /// there is no catalog, `from` does not have it, or it changed through the set meanwhile
+    /// (the change archives the new one).
+    pub async fn archive(&self, name: &TemplateName, from: &str) -> Result<bool, NodeError> {
+        let Some(catalog) = self.catalog() else {
+            return Ok(false);
+        };
+        let generation = self.generation(name);
+        let _one = self.inner.archiving.lock().await;
+        let started = Instant::now();
+        let src = self.member_or_gone(from)?;
+        let Some(manifest) = src.template_manifest(name).await? else {
+            return Ok(false);
+        };
+        let Some(summary) = src
+            .list_templates()
+            .await?
+            .into_iter()
+            .find(|t| &t.name == name)
+        else {
+            return Ok(false);
+        };
+        let missing = catalog.missing_layers(&manifest.digests()).await?;
+        let bytes = catalog
+            .put_layers(send_layers(Arc::clone(&src), missing.clone()))
+            .await?;
+        if self.generation(name) != generation {
+            tracing::info!(template = %name, "the template changed while it was archived; not recorded");
+            return Ok(false);
+        }
+        catalog
+            .put_entry(&CatalogEntry {
+                summary,
+                meta_json: manifest.meta_json,
+                layers: manifest.layers,
+            })
+            .await?;
+        tracing::info!(
+            template = %name,
+            from = %from,
+            layers_stored = missing.len(),
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "template archived in the catalog"
+        );
+        Ok(true)
+    }
+
+    /// Archives every template member `from` has that the catalog does not record (a node of
+    /// a cluster that ran before it had a catalog, or that made templates while the control
+    /// plane was away). Answers how many it recorded.
+    pub async fn archive_missing(&self, from: &str) -> Result<usize, NodeError> {
+        if self.catalog().is_none() {
+            return Ok(0);
+        }
+        let src = self.member_or_gone(from)?;
+        let recorded: std::collections::HashSet<TemplateName> = self
+            .catalog_entries()
+            .await
+            .into_iter()
+            .map(|e| e.summary.name)
+            .collect();
+        let mut archived = 0;
+        for t in src.list_templates().await? {
+            if !recorded.contains(&t.name) && self.archive(&t.name, from).await? {
+                archived += 1;
+            }
+        }
+        Ok(archived)
+    }
+
+    /// Forgets template `name` in the catalog (it changed or went); its layers no template
+    /// uses any more are collected in the background.
+    pub(crate) async fn uncatalog(&self, name: &TemplateName) {
+        let Some(catalog) = self.catalog() else {
+            return;
+        };
+        match catalog.remove_entry(name).await {
+            Ok(false) => {}
+            Ok(true) => {
+                let set = self.clone();
+                tokio::spawn(async move {
+                    let _one = set.inner.archiving.lock().await;
+                    match catalog.collect().await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(layers = n, "unused layers removed from the catalog")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "collecting the catalog's unused layers failed")
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(template = %name, error = %e, "could not forget a template in the catalog")
             }
         }
     }

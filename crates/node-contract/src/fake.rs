@@ -76,11 +76,26 @@ pub struct FakeNode {
 /// The templates every fake node has (besides `base`).
 const STANDARD: [&str; 4] = ["broken", "busy", "fragile", "slow"];
 
-/// The one layer of a fake template (its digest is made of its name).
-pub fn fake_digest(name: &TemplateName) -> String {
-    let hex: String = name.as_str().bytes().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex:0>64}")
+/// The bytes of the one layer of fake template `name`.
+pub fn fake_layer(name: &TemplateName) -> bytes::Bytes {
+    bytes::Bytes::from(format!("the one layer of template {name}"))
 }
+
+/// The digest of the one layer of fake template `name`: the SHA-256 of [`fake_layer`], as a
+/// real node's would be.
+pub fn fake_digest(name: &TemplateName) -> String {
+    use sha2::Digest;
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(fake_layer(name)));
+    FAKE_LAYERS
+        .lock()
+        .expect("lock")
+        .insert(digest.clone(), name.clone());
+    digest
+}
+
+/// The templates whose layer digests [`fake_digest`] made, by digest (what an export sends).
+static FAKE_LAYERS: Mutex<std::collections::BTreeMap<String, TemplateName>> =
+    Mutex::new(std::collections::BTreeMap::new());
 
 impl FakeNode {
     pub fn new() -> Arc<Self> {
@@ -346,14 +361,22 @@ impl Node for FakeNode {
         }))
     }
 
-    /// One chunk: the layer's digest as bytes.
+    /// The layer's bytes ([`fake_layer`]) in two chunks.
     async fn export_layer(&self, digest: &str) -> Result<crate::LayerStream, NodeError> {
         self.reachable()?;
-        let chunk = crate::LayerChunk {
-            digest: digest.to_string(),
-            data: bytes::Bytes::from(digest.to_string()),
+        let name = FAKE_LAYERS.lock().expect("lock").get(digest).cloned();
+        let Some(name) = name else {
+            return Err(NodeError::internal(format!("no layer {digest}")));
         };
-        Ok(Box::pin(futures::stream::iter([Ok(chunk)])))
+        let data = fake_layer(&name);
+        let half = data.len() / 2;
+        let chunks = [data.slice(..half), data.slice(half..)].map(|data| {
+            Ok(crate::LayerChunk {
+                digest: digest.to_string(),
+                data,
+            })
+        });
+        Ok(Box::pin(futures::stream::iter(chunks)))
     }
 
     async fn missing_layers(&self, digests: &[String]) -> Result<Vec<String>, NodeError> {
@@ -373,17 +396,24 @@ impl Node for FakeNode {
         mut layers: crate::LayerStream,
     ) -> Result<TemplateInfo, NodeError> {
         self.reachable()?;
-        let mut got = Vec::new();
+        let mut got: Vec<(String, Vec<u8>)> = Vec::new();
         while let Some(chunk) = futures::StreamExt::next(&mut layers).await {
             let chunk = chunk?;
-            if chunk.data != chunk.digest.as_bytes() {
+            match got.last_mut() {
+                Some((d, data)) if *d == chunk.digest => data.extend_from_slice(&chunk.data),
+                _ => got.push((chunk.digest, chunk.data.to_vec())),
+            }
+        }
+        for (digest, data) in &got {
+            use sha2::Digest;
+            if format!("sha256:{:x}", sha2::Sha256::digest(data)) != *digest {
                 return Err(NodeError::new(
                     ErrorCode::InvalidArgument,
-                    "layer does not match its digest",
+                    format!("layer {digest} does not match its digest"),
                 ));
             }
-            got.push(chunk.digest);
         }
+        let got: Vec<String> = got.into_iter().map(|(d, _)| d).collect();
         for d in manifest.digests() {
             if !got.contains(&d) && !self.layers.lock().expect("lock").contains(&d) {
                 return Err(NodeError::new(

@@ -11,7 +11,7 @@ use paddock_domain::TemplateName;
 use crate::NodeError;
 
 /// One layer of a [`TemplateManifest`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerRef {
     /// Its content address, `sha256:<64 hex>`.
     pub digest: String,

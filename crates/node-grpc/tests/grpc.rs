@@ -295,9 +295,11 @@ async fn templates_travel_over_grpc_manifest_layers_and_install() {
         .expect("export")
         .collect()
         .await;
-    assert_eq!(chunks.len(), 1);
-    let chunk = chunks.into_iter().next().expect("one").expect("ok");
-    assert_eq!(chunk.data, fake_digest(&base).as_bytes());
+    let data: Vec<u8> = chunks
+        .into_iter()
+        .flat_map(|c| c.expect("chunk").data.to_vec())
+        .collect();
+    assert_eq!(data, paddock_node_contract::fake::fake_layer(&base));
 
     // Install: the manifest, then the layers the node lacks.
     let app = TemplateName::parse("app").expect("name");
@@ -317,7 +319,7 @@ async fn templates_travel_over_grpc_manifest_layers_and_install() {
     );
     let layer = paddock_node_contract::LayerChunk {
         digest: fake_digest(&app),
-        data: fake_digest(&app).into_bytes().into(),
+        data: paddock_node_contract::fake::fake_layer(&app),
     };
     let info = node
         .install_template(

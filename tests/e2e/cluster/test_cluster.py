@@ -171,6 +171,53 @@ def test_a_template_built_through_the_sdk_starts_on_every_node(cluster: Cluster,
             sbx.kill()
 
 
+def test_a_template_outlives_the_node_that_built_it(cluster: Cluster, tmp_path):
+    """The control plane archives what a node builds (its catalog in the api's data dir, each
+    layer checked against its digest): with the only node that had the template stopped, it
+    still starts on the others, sent from the catalog."""
+    name = f"cluster-archived-{os.getpid()}"
+    builder = cluster.node_names[1]
+    drain_all_but(cluster, builder)
+    made = []
+    try:
+        Template.build(Template().from_template("base").run_cmd("echo archived > /home/user/marker"), name)
+        entry = cluster.dir / "api" / "catalog" / "templates" / (name.encode().hex() + ".json")
+        wait_gone(entry.exists, "the template in the control plane's catalog", timeout=60)
+        recorded = json.loads(entry.read_text())
+        layers = cluster.dir / "api" / "catalog" / "layers"
+        for layer in recorded["layers"]:
+            assert (layers / layer["digest"].removeprefix("sha256:")).stat().st_size == layer["size"]
+        code = cluster.nodes[builder].stop()
+        assert code == 0, cluster.nodes[builder].tail()
+        cluster.wait_status(builder, "unhealthy", timeout=20)
+        for node in cluster.node_names:
+            if node != builder:
+                requests.post(f"{cluster.api_url}/nodes/{node}", json={"status": "ready"},
+                              headers=cluster.admin(), timeout=10)
+        time.sleep(2)
+        sbx = Sandbox.create(template=name, timeout=120)
+        made.append(sbx)
+        assert holder(cluster, sbx.sandbox_id) != builder
+        assert sbx.commands.run("cat /home/user/marker").stdout.strip() == "archived"
+        # Listed while no node that holds it is up.
+        r = requests.get(cluster.api_url + "/templates", headers={"X-API-Key": cluster.env["E2B_API_KEY"]},
+                         timeout=10)
+        assert r.status_code == 200, r.text
+        assert name in [a for t in r.json() for a in t.get("aliases", [])] + [t["templateID"] for t in r.json()]
+    finally:
+        for sbx in made:
+            sbx.kill()
+        if not cluster.nodes[builder].alive():
+            cluster.nodes[builder] = cluster.node_proc(builder).start()
+        cluster.wait_status(builder, "ready", timeout=60)
+        for node in cluster.node_names:
+            requests.post(f"{cluster.api_url}/nodes/{node}", json={"status": "ready"},
+                          headers=cluster.admin(), timeout=10)
+        requests.delete(f"{cluster.api_url}/templates/{name}",
+                        headers={"X-API-Key": cluster.env["E2B_API_KEY"]}, timeout=60)
+    assert not entry.exists(), "a deleted template leaves the catalog"
+
+
 def test_pause_and_resume_on_the_node_that_holds_it():
     sbx = Sandbox.create(timeout=300)
     try:

@@ -256,6 +256,17 @@ impl ClusterHandler for ClusterService {
                     tracing::warn!(node = %joined, error = %e, "could not provide the base template")
                 }
             }
+            // What it holds that the catalog does not record yet (made before there was a
+            // catalog, or while the control plane was away).
+            match nodes.archive_missing(&joined).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(node = %joined, templates = n, "templates archived in the catalog")
+                }
+                Err(e) => {
+                    tracing::warn!(node = %joined, error = %e, "could not archive the node's templates")
+                }
+            }
         });
         tracing::info!(node = %id, %addr, kept = kept.len(), "node registered");
         Ok(proto::Registered {

@@ -17,9 +17,13 @@ use tokio::sync::watch;
 #[derive(Args)]
 pub struct ApiArgs {
     /// Where the control plane keeps its state: the database, the cluster's CA (`cluster/`),
-    /// `join-token`, `admin-token`, `api-key`.
+    /// `join-token`, `admin-token`, `api-key`, and the template catalog (`catalog/`).
     #[arg(long, default_value = "/var/lib/paddock-api")]
     data_dir: PathBuf,
+    /// Where the catalog of the cluster's templates and a copy of every layer are kept
+    /// (default `<data-dir>/catalog`); templates survive the loss of the nodes that had them.
+    #[arg(long)]
+    catalog_dir: Option<PathBuf>,
     /// Address of the E2B REST API.
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
@@ -97,6 +101,13 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let cluster_id = ca.cert().fingerprint().to_string()[..16].to_string();
 
     let nodes = paddock_cluster::NodeSet::default();
+    let catalog_dir = args
+        .catalog_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("catalog"));
+    let catalog = paddock_cluster::DirCatalog::open(&catalog_dir)
+        .with_context(|| format!("opening the template catalog in {}", catalog_dir.display()))?;
+    nodes.set_catalog(Arc::new(catalog));
     let control = paddock_api::ControlPlane::open(
         paddock_api::ApiConfig {
             domain: args.domain.clone(),
