@@ -53,6 +53,10 @@ pub const BASE_GRACE: Duration = Duration::from_secs(15);
 /// How long a warm sandbox claimed ahead is handed to a create (a node releases a claim no
 /// create followed after a minute; this leaves a create time to arrive).
 pub const PREFETCH_TTL: Duration = Duration::from_secs(40);
+/// How long after a failed transfer of a template to a node the next may start, at first and
+/// at most (doubling with each failure in a row; a success starts over).
+pub const TRANSFER_BACKOFF: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(60));
 /// How long a member's event pump waits before subscribing again, at first and at most.
 const RESUBSCRIBE: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
 
@@ -86,6 +90,9 @@ struct Inner {
     events: broadcast::Sender<NodeEvent>,
     /// One transfer of a template to a node at a time ([`NodeSet::replicate`]).
     transfers: Mutex<HashMap<(String, TemplateName), TransferLock>>,
+    /// Transfers that failed, by node and template: how many times in a row, the last error,
+    /// and when the next may start ([`TRANSFER_BACKOFF`]).
+    transfer_failures: Mutex<HashMap<(String, TemplateName), transfer::Failures>>,
     /// One [`NodeSet::provide_base`] at a time, so `base` is built once per cluster.
     base: tokio::sync::Mutex<()>,
     /// See [`NodeSet::set_base_grace`].
@@ -165,6 +172,7 @@ impl NodeSet {
                 found: RwLock::new(HashMap::new()),
                 events: broadcast::channel(EVENT_BUFFER).0,
                 transfers: Mutex::new(HashMap::new()),
+                transfer_failures: Mutex::new(HashMap::new()),
                 base: tokio::sync::Mutex::new(()),
                 base_grace: Mutex::new(BASE_GRACE),
                 started: broadcast::channel(EVENT_BUFFER).0,

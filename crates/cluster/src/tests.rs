@@ -916,3 +916,28 @@ async fn an_archive_of_a_template_that_changed_meanwhile_is_not_recorded() {
     assert!(catalog.entry(&base).await.expect("catalog").is_none());
     assert!(set.archive(&base, "n0").await.expect("archive"));
 }
+
+#[tokio::test]
+async fn a_failed_transfer_backs_off_before_the_next_to_that_node() {
+    let (set, nodes) = set_of(2);
+    let name = TemplateName::parse("mine").expect("name");
+    let (logs, _lines) = tokio::sync::mpsc::unbounded_channel();
+    nodes[0].build(build_of(&name), logs).await.expect("build");
+    nodes[1].down.store(true, Ordering::SeqCst);
+    let first = set.replicate(&name, "n1").await.expect_err("down");
+    assert_eq!(first.code, ErrorCode::Unavailable);
+    // Back up at once, but the next try waits its turn: no transfer, the last error.
+    nodes[1].down.store(false, Ordering::SeqCst);
+    let waiting = set.replicate(&name, "n1").await.expect_err("backing off");
+    assert!(waiting.message.contains("1 time(s) in a row"), "{waiting:?}");
+    assert!(!nodes[1].has_template(&name));
+    // Creates placed there meanwhile start no transfer in the background either.
+    set.replicate_in_background(&name, "n1");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!nodes[1].has_template(&name));
+    tokio::time::sleep(TRANSFER_BACKOFF.0).await;
+    assert!(set.replicate(&name, "n1").await.expect("sent").is_some());
+    assert!(nodes[1].has_template(&name));
+    // A success starts over.
+    assert!(set.inner.transfer_failures.lock().expect("lock").is_empty());
+}

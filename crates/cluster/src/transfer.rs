@@ -37,9 +37,59 @@ fn send_layers(src: Arc<dyn Node>, digests: Vec<String>) -> paddock_node_contrac
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// Failed transfers of one template to one node, in a row.
+#[derive(Debug, Clone)]
+pub(crate) struct Failures {
+    count: u32,
+    last: String,
+    retry_at: Instant,
+}
+
 impl NodeSet {
-    /// Sends template `name` to member `to` in the background (see [`NodeSet::replicate`]).
+    /// The failures in a row of transfers of `name` to `to`, while the next must wait.
+    fn backing_off(&self, name: &TemplateName, to: &str) -> Option<Failures> {
+        let failures = self.inner.transfer_failures.lock().expect("failures lock");
+        failures
+            .get(&(to.to_string(), name.clone()))
+            .filter(|f| Instant::now() < f.retry_at)
+            .cloned()
+    }
+
+    /// Counts the outcome of a transfer of `name` to `to`.
+    fn transfer_ended(
+        &self,
+        name: &TemplateName,
+        to: &str,
+        result: &Result<Option<TemplateInfo>, NodeError>,
+    ) {
+        let key = (to.to_string(), name.clone());
+        let mut failures = self.inner.transfer_failures.lock().expect("failures lock");
+        match result {
+            Ok(_) => {
+                failures.remove(&key);
+            }
+            Err(e) => {
+                let count = failures.get(&key).map_or(1, |f| f.count.saturating_add(1));
+                let (first, most) = crate::TRANSFER_BACKOFF;
+                let wait = first.saturating_mul(1 << (count - 1).min(16)).min(most);
+                failures.insert(
+                    key,
+                    Failures {
+                        count,
+                        last: e.message.clone(),
+                        retry_at: Instant::now() + wait,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Sends template `name` to member `to` in the background (see [`NodeSet::replicate`]);
+    /// nothing while transfers of it to `to` back off after failures.
     pub(crate) fn replicate_in_background(&self, name: &TemplateName, to: &str) {
+        if self.backing_off(name, to).is_some() {
+            return;
+        }
         let (set, name, to) = (self.clone(), name.clone(), to.to_string());
         tokio::spawn(async move {
             if let Err(e) = set.replicate(&name, &to).await {
@@ -50,8 +100,11 @@ impl NodeSet {
 
     /// Gives member `to` template `name` from a member that has it: the manifest from that
     /// member, then the layers `to` lacks, each checked by `to` against its digest. One
-    /// transfer of a template to a node at a time (creates that need it wait for it).
-    /// `Ok(None)` when no other member has the template.
+    /// transfer of a template to a node at a time (creates that need it wait for it). After a
+    /// failure, the next transfer of it to `to` waits ([`TRANSFER_BACKOFF`]): meanwhile this
+    /// fails at once with the last error. `Ok(None)` when no other member has the template.
+    ///
+    /// [`TRANSFER_BACKOFF`]: crate::TRANSFER_BACKOFF
     pub async fn replicate(
         &self,
         name: &TemplateName,
@@ -59,7 +112,19 @@ impl NodeSet {
     ) -> Result<Option<TemplateInfo>, NodeError> {
         let lock = self.transfer_lock(name, to);
         let _one = lock.lock().await;
-        self.replicate_locked(name, to).await
+        if let Some(f) = self.backing_off(name, to) {
+            return Err(NodeError::unavailable(format!(
+                "sending template '{name}' to node {to} failed {} time(s) in a row (last: {}); next try in {} ms",
+                f.count,
+                f.last,
+                f.retry_at
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+            )));
+        }
+        let result = self.replicate_locked(name, to).await;
+        self.transfer_ended(name, to, &result);
+        result
     }
 
     /// The lock of transfers of template `name` to member `to`.
