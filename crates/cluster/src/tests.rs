@@ -929,7 +929,10 @@ async fn a_failed_transfer_backs_off_before_the_next_to_that_node() {
     // Back up at once, but the next try waits its turn: no transfer, the last error.
     nodes[1].down.store(false, Ordering::SeqCst);
     let waiting = set.replicate(&name, "n1").await.expect_err("backing off");
-    assert!(waiting.message.contains("1 time(s) in a row"), "{waiting:?}");
+    assert!(
+        waiting.message.contains("1 time(s) in a row"),
+        "{waiting:?}"
+    );
     assert!(!nodes[1].has_template(&name));
     // Creates placed there meanwhile start no transfer in the background either.
     set.replicate_in_background(&name, "n1");
