@@ -351,6 +351,14 @@ def render_section(out: ClusterOut) -> str:
         "",
         *comparison(out),
         "",
+        "Where the difference comes from: the cluster's own cost is the gRPC call from the api to the "
+        "node (mutual TLS; about 0.15 ms per round trip on its own) in REST create, and the edge proxy "
+        "and node hop in every command (the exec row). A create through the cluster takes a warm "
+        "sandbox the api claimed ahead, and the api claims the next one 8 ms after the create "
+        "(`PREFETCH_DELAY` in crates/cluster), so the node's pool refill that claim starts runs after "
+        "the first command; `paddock serve` refills as soon as its create is done, while the first "
+        "command runs, which is why the cluster can come out ahead at p50 on 2 cores.",
+        "",
         "What each row measures:",
         "",
     ]

@@ -57,6 +57,14 @@ pub const PREFETCH_TTL: Duration = Duration::from_secs(40);
 /// at most (doubling with each failure in a row; a success starts over).
 pub const TRANSFER_BACKOFF: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(60));
+/// How long after a create the claim ahead for the next create on its node waits: past the
+/// first command a client sends the new sandbox (the claim starts the node's pool refill,
+/// which would compete with that command for the node's CPU). Measured on 2 cores with
+/// `bench/run.sh --configs cluster`: claimed before the create, the cluster added +3.2 ms
+/// at p50 to SDK create + first command; right after it, +1.9 to +2.1 ms; 8 ms after it,
+/// -2.2 ms (the refill no longer meets the first command); 25 ms after it, +0.05 ms with a
+/// longer tail (the next create of a tight loop meets the refill instead).
+pub const PREFETCH_DELAY: Duration = Duration::from_millis(8);
 /// How long a member's event pump waits before subscribing again, at first and at most.
 const RESUBSCRIBE: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
 
@@ -103,6 +111,8 @@ struct Inner {
     prefetched: Mutex<HashMap<(String, TemplateName), (SandboxId, Instant)>>,
     /// Prefetches under way.
     prefetching: Mutex<HashSet<(String, TemplateName)>>,
+    /// How long after a create a claim ahead waits ([`PREFETCH_DELAY`]).
+    prefetch_delay: Mutex<Duration>,
     /// The control plane's catalog of templates ([`NodeSet::set_catalog`]).
     catalog: RwLock<Option<Arc<dyn Catalog>>>,
     /// How many times each template changed through the set: an archive of a template that
@@ -178,6 +188,7 @@ impl NodeSet {
                 started: broadcast::channel(EVENT_BUFFER).0,
                 prefetched: Mutex::new(HashMap::new()),
                 prefetching: Mutex::new(HashSet::new()),
+                prefetch_delay: Mutex::new(PREFETCH_DELAY),
                 catalog: RwLock::new(None),
                 generations: Mutex::new(HashMap::new()),
                 archiving: tokio::sync::Mutex::new(()),
@@ -738,6 +749,9 @@ impl Node for NodeSet {
             match node.create(req.clone()).await {
                 Ok(made) => {
                     self.created(&placed, &made, &node_id);
+                    if claimed.is_some() && Self::plain(&req) {
+                        self.prefetch(&node_id, node, &req);
+                    }
                     return Ok(made);
                 }
                 Err(e) if e.is(ErrorCode::TemplateNotFound) && claimed.is_none() => {
@@ -846,20 +860,18 @@ impl Node for NodeSet {
         let Some(node) = self.member(&node_id) else {
             return Ok(None);
         };
-        let plain = Self::plain(req);
-        if plain {
+        // The next claim ahead is made a while after the create that takes this one (see
+        // `create`): made now, it would take the node's time (and start its pool's refill)
+        // while this create and its first command wait.
+        if Self::plain(req) {
             if let Some(id) = self.take_prefetched(&node_id, &req.template) {
                 self.own(&id, &node_id, None);
-                self.prefetch(&node_id, node, req);
                 return Ok(Some(id));
             }
         }
         let claimed = node.claim_warm(req).await?;
         if let Some(id) = &claimed {
             self.own(id, &node_id, None);
-            if plain {
-                self.prefetch(&node_id, node, req);
-            }
         }
         Ok(claimed)
     }

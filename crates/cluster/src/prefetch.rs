@@ -11,6 +11,13 @@ use paddock_node_contract::{CreateRequest, Node};
 use crate::{NodeSet, PREFETCH_TTL};
 
 impl NodeSet {
+    /// How long after a create the claim ahead waits (default [`PREFETCH_DELAY`]).
+    ///
+    /// [`PREFETCH_DELAY`]: crate::PREFETCH_DELAY
+    pub fn set_prefetch_delay(&self, delay: std::time::Duration) {
+        *self.inner.prefetch_delay.lock().expect("prefetch lock") = delay;
+    }
+
     /// Whether a create may take a warm sandbox claimed ahead: the requests a warm pool
     /// serves, which claim the same whatever their env vars and token.
     pub(crate) fn plain(req: &CreateRequest) -> bool {
@@ -28,10 +35,10 @@ impl NodeSet {
         (at.elapsed() < PREFETCH_TTL).then_some(id)
     }
 
-    /// Claims a warm sandbox of `req`'s template on `node` in the background, for the next
-    /// create placed there to take without asking ([`Node::claim_warm`] costs a round trip
-    /// to a remote node). One at a time per member and template; a claim no create takes is
-    /// released by its node after a minute.
+    /// Claims a warm sandbox of `req`'s template on `node` in the background, after
+    /// [`NodeSet::set_prefetch_delay`], for the next create placed there to take without
+    /// asking ([`Node::claim_warm`] costs a round trip to a remote node). One at a time per
+    /// member and template; a claim no create takes is released by its node after a minute.
     pub(crate) fn prefetch(&self, node_id: &str, node: Arc<dyn Node>, req: &CreateRequest) {
         let key = (node_id.to_string(), req.template.clone());
         if !self
@@ -49,7 +56,9 @@ impl NodeSet {
             ..req.clone()
         };
         let inner = Arc::downgrade(&self.inner);
+        let delay = *self.inner.prefetch_delay.lock().expect("prefetch lock");
         tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
             let claimed = node.claim_warm(&ahead).await;
             let Some(inner) = inner.upgrade() else {
                 return;

@@ -689,19 +689,36 @@ async fn a_node_without_base_waits_for_one_with_it_rather_than_building() {
 #[tokio::test]
 async fn warm_claims_are_made_ahead_so_a_create_need_not_ask() {
     let (set, nodes) = set_of(1);
+    set.set_prefetch_delay(Duration::from_millis(50));
     nodes[0].warm.store(10, Ordering::SeqCst);
     let calls = || nodes[0].claim_calls.load(Ordering::SeqCst);
-    // The first claim asks; a claim for the next create follows in the background.
+    let create = |id: SandboxId| {
+        let set = set.clone();
+        async move {
+            let made = set
+                .create(CreateRequest { id, ..request() })
+                .await
+                .expect("create");
+            assert_eq!(set.owner_of(&made.id).as_deref(), Some("n0"));
+        }
+    };
+    // The first claim asks; nothing is claimed ahead while its create is under way.
     let first = set
         .claim_warm(&request())
         .await
         .expect("claim")
         .expect("warm");
     assert_eq!(calls(), 1);
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(calls(), 1, "not while the create may follow");
+    // A while after it is made (past its first command), the claim for the next create.
+    create(first.clone()).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(calls(), 1, "not at once");
+    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(calls(), 2, "claimed ahead");
     let ahead = nodes[0].claimed.lock().expect("lock")[1].clone();
-    // The next plain create takes it without a call (the refill runs after it returns).
+    // The next plain create takes it without a call.
     let second = set
         .claim_warm(&request())
         .await
@@ -710,16 +727,8 @@ async fn warm_claims_are_made_ahead_so_a_create_need_not_ask() {
     assert_eq!(second, ahead);
     assert_eq!(calls(), 2, "answered from memory");
     assert_ne!(first, second);
-    let made = set
-        .create(CreateRequest {
-            id: second.clone(),
-            ..request()
-        })
-        .await
-        .expect("create");
-    assert_eq!(made.id, second);
-    assert_eq!(set.owner_of(&second).as_deref(), Some("n0"));
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    create(second).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(calls(), 3, "refilled");
     // A create with its own limits never takes one claimed for the plain kind.
     let sized = CreateRequest {
