@@ -301,6 +301,27 @@ impl NodeSet {
             .report(id, allocated, load)
     }
 
+    /// Records which templates member `id` reported warm sandboxes of, ready to be handed over:
+    /// placement prefers such a node for a create of the template. A warm sandbox the set
+    /// claimed ahead on the member counts as one.
+    pub fn report_warm(&self, id: &str, templates: &[TemplateName]) -> bool {
+        let mut warm: HashSet<TemplateName> = templates.iter().cloned().collect();
+        warm.extend(
+            self.inner
+                .prefetched
+                .lock()
+                .expect("prefetch lock")
+                .iter()
+                .filter(|((node, _), (_, at))| node == id && at.elapsed() < PREFETCH_TTL)
+                .map(|((_, t), _)| t.clone()),
+        );
+        self.inner
+            .placer
+            .lock()
+            .expect("placer lock")
+            .set_warm_templates(id, &warm)
+    }
+
     /// The members' ids, sorted.
     pub fn member_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self

@@ -69,6 +69,12 @@ impl NodeSet {
                 .expect("prefetch lock")
                 .remove(&key);
             if let Ok(Some(id)) = claimed {
+                // The node has a warm sandbox of the template for placement, held here.
+                inner
+                    .placer
+                    .lock()
+                    .expect("placer lock")
+                    .set_warm(&key.0, &key.1, true);
                 inner
                     .prefetched
                     .lock()

@@ -953,3 +953,27 @@ async fn a_failed_transfer_backs_off_before_the_next_to_that_node() {
     // A success starts over.
     assert!(set.inner.transfer_failures.lock().expect("lock").is_empty());
 }
+
+#[tokio::test]
+async fn creates_go_where_the_template_is_warm() {
+    let (set, nodes) = set_of(3);
+    let base = TemplateName::parse("base").expect("name");
+    assert!(set.report_warm("n2", std::slice::from_ref(&base)));
+    assert!(!set.report_warm("nowhere", &[]));
+    // Equal otherwise: each create goes to the node with a warm sandbox of its template.
+    for _ in 0..5 {
+        let made = set.create(request()).await.expect("create");
+        assert_eq!(set.owner_of(&made.id).as_deref(), Some("n2"));
+        set.kill(&made.id).await.expect("kill");
+    }
+    assert_eq!(nodes[2].created.lock().expect("lock").len(), 5);
+    // Reported cold again: the preference goes.
+    set.report_warm("n2", &[]);
+    let mut holders = HashSet::new();
+    for _ in 0..30 {
+        let made = set.create(request()).await.expect("create");
+        holders.insert(set.owner_of(&made.id).expect("owned"));
+        set.kill(&made.id).await.expect("kill");
+    }
+    assert_eq!(holders.len(), 3, "{holders:?}");
+}

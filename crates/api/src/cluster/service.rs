@@ -19,7 +19,7 @@ use paddock_cluster_rpc::{proto, ClusterHandler};
 use paddock_cluster_tls::{
     CertRequest, ClusterCa, ExpectedPeer, JoinToken, MemberId, MemberIdentity, PeerIdentity, Role,
 };
-use paddock_domain::{SandboxId, SandboxState};
+use paddock_domain::{SandboxId, SandboxState, TemplateName};
 use paddock_node_contract::Node;
 use paddock_node_grpc::GrpcNode;
 use paddock_placement::{Load, Usage};
@@ -335,6 +335,12 @@ impl ClusterHandler for ClusterService {
                 memory: r.memory_load,
             },
         );
+        let warm: Vec<TemplateName> = r
+            .warm_templates
+            .iter()
+            .filter_map(|t| TemplateName::parse(t).ok())
+            .collect();
+        self.nodes.report_warm(id, &warm);
         Ok(proto::ReportAck {
             status: status.as_str().to_string(),
         })

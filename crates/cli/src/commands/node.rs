@@ -188,6 +188,13 @@ async fn registration(
         } else {
             let stats = host_stats(&data_dir);
             let live = node.live().await;
+            let warm_templates = node
+                .pool_stats()
+                .pools
+                .into_iter()
+                .filter(|p| p.ready > 0)
+                .map(|p| p.template.to_string())
+                .collect();
             let count = live.len() as u32;
             let d = paddock_domain::Resources::default();
             let report = proto::NodeReport {
@@ -217,6 +224,7 @@ async fn registration(
                 huge_pages_free: stats.huge_pages.1,
                 huge_pages_reserved: stats.huge_pages.2,
                 huge_page_size_bytes: stats.huge_pages.3,
+                warm_templates,
             };
             match client.report(report).await {
                 Ok(_) => {}

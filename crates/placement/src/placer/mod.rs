@@ -15,7 +15,7 @@
 //! created, and feeds the node's breaker. Node reports replace allocation and load
 //! ([`Placer::report`]) but keep what is in flight.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use paddock_domain::TemplateName;
@@ -380,6 +380,22 @@ impl Placer {
         };
         s.view.allocated = allocated;
         s.view.load = load;
+        true
+    }
+
+    /// Records that node `id` has ready warm sandboxes of `templates` and of no other
+    /// template; false if unknown.
+    pub fn set_warm_templates(&mut self, id: &str, templates: &HashSet<TemplateName>) -> bool {
+        let Some(view) = self.node(id) else {
+            return false;
+        };
+        let gone: Vec<TemplateName> = view.warm.difference(templates).cloned().collect();
+        for t in gone {
+            self.set_warm(id, &t, false);
+        }
+        for t in templates {
+            self.set_warm(id, t, true);
+        }
         true
     }
 
