@@ -371,7 +371,10 @@ impl NodeSet {
         };
         let missing = catalog.missing_layers(&manifest.digests()).await?;
         let bytes = catalog
-            .put_layers(send_layers(Arc::clone(&src), missing.clone()))
+            .put_layers(paddock_node_contract::bounded(
+                &manifest.layers,
+                send_layers(Arc::clone(&src), missing.clone()),
+            ))
             .await?;
         if self.generation(name) != generation {
             tracing::info!(template = %name, "the template changed while it was archived; not recorded");

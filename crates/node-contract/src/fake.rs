@@ -356,7 +356,7 @@ impl Node for FakeNode {
             meta_json: format!("{{\"name\":\"{name}\"}}"),
             layers: vec![crate::LayerRef {
                 digest: fake_digest(name),
-                size: name.as_str().len() as u64,
+                size: fake_layer(name).len() as u64,
             }],
         }))
     }

@@ -32,7 +32,7 @@ pub mod metrics;
 pub mod types;
 
 pub use error::{ErrorCode, NodeError};
-pub use layers::{LayerChunk, LayerRef, LayerStream, TemplateManifest};
+pub use layers::{bounded, LayerChunk, LayerRef, LayerStream, TemplateManifest};
 pub use logs::{LogEntry, LogLevel};
 pub use metrics::{MetricSample, MetricsRange, PoolStats, TemplatePoolStats};
 pub use types::{

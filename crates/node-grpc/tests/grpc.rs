@@ -308,7 +308,7 @@ async fn templates_travel_over_grpc_manifest_layers_and_install() {
         meta_json: "{}".into(),
         layers: vec![paddock_node_contract::LayerRef {
             digest: fake_digest(&app),
-            size: 3,
+            size: paddock_node_contract::fake::fake_layer(&app).len() as u64,
         }],
     };
     assert_eq!(

@@ -204,7 +204,7 @@ impl LocalNode {
     pub async fn install_template(
         &self,
         manifest: TemplateManifest,
-        mut layers: LayerStream,
+        layers: LayerStream,
     ) -> Result<TemplateInfo, LocalError> {
         let meta: TemplateMeta =
             serde_json::from_str(&manifest.meta_json).map_err(|e| TemplateError::Transfer {
@@ -222,6 +222,8 @@ impl LocalNode {
             .into());
         }
         let store = self.templates().clone();
+        // No layer read past the size the manifest gives it.
+        let mut layers = paddock_node_contract::bounded(&manifest.layers, layers);
         let mut leases = Vec::new();
         let mut current: Option<Receiving> = None;
         while let Some(chunk) = layers.next().await {
