@@ -9,6 +9,10 @@
 //! to a temporary file, checked to be exactly the size announced (at most
 //! [`MAX_BUILD_FILE_BYTES`]), synced and renamed into place, so a cut transfer leaves nothing a
 //! build would read. Hashes must be 64 lowercase hex digits (they become file names).
+//!
+//! They are a cache: asking whether one is missing marks it used (its modification time), and
+//! [`BuildFiles::sweep`] removes those not used for [`BUILD_FILES_KEPT`] (the node role runs it
+//! every hour); a build that needs one again sends it again.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,9 @@ use tokio::io::AsyncWriteExt;
 
 /// The largest COPY archive a node takes (the control plane's own upload limit).
 pub const MAX_BUILD_FILE_BYTES: u64 = 10 << 30;
+
+/// How long a node keeps a COPY archive no build asked for.
+pub const BUILD_FILES_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// Whether `hash` can name a COPY archive.
 pub fn is_files_hash(hash: &str) -> bool {
@@ -69,16 +76,29 @@ impl BuildFiles {
             if !is_files_hash(h) {
                 return Err(BuildFileError::BadHash(h.clone()));
             }
-            if tokio::fs::symlink_metadata(dir.join(h))
+            let present = tokio::fs::symlink_metadata(dir.join(h))
                 .await
-                .map(|m| !m.is_file())
-                .unwrap_or(true)
-                && !out.contains(h)
-            {
+                .map(|m| m.is_file())
+                .unwrap_or(false);
+            if !present {
+                if !out.contains(h) {
+                    out.push(h.clone());
+                }
+            } else if touch(dir.join(h)).await.is_err() {
+                // Gone meanwhile (swept): send it again.
                 out.push(h.clone());
             }
         }
         Ok(out)
+    }
+
+    /// Removes the archives (and leftovers of cut transfers) not used for `unused`, and the
+    /// namespaces left empty; answers how many files went.
+    pub async fn sweep(&self, unused: std::time::Duration) -> Result<usize, BuildFileError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || sweep(&root, unused))
+            .await
+            .map_err(|e| BuildFileError::Io(io::Error::other(e)))?
     }
 
     /// Stores archive `hash` of `namespace` from `chunks`, which must hold exactly `size` bytes.
@@ -136,6 +156,49 @@ impl BuildFiles {
         }
         result
     }
+}
+
+/// Marks archive `path` used now (its modification time), without following a link.
+async fn touch(path: PathBuf) -> io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)?
+            .set_modified(std::time::SystemTime::now())
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+fn sweep(root: &Path, unused: std::time::Duration) -> Result<usize, BuildFileError> {
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(unused)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let namespaces = match std::fs::read_dir(root) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut removed = 0;
+    for ns in namespaces {
+        let ns = ns?;
+        if !ns.file_type()?.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(ns.path())? {
+            let f = f?;
+            let meta = f.metadata()?;
+            if meta.is_file() && meta.modified()? < cutoff {
+                std::fs::remove_file(f.path())?;
+                removed += 1;
+            }
+        }
+        // Only when empty (a transfer may have started meanwhile: then it is not).
+        let _ = std::fs::remove_dir(ns.path());
+    }
+    Ok(removed)
 }
 
 fn unique(path: &Path) -> PathBuf {
@@ -226,5 +289,47 @@ mod tests {
             .expect("ls")
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn archives_no_build_asked_for_are_swept() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let files = BuildFiles::new(tmp.path().join("build-files"));
+        assert_eq!(files.sweep(BUILD_FILES_KEPT).await.expect("empty"), 0);
+        let (old, used, fresh) = ("aa".repeat(32), "bb".repeat(32), "cc".repeat(32));
+        for h in [&old, &used, &fresh] {
+            files.put("/t", h, 1, chunks(&[b"x"])).await.expect("put");
+        }
+        files
+            .put("/u", &old, 1, chunks(&[b"y"]))
+            .await
+            .expect("put");
+        let long_ago = std::time::SystemTime::now() - 2 * BUILD_FILES_KEPT;
+        for (ns, h) in [("/t", &old), ("/t", &used), ("/u", &old)] {
+            std::fs::File::options()
+                .write(true)
+                .open(files.dir(ns).join(h))
+                .expect("open")
+                .set_modified(long_ago)
+                .expect("age");
+        }
+        // Asked for by a build: used now.
+        assert!(files
+            .missing("/t", std::slice::from_ref(&used))
+            .await
+            .expect("q")
+            .is_empty());
+        assert_eq!(files.sweep(BUILD_FILES_KEPT).await.expect("sweep"), 2);
+        let left = |ns: &str, h: &str| files.dir(ns).join(h).exists();
+        assert!(!left("/t", &old) && left("/t", &used) && left("/t", &fresh));
+        assert!(!files.dir("/u").exists(), "an emptied namespace goes");
+        // A swept archive is missing again, so the next build sends it.
+        assert_eq!(
+            files
+                .missing("/t", std::slice::from_ref(&old))
+                .await
+                .expect("q"),
+            vec![old]
+        );
     }
 }

@@ -318,14 +318,30 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             }
         }
     });
+    let build_files = paddock_node_grpc::BuildFiles::new(data_dir.join("build-files"));
     let grpc = tokio::spawn(paddock_node_grpc::serve_incoming(
         node.clone() as Arc<dyn Node>,
         tokio_stream::wrappers::ReceiverStream::new(grpc_rx),
-        Some(paddock_node_grpc::BuildFiles::new(
-            data_dir.join("build-files"),
-        )),
+        Some(build_files.clone()),
         stopped(stop_rx.clone()),
     ));
+    // COPY archives no build asked for in a week go (a build that needs one sends it again).
+    let sweeper = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            match build_files
+                .sweep(paddock_node_grpc::build_files::BUILD_FILES_KEPT)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(files = n, "removed COPY archives no build used for a week")
+                }
+                Err(e) => tracing::warn!(error = %e, "sweeping COPY archives failed"),
+            }
+        }
+    });
 
     let stats = host_stats(&data_dir);
     let registration_task = tokio::spawn(registration(
@@ -362,6 +378,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     drop(accept);
     dispatch.abort();
+    sweeper.abort();
     hop.close_tunnels();
     let _ = registration_task.await;
     node.shutdown().await;
