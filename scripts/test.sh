@@ -26,7 +26,7 @@ step() {
 }
 
 python_env() {
-  if "$VENV/bin/python" -c "import pytest, requests; from importlib.metadata import version; \
+  if "$VENV/bin/python" -c "import pytest, requests, ipykernel; from importlib.metadata import version; \
       assert version('e2b') == '$E2B_PY_VERSION'" 2>/dev/null; then
     log "reusing $VENV"
     return
@@ -37,7 +37,9 @@ python_env() {
   [ -x /usr/bin/python3 ] && py=/usr/bin/python3
   "$py" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q "e2b==$E2B_PY_VERSION" pytest requests
+  # ipykernel: the code interpreter's kernel client is tested against a real IPython kernel
+  # (crates/interpreter/tests, through PADDOCK_TEST_PYTHON).
+  "$VENV/bin/pip" install -q "e2b==$E2B_PY_VERSION" pytest requests ipykernel
 }
 
 # The JS suite needs Node >= 20 (`node --test --test-concurrency`); Debian 12 ships 18. If the
@@ -69,6 +71,7 @@ js_env() {
 }
 
 rust_tests() {
+  export PADDOCK_TEST_PYTHON="$VENV/bin/python"
   if command -v cargo-nextest >/dev/null; then
     cargo nextest run --workspace --no-fail-fast
     cargo test --workspace --doc

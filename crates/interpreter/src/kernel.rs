@@ -1,0 +1,508 @@
+//! One Jupyter kernel process and the executions on it. [`Kernel::start`] writes a connection
+//! file (loopback TCP ports, a random key) into a private directory, starts the kernel with it,
+//! connects a DEALER to its shell and control sockets and a SUB to its IOPub socket, and waits
+//! until the kernel answers `kernel_info_request` and its IOPub messages arrive (ZeroMQ's
+//! subscriptions take effect a moment after connecting). [`Kernel::execute`] sends an
+//! `execute_request` and gives what the kernel publishes about it as [`Output`]s, ending when
+//! the kernel is idle again; [`Kernel::interrupt`] asks it to stop the running code. A kernel
+//! that exits ends the executions under way with [`Output::KernelExited`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::wire::{self, Message, Signer, WireError};
+use crate::zmtp;
+
+/// How long [`Kernel::start`] waits for a kernel to answer.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a kernel could not be started or asked.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// Writing its connection file or starting its process failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A connection to the kernel failed.
+    #[error("kernel socket: {0}")]
+    Socket(#[source] std::io::Error),
+    /// A message that is not one.
+    #[error("kernel message: {0}")]
+    Wire(#[from] WireError),
+    /// It did not answer in time.
+    #[error("the kernel did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Its process ended.
+    #[error("the kernel exited ({0})")]
+    Exited(String),
+}
+
+/// What a kernel published about one execution, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// The execution's number (`execute_input`).
+    ExecutionCount(u64),
+    /// Text the code wrote to stdout.
+    Stdout(String),
+    /// Text the code wrote to stderr.
+    Stderr(String),
+    /// A MIME bundle: the value of the last expression (`is_main`), or one displayed.
+    Result {
+        /// MIME type to value.
+        data: Map<String, Value>,
+        /// Its metadata.
+        metadata: Map<String, Value>,
+        /// Whether it is the execution's value (`execute_result`) rather than a display.
+        is_main: bool,
+    },
+    /// The code raised.
+    Error {
+        /// Exception name.
+        name: String,
+        /// Its message.
+        value: String,
+        /// The traceback's lines.
+        traceback: Vec<String>,
+    },
+    /// The kernel process ended before the execution did.
+    KernelExited(String),
+}
+
+/// The ports and key of a kernel's connection file.
+#[derive(Debug, Clone)]
+struct Connection {
+    shell: u16,
+    iopub: u16,
+    stdin: u16,
+    control: u16,
+    hb: u16,
+    key: String,
+}
+
+impl Connection {
+    /// Free loopback ports (bound and released; the kernel binds them next) and a new key.
+    fn new() -> Result<Connection, KernelError> {
+        let mut ports = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            let l = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(|source| {
+                KernelError::Io {
+                    what: "finding a free port".into(),
+                    source,
+                }
+            })?;
+            ports.push(l.local_addr().map(|a| a.port()).unwrap_or(0));
+            held.push(l);
+        }
+        drop(held);
+        Ok(Connection {
+            shell: ports[0],
+            iopub: ports[1],
+            stdin: ports[2],
+            control: ports[3],
+            hb: ports[4],
+            key: wire::new_id(),
+        })
+    }
+
+    fn file(&self) -> Value {
+        json!({
+            "shell_port": self.shell, "iopub_port": self.iopub, "stdin_port": self.stdin,
+            "control_port": self.control, "hb_port": self.hb, "ip": "127.0.0.1",
+            "key": self.key, "transport": "tcp", "signature_scheme": "hmac-sha256",
+            "kernel_name": "",
+        })
+    }
+}
+
+type Waiters<T> = Arc<Mutex<HashMap<String, T>>>;
+
+/// A running kernel. Dropping it kills the process.
+pub struct Kernel {
+    session: String,
+    signer: Signer,
+    shell: tokio::sync::Mutex<zmtp::Writer>,
+    control: tokio::sync::Mutex<zmtp::Writer>,
+    /// Executions under way, by request id: where their outputs go.
+    running: Waiters<mpsc::UnboundedSender<Output>>,
+    /// Requests waiting for their shell or control reply, by request id.
+    replies: Waiters<oneshot::Sender<Message>>,
+    /// The exit of the process, once it ended.
+    exited: watch::Receiver<Option<String>>,
+    kill: Option<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pid: Option<u32>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel")
+            .field("pid", &self.pid)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> KernelError {
+    let what = what.into();
+    move |source| KernelError::Io { what, source }
+}
+
+impl Kernel {
+    /// Starts `argv` (where an argument `{connection_file}` becomes the connection file's
+    /// path) in `cwd` with `env` added, its connection file kept in `dir` (made 0700).
+    pub async fn start(
+        argv: &[String],
+        cwd: &Path,
+        env: &[(String, String)],
+        dir: &Path,
+    ) -> Result<Kernel, KernelError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let conn = Connection::new()?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(format!("creating {}", dir.display())))?;
+        let file = dir.join(format!("kernel-{}.json", wire::new_id()));
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .map_err(io(format!("writing {}", file.display())))?;
+            f.write_all(conn.file().to_string().as_bytes())
+                .map_err(io(format!("writing {}", file.display())))?;
+        }
+        let (program, args) = argv.split_first().ok_or_else(|| KernelError::Io {
+            what: "starting the kernel".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
+        })?;
+        let file_arg = file.to_string_lossy().into_owned();
+        let mut child = tokio::process::Command::new(program)
+            .args(args.iter().map(|a| {
+                if a == "{connection_file}" {
+                    file_arg.clone()
+                } else {
+                    a.clone()
+                }
+            }))
+            .current_dir(cwd)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io(format!("starting {program}")))?;
+        let pid = child.id();
+
+        let signer = Signer::new(conn.key.as_bytes());
+        let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        // The kernel binds its ports once it is up: connect when it does.
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        let (shell_r, shell) = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(KernelError::Exited(status.to_string()));
+            }
+            match zmtp::connect(at(conn.shell), "DEALER").await {
+                Ok(c) => break c,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(KernelError::Socket(e))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let (control_r, control) = zmtp::connect(at(conn.control), "DEALER")
+            .await
+            .map_err(KernelError::Socket)?;
+        let (mut iopub, mut iopub_w) = zmtp::connect(at(conn.iopub), "SUB")
+            .await
+            .map_err(KernelError::Socket)?;
+        iopub_w.subscribe(b"").await.map_err(KernelError::Socket)?;
+
+        let running: Waiters<mpsc::UnboundedSender<Output>> = Arc::default();
+        let replies: Waiters<oneshot::Sender<Message>> = Arc::default();
+        let (exited_tx, exited) = watch::channel(None);
+        let (kill, kill_rx) = oneshot::channel::<()>();
+        let mut tasks = Vec::new();
+        // The process: its exit ends every execution under way.
+        tasks.push(tokio::spawn({
+            let running = Arc::clone(&running);
+            async move {
+                let status = tokio::select! {
+                    s = child.wait() => s.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                    _ = kill_rx => {
+                        let _ = child.kill().await;
+                        "killed".to_string()
+                    }
+                };
+                let _ = exited_tx.send(Some(status.clone()));
+                let ended: Vec<_> = running.lock().expect("running lock").drain().collect();
+                for (_, tx) in ended {
+                    let _ = tx.send(Output::KernelExited(status.clone()));
+                }
+            }
+        }));
+        // IOPub: outputs to their executions, which end when the kernel is idle again.
+        tasks.push(tokio::spawn({
+            let (running, replies, signer) =
+                (Arc::clone(&running), Arc::clone(&replies), signer.clone());
+            async move {
+                // Kept open: the subscription lasts as long as the connection.
+                let _subscribed = iopub_w;
+                while let Ok(frames) = iopub.recv().await {
+                    let msg = match wire::decode(&signer, &frames) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "dropped a kernel message");
+                            continue;
+                        }
+                    };
+                    let Some(parent) = msg.parent_id().map(str::to_string) else {
+                        continue;
+                    };
+                    // Seen on IOPub: the subscription works (see `start`).
+                    if let Some(tx) = replies
+                        .lock()
+                        .expect("replies lock")
+                        .remove(&format!("iopub:{parent}"))
+                    {
+                        let _ = tx.send(msg.clone());
+                    }
+                    let idle = msg.msg_type() == "status"
+                        && msg.content.get("execution_state").and_then(Value::as_str)
+                            == Some("idle");
+                    let mut running = running.lock().expect("running lock");
+                    if let Some(tx) = running.get(&parent) {
+                        if let Some(out) = output(&msg) {
+                            let _ = tx.send(out);
+                        }
+                    }
+                    if idle {
+                        running.remove(&parent);
+                    }
+                }
+            }
+        }));
+
+        // Shell and control: replies to whoever waits for them (an execution's reply, which
+        // nobody waits for, is read and dropped).
+        for mut reader in [shell_r, control_r] {
+            let (replies, signer) = (Arc::clone(&replies), signer.clone());
+            tasks.push(tokio::spawn(async move {
+                while let Ok(frames) = reader.recv().await {
+                    match wire::decode(&signer, &frames) {
+                        Ok(msg) => {
+                            let waiter = msg
+                                .parent_id()
+                                .and_then(|p| replies.lock().expect("replies lock").remove(p));
+                            if let Some(tx) = waiter {
+                                let _ = tx.send(msg);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "dropped a kernel reply"),
+                    }
+                }
+            }));
+        }
+
+        let kernel = Kernel {
+            session: wire::new_id(),
+            signer,
+            shell: tokio::sync::Mutex::new(shell),
+            control: tokio::sync::Mutex::new(control),
+            running,
+            replies,
+            exited,
+            kill: Some(kill),
+            tasks,
+            pid,
+            dir: dir.to_path_buf(),
+        };
+        kernel.wait_ready(deadline).await?;
+        Ok(kernel)
+    }
+
+    /// Until a `kernel_info_request` is answered on the shell and its status seen on IOPub.
+    async fn wait_ready(&self, deadline: tokio::time::Instant) -> Result<(), KernelError> {
+        loop {
+            if let Some(status) = self.exited.borrow().clone() {
+                return Err(KernelError::Exited(status));
+            }
+            let msg = Message::new(&self.session, "kernel_info_request", json!({}));
+            let (seen_tx, seen) = oneshot::channel();
+            self.replies
+                .lock()
+                .expect("replies lock")
+                .insert(format!("iopub:{}", msg.header.msg_id), seen_tx);
+            let id = msg.header.msg_id.clone();
+            let answered =
+                tokio::time::timeout(Duration::from_millis(500), self.request(&self.shell, msg))
+                    .await;
+            self.replies.lock().expect("replies lock").remove(&id);
+            let seen = tokio::time::timeout(Duration::from_millis(500), seen).await;
+            self.replies
+                .lock()
+                .expect("replies lock")
+                .remove(&format!("iopub:{id}"));
+            if matches!(answered, Ok(Ok(_))) && matches!(seen, Ok(Ok(_))) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(KernelError::Timeout(START_TIMEOUT));
+            }
+        }
+    }
+
+    /// Sends `msg` on `socket` and waits for its reply there.
+    async fn request(
+        &self,
+        socket: &tokio::sync::Mutex<zmtp::Writer>,
+        msg: Message,
+    ) -> Result<Message, KernelError> {
+        let (tx, rx) = oneshot::channel();
+        let id = msg.header.msg_id.clone();
+        self.replies
+            .lock()
+            .expect("replies lock")
+            .insert(id.clone(), tx);
+        let sent = socket
+            .lock()
+            .await
+            .send(&wire::encode(&self.signer, &msg))
+            .await;
+        if let Err(e) = sent {
+            self.replies.lock().expect("replies lock").remove(&id);
+            return Err(KernelError::Socket(e));
+        }
+        rx.await.map_err(|_| {
+            KernelError::Exited(self.exited().unwrap_or_else(|| "connection lost".into()))
+        })
+    }
+
+    /// Runs `code`; its outputs arrive on the receiver, which ends when the kernel is idle
+    /// again (or with [`Output::KernelExited`]). One execution at a time per kernel: a second
+    /// waits for the shell until the first's request was sent.
+    pub async fn execute(
+        &self,
+        code: &str,
+    ) -> Result<mpsc::UnboundedReceiver<Output>, KernelError> {
+        if let Some(status) = self.exited.borrow().clone() {
+            return Err(KernelError::Exited(status));
+        }
+        let msg = Message::new(
+            &self.session,
+            "execute_request",
+            json!({
+                "code": code, "silent": false, "store_history": true,
+                "user_expressions": {}, "allow_stdin": false, "stop_on_error": true,
+            }),
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(msg.header.msg_id.clone(), tx);
+        let sent = self
+            .shell
+            .lock()
+            .await
+            .send(&wire::encode(&self.signer, &msg))
+            .await;
+        if let Err(e) = sent {
+            self.running
+                .lock()
+                .expect("running lock")
+                .remove(&msg.header.msg_id);
+            return Err(KernelError::Socket(e));
+        }
+        Ok(rx)
+    }
+
+    /// Asks the kernel to interrupt the code it runs (`interrupt_request` on control).
+    pub async fn interrupt(&self) -> Result<(), KernelError> {
+        let msg = Message::new(&self.session, "interrupt_request", json!({}));
+        tokio::time::timeout(Duration::from_secs(5), self.request(&self.control, msg))
+            .await
+            .map_err(|_| KernelError::Timeout(Duration::from_secs(5)))??;
+        Ok(())
+    }
+
+    /// The kernel's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// Whether its process ended (and how).
+    pub fn exited(&self) -> Option<String> {
+        self.exited.borrow().clone()
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        for t in &self.tasks[1..] {
+            t.abort();
+        }
+    }
+}
+
+/// What an IOPub message says about its execution, if anything.
+fn output(msg: &Message) -> Option<Output> {
+    let c = &msg.content;
+    let text = |k: &str| {
+        c.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let map = |k: &str| {
+        c.get(k)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    match msg.msg_type() {
+        "execute_input" => c
+            .get("execution_count")
+            .and_then(Value::as_u64)
+            .map(Output::ExecutionCount),
+        "stream" if text("name") == "stderr" => Some(Output::Stderr(text("text"))),
+        "stream" => Some(Output::Stdout(text("text"))),
+        "execute_result" | "display_data" => Some(Output::Result {
+            data: map("data"),
+            metadata: map("metadata"),
+            is_main: msg.msg_type() == "execute_result",
+        }),
+        "error" => Some(Output::Error {
+            name: text("ename"),
+            value: text("evalue"),
+            traceback: c
+                .get("traceback")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }),
+        _ => None,
+    }
+}
