@@ -52,10 +52,20 @@ pub enum KernelError {
 pub enum Output {
     /// The execution's number (`execute_input`).
     ExecutionCount(u64),
-    /// Text the code wrote to stdout.
-    Stdout(String),
-    /// Text the code wrote to stderr.
-    Stderr(String),
+    /// Text the code wrote to stdout, and when (the kernel's ISO 8601 date).
+    Stdout {
+        /// The text.
+        text: String,
+        /// When the kernel sent it.
+        timestamp: String,
+    },
+    /// Text the code wrote to stderr, and when.
+    Stderr {
+        /// The text.
+        text: String,
+        /// When the kernel sent it.
+        timestamp: String,
+    },
     /// A MIME bundle: the value of the last expression (`is_main`), or one displayed.
     Result {
         /// MIME type to value.
@@ -399,6 +409,23 @@ impl Kernel {
         &self,
         code: &str,
     ) -> Result<mpsc::UnboundedReceiver<Output>, KernelError> {
+        self.run(code, false).await
+    }
+
+    /// Runs `code` without it counting as an execution (no history, no execution count):
+    /// housekeeping such as setting a working directory or env vars.
+    pub async fn execute_silent(
+        &self,
+        code: &str,
+    ) -> Result<mpsc::UnboundedReceiver<Output>, KernelError> {
+        self.run(code, true).await
+    }
+
+    async fn run(
+        &self,
+        code: &str,
+        silent: bool,
+    ) -> Result<mpsc::UnboundedReceiver<Output>, KernelError> {
         if let Some(status) = self.exited.borrow().clone() {
             return Err(KernelError::Exited(status));
         }
@@ -406,7 +433,7 @@ impl Kernel {
             &self.session,
             "execute_request",
             json!({
-                "code": code, "silent": false, "store_history": true,
+                "code": code, "silent": silent, "store_history": !silent,
                 "user_expressions": {}, "allow_stdin": false, "stop_on_error": true,
             }),
         );
@@ -482,8 +509,14 @@ fn output(msg: &Message) -> Option<Output> {
             .get("execution_count")
             .and_then(Value::as_u64)
             .map(Output::ExecutionCount),
-        "stream" if text("name") == "stderr" => Some(Output::Stderr(text("text"))),
-        "stream" => Some(Output::Stdout(text("text"))),
+        "stream" if text("name") == "stderr" => Some(Output::Stderr {
+            text: text("text"),
+            timestamp: msg.header.date.clone(),
+        }),
+        "stream" => Some(Output::Stdout {
+            text: text("text"),
+            timestamp: msg.header.date.clone(),
+        }),
         "execute_result" | "display_data" => Some(Output::Result {
             data: map("data"),
             metadata: map("metadata"),

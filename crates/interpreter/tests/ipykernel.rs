@@ -76,7 +76,12 @@ async fn executions_stream_their_outputs_and_keep_state() {
         matches!(out.first(), Some(Output::ExecutionCount(1))),
         "{out:?}"
     );
-    assert!(out.contains(&Output::Stdout("hello\n".into())), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Stdout { text, timestamp }
+        if text == "hello\n" && timestamp.starts_with("20"))),
+        "{out:?}"
+    );
     assert_eq!(main_text(&out).as_deref(), Some("42"));
 
     // State stays between executions; stderr and displays are their own outputs.
@@ -90,7 +95,11 @@ async fn executions_stream_their_outputs_and_keep_state() {
         matches!(out.first(), Some(Output::ExecutionCount(2))),
         "{out:?}"
     );
-    assert!(out.contains(&Output::Stderr("warn\n".into())), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Stderr { text, .. } if text == "warn\n")),
+        "{out:?}"
+    );
     assert!(
         out.iter()
             .any(|o| matches!(o, Output::Result { data, is_main: false, .. }
@@ -119,7 +128,7 @@ async fn executions_stream_their_outputs_and_keep_state() {
     let text: String = out
         .iter()
         .filter_map(|o| match o {
-            Output::Stdout(s) => Some(s.as_str()),
+            Output::Stdout { text, .. } => Some(text.as_str()),
             _ => None,
         })
         .collect();
