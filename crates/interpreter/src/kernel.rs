@@ -220,26 +220,32 @@ impl Kernel {
 
         let signer = Signer::new(conn.key.as_bytes());
         let at = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        // The kernel binds its ports once it is up: connect when it does.
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        let (shell_r, shell) = loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(KernelError::Exited(status.to_string()));
-            }
-            match zmtp::connect(at(conn.shell), "DEALER").await {
-                Ok(c) => break c,
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(KernelError::Socket(e))
+        // Each port is bound when the kernel gets to it: connect when it did.
+        let connect = |port: u16, kind: &'static str| {
+            let addr = at(port);
+            async move {
+                loop {
+                    match zmtp::connect(addr, kind).await {
+                        Ok(c) => return Ok(c),
+                        Err(e) if tokio::time::Instant::now() >= deadline => {
+                            return Err(KernelError::Socket(e))
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
-        let (control_r, control) = zmtp::connect(at(conn.control), "DEALER")
-            .await
-            .map_err(KernelError::Socket)?;
-        let (mut iopub, mut iopub_w) = zmtp::connect(at(conn.iopub), "SUB")
-            .await
-            .map_err(KernelError::Socket)?;
+        let (shell_r, shell) = tokio::select! {
+            c = connect(conn.shell, "DEALER") => c?,
+            status = child.wait() => {
+                return Err(KernelError::Exited(
+                    status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                ))
+            }
+        };
+        let (control_r, control) = connect(conn.control, "DEALER").await?;
+        let (mut iopub, mut iopub_w) = connect(conn.iopub, "SUB").await?;
         iopub_w.subscribe(b"").await.map_err(KernelError::Socket)?;
 
         let running: Waiters<mpsc::UnboundedSender<Output>> = Arc::default();

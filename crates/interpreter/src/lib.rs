@@ -9,5 +9,6 @@
 #![warn(missing_docs)]
 
 pub mod kernel;
+pub mod server;
 pub mod wire;
 pub mod zmtp;

@@ -1,0 +1,691 @@
+//! E2B's code-interpreter API (what `e2b_code_interpreter` and `@e2b/code-interpreter` call on
+//! port 49999) over [`Kernel`]s: `GET /health`, `POST /execute` (a stream of JSON lines),
+//! `POST /contexts`, `GET /contexts`, `POST /contexts/{id}/restart`, `DELETE /contexts/{id}`.
+//!
+//! A context is one kernel of one language with its working directory; `/execute` without a
+//! context uses the language's default context (made on first use; [`Interpreter::start`]
+//! makes Python's ahead). Executions on one context run one after another, each holding the
+//! context until its kernel is idle again; the response's headers go out at once and its
+//! lines as they come, with a `keepalive` line after [`KEEPALIVE`] of silence (a client that
+//! went away is noticed when one cannot be written, and the kernel is interrupted), and always
+//! `end_of_execution` last. Per-execution env vars are set before the code and put back after
+//! it by silent executions. A kernel that dies is started again in the same context, and the
+//! executions it took with it end with E2B's `ContextRestarting` error.
+//!
+//! Lines are JSON with every non-ASCII character escaped (the JS SDK decodes each network
+//! chunk on its own, so a character split between chunks would be garbled otherwise).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::kernel::{Kernel, KernelError, Output};
+
+/// How long an execution's stream may be silent before a `keepalive` line.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
+/// The largest request body taken.
+pub const MAX_BODY: usize = 16 << 20;
+
+/// How the interpreter starts kernels.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The command of each language's kernel (`{connection_file}` stands for its file).
+    pub kernels: HashMap<String, Vec<String>>,
+    /// The working directory of contexts that name none.
+    pub default_cwd: PathBuf,
+    /// Where connection files are kept (made 0700).
+    pub run_dir: PathBuf,
+    /// Env vars every kernel gets besides the server's own.
+    pub env: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Python's kernel (ipykernel) run by `python`, contexts in `cwd`, files in `run_dir`.
+    pub fn python(python: &str, cwd: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> Config {
+        let argv = [
+            python,
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Config {
+            kernels: HashMap::from([("python".to_string(), argv)]),
+            default_cwd: cwd.into(),
+            run_dir: run_dir.into(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A language as E2B names it: empty is Python, `js` and `ts` are JavaScript and TypeScript.
+pub fn normalize_language(raw: Option<&str>) -> String {
+    let l = raw.unwrap_or_default().trim().to_lowercase();
+    match l.as_str() {
+        "" => "python".into(),
+        "js" => "javascript".into(),
+        "ts" => "typescript".into(),
+        _ => l,
+    }
+}
+
+/// One context: a kernel of a language in a working directory.
+struct Context {
+    id: String,
+    language: String,
+    cwd: String,
+    /// The kernel (replaced when restarted), taken for the whole of an execution.
+    kernel: tokio::sync::Mutex<Arc<Kernel>>,
+}
+
+struct Inner {
+    config: Config,
+    /// Every context, in the order made.
+    contexts: Mutex<Vec<Arc<Context>>>,
+    /// Each language's default context.
+    defaults: Mutex<HashMap<String, String>>,
+    /// One default context made at a time.
+    making_default: tokio::sync::Mutex<()>,
+}
+
+/// The interpreter: its contexts and the HTTP API over them. Cheap to clone.
+#[derive(Clone)]
+pub struct Interpreter {
+    inner: Arc<Inner>,
+}
+
+/// Why a context could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// No kernel is configured for the language.
+    #[error("Failed to create context: no kernel for language '{0}'")]
+    UnknownLanguage(String),
+    /// Its kernel did not start.
+    #[error("Failed to create context: {0}")]
+    Kernel(#[from] KernelError),
+    /// The working directory could not be set.
+    #[error("Failed to set working directory")]
+    Cwd,
+}
+
+/// A new context id (a random UUID, as Jupyter's kernel ids are).
+fn new_context_id() -> String {
+    let mut b = rand::random::<[u8; 16]>();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// A Python string literal of `s` (JSON's escapes are Python's).
+fn py_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+impl Interpreter {
+    /// An interpreter with Python's default context already started (so the first execution
+    /// does not wait for a kernel).
+    pub async fn start(config: Config) -> Result<Interpreter, ContextError> {
+        let interpreter = Interpreter {
+            inner: Arc::new(Inner {
+                config,
+                contexts: Mutex::new(Vec::new()),
+                defaults: Mutex::new(HashMap::new()),
+                making_default: tokio::sync::Mutex::new(()),
+            }),
+        };
+        interpreter.default_context("python").await?;
+        Ok(interpreter)
+    }
+
+    async fn start_kernel(&self, language: &str, cwd: &str) -> Result<Kernel, ContextError> {
+        let argv = self
+            .inner
+            .config
+            .kernels
+            .get(language)
+            .ok_or_else(|| ContextError::UnknownLanguage(language.to_string()))?;
+        let cwd_path = std::path::Path::new(cwd);
+        let start_in = if cwd_path.is_dir() {
+            cwd_path
+        } else {
+            self.inner.config.default_cwd.as_path()
+        };
+        let kernel = Kernel::start(
+            argv,
+            start_in,
+            &self.inner.config.env,
+            &self.inner.config.run_dir,
+        )
+        .await?;
+        Ok(kernel)
+    }
+
+    /// Makes a context of `language` in `cwd` (the default cwd when empty).
+    pub async fn create_context(
+        &self,
+        language: &str,
+        cwd: Option<&str>,
+    ) -> Result<(String, String, String), ContextError> {
+        let cwd = match cwd {
+            Some(c) if !c.is_empty() => c.to_string(),
+            _ => self.inner.config.default_cwd.to_string_lossy().into_owned(),
+        };
+        let kernel = self.start_kernel(language, &cwd).await?;
+        if language == "python" {
+            let code = format!(
+                "import os as __paddock_os\n__paddock_os.chdir({})\ndel __paddock_os",
+                py_str(&cwd)
+            );
+            if silent_failed(&kernel, &code).await {
+                return Err(ContextError::Cwd);
+            }
+        }
+        let ctx = Arc::new(Context {
+            id: new_context_id(),
+            language: language.to_string(),
+            cwd,
+            kernel: tokio::sync::Mutex::new(Arc::new(kernel)),
+        });
+        self.inner
+            .contexts
+            .lock()
+            .expect("contexts lock")
+            .push(Arc::clone(&ctx));
+        Ok((ctx.id.clone(), ctx.language.clone(), ctx.cwd.clone()))
+    }
+
+    fn context(&self, id: &str) -> Option<Arc<Context>> {
+        self.inner
+            .contexts
+            .lock()
+            .expect("contexts lock")
+            .iter()
+            .find(|c| c.id == id)
+            .cloned()
+    }
+
+    /// The default context of `language`, made if it has none yet.
+    async fn default_context(&self, language: &str) -> Result<Arc<Context>, ContextError> {
+        let _one = self.inner.making_default.lock().await;
+        let known = self
+            .inner
+            .defaults
+            .lock()
+            .expect("defaults lock")
+            .get(language)
+            .cloned();
+        if let Some(id) = known {
+            if let Some(ctx) = self.context(&id) {
+                return Ok(ctx);
+            }
+        }
+        let (id, _, _) = self.create_context(language, None).await?;
+        self.inner
+            .defaults
+            .lock()
+            .expect("defaults lock")
+            .insert(language.to_string(), id.clone());
+        self.context(&id).ok_or(ContextError::Cwd)
+    }
+
+    /// The HTTP API.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/health", get(health))
+            .route("/execute", post(execute))
+            .route("/contexts", post(create).get(list))
+            .route("/contexts/{id}/restart", post(restart))
+            .route("/contexts/{id}", delete(remove))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+            .with_state(self.clone())
+    }
+
+    /// Starts `ctx`'s kernel again (its state is gone; the id, language and cwd stay).
+    async fn restart_context(&self, ctx: &Context) -> Result<(), ContextError> {
+        let fresh = self.start_kernel(&ctx.language, &ctx.cwd).await?;
+        if ctx.language == "python" {
+            let code = format!(
+                "import os as __paddock_os\n__paddock_os.chdir({})\ndel __paddock_os",
+                py_str(&ctx.cwd)
+            );
+            let _ = silent_failed(&fresh, &code).await;
+        }
+        *ctx.kernel.lock().await = Arc::new(fresh);
+        Ok(())
+    }
+}
+
+/// Runs `code` silently on `kernel`; whether it raised (or the kernel went).
+async fn silent_failed(kernel: &Kernel, code: &str) -> bool {
+    let Ok(mut rx) = kernel.execute_silent(code).await else {
+        return true;
+    };
+    let mut failed = false;
+    while let Some(o) = rx.recv().await {
+        failed |= matches!(o, Output::Error { .. } | Output::KernelExited(_));
+    }
+    failed
+}
+
+/// `v` as JSON with every non-ASCII character escaped, and a newline.
+fn line(v: &Value) -> Bytes {
+    let text = serde_json::to_string(v).expect("JSON serializes");
+    let mut out = String::with_capacity(text.len() + 1);
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out.push('\n');
+    Bytes::from(out)
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+fn json_response(v: Value) -> Response {
+    let body = line(&v);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.slice(..body.len() - 1),
+    )
+        .into_response()
+}
+
+/// FastAPI's validation error for field `field`.
+fn unprocessable(field: &str, msg: &str) -> Response {
+    let body = json!({"detail": [{"type": "invalid", "loc": ["body", field], "msg": msg}]});
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn health() -> Response {
+    json_response(json!("OK"))
+}
+
+/// A request body field that is not what it should be (answered 422).
+struct Invalid(&'static str, &'static str);
+
+impl IntoResponse for Invalid {
+    fn into_response(self) -> Response {
+        unprocessable(self.0, self.1)
+    }
+}
+
+/// The body as a JSON object.
+fn object(body: &Bytes) -> Result<Map<String, Value>, Invalid> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(Invalid("body", "Input should be a valid JSON object")),
+    }
+}
+
+/// A field that must be a string or null.
+fn opt_str<'a>(m: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a str>, Invalid> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(Invalid(field, "Input should be a valid string")),
+    }
+}
+
+async fn execute(State(it): State<Interpreter>, body: Bytes) -> Response {
+    let m = match object(&body) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let code = match m.get("code") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return unprocessable("code", "Input should be a valid string"),
+    };
+    let (context_id, language) = match (opt_str(&m, "context_id"), opt_str(&m, "language")) {
+        (Ok(c), Ok(l)) => (c.filter(|s| !s.is_empty()), l.filter(|s| !s.is_empty())),
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    };
+    let env_vars: Vec<(String, String)> = match m.get("env_vars") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(vars)) => {
+            let mut out = Vec::new();
+            for (k, v) in vars {
+                match v {
+                    Value::String(s) => out.push((k.clone(), s.clone())),
+                    _ => return unprocessable("env_vars", "Input should be a valid string"),
+                }
+            }
+            out
+        }
+        Some(_) => return unprocessable("env_vars", "Input should be a valid dictionary"),
+    };
+    if context_id.is_some() && language.is_some() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Only one of context_id or language can be provided",
+        );
+    }
+    let ctx = match (context_id, language) {
+        (Some(id), _) => match it.context(id) {
+            Some(c) => c,
+            None => return text(StatusCode::NOT_FOUND, format!("Context {id} not found")),
+        },
+        (None, l) => match it.default_context(&normalize_language(l)).await {
+            Ok(c) => c,
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+    };
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    tokio::spawn(run_execution(it, ctx, code, env_vars, tx));
+    Response::builder()
+        .status(StatusCode::OK)
+        .body(Body::from_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .expect("a valid response")
+}
+
+/// One execution's stream: waits for the context, sets the env vars, relays the kernel's
+/// outputs as lines (keepalives in silences), puts the env vars back, ends the stream.
+async fn run_execution(
+    it: Interpreter,
+    ctx: Arc<Context>,
+    code: String,
+    env_vars: Vec<(String, String)>,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let kernel_slot = ctx.kernel.lock().await;
+    let kernel = Arc::clone(&kernel_slot);
+    let python = ctx.language == "python";
+    if python && !env_vars.is_empty() {
+        let set: Map<String, Value> = env_vars
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let code = format!("__import__('os').environ.update({})", Value::Object(set));
+        let _ = silent_failed(&kernel, &code).await;
+    }
+    let mut client_gone = false;
+    let mut died = None;
+    match kernel.execute(&code).await {
+        Err(e) => {
+            died = Some(e.to_string());
+        }
+        Ok(mut outputs) => loop {
+            let next = tokio::time::timeout(KEEPALIVE, outputs.recv()).await;
+            let out = match next {
+                Err(_) => {
+                    if !client_gone
+                        && tx
+                            .send(Ok(line(&json!({"type": "keepalive"}))))
+                            .await
+                            .is_err()
+                    {
+                        client_gone = true;
+                        let _ = kernel.interrupt().await;
+                    }
+                    continue;
+                }
+                Ok(None) => break,
+                Ok(Some(o)) => o,
+            };
+            if let Output::KernelExited(why) = &out {
+                died = Some(why.clone());
+                break;
+            }
+            if client_gone {
+                continue;
+            }
+            let Some(v) = wire_line(out) else { continue };
+            if tx.send(Ok(line(&v))).await.is_err() {
+                // The client went away: stop what it started.
+                client_gone = true;
+                let _ = kernel.interrupt().await;
+            }
+        },
+    }
+    if let Some(why) = died {
+        tracing::warn!(context = %ctx.id, reason = %why, "a kernel died; starting it again");
+        drop(kernel_slot);
+        if let Err(e) = it.restart_context(&ctx).await {
+            tracing::warn!(context = %ctx.id, error = %e, "the kernel could not be started again");
+        }
+        let _ = tx
+            .send(Ok(line(
+                &json!({"type": "error", "name": "ContextRestarting",
+                "value": "Context was restarted", "traceback": ""}),
+            )))
+            .await;
+    } else if python && !env_vars.is_empty() {
+        // Back to what the sandbox's environment says (or unset).
+        let restore: Map<String, Value> = env_vars
+            .iter()
+            .filter_map(|(k, _)| std::env::var(k).ok().map(|v| (k.clone(), Value::String(v))))
+            .collect();
+        let unset: Vec<Value> = env_vars
+            .iter()
+            .filter(|(k, _)| std::env::var(k).is_err())
+            .map(|(k, _)| Value::String(k.clone()))
+            .collect();
+        let code = format!(
+            "__import__('os').environ.update({})\n[__import__('os').environ.pop(k, None) for k in {}]",
+            Value::Object(restore),
+            Value::Array(unset)
+        );
+        let _ = silent_failed(&kernel, &code).await;
+        drop(kernel_slot);
+    }
+    let _ = tx
+        .send(Ok(Bytes::from_static(
+            b"{\"type\": \"end_of_execution\"}\n",
+        )))
+        .await;
+}
+
+/// A kernel output as its `/execute` line.
+fn wire_line(out: Output) -> Option<Value> {
+    Some(match out {
+        Output::ExecutionCount(n) => json!({"type": "number_of_executions", "execution_count": n}),
+        Output::Stdout { text, timestamp } => {
+            json!({"type": "stdout", "text": text, "timestamp": timestamp})
+        }
+        Output::Stderr { text, timestamp } => {
+            json!({"type": "stderr", "text": text, "timestamp": timestamp})
+        }
+        Output::Error {
+            name,
+            value,
+            traceback,
+        } => {
+            json!({"type": "error", "name": name, "value": value, "traceback": traceback.concat()})
+        }
+        Output::Result { data, is_main, .. } => result_line(data, is_main),
+        Output::KernelExited(_) => return None,
+    })
+}
+
+/// A MIME bundle as E2B's `result` line: known types by their field, the rest in `extra`.
+fn result_line(data: Map<String, Value>, is_main: bool) -> Value {
+    const FIELDS: [(&str, &str); 13] = [
+        ("text/plain", "text"),
+        ("text/html", "html"),
+        ("text/markdown", "markdown"),
+        ("image/svg+xml", "svg"),
+        ("image/png", "png"),
+        ("image/jpeg", "jpeg"),
+        ("application/pdf", "pdf"),
+        ("text/latex", "latex"),
+        ("application/json", "json"),
+        ("application/javascript", "javascript"),
+        ("e2b/data", "data"),
+        ("e2b/chart", "chart"),
+        ("", ""),
+    ];
+    let mut out = Map::new();
+    out.insert("type".into(), json!("result"));
+    let mut extra = Map::new();
+    let mut known: Map<String, Value> = Map::new();
+    for (mime, v) in data {
+        match FIELDS.iter().find(|(m, _)| *m == mime && !m.is_empty()) {
+            Some((_, field)) => {
+                let v = if *field == "text" {
+                    Value::String(strip_quotes(v.as_str().unwrap_or_default()))
+                } else {
+                    v
+                };
+                known.insert(field.to_string(), v);
+            }
+            None => {
+                extra.insert(mime, v);
+            }
+        }
+    }
+    for (_, field) in FIELDS.iter().filter(|(m, _)| !m.is_empty()) {
+        if let Some(v) = known.remove(*field) {
+            out.insert(field.to_string(), v);
+        }
+    }
+    out.insert("extra".into(), Value::Object(extra));
+    out.insert("is_main_result".into(), json!(is_main));
+    Value::Object(out)
+}
+
+/// A `text/plain` value without the quotes of a string's repr, as E2B shows it.
+fn strip_quotes(s: &str) -> String {
+    let quoted = s.len() >= 2
+        && ((s.starts_with('\'') && s.ends_with('\'')) || (s.starts_with('"') && s.ends_with('"')));
+    if quoted {
+        s[1..s.len() - 1].to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+async fn create(State(it): State<Interpreter>, body: Bytes) -> Response {
+    let m = match object(&body) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let (language, cwd) = match (opt_str(&m, "language"), opt_str(&m, "cwd")) {
+        (Ok(l), Ok(c)) => (normalize_language(l), c.map(str::to_string)),
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    };
+    match it.create_context(&language, cwd.as_deref()).await {
+        Ok((id, language, cwd)) => {
+            json_response(json!({"id": id, "language": language, "cwd": cwd}))
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn list(State(it): State<Interpreter>) -> Response {
+    let all: Vec<Value> = it
+        .inner
+        .contexts
+        .lock()
+        .expect("contexts lock")
+        .iter()
+        .map(|c| json!({"id": c.id, "language": c.language, "cwd": c.cwd}))
+        .collect();
+    json_response(Value::Array(all))
+}
+
+async fn restart(State(it): State<Interpreter>, Path(id): Path<String>) -> Response {
+    let Some(ctx) = it.context(&id) else {
+        return text(StatusCode::NOT_FOUND, format!("Context {id} not found"));
+    };
+    match it.restart_context(&ctx).await {
+        Ok(()) => json_response(Value::Null),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Failed to restart context {id}"),
+        ),
+    }
+}
+
+async fn remove(State(it): State<Interpreter>, Path(id): Path<String>) -> Response {
+    let removed = {
+        let mut all = it.inner.contexts.lock().expect("contexts lock");
+        let before = all.len();
+        all.retain(|c| c.id != id);
+        before != all.len()
+    };
+    if !removed {
+        return text(StatusCode::NOT_FOUND, format!("Context {id} not found"));
+    }
+    it.inner
+        .defaults
+        .lock()
+        .expect("defaults lock")
+        .retain(|_, v| *v != id);
+    json_response(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_ascii_json_and_results_map_mime_types() {
+        let l = line(&json!({"text": "héllo 😀"}));
+        assert!(l.is_ascii());
+        assert_eq!(l.last(), Some(&b'\n'));
+        let back: Value = serde_json::from_slice(&l).expect("json");
+        assert_eq!(back["text"], "héllo 😀");
+
+        let mut data = Map::new();
+        data.insert("text/plain".into(), json!("'hello'"));
+        data.insert("image/png".into(), json!("iVBOR"));
+        data.insert("application/vnd.plotly.v1+json".into(), json!({"a": 1}));
+        let r = result_line(data, true);
+        assert_eq!(r["text"], "hello");
+        assert_eq!(r["png"], "iVBOR");
+        assert_eq!(
+            r["extra"],
+            json!({"application/vnd.plotly.v1+json": {"a": 1}})
+        );
+        assert_eq!(r["is_main_result"], true);
+        assert_eq!(r.as_object().expect("object").len(), 5, "{r}");
+        assert_eq!(strip_quotes("\"it's\""), "it's");
+        assert_eq!(strip_quotes("[1] \"x\""), "[1] \"x\"");
+        assert_eq!(normalize_language(Some(" JS ")), "javascript");
+        assert_eq!(normalize_language(None), "python");
+        let id = new_context_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+    }
+}
