@@ -47,6 +47,11 @@ pub struct Config {
     pub run_dir: PathBuf,
     /// Env vars every kernel gets besides the server's own.
     pub env: Vec<(String, String)>,
+    /// envd's HTTP API (`http://127.0.0.1:49983`): the sandbox's env vars are read from its
+    /// `GET /envs` before a context's first execution (a warm sandbox's interpreter starts
+    /// before the create that sets them). `None`: the server's own environment is the
+    /// sandbox's.
+    pub envd_url: Option<String>,
 }
 
 impl Config {
@@ -67,6 +72,7 @@ impl Config {
             default_cwd: cwd.into(),
             run_dir: run_dir.into(),
             env: Vec::new(),
+            envd_url: None,
         }
     }
 }
@@ -89,6 +95,8 @@ struct Context {
     cwd: String,
     /// The kernel (replaced when restarted), taken for the whole of an execution.
     kernel: tokio::sync::Mutex<Arc<Kernel>>,
+    /// The sandbox's env vars, once given to the kernel (again after a restart).
+    sandbox_env: Mutex<Option<Map<String, Value>>>,
 }
 
 struct Inner {
@@ -206,6 +214,7 @@ impl Interpreter {
             language: language.to_string(),
             cwd,
             kernel: tokio::sync::Mutex::new(Arc::new(kernel)),
+            sandbox_env: Mutex::new(None),
         });
         self.inner
             .contexts
@@ -272,7 +281,56 @@ impl Interpreter {
             let _ = silent_failed(&fresh, &code).await;
         }
         *ctx.kernel.lock().await = Arc::new(fresh);
+        *ctx.sandbox_env.lock().expect("env lock") = None;
         Ok(())
+    }
+
+    /// The sandbox's env vars: envd's `GET /envs` (with the caller's access token), or the
+    /// server's own environment without envd.
+    async fn sandbox_env(&self, token: Option<&str>) -> Map<String, Value> {
+        let Some(url) = &self.inner.config.envd_url else {
+            return std::env::vars()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+        };
+        match fetch_envs(url, token).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the sandbox's env vars from envd");
+                Map::new()
+            }
+        }
+    }
+}
+
+/// envd's `GET /envs`.
+async fn fetch_envs(url: &str, token: Option<&str>) -> Result<Map<String, Value>, String> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let mut req = axum::http::Request::get(format!("{url}/envs"));
+    if let Some(t) = token {
+        req = req.header("X-Access-Token", t);
+    }
+    let req = req
+        .body(http_body_util::Empty::new())
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .map_err(|_| "envd did not answer".to_string())?
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("envd answered {}", resp.status()));
+    }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    match serde_json::from_slice(&body) {
+        Ok(Value::Object(m)) => Ok(m.into_iter().filter(|(_, v)| v.is_string()).collect()),
+        _ => Err("envd's /envs is not an object".into()),
     }
 }
 
@@ -366,7 +424,15 @@ fn opt_str<'a>(m: &'a Map<String, Value>, field: &'static str) -> Result<Option<
     }
 }
 
-async fn execute(State(it): State<Interpreter>, body: Bytes) -> Response {
+async fn execute(
+    State(it): State<Interpreter>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    let token = headers
+        .get("x-access-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let m = match object(&body) {
         Ok(m) => m,
         Err(r) => return r.into_response(),
@@ -410,7 +476,7 @@ async fn execute(State(it): State<Interpreter>, body: Bytes) -> Response {
         },
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    tokio::spawn(run_execution(it, ctx, code, env_vars, tx));
+    tokio::spawn(run_execution(it, ctx, code, env_vars, token, tx));
     Response::builder()
         .status(StatusCode::OK)
         .body(Body::from_stream(
@@ -426,11 +492,28 @@ async fn run_execution(
     ctx: Arc<Context>,
     code: String,
     env_vars: Vec<(String, String)>,
+    token: Option<String>,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
     let kernel_slot = ctx.kernel.lock().await;
     let kernel = Arc::clone(&kernel_slot);
     let python = ctx.language == "python";
+    let known = ctx.sandbox_env.lock().expect("env lock").clone();
+    let sandbox_env = match known {
+        Some(env) => env,
+        None => {
+            let env = it.sandbox_env(token.as_deref()).await;
+            if python && it.inner.config.envd_url.is_some() {
+                let code = format!(
+                    "__import__('os').environ.update({})",
+                    Value::Object(env.clone())
+                );
+                let _ = silent_failed(&kernel, &code).await;
+            }
+            *ctx.sandbox_env.lock().expect("env lock") = Some(env.clone());
+            env
+        }
+    };
     if python && !env_vars.is_empty() {
         let set: Map<String, Value> = env_vars
             .iter()
@@ -494,11 +577,11 @@ async fn run_execution(
         // Back to what the sandbox's environment says (or unset).
         let restore: Map<String, Value> = env_vars
             .iter()
-            .filter_map(|(k, _)| std::env::var(k).ok().map(|v| (k.clone(), Value::String(v))))
+            .filter_map(|(k, _)| sandbox_env.get(k).map(|v| (k.clone(), v.clone())))
             .collect();
         let unset: Vec<Value> = env_vars
             .iter()
-            .filter(|(k, _)| std::env::var(k).is_err())
+            .filter(|(k, _)| !sandbox_env.contains_key(k))
             .map(|(k, _)| Value::String(k.clone()))
             .collect();
         let code = format!(

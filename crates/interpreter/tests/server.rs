@@ -17,6 +17,10 @@ struct Server {
 }
 
 async fn start() -> Option<Server> {
+    start_with(None).await
+}
+
+async fn start_with(envd_url: Option<String>) -> Option<Server> {
     let Ok(python) = std::env::var("PADDOCK_TEST_PYTHON") else {
         eprintln!(
             "skipped: set PADDOCK_TEST_PYTHON to a python with ipykernel (scripts/test.sh does)"
@@ -26,7 +30,9 @@ async fn start() -> Option<Server> {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("home");
     std::fs::create_dir(&home).expect("home");
-    let it = Interpreter::start(Config::python(&python, &home, dir.path().join("run")))
+    let mut config = Config::python(&python, &home, dir.path().join("run"));
+    config.envd_url = envd_url;
+    let it = Interpreter::start(config)
         .await
         .expect("interpreter starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -283,4 +289,56 @@ async fn a_client_that_goes_away_interrupts_its_execution() {
         .expect("the context is free again");
     assert_eq!(main_text(&lines).as_deref(), Some("2"));
     assert!(t.elapsed() < Duration::from_secs(12), "{:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn the_sandboxs_env_vars_come_from_envd_with_the_callers_token() {
+    use axum::http::{HeaderMap, StatusCode};
+    // envd's /envs, answering only with the sandbox's access token.
+    let envd = axum::Router::new().route(
+        "/envs",
+        axum::routing::get(|headers: HeaderMap| async move {
+            if headers.get("x-access-token").and_then(|v| v.to_str().ok()) != Some("tok") {
+                return (StatusCode::UNAUTHORIZED, String::new());
+            }
+            (StatusCode::OK, json!({"SBX_VAR": "from-envd"}).to_string())
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let envd_addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, envd).await });
+    let Some(s) = start_with(Some(format!("http://{envd_addr}"))).await else {
+        return;
+    };
+    let run = |body: Value| {
+        let req = hyper::Request::builder()
+            .method("POST")
+            .uri(format!("{}/execute", s.base))
+            .header("x-access-token", "tok")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("request");
+        let client = s.client.clone();
+        async move {
+            let resp = client.request(req).await.expect("response");
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            String::from_utf8(body.to_vec())
+                .expect("utf-8")
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).expect("json"))
+                .collect::<Vec<_>>()
+        }
+    };
+    let probe = json!({"code": "import os; os.environ.get('SBX_VAR', 'unset')"});
+    assert_eq!(
+        main_text(&run(probe.clone()).await).as_deref(),
+        Some("from-envd")
+    );
+    // Overridden for one execution, then the sandbox's value again.
+    let lines =
+        run(json!({"code": "import os; os.environ['SBX_VAR']", "env_vars": {"SBX_VAR": "mine"}}))
+            .await;
+    assert_eq!(main_text(&lines).as_deref(), Some("mine"));
+    assert_eq!(main_text(&run(probe).await).as_deref(), Some("from-envd"));
 }
