@@ -68,8 +68,8 @@ cargo build --release -p paddock-cli
 
 # envd runs inside every sandbox, whatever libc its rootfs has: link it statically.
 triple="$(uname -m)-unknown-linux-gnu"
-log "building the static envd (cargo build --release -p paddock-envd --target $triple)"
+log "building the static envd and code interpreter (cargo build --release -p paddock-envd -p paddock-interpreter --target $triple)"
 RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --release -p paddock-envd --target "$triple"
+  cargo build --release -p paddock-envd -p paddock-interpreter --target "$triple"
 
-log "ready: target/release/paddock, target/$triple/release/paddock-envd"
+log "ready: target/release/paddock, target/$triple/release/paddock-envd, target/$triple/release/paddock-interpreter"

@@ -10,6 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$PWD
 
 E2B_PY_VERSION=2.63.0
+E2B_CI_PY_VERSION=2.11.5
 VENV=/var/cache/paddock/venv
 export PADDOCK_TEMPLATES_DIR=${PADDOCK_TEMPLATES_DIR:-/var/cache/paddock/templates}
 export PADDOCK_BIN=$repo/target/release/paddock
@@ -27,7 +28,8 @@ step() {
 
 python_env() {
   if "$VENV/bin/python" -c "import pytest, requests, ipykernel; from importlib.metadata import version; \
-      assert version('e2b') == '$E2B_PY_VERSION'" 2>/dev/null; then
+      assert version('e2b') == '$E2B_PY_VERSION'; \
+      assert version('e2b-code-interpreter') == '$E2B_CI_PY_VERSION'" 2>/dev/null; then
     log "reusing $VENV"
     return
   fi
@@ -39,7 +41,8 @@ python_env() {
   "$VENV/bin/pip" install -q --upgrade pip
   # ipykernel: the code interpreter's kernel client is tested against a real IPython kernel
   # (crates/interpreter/tests, through PADDOCK_TEST_PYTHON).
-  "$VENV/bin/pip" install -q "e2b==$E2B_PY_VERSION" pytest requests ipykernel
+  "$VENV/bin/pip" install -q "e2b==$E2B_PY_VERSION" "e2b-code-interpreter==$E2B_CI_PY_VERSION" \
+    pytest requests ipykernel
 }
 
 # The JS suite needs Node >= 20 (`node --test --test-concurrency`); Debian 12 ships 18. If the
