@@ -3,6 +3,7 @@
 # (as `paddock serve` prints them): stages this recipe with the static paddock-interpreter
 # (scripts/setup.sh builds it) in a temporary build context and runs `paddock template build`.
 # Usage: recipes/code-interpreter-v1/build.sh [extra `paddock template build` flags]
+# (PADDOCK_TEMPLATE_NAME builds it under another name.)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 triple="$(uname -m)-unknown-linux-gnu"
@@ -13,4 +14,4 @@ ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 cp "$repo/recipes/code-interpreter-v1/Dockerfile" "$ctx/Dockerfile"
 cp "$bin" "$ctx/paddock-interpreter"
-"$paddock" template build --name code-interpreter-v1 -f "$ctx/Dockerfile" "$@" "$ctx"
+"$paddock" template build --name "${PADDOCK_TEMPLATE_NAME:-code-interpreter-v1}" -f "$ctx/Dockerfile" "$@" "$ctx"

@@ -200,14 +200,8 @@ impl Interpreter {
             _ => self.inner.config.default_cwd.to_string_lossy().into_owned(),
         };
         let kernel = self.start_kernel(language, &cwd).await?;
-        if language == "python" {
-            let code = format!(
-                "import os as __paddock_os\n__paddock_os.chdir({})\ndel __paddock_os",
-                py_str(&cwd)
-            );
-            if silent_failed(&kernel, &code).await {
-                return Err(ContextError::Cwd);
-            }
+        if language == "python" && !prepare_python(&kernel, &cwd).await {
+            return Err(ContextError::Cwd);
         }
         let ctx = Arc::new(Context {
             id: new_context_id(),
@@ -274,11 +268,7 @@ impl Interpreter {
     async fn restart_context(&self, ctx: &Context) -> Result<(), ContextError> {
         let fresh = self.start_kernel(&ctx.language, &ctx.cwd).await?;
         if ctx.language == "python" {
-            let code = format!(
-                "import os as __paddock_os\n__paddock_os.chdir({})\ndel __paddock_os",
-                py_str(&ctx.cwd)
-            );
-            let _ = silent_failed(&fresh, &code).await;
+            let _ = prepare_python(&fresh, &ctx.cwd).await;
         }
         *ctx.kernel.lock().await = Arc::new(fresh);
         *ctx.sandbox_env.lock().expect("env lock") = None;
@@ -332,6 +322,23 @@ async fn fetch_envs(url: &str, token: Option<&str>) -> Result<Map<String, Value>
         Ok(Value::Object(m)) => Ok(m.into_iter().filter(|(_, v)| v.is_string()).collect()),
         _ => Err("envd's /envs is not an object".into()),
     }
+}
+
+/// The display formatters that fill E2B's `data`, `json` and `chart` fields (and show PIL
+/// images), run in every Python kernel before user code.
+const PYTHON_SETUP: &str = include_str!("python_setup.py");
+
+/// Gets a new Python kernel ready: the formatters, then the working directory `cwd`; false if
+/// the directory could not be entered.
+async fn prepare_python(kernel: &Kernel, cwd: &str) -> bool {
+    if silent_failed(kernel, PYTHON_SETUP).await {
+        tracing::warn!("the Python display formatters could not be installed");
+    }
+    let code = format!(
+        "import os as __paddock_os\n__paddock_os.chdir({})\ndel __paddock_os",
+        py_str(cwd)
+    );
+    !silent_failed(kernel, &code).await
 }
 
 /// Runs `code` silently on `kernel`; whether it raised (or the kernel went).

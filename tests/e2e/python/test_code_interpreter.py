@@ -1,7 +1,8 @@
 """The code interpreter with E2B's own `e2b_code_interpreter` SDK (2.11.5), unchanged: the
-`code-interpreter-v1` template (recipes/code-interpreter-v1, built here through the CLI; its
-apt layer is cached across runs) with `paddock-interpreter` on port 49999 over an IPython
-kernel, reached through the proxy as the SDK reaches E2B's."""
+`code-interpreter-v1` recipe (recipes/code-interpreter-v1, built here through the CLI under a
+name of this run, since the templates dir outlives the server; its apt layer is cached across
+runs) with `paddock-interpreter` on port 49999 over an IPython kernel, reached through the proxy
+as the SDK reaches E2B's."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from e2b import TimeoutException
 from e2b_code_interpreter import Sandbox
 
@@ -19,13 +21,17 @@ REPO = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def template(paddock):
-    env = {**os.environ, **paddock.client_env(), "PADDOCK_BIN": str(paddock.binary)}
+    name = f"code-interpreter-e2e-{os.getpid()}"
+    env = {**os.environ, **paddock.client_env(), "PADDOCK_BIN": str(paddock.binary),
+           "PADDOCK_TEMPLATE_NAME": name}
     out = subprocess.run(
         ["bash", str(REPO / "recipes" / "code-interpreter-v1" / "build.sh")],
         env=env, capture_output=True, text=True, timeout=1800,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return "code-interpreter-v1"
+    yield name
+    requests.delete(f"{paddock.api_url}/templates/{name}",
+                    headers={"X-API-Key": paddock.api_key}, timeout=120)
 
 
 @pytest.fixture
@@ -33,7 +39,7 @@ def ci(template, paddock):
     made = []
 
     def create(**kwargs) -> Sandbox:
-        sbx = Sandbox.create(timeout=300, **kwargs)
+        sbx = Sandbox.create(template=template, timeout=300, **kwargs)
         paddock.track(sbx.sandbox_id)
         made.append(sbx)
         return sbx
@@ -66,13 +72,38 @@ def test_run_code_keeps_state_streams_output_and_reports_errors(ci):
     assert sbx.run_code("'it' + \"'s\"").text == "it's"
 
 
-def test_rich_results_dataframes_and_figures(ci):
+def test_rich_results_dataframes_json_and_charts(ci):
     sbx = ci()
     df = sbx.run_code("import pandas as pd\npd.DataFrame({'a': [1, 2, 3]})")
     assert "<table" in (df.results[0].html or ""), df
-    fig = sbx.run_code("import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()")
-    pngs = [r for r in fig.results if r.png]
-    assert pngs and not pngs[0].is_main_result, fig
+    assert df.results[0].data == {"a": [1, 2, 3]}
+    assert sbx.run_code("{'a': 1, 'b': [1, 2]}").results[0].json == {"a": 1, "b": [1, 2]}
+    raw = sbx.run_code("display({'text/latex': r'\\frac{1}{2}'}, raw=True)")
+    assert raw.results[0].formats() == ["latex"]
+
+    line = sbx.run_code(
+        "import matplotlib.pyplot as plt\n"
+        "plt.plot([1, 2, 3], [4, 5, 6], label='up')\n"
+        "plt.title('Growth'); plt.xlabel('Time (s)'); plt.ylabel('Size [m]')\n"
+        "plt.show()"
+    )
+    (shown,) = [r for r in line.results if r.png]
+    assert not shown.is_main_result and shown.extra == {}
+    chart = shown.chart
+    assert chart is not None and chart.type == "line", shown
+    assert (chart.title, chart.x_label, chart.x_unit, chart.y_unit) == ("Growth", "Time (s)", "s", "m")
+    assert chart.elements[0].label == "up"
+    assert [list(p) for p in chart.elements[0].points] == [[1, 4], [2, 5], [3, 6]]
+
+    pie = sbx.run_code("import matplotlib.pyplot as plt\nplt.pie([90, 10], labels=['a', 'b'])\nplt.show()")
+    (shown,) = [r for r in pie.results if r.png]
+    assert shown.chart.type == "pie"
+    assert [(e.label, round(e.angle), e.radius) for e in shown.chart.elements] == [("a", 324, 1), ("b", 36, 1)]
+
+    bar = sbx.run_code("import matplotlib.pyplot as plt\nplt.bar(['A', 'B'], [3, 4], label='Sold')\nplt.show()")
+    (shown,) = [r for r in bar.results if r.png]
+    assert shown.chart.type == "bar"
+    assert [(e.label, e.group, e.value) for e in shown.chart.elements] == [("A", "Sold", 3), ("B", "Sold", 4)]
 
 
 def test_contexts_are_separate_and_can_be_restarted_and_removed(ci):
