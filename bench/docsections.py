@@ -3,7 +3,8 @@
 Owns finding a section by its heading, replacing (or appending) it, and the list of sections a
 run of bench/bench.py keeps from the old file when it does not write them itself: the template
 builds (bench/templates.py), the cluster overhead (bench/clusterbench.py, when this run did not
-measure it) and the placement simulator (written by hand from `bench/placement`'s output).
+measure it), the placement simulator (written by hand from `bench/placement`'s output) and the
+code interpreter (bench/interpreter.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Optional, Sequence, Tuple
 CLUSTER_TITLE = "## Cluster overhead"
 TEMPLATES_TITLE = "## Template builds"
 PLACEMENT_TITLE = "## Placement simulator"
-KEPT_TITLES = (CLUSTER_TITLE, TEMPLATES_TITLE, PLACEMENT_TITLE)
+INTERPRETER_TITLE = "## Code interpreter"
+KEPT_TITLES = (CLUSTER_TITLE, TEMPLATES_TITLE, PLACEMENT_TITLE, INTERPRETER_TITLE)
 
 
 def span(doc: str, title: str) -> Optional[Tuple[int, int]]:
