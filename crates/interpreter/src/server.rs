@@ -261,6 +261,7 @@ impl Interpreter {
             .route("/contexts/{id}/restart", post(restart))
             .route("/contexts/{id}", delete(remove))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+            .layer(axum::middleware::from_fn(cors))
             .with_state(self.clone())
     }
 
@@ -399,6 +400,44 @@ fn unprocessable(field: &str, msg: &str) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// CORS as E2B's server answers it (any origin, no credentials), so the JS SDK works from a
+/// browser: a preflight is answered here, other answers get `access-control-allow-origin: *`.
+async fn cors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let origin = req.headers().contains_key(header::ORIGIN);
+    if origin && req.method() == axum::http::Method::OPTIONS {
+        let asked = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned();
+        let mut resp = text(StatusCode::OK, "OK");
+        let h = resp.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            header::HeaderValue::from_static("*"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::HeaderValue::from_static("DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            header::HeaderValue::from_static("600"),
+        );
+        if let Some(asked) = asked {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
+        }
+        return resp;
+    }
+    let mut resp = next.run(req).await;
+    if origin {
+        resp.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            header::HeaderValue::from_static("*"),
+        );
+    }
+    resp
 }
 
 async fn health() -> Response {

@@ -96,6 +96,32 @@ fn error_name(lines: &[Value]) -> Option<String> {
 async fn executions_contexts_and_errors_as_the_sdk_sees_them() {
     let Some(s) = start().await else { return };
     assert_eq!(s.call("GET", "/health", None).await, (200, "\"OK\"".into()));
+    // CORS for browsers: a preflight, and the origin allowed on answers.
+    let preflight = hyper::Request::builder()
+        .method("OPTIONS")
+        .uri(format!("{}/execute", s.base))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "content-type,x-access-token",
+        )
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = s.client.request(preflight).await.expect("preflight");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    assert_eq!(
+        resp.headers()["access-control-allow-headers"],
+        "content-type,x-access-token"
+    );
+    let with_origin = hyper::Request::builder()
+        .uri(format!("{}/health", s.base))
+        .header("origin", "https://app.example")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = s.client.request(with_origin).await.expect("health");
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
     let (status, listed) = s.call("GET", "/contexts", None).await;
     assert_eq!(status, 200);
     let listed: Vec<Value> = serde_json::from_str(&listed).expect("json");

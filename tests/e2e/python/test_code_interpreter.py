@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -140,3 +141,13 @@ def test_a_timed_out_execution_is_interrupted(ci):
     started = time.monotonic()
     assert sbx.run_code("1 + 1", timeout=30).text == "2"
     assert time.monotonic() - started < 15
+
+
+def test_killing_the_sandbox_ends_a_running_execution_at_once(ci):
+    sbx = ci()
+    sbx.run_code("1")
+    threading.Timer(2, sbx.kill).start()
+    started = time.monotonic()
+    with pytest.raises(TimeoutException, match="killed"):
+        sbx.run_code("import time; time.sleep(120)", timeout=60)
+    assert time.monotonic() - started < 20
