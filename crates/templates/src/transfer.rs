@@ -537,6 +537,18 @@ fn whiteout(root: &Path, rel: &Path, header: &Header) -> Result<(), String> {
     let id = |v: io::Result<u64>| v.ok().and_then(|v| u32::try_from(v).ok()).unwrap_or(NOBODY);
     std::os::unix::fs::lchown(&path, Some(id(header.uid())), Some(id(header.gid())))
         .map_err(|e| format!("cannot own whiteout {}: {e}", rel.display()))?;
+    // Its time too, like every other entry's: the layer a node keeps must stream to the same
+    // digest when that node sends it on (a whiteout made in a later second would not).
+    let t =
+        nix::sys::time::TimeSpec::new(i64::try_from(header.mtime().unwrap_or(0)).unwrap_or(0), 0);
+    nix::sys::stat::utimensat(
+        None,
+        &path,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| format!("cannot set the time of whiteout {}: {e}", rel.display()))?;
     Ok(())
 }
 

@@ -93,7 +93,29 @@ fn sample_template(store: &TemplateStore, n: &str) -> Template {
     )
     .expect("marker");
     assert!(paddock_sandbox::idmap::is_shifted(&root, &MAP));
+    // Every entry from a fixed past second, so a time the transfer does not carry shows
+    // (one left to "now" would otherwise match unless a second ticked meanwhile).
+    age(&root);
     store.publish(&[root], &meta(n)).expect("publish")
+}
+
+/// Sets the time of `path` and everything below it to 2020-09-13 (children first).
+fn age(path: &Path) {
+    let meta = std::fs::symlink_metadata(path).expect("stat");
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path).expect("dir") {
+            age(&e.expect("entry").path());
+        }
+    }
+    let t = nix::sys::time::TimeSpec::new(1_600_000_000, 0);
+    nix::sys::stat::utimensat(
+        None,
+        path,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .expect("utimensat");
 }
 
 /// Everything the module docs say travels, of every entry below `root`.
