@@ -60,7 +60,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     tracing::info!(listen = %args.listen, "code interpreter ready");
-    if let Err(e) = axum::serve(listener, interpreter.router()).await {
+    if let Err(e) = paddock_interpreter::server::serve(listener, interpreter).await {
         eprintln!("paddock-interpreter: {e}");
         return std::process::ExitCode::FAILURE;
     }

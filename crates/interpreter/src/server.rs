@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::kernel::{Kernel, KernelError, Output};
 
@@ -402,6 +402,92 @@ fn unprocessable(field: &str, msg: &str) -> Response {
         .into_response()
 }
 
+/// Told when the connection a request came on is closed by the client ([`serve`] gives each
+/// request one), so an execution whose client left is interrupted at once rather than at the
+/// next keepalive.
+#[derive(Clone)]
+pub struct ConnectionClosed(pub watch::Receiver<bool>);
+
+/// The most connections served at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `interpreter`'s API on `listener` (HTTP/1.1, as E2B's server), at most
+/// [`MAX_CONNECTIONS`] at once, each watched for the client closing it: a readable socket with
+/// nothing to read means the peer is gone.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    interpreter: Interpreter,
+) -> std::io::Result<()> {
+    let router = interpreter.router();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = Arc::clone(&slots)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (closed_tx, closed_rx) = watch::channel(false);
+        let watcher = stream.into_std().and_then(|s| {
+            let clone = s.try_clone()?;
+            Ok((tokio::net::TcpStream::from_std(s)?, clone))
+        });
+        let (stream, watched) = match watcher {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "a connection could not be watched");
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(ConnectionClosed(closed_rx))),
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            let watch = tokio::spawn(watch_close(watched, closed_tx));
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(true);
+            let _ = http
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            watch.abort();
+        });
+    }
+}
+
+/// Sets `closed` once the peer of `socket` (a second handle on a served connection) has
+/// closed it. Unread data (a next request) is left to the server; the check waits a little
+/// before looking again.
+async fn watch_close(socket: std::net::TcpStream, closed: watch::Sender<bool>) {
+    let Ok(socket) = socket
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpStream::from_std(socket))
+    else {
+        return;
+    };
+    let mut byte = [0u8; 1];
+    loop {
+        match socket.peek(&mut byte).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let _ = closed.send(true);
+}
+
 /// CORS as E2B's server answers it (any origin, no credentials), so the JS SDK works from a
 /// browser: a preflight is answered here, other answers get `access-control-allow-origin: *`.
 async fn cors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
@@ -472,6 +558,7 @@ fn opt_str<'a>(m: &'a Map<String, Value>, field: &'static str) -> Result<Option<
 
 async fn execute(
     State(it): State<Interpreter>,
+    closed: Option<axum::Extension<ConnectionClosed>>,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -522,7 +609,8 @@ async fn execute(
         },
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    tokio::spawn(run_execution(it, ctx, code, env_vars, token, tx));
+    let closed = closed.map(|axum::Extension(c)| c.0);
+    tokio::spawn(run_execution(it, ctx, code, env_vars, token, closed, tx));
     Response::builder()
         .status(StatusCode::OK)
         .body(Body::from_stream(
@@ -539,8 +627,13 @@ async fn run_execution(
     code: String,
     env_vars: Vec<(String, String)>,
     token: Option<String>,
+    closed: Option<watch::Receiver<bool>>,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
+    // Without a connection to watch (served some other way), a client that left is noticed
+    // when a keepalive cannot be written.
+    let (_never_tx, never) = watch::channel(false);
+    let mut closed = closed.unwrap_or(never);
     let kernel_slot = ctx.kernel.lock().await;
     let kernel = Arc::clone(&kernel_slot);
     let python = ctx.language == "python";
@@ -575,7 +668,16 @@ async fn run_execution(
             died = Some(e.to_string());
         }
         Ok(mut outputs) => loop {
-            let next = tokio::time::timeout(KEEPALIVE, outputs.recv()).await;
+            let next = tokio::select! {
+                next = tokio::time::timeout(KEEPALIVE, outputs.recv()) => next,
+                () = async {
+                    let _ = closed.wait_for(|c| *c).await;
+                }, if !client_gone => {
+                    client_gone = true;
+                    let _ = kernel.interrupt().await;
+                    continue;
+                }
+            };
             let out = match next {
                 Err(_) => {
                     if !client_gone

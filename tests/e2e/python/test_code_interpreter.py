@@ -134,13 +134,15 @@ def test_env_vars_of_the_sandbox_and_of_one_execution(ci):
     assert sbx.run_code("import os; os.environ['FROM_SANDBOX']").text == "sandbox value"
 
 
-def test_a_timed_out_execution_is_interrupted(ci):
+def test_a_timed_out_execution_is_interrupted_at_once(ci):
+    """The SDK gives up and closes its connection; the interpreter notices the close (not only
+    at the next 5 s keepalive) and interrupts the kernel, so the context is free again."""
     sbx = ci()
     with pytest.raises(TimeoutException):
         sbx.run_code("import time; time.sleep(120)", timeout=3)
     started = time.monotonic()
     assert sbx.run_code("1 + 1", timeout=30).text == "2"
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 3
 
 
 def test_killing_the_sandbox_ends_a_running_execution_at_once(ci):
