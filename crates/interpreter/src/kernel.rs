@@ -20,6 +20,77 @@ use crate::zmtp;
 
 /// How long [`Kernel::start`] waits for a kernel to answer.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most stdout/stderr text an execution's outputs may hold while its reader is behind (the
+/// interpreter's memory counts against the sandbox's): text past it is cut, with a note on
+/// stderr, until the reader catches up. ipykernel batches a cell's output, so one message
+/// larger than this is cut even for a fast reader.
+pub const MAX_QUEUED_TEXT: usize = 32 << 20;
+
+/// Where one execution's outputs go, with the bytes of text waiting in it.
+struct Queue {
+    tx: mpsc::UnboundedSender<Output>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Bytes of text cut.
+    dropped: usize,
+    /// Whether the reader was told.
+    told: bool,
+}
+
+impl Queue {
+    /// Passes `out` on; text the reader has no room for is cut (what fits goes on) and the
+    /// reader told once.
+    fn push(&mut self, mut out: Output) {
+        use std::sync::atomic::Ordering;
+        let room = MAX_QUEUED_TEXT.saturating_sub(self.queued.load(Ordering::SeqCst));
+        let mut cut = false;
+        if let Output::Stdout { text, .. } | Output::Stderr { text, .. } = &mut out {
+            if text.len() > room {
+                let mut keep = room;
+                while !text.is_char_boundary(keep) {
+                    keep -= 1;
+                }
+                self.dropped += text.len() - keep;
+                text.truncate(keep);
+                cut = true;
+            }
+            self.queued.fetch_add(text.len(), Ordering::SeqCst);
+        }
+        let empty = matches!(&out, Output::Stdout { text, .. } | Output::Stderr { text, .. } if text.is_empty());
+        if !empty {
+            let _ = self.tx.send(out);
+        }
+        if cut && !self.told {
+            self.told = true;
+            let _ = self.tx.send(Output::Stderr {
+                text: "[paddock: output cut: the code writes more than the client reads]\n".into(),
+                timestamp: String::new(),
+            });
+        }
+    }
+}
+
+/// One execution's outputs, in order; the stream ends when the kernel is idle again.
+pub struct Outputs {
+    rx: mpsc::UnboundedReceiver<Output>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Outputs {
+    /// The next output, or `None` once the execution ended.
+    pub async fn recv(&mut self) -> Option<Output> {
+        let out = self.rx.recv().await?;
+        if let Output::Stdout { text, .. } | Output::Stderr { text, .. } = &out {
+            self.queued
+                .fetch_sub(text.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+        Some(out)
+    }
+
+    /// The bytes of text waiting to be read.
+    pub fn queued(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 /// Why a kernel could not be started or asked.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +215,7 @@ pub struct Kernel {
     shell: tokio::sync::Mutex<zmtp::Writer>,
     control: tokio::sync::Mutex<zmtp::Writer>,
     /// Executions under way, by request id: where their outputs go.
-    running: Waiters<mpsc::UnboundedSender<Output>>,
+    running: Waiters<Queue>,
     /// Requests waiting for their shell or control reply, by request id.
     replies: Waiters<oneshot::Sender<Message>>,
     /// The exit of the process, once it ended.
@@ -248,7 +319,7 @@ impl Kernel {
         let (mut iopub, mut iopub_w) = connect(conn.iopub, "SUB").await?;
         iopub_w.subscribe(b"").await.map_err(KernelError::Socket)?;
 
-        let running: Waiters<mpsc::UnboundedSender<Output>> = Arc::default();
+        let running: Waiters<Queue> = Arc::default();
         let replies: Waiters<oneshot::Sender<Message>> = Arc::default();
         let (exited_tx, exited) = watch::channel(None);
         let (kill, kill_rx) = oneshot::channel::<()>();
@@ -266,8 +337,8 @@ impl Kernel {
                 };
                 let _ = exited_tx.send(Some(status.clone()));
                 let ended: Vec<_> = running.lock().expect("running lock").drain().collect();
-                for (_, tx) in ended {
-                    let _ = tx.send(Output::KernelExited(status.clone()));
+                for (_, q) in ended {
+                    let _ = q.tx.send(Output::KernelExited(status.clone()));
                 }
             }
         }));
@@ -301,9 +372,9 @@ impl Kernel {
                         && msg.content.get("execution_state").and_then(Value::as_str)
                             == Some("idle");
                     let mut running = running.lock().expect("running lock");
-                    if let Some(tx) = running.get(&parent) {
+                    if let Some(q) = running.get_mut(&parent) {
                         if let Some(out) = output(&msg) {
-                            let _ = tx.send(out);
+                            q.push(out);
                         }
                     }
                     if idle {
@@ -411,27 +482,17 @@ impl Kernel {
     /// Runs `code`; its outputs arrive on the receiver, which ends when the kernel is idle
     /// again (or with [`Output::KernelExited`]). One execution at a time per kernel: a second
     /// waits for the shell until the first's request was sent.
-    pub async fn execute(
-        &self,
-        code: &str,
-    ) -> Result<mpsc::UnboundedReceiver<Output>, KernelError> {
+    pub async fn execute(&self, code: &str) -> Result<Outputs, KernelError> {
         self.run(code, false).await
     }
 
     /// Runs `code` without it counting as an execution (no history, no execution count):
     /// housekeeping such as setting a working directory or env vars.
-    pub async fn execute_silent(
-        &self,
-        code: &str,
-    ) -> Result<mpsc::UnboundedReceiver<Output>, KernelError> {
+    pub async fn execute_silent(&self, code: &str) -> Result<Outputs, KernelError> {
         self.run(code, true).await
     }
 
-    async fn run(
-        &self,
-        code: &str,
-        silent: bool,
-    ) -> Result<mpsc::UnboundedReceiver<Output>, KernelError> {
+    async fn run(&self, code: &str, silent: bool) -> Result<Outputs, KernelError> {
         if let Some(status) = self.exited.borrow().clone() {
             return Err(KernelError::Exited(status));
         }
@@ -444,10 +505,16 @@ impl Kernel {
             }),
         );
         let (tx, rx) = mpsc::unbounded_channel();
-        self.running
-            .lock()
-            .expect("running lock")
-            .insert(msg.header.msg_id.clone(), tx);
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        self.running.lock().expect("running lock").insert(
+            msg.header.msg_id.clone(),
+            Queue {
+                tx,
+                queued: Arc::clone(&queued),
+                dropped: 0,
+                told: false,
+            },
+        );
         let sent = self
             .shell
             .lock()
@@ -461,7 +528,7 @@ impl Kernel {
                 .remove(&msg.header.msg_id);
             return Err(KernelError::Socket(e));
         }
-        Ok(rx)
+        Ok(Outputs { rx, queued })
     }
 
     /// Asks the kernel to interrupt the code it runs (`interrupt_request` on control).

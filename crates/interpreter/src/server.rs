@@ -608,7 +608,7 @@ async fn execute(
             Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
     };
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let closed = closed.map(|axum::Extension(c)| c.0);
     tokio::spawn(run_execution(it, ctx, code, env_vars, token, closed, tx));
     Response::builder()

@@ -182,3 +182,42 @@ async fn a_running_execution_is_interrupted_and_a_dead_kernel_ends_its_execution
     assert!(kernel.exited().is_some());
     assert!(kernel.execute("1").await.is_err());
 }
+
+#[tokio::test]
+async fn a_reader_that_falls_behind_holds_at_most_the_queue_limit() {
+    use paddock_interpreter::kernel::MAX_QUEUED_TEXT;
+    if python().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = start(dir.path()).await;
+    // 100 MB of output (ipykernel sends it in a few big messages) while nobody reads.
+    let mut rx = kernel
+        .execute("for _ in range(100):\n    print('x' * 1_000_000)")
+        .await
+        .expect("execute");
+    let mut most = 0;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        most = most.max(rx.queued());
+    }
+    assert!(most <= MAX_QUEUED_TEXT, "{most} bytes queued");
+    let (mut text, mut note) = (0usize, false);
+    while let Some(o) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("ends")
+    {
+        match o {
+            Output::Stdout { text: t, .. } => text += t.len(),
+            Output::Stderr { text: t, .. } => note |= t.contains("output cut"),
+            _ => {}
+        }
+    }
+    assert!(note, "the reader is told output was cut");
+    assert!(
+        (MAX_QUEUED_TEXT / 2..=MAX_QUEUED_TEXT + 1_000_001).contains(&text),
+        "what fitted went on, no more ({text})"
+    );
+    // The kernel is fine afterwards.
+    assert_eq!(main_text(&run(&kernel, "1+1").await).as_deref(), Some("2"));
+}
