@@ -153,3 +153,17 @@ def test_killing_the_sandbox_ends_a_running_execution_at_once(ci):
     with pytest.raises(TimeoutException, match="killed"):
         sbx.run_code("import time; time.sleep(120)", timeout=60)
     assert time.monotonic() - started < 20
+
+
+def test_bad_code_gets_a_clear_error_and_the_context_carries_on(ci):
+    """A kernel that exits or runs out of memory is started again: the run ends with E2B's
+    ContextRestarting error, the next run works, the sandbox and the interpreter survive."""
+    sbx = ci()
+    sbx.run_code("kept = 1")
+    died = sbx.run_code("import os; os._exit(3)")
+    assert died.error is not None and died.error.name == "ContextRestarting", died
+    assert sbx.run_code("1 + 1").text == "2"
+    oom = sbx.run_code("hog = bytearray(4 << 30)")
+    assert oom.error is not None and oom.error.name in ("ContextRestarting", "MemoryError"), oom
+    assert sbx.run_code("2 + 2").text == "4"
+    assert sbx.commands.run("echo alive").stdout.strip() == "alive"
