@@ -125,6 +125,7 @@ def main() -> int:
     args = ap.parse_args()
     name = f"code-interpreter-bench-{os.getpid()}"
     notes: list = []
+    before = {p.name for p in PaddockServer().templates_dir.glob("build-*")}
     builder = PaddockServer().start(ready_timeout=600)
     try:
         use(builder)
@@ -143,8 +144,12 @@ def main() -> int:
 
         requests.delete(f"{server.api_url}/templates/{name}", headers={"X-API-Key": server.api_key}, timeout=120)
         stop_server(server, "interpreter", notes)
-        subprocess.run([str(server.binary), "template", "delete", name, "--templates-dir", str(server.templates_dir)],
-                       capture_output=True, timeout=120)
+        # The template, and the per-build template (`build-<id>`, for tags) its build made:
+        # deleted on the server that did not build it, the second stays.
+        made = [p.name for p in server.templates_dir.glob("build-*") if p.name not in before]
+        for doomed in [name, *made]:
+            subprocess.run([str(server.binary), "template", "delete", doomed, "--templates-dir",
+                            str(server.templates_dir)], capture_output=True, timeout=120)
     m = machine()
     table = render_table(rows)
     print(table)
