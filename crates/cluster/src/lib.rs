@@ -1106,8 +1106,7 @@ impl Node for NodeSet {
             deleted |= node.delete_template(name).await?;
         }
         self.set_home(name, None);
-        deleted |= self.catalog_entry(name).await.is_some();
-        self.uncatalog(name).await;
+        deleted |= self.uncatalog(name).await;
         Ok(deleted)
     }
 

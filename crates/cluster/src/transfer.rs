@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paddock_domain::TemplateName;
-use paddock_node_contract::{Node, NodeError, TemplateInfo};
+use paddock_node_contract::{Node, NodeError, TemplateInfo, TemplateManifest};
 
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::NodeSet;
@@ -43,6 +43,37 @@ pub(crate) struct Failures {
     count: u32,
     last: String,
     retry_at: Instant,
+}
+
+/// Has `dst` (member `to`) install `manifest`, sent `layers` (the `missing` ones) from `from`,
+/// and logs what travelled.
+async fn install(
+    dst: &Arc<dyn Node>,
+    manifest: TemplateManifest,
+    missing: Vec<String>,
+    layers: paddock_node_contract::LayerStream,
+    from: &str,
+    to: &str,
+    started: Instant,
+) -> Result<TemplateInfo, NodeError> {
+    let name = manifest.name.clone();
+    let bytes: u64 = manifest
+        .layers
+        .iter()
+        .filter(|l| missing.contains(&l.digest))
+        .map(|l| l.size)
+        .sum();
+    let info = dst.install_template(manifest, layers).await?;
+    tracing::info!(
+        template = %name,
+        from = %from,
+        to = %to,
+        layers_sent = missing.len(),
+        bytes,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "template sent to a node"
+    );
+    Ok(info)
 }
 
 impl NodeSet {
@@ -177,24 +208,10 @@ impl NodeSet {
         };
         let started = Instant::now();
         let missing = dst.missing_layers(&manifest.digests()).await?;
-        let bytes: u64 = manifest
-            .layers
-            .iter()
-            .filter(|l| missing.contains(&l.digest))
-            .map(|l| l.size)
-            .sum();
         let layers = send_layers(src, missing.clone());
-        let info = dst.install_template(manifest, layers).await?;
-        tracing::info!(
-            template = %name,
-            from = %from,
-            to = %to,
-            layers_sent = missing.len(),
-            bytes,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "template sent to a node"
-        );
-        Ok(Some(info))
+        install(&dst, manifest, missing, layers, &from, to, started)
+            .await
+            .map(Some)
     }
 
     /// Makes sure member `to` has the default template `base`: from a member that has it, or,
@@ -312,24 +329,18 @@ impl NodeSet {
         if !catalog.missing_layers(&missing).await?.is_empty() {
             return Ok(None);
         }
-        let bytes: u64 = entry
-            .layers
-            .iter()
-            .filter(|l| missing.contains(&l.digest))
-            .map(|l| l.size)
-            .sum();
         let layers = catalog.open_layers(missing.clone()).await?;
-        let info = dst.install_template(entry.manifest(), layers).await?;
-        tracing::info!(
-            template = %entry.summary.name,
-            from = "catalog",
-            to = %to,
-            layers_sent = missing.len(),
-            bytes,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "template sent to a node"
-        );
-        Ok(Some(info))
+        install(
+            dst,
+            entry.manifest(),
+            missing,
+            layers,
+            "catalog",
+            to,
+            started,
+        )
+        .await
+        .map(Some)
     }
 
     /// Archives template `name` from member `from` in the background (see
@@ -422,13 +433,13 @@ impl NodeSet {
     }
 
     /// Forgets template `name` in the catalog (it changed or went); its layers no template
-    /// uses any more are collected in the background.
-    pub(crate) async fn uncatalog(&self, name: &TemplateName) {
+    /// uses any more are collected in the background. Whether the catalog had it.
+    pub(crate) async fn uncatalog(&self, name: &TemplateName) -> bool {
         let Some(catalog) = self.catalog() else {
-            return;
+            return false;
         };
         match catalog.remove_entry(name).await {
-            Ok(false) => {}
+            Ok(false) => false,
             Ok(true) => {
                 let set = self.clone();
                 tokio::spawn(async move {
@@ -443,9 +454,11 @@ impl NodeSet {
                         }
                     }
                 });
+                true
             }
             Err(e) => {
-                tracing::warn!(template = %name, error = %e, "could not forget a template in the catalog")
+                tracing::warn!(template = %name, error = %e, "could not forget a template in the catalog");
+                false
             }
         }
     }

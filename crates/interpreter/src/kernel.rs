@@ -30,8 +30,6 @@ pub const MAX_QUEUED_TEXT: usize = 32 << 20;
 struct Queue {
     tx: mpsc::UnboundedSender<Output>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
-    /// Bytes of text cut.
-    dropped: usize,
     /// Whether the reader was told.
     told: bool,
 }
@@ -49,7 +47,6 @@ impl Queue {
                 while !text.is_char_boundary(keep) {
                     keep -= 1;
                 }
-                self.dropped += text.len() - keep;
                 text.truncate(keep);
                 cut = true;
             }
@@ -511,7 +508,6 @@ impl Kernel {
             Queue {
                 tx,
                 queued: Arc::clone(&queued),
-                dropped: 0,
                 told: false,
             },
         );

@@ -189,12 +189,22 @@ impl Interpreter {
         Ok(kernel)
     }
 
-    /// Makes a context of `language` in `cwd` (the default cwd when empty).
+    /// Makes a context of `language` in `cwd` (the default cwd when empty); answers its id,
+    /// language and cwd.
     pub async fn create_context(
         &self,
         language: &str,
         cwd: Option<&str>,
     ) -> Result<(String, String, String), ContextError> {
+        let ctx = self.new_context(language, cwd).await?;
+        Ok((ctx.id.clone(), ctx.language.clone(), ctx.cwd.clone()))
+    }
+
+    async fn new_context(
+        &self,
+        language: &str,
+        cwd: Option<&str>,
+    ) -> Result<Arc<Context>, ContextError> {
         let cwd = match cwd {
             Some(c) if !c.is_empty() => c.to_string(),
             _ => self.inner.config.default_cwd.to_string_lossy().into_owned(),
@@ -215,7 +225,7 @@ impl Interpreter {
             .lock()
             .expect("contexts lock")
             .push(Arc::clone(&ctx));
-        Ok((ctx.id.clone(), ctx.language.clone(), ctx.cwd.clone()))
+        Ok(ctx)
     }
 
     fn context(&self, id: &str) -> Option<Arc<Context>> {
@@ -243,13 +253,13 @@ impl Interpreter {
                 return Ok(ctx);
             }
         }
-        let (id, _, _) = self.create_context(language, None).await?;
+        let ctx = self.new_context(language, None).await?;
         self.inner
             .defaults
             .lock()
             .expect("defaults lock")
-            .insert(language.to_string(), id.clone());
-        self.context(&id).ok_or(ContextError::Cwd)
+            .insert(language.to_string(), ctx.id.clone());
+        Ok(ctx)
     }
 
     /// The HTTP API.

@@ -17,16 +17,10 @@ fn python() -> Option<String> {
 
 async fn start(dir: &std::path::Path) -> Kernel {
     let python = python().expect("checked");
-    let argv: Vec<String> = [
-        &python,
-        "-m",
-        "ipykernel_launcher",
-        "-f",
-        "{connection_file}",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    // The command the interpreter runs Python's kernel with.
+    let argv = paddock_interpreter::server::Config::python(&python, dir, dir.join("run")).kernels
+        ["python"]
+        .clone();
     Kernel::start(
         &argv,
         dir,

@@ -491,6 +491,11 @@ fn finish_dir(
         paddock_sandbox::xattr::set_xattr(path, &key, value)
             .map_err(|e| format!("entry {raw:?}: cannot set {name}: {e}"))?;
     }
+    set_mtime(path, mtime).map_err(|e| format!("entry {raw:?}: cannot set its time: {e}"))
+}
+
+/// Sets the access and modification times of `path` (not following a link) to `mtime`.
+fn set_mtime(path: &Path, mtime: u64) -> nix::Result<()> {
     let t = nix::sys::time::TimeSpec::new(i64::try_from(mtime).unwrap_or(0), 0);
     nix::sys::stat::utimensat(
         None,
@@ -499,7 +504,6 @@ fn finish_dir(
         &t,
         nix::sys::stat::UtimensatFlags::NoFollowSymlink,
     )
-    .map_err(|e| format!("entry {raw:?}: cannot set its time: {e}"))
 }
 
 fn unpack<R: Read>(entry: &mut tar::Entry<'_, R>, raw: &str, dst: &Path) -> Result<(), String> {
@@ -539,16 +543,8 @@ fn whiteout(root: &Path, rel: &Path, header: &Header) -> Result<(), String> {
         .map_err(|e| format!("cannot own whiteout {}: {e}", rel.display()))?;
     // Its time too, like every other entry's: the layer a node keeps must stream to the same
     // digest when that node sends it on (a whiteout made in a later second would not).
-    let t =
-        nix::sys::time::TimeSpec::new(i64::try_from(header.mtime().unwrap_or(0)).unwrap_or(0), 0);
-    nix::sys::stat::utimensat(
-        None,
-        &path,
-        &t,
-        &t,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| format!("cannot set the time of whiteout {}: {e}", rel.display()))?;
+    set_mtime(&path, header.mtime().unwrap_or(0))
+        .map_err(|e| format!("cannot set the time of whiteout {}: {e}", rel.display()))?;
     Ok(())
 }
 
