@@ -57,6 +57,10 @@ pub struct NodeConfig {
     pub sandboxes_dir: PathBuf,
     /// The envd binary put into every sandbox.
     pub envd_bin: PathBuf,
+    /// The code interpreter (`paddock-interpreter`) shown in every sandbox at
+    /// [`paddock_sandbox::SANDBOX_INTERPRETER_PATH`], if this node has one: the start command of
+    /// `code-interpreter-v1` and of templates built from it.
+    pub interpreter_bin: Option<PathBuf>,
     /// Most sandboxes this node runs at once; creates beyond it get [`LocalError::Busy`].
     pub max_sandboxes: usize,
     /// Per-sandbox networking; `None` = sandboxes get only `lo`.
@@ -431,6 +435,7 @@ impl LocalNode {
             reuse_disk,
             state_dir: self.state_dir(id),
             envd_bin: self.cfg.envd_bin.clone(),
+            interpreter_bin: self.cfg.interpreter_bin.clone(),
             resources,
             network,
         };

@@ -228,6 +228,7 @@ fn node_with_pool(
     let cfg = NodeConfig {
         sandboxes_dir: dir.path().join("sandboxes"),
         envd_bin: dir.path().join("envd"),
+        interpreter_bin: None,
         max_sandboxes: max,
         network: None,
         warm_pool,

@@ -692,6 +692,7 @@ mod tests {
         let cfg = crate::NodeConfig {
             sandboxes_dir: tmp.path().join("sandboxes"),
             envd_bin: tmp.path().join("envd"),
+            interpreter_bin: None,
             max_sandboxes: 4,
             network: None,
             warm_pool: Default::default(),

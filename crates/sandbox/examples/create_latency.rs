@@ -71,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
             reuse_disk: false,
             state_dir: states.path().join(id.as_str()),
             envd_bin: envd.clone(),
+            interpreter_bin: None,
             resources: Resources::default(),
             network: None,
         };

@@ -32,6 +32,10 @@ pub mod xattr;
 
 /// Where the envd binary is bind-mounted (read-only) inside every sandbox.
 pub const SANDBOX_ENVD_PATH: &str = "/usr/local/bin/envd";
+/// Where the code interpreter (`paddock-interpreter`, E2B's port-49999 server) is bind-mounted
+/// (read-only) inside every sandbox when the node has one: templates name it in their start
+/// command (`code-interpreter-v1`) and need not carry it, and it is always the node's version.
+pub const SANDBOX_INTERPRETER_PATH: &str = "/usr/local/bin/paddock-interpreter";
 /// Name of envd's log in the state directory.
 pub const ENVD_LOG_FILE: &str = "envd.log";
 
@@ -52,6 +56,9 @@ pub struct SandboxSpec {
     pub state_dir: PathBuf,
     /// envd binary on the host.
     pub envd_bin: PathBuf,
+    /// Code interpreter binary on the host, shown at [`SANDBOX_INTERPRETER_PATH`]; `None` = the
+    /// template's own file there, if any.
+    pub interpreter_bin: Option<PathBuf>,
     /// Resource limits.
     pub resources: Resources,
     /// Network to join; `None` = a fresh namespace with only `lo`.

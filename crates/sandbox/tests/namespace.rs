@@ -134,6 +134,7 @@ fn spec(id: &SandboxId, state_root: &Path, envd: &str) -> SandboxSpec {
         reuse_disk: false,
         state_dir: state_root.join(id.as_str()),
         envd_bin: f.scripts.join(envd),
+        interpreter_bin: None,
         resources: Resources {
             cpu_count: 1,
             memory_mb: 256,
@@ -189,7 +190,9 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
     let parent = TestParent::new();
     let driver = driver(&parent, states.path());
     let id = SandboxId::generate();
-    let spec = spec(&id, states.path(), "ok");
+    let mut spec = spec(&id, states.path(), "ok");
+    // Any host file stands for the code interpreter: it is shown read-only at its path.
+    spec.interpreter_bin = Some(fixture().scripts.join("ok"));
     let handle = driver.create(spec.clone()).await.expect("create");
     let pid = handle.init_pid;
     assert!(alive(pid));
@@ -327,6 +330,11 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
         u32::from_str_radix(lo_flags.trim().trim_start_matches("0x"), 16).expect("flags");
     assert_eq!(lo_flags & 1, 1, "lo is down");
     assert!(root.join("usr/local/bin/envd").is_file());
+    assert_eq!(
+        std::fs::read(root.join("usr/local/bin/paddock-interpreter")).expect("interpreter"),
+        std::fs::read(fixture().scripts.join("ok")).expect("script"),
+        "the node's interpreter binary at its path"
+    );
 
     // Limits in the cgroup, which holds PID 1.
     let dirs = driver.cgroup_dirs(&id);
@@ -642,6 +650,7 @@ async fn template_symlinks_cannot_redirect_setup_to_the_host() {
         ("run", "etc"),
         ("usr/local", "etc"),
         ("usr/local/bin/envd", "etc/hosts"),
+        ("usr/local/bin/paddock-interpreter", "etc/hosts"),
         ("proc", "etc"),
     ] {
         let rootfs = host
@@ -655,6 +664,7 @@ async fn template_symlinks_cannot_redirect_setup_to_the_host() {
         let id = SandboxId::generate();
         let mut spec = spec(&id, states.path(), "ok");
         spec.layers = vec![rootfs];
+        spec.interpreter_bin = Some(fixture().scripts.join("ok"));
         let err = driver.create(spec.clone()).await.expect_err(link);
         let msg = err.to_string();
         assert!(

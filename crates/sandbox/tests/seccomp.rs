@@ -367,6 +367,7 @@ async fn processes_in_a_sandbox_run_under_the_filter() {
         reuse_disk: false,
         state_dir: states.join(id.as_str()),
         envd_bin: envd,
+        interpreter_bin: None,
         resources: Resources {
             cpu_count: 1,
             memory_mb: 256,

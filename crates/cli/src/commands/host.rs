@@ -23,6 +23,12 @@ pub struct HostArgs {
     /// static build under `target/<arch>-unknown-linux-gnu/`).
     #[arg(long, env = "PADDOCK_ENVD_BIN")]
     pub(crate) envd_bin: Option<PathBuf>,
+    /// Code interpreter binary shown in every sandbox at /usr/local/bin/paddock-interpreter
+    /// (E2B's port-49999 server, the start command of `code-interpreter-v1`; default:
+    /// `paddock-interpreter` next to this binary, or the static build under
+    /// `target/<arch>-unknown-linux-gnu/`; without one, that template is not built).
+    #[arg(long, env = "PADDOCK_INTERPRETER_BIN")]
+    pub(crate) interpreter_bin: Option<PathBuf>,
     /// Most sandboxes alive at once on this node (running, starting, paused in memory); creates
     /// beyond it get 429 with `Retry-After`.
     #[arg(long, env = "PADDOCK_MAX_SANDBOXES", default_value_t = 1000)]
@@ -126,6 +132,7 @@ pub(crate) async fn start(
     }
 
     let envd_bin = resolve_envd(args.envd_bin.as_deref())?;
+    let interpreter_bin = resolve_interpreter(args.interpreter_bin.as_deref())?;
     let exe = std::env::current_exe().context("locating the paddock binary")?;
     let runtime = NamespaceDriver::new(NamespaceConfig {
         shim_exe: exe,
@@ -171,6 +178,7 @@ pub(crate) async fn start(
         NodeConfig {
             sandboxes_dir: data_dir.join("sandboxes"),
             envd_bin,
+            interpreter_bin,
             max_sandboxes: args.max_sandboxes,
             network: network.clone(),
             warm_pool: warm_pool(args)?,
@@ -277,6 +285,31 @@ pub(crate) fn data_dir_hash(data_dir: &Path) -> u32 {
         .fold(0x811c_9dc5_u32, |h, b| {
             (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
         })
+}
+
+/// The code interpreter binary: `flag` (which must exist), else the first candidate next to
+/// this binary that exists, else none (logged: `code-interpreter-v1` is then not built here).
+pub(crate) fn resolve_interpreter(flag: Option<&Path>) -> anyhow::Result<Option<PathBuf>> {
+    if let Some(p) = flag {
+        anyhow::ensure!(
+            p.is_file(),
+            "code interpreter binary {} does not exist",
+            p.display()
+        );
+        return Ok(Some(p.to_path_buf()));
+    }
+    let exe = std::env::current_exe().context("locating the paddock binary")?;
+    let candidates =
+        paddock_node::doctor::host::sandbox_binary_candidates(&exe, "paddock-interpreter");
+    let found = candidates.iter().find(|p| p.is_file()).cloned();
+    if found.is_none() {
+        eprintln!(
+            "paddock: no code interpreter binary (looked at {candidates:?}): sandboxes run \
+             without it and code-interpreter-v1 cannot start; build it with scripts/setup.sh \
+             or pass --interpreter-bin"
+        );
+    }
+    Ok(found)
 }
 
 pub(crate) fn resolve_envd(flag: Option<&Path>) -> anyhow::Result<PathBuf> {

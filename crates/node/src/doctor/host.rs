@@ -213,6 +213,13 @@ pub fn debootstrap() -> Check {
 /// Where `paddock serve` looks for envd next to `exe`, most preferred first: the static build
 /// `<exe dir>/../<arch>-unknown-linux-gnu/<profile>/paddock-envd`, then `<exe dir>/paddock-envd`.
 pub fn envd_candidates(exe: &Path) -> Vec<PathBuf> {
+    sandbox_binary_candidates(exe, "paddock-envd")
+}
+
+/// Where a binary that runs inside sandboxes (`paddock-envd`, `paddock-interpreter`) is looked
+/// for next to `exe`, most preferred first: the static build
+/// `<exe dir>/../<arch>-unknown-linux-gnu/<profile>/<name>`, then `<exe dir>/<name>`.
+pub fn sandbox_binary_candidates(exe: &Path, name: &str) -> Vec<PathBuf> {
     let Some(dir) = exe.parent() else {
         return Vec::new();
     };
@@ -223,8 +230,8 @@ pub fn envd_candidates(exe: &Path) -> Vec<PathBuf> {
     vec![
         dir.join(format!("../{}-unknown-linux-gnu", std::env::consts::ARCH))
             .join(profile)
-            .join("paddock-envd"),
-        dir.join("paddock-envd"),
+            .join(name),
+        dir.join(name),
     ]
 }
 

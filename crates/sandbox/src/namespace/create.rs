@@ -116,6 +116,12 @@ fn validate(spec: &SandboxSpec) -> Result<(), String> {
     if !spec.envd_bin.is_file() {
         return Err(format!("envd binary {} not found", spec.envd_bin.display()));
     }
+    if let Some(bin) = spec.interpreter_bin.as_ref().filter(|b| !b.is_file()) {
+        return Err(format!(
+            "code interpreter binary {} not found",
+            bin.display()
+        ));
+    }
     if spec.reuse_disk && !spec.state_dir.join(super::disk::IMAGE_FILE).is_file() {
         return Err(format!(
             "no disk image to reuse in {}",
@@ -212,6 +218,7 @@ async fn start(
         layers: spec.layers.clone(),
         state_dir: spec.state_dir.clone(),
         envd_bin: spec.envd_bin.clone(),
+        interpreter_bin: spec.interpreter_bin.clone(),
         cgroup_procs: cg.procs_files(),
         user_cgroup_procs: cg.user_procs_files(),
         memory_cgroup: cg
@@ -360,6 +367,7 @@ mod tests {
             reuse_disk: false,
             state_dir: tmp.path().join("s"),
             envd_bin: envd,
+            interpreter_bin: None,
             resources: Default::default(),
             network: None,
         };

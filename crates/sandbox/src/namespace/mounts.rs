@@ -70,6 +70,8 @@ pub(crate) struct RootLayout<'a> {
     pub state_dir: &'a Path,
     /// envd on the host.
     pub envd_bin: &'a Path,
+    /// The code interpreter on the host, if any.
+    pub interpreter_bin: Option<&'a Path>,
     /// The sandbox's memory cgroup on the host, shown read-only at `/run/paddock/memcg`.
     pub memory_cgroup: Option<&'a Path>,
     /// Host uid (= gid) of the sandbox's root when it runs in a user namespace: the writable
@@ -113,7 +115,12 @@ pub(crate) fn build_root(layout: &RootLayout<'_>) -> Result<()> {
     // `/etc` (written after pivot_root, refused too for a clear error instead of a loop).
     let run_rel = boot::RUN_DIR.trim_start_matches('/');
     let envd_rel = crate::SANDBOX_ENVD_PATH.trim_start_matches('/');
-    for rel in ["proc", "dev", "sys", "etc", run_rel, envd_rel] {
+    let interpreter_rel = crate::SANDBOX_INTERPRETER_PATH.trim_start_matches('/');
+    let interpreter = layout.interpreter_bin.map(|_| interpreter_rel);
+    for rel in ["proc", "dev", "sys", "etc", run_rel, envd_rel]
+        .into_iter()
+        .chain(interpreter)
+    {
         refuse_symlinks(&root, rel)?;
     }
     mount_fs(
@@ -133,16 +140,22 @@ pub(crate) fn build_root(layout: &RootLayout<'_>) -> Result<()> {
     if boot_id.is_file() {
         bind(&root.join(run_rel).join(BOOT_ID_FILE), &boot_id, ro)?;
     }
-    let envd = root.join(envd_rel);
-    if let Some(dir) = envd.parent() {
-        mkdir(dir)?;
+    let bins = [(layout.envd_bin, envd_rel)]
+        .into_iter()
+        .chain(layout.interpreter_bin.map(|b| (b, interpreter_rel)));
+    for (host, rel) in bins {
+        let target = root.join(rel);
+        if let Some(dir) = target.parent() {
+            mkdir(dir)?;
+        }
+        touch(&target)?;
+        bind(
+            host,
+            &target,
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        )?;
     }
-    touch(&envd)?;
-    bind(
-        layout.envd_bin,
-        &envd,
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-    )
+    Ok(())
 }
 
 /// Fails when an existing component of `root/rel` is a symlink. Components that do not exist

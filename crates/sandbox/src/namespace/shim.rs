@@ -44,6 +44,9 @@ pub(crate) struct ShimSpec {
     pub state_dir: PathBuf,
     /// envd on the host.
     pub envd_bin: PathBuf,
+    /// The code interpreter on the host, if any (see [`crate::SANDBOX_INTERPRETER_PATH`]).
+    #[serde(default)]
+    pub interpreter_bin: Option<PathBuf>,
     /// `cgroup.procs` files to join before unsharing.
     pub cgroup_procs: Vec<PathBuf>,
     /// `cgroup.procs` files of the user child cgroups, handed to envd open (see
@@ -373,6 +376,7 @@ fn child_main(
         layers: &spec.layers,
         state_dir: &spec.state_dir,
         envd_bin: &spec.envd_bin,
+        interpreter_bin: spec.interpreter_bin.as_deref(),
         memory_cgroup: spec.memory_cgroup.as_deref(),
         root_id,
         hardened: spec.hardened,
@@ -613,6 +617,7 @@ mod tests {
             layers: vec!["/r".into(), "/b".into()],
             state_dir: "/s".into(),
             envd_bin: "/e".into(),
+            interpreter_bin: Some("/i".into()),
             cgroup_procs: vec!["/sys/fs/cgroup/pids/p/x/cgroup.procs".into()],
             user_cgroup_procs: vec!["/sys/fs/cgroup/pids/p/x/user/cgroup.procs".into()],
             memory_cgroup: Some("/sys/fs/cgroup/memory/p/x".into()),
