@@ -3,8 +3,10 @@
 //! connects a DEALER to its shell and control sockets and a SUB to its IOPub socket, and waits
 //! until the kernel answers `kernel_info_request` and its IOPub messages arrive (ZeroMQ's
 //! subscriptions take effect a moment after connecting). [`Kernel::execute`] sends an
-//! `execute_request` and gives what the kernel publishes about it as [`Output`]s, ending when
-//! the kernel is idle again; [`Kernel::interrupt`] asks it to stop the running code. A kernel
+//! `execute_request` and gives what the kernel publishes about it as [`Output`]s, ending once
+//! the kernel is idle again and its `execute_reply` came (kernels differ in which comes first;
+//! an error only the reply reports, as Deno's for code that does not parse, becomes an
+//! [`Output::Error`]); [`Kernel::interrupt`] asks it to stop the running code. A kernel
 //! that exits ends the executions under way with [`Output::KernelExited`].
 
 use std::collections::HashMap;
@@ -27,18 +29,42 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_QUEUED_TEXT: usize = 32 << 20;
 
 /// Where one execution's outputs go, with the bytes of text waiting in it.
-struct Queue {
+pub(crate) struct Queue {
     tx: mpsc::UnboundedSender<Output>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
     /// Whether the reader was told.
     told: bool,
+    /// IOPub said the kernel is idle after it (a pipe kernel: its stdout said it is done).
+    pub(crate) idle: bool,
+    /// Its `execute_reply` came (a pipe kernel: its stderr said it is done).
+    pub(crate) replied: bool,
+    /// An error was published for it on IOPub.
+    errored: bool,
 }
 
 impl Queue {
+    /// A queue and the [`Outputs`] that read it.
+    pub(crate) fn new() -> (Queue, Outputs) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        (
+            Queue {
+                tx,
+                queued: Arc::clone(&queued),
+                told: false,
+                idle: false,
+                replied: false,
+                errored: false,
+            },
+            Outputs { rx, queued },
+        )
+    }
+
     /// Passes `out` on; text the reader has no room for is cut (what fits goes on) and the
     /// reader told once.
-    fn push(&mut self, mut out: Output) {
+    pub(crate) fn push(&mut self, mut out: Output) {
         use std::sync::atomic::Ordering;
+        self.errored |= matches!(out, Output::Error { .. });
         let room = MAX_QUEUED_TEXT.saturating_sub(self.queued.load(Ordering::SeqCst));
         let mut cut = false;
         if let Output::Stdout { text, .. } | Output::Stderr { text, .. } = &mut out {
@@ -203,10 +229,30 @@ impl Connection {
     }
 }
 
-type Waiters<T> = Arc<Mutex<HashMap<String, T>>>;
+pub(crate) type Waiters<T> = Arc<Mutex<HashMap<String, T>>>;
 
-/// A running kernel. Dropping it kills the process.
-pub struct Kernel {
+/// How a kernel is asked to stop the code it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Interrupt {
+    /// An `interrupt_request` on the control socket (ipykernel, bash_kernel, Deno).
+    #[default]
+    Message,
+    /// SIGINT to its process (IRkernel's `interrupt_mode: signal`).
+    Signal,
+}
+
+/// What differs between Jupyter kernels besides their command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quirks {
+    /// How to interrupt it.
+    pub interrupt: Interrupt,
+    /// Its `display_data` is the value of the code (IRkernel shows a cell's visible value so,
+    /// with no `execute_result`): shown as the main result.
+    pub display_is_result: bool,
+}
+
+/// A running Jupyter kernel. Dropping it kills the process.
+pub struct JupyterKernel {
     session: String,
     signer: Signer,
     shell: tokio::sync::Mutex<zmtp::Writer>,
@@ -221,11 +267,12 @@ pub struct Kernel {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pid: Option<u32>,
     dir: PathBuf,
+    interrupt: Interrupt,
 }
 
-impl std::fmt::Debug for Kernel {
+impl std::fmt::Debug for JupyterKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kernel")
+        f.debug_struct("JupyterKernel")
             .field("pid", &self.pid)
             .field("dir", &self.dir)
             .finish_non_exhaustive()
@@ -237,7 +284,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> KernelError {
     move |source| KernelError::Io { what, source }
 }
 
-impl Kernel {
+impl JupyterKernel {
     /// Starts `argv` (where an argument `{connection_file}` becomes the connection file's
     /// path) in `cwd` with `env` added, its connection file kept in `dir` (made 0700).
     pub async fn start(
@@ -245,8 +292,20 @@ impl Kernel {
         cwd: &Path,
         env: &[(String, String)],
         dir: &Path,
-    ) -> Result<Kernel, KernelError> {
+    ) -> Result<JupyterKernel, KernelError> {
+        JupyterKernel::start_with(argv, cwd, env, dir, Quirks::default()).await
+    }
+
+    /// [`JupyterKernel::start`] for a kernel with `quirks`.
+    pub async fn start_with(
+        argv: &[String],
+        cwd: &Path,
+        env: &[(String, String)],
+        dir: &Path,
+        quirks: Quirks,
+    ) -> Result<JupyterKernel, KernelError> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let display_is_result = quirks.display_is_result;
         let conn = Connection::new()?;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -368,26 +427,53 @@ impl Kernel {
                     let idle = msg.msg_type() == "status"
                         && msg.content.get("execution_state").and_then(Value::as_str)
                             == Some("idle");
-                    let mut running = running.lock().expect("running lock");
-                    if let Some(q) = running.get_mut(&parent) {
-                        if let Some(out) = output(&msg) {
-                            q.push(out);
+                    let mut map = running.lock().expect("running lock");
+                    let done = match map.get_mut(&parent) {
+                        Some(q) => {
+                            if let Some(out) = output(&msg, display_is_result) {
+                                q.push(out);
+                            }
+                            q.idle |= idle;
+                            q.idle && q.replied
                         }
-                    }
-                    if idle {
-                        running.remove(&parent);
+                        None => false,
+                    };
+                    if done {
+                        map.remove(&parent);
                     }
                 }
             }
         }));
 
-        // Shell and control: replies to whoever waits for them (an execution's reply, which
-        // nobody waits for, is read and dropped).
+        // Shell and control: replies to whoever waits for them; an execution's reply marks it
+        // replied (and ends it if the kernel was idle already).
         for mut reader in [shell_r, control_r] {
-            let (replies, signer) = (Arc::clone(&replies), signer.clone());
+            let (replies, running, signer) =
+                (Arc::clone(&replies), Arc::clone(&running), signer.clone());
             tasks.push(tokio::spawn(async move {
                 while let Ok(frames) = reader.recv().await {
                     match wire::decode(&signer, &frames) {
+                        Ok(msg) if msg.msg_type() == "execute_reply" => {
+                            let Some(parent) = msg.parent_id() else {
+                                continue;
+                            };
+                            let mut map = running.lock().expect("running lock");
+                            let done = match map.get_mut(parent) {
+                                Some(q) => {
+                                    q.replied = true;
+                                    if !q.errored {
+                                        if let Some(err) = reply_error(&msg.content) {
+                                            q.push(err);
+                                        }
+                                    }
+                                    q.idle
+                                }
+                                None => false,
+                            };
+                            if done {
+                                map.remove(parent);
+                            }
+                        }
                         Ok(msg) => {
                             let waiter = msg
                                 .parent_id()
@@ -402,7 +488,7 @@ impl Kernel {
             }));
         }
 
-        let kernel = Kernel {
+        let kernel = JupyterKernel {
             session: wire::new_id(),
             signer,
             shell: tokio::sync::Mutex::new(shell),
@@ -414,6 +500,7 @@ impl Kernel {
             tasks,
             pid,
             dir: dir.to_path_buf(),
+            interrupt: quirks.interrupt,
         };
         kernel.wait_ready(deadline).await?;
         Ok(kernel)
@@ -501,16 +588,11 @@ impl Kernel {
                 "user_expressions": {}, "allow_stdin": false, "stop_on_error": true,
             }),
         );
-        let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        self.running.lock().expect("running lock").insert(
-            msg.header.msg_id.clone(),
-            Queue {
-                tx,
-                queued: Arc::clone(&queued),
-                told: false,
-            },
-        );
+        let (queue, outputs) = Queue::new();
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(msg.header.msg_id.clone(), queue);
         let sent = self
             .shell
             .lock()
@@ -524,11 +606,31 @@ impl Kernel {
                 .remove(&msg.header.msg_id);
             return Err(KernelError::Socket(e));
         }
-        Ok(Outputs { rx, queued })
+        Ok(outputs)
     }
 
     /// Asks the kernel to interrupt the code it runs (`interrupt_request` on control).
     pub async fn interrupt(&self) -> Result<(), KernelError> {
+        if self.interrupt == Interrupt::Signal {
+            let pid = self
+                .pid
+                .and_then(|p| i32::try_from(p).ok())
+                .ok_or_else(|| {
+                    KernelError::Exited(self.exited().unwrap_or_else(|| "no process".into()))
+                })?;
+            if self.exited().is_some() {
+                return Err(KernelError::Exited(self.exited().unwrap_or_default()));
+            }
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGINT,
+            )
+            .map_err(|e| KernelError::Io {
+                what: "interrupting the kernel".into(),
+                source: std::io::Error::from(e),
+            })?;
+            return Ok(());
+        }
         let msg = Message::new(&self.session, "interrupt_request", json!({}));
         tokio::time::timeout(Duration::from_secs(5), self.request(&self.control, msg))
             .await
@@ -547,7 +649,7 @@ impl Kernel {
     }
 }
 
-impl Drop for Kernel {
+impl Drop for JupyterKernel {
     fn drop(&mut self) {
         if let Some(kill) = self.kill.take() {
             let _ = kill.send(());
@@ -558,8 +660,36 @@ impl Drop for Kernel {
     }
 }
 
+/// The error an `execute_reply` reports (`status: "error"`), if any.
+fn reply_error(content: &Value) -> Option<Output> {
+    if content.get("status").and_then(Value::as_str) != Some("error") {
+        return None;
+    }
+    let text = |k: &str| {
+        content
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    Some(Output::Error {
+        name: text("ename"),
+        value: text("evalue"),
+        traceback: content
+            .get("traceback")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
 /// What an IOPub message says about its execution, if anything.
-fn output(msg: &Message) -> Option<Output> {
+fn output(msg: &Message, display_is_result: bool) -> Option<Output> {
     let c = &msg.content;
     let text = |k: &str| {
         c.get(k)
@@ -589,7 +719,7 @@ fn output(msg: &Message) -> Option<Output> {
         "execute_result" | "display_data" => Some(Output::Result {
             data: map("data"),
             metadata: map("metadata"),
-            is_main: msg.msg_type() == "execute_result",
+            is_main: msg.msg_type() == "execute_result" || display_is_result,
         }),
         "error" => Some(Output::Error {
             name: text("ename"),
@@ -606,5 +736,69 @@ fn output(msg: &Message) -> Option<Output> {
                 .unwrap_or_default(),
         }),
         _ => None,
+    }
+}
+
+/// A kernel of either kind: a Jupyter kernel spoken to over ZeroMQ, or one driven over pipes
+/// ([`crate::pipe`]: JavaScript and TypeScript on Node.js, Bash).
+#[derive(Debug)]
+pub enum Kernel {
+    /// A Jupyter kernel (ipykernel, IRkernel).
+    Jupyter(JupyterKernel),
+    /// A pipe kernel.
+    Pipe(crate::pipe::PipeKernel),
+}
+
+impl Kernel {
+    /// A Jupyter kernel: see [`JupyterKernel::start`].
+    pub async fn start(
+        argv: &[String],
+        cwd: &Path,
+        env: &[(String, String)],
+        dir: &Path,
+    ) -> Result<Kernel, KernelError> {
+        JupyterKernel::start(argv, cwd, env, dir)
+            .await
+            .map(Kernel::Jupyter)
+    }
+
+    /// Runs `code`; see [`JupyterKernel::execute`].
+    pub async fn execute(&self, code: &str) -> Result<Outputs, KernelError> {
+        match self {
+            Kernel::Jupyter(k) => k.execute(code).await,
+            Kernel::Pipe(k) => k.execute(code, false).await,
+        }
+    }
+
+    /// Runs `code` without it counting as an execution.
+    pub async fn execute_silent(&self, code: &str) -> Result<Outputs, KernelError> {
+        match self {
+            Kernel::Jupyter(k) => k.execute_silent(code).await,
+            Kernel::Pipe(k) => k.execute(code, true).await,
+        }
+    }
+
+    /// Asks it to stop the code it runs.
+    pub async fn interrupt(&self) -> Result<(), KernelError> {
+        match self {
+            Kernel::Jupyter(k) => k.interrupt().await,
+            Kernel::Pipe(k) => k.interrupt(),
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Kernel::Jupyter(k) => k.pid(),
+            Kernel::Pipe(k) => k.pid(),
+        }
+    }
+
+    /// Whether its process ended (and how).
+    pub fn exited(&self) -> Option<String> {
+        match self {
+            Kernel::Jupyter(k) => k.exited(),
+            Kernel::Pipe(k) => k.exited(),
+        }
     }
 }

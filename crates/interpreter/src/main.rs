@@ -43,7 +43,7 @@ async fn main() -> std::process::ExitCode {
     let run_dir = args.run_dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("paddock-interpreter-{}", std::process::id()))
     });
-    let mut config = Config::python(&args.python, &args.cwd, &run_dir);
+    let mut config = Config::standard(&args.python, &args.cwd, &run_dir);
     config.envd_url = Some(args.envd_url).filter(|u| !u.is_empty());
     let interpreter = match Interpreter::start(config).await {
         Ok(i) => i,

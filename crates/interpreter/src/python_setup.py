@@ -167,6 +167,71 @@ def __paddock_setup():
             return f"{prefix} {n}"
         return label
 
+    def box_rect(a):
+        """A box of a box plot: a closed rectangle (a Line2D of 5 points, or a PathPatch with
+        patch_artist), as (x0, x1, y0, y1); None for anything else."""
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import PathPatch
+
+        if isinstance(a, PathPatch):
+            pts = [(float(x), float(y)) for x, y in a.get_path().vertices]
+        elif isinstance(a, Line2D):
+            pts = [(float(x), float(y)) for x, y in zip(a.get_xdata(), a.get_ydata())]
+            if len(pts) != 5 or pts[0] != pts[-1]:
+                return None
+        else:
+            return None
+        xs = sorted({round(x, 9) for x, _ in pts})
+        ys = sorted({round(y, 9) for _, y in pts})
+        if len(pts) < 4 or len(xs) != 2 or len(ys) != 2:
+            return None
+        return xs[0], xs[1], ys[0], ys[1]
+
+    def box_chart(ax, children):
+        """A vertical box plot (matplotlib's boxplot, pandas', seaborn's) read back from its
+        artists: per box its quartiles (the rectangle), median (the line across it), whisker
+        ends (the vertical lines at its centre) and outliers (the markers there)."""
+        from matplotlib.lines import Line2D
+
+        rects = [(a, r) for a in children for r in [box_rect(a)] if r]
+        if not rects:
+            return None
+        boxes = {id(a) for a, _ in rects}
+        lines = [a for a in children if isinstance(a, Line2D) and id(a) not in boxes]
+        c = two_d(ax, "box_and_whisker")
+        ticks = [float(t) for t in ax.get_xticks()]
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        eps = 1e-9
+        for i, (_, (x0, x1, q1, q3)) in enumerate(sorted(rects, key=lambda r: r[1][0])):
+            mid = (x0 + x1) / 2
+            median, low, high, outliers = None, q1, q3, []
+            for line in lines:
+                xs = [float(v) for v in line.get_xdata()]
+                ys = [float(v) for v in line.get_ydata()]
+                if not xs:
+                    continue
+                if line.get_linestyle() in ("None", "none", " ", ""):
+                    if all(x0 - eps <= x <= x1 + eps for x in xs):
+                        outliers.extend(ys)
+                    continue
+                if len(xs) != 2:
+                    continue
+                if ys[0] == ys[1] and abs(min(xs) - x0) < eps and abs(max(xs) - x1) < eps:
+                    median = ys[0]
+                elif xs[0] == xs[1] and abs(xs[0] - mid) < eps:
+                    low, high = min(low, *ys), max(high, *ys)
+            label = next((lab for t, lab in zip(ticks, labels) if abs(t - mid) < 1e-6), str(i + 1))
+            c["elements"].append({
+                "label": label,
+                "min": round8(low),
+                "first_quartile": round8(q1),
+                "median": round8(median) if median is not None else None,
+                "third_quartile": round8(q3),
+                "max": round8(high),
+                "outliers": [round8(y) for y in sorted(outliers)],
+            })
+        return c
+
     def chart_of_axes(ax):
         from matplotlib.collections import PathCollection
         from matplotlib.lines import Line2D
@@ -175,6 +240,10 @@ def __paddock_setup():
 
         children = [a for a in ax.get_children() if a not in (ax.patch,) and not isinstance(a, Text)]
         children = [a for a in children if a in ax.lines or a in ax.collections or a in ax.patches]
+        if children and all(isinstance(a, (PathPatch, Line2D)) for a in children):
+            box = box_chart(ax, children)
+            if box is not None:
+                return box
         if children and all(isinstance(a, Line2D) for a in children):
             c = point_chart(ax, "line")
             for i, line in enumerate(l for l in ax.get_lines() if not is_grid_line(l)):

@@ -29,18 +29,51 @@ use axum::Router;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::kernel::{Kernel, KernelError, Output};
+use crate::kernel::{Interrupt, JupyterKernel, Kernel, KernelError, Output, Quirks};
+use crate::pipe::{Driver, PipeKernel};
 
 /// How long an execution's stream may be silent before a `keepalive` line.
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
 /// The largest request body taken.
 pub const MAX_BODY: usize = 16 << 20;
 
+/// How one language's kernel is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelSpec {
+    /// Its command: a Jupyter kernel's (`{connection_file}` stands for its file), or a pipe
+    /// kernel's program.
+    pub argv: Vec<String>,
+    /// Env vars it gets besides [`Config::env`].
+    pub env: Vec<(String, String)>,
+    /// How a Jupyter kernel differs from ipykernel.
+    pub quirks: Quirks,
+    /// `Some` for a pipe kernel ([`crate::pipe`]) with this driver.
+    pub pipe: Option<Driver>,
+}
+
+impl KernelSpec {
+    fn new(argv: &[&str]) -> KernelSpec {
+        KernelSpec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            quirks: Quirks::default(),
+            pipe: None,
+        }
+    }
+
+    fn pipe(driver: Driver, program: &std::path::Path) -> KernelSpec {
+        KernelSpec {
+            pipe: Some(driver),
+            ..KernelSpec::new(&[&program.to_string_lossy()])
+        }
+    }
+}
+
 /// How the interpreter starts kernels.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The command of each language's kernel (`{connection_file}` stands for its file).
-    pub kernels: HashMap<String, Vec<String>>,
+    /// Each language's kernel.
+    pub kernels: HashMap<String, KernelSpec>,
     /// The working directory of contexts that name none.
     pub default_cwd: PathBuf,
     /// Where connection files are kept (made 0700).
@@ -57,23 +90,132 @@ pub struct Config {
 impl Config {
     /// Python's kernel (ipykernel) run by `python`, contexts in `cwd`, files in `run_dir`.
     pub fn python(python: &str, cwd: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> Config {
-        let argv = [
+        let spec = KernelSpec::new(&[
             python,
             "-m",
             "ipykernel_launcher",
             "-f",
             "{connection_file}",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        ]);
         Config {
-            kernels: HashMap::from([("python".to_string(), argv)]),
+            kernels: HashMap::from([("python".to_string(), spec)]),
             default_cwd: cwd.into(),
             run_dir: run_dir.into(),
             env: Vec::new(),
             envd_url: None,
         }
+    }
+}
+
+impl Config {
+    /// [`Config::python`] and every other kernel this system has: JavaScript on Node.js (and
+    /// TypeScript when Node.js finds Debian's `typescript` module) and Bash, as pipe kernels;
+    /// R with IRkernel when `R` is on `PATH`.
+    pub fn standard(python: &str, cwd: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> Config {
+        let mut config = Config::python(python, cwd, run_dir);
+        if let Some(node) = crate::pipe::program(Driver::Node { typescript: false }) {
+            let spec = KernelSpec::pipe(Driver::Node { typescript: false }, &node);
+            config.kernels.insert("javascript".into(), spec);
+            if typescript_installed() {
+                let spec = KernelSpec::pipe(Driver::Node { typescript: true }, &node);
+                config.kernels.insert("typescript".into(), spec);
+            }
+        }
+        if let Some(bash) = crate::pipe::program(Driver::Bash) {
+            config
+                .kernels
+                .insert("bash".into(), KernelSpec::pipe(Driver::Bash, &bash));
+        }
+        if let Some(r) = crate::pipe::on_path("R") {
+            let r = r.to_string_lossy().into_owned();
+            let mut spec = KernelSpec::new(&[
+                &r,
+                "--slave",
+                "-e",
+                "IRkernel::main()",
+                "--args",
+                "{connection_file}",
+            ]);
+            spec.quirks.interrupt = Interrupt::Signal;
+            spec.quirks.display_is_result = true;
+            config.kernels.insert("r".into(), spec);
+        }
+        config
+    }
+}
+
+/// Whether Node.js finds the `typescript` module in its system paths (Debian's
+/// `node-typescript` installs it in /usr/share/nodejs).
+fn typescript_installed() -> bool {
+    [
+        "/usr/share/nodejs",
+        "/usr/lib/nodejs",
+        "/usr/local/lib/node_modules",
+    ]
+    .iter()
+    .any(|d| {
+        std::path::Path::new(d)
+            .join("typescript/package.json")
+            .is_file()
+    })
+}
+
+/// The code that sets env vars `set` and removes `unset` in a kernel of `language` (run
+/// silently before and after an execution); `None` when there is nothing to do or the language
+/// has no way (its kernel keeps the environment it started with).
+fn env_code(language: &str, set: &[(String, String)], unset: &[String]) -> Option<String> {
+    if set.is_empty() && unset.is_empty() {
+        return None;
+    }
+    let json_set = || {
+        Value::Object(
+            set.iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        )
+    };
+    let json_unset = || Value::Array(unset.iter().cloned().map(Value::String).collect());
+    match language {
+        "python" => Some(format!(
+            "__import__('os').environ.update({})\n[__import__('os').environ.pop(k, None) for k in {}]",
+            json_set(),
+            json_unset()
+        )),
+        "javascript" | "typescript" => Some(format!(
+            "Object.assign(process.env, {});\nfor (const k of {}) delete process.env[k];",
+            json_set(),
+            json_unset()
+        )),
+        "r" => {
+            // JSON's string escapes are R's.
+            let q = |s: &str| Value::String(s.to_string()).to_string();
+            let mut code = String::new();
+            if !set.is_empty() {
+                let pairs: Vec<String> = set.iter().map(|(k, v)| format!("{}={}", q(k), q(v))).collect();
+                code.push_str(&format!("invisible(Sys.setenv({}))\n", pairs.join(", ")));
+            }
+            if !unset.is_empty() {
+                let keys: Vec<String> = unset.iter().map(|k| q(k)).collect();
+                code.push_str(&format!("invisible(Sys.unsetenv(c({})))\n", keys.join(", ")));
+            }
+            Some(code)
+        }
+        "bash" => {
+            let ident = |k: &str| {
+                !k.is_empty()
+                    && !k.starts_with(|c: char| c.is_ascii_digit())
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            };
+            let mut code = String::new();
+            for (k, v) in set.iter().filter(|(k, _)| ident(k)) {
+                code.push_str(&format!("export {k}='{}'\n", v.replace('\'', "'\\''")));
+            }
+            for k in unset.iter().filter(|k| ident(k)) {
+                code.push_str(&format!("unset {k}\n"));
+            }
+            (!code.is_empty()).then_some(code)
+        }
+        _ => None,
     }
 }
 
@@ -105,8 +247,8 @@ struct Inner {
     contexts: Mutex<Vec<Arc<Context>>>,
     /// Each language's default context.
     defaults: Mutex<HashMap<String, String>>,
-    /// One default context made at a time.
-    making_default: tokio::sync::Mutex<()>,
+    /// One default context made at a time per language.
+    making_default: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The interpreter: its contexts and the HTTP API over them. Cheap to clone.
@@ -159,15 +301,25 @@ impl Interpreter {
                 config,
                 contexts: Mutex::new(Vec::new()),
                 defaults: Mutex::new(HashMap::new()),
-                making_default: tokio::sync::Mutex::new(()),
+                making_default: Mutex::new(HashMap::new()),
             }),
         };
         interpreter.default_context("python").await?;
+        // JavaScript's default context too, as E2B's server has one from the start; in the
+        // background, so the first Python execution never waits for Deno.
+        if interpreter.inner.config.kernels.contains_key("javascript") {
+            let it = interpreter.clone();
+            tokio::spawn(async move {
+                if let Err(e) = it.default_context("javascript").await {
+                    tracing::warn!(error = %e, "JavaScript's default context did not start");
+                }
+            });
+        }
         Ok(interpreter)
     }
 
     async fn start_kernel(&self, language: &str, cwd: &str) -> Result<Kernel, ContextError> {
-        let argv = self
+        let spec = self
             .inner
             .config
             .kernels
@@ -179,13 +331,30 @@ impl Interpreter {
         } else {
             self.inner.config.default_cwd.as_path()
         };
-        let kernel = Kernel::start(
-            argv,
-            start_in,
-            &self.inner.config.env,
-            &self.inner.config.run_dir,
-        )
-        .await?;
+        let env: Vec<(String, String)> = self
+            .inner
+            .config
+            .env
+            .iter()
+            .chain(&spec.env)
+            .cloned()
+            .collect();
+        let kernel = match spec.pipe {
+            Some(driver) => Kernel::Pipe(
+                PipeKernel::start(driver, std::path::Path::new(&spec.argv[0]), start_in, &env)
+                    .await?,
+            ),
+            None => Kernel::Jupyter(
+                JupyterKernel::start_with(
+                    &spec.argv,
+                    start_in,
+                    &env,
+                    &self.inner.config.run_dir,
+                    spec.quirks,
+                )
+                .await?,
+            ),
+        };
         Ok(kernel)
     }
 
@@ -240,18 +409,30 @@ impl Interpreter {
 
     /// The default context of `language`, made if it has none yet.
     async fn default_context(&self, language: &str) -> Result<Arc<Context>, ContextError> {
-        let _one = self.inner.making_default.lock().await;
-        let known = self
-            .inner
-            .defaults
-            .lock()
-            .expect("defaults lock")
-            .get(language)
-            .cloned();
-        if let Some(id) = known {
-            if let Some(ctx) = self.context(&id) {
-                return Ok(ctx);
-            }
+        let known = || {
+            let id = self
+                .inner
+                .defaults
+                .lock()
+                .expect("defaults lock")
+                .get(language)
+                .cloned()?;
+            self.context(&id)
+        };
+        if let Some(ctx) = known() {
+            return Ok(ctx);
+        }
+        let lock = Arc::clone(
+            self.inner
+                .making_default
+                .lock()
+                .expect("making lock")
+                .entry(language.to_string())
+                .or_default(),
+        );
+        let _one = lock.lock().await;
+        if let Some(ctx) = known() {
+            return Ok(ctx);
         }
         let ctx = self.new_context(language, None).await?;
         self.inner
@@ -646,29 +827,26 @@ async fn run_execution(
     let mut closed = closed.unwrap_or(never);
     let kernel_slot = ctx.kernel.lock().await;
     let kernel = Arc::clone(&kernel_slot);
-    let python = ctx.language == "python";
+    let language = ctx.language.as_str();
     let known = ctx.sandbox_env.lock().expect("env lock").clone();
     let sandbox_env = match known {
         Some(env) => env,
         None => {
             let env = it.sandbox_env(token.as_deref()).await;
-            if python && it.inner.config.envd_url.is_some() {
-                let code = format!(
-                    "__import__('os').environ.update({})",
-                    Value::Object(env.clone())
-                );
-                let _ = silent_failed(&kernel, &code).await;
+            if it.inner.config.envd_url.is_some() {
+                let pairs: Vec<(String, String)> = env
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect();
+                if let Some(code) = env_code(language, &pairs, &[]) {
+                    let _ = silent_failed(&kernel, &code).await;
+                }
             }
             *ctx.sandbox_env.lock().expect("env lock") = Some(env.clone());
             env
         }
     };
-    if python && !env_vars.is_empty() {
-        let set: Map<String, Value> = env_vars
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        let code = format!("__import__('os').environ.update({})", Value::Object(set));
+    if let Some(code) = env_code(language, &env_vars, &[]) {
         let _ = silent_failed(&kernel, &code).await;
     }
     let mut client_gone = false;
@@ -731,23 +909,20 @@ async fn run_execution(
                 "value": "Context was restarted", "traceback": ""}),
             )))
             .await;
-    } else if python && !env_vars.is_empty() {
+    } else if !env_vars.is_empty() {
         // Back to what the sandbox's environment says (or unset).
-        let restore: Map<String, Value> = env_vars
+        let restore: Vec<(String, String)> = env_vars
             .iter()
-            .filter_map(|(k, _)| sandbox_env.get(k).map(|v| (k.clone(), v.clone())))
+            .filter_map(|(k, _)| Some((k.clone(), sandbox_env.get(k)?.as_str()?.to_string())))
             .collect();
-        let unset: Vec<Value> = env_vars
+        let unset: Vec<String> = env_vars
             .iter()
             .filter(|(k, _)| !sandbox_env.contains_key(k))
-            .map(|(k, _)| Value::String(k.clone()))
+            .map(|(k, _)| k.clone())
             .collect();
-        let code = format!(
-            "__import__('os').environ.update({})\n[__import__('os').environ.pop(k, None) for k in {}]",
-            Value::Object(restore),
-            Value::Array(unset)
-        );
-        let _ = silent_failed(&kernel, &code).await;
+        if let Some(code) = env_code(language, &restore, &unset) {
+            let _ = silent_failed(&kernel, &code).await;
+        }
         drop(kernel_slot);
     }
     let _ = tx

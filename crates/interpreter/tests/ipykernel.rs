@@ -20,6 +20,7 @@ async fn start(dir: &std::path::Path) -> Kernel {
     // The command the interpreter runs Python's kernel with.
     let argv = paddock_interpreter::server::Config::python(&python, dir, dir.join("run")).kernels
         ["python"]
+        .argv
         .clone();
     Kernel::start(
         &argv,

@@ -1,0 +1,663 @@
+//! Kernels driven over pipes with a line protocol of Paddock's own, for the languages Debian
+//! has no Jupyter kernel for: JavaScript and TypeScript on the sandbox's Node.js (the driver is
+//! `js_kernel.js`, run with `node -e`) and Bash (an interactive `bash` with no prompt).
+//!
+//! The kernel says what happens on stdout in lines that start with the record separator
+//! (`\x1e`) followed by JSON (`{"id", "t": "stdout"|"stderr"|"result"|"error"|"done"|...}`);
+//! every other byte on its stdout or stderr (a program the code runs writing straight to them)
+//! is output of the execution under way. An execution ends when the kernel says `done` (and,
+//! for Bash, when the same marker came through stderr, so nothing written to it before is
+//! left behind). Requests: for Node.js one JSON line `{"id", "code", "silent"}`; for Bash two
+//! lines, `eval` of the base64 of the code with stdin from /dev/null, then the marker command,
+//! so that SIGINT, which makes an interactive bash drop the line it runs, still lets the
+//! marker run. Each kernel is its own process group: an interrupt is SIGINT to all of it (a
+//! Bash command's children included), and dropping the kernel kills all of it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{oneshot, watch};
+
+use crate::kernel::{KernelError, Output, Outputs, Queue, Waiters};
+
+/// The JavaScript/TypeScript driver.
+const JS_KERNEL: &str = include_str!("js_kernel.js");
+/// Set up once in the Bash kernel: no prompts or history expansion, and the marker that ends
+/// an execution (`__paddock_done <id> <silent>`, run right after the code, so `$?` is its
+/// status).
+const BASH_INIT: &str = r#"PS1= PS2= PS0= PS4= PROMPT_COMMAND=
+set +H 2>/dev/null
+__paddock_done() { local s=$?; printf '\036{"id":"%s","t":"done","status":%d,"silent":%s}\n' "$1" "$s" "$2"; printf '\036{"id":"%s","t":"stderr_done"}\n' "$1" >&2; }
+printf '\036{"id":null,"t":"ready"}\n'; printf '\036{"id":null,"t":"ready"}\n' >&2
+"#;
+/// How long a pipe kernel has to say it is ready.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Output without a newline is passed on in pieces of at most this many bytes.
+const MAX_LINE: usize = 64 << 10;
+
+/// Which driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// `js_kernel.js` on Node.js, for JavaScript (`typescript: false`) or TypeScript.
+    Node {
+        /// Transpile cells from TypeScript first.
+        typescript: bool,
+    },
+    /// An interactive bash.
+    Bash,
+}
+
+/// A running pipe kernel. Dropping it kills its process group.
+pub struct PipeKernel {
+    driver: Driver,
+    stdin: tokio::sync::Mutex<tokio::process::ChildStdin>,
+    running: Waiters<Queue>,
+    /// The execution under way: where raw output goes.
+    current: Arc<Mutex<Option<String>>>,
+    exited: watch::Receiver<Option<String>>,
+    kill: Option<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pid: Option<u32>,
+    count: AtomicU64,
+}
+
+impl std::fmt::Debug for PipeKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipeKernel")
+            .field("driver", &self.driver)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `name` in a directory of `PATH`.
+pub(crate) fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The time now as the kernels' ISO 8601 dates are written.
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+impl PipeKernel {
+    /// Starts `program` (`node` for [`Driver::Node`], `bash` for [`Driver::Bash`]) in `cwd`
+    /// with `env` added; returns once it said it is ready.
+    pub async fn start(
+        driver: Driver,
+        program: &Path,
+        cwd: &Path,
+        env: &[(String, String)],
+    ) -> Result<PipeKernel, KernelError> {
+        // A session of its own (no controlling terminal: an interactive bash in a background
+        // group of one would stop itself), through util-linux's `setsid` (no fork: the child
+        // is no group leader, so the pid stays the kernel's); else a process group of its own.
+        let setsid = on_path("setsid");
+        let mut cmd = match &setsid {
+            Some(setsid) => {
+                let mut c = tokio::process::Command::new(setsid);
+                c.arg(program);
+                c
+            }
+            None => {
+                let mut c = tokio::process::Command::new(program);
+                c.process_group(0);
+                c
+            }
+        };
+        match driver {
+            Driver::Node { typescript } => {
+                cmd.arg("-e").arg(JS_KERNEL).arg(if typescript {
+                    "typescript"
+                } else {
+                    "javascript"
+                });
+            }
+            Driver::Bash => {
+                // No prompt from the first line on (PS1 from the environment is used).
+                cmd.args(["--norc", "--noprofile", "--noediting", "-i"])
+                    .env("PS1", "")
+                    .env("PS2", "");
+            }
+        }
+        let mut child = cmd
+            .current_dir(cwd)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| KernelError::Io {
+                what: format!("starting {}", program.display()),
+                source,
+            })?;
+        let pid = child.id();
+        let mut stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        if driver == Driver::Bash {
+            stdin
+                .write_all(BASH_INIT.as_bytes())
+                .await
+                .map_err(KernelError::Socket)?;
+        }
+
+        let running: Waiters<Queue> = Arc::default();
+        let current: Arc<Mutex<Option<String>>> = Arc::default();
+        let (exited_tx, exited) = watch::channel(None);
+        let (kill, kill_rx) = oneshot::channel::<()>();
+        // Ready once each stream the kernel says so on has said it (so what bash prints on
+        // stderr as it starts is never taken for an execution's output).
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(2);
+        let readies = if driver == Driver::Bash { 2 } else { 1 };
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn({
+            let running = Arc::clone(&running);
+            async move {
+                let status = tokio::select! {
+                    s = child.wait() => s.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                    _ = kill_rx => {
+                        let _ = child.kill().await;
+                        "killed".to_string()
+                    }
+                };
+                let _ = exited_tx.send(Some(status.clone()));
+                let ended: Vec<_> = running.lock().expect("running lock").drain().collect();
+                for (_, mut q) in ended {
+                    q.push(Output::KernelExited(status.clone()));
+                }
+            }
+        }));
+        let streams: [(Box<dyn tokio::io::AsyncRead + Unpin + Send>, bool); 2] =
+            [(Box::new(stdout), false), (Box::new(stderr), true)];
+        for (stream, is_stderr) in streams {
+            let (running, current) = (Arc::clone(&running), Arc::clone(&current));
+            let ready = ready_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                read_stream(stream, |piece| match piece {
+                    Piece::Event(ev) if ev.get("t").and_then(Value::as_str) == Some("ready") => {
+                        let _ = ready.try_send(());
+                    }
+                    Piece::Event(ev) => event(&running, &current, driver, ev),
+                    Piece::Text(text) => raw(&running, &current, is_stderr, text),
+                })
+                .await;
+            }));
+        }
+        drop(ready_tx);
+        let kernel = PipeKernel {
+            driver,
+            stdin: tokio::sync::Mutex::new(stdin),
+            running,
+            current,
+            exited,
+            kill: Some(kill),
+            tasks,
+            pid,
+            count: AtomicU64::new(0),
+        };
+        let mut exited = kernel.exited.clone();
+        let all_ready = async {
+            for _ in 0..readies {
+                ready_rx.recv().await?;
+            }
+            Some(())
+        };
+        tokio::select! {
+            r = tokio::time::timeout(START_TIMEOUT, all_ready) => match r {
+                Ok(Some(())) => Ok(kernel),
+                Ok(None) => Err(KernelError::Exited(kernel.exited().unwrap_or_else(|| "its output closed".into()))),
+                Err(_) => Err(KernelError::Timeout(START_TIMEOUT)),
+            },
+            _ = exited.wait_for(Option::is_some) => {
+                Err(KernelError::Exited(kernel.exited().unwrap_or_default()))
+            }
+        }
+    }
+
+    /// Runs `code` (silently: no execution number, no result or error shown).
+    pub async fn execute(&self, code: &str, silent: bool) -> Result<Outputs, KernelError> {
+        if let Some(status) = self.exited() {
+            return Err(KernelError::Exited(status));
+        }
+        let id = crate::wire::new_id();
+        let (mut queue, outputs) = Queue::new();
+        if self.driver != Driver::Bash {
+            // Nothing comes through stderr to wait for.
+            queue.replied = true;
+        }
+        if !silent {
+            let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+            queue.push(Output::ExecutionCount(n));
+        }
+        let request = match self.driver {
+            Driver::Node { .. } => {
+                let mut line = json!({"id": id, "code": code, "silent": silent}).to_string();
+                line.push('\n');
+                line
+            }
+            Driver::Bash => format!(
+                "eval \"$(printf %s '{}' | base64 -d)\" < /dev/null\n__paddock_done {id} {}\n",
+                base64::engine::general_purpose::STANDARD.encode(code),
+                silent
+            ),
+        };
+        let mut stdin = self.stdin.lock().await;
+        self.running
+            .lock()
+            .expect("running lock")
+            .insert(id.clone(), queue);
+        *self.current.lock().expect("current lock") = Some(id.clone());
+        let sent = async {
+            stdin.write_all(request.as_bytes()).await?;
+            stdin.flush().await
+        }
+        .await;
+        if let Err(e) = sent {
+            self.running.lock().expect("running lock").remove(&id);
+            return Err(KernelError::Socket(e));
+        }
+        Ok(outputs)
+    }
+
+    /// SIGINT to the kernel's process group.
+    pub fn interrupt(&self) -> Result<(), KernelError> {
+        if let Some(status) = self.exited() {
+            return Err(KernelError::Exited(status));
+        }
+        let pid = self
+            .pid
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| KernelError::Exited("no process".into()))?;
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .map_err(|e| KernelError::Io {
+            what: "interrupting the kernel".into(),
+            source: std::io::Error::from(e),
+        })
+    }
+
+    /// Its process id (and process group).
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// Whether its process ended (and how).
+    pub fn exited(&self) -> Option<String> {
+        self.exited.borrow().clone()
+    }
+}
+
+impl Drop for PipeKernel {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
+            // What its code started goes with it (the group is the kernel's own).
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        for t in &self.tasks[1..] {
+            t.abort();
+        }
+    }
+}
+
+/// A piece of a kernel's output stream.
+enum Piece {
+    /// A protocol line.
+    Event(Map<String, Value>),
+    /// Anything else.
+    Text(String),
+}
+
+/// Reads `stream` to its end, cutting it into protocol lines and text.
+async fn read_stream(mut stream: impl tokio::io::AsyncRead + Unpin, mut on: impl FnMut(Piece)) {
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = buf.drain(..=end).collect();
+            // Output without a final newline runs into the marker written after it (a
+            // protocol line's JSON never holds the separator itself).
+            if let Some(at) = line.iter().position(|&b| b == 0x1e).filter(|&at| at > 0) {
+                let rest = line.split_off(at);
+                on(Piece::Text(String::from_utf8_lossy(&line).into_owned()));
+                line = rest;
+            }
+            on(piece(line));
+        }
+        // A long line without its newline yet: pass on what is complete UTF-8 (never a
+        // protocol line, which the kernel writes whole).
+        if buf.len() >= MAX_LINE && buf.first() != Some(&0x1e) {
+            let valid = match std::str::from_utf8(&buf) {
+                Ok(_) => buf.len(),
+                Err(e) => e.valid_up_to(),
+            };
+            let text: Vec<u8> = buf.drain(..valid.max(1)).collect();
+            on(Piece::Text(String::from_utf8_lossy(&text).into_owned()));
+        }
+    }
+    if !buf.is_empty() {
+        on(piece(std::mem::take(&mut buf)));
+    }
+}
+
+fn piece(line: Vec<u8>) -> Piece {
+    if line.first() == Some(&0x1e) {
+        if let Ok(Value::Object(m)) = serde_json::from_slice(&line[1..]) {
+            return Piece::Event(m);
+        }
+    }
+    Piece::Text(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// Raw output: the running execution's.
+fn raw(running: &Waiters<Queue>, current: &Mutex<Option<String>>, stderr: bool, text: String) {
+    let Some(id) = current.lock().expect("current lock").clone() else {
+        tracing::debug!(stderr, text = %text.trim_end(), "kernel output outside an execution");
+        return;
+    };
+    let timestamp = now();
+    let out = if stderr {
+        Output::Stderr { text, timestamp }
+    } else {
+        Output::Stdout { text, timestamp }
+    };
+    if let Some(q) = running.lock().expect("running lock").get_mut(&id) {
+        q.push(out);
+    }
+}
+
+/// A protocol line from the kernel.
+fn event(
+    running: &Waiters<Queue>,
+    current: &Mutex<Option<String>>,
+    driver: Driver,
+    ev: Map<String, Value>,
+) {
+    let Some(id) = ev.get("id").and_then(Value::as_str).map(str::to_string) else {
+        return;
+    };
+    let text = |k: &str| {
+        ev.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut map = running.lock().expect("running lock");
+    let Some(q) = map.get_mut(&id) else {
+        return;
+    };
+    match ev.get("t").and_then(Value::as_str).unwrap_or_default() {
+        "stdout" => q.push(Output::Stdout {
+            text: text("text"),
+            timestamp: now(),
+        }),
+        "stderr" => q.push(Output::Stderr {
+            text: text("text"),
+            timestamp: now(),
+        }),
+        "result" => q.push(Output::Result {
+            data: ev
+                .get("data")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            metadata: Map::new(),
+            is_main: true,
+        }),
+        "error" => q.push(Output::Error {
+            name: text("name"),
+            value: text("value"),
+            traceback: vec![text("traceback")],
+        }),
+        "done" => {
+            let status = ev.get("status").and_then(Value::as_i64).unwrap_or(0);
+            let silent = ev.get("silent").and_then(Value::as_bool).unwrap_or(false);
+            if driver == Driver::Bash && status != 0 && !silent {
+                q.push(Output::Error {
+                    name: "ExitCode".into(),
+                    value: status.to_string(),
+                    traceback: vec![format!("the last command exited with status {status}")],
+                });
+            }
+            q.idle = true;
+        }
+        "stderr_done" => q.replied = true,
+        _ => {}
+    }
+    if q.idle && q.replied {
+        let mut cur = current.lock().expect("current lock");
+        if cur.as_deref() == Some(id.as_str()) {
+            *cur = None;
+        }
+        drop(cur);
+        map.remove(&id);
+    }
+}
+
+/// The kernels of [`Driver`]s as this system has them: `node` (or `nodejs`) and `bash` on
+/// `PATH`.
+pub(crate) fn program(driver: Driver) -> Option<PathBuf> {
+    match driver {
+        Driver::Node { .. } => on_path("node").or_else(|| on_path("nodejs")),
+        Driver::Bash => on_path("bash"),
+    }
+}
+
+/// Outputs a test (or a caller) collects until the execution ends.
+#[cfg(test)]
+async fn collect(mut outputs: Outputs) -> Vec<Output> {
+    let mut all = Vec::new();
+    while let Some(o) = outputs.recv().await {
+        all.push(o);
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(outs: &[Output], stderr: bool) -> String {
+        outs.iter()
+            .filter_map(|o| match (o, stderr) {
+                (Output::Stdout { text, .. }, false) | (Output::Stderr { text, .. }, true) => {
+                    Some(text.as_str())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn result(outs: &[Output]) -> Option<String> {
+        outs.iter().find_map(|o| match o {
+            Output::Result { data, .. } => data
+                .get("text/plain")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        })
+    }
+
+    fn error(outs: &[Output]) -> Option<(String, String)> {
+        outs.iter().find_map(|o| match o {
+            Output::Error { name, value, .. } => Some((name.clone(), value.clone())),
+            _ => None,
+        })
+    }
+
+    #[tokio::test]
+    async fn bash_keeps_state_separates_streams_and_reports_exit_codes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bash = program(Driver::Bash).expect("bash");
+        let k = PipeKernel::start(Driver::Bash, &bash, dir.path(), &[])
+            .await
+            .expect("bash starts");
+        let outs = collect(
+            k.execute("N=6; echo $((N * 7)); echo oops >&2", false)
+                .await
+                .expect("run"),
+        )
+        .await;
+        assert_eq!(outs[0], Output::ExecutionCount(1));
+        assert_eq!(texts(&outs, false), "42\n");
+        assert_eq!(texts(&outs, true), "oops\n");
+        assert_eq!(error(&outs), None);
+        let outs = collect(k.execute("echo $N; pwd; cat", false).await.expect("run")).await;
+        assert_eq!(
+            texts(&outs, false),
+            format!("6\n{}\n", dir.path().display()),
+            "state kept, started in cwd, stdin is not the protocol's"
+        );
+        let outs = collect(
+            k.execute("ls /nonexistent-paddock", false)
+                .await
+                .expect("run"),
+        )
+        .await;
+        assert_eq!(error(&outs), Some(("ExitCode".into(), "2".into())));
+        let outs = collect(k.execute("false", true).await.expect("run")).await;
+        assert!(outs.is_empty(), "silent: {outs:?}");
+        let outs = collect(
+            k.execute("echo 'a \"quoted\" $HOME'\nprintf 'no newline'", false)
+                .await
+                .expect("run"),
+        )
+        .await;
+        assert_eq!(texts(&outs, false), "a \"quoted\" $HOME\nno newline");
+    }
+
+    #[tokio::test]
+    async fn bash_is_interrupted_and_carries_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bash = program(Driver::Bash).expect("bash");
+        let k = PipeKernel::start(Driver::Bash, &bash, dir.path(), &[])
+            .await
+            .expect("bash starts");
+        for code in [
+            "sleep 30; echo not-reached",
+            "while true; do :; done; echo not-reached",
+        ] {
+            let started = std::time::Instant::now();
+            let outs = k.execute(code, false).await.expect("run");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            k.interrupt().expect("interrupt");
+            let outs = tokio::time::timeout(Duration::from_secs(10), collect(outs))
+                .await
+                .expect("ends after the interrupt");
+            assert!(
+                !texts(&outs, false).contains("not-reached"),
+                "{code}: {outs:?}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(10));
+        }
+        let outs = collect(k.execute("echo alive", false).await.expect("run")).await;
+        assert_eq!(texts(&outs, false), "alive\n");
+    }
+
+    #[tokio::test]
+    async fn node_runs_javascript_with_state_results_errors_and_interrupts() {
+        let Some(node) = program(Driver::Node { typescript: false }) else {
+            eprintln!("no node on PATH: skipped");
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let driver = Driver::Node { typescript: false };
+        let k = PipeKernel::start(driver, &node, dir.path(), &[])
+            .await
+            .expect("node starts");
+        let outs = collect(
+            k.execute("const a = 20; console.log('hi', {b: 1}); a + 22", false)
+                .await
+                .expect("run"),
+        )
+        .await;
+        assert_eq!(texts(&outs, false), "hi { b: 1 }\n");
+        assert_eq!(result(&outs).as_deref(), Some("42"));
+        let outs = collect(k.execute("a * 2", false).await.expect("run")).await;
+        assert_eq!(result(&outs).as_deref(), Some("40"), "top-level const kept");
+        let outs = collect(k.execute("'str'", false).await.expect("run")).await;
+        assert_eq!(result(&outs).as_deref(), Some("'str'"));
+        let outs = collect(
+            k.execute("throw new TypeError('bad')", false)
+                .await
+                .expect("run"),
+        )
+        .await;
+        assert_eq!(error(&outs), Some(("TypeError".into(), "bad".into())));
+        let outs = collect(k.execute("x +", false).await.expect("run")).await;
+        assert_eq!(error(&outs).map(|e| e.0).as_deref(), Some("SyntaxError"));
+        let outs = collect(
+            k.execute(
+                "const v = await new Promise(r => setTimeout(() => r(7), 10));\nv * 6",
+                false,
+            )
+            .await
+            .expect("run"),
+        )
+        .await;
+        assert_eq!(
+            result(&outs).as_deref(),
+            Some("42"),
+            "top-level await: {outs:?}"
+        );
+        let outs = collect(k.execute("v", false).await.expect("run")).await;
+        assert_eq!(
+            result(&outs).as_deref(),
+            Some("7"),
+            "kept after an await cell"
+        );
+        let outs = collect(
+            k.execute("process.stdout.write('raw'); console.error('e')", false)
+                .await
+                .expect("run"),
+        )
+        .await;
+        assert_eq!(texts(&outs, false), "raw");
+        assert_eq!(texts(&outs, true), "e\n");
+        let outs = collect(
+            k.execute("process.env.PADDOCK_X = 'y'", true)
+                .await
+                .expect("run"),
+        )
+        .await;
+        assert!(outs.is_empty(), "silent: {outs:?}");
+
+        let outs = k.execute("while (true) {}", false).await.expect("run");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        k.interrupt().expect("interrupt");
+        let outs = tokio::time::timeout(Duration::from_secs(10), collect(outs))
+            .await
+            .expect("ends after the interrupt");
+        assert!(error(&outs).is_some(), "{outs:?}");
+        let outs = collect(
+            k.execute("process.env.PADDOCK_X", false)
+                .await
+                .expect("run"),
+        )
+        .await;
+        assert_eq!(result(&outs).as_deref(), Some("'y'"), "alive, state kept");
+        drop(k);
+    }
+}
