@@ -1,9 +1,9 @@
 """Code interpreter benchmark (issue 15): what `e2b_code_interpreter` users wait for, beside the
 plain sandbox measured in the same run.
 
-Builds recipes/code-interpreter-v1 (recipes/code-interpreter-v1/build.sh; its apt layer cached
-across runs) under a name of this run on one `paddock serve`, then starts a second server (its own
-data dir, the shared templates dir) with warm pools of that template and of `base`, and measures
+Starts `paddock serve` (the shared templates dir) with warm pools of `code-interpreter-v1` (the
+template every server makes on its first start; `paddock template prepare` bakes it ahead, as
+scripts/test.sh does, else this waits while the server builds it) and of `base`, and measures
 with the official SDKs, one client, samples spaced so the pools are full:
   create + first run_code    e2b_code_interpreter `Sandbox.create(t)` + `run_code("1+1")` (n)
   run_code round trip        `run_code("1+1")` in one live sandbox (after 5 not timed; 5n)
@@ -12,7 +12,7 @@ with the official SDKs, one client, samples spaced so the pools are full:
   baseline: create + first command
                              e2b `Sandbox.create()` (base) + `commands.run("true")` (n)
 Prints p50/p95/p99; `--write` replaces the "## Code interpreter" section of docs/benchmarks.md.
-The template is deleted at the end. Numbers are reported, never asserted.
+Numbers are reported, never asserted.
 
 Usage: bench/interpreter.py [-n 20] [--write] with the venv's python (scripts/test.sh's, which
 has e2b and e2b-code-interpreter), after scripts/setup.sh built paddock and paddock-interpreter.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,15 +33,20 @@ from docsections import replace
 from paddock_server import PaddockServer
 
 
-def build(server: PaddockServer, name: str) -> float:
-    env = {**os.environ, **server.client_env(), "PADDOCK_BIN": str(server.binary),
-           "PADDOCK_TEMPLATE_NAME": name}
+def wait_for_template(timeout: float = 900) -> float:
+    """Seconds until `code-interpreter-v1` takes creates (503 "not ready yet" while it builds)."""
+    from e2b import SandboxException
+    from e2b_code_interpreter import Sandbox
+
     started = time.perf_counter()
-    out = subprocess.run(["bash", str(REPO / "recipes" / "code-interpreter-v1" / "build.sh")],
-                         env=env, capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        raise SystemExit(f"building the template failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
-    return time.perf_counter() - started
+    while True:
+        try:
+            Sandbox.create(timeout=60).kill()
+            return time.perf_counter() - started
+        except SandboxException as e:
+            if "not ready yet" not in str(e) or time.perf_counter() - started > timeout:
+                raise
+            time.sleep(5)
 
 
 def use(server: PaddockServer) -> None:
@@ -123,33 +127,18 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=20)
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
-    name = f"code-interpreter-bench-{os.getpid()}"
+    name = "code-interpreter-v1"
     notes: list = []
-    before = {p.name for p in PaddockServer().templates_dir.glob("build-*")}
-    builder = PaddockServer().start(ready_timeout=600)
-    try:
-        use(builder)
-        built_s = build(builder, name)
-    finally:
-        stop_server(builder, "builder", notes)
     server = PaddockServer(extra_args=["--warm-pool-template", name, "--warm-pool-template", "base"]).start(
         ready_timeout=600)
     started = time.perf_counter()
     try:
         use(server)
+        waited_s = wait_for_template()
         time.sleep(5)  # both pools fill
         rows = measure(name, args.n)
     finally:
-        import requests
-
-        requests.delete(f"{server.api_url}/templates/{name}", headers={"X-API-Key": server.api_key}, timeout=120)
         stop_server(server, "interpreter", notes)
-        # The template, and the per-build template (`build-<id>`, for tags) its build made:
-        # deleted on the server that did not build it, the second stays.
-        made = [p.name for p in server.templates_dir.glob("build-*") if p.name not in before]
-        for doomed in [name, *made]:
-            subprocess.run([str(server.binary), "template", "delete", doomed, "--templates-dir",
-                            str(server.templates_dir)], capture_output=True, timeout=120)
     m = machine()
     table = render_table(rows)
     print(table)
@@ -159,13 +148,13 @@ def main() -> int:
         "",
         "Produced by `bench/interpreter.py -n "
         f"{args.n} --write` (see its docstring): E2B's `e2b_code_interpreter` SDK against "
-        "`paddock-interpreter` in the `code-interpreter-v1` recipe, with warm pools of it and of `base`, "
+        "`paddock-interpreter` in the `code-interpreter-v1` template, with warm pools of it and of `base`, "
         "beside a plain sandbox in the same rounds; numbers are measured, never asserted.",
         "",
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {m['nproc']} CPUs "
         f"({m['cpu']}), {m['memory']} RAM, kernel {m['kernel']}",
-        f"- template build (cached apt layer unless first on this machine): {built_s:.1f} s; "
-        f"the measuring took {time.perf_counter() - started:.0f} s",
+        f"- waited {waited_s:.1f} s for the template (built on this server's first start unless "
+        f"prepared); the measuring took {time.perf_counter() - started:.0f} s",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "|".join(["---", "---"] + ["---:"] * (len(HEADER) - 2)) + "|",

@@ -3,8 +3,9 @@
 # suites that drive a real `paddock serve` with the official E2B SDKs (Python, then JS), then a
 # short benchmark run. Exits non-zero on the first failure. Run as root from anywhere.
 #
-# Caches outside the clone (survive CI runs): the base template in $PADDOCK_TEMPLATES_DIR
-# (default /var/cache/paddock/templates) and the Python venv in /var/cache/paddock/venv.
+# Caches outside the clone (survive CI runs): the base and code-interpreter-v1 templates (and
+# their build cache) in $PADDOCK_TEMPLATES_DIR (default /var/cache/paddock/templates) and the
+# Python venv in /var/cache/paddock/venv.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$PWD
@@ -84,8 +85,8 @@ rust_tests() {
 }
 
 # A cached base template built by an older recipe (`RECIPE` in crates/templates/src/base.rs,
-# recorded in its template.json) is deleted, so that the first server of the e2e suite builds
-# the current one and the tests see what users of a fresh install get.
+# recorded in its template.json) is deleted, so that `paddock template prepare` (next step)
+# builds the current one and the tests see what users of a fresh install get.
 base_template() {
   local want have meta=$PADDOCK_TEMPLATES_DIR/base/template.json
   want=$(sed -n 's/^pub const RECIPE: u32 = \([0-9]*\);.*$/\1/p' crates/templates/src/base.rs)
@@ -94,7 +95,7 @@ base_template() {
     return 1
   fi
   if [ ! -e "$meta" ]; then
-    log "no cached base template: the first server builds it"
+    log "no cached base template: the next step builds it"
     return 0
   fi
   # The recipe of a debootstrap-built base (records from before it was kept are 1); "other" for
@@ -119,6 +120,16 @@ print(s.get("recipe", 1) if s.get("kind") == "debootstrap" else "other")' "$meta
   esac
 }
 
+# What every server makes on its first start (base, code-interpreter-v1), made once here into
+# the shared templates dir (left alone when current; rebuilt when its recipe changed), so that
+# the servers of the suites find it ready instead of each building it.
+system_templates() {
+  local data
+  data=$(mktemp -d /tmp/paddock-prepare.XXXXXX)
+  "$PADDOCK_BIN" template prepare --data-dir "$data" --templates-dir "$PADDOCK_TEMPLATES_DIR"
+  rm -rf "$data"
+}
+
 py_e2e() { "$VENV/bin/python" -m pytest -x -q tests/e2e/python; }
 py_soak() { "$VENV/bin/python" -m pytest -x -q -m soak tests/e2e/python; }
 # The cluster on one host: `paddock api`, three `paddock node`, `paddock proxy` (tests/e2e/cluster).
@@ -128,7 +139,8 @@ py_cluster() {
   PADDOCK_E2E_CLUSTER=1 "$VENV/bin/python" -m pytest -x -q \
     tests/e2e/python/test_commands.py tests/e2e/python/test_files.py tests/e2e/python/test_pty.py \
     tests/e2e/python/test_proxy.py tests/e2e/python/test_lifecycle.py tests/e2e/python/test_api.py \
-    tests/e2e/python/test_metrics.py tests/e2e/python/test_logs.py tests/e2e/python/test_signed_urls.py
+    tests/e2e/python/test_metrics.py tests/e2e/python/test_logs.py tests/e2e/python/test_signed_urls.py \
+    tests/e2e/python/test_code_interpreter.py
 }
 js_e2e() { cd "$repo/tests/e2e/js" && npm test; cd "$repo"; }
 
@@ -143,6 +155,7 @@ step "js dependencies (tests/e2e/js)" js_env
 step "cargo build --workspace --all-targets" cargo build --workspace --all-targets
 step "rust tests" rust_tests
 step "base template" base_template
+step "templates every server makes (paddock template prepare)" system_templates
 step "e2e: python SDK" py_e2e
 step "e2e: soak (create + true + kill churn)" py_soak
 step "e2e: cluster (api, three nodes, edge proxy)" py_cluster

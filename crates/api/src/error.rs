@@ -119,6 +119,7 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Busy(msg) => ApiError::TooManyRequests(msg),
             e @ LifecycleError::Saturated(_) => ApiError::TooManyRequests(e.to_string()),
             e @ LifecycleError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            LifecycleError::TemplatePreparing(msg) => ApiError::Unavailable(msg),
             e @ LifecycleError::StoppedDuringCreate(_) => ApiError::Conflict(e.to_string()),
             LifecycleError::Conflict(msg) => ApiError::Conflict(msg),
             LifecycleError::Forbidden(msg) => ApiError::Forbidden(msg),

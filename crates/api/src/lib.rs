@@ -49,6 +49,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 mod lifecycle;
+pub use lifecycle::system_templates;
 pub mod logs;
 pub mod routes;
 pub mod store;
@@ -90,6 +91,11 @@ pub struct ApiConfig {
     /// At shutdown, leave sandboxes and their records as they are (a cluster's control plane:
     /// its nodes and their sandboxes outlive it) instead of stopping every sandbox (`serve`).
     pub keep_sandboxes_on_shutdown: bool,
+    /// Build the templates every server provides (`code-interpreter-v1`) in the background
+    /// when they are missing or were built from another recipe (see
+    /// [`system_templates`]). Off in [`ApiConfig::new`]; `paddock serve` and `paddock api`
+    /// turn it on unless told not to.
+    pub system_templates: bool,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -104,6 +110,7 @@ impl std::fmt::Debug for ApiConfig {
                 "keep_sandboxes_on_shutdown",
                 &self.keep_sandboxes_on_shutdown,
             )
+            .field("system_templates", &self.system_templates)
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
@@ -124,6 +131,7 @@ impl ApiConfig {
             build_upload_limit: MAX_BUILD_UPLOAD_BYTES,
             admin_token: None,
             keep_sandboxes_on_shutdown: false,
+            system_templates: false,
         }
     }
 }
@@ -234,7 +242,13 @@ impl ControlPlane {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .unwrap_or_else(|| self.nodes.subscribe());
+        let system = async {
+            if self.core.config.system_templates {
+                self.core.run_system_templates().await
+            }
+        };
         tokio::join!(
+            system,
             self.core.run_expiry(),
             self.core.run_exit_watcher(),
             self.core.run_events(),

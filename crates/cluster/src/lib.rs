@@ -1139,6 +1139,23 @@ impl Node for NodeSet {
         Ok(copied)
     }
 
+    /// The catalog's record of the template, else that of the first member that has it.
+    async fn template_meta(&self, name: &TemplateName) -> Result<Option<String>, NodeError> {
+        if let Some((_, entry)) = self.catalog_entry(name).await {
+            return Ok(Some(entry.meta_json));
+        }
+        for (id, node) in self.members() {
+            match node.template_meta(name).await {
+                Ok(Some(meta)) => return Ok(Some(meta)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(node = %id, template = %name, error = %e, "a node could not describe a template")
+                }
+            }
+        }
+        Ok(None)
+    }
+
     async fn build(&self, req: BuildRequest, logs: LogSink) -> Result<Built, BuildError> {
         let failed = |message: String| BuildError {
             step: paddock_template::BASE_STEP.to_string(),

@@ -45,6 +45,8 @@ pub struct FakeNode {
     pub pause_gate: Semaphore,
     /// Templates published by builds.
     pub built: Mutex<std::collections::BTreeMap<TemplateName, crate::TemplateSummary>>,
+    /// The env vars (ENV steps) of templates published by builds, as their metadata shows them.
+    pub built_env: Mutex<std::collections::BTreeMap<TemplateName, Vec<(String, String)>>>,
     /// Every build request, in order.
     pub build_requests: Mutex<Vec<crate::build::BuildRequest>>,
     /// A `RUN wait` step waits for a permit here.
@@ -114,6 +116,7 @@ impl FakeNode {
             pausing: tokio::sync::Notify::new(),
             pause_gate: Semaphore::new(0),
             built: Mutex::new(std::collections::BTreeMap::new()),
+            built_env: Mutex::new(std::collections::BTreeMap::new()),
             build_requests: Mutex::new(Vec::new()),
             build_gate: Semaphore::new(0),
             builds_abandoned: AtomicUsize::new(0),
@@ -351,9 +354,17 @@ impl Node for FakeNode {
         if !self.has_template(name) {
             return Ok(None);
         }
+        let env = self
+            .built_env
+            .lock()
+            .expect("lock")
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
         Ok(Some(crate::TemplateManifest {
             name: name.clone(),
-            meta_json: format!("{{\"name\":\"{name}\"}}"),
+            meta_json: serde_json::json!({"name": name.as_str(), "config": {"env": env}})
+                .to_string(),
             layers: vec![crate::LayerRef {
                 digest: fake_digest(name),
                 size: fake_layer(name).len() as u64,
@@ -543,6 +554,20 @@ impl Node for FakeNode {
             .lock()
             .expect("lock")
             .insert(req.name.clone(), summary.clone());
+        let env = req
+            .recipe
+            .steps
+            .iter()
+            .filter_map(|s| match &s.step {
+                BuildStep::Env { vars } => Some(vars.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        self.built_env
+            .lock()
+            .expect("lock")
+            .insert(req.name.clone(), env);
         abandoned.0 = None;
         Ok(Built {
             template: TemplateInfo {

@@ -200,6 +200,13 @@ pub trait Node: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Template `name`'s metadata as the node stores it (JSON, as in
+    /// [`TemplateManifest::meta_json`]: its source and configuration); `None` if this node
+    /// does not have it. Default: the manifest's (which a node may have to hash layers for).
+    async fn template_meta(&self, name: &TemplateName) -> Result<Option<String>, NodeError> {
+        Ok(self.template_manifest(name).await?.map(|m| m.meta_json))
+    }
+
     /// Sends the layer with content address `digest`. Fails with
     /// [`ErrorCode::TemplateNotFound`] if this node has no such layer. Default: unsupported.
     async fn export_layer(&self, digest: &str) -> Result<LayerStream, NodeError> {

@@ -155,6 +155,10 @@ impl Node for LocalNode {
         Ok(LocalNode::template_manifest(self, name).await?)
     }
 
+    async fn template_meta(&self, name: &TemplateName) -> Result<Option<String>, NodeError> {
+        Ok(LocalNode::template_meta(self, name).await?)
+    }
+
     async fn export_layer(&self, digest: &str) -> Result<LayerStream, NodeError> {
         Ok(LocalNode::export_layer(self, digest).await?)
     }

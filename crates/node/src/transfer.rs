@@ -161,6 +161,28 @@ impl LocalNode {
         }))
     }
 
+    /// See [`Node::template_meta`](paddock_node_contract::Node::template_meta): read from the
+    /// template's record, no layer hashed.
+    pub async fn template_meta(&self, name: &TemplateName) -> Result<Option<String>, LocalError> {
+        let (store, n) = (self.templates().clone(), name.clone());
+        let Some(t) = blocking("template lookup", move || store.get(&n)).await? else {
+            return Ok(None);
+        };
+        let meta = paddock_templates::TemplateMeta {
+            name: t.name,
+            resources: t.resources,
+            created_at: t.created_at,
+            source: t.source,
+            config: t.config,
+        };
+        serde_json::to_string(&meta)
+            .map(Some)
+            .map_err(|e| LocalError::Io {
+                context: "encoding a template's metadata".into(),
+                source: io::Error::other(e),
+            })
+    }
+
     /// See [`Node::export_layer`](paddock_node_contract::Node::export_layer).
     pub async fn export_layer(&self, digest: &str) -> Result<LayerStream, LocalError> {
         let (store, d) = (self.templates().clone(), digest.to_string());

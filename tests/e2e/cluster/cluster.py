@@ -79,9 +79,13 @@ class Proc:
 
 class Cluster:
     """`seeded` nodes start with `base` (from the shared cache); the others start without it
-    and receive it from the cluster (base is built once per cluster)."""
+    and receive it from the cluster (base is built once per cluster). With `system_templates`,
+    the seeded nodes also start with `code-interpreter-v1` (from the shared cache, where
+    `paddock template prepare` put it) and the control plane keeps it (builds it if no node has
+    it); without, the control plane runs with `--no-system-templates`."""
 
-    def __init__(self, nodes: int = 3, lost_after: int = 15, seeded: int = 1):
+    def __init__(self, nodes: int = 3, lost_after: int = 15, seeded: int = 1,
+                 system_templates: bool = False):
         self.bin = Path(os.environ.get("PADDOCK_BIN", DEFAULT_BIN))
         self.templates = Path(os.environ.get("PADDOCK_TEMPLATES_DIR", DEFAULT_TEMPLATES_DIR))
         self.dir = Path(tempfile.mkdtemp(prefix="paddock-cluster-"))
@@ -90,6 +94,7 @@ class Cluster:
         self.node_ports: Dict[str, int] = {n: free_port() for n in self.node_names}
         self.lost_after = lost_after
         self.seeded = set(self.node_names[:seeded])
+        self.system_templates = system_templates
         self.api: Optional[Proc] = None
         self.nodes: Dict[str, Proc] = {}
         self.proxy: Optional[Proc] = None
@@ -108,26 +113,31 @@ class Cluster:
 
     def node_templates(self, name: str) -> Path:
         """The node's own templates dir (a node owns its templates dir: it collects layers no
-        template of its own names): for a seeded node holding `base` from the shared cache (its
-        layers hard-linked: layers are never changed in place), for the others empty."""
+        template of its own names): for a seeded node holding `base` (and with
+        `system_templates` `code-interpreter-v1`) from the shared cache (their layers
+        hard-linked: layers are never changed in place), for the others empty."""
         own = self.dir / f"{name}-templates"
         if own.exists():
             return own
+        own.mkdir()
         if name not in self.seeded:
-            own.mkdir()
             return own
-        meta = json.loads((self.templates / "base" / "template.json").read_text())
-        (own / "base").mkdir(parents=True)
         (own / ".layers").mkdir()
-        for layer in meta["layers"]:
-            subprocess.run(
-                ["cp", "-al", str(self.templates / ".layers" / layer), str(own / ".layers" / layer)],
-                check=True,
-            )
-            idmap = self.templates / ".layers" / f".{layer}.idmap"
-            if idmap.exists():
-                shutil.copy2(idmap, own / ".layers" / idmap.name)
-        shutil.copy2(self.templates / "base" / "template.json", own / "base" / "template.json")
+        for template in ["base"] + (["code-interpreter-v1"] if self.system_templates else []):
+            meta = json.loads((self.templates / template / "template.json").read_text())
+            (own / template).mkdir()
+            for layer in meta["layers"]:
+                if (own / ".layers" / layer).exists():
+                    continue
+                subprocess.run(
+                    ["cp", "-al", str(self.templates / ".layers" / layer), str(own / ".layers" / layer)],
+                    check=True,
+                )
+                # Its id map and, once a node hashed it, its digest (so no node hashes it again).
+                for extra in (f".{layer}.idmap", f".{layer}.digest"):
+                    if (self.templates / ".layers" / extra).exists():
+                        shutil.copy2(self.templates / ".layers" / extra, own / ".layers" / extra)
+            shutil.copy2(self.templates / template / "template.json", own / template / "template.json")
         return own
 
     def node_proc(self, name: str, token_file: Optional[Path] = None) -> Proc:
@@ -160,6 +170,7 @@ class Cluster:
             "--domain", f"localhost:{self.proxy_port}",
             "--admin-token", ADMIN_TOKEN,
             "--node-lost-after", str(self.lost_after),
+            *([] if self.system_templates else ["--no-system-templates"]),
         ], self.dir / "api.log").start()
         assert self.api.p is not None and self.api.p.stdout is not None
         exports = ""
@@ -254,7 +265,7 @@ class ClusterAsServer:
     tests/e2e/python/conftest.py)."""
 
     def __init__(self, nodes: int = 3):
-        self.cluster = Cluster(nodes=nodes)
+        self.cluster = Cluster(nodes=nodes, system_templates=True)
         self.created_ids = set()
 
     @property

@@ -1,38 +1,37 @@
 """The code interpreter with E2B's own `e2b_code_interpreter` SDK (2.11.5), unchanged: the
-`code-interpreter-v1` recipe (recipes/code-interpreter-v1, built here through the CLI under a
-name of this run, since the templates dir outlives the server; its apt layer is cached across
-runs) with `paddock-interpreter` on port 49999 over an IPython kernel, reached through the proxy
-as the SDK reaches E2B's."""
+`code-interpreter-v1` template every Paddock server makes on its first start (recipes/
+code-interpreter-v1; scripts/test.sh bakes it into the shared templates dir with `paddock
+template prepare` first, so here it is ready or a server is finishing it), with
+`paddock-interpreter` on port 49999 over its kernels, reached through the proxy as the SDK
+reaches E2B's. Sandboxes are made as the docs make them: `Sandbox.create()`, no template."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
-import requests
-from e2b import TimeoutException
+from e2b import SandboxException, TimeoutException
 from e2b_code_interpreter import Sandbox
 
-REPO = Path(__file__).resolve().parents[3]
+TEMPLATE = "code-interpreter-v1"
 
 
 @pytest.fixture(scope="module")
 def template(paddock):
-    name = f"code-interpreter-e2e-{os.getpid()}"
-    env = {**os.environ, **paddock.client_env(), "PADDOCK_BIN": str(paddock.binary),
-           "PADDOCK_TEMPLATE_NAME": name}
-    out = subprocess.run(
-        ["bash", str(REPO / "recipes" / "code-interpreter-v1" / "build.sh")],
-        env=env, capture_output=True, text=True, timeout=1800,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    yield name
-    requests.delete(f"{paddock.api_url}/templates/{name}",
-                    headers={"X-API-Key": paddock.api_key}, timeout=120)
+    """Waits (up to 15 min) while the server still builds the template: its creates answer
+    503 saying so meanwhile."""
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            sbx = Sandbox.create(timeout=60)
+        except SandboxException as e:
+            assert "not ready yet" in str(e), e
+            assert time.monotonic() < deadline, f"{TEMPLATE} was not built in time: {e}"
+            time.sleep(5)
+            continue
+        sbx.kill()
+        return TEMPLATE
 
 
 @pytest.fixture
@@ -40,7 +39,7 @@ def ci(template, paddock):
     made = []
 
     def create(**kwargs) -> Sandbox:
-        sbx = Sandbox.create(template=template, timeout=300, **kwargs)
+        sbx = Sandbox.create(timeout=300, **kwargs)
         paddock.track(sbx.sandbox_id)
         made.append(sbx)
         return sbx
@@ -51,6 +50,77 @@ def ci(template, paddock):
             sbx.kill()
         except Exception:  # noqa: BLE001 (already gone)
             pass
+
+
+def test_the_template_has_the_scientific_stack(ci):
+    sbx = ci()
+    out = sbx.run_code(
+        "import numpy, pandas, matplotlib, scipy, sklearn, seaborn, requests, PIL\n"
+        "from scipy import stats\n"
+        "from sklearn.linear_model import LinearRegression\n"
+        "m = LinearRegression().fit([[0], [1], [2]], [1, 3, 5])\n"
+        "round(float(m.coef_[0]), 3), round(float(stats.norm.cdf(0)), 2)"
+    )
+    assert out.error is None, out.error
+    assert out.text == "(2.0, 0.5)"
+
+
+def test_a_fresh_sandbox_lists_its_default_python_and_javascript_contexts(ci):
+    sbx = ci()
+    deadline = time.monotonic() + 20
+    while True:
+        languages = sorted(c.language for c in sbx.list_code_contexts())
+        if languages == ["javascript", "python"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert languages == ["javascript", "python"]
+
+
+def test_javascript_typescript_r_and_bash(ci):
+    sbx = ci()
+    js = sbx.run_code("const a = 20; console.log('from js'); a + 22", language="js")
+    assert js.error is None, js.error
+    assert js.text == "42" and js.logs.stdout == ["from js\n"]
+    assert sbx.run_code("a * 2", language="javascript").text == "40", "state is kept"
+    assert sbx.run_code("'quoted'", language="js").text == "quoted"
+    err = sbx.run_code("throw new TypeError('bad')", language="js").error
+    assert err is not None and err.name == "TypeError" and err.value == "bad"
+    assert sbx.run_code("x +", language="js").error.name == "SyntaxError"
+
+    ts = sbx.run_code("const n: number = 21;\nn * 2", language="ts")
+    assert ts.error is None and ts.text == "42", ts
+
+    env_js = sbx.run_code("process.env.ONLY_JS", language="js", envs={"ONLY_JS": "yes"})
+    assert env_js.text == "yes"
+    assert sbx.run_code("String(process.env.ONLY_JS)", language="js").text == "undefined"
+    waited = sbx.run_code("const got = await new Promise(r => setTimeout(() => r(6), 50));\ngot * 7",
+                          language="js")
+    assert waited.text == "42", waited
+
+    r = sbx.run_code("x <- c(1, 2, 3)\nsum(x) * 7", language="r")
+    assert r.error is None, r.error
+    assert r.text == "[1] 42"
+    assert sbx.run_code("length(x)", language="r").text == "[1] 3"
+
+    sh = sbx.run_code("N=6; echo $((N * 7))", language="bash")
+    assert sh.logs.stdout == ["42\n"], sh
+    assert sbx.run_code("echo $N", language="bash").logs.stdout == ["6\n"]
+    env_sh = sbx.run_code("echo $ONLY_SH", language="bash", envs={"ONLY_SH": "it's here"})
+    assert env_sh.logs.stdout == ["it's here\n"]
+
+    ctx = sbx.create_code_context(language="js", cwd="/tmp")
+    assert ctx.language == "javascript"
+    assert sbx.run_code("process.cwd()", context=ctx).text == "/tmp"
+    assert sbx.run_code("typeof a", context=ctx).text == "undefined", "contexts are separate"
+
+
+def test_a_javascript_loop_is_interrupted_when_the_client_gives_up(ci):
+    sbx = ci()
+    with pytest.raises(TimeoutException):
+        sbx.run_code("while (true) {}", language="js", timeout=3)
+    started = time.monotonic()
+    assert sbx.run_code("1 + 1", language="js", timeout=30).text == "2"
+    assert time.monotonic() - started < 3
 
 
 def test_run_code_keeps_state_streams_output_and_reports_errors(ci):
@@ -105,6 +175,18 @@ def test_rich_results_dataframes_json_and_charts(ci):
     (shown,) = [r for r in bar.results if r.png]
     assert shown.chart.type == "bar"
     assert [(e.label, e.group, e.value) for e in shown.chart.elements] == [("A", "Sold", 3), ("B", "Sold", 4)]
+
+    box = sbx.run_code(
+        "import matplotlib.pyplot as plt\n"
+        "plt.boxplot([[1, 2, 3, 4, 5, 20], [2, 3, 4]])\n"
+        "plt.xticks([1, 2], ['A', 'B']); plt.title('Spread'); plt.ylabel('Mass (kg)')\n"
+        "plt.show()"
+    )
+    (shown,) = [r for r in box.results if r.png]
+    chart = shown.chart
+    assert chart.type == "box_and_whisker" and chart.title == "Spread" and chart.y_unit == "kg"
+    assert [(e.label, e.min, e.first_quartile, e.median, e.third_quartile, e.max, e.outliers)
+            for e in chart.elements] == [("A", 1, 2.25, 3.5, 4.75, 5, [20]), ("B", 2, 2.5, 3, 3.5, 4, [])]
 
 
 def test_contexts_are_separate_and_can_be_restarted_and_removed(ci):

@@ -311,6 +311,12 @@ impl Core {
             Owner::Snapshot(_) => return Err(taken()),
             Owner::Built(t) if t != team => return Err(taken()),
             Owner::Public => {
+                if super::system_templates::is_system(&name) {
+                    return Err(Error::Forbidden(format!(
+                        "the template name '{name}' is reserved: every Paddock server provides \
+                         it (build yours from it with `FROM {name}`)"
+                    )));
+                }
                 if self.node.template(&name).await?.is_some() {
                     return Err(Error::Forbidden(format!(
                         "the template name '{name}' is reserved: it is a template of the node"

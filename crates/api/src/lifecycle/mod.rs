@@ -34,6 +34,7 @@ pub(crate) mod pause;
 pub(crate) mod query;
 pub(crate) mod reconcile;
 pub(crate) mod snapshot;
+pub mod system_templates;
 pub(crate) mod tags;
 pub(crate) mod timeout;
 pub(crate) mod validate;
@@ -50,6 +51,10 @@ pub enum Error {
     /// No such template.
     #[error("template '{0}' not found")]
     TemplateNotFound(String),
+    /// A template every server provides is not ready yet (being built on the first start);
+    /// the message says since when.
+    #[error("{0}")]
+    TemplatePreparing(String),
     /// No such template build for this team.
     #[error("build '{0}' not found")]
     BuildNotFound(String),
@@ -144,6 +149,8 @@ pub(crate) struct Core {
     pub(crate) builds: build::Builds,
     /// Limits on creates in flight, on the node and per team.
     pub(crate) admission: admission::Admission,
+    /// Where the templates every server provides stand (see `system_templates`).
+    pub(crate) system: system_templates::SystemTemplates,
 }
 
 impl Core {
@@ -162,6 +169,7 @@ impl Core {
             idempotency_locks: Mutex::new(HashMap::new()),
             sandbox_locks: locks::SandboxLocks::default(),
             builds: build::Builds::default(),
+            system: system_templates::SystemTemplates::default(),
         }
     }
 

@@ -111,11 +111,12 @@ impl Core {
                     .ok_or_else(not_found)?
             }
         };
-        let info = self
-            .node
-            .template(&node_template)
-            .await?
-            .ok_or_else(not_found)?;
+        let Some(info) = self.node.template(&node_template).await? else {
+            return Err(match self.preparing(&node_template) {
+                Some(why) => Error::TemplatePreparing(why),
+                None => not_found(),
+            });
+        };
         Ok(Resolved {
             name,
             node_template,

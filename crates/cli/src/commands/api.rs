@@ -33,6 +33,10 @@ pub struct ApiArgs {
     /// Domain returned to SDKs for `<port>-<sandboxID>.<domain>` hosts (the edge proxy's).
     #[arg(long)]
     domain: Option<String>,
+    /// Do not build the templates every server provides (`code-interpreter-v1`, built in the
+    /// background from its first start after `base`, and rebuilt when its recipe changes).
+    #[arg(long, env = "PADDOCK_NO_SYSTEM_TEMPLATES")]
+    no_system_templates: bool,
     /// API key accepted for the default team (generated and kept in the data dir when unset).
     #[arg(long, env = "PADDOCK_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -113,6 +117,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
             domain: args.domain.clone(),
             admin_token: Some(admin),
             keep_sandboxes_on_shutdown: true,
+            system_templates: !args.no_system_templates,
             ..paddock_api::ApiConfig::new(&data_dir)
         },
         Arc::new(nodes.clone()),

@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// answer 401.
     #[arg(long, env = "PADDOCK_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Do not build the templates every server provides (`code-interpreter-v1`, built in the
+    /// background from its first start after `base`, and rebuilt when its recipe changes).
+    #[arg(long, env = "PADDOCK_NO_SYSTEM_TEMPLATES")]
+    no_system_templates: bool,
     /// API key accepted for the default team (generated and kept in the data dir when unset).
     #[arg(long, env = "PADDOCK_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -174,6 +178,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             build_upload_limit: paddock_api::MAX_BUILD_UPLOAD_BYTES,
             admin_token: args.admin_token.clone(),
             keep_sandboxes_on_shutdown: false,
+            system_templates: !args.no_system_templates,
         },
         node.clone() as Arc<dyn Node>,
     )

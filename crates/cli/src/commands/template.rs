@@ -1,5 +1,8 @@
-//! `paddock template import|list|delete`: manage the templates of the local node directly on disk
-//! (`build` goes through a server: [`super::template_build`]).
+//! `paddock template import|list|delete|prepare`: manage the templates of the local node
+//! directly on disk (`build` goes through a server: [`super::template_build`]). `prepare`
+//! makes what a server makes on its first start (`base`, then the templates every server
+//! provides: [`paddock_api::system_templates`]) without serving anything, to bake them into a
+//! templates dir ahead of time.
 
 use std::path::PathBuf;
 
@@ -56,6 +59,17 @@ pub enum TemplateCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Make what a server makes on its first start, and exit: `base` (debootstrap) and then
+    /// `code-interpreter-v1` (built on this host, in sandboxes, as `paddock serve` builds it
+    /// in the background). Templates already current are left alone.
+    Prepare {
+        /// Data directory for the build's sandboxes (the templates go to `--templates-dir`,
+        /// default `<data-dir>/templates`).
+        #[arg(long, default_value = "/var/lib/paddock")]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        host: super::host::HostArgs,
+    },
     /// Delete a template.
     Delete {
         /// Template name.
@@ -81,6 +95,7 @@ pub async fn run(cmd: TemplateCommand) -> anyhow::Result<()> {
             println!("imported template {} ({})", t.name, t.top_layer().display());
         }
         TemplateCommand::Build(args) => super::template_build::run(args).await?,
+        TemplateCommand::Prepare { data_dir, host } => prepare(&data_dir, &host).await?,
         TemplateCommand::List { store } => {
             let hidden = [
                 paddock_node::build::CACHE_PREFIX,
@@ -118,4 +133,42 @@ pub async fn run(cmd: TemplateCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `paddock template prepare`: `base`, then every system template, on a node of this process.
+async fn prepare(data_dir: &std::path::Path, args: &super::host::HostArgs) -> anyhow::Result<()> {
+    use paddock_api::system_templates::{ensure, names, Freshness};
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let host = super::host::start(args, data_dir, super::host::BaseSource::Build).await?;
+    let node: std::sync::Arc<dyn paddock_node::Node> = host.node.clone();
+    let mut result = Ok(());
+    for name in names() {
+        let label = name.to_string();
+        let progress = move |line: &paddock_node::build::BuildLog| {
+            eprintln!("[{label}] {}: {}", line.step, line.message)
+        };
+        let started = std::time::Instant::now();
+        let files = data_dir.join("build-files").join("system");
+        match ensure(&*node, &name, files, &progress).await {
+            Ok(Freshness::Current) => println!("{name}: current"),
+            Ok(before) => println!(
+                "{name}: built in {:.0?} ({})",
+                started.elapsed(),
+                match before {
+                    Freshness::Stale(_) => "it was built from another recipe",
+                    _ => "it was missing",
+                }
+            ),
+            Err(e) => {
+                result = Err(anyhow::anyhow!("building {name}: {e}"));
+                break;
+            }
+        }
+    }
+    host.node.shutdown().await;
+    if let Some(net) = &host.network {
+        net.shutdown().await;
+    }
+    result
 }
