@@ -1,5 +1,5 @@
 // The JavaScript and TypeScript kernel of paddock-interpreter (crates/interpreter/src/pipe.rs),
-// run as `node -e <this> <javascript|typescript>` in the sandbox's Node.js.
+// run as `node js_kernel.js <javascript|typescript>` in the sandbox's Node.js.
 //
 // Requests come on stdin, one JSON object per line: {"id", "code", "silent"}; they run one
 // after another. Everything the kernel says goes to stdout as lines that start with the record
@@ -25,7 +25,7 @@ const { Writable } = require('stream');
 const { createRequire } = require('module');
 const path = require('path');
 
-const language = process.argv[1] === 'typescript' || process.argv[2] === 'typescript' ? 'typescript' : 'javascript';
+const language = process.argv[2] === 'typescript' ? 'typescript' : 'javascript';
 const RS = '\x1e';
 let current = null;
 let last = null;

@@ -1,6 +1,7 @@
 //! Kernels driven over pipes with a line protocol of Paddock's own, for the languages Debian
 //! has no Jupyter kernel for: JavaScript and TypeScript on the sandbox's Node.js (the driver is
-//! `js_kernel.js`, run with `node -e`) and Bash (an interactive `bash` with no prompt).
+//! `js_kernel.js`, embedded, written into the interpreter's private directory and run by
+//! `node`) and Bash (an interactive `bash` with no prompt).
 //!
 //! The kernel says what happens on stdout in lines that start with the record separator
 //! (`\x1e`) followed by JSON (`{"id", "t": "stdout"|"stderr"|"result"|"error"|"done"|...}`);
@@ -83,6 +84,31 @@ pub(crate) fn on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Writes the Node.js driver into `dir` (made 0700; the file 0600, replaced whole so a kernel
+/// starting meanwhile reads either copy complete); returns its path.
+fn write_driver(dir: &Path) -> Result<PathBuf, KernelError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let io = |what: String| move |source| KernelError::Io { what, source };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(format!("creating {}", dir.display())))?;
+    let path = dir.join("js_kernel.js");
+    let tmp = dir.join(format!(".js_kernel.{}.js", crate::wire::new_id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    f.write_all(JS_KERNEL.as_bytes())
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))?;
+    Ok(path)
+}
+
 /// The time now as the kernels' ISO 8601 dates are written.
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -90,12 +116,14 @@ fn now() -> String {
 
 impl PipeKernel {
     /// Starts `program` (`node` for [`Driver::Node`], `bash` for [`Driver::Bash`]) in `cwd`
-    /// with `env` added; returns once it said it is ready.
+    /// with `env` added (the Node.js driver's file kept in `dir`, made 0700); returns once it
+    /// said it is ready.
     pub async fn start(
         driver: Driver,
         program: &Path,
         cwd: &Path,
         env: &[(String, String)],
+        dir: &Path,
     ) -> Result<PipeKernel, KernelError> {
         // A session of its own (no controlling terminal: an interactive bash in a background
         // group of one would stop itself), through util-linux's `setsid` (no fork: the child
@@ -115,7 +143,7 @@ impl PipeKernel {
         };
         match driver {
             Driver::Node { typescript } => {
-                cmd.arg("-e").arg(JS_KERNEL).arg(if typescript {
+                cmd.arg(write_driver(dir)?).arg(if typescript {
                     "typescript"
                 } else {
                     "javascript"
@@ -511,9 +539,15 @@ mod tests {
     async fn bash_keeps_state_separates_streams_and_reports_exit_codes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let bash = program(Driver::Bash).expect("bash");
-        let k = PipeKernel::start(Driver::Bash, &bash, dir.path(), &[])
-            .await
-            .expect("bash starts");
+        let k = PipeKernel::start(
+            Driver::Bash,
+            &bash,
+            dir.path(),
+            &[],
+            &dir.path().join("run"),
+        )
+        .await
+        .expect("bash starts");
         let outs = collect(
             k.execute("N=6; echo $((N * 7)); echo oops >&2", false)
                 .await
@@ -552,9 +586,15 @@ mod tests {
     async fn bash_is_interrupted_and_carries_on() {
         let dir = tempfile::tempdir().expect("tempdir");
         let bash = program(Driver::Bash).expect("bash");
-        let k = PipeKernel::start(Driver::Bash, &bash, dir.path(), &[])
-            .await
-            .expect("bash starts");
+        let k = PipeKernel::start(
+            Driver::Bash,
+            &bash,
+            dir.path(),
+            &[],
+            &dir.path().join("run"),
+        )
+        .await
+        .expect("bash starts");
         for code in [
             "sleep 30; echo not-reached",
             "while true; do :; done; echo not-reached",
@@ -584,7 +624,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let driver = Driver::Node { typescript: false };
-        let k = PipeKernel::start(driver, &node, dir.path(), &[])
+        let k = PipeKernel::start(driver, &node, dir.path(), &[], &dir.path().join("run"))
             .await
             .expect("node starts");
         let outs = collect(

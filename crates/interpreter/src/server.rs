@@ -235,8 +235,9 @@ struct Context {
     id: String,
     language: String,
     cwd: String,
-    /// The kernel (replaced when restarted), taken for the whole of an execution.
-    kernel: tokio::sync::Mutex<Arc<Kernel>>,
+    /// The kernel (replaced when restarted), taken for the whole of an execution; `None`
+    /// until the first execution for a context made ahead without one (JavaScript's default).
+    kernel: tokio::sync::Mutex<Option<Arc<Kernel>>>,
     /// The sandbox's env vars, once given to the kernel (again after a restart).
     sandbox_env: Mutex<Option<Map<String, Value>>>,
 }
@@ -305,15 +306,11 @@ impl Interpreter {
             }),
         };
         interpreter.default_context("python").await?;
-        // JavaScript's default context too, as E2B's server has one from the start; in the
-        // background, so the first Python execution never waits for Deno.
+        // JavaScript's default context too, as E2B's server has one from the start; its
+        // kernel starts with its first execution (Node.js is quick to start, and a sandbox
+        // that never runs JavaScript pays neither its memory nor its start).
         if interpreter.inner.config.kernels.contains_key("javascript") {
-            let it = interpreter.clone();
-            tokio::spawn(async move {
-                if let Err(e) = it.default_context("javascript").await {
-                    tracing::warn!(error = %e, "JavaScript's default context did not start");
-                }
-            });
+            interpreter.default_context("javascript").await?;
         }
         Ok(interpreter)
     }
@@ -341,8 +338,14 @@ impl Interpreter {
             .collect();
         let kernel = match spec.pipe {
             Some(driver) => Kernel::Pipe(
-                PipeKernel::start(driver, std::path::Path::new(&spec.argv[0]), start_in, &env)
-                    .await?,
+                PipeKernel::start(
+                    driver,
+                    std::path::Path::new(&spec.argv[0]),
+                    start_in,
+                    &env,
+                    &self.inner.config.run_dir,
+                )
+                .await?,
             ),
             None => Kernel::Jupyter(
                 JupyterKernel::start_with(
@@ -365,28 +368,42 @@ impl Interpreter {
         language: &str,
         cwd: Option<&str>,
     ) -> Result<(String, String, String), ContextError> {
-        let ctx = self.new_context(language, cwd).await?;
+        let ctx = self.new_context(language, cwd, true).await?;
         Ok((ctx.id.clone(), ctx.language.clone(), ctx.cwd.clone()))
     }
 
+    /// A kernel of `language` in `cwd`, ready for code (Python's with its formatters).
+    async fn start_ready(&self, language: &str, cwd: &str) -> Result<Kernel, ContextError> {
+        let kernel = self.start_kernel(language, cwd).await?;
+        if language == "python" && !prepare_python(&kernel, cwd).await {
+            return Err(ContextError::Cwd);
+        }
+        Ok(kernel)
+    }
+
+    /// Makes a context; its kernel now (`start`) or at its first execution.
     async fn new_context(
         &self,
         language: &str,
         cwd: Option<&str>,
+        start: bool,
     ) -> Result<Arc<Context>, ContextError> {
+        if !self.inner.config.kernels.contains_key(language) {
+            return Err(ContextError::UnknownLanguage(language.to_string()));
+        }
         let cwd = match cwd {
             Some(c) if !c.is_empty() => c.to_string(),
             _ => self.inner.config.default_cwd.to_string_lossy().into_owned(),
         };
-        let kernel = self.start_kernel(language, &cwd).await?;
-        if language == "python" && !prepare_python(&kernel, &cwd).await {
-            return Err(ContextError::Cwd);
-        }
+        let kernel = match start {
+            true => Some(Arc::new(self.start_ready(language, &cwd).await?)),
+            false => None,
+        };
         let ctx = Arc::new(Context {
             id: new_context_id(),
             language: language.to_string(),
             cwd,
-            kernel: tokio::sync::Mutex::new(Arc::new(kernel)),
+            kernel: tokio::sync::Mutex::new(kernel),
             sandbox_env: Mutex::new(None),
         });
         self.inner
@@ -434,7 +451,11 @@ impl Interpreter {
         if let Some(ctx) = known() {
             return Ok(ctx);
         }
-        let ctx = self.new_context(language, None).await?;
+        // Python's starts its kernel now (it takes a second; a warm sandbox has it ready), the
+        // others at their first execution.
+        let ctx = self
+            .new_context(language, None, language == "python")
+            .await?;
         self.inner
             .defaults
             .lock()
@@ -458,11 +479,8 @@ impl Interpreter {
 
     /// Starts `ctx`'s kernel again (its state is gone; the id, language and cwd stay).
     async fn restart_context(&self, ctx: &Context) -> Result<(), ContextError> {
-        let fresh = self.start_kernel(&ctx.language, &ctx.cwd).await?;
-        if ctx.language == "python" {
-            let _ = prepare_python(&fresh, &ctx.cwd).await;
-        }
-        *ctx.kernel.lock().await = Arc::new(fresh);
+        let fresh = self.start_ready(&ctx.language, &ctx.cwd).await?;
+        *ctx.kernel.lock().await = Some(Arc::new(fresh));
         *ctx.sandbox_env.lock().expect("env lock") = None;
         Ok(())
     }
@@ -825,8 +843,25 @@ async fn run_execution(
     // when a keepalive cannot be written.
     let (_never_tx, never) = watch::channel(false);
     let mut closed = closed.unwrap_or(never);
-    let kernel_slot = ctx.kernel.lock().await;
-    let kernel = Arc::clone(&kernel_slot);
+    let mut kernel_slot = ctx.kernel.lock().await;
+    let kernel = match &*kernel_slot {
+        Some(k) => Arc::clone(k),
+        None => match it.start_ready(&ctx.language, &ctx.cwd).await {
+            Ok(k) => Arc::clone(kernel_slot.insert(Arc::new(k))),
+            Err(e) => {
+                let _ = tx
+                    .send(Ok(line(&json!({"type": "error", "name": "KernelError",
+                        "value": e.to_string(), "traceback": ""}))))
+                    .await;
+                let _ = tx
+                    .send(Ok(Bytes::from_static(
+                        b"{\"type\": \"end_of_execution\"}\n",
+                    )))
+                    .await;
+                return;
+            }
+        },
+    };
     let language = ctx.language.as_str();
     let known = ctx.sandbox_env.lock().expect("env lock").clone();
     let sandbox_env = match known {
