@@ -4,10 +4,11 @@
 //! until the kernel answers `kernel_info_request` and its IOPub messages arrive (ZeroMQ's
 //! subscriptions take effect a moment after connecting). [`Kernel::execute`] sends an
 //! `execute_request` and gives what the kernel publishes about it as [`Output`]s, ending once
-//! the kernel is idle again and its `execute_reply` came (kernels differ in which comes first;
-//! an error only the reply reports, as Deno's for code that does not parse, becomes an
-//! [`Output::Error`]); [`Kernel::interrupt`] asks it to stop the running code. A kernel
-//! that exits ends the executions under way with [`Output::KernelExited`].
+//! the kernel is idle again and its `execute_reply` came (they come on different sockets, in
+//! either order; an error only the reply reports becomes an [`Output::Error`]);
+//! [`Kernel::interrupt`] asks it to stop the running code. A kernel that exits ends the
+//! executions under way with [`Output::KernelExited`]. [`Kernel`] is either such a
+//! [`JupyterKernel`] or a [`crate::pipe::PipeKernel`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,8 @@ pub(crate) struct Queue {
     pub(crate) replied: bool,
     /// An error was published for it on IOPub.
     errored: bool,
+    /// The error its `execute_reply` reported, shown at its end unless IOPub showed one.
+    reply_error: Option<Output>,
 }
 
 impl Queue {
@@ -55,6 +58,7 @@ impl Queue {
                 idle: false,
                 replied: false,
                 errored: false,
+                reply_error: None,
             },
             Outputs { rx, queued },
         )
@@ -234,7 +238,7 @@ pub(crate) type Waiters<T> = Arc<Mutex<HashMap<String, T>>>;
 /// How a kernel is asked to stop the code it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Interrupt {
-    /// An `interrupt_request` on the control socket (ipykernel, bash_kernel, Deno).
+    /// An `interrupt_request` on the control socket (ipykernel).
     #[default]
     Message,
     /// SIGINT to its process (IRkernel's `interrupt_mode: signal`).
@@ -439,7 +443,7 @@ impl JupyterKernel {
                         None => false,
                     };
                     if done {
-                        map.remove(&parent);
+                        end(&mut map, &parent);
                     }
                 }
             }
@@ -461,17 +465,13 @@ impl JupyterKernel {
                             let done = match map.get_mut(parent) {
                                 Some(q) => {
                                     q.replied = true;
-                                    if !q.errored {
-                                        if let Some(err) = reply_error(&msg.content) {
-                                            q.push(err);
-                                        }
-                                    }
+                                    q.reply_error = reply_error(&msg.content);
                                     q.idle
                                 }
                                 None => false,
                             };
                             if done {
-                                map.remove(parent);
+                                end(&mut map, parent);
                             }
                         }
                         Ok(msg) => {
@@ -585,7 +585,10 @@ impl JupyterKernel {
             "execute_request",
             json!({
                 "code": code, "silent": silent, "store_history": !silent,
-                "user_expressions": {}, "allow_stdin": false, "stop_on_error": true,
+                // One execution at a time per kernel: nothing is ever queued behind an error
+                // to abort, and ipykernel's abort window after one can swallow the next
+                // request when it comes quickly.
+                "user_expressions": {}, "allow_stdin": false, "stop_on_error": false,
             }),
         );
         let (queue, outputs) = Queue::new();
@@ -656,6 +659,17 @@ impl Drop for JupyterKernel {
         }
         for t in &self.tasks[1..] {
             t.abort();
+        }
+    }
+}
+
+/// Ends execution `parent` (idle and replied: everything IOPub had for it came before its
+/// idle status): the reply's error is shown if IOPub showed none (a kernel may report an
+/// error only there; either order of the two gives one error line).
+fn end(map: &mut HashMap<String, Queue>, parent: &str) {
+    if let Some(mut q) = map.remove(parent) {
+        if let Some(err) = q.reply_error.take().filter(|_| !q.errored) {
+            q.push(err);
         }
     }
 }
