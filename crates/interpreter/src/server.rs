@@ -89,6 +89,8 @@ pub struct Config {
 
 impl Config {
     /// Python's kernel (ipykernel) run by `python`, contexts in `cwd`, files in `run_dir`.
+    /// IPython's SQLite history is off (`In`, `Out` and execution counts stay): no database
+    /// write and no saving thread per execution, 0.2 to 2 ms of a round trip here.
     pub fn python(python: &str, cwd: impl Into<PathBuf>, run_dir: impl Into<PathBuf>) -> Config {
         let spec = KernelSpec::new(&[
             python,
@@ -96,6 +98,7 @@ impl Config {
             "ipykernel_launcher",
             "-f",
             "{connection_file}",
+            "--HistoryManager.enabled=False",
         ]);
         Config {
             kernels: HashMap::from([("python".to_string(), spec)]),
