@@ -4,14 +4,16 @@
 // Requests come on stdin, one JSON object per line: {"id", "code", "silent"}; they run one
 // after another. Everything the kernel says goes to stdout as lines that start with the record
 // separator \x1e followed by JSON: {"id", "t": "stdout"|"stderr", "text"}, {"id", "t":
-// "result", "data": {mime: value}}, {"id", "t": "error", "name", "value", "traceback"} and a
+// "result"|"display", "data": {mime: value}}, {"id", "t": "error", "name", "value", "traceback"} and a
 // last {"id", "t": "done"}. Other bytes on stdout or stderr (a child process writing straight
 // to them) are the running execution's output.
 //
 // Cells run in this process's own context with vm.runInThisContext, so top-level `let`,
 // `const`, functions and classes stay defined for later cells, as in a REPL; the value of the
 // last expression is the result (shown with util.inspect, or as the MIME bundle an object's
-// [Symbol.for("Jupyter.display")]() returns). A cell with top-level `await` runs inside an
+// [Symbol.for("Jupyter.display")]() returns); `display(value)` shows a value on the way (a
+// MIME bundle given as `{"text/html": ...}` with only MIME keys is shown as it is). A cell with
+// top-level `await` runs inside an
 // async function (its last expression is returned; `const|let|var name = ...` at the start of a
 // line becomes a global so it outlives the cell). TypeScript is transpiled first with Debian's
 // `typescript` (types are erased, not checked). SIGINT interrupts the running cell
@@ -124,6 +126,15 @@ function display(value) {
   }
   return { 'text/plain': util.inspect(value, { colors: false, depth: 4 }) };
 }
+
+// `display(value)`: shown now, not as the cell's value.
+globalThis.display = (value) => {
+  const id = current ?? last;
+  if (id === null) return;
+  const isBundle = value !== null && typeof value === 'object' && !Array.isArray(value) &&
+    Object.keys(value).length > 0 && Object.keys(value).every((k) => k.includes('/'));
+  send({ id, t: 'display', data: isBundle ? value : display(value) });
+};
 
 function errorMessage(err) {
   if (err instanceof Error || (err && typeof err === 'object' && 'message' in err)) {

@@ -4,8 +4,8 @@
 //! `node`) and Bash (an interactive `bash` with no prompt).
 //!
 //! The kernel says what happens on stdout in lines that start with the record separator
-//! (`\x1e`) followed by JSON (`{"id", "t": "stdout"|"stderr"|"result"|"error"|"done"|...}`);
-//! every other byte on its stdout or stderr (a program the code runs writing straight to them)
+//! (`\x1e`) followed by JSON (`{"id", "t": "stdout" | "stderr" | "result" | "display" |
+//! "error" | "done" | ...}`); every other byte on its stdout or stderr (a program the code runs writing straight to them)
 //! is output of the execution under way. An execution ends when the kernel says `done` (and,
 //! for Bash, when the same marker came through stderr, so nothing written to it before is
 //! left behind). Requests: for Node.js one JSON line `{"id", "code", "silent"}`; for Bash two
@@ -445,14 +445,14 @@ fn event(
             text: text("text"),
             timestamp: now(),
         }),
-        "result" => q.push(Output::Result {
+        kind @ ("result" | "display") => q.push(Output::Result {
             data: ev
                 .get("data")
                 .and_then(Value::as_object)
                 .cloned()
                 .unwrap_or_default(),
             metadata: Map::new(),
-            is_main: true,
+            is_main: kind == "result",
         }),
         "error" => q.push(Output::Error {
             name: text("name"),
@@ -637,6 +637,29 @@ mod tests {
         assert_eq!(result(&outs).as_deref(), Some("42"));
         let outs = collect(k.execute("a * 2", false).await.expect("run")).await;
         assert_eq!(result(&outs).as_deref(), Some("40"), "top-level const kept");
+        let outs = collect(
+            k.execute("display({'text/html': '<b>x</b>'}); display([1]); 5", false)
+                .await
+                .expect("run"),
+        )
+        .await;
+        let shown: Vec<(Value, bool)> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Result { data, is_main, .. } => {
+                    Some((Value::Object(data.clone()), *is_main))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (json!({"text/html": "<b>x</b>"}), false),
+                (json!({"text/plain": "[ 1 ]"}), false),
+                (json!({"text/plain": "5"}), true),
+            ]
+        );
         let outs = collect(k.execute("'str'", false).await.expect("run")).await;
         assert_eq!(result(&outs).as_deref(), Some("'str'"));
         let outs = collect(

@@ -87,6 +87,10 @@ def test_javascript_typescript_r_and_bash(ci):
     assert err is not None and err.name == "TypeError" and err.value == "bad"
     assert sbx.run_code("x +", language="js").error.name == "SyntaxError"
 
+    shown = sbx.run_code("display({'text/html': '<b>hi</b>'}); 1", language="js")
+    assert shown.results[0].html == "<b>hi</b>" and not shown.results[0].is_main_result
+    assert shown.text == "1"
+
     ts = sbx.run_code("const n: number = 21;\nn * 2", language="ts")
     assert ts.error is None and ts.text == "42", ts
 
@@ -114,13 +118,15 @@ def test_javascript_typescript_r_and_bash(ci):
     assert sbx.run_code("typeof a", context=ctx).text == "undefined", "contexts are separate"
 
 
-def test_a_javascript_loop_is_interrupted_when_the_client_gives_up(ci):
+def test_javascript_and_r_loops_are_interrupted_when_the_client_gives_up(ci):
     sbx = ci()
-    with pytest.raises(TimeoutException):
-        sbx.run_code("while (true) {}", language="js", timeout=3)
-    started = time.monotonic()
-    assert sbx.run_code("1 + 1", language="js", timeout=30).text == "2"
-    assert time.monotonic() - started < 3
+    for language, loop, two in [("js", "while (true) {}", "2"), ("r", "repeat {}", "[1] 2")]:
+        assert sbx.run_code("1", language=language, timeout=60).error is None  # kernel up
+        with pytest.raises(TimeoutException):
+            sbx.run_code(loop, language=language, timeout=3)
+        started = time.monotonic()
+        assert sbx.run_code("1 + 1", language=language, timeout=30).text == two, language
+        assert time.monotonic() - started < 3, language
 
 
 def test_run_code_keeps_state_streams_output_and_reports_errors(ci):
