@@ -385,23 +385,7 @@ impl JupyterKernel {
         let (kill, kill_rx) = oneshot::channel::<()>();
         let mut tasks = Vec::new();
         // The process: its exit ends every execution under way.
-        tasks.push(tokio::spawn({
-            let running = Arc::clone(&running);
-            async move {
-                let status = tokio::select! {
-                    s = child.wait() => s.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
-                    _ = kill_rx => {
-                        let _ = child.kill().await;
-                        "killed".to_string()
-                    }
-                };
-                let _ = exited_tx.send(Some(status.clone()));
-                let ended: Vec<_> = running.lock().expect("running lock").drain().collect();
-                for (_, q) in ended {
-                    let _ = q.tx.send(Output::KernelExited(status.clone()));
-                }
-            }
-        }));
+        tasks.push(watch_exit(child, kill_rx, Arc::clone(&running), exited_tx));
         // IOPub: outputs to their executions, which end when the kernel is idle again.
         tasks.push(tokio::spawn({
             let (running, replies, signer) =
@@ -663,6 +647,30 @@ impl Drop for JupyterKernel {
     }
 }
 
+/// Watches a kernel's process: its exit (or `kill`) is sent on `exited` and ends every
+/// execution under way with [`Output::KernelExited`].
+pub(crate) fn watch_exit(
+    mut child: tokio::process::Child,
+    kill: oneshot::Receiver<()>,
+    running: Waiters<Queue>,
+    exited: watch::Sender<Option<String>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            s = child.wait() => s.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+            _ = kill => {
+                let _ = child.kill().await;
+                "killed".to_string()
+            }
+        };
+        let _ = exited.send(Some(status.clone()));
+        let ended: Vec<_> = running.lock().expect("running lock").drain().collect();
+        for (_, mut q) in ended {
+            q.push(Output::KernelExited(status.clone()));
+        }
+    })
+}
+
 /// Ends execution `parent` (idle and replied: everything IOPub had for it came before its
 /// idle status): the reply's error is shown if IOPub showed none (a kernel may report an
 /// error only there; either order of the two gives one error line).
@@ -679,6 +687,11 @@ fn reply_error(content: &Value) -> Option<Output> {
     if content.get("status").and_then(Value::as_str) != Some("error") {
         return None;
     }
+    Some(error_of(content))
+}
+
+/// The `ename`, `evalue` and `traceback` of an `error` message or an error reply.
+fn error_of(content: &Value) -> Output {
     let text = |k: &str| {
         content
             .get(k)
@@ -686,7 +699,7 @@ fn reply_error(content: &Value) -> Option<Output> {
             .unwrap_or_default()
             .to_string()
     };
-    Some(Output::Error {
+    Output::Error {
         name: text("ename"),
         value: text("evalue"),
         traceback: content
@@ -699,7 +712,7 @@ fn reply_error(content: &Value) -> Option<Output> {
                     .collect()
             })
             .unwrap_or_default(),
-    })
+    }
 }
 
 /// What an IOPub message says about its execution, if anything.
@@ -735,20 +748,7 @@ fn output(msg: &Message, display_is_result: bool) -> Option<Output> {
             metadata: map("metadata"),
             is_main: msg.msg_type() == "execute_result" || display_is_result,
         }),
-        "error" => Some(Output::Error {
-            name: text("ename"),
-            value: text("evalue"),
-            traceback: c
-                .get("traceback")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }),
+        "error" => Some(error_of(c)),
         _ => None,
     }
 }

@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
-use crate::kernel::{KernelError, Output, Outputs, Queue, Waiters};
+use crate::kernel::{watch_exit, KernelError, Output, Outputs, Queue, Waiters};
 
 /// The JavaScript/TypeScript driver.
 const JS_KERNEL: &str = include_str!("js_kernel.js");
@@ -188,23 +188,7 @@ impl PipeKernel {
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(2);
         let readies = if driver == Driver::Bash { 2 } else { 1 };
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn({
-            let running = Arc::clone(&running);
-            async move {
-                let status = tokio::select! {
-                    s = child.wait() => s.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
-                    _ = kill_rx => {
-                        let _ = child.kill().await;
-                        "killed".to_string()
-                    }
-                };
-                let _ = exited_tx.send(Some(status.clone()));
-                let ended: Vec<_> = running.lock().expect("running lock").drain().collect();
-                for (_, mut q) in ended {
-                    q.push(Output::KernelExited(status.clone()));
-                }
-            }
-        }));
+        tasks.push(watch_exit(child, kill_rx, Arc::clone(&running), exited_tx));
         let streams: [(Box<dyn tokio::io::AsyncRead + Unpin + Send>, bool); 2] =
             [(Box::new(stdout), false), (Box::new(stderr), true)];
         for (stream, is_stderr) in streams {
