@@ -32,6 +32,13 @@ pub const READY_FD_ENV: &str = "PADDOCK_READY_FD";
 /// children write `0` into to leave envd's cgroup for the user one (opened by the node, so
 /// the sandbox never sees the cgroup file system).
 pub const USER_CGROUP_FDS_ENV: &str = "PADDOCK_USER_CGROUP_FDS";
+/// Environment variable listing the fds of the `cgroup.procs` files of the rescue cgroup, the
+/// user cgroup's sibling where envd starts new commands while the user cgroup is at its pids
+/// limit (a fork bomb), so the user can still look around and end it.
+pub const RESCUE_CGROUP_FDS_ENV: &str = "PADDOCK_RESCUE_CGROUP_FDS";
+/// Environment variable naming two read-only fds, `<pids.current>,<pids.max>` of the user
+/// cgroup, which envd reads before it starts a process to tell whether the user cgroup is full.
+pub const USER_PIDS_FDS_ENV: &str = "PADDOCK_USER_PIDS_FDS";
 
 /// Boot configuration written by the node before envd starts. The same fields can later be
 /// replaced by `POST /init`.

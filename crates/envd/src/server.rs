@@ -264,6 +264,7 @@ pub async fn run(opts: ServeOptions, shutdown: impl Future<Output = ()>) -> Resu
         None => load_boot_config(&opts.run_dir)?,
     };
     crate::process::oom::init(&opts.run_dir);
+    crate::process::cgroup::note_oom_kills();
     let state = EnvdState::new(boot, UserDb::at(&opts.etc_dir), opts.run_dir.clone());
     let processes = ProcessRegistry::new();
     let app = app(state, processes.clone());

@@ -224,19 +224,31 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect()
     };
-    // ... and the user cgroup's `cgroup.procs` of each split hierarchy (v1: pids and cpu,
-    // comounted or not), above the ready pipe.
-    let user_cgroups: Vec<PathBuf> = driver
-        .cgroup_dirs(&id)
-        .into_iter()
-        .map(|d| d.join("user"))
-        .filter(|d| d.is_dir())
+    // ... and the user and rescue cgroups' `cgroup.procs` of each split hierarchy (v1: pids,
+    // memory and cpu, comounted or not), then the user cgroup's `pids.current` and `pids.max`,
+    // above the ready pipe.
+    let children = |name: &str| -> Vec<PathBuf> {
+        driver
+            .cgroup_dirs(&id)
+            .into_iter()
+            .map(|d| d.join(name))
+            .filter(|d| d.is_dir())
+            .collect()
+    };
+    let user_cgroups = children("user");
+    let rescue_cgroups = children("rescue");
+    let user_pids = user_cgroups.iter().find(|d| d.join("pids.max").exists());
+    let mut targets: Vec<PathBuf> = (user_cgroups.iter().chain(&rescue_cgroups))
+        .map(|d| d.join("cgroup.procs"))
         .collect();
+    if let Some(d) = user_pids {
+        targets.extend([d.join("pids.current"), d.join("pids.max")]);
+    }
     let mut expected: BTreeSet<String> = ["0", "1", "2", "3", "4", "5"]
         .into_iter()
         .map(String::from)
         .collect();
-    expected.extend((0..user_cgroups.len()).map(|i| (6 + i).to_string()));
+    expected.extend((0..targets.len()).map(|i| (6 + i).to_string()));
     for _ in 0..500 {
         // Not merely exec'd: `sleep` opens locale files on its way to its first
         // nanosleep, so the set is only settled once it sits in that syscall.
@@ -260,18 +272,24 @@ async fn sandbox_is_isolated_and_kill_removes_everything() {
     for n in [4, 5] {
         assert!(fd_target(n).to_string_lossy().starts_with("socket:"));
     }
-    for i in 0..user_cgroups.len() as u32 {
+    // (Shown relative to the sandbox's cgroup namespace's root, the same in each hierarchy.)
+    for (i, target) in targets.iter().enumerate() {
+        let shown = fd_target(6 + i as u32);
         assert!(
-            fd_target(6 + i).ends_with("user/cgroup.procs"),
-            "{:?}",
-            fd_target(6 + i)
+            target
+                .to_string_lossy()
+                .ends_with(&*shown.to_string_lossy()),
+            "fd {}: {shown:?}, want {target:?}",
+            6 + i
         );
     }
-    if let Some(pids) = user_cgroups.iter().find(|d| d.join("pids.max").exists()) {
+    if let Some(pids) = user_pids {
         assert_eq!(
             read(pids.join("pids.max")).trim(),
-            (123 - paddock_sandbox::namespace::cgroup::ENVD_PIDS_RESERVE).to_string()
+            paddock_sandbox::namespace::cgroup::user_pids_max(123).to_string()
         );
+        let rescue = pids.with_file_name("rescue");
+        assert_eq!(read(rescue.join("pids.max")).trim(), "7");
     }
     let log = spec.state_dir.join("envd.log");
     for _ in 0..500 {

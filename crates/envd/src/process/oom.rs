@@ -19,15 +19,22 @@ pub fn init(run_dir: &Path) {
 }
 
 /// The sandbox's OOM-kill count so far, if the memory cgroup is visible: its own counter plus
-/// the one of its `user` child (where the node puts the user's processes; a v1 counter does not
-/// include its children's kills).
+/// the ones of its `user` and `rescue` children (where the node puts the user's processes; a
+/// v1 counter does not include its children's kills).
 pub fn kills() -> Option<u64> {
     let dir = MEMCG.get()?;
     let own = count_in(dir)?;
-    Some(own + count_in(&dir.join("user")).unwrap_or(0))
+    let children = ["user", "rescue"].map(|c| count_in(&dir.join(c)).unwrap_or(0));
+    Some(own + children.iter().sum::<u64>())
 }
 
-fn count_in(dir: &Path) -> Option<u64> {
+/// The memory cgroup of the user's processes (`<run dir>/memcg/user`), if set.
+pub fn user_memcg() -> Option<PathBuf> {
+    MEMCG.get().map(|d| d.join("user"))
+}
+
+/// The OOM-kill count of the memory cgroup at `dir`.
+pub fn count_in(dir: &Path) -> Option<u64> {
     ["memory.events.local", "memory.oom_control"]
         .iter()
         .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())

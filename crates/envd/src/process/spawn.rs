@@ -35,6 +35,9 @@ use crate::users::User;
 
 /// `oom_score_adj` of every process envd starts (envd's own is -1000 or 0).
 pub const CHILD_OOM_SCORE_ADJ: &[u8] = b"200";
+/// `oom_score_adj` of a process started in the rescue cgroup: when the sandbox as a whole runs
+/// out of memory, the kernel kills the bomb's processes before the one sent to end it.
+pub const RESCUE_OOM_SCORE_ADJ: &[u8] = b"-500";
 
 /// Everything needed to start one process, already resolved.
 pub struct SpawnSpec {
@@ -124,33 +127,38 @@ pub fn spawn(spec: SpawnSpec) -> Result<Spawned, ConnectError> {
     });
     let use_pty = spec.pty.is_some();
     let nofile = rlimit::child_nofile();
+    // When the user cgroup is at its pids or memory limit (a fork bomb), the child goes to the
+    // rescue cgroup instead, forked here and moved (the spawner only forks into the user cgroup).
+    let rescue = super::cgroup::rescue_target();
     // The usual way: the spawner forks the child straight into the user cgroup. The `Command`
     // below is the fallback when it cannot.
-    let spawner_req = spawner::available()
+    let spawner_req = (rescue.is_none() && spawner::available())
         .then(|| spawner_request(&spec, env, identity.as_ref(), nofile))
         .flatten();
     // The OOM killer must pick a user's process, never envd (PID 1, whose death ends the
     // sandbox): envd runs with oom_score_adj -1000 where the node may set it, and its children
-    // get CHILD_OOM_SCORE_ADJ (raising a score needs no privilege).
+    // get CHILD_OOM_SCORE_ADJ, or RESCUE_OOM_SCORE_ADJ in the rescue cgroup (raising a score
+    // needs no privilege).
     let oom_adj_path = c"/proc/self/oom_score_adj";
-    let user_cgroup = super::cgroup::fds();
+    let cgroup = rescue.unwrap_or(super::cgroup::fds());
+    let oom_adj = if rescue.is_some() {
+        RESCUE_OOM_SCORE_ADJ
+    } else {
+        CHILD_OOM_SCORE_ADJ
+    };
 
     // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (write to the user cgroup's descriptors, open/write/close of a static C string path, setrlimit, setsid, setpgid, ioctl,
+    // functions (write to the user or rescue cgroup's descriptors, open/write/close of a static C string path, setrlimit, setsid, setpgid, ioctl,
     // setgroups, setgid, setuid — plain system calls) on data prepared before the fork (the groups vector and the limit are moved in,
     // nothing is allocated in the child).
     unsafe {
         cmd.pre_exec(move || {
             // First, while the child still has envd's ids (v1 moves need matching ids).
-            super::cgroup::join_in_child(user_cgroup);
+            super::cgroup::join_in_child(cgroup);
             let fd = libc::open(oom_adj_path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd >= 0 {
                 // Best effort: a failure leaves the inherited score.
-                let _ = libc::write(
-                    fd,
-                    CHILD_OOM_SCORE_ADJ.as_ptr().cast(),
-                    CHILD_OOM_SCORE_ADJ.len(),
-                );
+                let _ = libc::write(fd, oom_adj.as_ptr().cast(), oom_adj.len());
                 libc::close(fd);
             }
             if let Some(limit) = &nofile {

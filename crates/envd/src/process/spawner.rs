@@ -23,7 +23,9 @@
 //!
 //! When the spawner cannot serve a request (not started, gone, or its fork failed, e.g. because
 //! the user cgroup is at its pids limit during a fork bomb) the caller falls back to forking in
-//! envd and moving the child, which still works when the user cgroup is full.
+//! envd and moving the child, which still works when the user cgroup is full. envd does not
+//! ask the spawner at all while the user cgroup is (nearly) full: it forks the child itself and
+//! moves it into the rescue cgroup ([`super::cgroup::rescue_target`]).
 
 use std::ffi::CString;
 use std::io::{self, IoSlice, IoSliceMut, Read as _, Write as _};

@@ -220,7 +220,9 @@ async fn start(
         envd_bin: spec.envd_bin.clone(),
         interpreter_bin: spec.interpreter_bin.clone(),
         cgroup_procs: cg.procs_files(),
-        user_cgroup_procs: cg.user_procs_files(),
+        user_cgroup_procs: cg.child_procs_files(cgroup::USER_CGROUP),
+        rescue_cgroup_procs: cg.child_procs_files(cgroup::RESCUE_CGROUP),
+        user_pids: cg.user_pids_files(),
         memory_cgroup: cg
             .dirs
             .iter()

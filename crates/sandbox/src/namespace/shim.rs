@@ -53,6 +53,14 @@ pub(crate) struct ShimSpec {
     /// [`paddock_envd_proto::boot::USER_CGROUP_FDS_ENV`]).
     #[serde(default)]
     pub user_cgroup_procs: Vec<PathBuf>,
+    /// `cgroup.procs` files of the rescue child cgroups, handed to envd open (see
+    /// [`paddock_envd_proto::boot::RESCUE_CGROUP_FDS_ENV`]).
+    #[serde(default)]
+    pub rescue_cgroup_procs: Vec<PathBuf>,
+    /// `pids.current` and `pids.max` of the user child cgroup, handed to envd open read-only
+    /// (see [`paddock_envd_proto::boot::USER_PIDS_FDS_ENV`]).
+    #[serde(default)]
+    pub user_pids: Option<(PathBuf, PathBuf)>,
     /// The sandbox's memory cgroup directory, bind-mounted read-only at `/run/paddock/memcg`
     /// (shown as `/` there: the sandbox has its own cgroup namespace) so envd can tell OOM
     /// kills from other SIGKILLs.
@@ -338,6 +346,16 @@ fn read_ready_line(pump: &mut super::handoff::LogPump, ready: std::fs::File) -> 
     Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
+/// cgroup descriptors handed to envd (all close-on-exec until placed).
+struct CgroupFds {
+    /// `cgroup.procs` of the user children, write-only.
+    user: Vec<RawFd>,
+    /// `cgroup.procs` of the rescue children, write-only.
+    rescue: Vec<RawFd>,
+    /// `pids.current` and `pids.max` of the user child, read-only (empty or both).
+    user_pids: Vec<RawFd>,
+}
+
 /// PID 1 of the sandbox: builds the root, then execs envd. Only returns on failure.
 fn child_main(
     spec: &ShimSpec,
@@ -357,19 +375,29 @@ fn child_main(
         open_network_sysctls()?;
     }
     // Opened while still privileged on the host; kept above the descriptors set up below.
-    let mut user_cgroups = Vec::new();
-    for file in &spec.user_cgroup_procs {
-        let fd = open(
-            file.as_path(),
-            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| SetupError::new(format!("opening {}", file.display()), e))?;
+    let open_high = |file: &Path, flags: OFlag| -> Result<RawFd, SetupError> {
+        let fd = open(file, flags | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| SetupError::new(format!("opening {}", file.display()), e))?;
         let high = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(100))
             .map_err(|e| SetupError::new("moving a cgroup descriptor", e))?;
         let _ = nix::unistd::close(fd);
-        user_cgroups.push(high);
-    }
+        Ok(high)
+    };
+    let cgroup_fds = CgroupFds {
+        user: (spec.user_cgroup_procs.iter())
+            .map(|f| open_high(f, OFlag::O_WRONLY))
+            .collect::<Result<_, _>>()?,
+        rescue: (spec.rescue_cgroup_procs.iter())
+            .map(|f| open_high(f, OFlag::O_WRONLY))
+            .collect::<Result<_, _>>()?,
+        user_pids: match &spec.user_pids {
+            Some((current, max)) => vec![
+                open_high(current, OFlag::O_RDONLY)?,
+                open_high(max, OFlag::O_RDONLY)?,
+            ],
+            None => Vec::new(),
+        },
+    };
     mounts::make_private()?;
     let root_id = spec.id_map.map(|m| m.base);
     let layout = RootLayout {
@@ -449,10 +477,13 @@ fn child_main(
         Some(fd) => place(fd)?.to_string(),
         None => String::new(),
     };
-    let mut user_fds = Vec::new();
-    for fd in &user_cgroups {
-        user_fds.push(place(*fd)?.to_string());
-    }
+    let mut place_all = |fds: &[RawFd]| -> Result<String, SetupError> {
+        let placed = fds.iter().map(|fd| place(*fd).map(|t| t.to_string()));
+        Ok(placed.collect::<Result<Vec<_>, _>>()?.join(","))
+    };
+    let user_fds = place_all(&cgroup_fds.user)?;
+    let rescue_fds = place_all(&cgroup_fds.rescue)?;
+    let user_pids_fds = place_all(&cgroup_fds.user_pids)?;
     sys::close_fds_from(next).map_err(|e| SetupError::new("closing descriptors", e))?;
 
     if let Some((soft, hard)) = spec.nofile {
@@ -475,11 +506,9 @@ fn child_main(
         cstr(&format!("PATH={}", paddock_envd_proto::DEFAULT_PATH))?,
         cstr("HOME=/root")?,
         cstr(&format!("{}={READY_FD}", boot::READY_FD_ENV))?,
-        cstr(&format!(
-            "{}={}",
-            boot::USER_CGROUP_FDS_ENV,
-            user_fds.join(",")
-        ))?,
+        cstr(&format!("{}={user_fds}", boot::USER_CGROUP_FDS_ENV))?,
+        cstr(&format!("{}={rescue_fds}", boot::RESCUE_CGROUP_FDS_ENV))?,
+        cstr(&format!("{}={user_pids_fds}", boot::USER_PIDS_FDS_ENV))?,
         cstr(&format!("{}={listen_fds}", boot::LISTEN_FDS_ENV))?,
         cstr(&format!("{}={boot_fd}", boot::BOOT_CONFIG_FD_ENV))?,
     ];
@@ -620,6 +649,11 @@ mod tests {
             interpreter_bin: Some("/i".into()),
             cgroup_procs: vec!["/sys/fs/cgroup/pids/p/x/cgroup.procs".into()],
             user_cgroup_procs: vec!["/sys/fs/cgroup/pids/p/x/user/cgroup.procs".into()],
+            rescue_cgroup_procs: vec!["/sys/fs/cgroup/pids/p/x/rescue/cgroup.procs".into()],
+            user_pids: Some((
+                "/sys/fs/cgroup/pids/p/x/user/pids.current".into(),
+                "/sys/fs/cgroup/pids/p/x/user/pids.max".into(),
+            )),
             memory_cgroup: Some("/sys/fs/cgroup/memory/p/x".into()),
             netns: Some("/proc/1/fd/9".into()),
             dns: vec!["1.1.1.1".parse().expect("ip")],

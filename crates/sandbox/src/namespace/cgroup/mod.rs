@@ -108,9 +108,8 @@ pub trait CgroupBackend: Send + Sync + fmt::Debug {
     fn prepare_parent(&self) -> Result<(), CgroupError>;
     /// Writes `limits` into the already created cgroup of sandbox `name`.
     fn write_limits(&self, name: &str, limits: &CgroupLimits) -> Result<(), CgroupError>;
-    /// Creates the [`USER_CGROUP`] children of sandbox `name` (where the backend splits envd
-    /// from the user's processes) with their limits, and returns their directories. Default:
-    /// no split.
+    /// Creates the [`CHILD_CGROUPS`] of sandbox `name` (where the backend splits envd from the
+    /// user's processes) with their limits, and returns their directories. Default: no split.
     fn create_user(
         &self,
         _name: &str,
@@ -186,8 +185,24 @@ pub fn create(
 /// [`envd_memory_reserve`] bytes, and the child competes with envd for CPU as one group
 /// instead of as thousands of tasks.
 pub const USER_CGROUP: &str = "user";
+/// Name of the user cgroup's sibling where envd starts new commands while [`USER_CGROUP`] is
+/// (nearly) at its pids limit, e.g. during a fork bomb: [`rescue_pids`] tasks of the
+/// sandbox's limit that the user cgroup cannot take, at most [`rescue_memory`] bytes, and a
+/// CPU share of its own, so `ps`, `kill` or `pkill` still run and the bomb can be ended from
+/// inside.
+pub const RESCUE_CGROUP: &str = "rescue";
+/// The children of a sandbox's cgroup, in the order they are created.
+pub const CHILD_CGROUPS: [&str; 2] = [USER_CGROUP, RESCUE_CGROUP];
 /// Tasks of a sandbox's pids limit only envd (and what it starts before moving it) can use.
 pub const ENVD_PIDS_RESERVE: u64 = 32;
+/// Most tasks of a sandbox's pids limit kept for the [`RESCUE_CGROUP`] (see [`rescue_pids`]).
+pub const RESCUE_PIDS: u64 = 64;
+
+/// Tasks of a sandbox limit of `total` kept for the [`RESCUE_CGROUP`]: a sixteenth, between 1
+/// and [`RESCUE_PIDS`].
+pub fn rescue_pids(total: u64) -> u64 {
+    (total / 16).clamp(1, RESCUE_PIDS)
+}
 
 /// Memory of a sandbox only envd can use: a sixteenth of the limit, at most 32 MiB (envd's
 /// own resident size is about 10 MiB).
@@ -195,9 +210,24 @@ pub fn envd_memory_reserve(total: u64) -> u64 {
     (total / 16).min(32 << 20)
 }
 
+/// The memory limit of the [`RESCUE_CGROUP`]: the same as envd's reserve, enough for a shell
+/// and a few small tools. A cap, not a reservation (the user cgroup keeps all but envd's
+/// reserve): when a bomb has filled the user cgroup's memory, the sandbox's own limit
+/// reclaims from (or OOM-kills in) the bomb, the largest part.
+pub fn rescue_memory(total: u64) -> u64 {
+    envd_memory_reserve(total)
+}
+
 /// The pids limit of the user child for a sandbox limit of `total` (at least 1).
 pub fn user_pids_max(total: u64) -> u64 {
-    total.saturating_sub(ENVD_PIDS_RESERVE).max(1)
+    total
+        .saturating_sub(ENVD_PIDS_RESERVE + rescue_pids(total))
+        .max(1)
+}
+
+/// The memory limit of the user child for a sandbox limit of `total` bytes.
+pub fn user_memory_max(total: u64) -> u64 {
+    total - envd_memory_reserve(total)
 }
 
 /// The cgroup directories of one sandbox, one per hierarchy.
@@ -213,25 +243,40 @@ impl SandboxCgroup {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
-    /// The `cgroup.procs` files of the [`USER_CGROUP`] children that exist.
-    pub fn user_procs_files(&self) -> Vec<PathBuf> {
+    /// The `cgroup.procs` files of the `child` cgroups ([`USER_CGROUP`] or [`RESCUE_CGROUP`])
+    /// that exist.
+    pub fn child_procs_files(&self, child: &str) -> Vec<PathBuf> {
         self.dirs
             .iter()
-            .map(|d| d.join(USER_CGROUP))
+            .map(|d| d.join(child))
             .filter(|d| d.is_dir())
             .map(|d| d.join("cgroup.procs"))
             .collect()
     }
 
-    /// Pids in any of the directories or their [`USER_CGROUP`] children (deduplicated);
-    /// missing directories count as empty.
+    /// The `pids.current` and `pids.max` files of the [`USER_CGROUP`] child in the `pids`
+    /// hierarchy, when it exists: envd reads them to tell when the user's processes are at
+    /// their limit.
+    pub fn user_pids_files(&self) -> Option<(PathBuf, PathBuf)> {
+        self.dirs
+            .iter()
+            .map(|d| d.join(USER_CGROUP))
+            .find(|d| d.join("pids.current").is_file() && d.join("pids.max").is_file())
+            .map(|d| (d.join("pids.current"), d.join("pids.max")))
+    }
+
+    /// Pids in any of the directories or their [`CHILD_CGROUPS`] (deduplicated); missing
+    /// directories count as empty.
     pub fn pids(&self) -> Result<Vec<u32>, CgroupError> {
         let mut pids = Vec::new();
-        let files = self.procs_files().into_iter().chain(
-            self.dirs
-                .iter()
-                .map(|d| d.join(USER_CGROUP).join("cgroup.procs")),
-        );
+        let files = self
+            .procs_files()
+            .into_iter()
+            .chain(self.dirs.iter().flat_map(|d| {
+                CHILD_CGROUPS
+                    .iter()
+                    .map(move |c| d.join(c).join("cgroup.procs"))
+            }));
         for file in files {
             match std::fs::read_to_string(&file) {
                 Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
@@ -290,7 +335,10 @@ impl SandboxCgroup {
     /// Removes the directories; retries briefly while the kernel still reports them busy.
     /// Missing directories are fine.
     pub fn remove(&self) -> Result<(), CgroupError> {
-        let children = self.dirs.iter().map(|d| d.join(USER_CGROUP));
+        let children = self
+            .dirs
+            .iter()
+            .flat_map(|d| CHILD_CGROUPS.iter().map(move |c| d.join(c)));
         let all: Vec<PathBuf> = children.chain(self.dirs.iter().cloned()).collect();
         for dir in &all {
             let deadline = Instant::now() + Duration::from_secs(2);

@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use super::{
-    create_dirs, envd_memory_reserve, user_pids_max, write_knob, CgroupBackend, CgroupError,
-    CgroupLimits, USER_CGROUP,
+    create_dirs, rescue_memory, rescue_pids, user_memory_max, user_pids_max, write_knob,
+    CgroupBackend, CgroupError, CgroupLimits, CHILD_CGROUPS, USER_CGROUP,
 };
 
 /// Device rules a sandbox gets after `a` (everything) is denied: `/dev/null`, `zero`, `full`,
@@ -99,12 +99,16 @@ impl CgroupBackend for V1Backend {
 
     /// v1 lets a cgroup hold tasks and children at once, so envd stays in the sandbox's cgroup
     /// and the user's processes go one level down in the `pids`, `memory` and `cpu`
-    /// hierarchies (each with the sandbox's limit minus envd's reserve; CPU by group weight).
+    /// hierarchies: [`USER_CGROUP`] (the sandbox's limits minus envd's reserve, and minus the
+    /// rescue cgroup's tasks) and [`super::RESCUE_CGROUP`] (its small share); CPU by group weight.
     fn create_user(&self, name: &str, limits: &CgroupLimits) -> Result<Vec<PathBuf>, CgroupError> {
         let mut dirs: Vec<PathBuf> = Vec::new();
         for controller in ["pids", "memory", "cpu"] {
-            if let Some(dir) = self.dir_of(controller, name) {
-                let child = dir.join(USER_CGROUP);
+            let Some(dir) = self.dir_of(controller, name) else {
+                continue;
+            };
+            for child_name in CHILD_CGROUPS {
+                let child = dir.join(child_name);
                 if dirs.contains(&child) {
                     continue;
                 }
@@ -113,15 +117,21 @@ impl CgroupBackend for V1Backend {
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(CgroupError::io("creating", &child, e)),
                 }
+                let user = child_name == USER_CGROUP;
                 if controller == "pids" {
-                    write_knob(
-                        &child,
-                        "pids.max",
-                        &user_pids_max(limits.pids_max).to_string(),
-                    )?;
+                    let max = if user {
+                        user_pids_max(limits.pids_max)
+                    } else {
+                        rescue_pids(limits.pids_max)
+                    };
+                    write_knob(&child, "pids.max", &max.to_string())?;
                 }
                 if controller == "memory" {
-                    let bytes = limits.memory_bytes - envd_memory_reserve(limits.memory_bytes);
+                    let bytes = if user {
+                        user_memory_max(limits.memory_bytes)
+                    } else {
+                        rescue_memory(limits.memory_bytes)
+                    };
                     write_knob(&child, "memory.limit_in_bytes", &bytes.to_string())?;
                     if child.join("memory.memsw.limit_in_bytes").exists() {
                         write_knob(&child, "memory.memsw.limit_in_bytes", &bytes.to_string())?;
@@ -187,14 +197,18 @@ mod tests {
         );
         assert_eq!(read(mount("pids").join("paddock/b/pids.max")), "4096");
         // The user's processes get their own child in pids and cpu, with envd's reserve kept.
-        assert_eq!(
-            read(mount("pids").join("paddock/b/user/pids.max")),
-            (4096 - crate::namespace::cgroup::ENVD_PIDS_RESERVE).to_string()
-        );
+        assert_eq!(read(mount("pids").join("paddock/b/user/pids.max")), "4000");
         assert!(mount("cpu").join("paddock/b/user").is_dir());
         assert_eq!(
             read(mount("memory").join("paddock/b/user/memory.limit_in_bytes")),
             (536_870_912u64 - (32 << 20)).to_string()
+        );
+        // Its sibling for commands started while the user cgroup is full.
+        assert_eq!(read(mount("pids").join("paddock/b/rescue/pids.max")), "64");
+        assert!(mount("cpu").join("paddock/b/rescue").is_dir());
+        assert_eq!(
+            read(mount("memory").join("paddock/b/rescue/memory.limit_in_bytes")),
+            (32u64 << 20).to_string()
         );
         // On a plain directory each rule overwrites the last; the kernel keeps them all.
         let devices = mount("devices").join("paddock/b");
