@@ -11,6 +11,17 @@ with the official SDKs, one client, samples spaced so the pools are full:
   1 MB PNG result            a 1 MB PNG displayed (`display(Image(data=...))`) (n/2)
   baseline: create + first command
                              e2b `Sandbox.create()` (base) + `commands.run("true")` (n)
+and, beside them in the same rounds, the Jupyter recipe this server replaces
+(recipes/code-interpreter: Jupyter Server on 8888 with the same IPython kernel, built as
+`bench-jupyter` through `paddock template build` at the start of the run and deleted after, from the build cache after the first run;
+its warm pool fills after the first create), driven over Jupyter's REST and WebSocket API
+through Paddock's proxy (E2B's SDK does not speak it; tornado's WebSocket client, from the
+venv's ipykernel):
+  Jupyter: create + first execution
+                             `Sandbox.create("code-interpreter")` + `POST /api/kernels` +
+                             `execute_request` "1+1" until the reply and idle (n)
+  Jupyter: execution round trip
+                             `execute_request` "1+1" on one open kernel WebSocket (5n)
 Prints p50/p95/p99; `--write` replaces the "## Code interpreter" section of docs/benchmarks.md.
 Numbers are reported, never asserted.
 
@@ -26,6 +37,14 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import asyncio
+import json
+import subprocess
+import uuid
+from typing import Optional, Tuple
+
+import requests
 
 from bench import HEADER, REPO, Measurement, machine, render_table, stop_server
 from docsections import INTERPRETER_TITLE as TITLE
@@ -49,13 +68,99 @@ def wait_for_template(timeout: float = 900) -> float:
             time.sleep(5)
 
 
+JUPYTER = "bench-jupyter"  # built from recipes/code-interpreter, deleted at the end
+JUPYTER_RECIPE = REPO / "recipes" / "code-interpreter"
+
+
+def build_jupyter(server: PaddockServer) -> Tuple[float, Optional[str]]:
+    """Builds the Jupyter recipe through the CLI: (seconds, None) or (seconds, why it failed)."""
+    if (server.templates_dir / JUPYTER).exists():
+        # Left by an interrupted run: a fresh server refuses to build over a template it did not build.
+        subprocess.run([str(server.binary), "template", "delete", JUPYTER, "--templates-dir",
+                        str(server.templates_dir)], capture_output=True, timeout=600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("E2B_")}
+    env.update(server.client_env())
+    started = time.perf_counter()
+    r = subprocess.run([str(server.binary), "template", "build", "--name", JUPYTER,
+                        "-f", str(JUPYTER_RECIPE / "Dockerfile"), str(JUPYTER_RECIPE)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    took = time.perf_counter() - started
+    if r.returncode != 0:
+        return took, f"`paddock template build` of {JUPYTER} exited with {r.returncode}: {r.stderr.strip()[-500:]}"
+    return took, None
+
+
+class JupyterKernel:
+    """One IPython kernel of a sandbox's Jupyter Server, reached through Paddock's proxy."""
+
+    def __init__(self, server: PaddockServer, sbx) -> None:
+        self.base = server.sandbox_url
+        self.host = sbx.get_host(8888)
+        self.session = uuid.uuid4().hex
+        self.loop = asyncio.new_event_loop()
+        self.ws = None
+
+    def start(self) -> None:
+        from tornado.httpclient import HTTPRequest
+        from tornado.websocket import websocket_connect
+
+        r = requests.post(self.base + "/api/kernels", headers={"Host": self.host}, json={"name": "python3"},
+                          timeout=60)
+        r.raise_for_status()
+        url = self.base.replace("http://", "ws://") + f"/api/kernels/{r.json()['id']}/channels"
+        request = HTTPRequest(url, headers={"Host": self.host}, request_timeout=60)
+        async def connect():
+            return await websocket_connect(request)
+
+        self.ws = self.loop.run_until_complete(connect())
+
+    def execute(self, code: str) -> Optional[str]:
+        """Runs `code`; the `text/plain` of its result once the reply and idle both came."""
+        return self.loop.run_until_complete(asyncio.wait_for(self._execute(code), 60))
+
+    async def _execute(self, code: str) -> Optional[str]:
+        msg_id = uuid.uuid4().hex
+        header = {"msg_id": msg_id, "username": "bench", "session": self.session,
+                  "msg_type": "execute_request", "version": "5.3",
+                  "date": dt.datetime.now(dt.timezone.utc).isoformat()}
+        content = {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                   "allow_stdin": False, "stop_on_error": True}
+        await self.ws.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {},
+                                                "content": content, "channel": "shell", "buffers": []}))
+        result, idle, replied = None, False, False
+        while not (idle and replied):
+            raw = await self.ws.read_message()
+            if raw is None:
+                raise RuntimeError("the kernel WebSocket closed")
+            if isinstance(raw, bytes):
+                continue  # binary frames carry buffers, which "1+1" never has
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "execute_result":
+                result = msg["content"]["data"].get("text/plain")
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
+            elif kind == "execute_reply":
+                replied = True
+                if msg["content"].get("status") != "ok":
+                    raise RuntimeError(f"execute_reply: {msg['content']}")
+        return result
+
+    def close(self) -> None:
+        if self.ws is not None:
+            self.ws.close()
+        self.loop.close()
+
+
 def use(server: PaddockServer) -> None:
     for key in [k for k in os.environ if k.startswith("E2B_")]:
         del os.environ[key]
     os.environ.update(server.client_env())
 
 
-def measure(name: str, n: int) -> list:
+def measure(server: PaddockServer, name: str, n: int, jupyter: bool) -> list:
     from e2b import Sandbox as Plain
     from e2b_code_interpreter import Sandbox
 
@@ -66,6 +171,11 @@ def measure(name: str, n: int) -> list:
     png = Measurement("1 MB PNG result", "a 1 MB PNG `display`ed, until the stream ends", server="interpreter")
     base = Measurement("baseline: create + first command", '`Sandbox.create()` (base) + `commands.run("true")`',
                        server="plain sandbox")
+    j_first = Measurement("Jupyter: create + first execution",
+                          f'`Sandbox.create("{JUPYTER}")` + `POST /api/kernels` + execute "1+1"',
+                          server="Jupyter recipe")
+    j_rt = Measurement("Jupyter: execution round trip", 'execute "1+1" on one open kernel WebSocket',
+                       server="Jupyter recipe")
 
     def ci_once() -> float:
         t = time.perf_counter()
@@ -88,12 +198,28 @@ def measure(name: str, n: int) -> list:
         finally:
             sbx.kill()
 
-    for _ in range(2):  # warm-up: connections, both pools' first hand-over
-        ci_once()
-        plain_once()
+    def jupyter_once() -> float:
+        t = time.perf_counter()
+        sbx = Plain.create(template=JUPYTER, timeout=120)
+        kernel = JupyterKernel(server, sbx)
+        try:
+            kernel.start()
+            answer = kernel.execute("1+1")
+            took = (time.perf_counter() - t) * 1000
+            if answer != "2":
+                raise RuntimeError(f"Jupyter answered {answer!r}")
+            return took
+        finally:
+            kernel.close()
+            sbx.kill()
+
+    rounds = [(first, ci_once), (base, plain_once)] + ([(j_first, jupyter_once)] if jupyter else [])
+    for _ in range(2):  # warm-up: connections, the pools' first hand-over
+        for _, once in rounds:
+            once()
     for i in range(n):
         time.sleep(1.0)  # the pools refill between samples
-        for m, once in ((first, ci_once), (base, plain_once)) if i % 2 == 0 else ((base, plain_once), (first, ci_once)):
+        for m, once in rounds[i % len(rounds):] + rounds[:i % len(rounds)]:
             m.record(once)
 
     sbx = Sandbox.create(template=name, timeout=600)
@@ -119,13 +245,29 @@ def measure(name: str, n: int) -> list:
             png.record(big_png)
     finally:
         sbx.kill()
-    return [first, base, rt, stdout, png]
+    rows = [first, base, rt, stdout, png]
+    if not jupyter:
+        return rows
+    jsbx = Plain.create(template=JUPYTER, timeout=600)
+    kernel = JupyterKernel(server, jsbx)
+    try:
+        kernel.start()
+        for _ in range(5):
+            kernel.execute("1+1")
+        for _ in range(5 * n):
+            j_rt.record(lambda: (kernel.execute("1+1"), None)[1])
+    finally:
+        kernel.close()
+        jsbx.kill()
+    return rows + [j_first, j_rt]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=20)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--no-jupyter", dest="jupyter", action="store_false",
+                    help="skip the Jupyter recipe (its first build downloads ~100 MB of Debian packages)")
     args = ap.parse_args()
     name = "code-interpreter-v1"
     notes: list = []
@@ -135,8 +277,16 @@ def main() -> int:
     try:
         use(server)
         waited_s = wait_for_template()
+        jupyter_build_s, failed = (0.0, "the Jupyter recipe was skipped (--no-jupyter)")
+        if args.jupyter:
+            jupyter_build_s, failed = build_jupyter(server)
+        if failed:
+            notes.append(f"- Jupyter recipe not measured: {failed}")
         time.sleep(5)  # both pools fill
-        rows = measure(name, args.n)
+        rows = measure(server, name, args.n, jupyter=not failed)
+        if not failed:
+            requests.delete(f"{server.api_url}/templates/{JUPYTER}", headers={"X-API-Key": server.api_key},
+                            timeout=120)
     finally:
         stop_server(server, "interpreter", notes)
     m = machine()
@@ -154,7 +304,8 @@ def main() -> int:
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {m['nproc']} CPUs "
         f"({m['cpu']}), {m['memory']} RAM, kernel {m['kernel']}",
         f"- waited {waited_s:.1f} s for the template (built on this server's first start unless "
-        f"prepared); the measuring took {time.perf_counter() - started:.0f} s",
+        f"prepared); the Jupyter recipe's build took {jupyter_build_s:.1f} s (from the build cache "
+        f"after a first run); the measuring took {time.perf_counter() - started:.0f} s",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "|".join(["---", "---"] + ["---:"] * (len(HEADER) - 2)) + "|",
@@ -165,6 +316,9 @@ def main() -> int:
         f"run_code round trip p50 {rows[2].percentile(50):.2f} ms (target at most 5 ms: "
         f"{'met' if rows[2].samples and rows[2].percentile(50) <= 5 else 'NOT met'}); "
         f"the plain sandbox's create + first command p50 {base.percentile(50):.2f} ms in the same rounds",
+        *([f"- the Jupyter recipe in the same rounds: create + first execution p50 "
+           f"{rows[5].percentile(50):.2f} ms (a kernel started per create), execution round trip p50 "
+           f"{rows[6].percentile(50):.2f} ms (over a WebSocket kept open, no SDK)"] if len(rows) > 5 else []),
         *notes,
     ]
     section = "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use paddock_interpreter::server::{Config, Interpreter};
+use paddock_interpreter::server::{Config, Interpreter, PythonKernel};
 
 /// Flags.
 #[derive(Parser)]
@@ -16,9 +16,13 @@ struct Args {
     /// Where the API listens.
     #[arg(long, default_value = "0.0.0.0:49999")]
     listen: SocketAddr,
-    /// The Python that runs the IPython kernel (`python -m ipykernel_launcher`).
+    /// The Python that runs the IPython kernel.
     #[arg(long, default_value = "python3")]
     python: String,
+    /// How Python's kernel runs: `pipe` (IPython's shell over pipes, the fastest) or `jupyter`
+    /// (ipykernel over Jupyter's protocol, for code that needs the Jupyter kernel itself).
+    #[arg(long, env = "PADDOCK_PYTHON_KERNEL", value_enum, default_value_t = PythonKernelArg::Pipe)]
+    python_kernel: PythonKernelArg,
     /// The working directory of contexts that name none.
     #[arg(long, default_value = "/home/user")]
     cwd: PathBuf,
@@ -28,6 +32,13 @@ struct Args {
     /// envd's HTTP API, where the sandbox's env vars are read ("" to use this process's own).
     #[arg(long, default_value = "http://127.0.0.1:49983")]
     envd_url: String,
+}
+
+/// `--python-kernel` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PythonKernelArg {
+    Pipe,
+    Jupyter,
 }
 
 #[tokio::main]
@@ -43,7 +54,11 @@ async fn main() -> std::process::ExitCode {
     let run_dir = args.run_dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("paddock-interpreter-{}", std::process::id()))
     });
-    let mut config = Config::standard(&args.python, &args.cwd, &run_dir);
+    let kind = match args.python_kernel {
+        PythonKernelArg::Pipe => PythonKernel::Pipe,
+        PythonKernelArg::Jupyter => PythonKernel::Jupyter,
+    };
+    let mut config = Config::standard(kind, &args.python, &args.cwd, &run_dir);
     config.envd_url = Some(args.envd_url).filter(|u| !u.is_empty());
     let interpreter = match Interpreter::start(config).await {
         Ok(i) => i,

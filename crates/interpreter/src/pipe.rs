@@ -1,14 +1,16 @@
-//! Kernels driven over pipes with a line protocol of Paddock's own, for the languages Debian
-//! has no Jupyter kernel for: JavaScript and TypeScript on the sandbox's Node.js (the driver is
-//! `js_kernel.js`, embedded, written into the interpreter's private directory and run by
-//! `node`) and Bash (an interactive `bash` with no prompt).
+//! Kernels driven over pipes with a line protocol of Paddock's own: Python (IPython's
+//! `InteractiveShell` run by `python_kernel.py`: the same shell ipykernel runs, without
+//! ZeroMQ's few milliseconds per execution), and the languages Debian has no Jupyter kernel
+//! for: JavaScript and TypeScript on the sandbox's Node.js (`js_kernel.js`) and Bash (an
+//! interactive `bash` with no prompt). The drivers are embedded, written into the
+//! interpreter's private directory and run by `python3` or `node`.
 //!
 //! The kernel says what happens on stdout in lines that start with the record separator
 //! (`\x1e`) followed by JSON (`{"id", "t": "stdout" | "stderr" | "result" | "display" |
 //! "error" | "done" | ...}`); every other byte on its stdout or stderr (a program the code runs writing straight to them)
 //! is output of the execution under way. An execution ends when the kernel says `done` (and,
-//! for Bash, when the same marker came through stderr, so nothing written to it before is
-//! left behind). Requests: for Node.js one JSON line `{"id", "code", "silent"}`; for Bash two
+//! for Bash and Python, when a marker came through stderr too, so nothing written to it before
+//! is left behind). Requests: for Python and Node.js one JSON line `{"id", "code", "silent"}`; for Bash two
 //! lines, `eval` of the base64 of the code with stdin from /dev/null, then the marker command,
 //! so that SIGINT, which makes an interactive bash drop the line it runs, still lets the
 //! marker run. Each kernel is its own process group: an interrupt is SIGINT to all of it (a
@@ -28,6 +30,8 @@ use crate::kernel::{watch_exit, KernelError, Output, Outputs, Queue, Waiters};
 
 /// The JavaScript/TypeScript driver.
 const JS_KERNEL: &str = include_str!("js_kernel.js");
+/// The Python driver.
+const PYTHON_KERNEL: &str = include_str!("python_kernel.py");
 /// Set up once in the Bash kernel: no prompts or history expansion, and the marker that ends
 /// an execution (`__paddock_done <id> <silent>`, run right after the code, so `$?` is its
 /// status).
@@ -44,6 +48,8 @@ const MAX_LINE: usize = 64 << 10;
 /// Which driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
+    /// `python_kernel.py` (IPython's shell) on Python 3.
+    Python,
     /// `js_kernel.js` on Node.js, for JavaScript (`typescript: false`) or TypeScript.
     Node {
         /// Transpile cells from TypeScript first.
@@ -84,9 +90,9 @@ pub(crate) fn on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Writes the Node.js driver into `dir` (made 0700; the file 0600, replaced whole so a kernel
-/// starting meanwhile reads either copy complete); returns its path.
-fn write_driver(dir: &Path) -> Result<PathBuf, KernelError> {
+/// Writes the driver file `name` with `contents` into `dir` (made 0700; the file 0600, replaced
+/// whole so a kernel starting meanwhile reads either copy complete); returns its path.
+fn write_driver(dir: &Path, name: &str, contents: &str) -> Result<PathBuf, KernelError> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let io = |what: String| move |source| KernelError::Io { what, source };
@@ -95,15 +101,15 @@ fn write_driver(dir: &Path) -> Result<PathBuf, KernelError> {
         .mode(0o700)
         .create(dir)
         .map_err(io(format!("creating {}", dir.display())))?;
-    let path = dir.join("js_kernel.js");
-    let tmp = dir.join(format!(".js_kernel.{}.js", crate::wire::new_id()));
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.{}", crate::wire::new_id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(io(format!("writing {}", tmp.display())))?;
-    f.write_all(JS_KERNEL.as_bytes())
+    f.write_all(contents.as_bytes())
         .map_err(io(format!("writing {}", tmp.display())))?;
     std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))?;
     Ok(path)
@@ -115,9 +121,9 @@ fn now() -> String {
 }
 
 impl PipeKernel {
-    /// Starts `program` (`node` for [`Driver::Node`], `bash` for [`Driver::Bash`]) in `cwd`
-    /// with `env` added (the Node.js driver's file kept in `dir`, made 0700); returns once it
-    /// said it is ready.
+    /// Starts `program` (`python3` for [`Driver::Python`], `node` for [`Driver::Node`], `bash`
+    /// for [`Driver::Bash`]) in `cwd` with `env` added (the driver's file kept in `dir`, made
+    /// 0700); returns once it said it is ready.
     pub async fn start(
         driver: Driver,
         program: &Path,
@@ -142,12 +148,16 @@ impl PipeKernel {
             }
         };
         match driver {
+            Driver::Python => {
+                cmd.arg(write_driver(dir, "python_kernel.py", PYTHON_KERNEL)?);
+            }
             Driver::Node { typescript } => {
-                cmd.arg(write_driver(dir)?).arg(if typescript {
-                    "typescript"
-                } else {
-                    "javascript"
-                });
+                cmd.arg(write_driver(dir, "js_kernel.js", JS_KERNEL)?)
+                    .arg(if typescript {
+                        "typescript"
+                    } else {
+                        "javascript"
+                    });
             }
             Driver::Bash => {
                 // No prompt from the first line on (PS1 from the environment is used).
@@ -243,7 +253,7 @@ impl PipeKernel {
         }
         let id = crate::wire::new_id();
         let (mut queue, outputs) = Queue::new();
-        if self.driver != Driver::Bash {
+        if matches!(self.driver, Driver::Node { .. }) {
             // Nothing comes through stderr to wait for.
             queue.replied = true;
         }
@@ -252,7 +262,7 @@ impl PipeKernel {
             queue.push(Output::ExecutionCount(n));
         }
         let request = match self.driver {
-            Driver::Node { .. } => {
+            Driver::Python | Driver::Node { .. } => {
                 let mut line = json!({"id": id, "code": code, "silent": silent}).to_string();
                 line.push('\n');
                 line
@@ -468,10 +478,11 @@ fn event(
     }
 }
 
-/// The kernels of [`Driver`]s as this system has them: `node` (or `nodejs`) and `bash` on
-/// `PATH`.
+/// The kernels of [`Driver`]s as this system has them: `python3`, `node` (or `nodejs`) and
+/// `bash` on `PATH`.
 pub(crate) fn program(driver: Driver) -> Option<PathBuf> {
     match driver {
+        Driver::Python => on_path("python3"),
         Driver::Node { .. } => on_path("node").or_else(|| on_path("nodejs")),
         Driver::Bash => on_path("bash"),
     }
@@ -598,6 +609,100 @@ mod tests {
         }
         let outs = collect(k.execute("echo alive", false).await.expect("run")).await;
         assert_eq!(texts(&outs, false), "alive\n");
+    }
+
+    #[tokio::test]
+    async fn python_runs_ipython_with_state_streams_results_errors_and_interrupts() {
+        // IPython comes with ipykernel: the Python scripts/test.sh installs it for.
+        let Some(python) = std::env::var_os("PADDOCK_TEST_PYTHON") else {
+            eprintln!(
+                "skipped: set PADDOCK_TEST_PYTHON to a python with IPython (scripts/test.sh does)"
+            );
+            return;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let k = PipeKernel::start(
+            Driver::Python,
+            Path::new(&python),
+            dir.path(),
+            &[],
+            &dir.path().join("run"),
+        )
+        .await
+        .expect("python starts");
+        let run = |code: &'static str| {
+            let k = &k;
+            async move { collect(k.execute(code, false).await.expect("run")).await }
+        };
+        // Output printed before the result comes before it; stderr is complete at the end.
+        let outs =
+            run("import sys\na = 20\nprint('hi')\nprint('e', file=sys.stderr)\na + 22").await;
+        assert_eq!(texts(&outs, false), "hi\n");
+        assert_eq!(texts(&outs, true), "e\n");
+        assert_eq!(result(&outs).as_deref(), Some("42"));
+        let at = |f: fn(&Output) -> bool| outs.iter().position(f).expect("present");
+        assert!(
+            at(|o| matches!(o, Output::Stdout { .. })) < at(|o| matches!(o, Output::Result { .. }))
+        );
+        assert_eq!(result(&run("a * 2").await).as_deref(), Some("40"));
+        // A trailing semicolon hides the result; display() shows on the way, not as the result.
+        assert_eq!(result(&run("a;").await), None);
+        let outs =
+            run("from IPython.display import display, HTML\ndisplay(HTML('<b>x</b>'))\n5").await;
+        let shown: Vec<(Option<Value>, bool)> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Result { data, is_main, .. } => {
+                    Some((data.get("text/html").cloned(), *is_main))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(shown, vec![(Some(json!("<b>x</b>")), false), (None, true)]);
+        // Errors as IPython shows them; the shell carries on.
+        let outs = run("1/0").await;
+        assert_eq!(
+            error(&outs),
+            Some(("ZeroDivisionError".into(), "division by zero".into()))
+        );
+        assert_eq!(
+            error(&run("x +").await).map(|e| e.0).as_deref(),
+            Some("SyntaxError")
+        );
+        // What the code starts writes straight to the streams; stdin is /dev/null, never the
+        // requests' pipe.
+        let outs = run("import os\nos.system('echo from-shell')\n!echo bang\ninput()").await;
+        // (`!` runs through a terminal, as in ipykernel: its lines end in CRLF.)
+        assert_eq!(texts(&outs, false), "from-shell\nbang\r\n");
+        assert_eq!(error(&outs).map(|e| e.0).as_deref(), Some("EOFError"));
+        // Silent: nothing shown, the state changed.
+        let outs = collect(k.execute("b = 5", true).await.expect("run")).await;
+        assert!(outs.is_empty(), "silent: {outs:?}");
+        assert_eq!(result(&run("b").await).as_deref(), Some("5"));
+        // An interrupt ends the execution with KeyboardInterrupt; the state is kept.
+        let outs = k
+            .execute("import time\nwhile True: time.sleep(0.01)", false)
+            .await
+            .expect("run");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        k.interrupt().expect("interrupt");
+        let outs = tokio::time::timeout(Duration::from_secs(10), collect(outs))
+            .await
+            .expect("ends after the interrupt");
+        assert_eq!(
+            error(&outs).map(|e| e.0).as_deref(),
+            Some("KeyboardInterrupt")
+        );
+        // An interrupt between executions is ignored.
+        k.interrupt().expect("interrupt");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(result(&run("a + b").await).as_deref(), Some("25"));
+        // os._exit ends the kernel: the execution ends with it.
+        let outs = run("import os\nos._exit(3)").await;
+        assert!(
+            outs.iter().any(|o| matches!(o, Output::KernelExited(_))),
+            "{outs:?}"
+        );
     }
 
     #[tokio::test]

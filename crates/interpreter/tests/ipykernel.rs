@@ -18,8 +18,13 @@ fn python() -> Option<String> {
 async fn start(dir: &std::path::Path) -> Kernel {
     let python = python().expect("checked");
     // The command the interpreter runs Python's kernel with.
-    let argv = paddock_interpreter::server::Config::python(&python, dir, dir.join("run")).kernels
-        ["python"]
+    let argv = paddock_interpreter::server::Config::python_with(
+        paddock_interpreter::server::PythonKernel::Jupyter,
+        &python,
+        dir,
+        dir.join("run"),
+    )
+    .kernels["python"]
         .argv
         .clone();
     Kernel::start(

@@ -1,0 +1,133 @@
+# Paddock's Python kernel (crates/interpreter/src/pipe.rs, Driver::Python): IPython's own
+# InteractiveShell (magics, `!` commands, rich display, matplotlib's inline backend, tracebacks
+# as ipykernel shows them) driven over pipes instead of Jupyter's ZeroMQ protocol, which costs
+# a few milliseconds per execution (sockets, message signing, an IOPub thread).
+#
+# Protocol (the pipe kernels' own): a request is one JSON line on stdin, {"id", "code",
+# "silent"}; the kernel answers with lines on stdout that start with the record separator
+# (\x1e) followed by JSON: {"id", "t": "result" | "display" | "error" | "done"}; every other
+# byte on stdout or stderr (print, a program started by the code) is output of the execution
+# under way. "done" goes to stdout and "stderr_done" to stderr last, after both are flushed.
+# SIGINT interrupts the execution under way (KeyboardInterrupt, shown as its error) and is
+# ignored between executions. The requests' pipe is moved off descriptor 0, which becomes
+# /dev/null, so code (and what it starts) never reads the protocol.
+
+import json
+import os
+import signal
+import sys
+import threading
+
+
+def __paddock_main():
+    requests_fd = os.dup(0)  # not inherited by what the code starts (os.dup: close-on-exec)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdin = open(os.devnull, "r")
+    requests = os.fdopen(requests_fd, "rb", buffering=0)
+    # Line by line, so output streams while code runs (and comes before what the kernel says
+    # after it: events are written only after both streams are flushed).
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)
+        except (AttributeError, ValueError):
+            pass
+    # Figures are shown the way ipykernel shows them: the inline backend.
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+
+    from IPython.core.displayhook import DisplayHook
+    from IPython.core.displaypub import DisplayPublisher
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets import Type
+
+    lock = threading.Lock()
+    state = {"id": None, "running": False}
+
+    def flush():
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a closed or replaced stream
+                pass
+
+    def write_all(fd, data):
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+
+    def emit(event, fd=1):
+        event.setdefault("id", state["id"])
+        line = ("\x1e" + json.dumps(event, default=str) + "\n").encode()
+        flush()
+        with lock:
+            write_all(fd, line)
+
+    class Publisher(DisplayPublisher):
+        def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
+            emit({"t": "display", "data": data})
+
+        def clear_output(self, wait=False):
+            pass
+
+    class Hook(DisplayHook):
+        def start_displayhook(self):
+            pass
+
+        def write_output_prompt(self):
+            pass
+
+        def write_format_data(self, format_dict, md_dict=None):
+            emit({"t": "result", "data": format_dict})
+
+        def finish_displayhook(self):
+            flush()
+
+    class Shell(InteractiveShell):
+        displayhook_class = Type(Hook)
+        display_pub_class = Type(Publisher)
+
+        def _showtraceback(self, etype, evalue, stb):
+            name = getattr(etype, "__name__", str(etype))
+            emit({"t": "error", "name": name, "value": str(evalue), "traceback": "\n".join(stb)})
+
+        def ask_exit(self):
+            pass  # `exit()` ends nothing: the context's kernel lives until it is deleted
+
+    def on_sigint(signum, frame):
+        if state["running"]:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    shell = Shell.instance()
+    shell.history_manager.enabled = False
+    emit({"id": None, "t": "ready"})
+
+    while True:
+        try:
+            line = requests.readline()
+        except KeyboardInterrupt:
+            continue
+        if not line:
+            return
+        try:
+            request = json.loads(line)
+        except ValueError:
+            continue
+        state["id"] = request.get("id")
+        silent = bool(request.get("silent"))
+        try:
+            try:
+                state["running"] = True
+                shell.run_cell(request.get("code", ""), store_history=not silent, silent=silent)
+            finally:
+                state["running"] = False
+        except KeyboardInterrupt:
+            pass  # arrived as the execution ended
+        emit({"t": "done", "status": 0, "silent": silent})
+        emit({"t": "stderr_done"}, fd=2)
+        state["id"] = None
+
+
+__paddock_main()
