@@ -109,10 +109,68 @@ pub async fn serve_incoming(
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(256))
         .tcp_nodelay(true)
+        .layer(tower::layer::layer_fn(Timed))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// Times each call to its response head into `paddock_grpc_request_duration_seconds`
+/// (`method`: the RPC's name; `code`: the gRPC status the head carries, which is every error
+/// a unary call or a stream returns before its first message, else `0`; `transport` when the
+/// service itself failed).
+#[derive(Clone)]
+struct Timed<S>(S);
+
+impl<S, B, RB> tower::Service<tonic::codegen::http::Request<B>> for Timed<S>
+where
+    S: tower::Service<
+        tonic::codegen::http::Request<B>,
+        Response = tonic::codegen::http::Response<RB>,
+    >,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    RB: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<B>) -> Self::Future {
+        let method = req
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let started = std::time::Instant::now();
+        let call = self.0.call(req);
+        Box::pin(async move {
+            let result = call.await;
+            let code = match &result {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("0")
+                    .to_string(),
+                Err(_) => "transport".to_string(),
+            };
+            paddock_telemetry::GRPC_REQUEST_DURATION.observe(&[&method, &code], started.elapsed());
+            result
+        })
+    }
 }
 
 /// The gRPC face of a [`Node`].

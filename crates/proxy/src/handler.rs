@@ -104,21 +104,34 @@ impl Proxy {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let route = match route::resolve(req.uri(), req.headers()) {
-            Ok(route) => route,
+        let started = std::time::Instant::now();
+        let method = req.method().clone();
+        let (kind, response) = match route::resolve(req.uri(), req.headers()) {
+            Ok(route) => {
+                let kind = if route.port == paddock_envd_proto::ENVD_PORT {
+                    "envd"
+                } else {
+                    "port"
+                };
+                let span = tracing::debug_span!(
+                    "proxy",
+                    sandbox_id = %route.sandbox_id,
+                    port = route.port,
+                    method = %req.method(),
+                    path = req.uri().path(),
+                );
+                (kind, self.pass(route, req).instrument(span).await)
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "unroutable request");
-                return reply::bad_request(&e.to_string());
+                ("unroutable", reply::bad_request(&e.to_string()))
             }
         };
-        let span = tracing::debug_span!(
-            "proxy",
-            sandbox_id = %route.sandbox_id,
-            port = route.port,
-            method = %req.method(),
-            path = req.uri().path(),
+        paddock_telemetry::HTTP_REQUEST_DURATION.observe(
+            &["proxy", kind, method.as_str(), response.status().as_str()],
+            started.elapsed(),
         );
-        self.pass(route, req).instrument(span).await
+        response
     }
 
     async fn pass<B>(&self, route: Route, mut req: Request<B>) -> Response<ProxyBody>
@@ -457,6 +470,12 @@ mod tests {
 
     #[tokio::test]
     async fn handle_without_a_socket() {
+        let timed = |labels: [&str; 4]| paddock_telemetry::HTTP_REQUEST_DURATION.count(&labels);
+        let (envd_502, unroutable) = (
+            ["proxy", "envd", "GET", "502"],
+            ["proxy", "unroutable", "GET", "400"],
+        );
+        let before = (timed(envd_502), timed(unroutable));
         let proxy = Proxy::new(Arc::new(Nobody), ProxyConfig::default());
         let req = Request::builder()
             .uri("/health")
@@ -471,6 +490,9 @@ mod tests {
             .body(Full::new(Bytes::new()))
             .expect("req");
         assert_eq!(proxy.handle(req).await.status(), StatusCode::BAD_REQUEST);
+        // Both timed by kind of route and status (other tests in the process may add more).
+        assert!(timed(envd_502) > before.0);
+        assert!(timed(unroutable) > before.1);
     }
 
     /// Lists every sandbox as running, with sockets that do not exist.

@@ -92,6 +92,8 @@ class Cluster:
         self.api_port, self.cluster_port, self.proxy_port = free_port(), free_port(), free_port()
         self.node_names = [f"n{i + 1}" for i in range(nodes)]
         self.node_ports: Dict[str, int] = {n: free_port() for n in self.node_names}
+        # `--metrics-listen` of each node and of the proxy.
+        self.metrics_ports: Dict[str, int] = {n: free_port() for n in self.node_names + ["proxy"]}
         self.lost_after = lost_after
         self.seeded = set(self.node_names[:seeded])
         self.system_templates = system_templates
@@ -148,6 +150,7 @@ class Cluster:
             "--token-file", str(token_file or self.token_file),
             "--name", name,
             "--listen", f"127.0.0.1:{self.node_ports[name]}",
+            "--metrics-listen", f"127.0.0.1:{self.metrics_ports[name]}",
             "--templates-dir", str(self.node_templates(name)),
             "--warm-pool-size", "1",
         ]
@@ -193,6 +196,7 @@ class Cluster:
             str(self.bin), "proxy",
             "--data-dir", str(self.dir / "proxy"),
             "--listen", f"127.0.0.1:{self.proxy_port}",
+            "--metrics-listen", f"127.0.0.1:{self.metrics_ports['proxy']}",
             "--join", f"127.0.0.1:{self.cluster_port}",
             "--token-file", str(self.token_file),
         ], self.dir / "proxy.log").start()
@@ -200,6 +204,12 @@ class Cluster:
             self.wait_status(name, "ready", timeout=120)
         wait_for(lambda: self._proxy_up(), "the edge proxy", timeout=30)
         return self
+
+    def metrics(self, role: str) -> str:
+        """`GET /metrics` of a node (by name) or of the proxy (`proxy`) on `--metrics-listen`."""
+        r = requests.get(f"http://127.0.0.1:{self.metrics_ports[role]}/metrics", timeout=10)
+        r.raise_for_status()
+        return r.text
 
     def _proxy_up(self) -> bool:
         try:

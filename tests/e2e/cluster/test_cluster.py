@@ -59,6 +59,38 @@ def test_the_sdk_works_through_the_cluster():
         Sandbox.connect(sbx.sandbox_id)
 
 
+def sample(text: str, series: str) -> float:
+    """The value of the sample line `series` (name and labels exactly), 0 if absent."""
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_every_role_serves_its_metrics(cluster: Cluster):
+    sbx = Sandbox.create()
+    try:
+        assert sbx.commands.run("echo hi").stdout == "hi\n"
+    finally:
+        sbx.kill()
+    proxy = cluster.metrics("proxy")
+    envd_ok = 'paddock_http_request_duration_seconds_count{service="proxy",route="envd",method="POST",status="200"}'
+    assert sample(proxy, envd_ok) >= 1, proxy
+    # The node that holds it answered Create (or handed a warm one over) over gRPC.
+    nodes = {n: cluster.metrics(n) for n in cluster.node_names}
+    calls = sum(sample(t, f'paddock_grpc_request_duration_seconds_count{{method="{m}",code="0"}}')
+                for t in nodes.values() for m in ("Create", "ClaimWarm"))
+    assert calls >= 1, nodes
+    api = requests.get(cluster.api_url + "/metrics", headers={"X-API-Key": cluster.env["E2B_API_KEY"]},
+                       timeout=10).text
+    assert sample(api, 'paddock_create_phase_seconds_count{phase="node"}') >= 1, api
+    assert sample(api, 'paddock_creates_total{outcome="ok"}') >= 1, api
+    created = sum(sample(api, 'paddock_http_request_duration_seconds_count'
+                             f'{{service="api",route="{r}",method="POST",status="201"}}')
+                  for r in ("/sandboxes", "/v2/sandboxes"))
+    assert created >= 1, api
+
+
 def test_creates_spread_over_the_nodes(cluster: Cluster):
     headers = {"X-API-Key": cluster.env["E2B_API_KEY"]}
     ids = []

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{Duration, Utc};
 use paddock_domain::{SandboxId, SandboxState, TemplateName};
@@ -66,13 +67,57 @@ pub(super) struct IdempotencyClaim {
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
+/// Records how long `phase` of a create took since `*since`, and restarts the clock.
+fn phase_done(phase: &str, since: &mut Instant) {
+    let now = Instant::now();
+    paddock_telemetry::CREATE_PHASE.observe(&[phase], now - *since);
+    *since = now;
+}
+
+/// The `outcome` label of a create that failed with `e`.
+fn failure_outcome(e: &Error) -> &'static str {
+    match e {
+        Error::Invalid(_) => "invalid",
+        Error::TemplateNotFound(_) => "template_not_found",
+        Error::TemplatePreparing(_) => "template_preparing",
+        Error::Busy(_) => "busy",
+        Error::Saturated(_) => "rate_limited",
+        Error::Forbidden(_) => "forbidden",
+        Error::ShuttingDown => "shutting_down",
+        Error::StoppedDuringCreate(_) => "stopped",
+        Error::CreateFailed(_) => "node_failed",
+        Error::Store(_) => "store_failed",
+        _ => "error",
+    }
+}
+
 impl Core {
-    /// Creates a sandbox for `team`; returns its record once it runs.
+    /// Creates a sandbox for `team`; returns its record once it runs. Each phase's time goes to
+    /// `paddock_create_phase_seconds`, the outcome to `paddock_creates_total`.
     pub(crate) async fn create(
+        self: &Arc<Self>,
+        team: &TeamId,
+        spec: CreateSpec,
+    ) -> Result<SandboxRecord, Error> {
+        let started = Instant::now();
+        let result = self.create_timed(team, spec).await;
+        let outcome = match &result {
+            Ok(_) => {
+                paddock_telemetry::CREATE_PHASE.observe(&["total"], started.elapsed());
+                "ok"
+            }
+            Err(e) => failure_outcome(e),
+        };
+        paddock_telemetry::CREATES.inc(&[outcome]);
+        result
+    }
+
+    async fn create_timed(
         self: &Arc<Self>,
         team: &TeamId,
         mut spec: CreateSpec,
     ) -> Result<SandboxRecord, Error> {
+        let mut clock = Instant::now();
         let timeout = validate::timeout("timeout", spec.timeout_secs)?;
         validate::metadata(&spec.metadata)?;
         validate::env_vars(&spec.env_vars)?;
@@ -95,11 +140,14 @@ impl Core {
         if self.is_shutting_down() {
             return Err(Error::ShuttingDown);
         }
+        phase_done("validate", &mut clock);
         let permit = self.admission.try_admit(team)?;
+        phase_done("admit", &mut clock);
         // Snapshots and built templates are their team's: another team sees no such template;
         // hidden templates (build layers, base images, forks) are nobody's to start from. A
         // tag starts the build it names; the record keeps the template's name.
         let resolved = self.resolve_template(team, &spec.template).await?;
+        phase_done("template", &mut clock);
         let template = resolved.name;
         if resolved.node_template != template {
             spec.node_template = Some(resolved.node_template);
@@ -172,12 +220,14 @@ impl Core {
         // A warm sandbox of the template, if the node has one ready: its id becomes the
         // sandbox's, and the node hands it over instead of starting one.
         if !spec.cold {
+            let mut clock = Instant::now();
             match self.node.claim_warm(&request).await {
                 Ok(Some(id)) => request.id = id,
                 Ok(None) => {}
                 // No warm sandbox to be had: a cold start, which reports a real failure.
                 Err(err) => tracing::debug!(error = %err, "claiming a warm sandbox failed"),
             }
+            phase_done("claim_warm", &mut clock);
         }
         let now = Utc::now();
         let record = SandboxRecord {
@@ -221,7 +271,9 @@ impl Core {
                 idempotency: claim.as_ref().map(|c| (c.key.clone(), Utc::now())),
                 sent,
             };
+            let mut clock = Instant::now();
             core.store.insert_new_sandbox(&new).await?;
+            phase_done("record", &mut clock);
             let record = new.record;
             tracing::info!(sandbox_id = %record.id, template = %record.template, "creating sandbox");
             let result = core.finish_create(record, request, timeout_secs).await;
@@ -241,7 +293,10 @@ impl Core {
     ) -> Result<SandboxRecord, Error> {
         let id = record.id.clone();
         let template = request.template.to_string();
-        match self.node.create(request).await {
+        let mut clock = Instant::now();
+        let created = self.node.create(request).await;
+        phase_done("node", &mut clock);
+        match created {
             Ok(started) => {
                 SandboxState::Creating.transition(SandboxState::Running)?;
                 let now = Utc::now();
@@ -288,6 +343,7 @@ impl Core {
                     ));
                 }
                 self.expiry_wake.notify_one();
+                phase_done("settle", &mut clock);
                 Ok(record)
             }
             Err(err) => {

@@ -108,8 +108,31 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes", get(nodes::list))
         .route("/nodes/events", get(nodes::events))
         .route("/nodes/{node_id}", get(nodes::get).post(nodes::set_status))
+        .route_layer(axum::middleware::from_fn(track_request))
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Times a routed request to its response head into `paddock_http_request_duration_seconds`
+/// (`service="api"`, the route template, method and status).
+async fn track_request(
+    route: axum::extract::MatchedPath,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    paddock_telemetry::HTTP_REQUEST_DURATION.observe(
+        &[
+            "api",
+            route.as_str(),
+            method.as_str(),
+            response.status().as_str(),
+        ],
+        started.elapsed(),
+    );
+    response
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -11,7 +11,11 @@
 //! - `paddock_warm_pools_ready`, `paddock_warm_pools_filling`, `paddock_warm_pools_claimed`:
 //!   all pools together;
 //! - `paddock_warm_pool_hits_total`, `paddock_warm_pool_misses_total`,
-//!   `paddock_warm_pool_fill_failures_total`: counters since the server started.
+//!   `paddock_warm_pool_fill_failures_total`: counters since the server started;
+//! - this process's histograms and counters ([`paddock_telemetry`]): request durations by
+//!   route (`paddock_http_request_duration_seconds`, the REST API's and, in `serve`, the
+//!   proxy's), create phases (`paddock_create_phase_seconds`) and create outcomes
+//!   (`paddock_creates_total`).
 
 use std::fmt::Write as _;
 
@@ -132,6 +136,9 @@ pub(super) async fn metrics(
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
     }
+    out.push_str(&paddock_telemetry::metrics::render(
+        &paddock_telemetry::all(),
+    ));
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], out).into_response())
 }
 

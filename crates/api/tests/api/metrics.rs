@@ -200,3 +200,116 @@ async fn batch_returns_the_newest_sample_of_each_visible_sandbox() {
         .await;
     assert_error(&r, StatusCode::BAD_REQUEST, "maximum is 100");
 }
+
+/// The value of the sample line `series` (name and labels exactly) in `text`.
+fn sample_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn prometheus_has_request_durations_by_route_create_phases_and_outcomes() {
+    use axum::body::Body;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    let h = start_metrics().await;
+    let id = h.create(json!({"templateID": "base"})).await;
+    assert_eq!(
+        h.get(&format!("/sandboxes/{id}")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.get("/sandboxes/inope").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = h
+        .post("/v2/sandboxes", r#"{"templateID": "no-such-template"}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    let req = axum::http::Request::get("/metrics")
+        .header("X-API-KEY", KEY)
+        .body(Body::empty())
+        .expect("request");
+    let res = h.router.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(res.status(), StatusCode::OK);
+    let text = String::from_utf8(
+        res.into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec(),
+    )
+    .expect("utf-8");
+    // Counts are the process's (other tests run in it too): at least this test's.
+    let at_least_one = |series: &str| {
+        let v = sample_value(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        assert!(v >= 1.0, "{series} = {v}");
+    };
+    // By route template (never the sandbox id) and status.
+    let http = "paddock_http_request_duration_seconds";
+    at_least_one(&format!(
+        "{http}_count{{service=\"api\",route=\"/v2/sandboxes\",method=\"POST\",status=\"201\"}}"
+    ));
+    at_least_one(&format!(
+        "{http}_count{{service=\"api\",route=\"/sandboxes/{{sandbox_id}}\",method=\"GET\",status=\"200\"}}"
+    ));
+    at_least_one(&format!(
+        "{http}_count{{service=\"api\",route=\"/sandboxes/{{sandbox_id}}\",method=\"GET\",status=\"404\"}}"
+    ));
+    at_least_one(&format!(
+        "{http}_bucket{{service=\"api\",route=\"/v2/sandboxes\",method=\"POST\",status=\"201\",le=\"+Inf\"}}"
+    ));
+    assert!(!text.contains(&id), "a sandbox id in a label");
+    for phase in [
+        "validate",
+        "admit",
+        "template",
+        "claim_warm",
+        "record",
+        "node",
+        "settle",
+        "total",
+    ] {
+        at_least_one(&format!(
+            "paddock_create_phase_seconds_count{{phase=\"{phase}\"}}"
+        ));
+    }
+    at_least_one("paddock_creates_total{outcome=\"ok\"}");
+    at_least_one("paddock_creates_total{outcome=\"template_not_found\"}");
+    assert!(text.contains("# TYPE paddock_http_request_duration_seconds histogram"));
+
+    // Every series the Grafana dashboard in deploy/ queries is one Paddock exports.
+    let exported: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../deploy/grafana/paddock.json"))
+            .expect("dashboard JSON");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !word.starts_with("paddock_") {
+                    continue;
+                }
+                let name = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| word.strip_suffix(s))
+                    .filter(|n| exported.contains(n))
+                    .unwrap_or(word);
+                assert!(
+                    exported.contains(name),
+                    "the dashboard queries {word}, which /metrics does not have"
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 10, "{queried}");
+}

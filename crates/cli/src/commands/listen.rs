@@ -65,3 +65,68 @@ pub(crate) async fn serve_api(
     )
     .await
 }
+
+/// Limits of a `--metrics-listen` listener: a scraper or two, never many clients.
+fn metrics_limits() -> paddock_proxy::listener::Limits {
+    paddock_proxy::listener::Limits {
+        header_timeout: std::time::Duration::from_secs(10),
+        keepalive_timeout: std::time::Duration::from_secs(90),
+        max_connections: 64,
+        max_per_ip: 16,
+    }
+}
+
+/// Serves `GET /metrics` (this process's [`paddock_telemetry`] series, Prometheus text format)
+/// on `listener` until `stop` turns true: the `--metrics-listen` of `paddock node` and
+/// `paddock proxy`, which have no REST API to carry it. No key: bind it where only the
+/// scraper reaches it.
+pub(crate) async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                paddock_telemetry::metrics::render(&paddock_telemetry::all()),
+            )
+        }),
+    );
+    let handler = move |req| {
+        use tower::ServiceExt as _;
+        router.clone().oneshot(req)
+    };
+    paddock_proxy::listener::serve(
+        listener,
+        &metrics_limits(),
+        handler,
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        },
+        std::time::Duration::from_secs(1),
+    )
+    .await
+}
+
+/// Binds `--metrics-listen` (if given) and serves it on a task until `stop` turns true.
+pub(crate) async fn spawn_metrics(
+    addr: Option<std::net::SocketAddr>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    use anyhow::Context as _;
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics-listen {addr}"))?;
+    eprintln!(
+        "paddock: metrics on http://{}/metrics",
+        listener.local_addr()?
+    );
+    Ok(Some(tokio::spawn(serve_metrics(listener, stop))))
+}

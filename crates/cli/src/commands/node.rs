@@ -44,6 +44,10 @@ pub struct NodeArgs {
     /// Memory placement may give sandboxes, as a multiple of the host's memory.
     #[arg(long, default_value_t = 4)]
     memory_overcommit: u64,
+    /// Where to serve `GET /metrics` (gRPC call durations, Prometheus text format; no key:
+    /// bind it where only the scraper reaches it). Default: not served.
+    #[arg(long, env = "PADDOCK_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// The host's sandbox settings (as for `serve`).
     #[command(flatten)]
     host: super::host::HostArgs,
@@ -296,6 +300,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let metrics = super::listen::spawn_metrics(args.metrics_listen, stop_rx.clone()).await?;
     let (grpc_tx, grpc_rx) = mpsc::channel(64);
     let dispatch = tokio::spawn({
         let hop = hop.clone();
@@ -388,6 +393,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     // The control plane keeps its connection open; gRPC's graceful end waits for it only so
     // long.
     let _ = tokio::time::timeout(Duration::from_secs(5), grpc).await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     eprintln!("paddock: stopped");
     Ok(())
 }

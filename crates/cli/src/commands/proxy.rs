@@ -39,6 +39,10 @@ pub struct ProxyArgs {
     /// Slow-client limits of the listener.
     #[command(flatten)]
     limits: super::listen::ListenArgs,
+    /// Where to serve `GET /metrics` (request durations, Prometheus text format; no key:
+    /// bind it where only the scraper reaches it). Default: not served.
+    #[arg(long, env = "PADDOCK_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// `Locate`/`Wake` over the cluster service, and the proxy's certificate for the hops.
@@ -156,6 +160,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = super::listen::spawn_metrics(args.metrics_listen, stop_rx.clone()).await?;
     let serving = tokio::spawn({
         let proxy = proxy.clone();
         let mut rx = stop_rx;
@@ -180,6 +185,12 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         .await
         .context("proxy task")?
         .context("proxy server")?;
+    if let Some(metrics) = metrics {
+        metrics
+            .await
+            .context("metrics task")?
+            .context("metrics server")?;
+    }
     eprintln!("paddock: stopped");
     Ok(())
 }

@@ -1,0 +1,70 @@
+//! Process-wide metrics of every Paddock role, rendered in the Prometheus text format (0.0.4).
+//!
+//! [`metrics`] holds the types (a histogram and a counter, each with labels) and
+//! [`metrics::render`], which writes every series this process has. The metrics themselves are
+//! statics here, one place to read what Paddock exports ([`HTTP_REQUEST_DURATION`],
+//! [`CREATE_PHASE`], ...); the crates that measure observe them. Label values come from fixed
+//! sets (route templates, phase names, status codes), so series stay few.
+
+pub mod metrics;
+
+use std::sync::LazyLock;
+
+use metrics::{CounterVec, HistogramVec, LATENCY_BUCKETS};
+
+/// `paddock_http_request_duration_seconds{service,route,method,status}`: from a request's
+/// arrival to its response's head, for the REST API (`service="api"`, `route` the matched
+/// route template, `unmatched` otherwise) and the proxy (`service="proxy"`, `route` `envd`,
+/// `port` or `unroutable`). Streamed bodies (logs, events) are not waited for.
+pub static HTTP_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        "paddock_http_request_duration_seconds",
+        "Time from a request's arrival to its response head, by service, route template, method and status.",
+        &["service", "route", "method", "status"],
+        LATENCY_BUCKETS,
+    )
+});
+
+/// `paddock_grpc_request_duration_seconds{method,code}`: the node's gRPC service, from a
+/// call's arrival to its response head, by RPC name and gRPC status code.
+pub static GRPC_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        "paddock_grpc_request_duration_seconds",
+        "Time from a node gRPC call's arrival to its response head, by method and status code.",
+        &["method", "code"],
+        LATENCY_BUCKETS,
+    )
+});
+
+/// `paddock_create_phase_seconds{phase}`: each phase of a sandbox create in the control plane:
+/// `validate`, `admit`, `template` (looked up), `claim_warm` (a warm sandbox asked of the
+/// node), `record` (the `creating` row written), `node` (the node's part: a warm sandbox
+/// handed over or a runtime started, its network and envd ready), `settle` (`running`
+/// recorded, the event sent), and `total` (successful creates).
+pub static CREATE_PHASE: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        "paddock_create_phase_seconds",
+        "Time of each phase of a sandbox create, and of the whole create (phase=\"total\").",
+        &["phase"],
+        LATENCY_BUCKETS,
+    )
+});
+
+/// `paddock_creates_total{outcome}`: creates that ended, `ok` or the reason they failed.
+pub static CREATES: LazyLock<CounterVec> = LazyLock::new(|| {
+    CounterVec::new(
+        "paddock_creates_total",
+        "Sandbox creates that ended, by outcome (ok or the failure's reason).",
+        &["outcome"],
+    )
+});
+
+/// Every metric of this crate, in the order they are rendered.
+pub fn all() -> [&'static dyn metrics::Render; 4] {
+    [
+        &*HTTP_REQUEST_DURATION,
+        &*GRPC_REQUEST_DURATION,
+        &*CREATE_PHASE,
+        &*CREATES,
+    ]
+}
