@@ -286,10 +286,11 @@ def test_envd_holds_no_host_fds(victim, paddock):
     for fd in fds:
         target = fd["target"]
         assert str(paddock.data_dir) not in target, fd
-        if target.endswith("/user/cgroup.procs"):
-            # The one host object envd holds on purpose (cgroup v1): write-only descriptors of its
-            # own sandbox's user cgroup, which its children write `0` to before exec (they are
-            # close-on-exec). Re-opening it from inside is refused.
+        if target.endswith(("/user/cgroup.procs", "/rescue/cgroup.procs", "/user/pids.current", "/user/pids.max")):
+            # The host objects envd holds on purpose (cgroup v1): write-only descriptors of its
+            # own sandbox's user and rescue cgroups, which its children write `0` to before exec
+            # (they are close-on-exec), and read-only ones of the user cgroup's pids counter and
+            # limit. Re-opening any of them from inside for writing is refused.
             r = run(victim, f"echo 1 > /proc/1/fd/{fd['fd']}; echo rc=$?")
             assert "rc=1" in r.stdout, (fd, r)
             cgroup_fds.append(fd)
@@ -298,7 +299,7 @@ def test_envd_holds_no_host_fds(victim, paddock):
             assert fd["same_inside"] is True, fd
         else:
             assert target.split(":")[0] in ("socket", "pipe", "anon_inode"), fd
-    assert len(cgroup_fds) <= 3, cgroup_fds  # pids, memory, cpu
+    assert len(cgroup_fds) <= 8, cgroup_fds  # user and rescue in pids, memory, cpu; 2 pids files
     # A process started by envd holds none of them.
     r = run(victim, "ls -l /proc/self/fd/ | grep -c cgroup || true")
     assert r.stdout.strip() == "0", r
