@@ -162,3 +162,32 @@ def test_unknown_ids_and_bad_queries(new_sandbox, api, auth):
         r = requests.get(api + path.format(sbx.sandbox_id), params=query, headers=auth, timeout=30)
         assert r.status_code == 400, (query, r.text)
         assert r.json()["code"] == 400
+
+
+def test_the_servers_own_log_lines_are_json_on_request():
+    """`--log-format json`: every log line of the server is one JSON object (level, target,
+    message and fields flattened), ready for a log collector; the banner lines stay text."""
+    from paddock_server import PaddockServer
+
+    s = PaddockServer(extra_args=["--log-format", "json", "--network", "none"]).start()
+    try:
+        auth = {"X-API-Key": s.api_key}
+        r = requests.post(f"{s.api_url}/v2/sandboxes", json={"templateID": "base", "timeout": 60},
+                          headers=auth, timeout=60)
+        assert r.status_code == 201, r.text
+        sandbox_id = s.track(r.json()["sandboxID"])
+        assert requests.delete(f"{s.api_url}/sandboxes/{sandbox_id}", headers=auth, timeout=60).status_code == 204
+    finally:
+        assert s.stop() == 0, s.log_tail()
+    lines = [line for line in s.log_text().splitlines() if line.strip()]
+    records = []
+    for line in lines:
+        if line.startswith(("paddock: ", "export ")):
+            continue  # the banner, for people
+        record = json.loads(line)  # anything else that is not JSON fails here
+        assert {"timestamp", "level", "target", "message"} <= record.keys(), record
+        records.append(record)
+    created = [r for r in records if r["message"] == "creating sandbox"]
+    assert created and created[0]["sandbox_id"] == sandbox_id, records[:20]
+    assert any(r["message"] == "sandbox killed" and r.get("sandbox_id") == sandbox_id for r in records)
+    s.cleanup()
