@@ -50,6 +50,29 @@ pub static CREATE_PHASE: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
+/// `paddock_operation_seconds{operation,outcome}`: the control plane's other lifecycle
+/// operations, whole: `pause`, `resume` (also a wake-up by the proxy or a connect), `snapshot`,
+/// `fork` (its children's creates are in [`CREATE_PHASE`] too), `kill`; `outcome` `ok` or `error`.
+pub static OPERATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        "paddock_operation_seconds",
+        "Time of a sandbox lifecycle operation (pause, resume, snapshot, fork, kill), by outcome.",
+        &["operation", "outcome"],
+        LATENCY_BUCKETS,
+    )
+});
+
+/// `paddock_build_step_seconds{kind}`: each template build step that ran (not a cache hit), on
+/// the node that builds: `run` or `copy`.
+pub static BUILD_STEP: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        "paddock_build_step_seconds",
+        "Time of a template build step that ran (not cached), by kind (run, copy).",
+        &["kind"],
+        LATENCY_BUCKETS,
+    )
+});
+
 /// `paddock_creates_total{outcome}`: creates that ended, `ok` or the reason they failed.
 pub static CREATES: LazyLock<CounterVec> = LazyLock::new(|| {
     CounterVec::new(
@@ -60,11 +83,13 @@ pub static CREATES: LazyLock<CounterVec> = LazyLock::new(|| {
 });
 
 /// Every metric of this crate, in the order they are rendered.
-pub fn all() -> [&'static dyn metrics::Render; 4] {
+pub fn all() -> [&'static dyn metrics::Render; 6] {
     [
         &*HTTP_REQUEST_DURATION,
         &*GRPC_REQUEST_DURATION,
         &*CREATE_PHASE,
         &*CREATES,
+        &*OPERATION,
+        &*BUILD_STEP,
     ]
 }

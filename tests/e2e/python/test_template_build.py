@@ -193,6 +193,18 @@ def test_build_logs_name_steps(built):
     assert "ready" in logs
 
 
+def test_build_steps_are_timed_in_metrics(built, api, auth):
+    # The built steps (RUN and COPY, not cache hits) are in the node's histogram; in `serve`
+    # it is on the API's /metrics.
+    text = requests.get(f"{api}/metrics", headers=auth, timeout=10).text
+    counts = {}
+    for line in text.splitlines():
+        for kind in ("run", "copy"):
+            if line.startswith(f'paddock_build_step_seconds_count{{kind="{kind}"}} '):
+                counts[kind] = float(line.split()[-1])
+    assert counts.get("run", 0) >= 1 and counts.get("copy", 0) >= 1, text
+
+
 def test_unchanged_rebuild_is_a_cache_hit(built, context, api, auth):
     before = requests.get(f"{api}/templates/{built['name']}", headers=auth, timeout=10).json()
     logs = build(recipe(context), built["name"])

@@ -15,27 +15,33 @@ use crate::store::TeamId;
 impl Core {
     /// Kills one of the team's sandboxes (the `DELETE` endpoint).
     pub(crate) async fn kill(self: &Arc<Self>, team: &TeamId, id: &SandboxId) -> Result<(), Error> {
-        self.visible(team, id).await?;
-        {
-            let _held = self.sandbox_locks.lock(id).await;
-            let rec = self.visible(team, id).await?;
-            if !self
-                .advance(
-                    id,
-                    rec.state,
-                    SandboxState::Stopping,
-                    Some("killed by request"),
-                )
-                .await?
+        let started = std::time::Instant::now();
+        let result = async {
+            self.visible(team, id).await?;
             {
-                return Err(Error::SandboxNotFound(id.to_string()));
+                let _held = self.sandbox_locks.lock(id).await;
+                let rec = self.visible(team, id).await?;
+                if !self
+                    .advance(
+                        id,
+                        rec.state,
+                        SandboxState::Stopping,
+                        Some("killed by request"),
+                    )
+                    .await?
+                {
+                    return Err(Error::SandboxNotFound(id.to_string()));
+                }
             }
+            let core = Arc::clone(self);
+            let id = id.clone();
+            self.tasks
+                .spawn(async move { core.finish_kill(&id).await })
+                .await?
         }
-        let core = Arc::clone(self);
-        let id = id.clone();
-        self.tasks
-            .spawn(async move { core.finish_kill(&id).await })
-            .await?
+        .await;
+        super::record_operation("kill", started, &result);
+        result
     }
 
     /// Claims a sandbox in `from` for killing (`from → stopping`); returns whether this caller

@@ -153,6 +153,17 @@ pub(crate) struct Core {
     pub(crate) system: system_templates::SystemTemplates,
 }
 
+/// Records how long a lifecycle `operation` (pause, resume, snapshot, fork, kill) took since
+/// `started` and whether it succeeded, in `paddock_operation_seconds`.
+pub(crate) fn record_operation<T>(
+    operation: &str,
+    started: std::time::Instant,
+    result: &Result<T, Error>,
+) {
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    paddock_telemetry::OPERATION.observe(&[operation, outcome], started.elapsed());
+}
+
 impl Core {
     pub(crate) fn new(store: Arc<dyn Store>, node: Arc<dyn Node>, config: ApiConfig) -> Self {
         Core {

@@ -59,9 +59,15 @@ impl Core {
         id: &SandboxId,
         to_disk: bool,
     ) -> Result<(), Error> {
-        self.visible(team, id).await?;
-        let _held = self.sandbox_locks.lock(id).await;
-        self.pause_locked(id, "pause requested", to_disk).await
+        let started = std::time::Instant::now();
+        let result = async {
+            self.visible(team, id).await?;
+            let _held = self.sandbox_locks.lock(id).await;
+            self.pause_locked(id, "pause requested", to_disk).await
+        }
+        .await;
+        super::record_operation("pause", started, &result);
+        result
     }
 
     /// The pause itself; the caller holds the sandbox's transition lock.
@@ -141,8 +147,14 @@ impl Core {
         timeout_secs: i64,
         cold: bool,
     ) -> Result<(SandboxRecord, bool), Error> {
-        let _held = self.sandbox_locks.lock(id).await;
-        self.resume_locked(id, timeout_secs, cold).await
+        let started = std::time::Instant::now();
+        let result = async {
+            let _held = self.sandbox_locks.lock(id).await;
+            self.resume_locked(id, timeout_secs, cold).await
+        }
+        .await;
+        super::record_operation("resume", started, &result);
+        result
     }
 
     /// [`Core::resume_by_id`] for a caller that holds the sandbox's transition lock.

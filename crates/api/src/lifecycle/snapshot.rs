@@ -58,61 +58,67 @@ impl Core {
         id: &SandboxId,
         name: Option<&str>,
     ) -> Result<SnapshotRecord, Error> {
-        let name = match name {
-            Some(raw) => TemplateName::parse(raw).map_err(|_| {
-                Error::Invalid(format!(
-                    "invalid snapshot name {raw:?}: 1 to 64 characters of a-z, 0-9, '.', '_' \
-                     and '-', starting with a letter or digit"
-                ))
-            })?,
-            None => TemplateName::parse(&format!("snap-{}", random_suffix()))
-                .map_err(|e| Error::Invalid(e.to_string()))?,
-        };
-        if super::build::is_hidden_template(&name) {
-            return Err(Error::Invalid(format!(
-                "snapshot names must not start with {}",
-                super::build::HIDDEN_PREFIXES.join(", ")
-            )));
-        }
-        self.visible(team, id).await?;
-        if self.store.snapshot(&name).await?.is_some()
-            || self.store.template_record(&name).await?.is_some()
-            || self.node.template(&name).await?.is_some()
-        {
-            return Err(Error::Conflict(format!(
-                "a template named '{name}' already exists"
-            )));
-        }
-        let made = {
-            let _held = self.sandbox_locks.lock(id).await;
+        let started = std::time::Instant::now();
+        let result = async {
+            let name = match name {
+                Some(raw) => TemplateName::parse(raw).map_err(|_| {
+                    Error::Invalid(format!(
+                        "invalid snapshot name {raw:?}: 1 to 64 characters of a-z, 0-9, '.', '_' \
+                         and '-', starting with a letter or digit"
+                    ))
+                })?,
+                None => TemplateName::parse(&format!("snap-{}", random_suffix()))
+                    .map_err(|e| Error::Invalid(e.to_string()))?,
+            };
+            if super::build::is_hidden_template(&name) {
+                return Err(Error::Invalid(format!(
+                    "snapshot names must not start with {}",
+                    super::build::HIDDEN_PREFIXES.join(", ")
+                )));
+            }
             self.visible(team, id).await?;
-            self.node
-                .snapshot(id, &name)
-                .await
-                .map_err(|e| snapshot_error(id, &name, e))?
-        };
-        let rec = SnapshotRecord {
-            name: name.clone(),
-            team_id: team.clone(),
-            sandbox_id: id.clone(),
-            created_at: Utc::now(),
-            size_bytes: made.size_bytes,
-        };
-        if !self.store.insert_snapshot(&rec).await? {
-            let _ = self.node.delete_template(&name).await;
-            return Err(Error::Conflict(format!(
-                "a snapshot named '{name}' already exists"
-            )));
+            if self.store.snapshot(&name).await?.is_some()
+                || self.store.template_record(&name).await?.is_some()
+                || self.node.template(&name).await?.is_some()
+            {
+                return Err(Error::Conflict(format!(
+                    "a template named '{name}' already exists"
+                )));
+            }
+            let made = {
+                let _held = self.sandbox_locks.lock(id).await;
+                self.visible(team, id).await?;
+                self.node
+                    .snapshot(id, &name)
+                    .await
+                    .map_err(|e| snapshot_error(id, &name, e))?
+            };
+            let rec = SnapshotRecord {
+                name: name.clone(),
+                team_id: team.clone(),
+                sandbox_id: id.clone(),
+                created_at: Utc::now(),
+                size_bytes: made.size_bytes,
+            };
+            if !self.store.insert_snapshot(&rec).await? {
+                let _ = self.node.delete_template(&name).await;
+                return Err(Error::Conflict(format!(
+                    "a snapshot named '{name}' already exists"
+                )));
+            }
+            self.emit(
+                id,
+                crate::events::EventKind::Checkpointed {
+                    snapshot_id: Some(snapshot_id(&name)),
+                },
+            )
+            .await;
+            tracing::info!(sandbox_id = %id, snapshot = %name, size_bytes = made.size_bytes, "snapshot created");
+            Ok(rec)
         }
-        self.emit(
-            id,
-            crate::events::EventKind::Checkpointed {
-                snapshot_id: Some(snapshot_id(&name)),
-            },
-        )
         .await;
-        tracing::info!(sandbox_id = %id, snapshot = %name, size_bytes = made.size_bytes, "snapshot created");
-        Ok(rec)
+        super::record_operation("snapshot", started, &result);
+        result
     }
 
     /// The team's snapshots, newest first.
@@ -159,83 +165,89 @@ impl Core {
         count: u32,
         timeout_secs: i64,
     ) -> Result<Vec<Result<SandboxRecord, Error>>, Error> {
-        if !(1..=MAX_FORK_COUNT).contains(&count) {
-            return Err(Error::Invalid(format!(
-                "count must be from 1 to {MAX_FORK_COUNT}, got {count}"
-            )));
-        }
-        let timeout = validate::timeout("timeout", timeout_secs)?;
-        if self.is_shutting_down() {
-            return Err(Error::ShuttingDown);
-        }
-        let parent = self.visible(team, id).await?;
-        let permits: Vec<_> = (0..count).map(|_| self.admission.try_admit(team)).collect();
-        if let Some(Err(rejected)) = permits.first() {
-            if permits.iter().all(Result::is_err) {
-                return Err(rejected.clone().into());
-            }
-        }
-        // Unguessable (96 random bits) and gone within milliseconds: no other team can start
-        // a sandbox from it in between.
-        let private = TemplateName::parse(&format!(
-            "{FORK_PREFIX}{}",
-            hex::encode(rand::random::<[u8; 12]>())
-        ))
-        .map_err(|e| Error::Invalid(e.to_string()))?;
         let started = std::time::Instant::now();
-        let made = {
-            let _held = self.sandbox_locks.lock(id).await;
-            self.visible(team, id).await?;
-            self.node
-                .snapshot(id, &private)
-                .await
-                .map_err(|e| snapshot_error(id, &private, e))?
-        };
-        let copied_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let lifecycle = self.store.lifecycle(id).await?;
-        let sent = self.store.sent_to_node(id).await?.unwrap_or_default();
-        let spec = CreateSpec {
-            template: parent
-                .alias
-                .clone()
-                .unwrap_or_else(|| parent.template.to_string()),
-            timeout_secs: timeout,
-            metadata: parent.metadata.clone(),
-            env_vars: sent.env_vars,
-            auto_pause: lifecycle.auto_pause,
-            auto_resume: lifecycle.auto_resume,
-            auto_pause_memory: lifecycle.pause_to_disk.then_some(false),
-            idempotency_key: None,
-            allow_internet_access: None,
-            network: None,
-            node_template: Some(private.clone()),
-            egress: Some(sent.egress),
-            cold: true,
-        };
-        let resources = made.template.resources;
-        let children = permits.into_iter().map(|permit| {
-            let (spec, template) = (spec.clone(), parent.template.clone());
-            async move {
-                let permit = permit?;
-                self.create_new(team, spec, template, resources, timeout, None, permit)
-                    .await
+        let result = async {
+            if !(1..=MAX_FORK_COUNT).contains(&count) {
+                return Err(Error::Invalid(format!(
+                    "count must be from 1 to {MAX_FORK_COUNT}, got {count}"
+                )));
             }
-        });
-        let results = futures::future::join_all(children).await;
-        // The children hold the layers; the private template's name is not needed any more.
-        if let Err(e) = self.node.delete_template(&private).await {
-            tracing::warn!(template = %private, error = %e, "removing a fork's private template");
+            let timeout = validate::timeout("timeout", timeout_secs)?;
+            if self.is_shutting_down() {
+                return Err(Error::ShuttingDown);
+            }
+            let parent = self.visible(team, id).await?;
+            let permits: Vec<_> = (0..count).map(|_| self.admission.try_admit(team)).collect();
+            if let Some(Err(rejected)) = permits.first() {
+                if permits.iter().all(Result::is_err) {
+                    return Err(rejected.clone().into());
+                }
+            }
+            // Unguessable (96 random bits) and gone within milliseconds: no other team can start
+            // a sandbox from it in between.
+            let private = TemplateName::parse(&format!(
+                "{FORK_PREFIX}{}",
+                hex::encode(rand::random::<[u8; 12]>())
+            ))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+            let started = std::time::Instant::now();
+            let made = {
+                let _held = self.sandbox_locks.lock(id).await;
+                self.visible(team, id).await?;
+                self.node
+                    .snapshot(id, &private)
+                    .await
+                    .map_err(|e| snapshot_error(id, &private, e))?
+            };
+            let copied_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let lifecycle = self.store.lifecycle(id).await?;
+            let sent = self.store.sent_to_node(id).await?.unwrap_or_default();
+            let spec = CreateSpec {
+                template: parent
+                    .alias
+                    .clone()
+                    .unwrap_or_else(|| parent.template.to_string()),
+                timeout_secs: timeout,
+                metadata: parent.metadata.clone(),
+                env_vars: sent.env_vars,
+                auto_pause: lifecycle.auto_pause,
+                auto_resume: lifecycle.auto_resume,
+                auto_pause_memory: lifecycle.pause_to_disk.then_some(false),
+                idempotency_key: None,
+                allow_internet_access: None,
+                network: None,
+                node_template: Some(private.clone()),
+                egress: Some(sent.egress),
+                cold: true,
+            };
+            let resources = made.template.resources;
+            let children = permits.into_iter().map(|permit| {
+                let (spec, template) = (spec.clone(), parent.template.clone());
+                async move {
+                    let permit = permit?;
+                    self.create_new(team, spec, template, resources, timeout, None, permit)
+                        .await
+                }
+            });
+            let results = futures::future::join_all(children).await;
+            // The children hold the layers; the private template's name is not needed any more.
+            if let Err(e) = self.node.delete_template(&private).await {
+                tracing::warn!(template = %private, error = %e, "removing a fork's private template");
+            }
+            tracing::info!(
+                sandbox_id = %id,
+                count,
+                ok = results.iter().filter(|r| r.is_ok()).count(),
+                layer_bytes = made.size_bytes,
+                copy_ms = copied_ms,
+                elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "sandbox forked"
+            );
+            Ok(results)
         }
-        tracing::info!(
-            sandbox_id = %id,
-            count,
-            ok = results.iter().filter(|r| r.is_ok()).count(),
-            layer_bytes = made.size_bytes,
-            copy_ms = copied_ms,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "sandbox forked"
-        );
-        Ok(results)
+        .await;
+        super::record_operation("fork", started, &result);
+        result
     }
 }
 

@@ -227,6 +227,14 @@ async fn prometheus_has_request_durations_by_route_create_phases_and_outcomes() 
         .post("/v2/sandboxes", r#"{"templateID": "no-such-template"}"#)
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let paused = h.post(&format!("/sandboxes/{id}/pause"), "{}").await;
+    assert_eq!(paused.status, StatusCode::NO_CONTENT, "{}", paused.body);
+    let resumed = h.post(&format!("/sandboxes/{id}/resume"), "{}").await;
+    assert!(resumed.status.is_success(), "{}", resumed.body);
+    let killed = h
+        .call(Method::DELETE, &format!("/sandboxes/{id}"), Some(KEY), None)
+        .await;
+    assert_eq!(killed.status, StatusCode::NO_CONTENT);
 
     let req = axum::http::Request::get("/metrics")
         .header("X-API-KEY", KEY)
@@ -279,6 +287,11 @@ async fn prometheus_has_request_durations_by_route_create_phases_and_outcomes() 
     }
     at_least_one("paddock_creates_total{outcome=\"ok\"}");
     at_least_one("paddock_creates_total{outcome=\"template_not_found\"}");
+    for op in ["pause", "resume", "kill"] {
+        at_least_one(&format!(
+            "paddock_operation_seconds_count{{operation=\"{op}\",outcome=\"ok\"}}"
+        ));
+    }
     assert!(text.contains("# TYPE paddock_http_request_duration_seconds histogram"));
 
     // Every series the Grafana dashboard in deploy/ queries is one Paddock exports.

@@ -266,6 +266,11 @@ pub(crate) async fn build(
             ));
         }
         state.template = run_step(node, &req, &state, &step.step, &name, &label, &log).await?;
+        let kind = match step.step {
+            BuildStep::Copy { .. } => "copy",
+            _ => "run",
+        };
+        paddock_telemetry::BUILD_STEP.observe(&[kind], t0.elapsed());
         built_steps += 1;
         log.info(
             &label,
