@@ -73,6 +73,17 @@ pub static BUILD_STEP: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
+/// `paddock_webhook_attempt_seconds{outcome}`: each webhook delivery attempt: `delivered`,
+/// `failed_will_retry` or `failed_gave_up` (the last attempt failed too).
+pub static WEBHOOK_ATTEMPT: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        "paddock_webhook_attempt_seconds",
+        "Time of a webhook delivery attempt, by outcome (delivered, failed_will_retry, failed_gave_up).",
+        &["outcome"],
+        LATENCY_BUCKETS,
+    )
+});
+
 /// `paddock_creates_total{outcome}`: creates that ended, `ok` or the reason they failed.
 pub static CREATES: LazyLock<CounterVec> = LazyLock::new(|| {
     CounterVec::new(
@@ -83,7 +94,7 @@ pub static CREATES: LazyLock<CounterVec> = LazyLock::new(|| {
 });
 
 /// Every metric of this crate, in the order they are rendered.
-pub fn all() -> [&'static dyn metrics::Render; 6] {
+pub fn all() -> [&'static dyn metrics::Render; 7] {
     [
         &*HTTP_REQUEST_DURATION,
         &*GRPC_REQUEST_DURATION,
@@ -91,5 +102,6 @@ pub fn all() -> [&'static dyn metrics::Render; 6] {
         &*CREATES,
         &*OPERATION,
         &*BUILD_STEP,
+        &*WEBHOOK_ATTEMPT,
     ]
 }

@@ -184,7 +184,14 @@ async fn deliver(
     policy: RetryPolicy,
     d: PendingDelivery,
 ) {
+    let started = std::time::Instant::now();
     let outcome = attempt(target, policy, &d).await;
+    let kind = match &outcome {
+        Ok(()) => "delivered",
+        Err(_) if policy.retry_after(d.attempts.saturating_add(1)).is_some() => "failed_will_retry",
+        Err(_) => "failed_gave_up",
+    };
+    paddock_telemetry::WEBHOOK_ATTEMPT.observe(&[kind], started.elapsed());
     let result = match outcome {
         Ok(()) => {
             tracing::debug!(webhook_id = %d.webhook_id, delivery = d.seq, "webhook delivered");

@@ -12,6 +12,7 @@
 //!   all pools together;
 //! - `paddock_warm_pool_hits_total`, `paddock_warm_pool_misses_total`,
 //!   `paddock_warm_pool_fill_failures_total`: counters since the server started;
+//! - `paddock_team_sandboxes{state,template}`: the calling team's sandboxes that are not over;
 //! - this process's histograms and counters ([`paddock_telemetry`]): request durations by
 //!   route (`paddock_http_request_duration_seconds`, the REST API's and, in `serve`, the
 //!   proxy's), create phases (`paddock_create_phase_seconds`) and create outcomes
@@ -22,6 +23,8 @@ use std::fmt::Write as _;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+
+use paddock_domain::SandboxState;
 
 use crate::auth::Team;
 use crate::error::ApiError;
@@ -134,6 +137,35 @@ pub(super) async fn metrics(
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    // The caller's team's sandboxes that are not over, by state and template.
+    let live = core
+        .store
+        .sandboxes_in_states(&[
+            SandboxState::Creating,
+            SandboxState::Running,
+            SandboxState::Paused,
+            SandboxState::Stopping,
+        ])
+        .await
+        .map_err(LifecycleError::from)?;
+    let mut by_state: std::collections::BTreeMap<(&'static str, String), usize> =
+        Default::default();
+    for rec in live.iter().filter(|r| r.team_id == team.0) {
+        let key = (rec.state.as_str(), rec.template.as_str().to_string());
+        *by_state.entry(key).or_default() += 1;
+    }
+    let name = "paddock_team_sandboxes";
+    let _ = writeln!(
+        out,
+        "# HELP {name} The calling team's sandboxes that are not over, by state and template.\n# TYPE {name} gauge"
+    );
+    for ((state_name, template), n) in by_state {
+        let _ = writeln!(
+            out,
+            "{name}{{state=\"{state_name}\",template=\"{}\"}} {n}",
+            label(&template)
         );
     }
     out.push_str(&paddock_telemetry::metrics::render(

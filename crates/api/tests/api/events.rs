@@ -828,6 +828,8 @@ async fn failed_delivery_is_retried_until_it_succeeds() {
 
 #[tokio::test]
 async fn a_delivery_that_keeps_failing_is_given_up() {
+    let attempts = |outcome: &str| paddock_telemetry::WEBHOOK_ATTEMPT.count(&[outcome]);
+    let before = ["delivered", "failed_will_retry", "failed_gave_up"].map(attempts);
     let h = start_local_hooks(tempfile::tempdir().expect("tempdir")).await;
     h.control.events().set_retry_policy(RetryPolicy {
         max_attempts: 3,
@@ -853,6 +855,11 @@ async fn a_delivery_that_keeps_failing_is_given_up() {
     let v: Value = serde_json::from_str(&receiver.next().await.body).expect("JSON");
     assert_eq!(v["sandbox_id"], fine.as_str());
     receiver.nothing_more().await;
+    // Every attempt is timed by its outcome (other tests in the process may add more).
+    let after = ["delivered", "failed_will_retry", "failed_gave_up"].map(attempts);
+    assert!(after[0] > before[0], "{before:?} {after:?}");
+    assert!(after[1] >= before[1] + 2, "{before:?} {after:?}");
+    assert!(after[2] > before[2], "{before:?} {after:?}");
     h.control.shutdown().await;
     background.await.expect("background ends");
 }

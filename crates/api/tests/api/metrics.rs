@@ -235,6 +235,7 @@ async fn prometheus_has_request_durations_by_route_create_phases_and_outcomes() 
         .call(Method::DELETE, &format!("/sandboxes/{id}"), Some(KEY), None)
         .await;
     assert_eq!(killed.status, StatusCode::NO_CONTENT);
+    let _kept = h.create(json!({"templateID": "base"})).await;
 
     let req = axum::http::Request::get("/metrics")
         .header("X-API-KEY", KEY)
@@ -293,6 +294,15 @@ async fn prometheus_has_request_durations_by_route_create_phases_and_outcomes() 
         ));
     }
     assert!(text.contains("# TYPE paddock_http_request_duration_seconds histogram"));
+    // This harness's store: exactly the one sandbox left running.
+    assert_eq!(
+        sample_value(
+            &text,
+            "paddock_team_sandboxes{state=\"running\",template=\"base\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
 
     // Every series the Grafana dashboard in deploy/ queries is one Paddock exports.
     let exported: std::collections::HashSet<&str> = text
