@@ -150,7 +150,7 @@ class Cluster:
             "--token-file", str(token_file or self.token_file),
             "--name", name,
             "--listen", f"127.0.0.1:{self.node_ports[name]}",
-            "--metrics-listen", f"127.0.0.1:{self.metrics_ports[name]}",
+            "--metrics-listen", f"127.0.0.1:{self.metrics_ports.setdefault(name, free_port())}",
             "--templates-dir", str(self.node_templates(name)),
             "--warm-pool-size", "1",
         ]
