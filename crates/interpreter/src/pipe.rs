@@ -44,6 +44,9 @@ printf '\036{"id":null,"t":"ready"}\n'; printf '\036{"id":null,"t":"ready"}\n' >
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Output without a newline is passed on in pieces of at most this many bytes.
 const MAX_LINE: usize = 64 << 10;
+/// A line that starts like a protocol line is held whole up to this size (a display event
+/// carries an image, base64), then passed on as output.
+const MAX_EVENT: usize = 64 << 20;
 
 /// Which driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,24 +362,32 @@ async fn read_stream(mut stream: impl tokio::io::AsyncRead + Unpin, mut on: impl
         buf.extend_from_slice(&chunk[..n]);
         while let Some(end) = buf.iter().position(|&b| b == b'\n') {
             let mut line: Vec<u8> = buf.drain(..=end).collect();
-            // Output without a final newline runs into the marker written after it (a
-            // protocol line's JSON never holds the separator itself).
-            if let Some(at) = line.iter().position(|&b| b == 0x1e).filter(|&at| at > 0) {
+            // Output without a final newline runs into the marker written after it. The
+            // marker starts at the line's last separator: a protocol line's JSON never holds
+            // one (JSON escapes control characters), while the output before it may.
+            if let Some(at) = line.iter().rposition(|&b| b == 0x1e).filter(|&at| at > 0) {
                 let rest = line.split_off(at);
                 on(Piece::Text(String::from_utf8_lossy(&line).into_owned()));
                 line = rest;
             }
             on(piece(line));
         }
-        // A long line without its newline yet: pass on what is complete UTF-8 (never a
-        // protocol line, which the kernel writes whole).
-        if buf.len() >= MAX_LINE && buf.first() != Some(&0x1e) {
-            let valid = match std::str::from_utf8(&buf) {
-                Ok(_) => buf.len(),
-                Err(e) => e.valid_up_to(),
+        // A long line without its newline yet: pass on the complete UTF-8 before its last
+        // separator (from there on it may be a protocol line the kernel is still writing),
+        // unless it grew past any line the kernel writes.
+        if buf.len() >= MAX_LINE {
+            let limit = match buf.iter().rposition(|&b| b == 0x1e) {
+                Some(at) if buf.len() < MAX_EVENT => at,
+                _ => buf.len(),
             };
-            let text: Vec<u8> = buf.drain(..valid.max(1)).collect();
-            on(Piece::Text(String::from_utf8_lossy(&text).into_owned()));
+            let valid = match std::str::from_utf8(&buf[..limit]) {
+                Ok(_) => limit,
+                Err(e) => e.valid_up_to().max(usize::from(limit > 0)),
+            };
+            if valid > 0 {
+                let text: Vec<u8> = buf.drain(..valid).collect();
+                on(Piece::Text(String::from_utf8_lossy(&text).into_owned()));
+            }
         }
     }
     if !buf.is_empty() {
@@ -501,6 +512,46 @@ async fn collect(mut outputs: Outputs) -> Vec<Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `read_stream` makes of `input`: texts joined, events in order.
+    async fn pieces(input: &[u8]) -> (String, Vec<Map<String, Value>>) {
+        let (mut text, mut events) = (String::new(), Vec::new());
+        read_stream(input, |p| match p {
+            Piece::Text(t) => text.push_str(&t),
+            Piece::Event(e) => events.push(e),
+        })
+        .await;
+        (text, events)
+    }
+
+    #[tokio::test]
+    async fn separators_in_output_never_swallow_the_marker_after_it() {
+        let (text, events) = pieces(b"a\x1eb\x1e{\"id\":\"x\",\"t\":\"done\"}\n").await;
+        assert_eq!(text, "a\x1eb");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["t"], "done");
+    }
+
+    #[tokio::test]
+    async fn a_big_event_after_text_without_a_newline_stays_whole() {
+        let blob = "A".repeat(300_000);
+        let mut input = b"Plot: ".to_vec();
+        input.extend_from_slice(
+            format!(
+                "\x1e{{\"id\":\"x\",\"t\":\"display\",\"data\":{{\"image/png\":\"{blob}\"}}}}\n"
+            )
+            .as_bytes(),
+        );
+        // And a long line of output without a newline is passed on in pieces, whole.
+        input.extend_from_slice("z".repeat(200_000).as_bytes());
+        let (text, events) = pieces(&input).await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0]["data"]["image/png"].as_str().map(str::len),
+            Some(300_000)
+        );
+        assert_eq!(text, format!("Plot: {}", "z".repeat(200_000)));
+    }
 
     fn texts(outs: &[Output], stderr: bool) -> String {
         outs.iter()
@@ -659,6 +710,18 @@ mod tests {
             })
             .collect();
         assert_eq!(shown, vec![(Some(json!("<b>x</b>")), false), (None, true)]);
+        // Bytes (PIL's _repr_png_) travel as base64, NaN as null, as in Jupyter's messages.
+        let outs = run("class P:\n    def _repr_png_(self): return b'png!'\nfrom IPython.display import JSON\ndisplay(P())\ndisplay(JSON({'a': float('nan')}))").await;
+        let data: Vec<&Map<String, Value>> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Result { data, .. } => Some(data),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(data.len(), 2, "{outs:?}");
+        assert_eq!(data[0]["image/png"], json!("cG5nIQ=="));
+        assert_eq!(data[1]["application/json"], json!({"a": null}));
         // Errors as IPython shows them; the shell carries on.
         let outs = run("1/0").await;
         assert_eq!(

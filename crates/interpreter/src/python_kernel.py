@@ -12,7 +12,9 @@
 # ignored between executions. The requests' pipe is moved off descriptor 0, which becomes
 # /dev/null, so code (and what it starts) never reads the protocol.
 
+import base64
 import json
+import math
 import os
 import signal
 import sys
@@ -40,6 +42,7 @@ def __paddock_main():
     from IPython.core.displaypub import DisplayPublisher
     from IPython.core.interactiveshell import InteractiveShell
     from traitlets import Type
+    from traitlets.config import Config
 
     lock = threading.Lock()
     state = {"id": None, "running": False}
@@ -57,9 +60,29 @@ def __paddock_main():
             n = os.write(fd, view)
             view = view[n:]
 
+    def plain(value):
+        # As Jupyter's messages carry them: bytes (a PNG from PIL's _repr_png_) as base64.
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return base64.b64encode(bytes(value)).decode("ascii")
+        return str(value)
+
+    def no_nan(value):
+        # JSON has no NaN or infinity: null, as jupyter_client sends them.
+        if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+            return None
+        if isinstance(value, dict):
+            return {k: no_nan(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [no_nan(v) for v in value]
+        return value
+
     def emit(event, fd=1):
         event.setdefault("id", state["id"])
-        line = ("\x1e" + json.dumps(event, default=str) + "\n").encode()
+        try:
+            text = json.dumps(event, default=plain, allow_nan=False)
+        except ValueError:
+            text = json.dumps(no_nan(json.loads(json.dumps(event, default=plain))), allow_nan=False)
+        line = ("\x1e" + text + "\n").encode()
         flush()
         with lock:
             write_all(fd, line)
@@ -100,8 +123,11 @@ def __paddock_main():
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_sigint)
-    shell = Shell.instance()
-    shell.history_manager.enabled = False
+    # No SQLite history (no database write or saving thread per execution; `In`, `Out` and
+    # execution counts stay): set before the shell starts, which is when it opens the file.
+    config = Config()
+    config.HistoryManager.enabled = False
+    shell = Shell.instance(config=config)
     emit({"id": None, "t": "ready"})
 
     while True:

@@ -122,3 +122,8 @@ def test_memory_limit_is_enforced(new_sandbox):
     # envd (PID 1) is never the OOM killer's choice: user processes score higher.
     scores = sandbox.commands.run("cat /proc/1/oom_score_adj /proc/self/oom_score_adj").stdout.split()
     assert int(scores[1]) > int(scores[0]), scores
+    # ... and no process of the sandbox, root included, can make itself unkillable (which would
+    # leave envd the only choice): a score below 0 needs CAP_SYS_RESOURCE on the host.
+    for user in ("root", "user"):
+        r = sandbox.commands.run("echo -1000 > /proc/self/oom_score_adj; echo rc=$?", user=user)
+        assert "rc=1" in r.stdout, (user, r.stdout, r.stderr)

@@ -36,8 +36,9 @@ use crate::users::User;
 /// `oom_score_adj` of every process envd starts (envd's own is -1000 or 0).
 pub const CHILD_OOM_SCORE_ADJ: &[u8] = b"200";
 /// `oom_score_adj` of a process started in the rescue cgroup: when the sandbox as a whole runs
-/// out of memory, the kernel kills the bomb's processes before the one sent to end it.
-pub const RESCUE_OOM_SCORE_ADJ: &[u8] = b"-500";
+/// out of memory, the kernel kills the bomb's processes (at [`CHILD_OOM_SCORE_ADJ`]) before the
+/// one sent to end it, and that one before envd (-1000, or 0 where the node cannot lower it).
+pub const RESCUE_OOM_SCORE_ADJ: &[u8] = b"100";
 
 /// Everything needed to start one process, already resolved.
 pub struct SpawnSpec {

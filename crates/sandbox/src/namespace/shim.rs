@@ -423,10 +423,19 @@ fn child_main(
     }
     // envd must survive the sandbox's own OOMs, so the kernel kills the user's process instead:
     // envd's children get a raised score (see envd's spawn), and envd asks for -1000 here,
-    // while still privileged on the host. Lowering a score needs CAP_SYS_RESOURCE, which a
-    // node may itself lack (a node running in a container); then the raised scores of the
-    // children alone steer the OOM killer.
-    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+    // while still privileged on the host. Through the legacy `oom_adj` (-17 is -1000): unlike
+    // a privileged write of `oom_score_adj`, it leaves the lowest score the process (and every
+    // child, which inherits it) may set without CAP_SYS_RESOURCE at 0, so no process of the
+    // sandbox can make itself unkillable and leave envd the OOM killer's choice. Lowering a
+    // score needs CAP_SYS_RESOURCE, which a node may itself lack (a node running in a
+    // container); then the raised scores of the children alone steer the OOM killer.
+    let protected = match std::fs::write("/proc/self/oom_adj", "-17") {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::write("/proc/self/oom_score_adj", "-1000")
+        }
+        other => other,
+    };
+    if let Err(e) = protected {
         if e.kind() != io::ErrorKind::PermissionDenied {
             return Err(SetupError::new("protecting envd from the OOM killer", e));
         }
