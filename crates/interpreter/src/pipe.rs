@@ -294,11 +294,24 @@ impl PipeKernel {
         Ok(outputs)
     }
 
-    /// SIGINT to the kernel's process group.
+    /// SIGINT to the kernel's process group. Sent once no request is being written (waiting
+    /// up to half a second), so the kernel holds the request the interrupt is for (a kernel
+    /// that gets SIGINT between executions interrupts the request it has read or that waits in
+    /// its pipe, and ignores it otherwise).
     pub fn interrupt(&self) -> Result<(), KernelError> {
         if let Some(status) = self.exited() {
             return Err(KernelError::Exited(status));
         }
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        let _writes_held = loop {
+            match self.stdin.try_lock() {
+                Ok(guard) => break Some(guard),
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(_) => break None,
+            }
+        };
         let pid = self
             .pid
             .and_then(|p| i32::try_from(p).ok())

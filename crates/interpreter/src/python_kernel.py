@@ -8,14 +8,15 @@
 # (\x1e) followed by JSON: {"id", "t": "result" | "display" | "error" | "done"}; every other
 # byte on stdout or stderr (print, a program started by the code) is output of the execution
 # under way. "done" goes to stdout and "stderr_done" to stderr last, after both are flushed.
-# SIGINT interrupts the execution under way (KeyboardInterrupt, shown as its error) and is
-# ignored between executions. The requests' pipe is moved off descriptor 0, which becomes
+# SIGINT interrupts the execution under way (KeyboardInterrupt, shown as its error), also one
+# whose request is read or still in the pipe when it comes; otherwise it is ignored. The requests' pipe is moved off descriptor 0, which becomes
 # /dev/null, so code (and what it starts) never reads the protocol.
 
 import base64
 import json
 import math
 import os
+import select
 import signal
 import sys
 import threading
@@ -27,7 +28,7 @@ def __paddock_main():
     os.dup2(null, 0)
     os.close(null)
     sys.stdin = open(os.devnull, "r")
-    requests = os.fdopen(requests_fd, "rb", buffering=0)
+    requests = os.fdopen(requests_fd, "rb")
     # Line by line, so output streams while code runs (and comes before what the kernel says
     # after it: events are written only after both streams are flushed).
     for stream in (sys.stdout, sys.stderr):
@@ -45,7 +46,9 @@ def __paddock_main():
     from traitlets.config import Config
 
     lock = threading.Lock()
-    state = {"id": None, "running": False}
+    # running: a cell runs; in_code: its code (not IPython's work around it) runs; accepted: a
+    # request was read and has not ended; pending: an interrupt came for it before its code ran.
+    state = {"id": None, "running": False, "accepted": False, "pending": False, "in_code": False}
 
     def flush():
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
@@ -115,12 +118,32 @@ def __paddock_main():
             name = getattr(etype, "__name__", str(etype))
             emit({"t": "error", "name": name, "value": str(evalue), "traceback": "\n".join(stb)})
 
+        async def run_code(self, code_obj, result=None, *, async_=False):
+            if state["pending"]:
+                state["pending"] = False
+                code_obj = compile("raise KeyboardInterrupt", "<interrupted>", "exec")
+            state["in_code"] = True
+            try:
+                return await super().run_code(code_obj, result, async_=async_)
+            finally:
+                state["in_code"] = False
+
         def ask_exit(self):
             pass  # `exit()` ends nothing: the context's kernel lives until it is deleted
 
     def on_sigint(signum, frame):
-        if state["running"]:
+        if state["in_code"]:
             raise KeyboardInterrupt
+        if state["running"]:
+            # In IPython's own work around the code (hooks, which swallow exceptions,
+            # compiling): the code is replaced by the interrupt when it is about to run.
+            state["pending"] = True
+            return
+        # Between cells: for the request on its way (read and not started, or still in the
+        # pipe: the server interrupts only while an execution is under way), which then ends
+        # at once; a late one for an execution that has ended finds neither and is ignored.
+        if state["accepted"] or select.select([requests_fd], [], [], 0)[0]:
+            state["pending"] = True
 
     signal.signal(signal.SIGINT, on_sigint)
     # No SQLite history (no database write or saving thread per execution; `In`, `Out` and
@@ -137,9 +160,11 @@ def __paddock_main():
             continue
         if not line:
             return
+        state["accepted"] = True
         try:
             request = json.loads(line)
         except ValueError:
+            state["accepted"] = state["pending"] = False
             continue
         state["id"] = request.get("id")
         silent = bool(request.get("silent"))
@@ -151,6 +176,7 @@ def __paddock_main():
                 state["running"] = False
         except KeyboardInterrupt:
             pass  # arrived as the execution ended
+        state["accepted"] = state["pending"] = False
         emit({"t": "done", "status": 0, "silent": silent})
         emit({"t": "stderr_done"}, fd=2)
         state["id"] = None
