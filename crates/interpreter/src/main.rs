@@ -21,8 +21,8 @@ struct Args {
     python: String,
     /// How Python's kernel runs: `pipe` (IPython's shell over pipes, the fastest) or `jupyter`
     /// (ipykernel over Jupyter's protocol, for code that needs the Jupyter kernel itself).
-    #[arg(long, env = "PADDOCK_PYTHON_KERNEL", value_enum, default_value_t = PythonKernelArg::Pipe)]
-    python_kernel: PythonKernelArg,
+    #[arg(long, env = "PADDOCK_PYTHON_KERNEL", value_enum, default_value_t = PythonKernel::Pipe)]
+    python_kernel: PythonKernel,
     /// The working directory of contexts that name none.
     #[arg(long, default_value = "/home/user")]
     cwd: PathBuf,
@@ -32,13 +32,6 @@ struct Args {
     /// envd's HTTP API, where the sandbox's env vars are read ("" to use this process's own).
     #[arg(long, default_value = "http://127.0.0.1:49983")]
     envd_url: String,
-}
-
-/// `--python-kernel` values.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum PythonKernelArg {
-    Pipe,
-    Jupyter,
 }
 
 #[tokio::main]
@@ -54,11 +47,7 @@ async fn main() -> std::process::ExitCode {
     let run_dir = args.run_dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("paddock-interpreter-{}", std::process::id()))
     });
-    let kind = match args.python_kernel {
-        PythonKernelArg::Pipe => PythonKernel::Pipe,
-        PythonKernelArg::Jupyter => PythonKernel::Jupyter,
-    };
-    let mut config = Config::standard(kind, &args.python, &args.cwd, &run_dir);
+    let mut config = Config::standard(args.python_kernel, &args.python, &args.cwd, &run_dir);
     config.envd_url = Some(args.envd_url).filter(|u| !u.is_empty());
     let interpreter = match Interpreter::start(config).await {
         Ok(i) => i,

@@ -87,8 +87,8 @@ pub struct Config {
     pub envd_url: Option<String>,
 }
 
-/// How Python's kernel runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How Python's kernel runs (`--python-kernel pipe|jupyter`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum PythonKernel {
     /// IPython's shell over pipes ([`crate::pipe`], `python_kernel.py`): what ipykernel runs,
     /// without ZeroMQ; a round trip about 3 ms shorter.

@@ -88,11 +88,7 @@ impl HistogramVec {
 
     /// How many observations the label values `values` have (0 if none yet).
     pub fn count(&self, values: &[&str]) -> u64 {
-        let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-        series
-            .get(&key)
-            .map_or(0, |h| h.count.load(Ordering::Relaxed))
+        existing(&self.series, values).map_or(0, |h| h.count.load(Ordering::Relaxed))
     }
 }
 
@@ -162,9 +158,7 @@ impl CounterVec {
 
     /// The count of the label values `values` (0 if none yet).
     pub fn get(&self, values: &[&str]) -> u64 {
-        let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        let series = self.series.read().unwrap_or_else(|e| e.into_inner());
-        series.get(&key).map_or(0, |c| c.load(Ordering::Relaxed))
+        existing(&self.series, values).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -198,6 +192,15 @@ fn series_of<T>(
         key = vec!["other".to_string(); arity];
     }
     Arc::clone(map.entry(key).or_insert_with(|| Arc::new(make())))
+}
+
+/// The series of `values` in `map`, if it exists.
+fn existing<T>(map: &RwLock<BTreeMap<Vec<String>, Arc<T>>>, values: &[&str]) -> Option<Arc<T>> {
+    let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    map.read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .cloned()
 }
 
 /// `a="x",b="y"` with values escaped as the text format wants.
