@@ -4,7 +4,7 @@
 # only rebuilds what changed.
 #
 #   bash scripts/setup.sh              host packages + release builds of paddock and envd
-#   bash scripts/setup.sh --test-deps  also what the end-to-end tests need (node, npm)
+#   bash scripts/setup.sh --test-deps  also what the end-to-end tests need (node, npm, chromium)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -28,6 +28,9 @@ packages=(debootstrap runc zstd iproute2 nftables e2fsprogs python3-venv ca-cert
 if [ "$test_deps" = 1 ]; then
   command -v node >/dev/null || packages+=(nodejs)
   command -v npm >/dev/null || packages+=(npm)
+  # The browser tests (tests/e2e/js/browser: the dashboard, TLS preview URLs) drive Debian's
+  # Chromium with playwright-core; no browser is downloaded.
+  packages+=(chromium)
 fi
 
 missing=()

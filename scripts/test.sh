@@ -143,6 +143,8 @@ py_cluster() {
     tests/e2e/python/test_code_interpreter.py
 }
 js_e2e() { cd "$repo/tests/e2e/js" && npm test; cd "$repo"; }
+# Headless Chromium (Debian's, driven by playwright-core): the web dashboard, TLS preview URLs.
+browser_e2e() { cd "$repo/tests/e2e/js" && npm run test:browser; cd "$repo"; }
 
 step "setup" bash scripts/setup.sh --test-deps
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
@@ -160,6 +162,7 @@ step "e2e: python SDK" py_e2e
 step "e2e: soak (create + true + kill churn)" py_soak
 step "e2e: cluster (api, three nodes, edge proxy)" py_cluster
 step "e2e: js SDK" js_e2e
+step "e2e: browser (chromium)" browser_e2e
 if [ -x bench/run.sh ] || [ -f bench/run.sh ]; then
   step "benchmark (quick)" bash bench/run.sh --quick
 else
