@@ -3,8 +3,8 @@
 Owns finding a section by its heading, replacing (or appending) it, and the list of sections a
 run of bench/bench.py keeps from the old file when it does not write them itself: the template
 builds (bench/templates.py), the cluster overhead (bench/clusterbench.py, when this run did not
-measure it), the placement simulator (written by hand from `bench/placement`'s output) and the
-code interpreter (bench/interpreter.py).
+measure it), the placement simulator (written by hand from `bench/placement`'s output), the
+code interpreter (bench/interpreter.py) and the telemetry overhead (bench/telemetrybench.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ CLUSTER_TITLE = "## Cluster overhead"
 TEMPLATES_TITLE = "## Template builds"
 PLACEMENT_TITLE = "## Placement simulator"
 INTERPRETER_TITLE = "## Code interpreter"
-KEPT_TITLES = (CLUSTER_TITLE, TEMPLATES_TITLE, PLACEMENT_TITLE, INTERPRETER_TITLE)
+TELEMETRY_TITLE = "## Telemetry overhead"
+KEPT_TITLES = (CLUSTER_TITLE, TEMPLATES_TITLE, PLACEMENT_TITLE, INTERPRETER_TITLE, TELEMETRY_TITLE)
 
 
 def span(doc: str, title: str) -> Optional[Tuple[int, int]]:

@@ -14,6 +14,11 @@ struct Cli {
     /// timestamp, level, target, the message and fields flattened, and the spans it is in).
     #[arg(long, global = true, env = "PADDOCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Export traces over OTLP to this collector (e.g. `http://127.0.0.1:4318`); also
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, with `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the
+    /// default, or `grpc`) and the other `OTEL_EXPORTER_OTLP_*` settings (docs/observability.md).
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,7 +64,6 @@ fn main() -> std::process::ExitCode {
     if let Command::SandboxShim = cli.command {
         return shim();
     }
-    init_logging(cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,6 +71,17 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // The overhead benchmark's baseline (bench/telemetrybench.py): no metric is recorded.
+    if std::env::var_os("PADDOCK_METRICS").is_some_and(|v| v == "off") {
+        paddock_telemetry::metrics::set_recording(false);
+    }
+    let tracing = match init_logging(&cli, rt.handle()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -82,6 +97,10 @@ fn main() -> std::process::ExitCode {
             Command::SandboxShim => Ok(0),
         }
     });
+    // The spans still buffered are sent while the runtime still runs.
+    if let Some(tracing) = tracing {
+        tracing.shutdown();
+    }
     match result {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
@@ -97,21 +116,65 @@ fn shim() -> std::process::ExitCode {
     std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn init_logging(format: LogFormat) {
+/// The `service.name` of a subcommand's spans: the role it runs.
+fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Serve(_) => "paddock-serve",
+        Command::Api(_) => "paddock-api",
+        Command::Node(_) => "paddock-node",
+        Command::Proxy(_) => "paddock-proxy",
+        _ => "paddock-cli",
+    }
+}
+
+/// Logs to stderr (text or JSON, filtered by `PADDOCK_LOG`) and, when an OTLP endpoint is
+/// configured, spans to it; returns the trace pipeline to shut down at exit.
+fn init_logging(
+    cli: &Cli,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<Option<paddock_telemetry::trace::Tracing>> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+
     let filter = tracing_subscriber::EnvFilter::try_from_env("PADDOCK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        // Every span the line is in (`spans`): the outermost (a request's) holds `trace_id`.
         LogFormat::Json => logs
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+            .with_span_list(true)
+            .boxed(),
+    };
+    let config =
+        paddock_telemetry::trace::OtlpConfig::resolve(cli.otlp_endpoint.as_deref(), |name| {
+            std::env::var(name).ok()
+        })?;
+    let registry = tracing_subscriber::registry().with(filter).with(logs);
+    match config {
+        None => {
+            registry.init();
+            Ok(None)
+        }
+        Some(config) => {
+            let (tracing, spans) = paddock_telemetry::trace::Tracing::start(
+                &config,
+                service_name(&cli.command),
+                runtime.clone(),
+            )?;
+            registry.with(spans).init();
+            tracing::info!(
+                endpoint = %config.endpoint,
+                protocol = ?config.protocol,
+                "exporting traces over OTLP"
+            );
+            Ok(Some(tracing))
+        }
     }
 }
 

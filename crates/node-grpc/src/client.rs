@@ -82,8 +82,11 @@ impl GrpcNode {
     }
 }
 
+/// A request of `message`, with the caller's trace context (W3C `traceparent`) when traces are
+/// exported.
 fn call<T>(message: T, deadline: Option<Duration>) -> Request<T> {
     let mut req = Request::new(message);
+    paddock_telemetry::trace::inject_metadata(req.metadata_mut());
     if let Some(d) = deadline {
         req.set_timeout(d);
     }

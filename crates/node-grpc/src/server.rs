@@ -116,7 +116,8 @@ pub async fn serve_incoming(
     Ok(())
 }
 
-/// Times each call to its response head into `paddock_grpc_request_duration_seconds`
+/// Runs each call in a `grpc.request` span (the child of the caller's trace context, while
+/// traces are exported) and times it to its response head into `paddock_grpc_request_duration_seconds`
 /// (`method`: the RPC's name; `code`: the gRPC status the head carries, which is every error
 /// a unary call or a stream returns before its first message, else `0`; `transport` when the
 /// service itself failed).
@@ -155,9 +156,20 @@ where
             .unwrap_or_default()
             .to_string();
         let started = std::time::Instant::now();
-        let call = self.0.call(req);
+        let span = paddock_telemetry::span!(
+            "grpc.request",
+            otel.name = req.uri().path().trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        paddock_telemetry::trace::adopt(&span, req.headers());
+        let call = span.in_scope(|| self.0.call(req));
         Box::pin(async move {
-            let result = call.await;
+            let result = tracing::Instrument::instrument(call, span.clone()).await;
             let code = match &result {
                 Ok(r) => r
                     .headers()
@@ -167,6 +179,10 @@ where
                     .to_string(),
                 Err(_) => "transport".to_string(),
             };
+            span.record("rpc.grpc.status_code", code.as_str());
+            if code != "0" {
+                span.record("otel.status_code", "ERROR");
+            }
             paddock_telemetry::GRPC_REQUEST_DURATION.observe(&[&method, &code], started.elapsed());
             result
         })

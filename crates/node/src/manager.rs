@@ -481,8 +481,12 @@ impl LocalNode {
 impl LocalNode {
     /// See [`Node::create`](crate::Node::create).
     pub async fn create(&self, req: CreateRequest) -> Result<NodeSandbox, LocalError> {
+        use tracing::Instrument as _;
         if let Some(warm) = self.take_claimed(&req.id) {
-            let handed = self.hand_over(&req, warm).await;
+            let handed = self
+                .hand_over(&req, warm)
+                .instrument(paddock_telemetry::span!("node.hand_over", sandbox_id = %req.id))
+                .await;
             self.count_hand_over(handed.is_ok());
             match handed {
                 Ok(sandbox) => return Ok(sandbox),
@@ -493,9 +497,18 @@ impl LocalNode {
                 }
             }
         }
-        let reservation = self.reserve_after_fills(&req.id).await?;
-        let turn = self.start_turn().await?;
-        let booted = self.boot(&req, reservation, req.start_cmd).await?;
+        let reservation = self
+            .reserve_after_fills(&req.id)
+            .instrument(paddock_telemetry::span!("node.reserve"))
+            .await?;
+        let turn = self
+            .start_turn()
+            .instrument(paddock_telemetry::span!("node.queue"))
+            .await?;
+        let booted = self
+            .boot(&req, reservation, req.start_cmd)
+            .instrument(paddock_telemetry::span!("node.boot", sandbox_id = %req.id))
+            .await?;
         drop(turn);
         let meta = booted.meta.clone();
         let env_deferred = booted.env_deferred;
@@ -510,6 +523,7 @@ impl LocalNode {
                 Some(socket) => {
                     let ready = self
                         .run_start_cmd(&req.id, socket.clone(), &meta.config, &req.access_token)
+                        .instrument(paddock_telemetry::span!("node.start_cmd"))
                         .await;
                     match ready {
                         Ok(()) if env_deferred => self

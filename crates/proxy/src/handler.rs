@@ -113,13 +113,29 @@ impl Proxy {
                 } else {
                     "port"
                 };
-                let span = tracing::debug_span!(
-                    "proxy",
-                    sandbox_id = %route.sandbox_id,
-                    port = route.port,
-                    method = %req.method(),
-                    path = req.uri().path(),
-                );
+                let span = if paddock_telemetry::trace::enabled() {
+                    // Exported: the request's trace span (a child of the caller's trace when
+                    // it sends `traceparent`); the path stays out (it may hold a signature).
+                    let span = tracing::info_span!(
+                        "proxy.request",
+                        otel.name = %format!("{} {kind}", req.method()),
+                        otel.kind = "server",
+                        sandbox_id = %route.sandbox_id,
+                        port = route.port,
+                        http.request.method = %req.method(),
+                        trace_id = tracing::field::Empty,
+                    );
+                    paddock_telemetry::trace::adopt(&span, req.headers());
+                    span
+                } else {
+                    tracing::debug_span!(
+                        "proxy",
+                        sandbox_id = %route.sandbox_id,
+                        port = route.port,
+                        method = %req.method(),
+                        path = req.uri().path(),
+                    )
+                };
                 (kind, self.pass(route, req).instrument(span).await)
             }
             Err(e) => {

@@ -1,4 +1,5 @@
-//! Process-wide metrics of every Paddock role, rendered in the Prometheus text format (0.0.4).
+//! Process-wide telemetry of every Paddock role: metrics rendered in the Prometheus text format
+//! (0.0.4), and traces exported over OTLP ([`trace`]).
 //!
 //! [`metrics`] holds the types (a histogram and a counter, each with labels) and
 //! [`metrics::render`], which writes every series this process has. The metrics themselves are
@@ -7,10 +8,28 @@
 //! sets (route templates, phase names, status codes), so series stay few.
 
 pub mod metrics;
+pub mod trace;
+
+#[doc(hidden)]
+pub use tracing as __tracing;
+
+/// An `info` span exported as a trace span: `tracing::info_span!` with the same arguments while
+/// traces are exported ([`trace::enabled`]), else a disabled span that costs nothing and adds
+/// nothing to log lines.
+#[macro_export]
+macro_rules! span {
+    ($($arg:tt)*) => {
+        if $crate::trace::enabled() {
+            $crate::__tracing::info_span!($($arg)*)
+        } else {
+            $crate::__tracing::Span::none()
+        }
+    };
+}
 
 use std::sync::LazyLock;
 
-use metrics::{CounterVec, HistogramVec, LATENCY_BUCKETS};
+use metrics::{CounterVec, HistogramVec, FAST_BUCKETS, LATENCY_BUCKETS};
 
 /// `paddock_http_request_duration_seconds{service,route,method,status}`: from a request's
 /// arrival to its response's head, for the REST API (`service="api"`, `route` the matched
@@ -84,6 +103,19 @@ pub static WEBHOOK_ATTEMPT: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
+/// `paddock_store_seconds{operation,access}`: each call of the control plane's store (SQLite),
+/// from the call to its result, waiting for the connection included: `operation` the store
+/// method, `access` `inline` (run at once on the caller's thread: the connection was free) or
+/// `pool` (run on the blocking pool).
+pub static STORE_CALL: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        "paddock_store_seconds",
+        "Time of a store call (SQLite), waiting for the connection included, by operation and access (inline or pool).",
+        &["operation", "access"],
+        FAST_BUCKETS,
+    )
+});
+
 /// `paddock_creates_total{outcome}`: creates that ended, `ok` or the reason they failed.
 pub static CREATES: LazyLock<CounterVec> = LazyLock::new(|| {
     CounterVec::new(
@@ -94,7 +126,7 @@ pub static CREATES: LazyLock<CounterVec> = LazyLock::new(|| {
 });
 
 /// Every metric of this crate, in the order they are rendered.
-pub fn all() -> [&'static dyn metrics::Render; 7] {
+pub fn all() -> [&'static dyn metrics::Render; 8] {
     [
         &*HTTP_REQUEST_DURATION,
         &*GRPC_REQUEST_DURATION,
@@ -103,5 +135,6 @@ pub fn all() -> [&'static dyn metrics::Render; 7] {
         &*OPERATION,
         &*BUILD_STEP,
         &*WEBHOOK_ATTEMPT,
+        &*STORE_CALL,
     ]
 }

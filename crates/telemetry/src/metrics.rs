@@ -12,9 +12,29 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Buckets of fast calls (the store): 20 µs to 1 s.
+pub const FAST_BUCKETS: &[f64] = &[
+    0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    1.0,
+];
+
 /// At most this many label sets per metric; later ones are counted under `other` values, so a
 /// bug that puts unbounded values in a label cannot grow memory without end.
 pub const MAX_SERIES: usize = 1000;
+
+/// Whether observations are recorded (see [`set_recording`]).
+static RECORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns recording off (or on again) for the whole process: observations and increments are
+/// then dropped, and `/metrics` shows the series as they were. Only for the overhead
+/// benchmark's baseline (`PADDOCK_METRICS=off`): an operator has no reason to.
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, Ordering::Relaxed);
+}
+
+fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
+}
 
 /// Something [`render`] can write.
 pub trait Render: Sync {
@@ -69,6 +89,9 @@ impl HistogramVec {
 
     /// Records `took` for the label values `values` (one per label, in order).
     pub fn observe(&self, values: &[&str], took: Duration) {
+        if !recording() {
+            return;
+        }
         let series = series_of(&self.series, values, self.labels.len(), || Histogram {
             buckets: (0..=self.bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum_nanos: AtomicU64::new(0),
@@ -150,6 +173,9 @@ impl CounterVec {
 
     /// Adds one for the label values `values`.
     pub fn inc(&self, values: &[&str]) {
+        if !recording() {
+            return;
+        }
         series_of(&self.series, values, self.labels.len(), || {
             AtomicU64::new(0)
         })

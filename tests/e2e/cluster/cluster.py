@@ -34,8 +34,9 @@ ADMIN_TOKEN = "e2e-admin-token"
 
 
 class Proc:
-    def __init__(self, name: str, args: List[str], log: Path):
+    def __init__(self, name: str, args: List[str], log: Path, env: Optional[Dict[str, str]] = None):
         self.name, self.args, self.log = name, args, log
+        self.env = env or {}
         self.p: Optional[subprocess.Popen] = None
 
     def start(self) -> "Proc":
@@ -44,7 +45,7 @@ class Proc:
             self.args,
             stdout=subprocess.PIPE,
             stderr=out,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info"), **self.env},
         )
         return self
 
@@ -85,7 +86,7 @@ class Cluster:
     it); without, the control plane runs with `--no-system-templates`."""
 
     def __init__(self, nodes: int = 3, lost_after: int = 15, seeded: int = 1,
-                 system_templates: bool = False):
+                 system_templates: bool = False, otlp_endpoint: Optional[str] = None):
         self.bin = Path(os.environ.get("PADDOCK_BIN", DEFAULT_BIN))
         self.templates = Path(os.environ.get("PADDOCK_TEMPLATES_DIR", DEFAULT_TEMPLATES_DIR))
         self.dir = Path(tempfile.mkdtemp(prefix="paddock-cluster-"))
@@ -101,6 +102,11 @@ class Cluster:
         self.nodes: Dict[str, Proc] = {}
         self.proxy: Optional[Proc] = None
         self.env: Dict[str, str] = {}
+        # Every role exports its spans there (OTLP/HTTP), in batches sent every 100 ms.
+        self.role_env: Dict[str, str] = {} if otlp_endpoint is None else {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
 
     @property
     def api_url(self) -> str:
@@ -154,7 +160,7 @@ class Cluster:
             "--templates-dir", str(self.node_templates(name)),
             "--warm-pool-size", "1",
         ]
-        return Proc(name, args, self.dir / f"{name}.log")
+        return Proc(name, args, self.dir / f"{name}.log", self.role_env)
 
     def restart_api(self) -> None:
         """Stops the control plane (SIGTERM) and starts it again on the same data dir and
@@ -174,7 +180,7 @@ class Cluster:
             "--admin-token", ADMIN_TOKEN,
             "--node-lost-after", str(self.lost_after),
             *([] if self.system_templates else ["--no-system-templates"]),
-        ], self.dir / "api.log").start()
+        ], self.dir / "api.log", self.role_env).start()
         assert self.api.p is not None and self.api.p.stdout is not None
         exports = ""
         while "E2B_API_KEY" not in exports:
@@ -199,7 +205,7 @@ class Cluster:
             "--metrics-listen", f"127.0.0.1:{self.metrics_ports['proxy']}",
             "--join", f"127.0.0.1:{self.cluster_port}",
             "--token-file", str(self.token_file),
-        ], self.dir / "proxy.log").start()
+        ], self.dir / "proxy.log", self.role_env).start()
         for name in self.node_names:
             self.wait_status(name, "ready", timeout=120)
         wait_for(lambda: self._proxy_up(), "the edge proxy", timeout=30)

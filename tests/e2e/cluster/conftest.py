@@ -1,6 +1,6 @@
 """Fixtures of the cluster suite: one cluster (api, three nodes, edge proxy) for the session,
 with the SDK's environment pointed at it (E2B_API_URL at the api, E2B_SANDBOX_URL at the
-edge proxy)."""
+edge proxy), every role exporting its traces to an in-test OTLP collector."""
 
 from __future__ import annotations
 
@@ -13,13 +13,23 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster import Cluster  # noqa: E402
+from otlp import Collector  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def collector() -> Collector:
+    """The OTLP collector every role of the session's cluster sends its spans to."""
+    return _collector
+
+
+_collector = Collector().start()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def cluster(request: pytest.FixtureRequest):
     for key in [k for k in os.environ if k.startswith("E2B_")]:
         del os.environ[key]
-    c = Cluster(nodes=3, lost_after=15)
+    c = Cluster(nodes=3, lost_after=15, otlp_endpoint=_collector.endpoint)
     try:
         c.start()
     except Exception as e:  # noqa: BLE001

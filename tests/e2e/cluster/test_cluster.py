@@ -91,6 +91,67 @@ def test_every_role_serves_its_metrics(cluster: Cluster):
     assert created >= 1, api
 
 
+def test_a_create_is_one_trace_from_the_api_to_the_node(cluster: Cluster, collector):
+    """A create's spans, from the REST request through its phases to the node's gRPC call and
+    the node's own phases, are one trace across two processes (W3C context over gRPC), each
+    role named by `service.name`; log lines carry the trace id; the edge proxy continues a
+    caller's trace."""
+    headers = {"X-API-Key": cluster.env["E2B_API_KEY"]}
+    r = requests.post(cluster.api_url + "/v2/sandboxes", json={"templateID": "base", "timeout": 120},
+                      headers=headers, timeout=120)
+    assert r.status_code == 201, r.text
+    sid = r.json()["sandboxID"]
+    try:
+        found = {}
+
+        def traced():
+            spans = collector.spans()
+            creates = [s for s in spans if s.name == "create" and s.attributes.get("sandbox_id") == sid]
+            if not creates:
+                return False
+            trace = [s for s in spans if s.trace_id == creates[0].trace_id]
+            if not any(s.service == "paddock-node" and s.name.endswith("/Create") for s in trace):
+                return False
+            found["create"], found["trace"] = creates[0], trace
+            return True
+
+        wait_gone(traced, f"the spans of the create of {sid}", timeout=20)
+        trace = found["trace"]
+        by_name = {}
+        for s in trace:
+            by_name.setdefault(s.name, []).append(s)
+        request = by_name["POST /v2/sandboxes"][0]
+        assert request.service == "paddock-api"
+        assert request.parent_span_id == ""
+        assert request.attributes.get("trace_id") == request.trace_id
+        assert found["create"].parent_span_id == request.span_id
+        for phase in ("validate", "admit", "template", "record", "node", "settle"):
+            spans = by_name.get(f"create.{phase}")
+            assert spans, f"no create.{phase} span in {sorted(by_name)}"
+            assert spans[0].parent_span_id == found["create"].span_id, phase
+        rpc = next(s for s in trace if s.service == "paddock-node" and s.name.endswith("/Create"))
+        assert rpc.parent_span_id == by_name["create.node"][0].span_id
+        # The node's own phases are children of its call: a warm sandbox handed over, or one
+        # started (its network and runtime).
+        node_phases = [s for s in trace if s.service == "paddock-node" and s.name.startswith("node.")]
+        assert node_phases and any(s.parent_span_id == rpc.span_id for s in node_phases), node_phases
+        # Log lines inside the request carry its trace id.
+        api_log = (cluster.dir / "api.log").read_text()
+        assert f"trace_id={request.trace_id}" in api_log
+
+        # The edge proxy takes up a caller's trace context.
+        caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+        requests.get(f"http://127.0.0.1:{cluster.proxy_port}/health", timeout=10, headers={
+            "E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "49983",
+            "traceparent": f"00-{caller_trace}-00f067aa0ba902b7-01",
+        })
+        wait_gone(lambda: any(s.trace_id == caller_trace and s.service == "paddock-proxy"
+                              and s.parent_span_id == "00f067aa0ba902b7" for s in collector.spans()),
+                  "the proxy's span in the caller's trace", timeout=20)
+    finally:
+        requests.delete(f"{cluster.api_url}/sandboxes/{sid}", headers=headers, timeout=60)
+
+
 def test_creates_spread_over_the_nodes(cluster: Cluster):
     headers = {"X-API-Key": cluster.env["E2B_API_KEY"]}
     ids = []

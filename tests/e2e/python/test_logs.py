@@ -10,7 +10,10 @@ ones whose record is kept.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import requests
@@ -190,4 +193,47 @@ def test_the_servers_own_log_lines_are_json_on_request():
     created = [r for r in records if r["message"] == "creating sandbox"]
     assert created and created[0]["sandbox_id"] == sandbox_id, records[:20]
     assert any(r["message"] == "sandbox killed" and r.get("sandbox_id") == sandbox_id for r in records)
+    s.cleanup()
+
+
+def test_with_traces_exported_json_log_lines_carry_the_trace_id():
+    """`--otlp-endpoint`: `serve` sends its spans (service.name `paddock-serve`) to an OTLP/HTTP
+    collector; the JSON log lines inside a request list its spans, the outermost holding the
+    trace id, the same as the spans the collector got."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+    from otlp import Collector  # noqa: PLC0415  (tests/e2e/cluster/otlp.py)
+    from paddock_server import PaddockServer
+
+    collector = Collector().start()
+    s = PaddockServer(extra_args=["--log-format", "json", "--network", "none",
+                                  "--otlp-endpoint", collector.endpoint])
+    os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "100"
+    try:
+        s.start()
+    finally:
+        del os.environ["OTEL_BSP_SCHEDULE_DELAY"]
+    try:
+        auth = {"X-API-Key": s.api_key}
+        r = requests.post(f"{s.api_url}/v2/sandboxes", json={"templateID": "base", "timeout": 60},
+                          headers=auth, timeout=60)
+        assert r.status_code == 201, r.text
+        sandbox_id = s.track(r.json()["sandboxID"])
+        assert requests.delete(f"{s.api_url}/sandboxes/{sandbox_id}", headers=auth, timeout=60).status_code == 204
+    finally:
+        assert s.stop() == 0, s.log_tail()
+        collector.stop()
+    # Shutdown sent the spans still buffered.
+    spans = collector.spans()
+    create = [x for x in spans if x.name == "create" and x.attributes.get("sandbox_id") == sandbox_id]
+    assert create, sorted({x.name for x in spans})
+    assert create[0].service == "paddock-serve"
+    trace = {x.name for x in spans if x.trace_id == create[0].trace_id}
+    assert {"POST /v2/sandboxes", "create.node", "node.boot"} <= trace or \
+        {"POST /v2/sandboxes", "create.node", "node.hand_over"} <= trace, trace
+    records = [json.loads(line) for line in s.log_text().splitlines()
+               if line.strip() and not line.startswith(("paddock: ", "export "))]
+    created = [r for r in records if r["message"] == "creating sandbox"]
+    assert created, records[:20]
+    outermost = created[0]["spans"][0]
+    assert outermost["name"] == "http.request" and outermost["trace_id"] == create[0].trace_id, created[0]
     s.cleanup()

@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument as _;
 
 use chrono::{Duration, Utc};
 use paddock_domain::{SandboxId, SandboxState, TemplateName};
@@ -100,14 +101,26 @@ impl Core {
         spec: CreateSpec,
     ) -> Result<SandboxRecord, Error> {
         let started = Instant::now();
-        let result = self.create_timed(team, spec).await;
+        let span = paddock_telemetry::span!(
+            "create",
+            template = %spec.template,
+            sandbox_id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = self.create_timed(team, spec).instrument(span.clone()).await;
         let outcome = match &result {
-            Ok(_) => {
+            Ok(rec) => {
+                span.record("sandbox_id", tracing::field::display(&rec.id));
                 paddock_telemetry::CREATE_PHASE.observe(&["total"], started.elapsed());
                 "ok"
             }
             Err(e) => failure_outcome(e),
         };
+        span.record("outcome", outcome);
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
         paddock_telemetry::CREATES.inc(&[outcome]);
         result
     }
@@ -118,6 +131,8 @@ impl Core {
         mut spec: CreateSpec,
     ) -> Result<SandboxRecord, Error> {
         let mut clock = Instant::now();
+        // Each phase's span lives from its start to its end (`drop`).
+        let phase = paddock_telemetry::span!("create.validate");
         let timeout = validate::timeout("timeout", spec.timeout_secs)?;
         validate::metadata(&spec.metadata)?;
         validate::env_vars(&spec.env_vars)?;
@@ -141,12 +156,18 @@ impl Core {
             return Err(Error::ShuttingDown);
         }
         phase_done("validate", &mut clock);
+        drop(phase);
+        let phase = paddock_telemetry::span!("create.admit");
         let permit = self.admission.try_admit(team)?;
         phase_done("admit", &mut clock);
+        drop(phase);
         // Snapshots and built templates are their team's: another team sees no such template;
         // hidden templates (build layers, base images, forks) are nobody's to start from. A
         // tag starts the build it names; the record keeps the template's name.
-        let resolved = self.resolve_template(team, &spec.template).await?;
+        let resolved = self
+            .resolve_template(team, &spec.template)
+            .instrument(paddock_telemetry::span!("create.template"))
+            .await?;
         phase_done("template", &mut clock);
         let template = resolved.name;
         if resolved.node_template != template {
@@ -221,7 +242,12 @@ impl Core {
         // sandbox's, and the node hands it over instead of starting one.
         if !spec.cold {
             let mut clock = Instant::now();
-            match self.node.claim_warm(&request).await {
+            let claimed = self
+                .node
+                .claim_warm(&request)
+                .instrument(paddock_telemetry::span!("create.claim_warm"))
+                .await;
+            match claimed {
                 Ok(Some(id)) => request.id = id,
                 Ok(None) => {}
                 // No warm sandbox to be had: a cold start, which reports a real failure.
@@ -272,7 +298,10 @@ impl Core {
                 sent,
             };
             let mut clock = Instant::now();
-            core.store.insert_new_sandbox(&new).await?;
+            core.store
+                .insert_new_sandbox(&new)
+                .instrument(paddock_telemetry::span!("create.record"))
+                .await?;
             phase_done("record", &mut clock);
             let record = new.record;
             tracing::info!(sandbox_id = %record.id, template = %record.template, "creating sandbox");
@@ -294,8 +323,13 @@ impl Core {
         let id = record.id.clone();
         let template = request.template.to_string();
         let mut clock = Instant::now();
-        let created = self.node.create(request).await;
+        let created = self
+            .node
+            .create(request)
+            .instrument(paddock_telemetry::span!("create.node"))
+            .await;
         phase_done("node", &mut clock);
+        let settle = paddock_telemetry::span!("create.settle");
         match created {
             Ok(started) => {
                 SandboxState::Creating.transition(SandboxState::Running)?;
@@ -344,6 +378,7 @@ impl Core {
                 }
                 self.expiry_wake.notify_one();
                 phase_done("settle", &mut clock);
+                drop(settle);
                 Ok(record)
             }
             Err(err) => {

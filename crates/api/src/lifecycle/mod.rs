@@ -244,7 +244,8 @@ impl Core {
         if self.is_shutting_down() {
             return Err(Error::ShuttingDown);
         }
-        Ok(self.tasks.spawn(task))
+        // The create's span goes with it (its node call is part of the caller's trace).
+        Ok(self.tasks.spawn(tracing::Instrument::in_current_span(task)))
     }
 
     /// Sets the shutdown flag; after this no create task starts.

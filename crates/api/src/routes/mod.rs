@@ -114,15 +114,32 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Times a routed request to its response head into `paddock_http_request_duration_seconds`
-/// (`service="api"`, the route template, method and status).
+/// (`service="api"`, the route template, method and status), in an `http.request` span (a
+/// child of the caller's trace when it sends `traceparent`) while traces are exported.
 async fn track_request(
     route: axum::extract::MatchedPath,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use tracing::Instrument as _;
     let started = std::time::Instant::now();
     let method = req.method().clone();
-    let response = next.run(req).await;
+    let span = paddock_telemetry::span!(
+        "http.request",
+        otel.name = %format!("{method} {}", route.as_str()),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route.as_str(),
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    paddock_telemetry::trace::adopt(&span, req.headers());
+    let response = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     paddock_telemetry::HTTP_REQUEST_DURATION.observe(
         &[
             "api",

@@ -13,10 +13,13 @@
 //! - `paddock_warm_pool_hits_total`, `paddock_warm_pool_misses_total`,
 //!   `paddock_warm_pool_fill_failures_total`: counters since the server started;
 //! - `paddock_team_sandboxes{state,template}`: the calling team's sandboxes that are not over;
+//! - the cluster's nodes (`paddock api` only): `paddock_node_up{node,status}` and each node's
+//!   capacity and use from its latest report (`paddock_node_sandboxes{node}`,
+//!   `paddock_node_cpu_load`, `paddock_node_memory_used_bytes`, ...);
 //! - this process's histograms and counters ([`paddock_telemetry`]): request durations by
 //!   route (`paddock_http_request_duration_seconds`, the REST API's and, in `serve`, the
 //!   proxy's), create phases (`paddock_create_phase_seconds`) and create outcomes
-//!   (`paddock_creates_total`).
+//!   (`paddock_creates_total`), store calls (`paddock_store_seconds`).
 
 use std::fmt::Write as _;
 
@@ -168,10 +171,92 @@ pub(super) async fn metrics(
             label(&template)
         );
     }
+    write_nodes(&mut out, &state.nodes.list());
     out.push_str(&paddock_telemetry::metrics::render(
         &paddock_telemetry::all(),
     ));
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], out).into_response())
+}
+
+/// Reads one value of a node's latest report.
+type NodeValue = fn(&crate::cluster::NodeReport) -> f64;
+
+/// The cluster's nodes (none in `serve`, whose one node is in-process): `paddock_node_up`
+/// with the node's status as a label, then capacity and use from its latest report (a node
+/// that has not reported yet has only `paddock_node_up`).
+fn write_nodes(out: &mut String, nodes: &[crate::cluster::NodeInfo]) {
+    let name = "paddock_node_up";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Nodes registered with the control plane, by status (1 per node).\n# TYPE {name} gauge"
+    );
+    for node in nodes {
+        let _ = writeln!(
+            out,
+            "{name}{{node=\"{}\",status=\"{}\"}} 1",
+            label(node.id()),
+            node.status.as_str()
+        );
+    }
+    const MIB: f64 = 1024.0 * 1024.0;
+    let series: [(&str, &str, NodeValue); 9] = [
+        (
+            "paddock_node_sandboxes",
+            "Sandboxes a node holds (running or paused in memory).",
+            |r| r.sandbox_count.into(),
+        ),
+        (
+            "paddock_node_sandboxes_starting",
+            "Creates a node is working on.",
+            |r| r.starting_count.into(),
+        ),
+        ("paddock_node_cpus", "CPUs of a node's host.", |r| {
+            r.cpu_count.into()
+        }),
+        (
+            "paddock_node_cpu_load",
+            "CPU busy fraction of a node's host (0 to 1).",
+            |r| r.cpu_load,
+        ),
+        (
+            "paddock_node_memory_used_bytes",
+            "Memory of a node's host in use.",
+            |r| r.memory_used_bytes as f64,
+        ),
+        (
+            "paddock_node_memory_total_bytes",
+            "Memory of a node's host.",
+            |r| r.memory_total_bytes as f64,
+        ),
+        (
+            "paddock_node_allocated_cpus",
+            "vCPUs given to a node's sandboxes.",
+            |r| r.allocated.cpus.into(),
+        ),
+        (
+            "paddock_node_allocated_memory_bytes",
+            "Memory given to a node's sandboxes.",
+            |r| r.allocated.memory_mb as f64 * MIB,
+        ),
+        (
+            "paddock_node_allocated_disk_bytes",
+            "Disk given to a node's sandboxes.",
+            |r| r.allocated.disk_mb as f64 * MIB,
+        ),
+    ];
+    for (name, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for node in nodes {
+            if let Some(report) = &node.last_report {
+                let _ = writeln!(
+                    out,
+                    "{name}{{node=\"{}\"}} {}",
+                    label(node.id()),
+                    value(report)
+                );
+            }
+        }
+    }
 }
 
 /// Escapes a label value (backslash, double quote, newline).

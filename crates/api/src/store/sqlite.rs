@@ -150,11 +150,12 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let started = std::time::Instant::now();
         // The guard must be gone before the await below (it is not `Send`).
         let f = match self.conn.try_lock() {
-            Ok(mut guard) => return f(&mut guard),
+            Ok(mut guard) => return timed::<F, T>(started, "inline", f(&mut guard)),
             Err(std::sync::TryLockError::Poisoned(poisoned)) => {
-                return f(&mut poisoned.into_inner())
+                return timed::<F, T>(started, "inline", f(&mut poisoned.into_inner()))
             }
             Err(std::sync::TryLockError::WouldBlock) => f,
         };
@@ -167,14 +168,50 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let started = std::time::Instant::now();
         let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             // A panic while holding the lock cannot leave SQLite inconsistent (every write is
             // its own statement or transaction), so a poisoned lock is still usable.
             let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             f(&mut guard)
         })
-        .await?
+        .await?;
+        timed::<F, T>(started, "pool", result)
+    }
+}
+
+/// Records a store call that started at `started` in `paddock_store_seconds`, under the name of
+/// the store method whose closure `F` is, and passes its result on.
+fn timed<F, T>(
+    started: std::time::Instant,
+    access: &str,
+    result: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    paddock_telemetry::STORE_CALL.observe(
+        &[operation_name(std::any::type_name::<F>()), access],
+        started.elapsed(),
+    );
+    result
+}
+
+/// The store method a closure's type name
+/// (`<...SqliteStore as ...Store>::sandbox<'_, '_>::{{closure}}::{{closure}}`) sits in: the last
+/// path segment before the first `{{closure}}`, without its parameters; `other` for a name of
+/// another shape
+/// (type names are not a stable format, so a change costs labels, never correctness).
+fn operation_name(type_name: &'static str) -> &'static str {
+    let Some(end) = type_name.find("::{{closure}}") else {
+        return "other";
+    };
+    let path = &type_name[..end];
+    // `...>::ensure_team<'_, '_>`: the method, without its (lifetime) parameters.
+    let last = path.rsplit("::").next().unwrap_or("other");
+    let name = last.split('<').next().unwrap_or(last);
+    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        name
+    } else {
+        "other"
     }
 }
 

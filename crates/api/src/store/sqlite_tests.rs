@@ -367,3 +367,35 @@ async fn a_new_sandbox_is_recorded_in_one_write_and_running_is_logged_once() {
     let read = store.sandbox(&rec.id).await.expect("read").expect("found");
     assert_eq!(read.state, SandboxState::Running);
 }
+
+#[tokio::test]
+async fn store_calls_are_timed_under_their_method_name() {
+    let (_dir, store) = open();
+    let before = paddock_telemetry::STORE_CALL.count(&["ensure_team", "inline"])
+        + paddock_telemetry::STORE_CALL.count(&["ensure_team", "pool"]);
+    store.ensure_team("timed").await.expect("team");
+    let after = paddock_telemetry::STORE_CALL.count(&["ensure_team", "inline"])
+        + paddock_telemetry::STORE_CALL.count(&["ensure_team", "pool"]);
+    assert!(
+        after > before,
+        "ensure_team was not counted: {}",
+        paddock_telemetry::metrics::render(&[&*paddock_telemetry::STORE_CALL])
+    );
+}
+
+#[test]
+fn operation_names_come_from_the_enclosing_function() {
+    fn name_of<F>(_: F) -> &'static str {
+        operation_name(std::any::type_name::<F>())
+    }
+    fn list_things() -> &'static str {
+        name_of(|| ())
+    }
+    assert_eq!(list_things(), "list_things");
+    assert_eq!(
+        operation_name("<a::S as a::T>::ensure_team<'_, '_>::{{closure}}::{{closure}}"),
+        "ensure_team"
+    );
+    assert_eq!(operation_name("no closure here"), "other");
+    assert_eq!(operation_name("<weird as Trait>::{{closure}}"), "other");
+}

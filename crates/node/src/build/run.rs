@@ -265,11 +265,15 @@ pub(crate) async fn build(
                 ),
             ));
         }
-        state.template = run_step(node, &req, &state, &step.step, &name, &label, &log).await?;
         let kind = match step.step {
             BuildStep::Copy { .. } => "copy",
             _ => "run",
         };
+        state.template = tracing::Instrument::instrument(
+            run_step(node, &req, &state, &step.step, &name, &label, &log),
+            paddock_telemetry::span!("build.step", kind, step = %label),
+        )
+        .await?;
         paddock_telemetry::BUILD_STEP.observe(&[kind], t0.elapsed());
         built_steps += 1;
         log.info(

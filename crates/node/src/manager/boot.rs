@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use tracing::Instrument as _;
 
 use paddock_domain::SandboxId;
 use paddock_envd_proto::boot::{self, BootConfig};
@@ -85,7 +86,11 @@ impl LocalNode {
             remove_dir();
             return Err(e);
         }
-        let network = match self.acquire_network(&req.id, &req.network).await {
+        let network = self
+            .acquire_network(&req.id, &req.network)
+            .instrument(paddock_telemetry::span!("node.network"))
+            .await;
+        let network = match network {
             Ok(n) => n,
             Err(e) => {
                 remove_dir();
@@ -100,6 +105,7 @@ impl LocalNode {
                 meta.resources,
                 network,
             )
+            .instrument(paddock_telemetry::span!("node.runtime_start"))
             .await;
         match started {
             Ok(handle) => Ok(Booted {
