@@ -161,8 +161,6 @@ def main() -> int:
             servers.append(server)
             targets.append(Target(label, server.api_url, server.api_key, server.client_env(), server.created_ids))
         measure(targets, rows, args.n)
-        time.sleep(1)  # the last batch of spans
-        spans = requests.get(endpoint + "/count", timeout=10).text
     except (ServerError, RuntimeError, OSError, requests.RequestException) as e:
         msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         print(f"[telemetry] {msg}", file=sys.stderr)
@@ -172,6 +170,11 @@ def main() -> int:
             del os.environ[key]
         for server, (label, _) in zip(servers, SERVERS):
             stop_server(server, label, notes)
+        # Stopping sent the spans still buffered.
+        try:
+            spans = requests.get(endpoint + "/count", timeout=10).text
+        except requests.RequestException as e:
+            notes.append(f"- note: the collector did not answer: {e}"[:300])
         collector.kill()
         collector.wait(timeout=10)
     ordered = [m for index in (1, 0) for label, _ in SERVERS for m in [rows[label][index]]]
