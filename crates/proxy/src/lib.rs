@@ -33,6 +33,7 @@ mod pool;
 pub mod reply;
 pub mod route;
 mod server;
+pub mod tls;
 mod upstream;
 
 pub use cluster::{
@@ -45,6 +46,7 @@ pub use directory::{
 pub use handler::{Proxy, ProxyBody};
 pub use route::{Route, RouteError};
 pub use server::serve;
+pub use tls::{ServerTls, TlsError};
 
 /// Tuning of a [`Proxy`]. [`ProxyConfig::default`] fits `paddock serve`.
 #[derive(Debug, Clone)]
