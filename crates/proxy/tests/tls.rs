@@ -2,7 +2,8 @@
 //! throwaway CA made here: a client trusting the CA is served (by name, ALPN `http/1.1`), a
 //! client that opens TCP and sends nothing, or stalls in the middle of the handshake, is
 //! disconnected after the header timeout, handshakes in progress count against the caps, and
-//! plain HTTP gets a plain 400 saying the port is HTTPS.
+//! plain HTTP gets a plain 400 saying the port is HTTPS, and upgrades (WebSocket-style tunnels)
+//! work over TLS.
 
 use std::convert::Infallible;
 use std::io;
@@ -21,9 +22,35 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
+/// `GET /` answers `hello <host>`; a request with `Upgrade: echo` is switched to a tunnel
+/// that echoes what it reads.
 async fn handler(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<http_body_util::Full<Bytes>>, Infallible> {
+    if req.headers().get(http::header::UPGRADE).is_some() {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut io = hyper_util::rt::TokioIo::new(upgraded);
+            let mut buf = [0u8; 64];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut res = Response::new(http_body_util::Full::new(Bytes::new()));
+        *res.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        res.headers_mut().insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("echo"),
+        );
+        res.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+        return Ok(res);
+    }
     let host = req
         .headers()
         .get(http::header::HOST)
@@ -279,4 +306,41 @@ async fn plain_http_is_told_to_use_https() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
     assert!(text.contains("use an https:// URL"), "{text}");
+}
+
+#[tokio::test]
+async fn upgrades_work_over_tls() {
+    let pki = pki();
+    let server = start(limits(Duration::from_millis(500), 64), pki.tls.clone()).await;
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let name = ServerName::try_from("8000-abc.paddock.test").expect("name");
+    let mut tls = within("handshake", connector(&pki.ca_der).connect(name, tcp))
+        .await
+        .expect("tls");
+    tls.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: 8000-abc.paddock.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .expect("upgrade request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        within("101 head", tls.read_exact(&mut byte))
+            .await
+            .expect("head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    // Longer in all than the header timeout: a tunnel is not cut by it.
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let msg = format!("ping {round}");
+        tls.write_all(msg.as_bytes()).await.expect("write");
+        let mut echo = vec![0u8; msg.len()];
+        within("echo", tls.read_exact(&mut echo))
+            .await
+            .expect("echo");
+        assert_eq!(echo, msg.as_bytes());
+    }
 }
