@@ -14,7 +14,7 @@
 //! [`ProxyConfig`], and [`ClusterDirectory`], the edge's directory over a [`Locator`] (the
 //! control plane). [`listener`] is the HTTP/1.1 listener with slow-client limits (header
 //! timeout, connection caps per listener and per client, descriptor budget) that both the proxy
-//! and the REST API of `paddock serve` run on.
+//! and the REST API of `paddock serve` run on, over TLS when given a [`ServerTls`] ([`tls`]).
 //!
 //! In a cluster: the edge (`paddock proxy`) runs a [`Proxy`] over a [`ClusterDirectory`]; each
 //! node runs a [`Proxy`] over its own sandboxes and serves it, as the hop, on the `http/1.1`

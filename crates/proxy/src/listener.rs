@@ -21,11 +21,14 @@
 //! Shutdown is graceful: stop accepting, let in-flight requests finish for the grace period,
 //! then cut what is left (long streams, tunnels).
 //!
+//! **HTTPS** ([`serve_tls`] with a [`crate::tls::ServerTls`]): the same limits, the TLS
+//! handshake counted inside the header timeout and under the caps (see [`serve_tls`]).
+//!
 //! [`serve_connection`] serves one connection accepted elsewhere (e.g. a TLS stream a node
 //! dispatched by ALPN) with the same per-connection limits (header and keep-alive timeouts);
 //! the caps are the accepting side's, which can hold a [`Slot`] in a [`LimitedStream`].
 //!
-//! Main items: [`serve`], [`serve_connection`], [`Limits`], [`ConnectionLimiter`],
+//! Main items: [`serve`], [`serve_tls`], [`serve_connection`], [`Limits`], [`ConnectionLimiter`],
 //! [`DescriptorBudget`].
 
 use std::collections::HashMap;
