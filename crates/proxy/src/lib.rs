@@ -14,7 +14,7 @@
 //! [`ProxyConfig`], and [`ClusterDirectory`], the edge's directory over a [`Locator`] (the
 //! control plane). [`listener`] is the HTTP/1.1 listener with slow-client limits (header
 //! timeout, connection caps per listener and per client, descriptor budget) that both the proxy
-//! and the REST API of `paddock serve` run on.
+//! and the REST API of `paddock serve` run on, over TLS when given a [`ServerTls`] ([`tls`]).
 //!
 //! In a cluster: the edge (`paddock proxy`) runs a [`Proxy`] over a [`ClusterDirectory`]; each
 //! node runs a [`Proxy`] over its own sandboxes and serves it, as the hop, on the `http/1.1`
@@ -33,6 +33,7 @@ mod pool;
 pub mod reply;
 pub mod route;
 mod server;
+pub mod tls;
 mod upstream;
 
 pub use cluster::{
@@ -45,6 +46,7 @@ pub use directory::{
 pub use handler::{Proxy, ProxyBody};
 pub use route::{Route, RouteError};
 pub use server::serve;
+pub use tls::{ServerTls, TlsError};
 
 /// Tuning of a [`Proxy`]. [`ProxyConfig::default`] fits `paddock serve`.
 #[derive(Debug, Clone)]

@@ -21,11 +21,14 @@
 //! Shutdown is graceful: stop accepting, let in-flight requests finish for the grace period,
 //! then cut what is left (long streams, tunnels).
 //!
+//! **HTTPS** ([`serve_tls`] with a [`crate::tls::ServerTls`]): the same limits, the TLS
+//! handshake counted inside the header timeout and under the caps (see [`serve_tls`]).
+//!
 //! [`serve_connection`] serves one connection accepted elsewhere (e.g. a TLS stream a node
 //! dispatched by ALPN) with the same per-connection limits (header and keep-alive timeouts);
 //! the caps are the accepting side's, which can hold a [`Slot`] in a [`LimitedStream`].
 //!
-//! Main items: [`serve`], [`serve_connection`], [`Limits`], [`ConnectionLimiter`],
+//! Main items: [`serve`], [`serve_tls`], [`serve_connection`], [`Limits`], [`ConnectionLimiter`],
 //! [`DescriptorBudget`].
 
 use std::collections::HashMap;
@@ -256,6 +259,11 @@ const CLIENT_FULL: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: app
 retry-after: 1\r\nconnection: close\r\ncontent-length: 66\r\n\r\n\
 {\"code\":429,\"message\":\"too many open connections from one client\"}";
 
+/// The answer to a plain HTTP request on a TLS listener.
+const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\
+connection: close\r\ncontent-length: 80\r\n\r\n\
+{\"code\":400,\"message\":\"this port serves HTTPS: use an https:// URL to reach it\"}";
+
 /// A client connection holding its [`Slot`]: the slot is released when the stream is dropped,
 /// wherever it went (hyper's connection or, after an upgrade, the tunnel).
 #[derive(Debug)]
@@ -336,9 +344,34 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_tls(listener, limits, None, handler, shutdown, grace).await
+}
+
+/// [`serve`], over TLS when `tls` is given (HTTPS; ALPN `http/1.1`). The TLS handshake counts
+/// against the header timeout: a connection must finish it and send its first request head
+/// within [`Limits::header_timeout`], and it holds its place under the caps from the moment
+/// it is accepted. A client that speaks plain HTTP to a TLS listener is answered with a plain
+/// `400` saying so, then closed. Connections over a cap are closed without an answer (a plain
+/// one would not reach a TLS client).
+pub async fn serve_tls<F, Fut, B, E>(
+    listener: TcpListener,
+    limits: &Limits,
+    tls: Option<&crate::tls::ServerTls>,
+    handler: F,
+    shutdown: impl Future,
+    grace: Duration,
+) -> io::Result<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let limiter = ConnectionLimiter::new(limits);
     let http = http_builder(limits);
     let header_timeout = limits.header_timeout;
+    let acceptor = tls.map(crate::tls::ServerTls::acceptor);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -348,17 +381,26 @@ where
             _ = shutdown.as_mut() => break Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Some(stream) = admit(&limiter, stream, peer) else { continue };
+                    let Some(stream) = admit(&limiter, stream, peer, acceptor.is_none()) else { continue };
                     let http = http.clone();
                     let handler = handler.clone();
                     let stop = stop_rx.clone();
+                    let acceptor = acceptor.clone();
                     conns.spawn(async move {
                         tracing::trace!(%peer, "connection accepted");
                         let stop = async move {
                             let mut stop = stop;
                             let _ = stop.wait_for(|s| *s).await;
                         };
-                        drive(http, stream, handler, header_timeout, stop).await;
+                        let Some(acceptor) = acceptor else {
+                            drive(http, stream, handler, header_timeout, stop).await;
+                            return;
+                        };
+                        let deadline = tokio::time::Instant::now() + header_timeout;
+                        if let Some(stream) = handshake(stream, &acceptor, deadline).await {
+                            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                            drive(http, stream, handler, left, stop).await;
+                        }
                     });
                 }
                 Err(e) if is_transient(&e) => {
@@ -387,11 +429,13 @@ where
     result
 }
 
-/// Admits `stream` under the caps, or answers it with the fixed 503/429 and closes it.
+/// Admits `stream` under the caps, or answers it with the fixed 503/429 (if `answer`) and
+/// closes it.
 fn admit(
     limiter: &ConnectionLimiter,
     stream: TcpStream,
     peer: SocketAddr,
+    answer: bool,
 ) -> Option<LimitedStream> {
     match limiter.admit(peer.ip()) {
         Ok(slot) => {
@@ -403,12 +447,75 @@ fn admit(
         }
         Err(why) => {
             tracing::debug!(%peer, %why, "connection refused");
-            let answer = match why {
-                Refused::ListenerFull => LISTENER_FULL,
-                Refused::ClientFull => CLIENT_FULL,
-            };
-            // Best effort and never waiting: a fresh socket's send buffer takes it whole.
-            let _ = stream.try_write(answer);
+            if answer {
+                let reply = match why {
+                    Refused::ListenerFull => LISTENER_FULL,
+                    Refused::ClientFull => CLIENT_FULL,
+                };
+                // Best effort and never waiting: a fresh socket's send buffer takes it whole.
+                let _ = stream.try_write(reply);
+            }
+            None
+        }
+    }
+}
+
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Most bytes of a plain HTTP request read (and dropped) after answering it
+/// [`PLAIN_HTTP_ON_TLS`], so that closing does not reset the connection before the client
+/// read the answer.
+const PLAIN_DRAIN_BYTES: usize = 64 * 1024;
+
+/// Completes the TLS handshake of an admitted connection by `deadline`. A connection whose
+/// first byte is not a TLS handshake record gets [`PLAIN_HTTP_ON_TLS`] and is closed.
+async fn handshake(
+    stream: LimitedStream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    deadline: tokio::time::Instant,
+) -> Option<tokio_rustls::server::TlsStream<LimitedStream>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.stream.peek(&mut first)).await {
+        Ok(Ok(1..)) => {}
+        Ok(Ok(_)) => return None,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "connection failed before its TLS handshake");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!("no TLS handshake within the header timeout; closing");
+            return None;
+        }
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        tracing::debug!("plain HTTP on a TLS listener; answering 400");
+        let mut stream = stream;
+        let answered = async {
+            stream.write_all(PLAIN_HTTP_ON_TLS).await?;
+            stream.shutdown().await?;
+            let mut drained = 0;
+            let mut buf = [0u8; 4096];
+            while drained < PLAIN_DRAIN_BYTES {
+                match stream.read(&mut buf).await? {
+                    0 => break,
+                    n => drained += n,
+                }
+            }
+            io::Result::Ok(())
+        };
+        let _ = tokio::time::timeout_at(deadline, answered).await;
+        return None;
+    }
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake not done within the header timeout; closing");
             None
         }
     }
@@ -582,7 +689,7 @@ mod tests {
 
     #[test]
     fn fixed_answers_have_the_right_content_length() {
-        for answer in [LISTENER_FULL, CLIENT_FULL] {
+        for answer in [LISTENER_FULL, CLIENT_FULL, PLAIN_HTTP_ON_TLS] {
             let text = std::str::from_utf8(answer).expect("utf-8");
             let (head, body) = text.split_once("\r\n\r\n").expect("head");
             let len: usize = head

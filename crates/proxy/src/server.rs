@@ -34,6 +34,17 @@ impl Proxy {
         listener: tokio::net::TcpListener,
         shutdown: impl Future,
     ) -> Result<(), ProxyError> {
+        self.serve_tls(listener, None, shutdown).await
+    }
+
+    /// [`Proxy::serve`], over TLS (HTTPS) when `tls` is given: see
+    /// [`crate::listener::serve_tls`].
+    pub async fn serve_tls(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: Option<&crate::tls::ServerTls>,
+        shutdown: impl Future,
+    ) -> Result<(), ProxyError> {
         let proxy = self.clone();
         let handler = move |req| {
             let proxy = proxy.clone();
@@ -44,9 +55,10 @@ impl Proxy {
             self.close_tunnels();
         };
         let config = self.config();
-        listener::serve(
+        listener::serve_tls(
             listener,
             &config.limits,
+            tls,
             handler,
             shutdown,
             config.shutdown_grace,

@@ -9,6 +9,8 @@
 import { spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import fs from 'node:fs'
+import http from 'node:http'
+import https from 'node:https'
 import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
@@ -78,8 +80,34 @@ export function leakedCgroups(ids) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
+/** GET `url` (http or https; over https without checking the certificate); the status. */
+function probe(url, timeoutMs) {
+  const mod = url.startsWith('https:') ? https : http
+  return new Promise((resolve) => {
+    const req = mod.get(url, { rejectUnauthorized: false, timeout: timeoutMs }, (res) => {
+      res.resume()
+      resolve(res.statusCode)
+    })
+    req.on('timeout', () => req.destroy())
+    req.on('error', () => resolve(0))
+  })
+}
+
 export class PaddockServer {
-  constructor() {
+  /**
+   * `extraArgs`: more `paddock serve` flags, or a function of the server (its ports are set
+   * when it is called) returning them. `https`: the flags make it serve HTTPS (the readiness
+   * probe then does not check the certificate, whose names need not resolve here).
+   * `readyExports`: the export lines to wait for.
+   */
+  constructor({
+    extraArgs = [],
+    https: useHttps = false,
+    readyExports = ['E2B_API_URL', 'E2B_SANDBOX_URL', 'E2B_API_KEY'],
+  } = {}) {
+    this.extraArgs = extraArgs
+    this.https = useHttps
+    this.readyExports = readyExports
     this.binary = process.env.PADDOCK_BIN || path.join(repoRoot, 'target', 'release', 'paddock')
     this.templatesDir = process.env.PADDOCK_TEMPLATES_DIR || '/var/cache/paddock/templates'
     this.apiKey = 'e2b_' + randomBytes(20).toString('hex')
@@ -92,11 +120,11 @@ export class PaddockServer {
   }
 
   get apiUrl() {
-    return `http://127.0.0.1:${this.apiPort}`
+    return `${this.https ? 'https' : 'http'}://127.0.0.1:${this.apiPort}`
   }
 
   get sandboxUrl() {
-    return `http://127.0.0.1:${this.proxyPort}`
+    return `${this.https ? 'https' : 'http'}://127.0.0.1:${this.proxyPort}`
   }
 
   track(id) {
@@ -131,6 +159,7 @@ export class PaddockServer {
         '--listen', `127.0.0.1:${this.apiPort}`,
         '--proxy-listen', `127.0.0.1:${this.proxyPort}`,
         '--templates-dir', this.templatesDir,
+        ...(typeof this.extraArgs === 'function' ? this.extraArgs(this) : this.extraArgs),
       ],
       { env, stdio: ['ignore', log, log] },
     )
@@ -144,15 +173,11 @@ export class PaddockServer {
     while (Date.now() < deadline) {
       if (done) throw new Error(`paddock serve exited (${JSON.stringify(done)}) before ready:\n${this.logTail()}`)
       if (!healthy) {
-        try {
-          healthy = (await fetch(this.apiUrl + '/health', { signal: AbortSignal.timeout(2000) })).status === 200
-        } catch {
-          healthy = false
-        }
+        healthy = (await probe(this.apiUrl + '/health', 2000)) === 200
       }
       if (healthy) {
         this.exports = parseExports(fs.readFileSync(this.logPath, 'utf8'))
-        if (this.exports.E2B_API_URL && this.exports.E2B_SANDBOX_URL && this.exports.E2B_API_KEY) return this
+        if (this.readyExports.every((name) => this.exports[name])) return this
       }
       await sleep(250)
     }

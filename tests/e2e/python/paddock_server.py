@@ -21,9 +21,10 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Set
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import requests
 
@@ -133,6 +134,11 @@ class PaddockServer:
     proxy_port: int = field(default_factory=free_port)
     # Extra `paddock serve` flags, appended to the command (e.g. `["--network", "none"]`).
     extra_args: List[str] = field(default_factory=list)
+    # Set when the extra args make the server serve HTTPS (`--tls-cert`/`--tls-key`): the
+    # readiness probe then speaks TLS (without checking the certificate, whose names need not
+    # resolve here), and `ready_exports` are the export lines to wait for.
+    https: bool = False
+    ready_exports: Tuple[str, ...] = ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY")
     created_ids: Set[str] = field(default_factory=set)
     exports: Dict[str, str] = field(default_factory=dict)
     proc: Optional[subprocess.Popen] = None
@@ -144,11 +150,15 @@ class PaddockServer:
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"{self._scheme}://127.0.0.1:{self.api_port}"
 
     @property
     def sandbox_url(self) -> str:
-        return f"http://127.0.0.1:{self.proxy_port}"
+        return f"{self._scheme}://127.0.0.1:{self.proxy_port}"
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.https else "http"
 
     def track(self, sandbox_id: str) -> str:
         """Remember a sandbox id for the leak check; returns it."""
@@ -220,17 +230,25 @@ class PaddockServer:
                 )
             if not healthy:
                 try:
-                    healthy = requests.get(self.api_url + "/health", timeout=2).status_code == 200
+                    with warnings.catch_warnings():
+                        # The HTTPS probe does not check the certificate on purpose.
+                        warnings.simplefilter("ignore")
+                        healthy = (
+                            requests.get(
+                                self.api_url + "/health", timeout=2, verify=not self.https
+                            ).status_code
+                            == 200
+                        )
                 except requests.RequestException:
                     healthy = False
             if healthy:
                 self.exports = parse_exports(self.log_text())
-                if {"E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY"} <= self.exports.keys():
+                if set(self.ready_exports) <= self.exports.keys():
                     return
             time.sleep(0.25)
         if healthy:
             raise ServerError(
-                "paddock serve answered /health but never printed the three export lines; log tail:\n"
+                "paddock serve answered /health but never printed its export lines; log tail:\n"
                 + self.log_tail()
             )
         raise ServerError(

@@ -48,6 +48,9 @@ pub struct ApiArgs {
     /// lost (it is `unhealthy`, taking no creates, after 10 s already).
     #[arg(long, default_value_t = 120, value_parser = super::serve::at_least_one_u64())]
     node_lost_after: u64,
+    /// HTTPS on the REST listener.
+    #[command(flatten)]
+    tls: super::listen::TlsArgs,
     /// Slow-client limits of the REST listener.
     #[command(flatten)]
     limits: super::listen::ListenArgs,
@@ -84,6 +87,7 @@ fn admin_token(data_dir: &Path, explicit: Option<String>) -> anyhow::Result<(Str
 
 /// Runs `paddock api` until SIGTERM or SIGINT.
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
+    let tls = args.tls.load()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let data_dir = args
@@ -172,9 +176,11 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         stopped(stop_rx.clone()),
     ));
     let limits = args.limits.limits(args.limits.max_connections);
+    super::listen::reload_on_sighup(tls.as_ref())?;
+    let https = tls.is_some();
     let api = tokio::spawn({
         let (control, rx) = (control.clone(), stop_rx.clone());
-        async move { super::listen::serve_api(api_listener, limits, &control, rx).await }
+        async move { super::listen::serve_api(api_listener, limits, tls, &control, rx).await }
     });
 
     if generated {
@@ -196,7 +202,9 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         );
         eprintln!("{}", token.reveal());
     }
-    println!("export E2B_API_URL=http://{api_addr}");
+    for (name, value) in super::listen::sdk_exports(api_addr, None, args.domain.as_deref(), https) {
+        println!("export {name}={value}");
+    }
     println!("export E2B_API_KEY={api_key}");
     eprintln!(
         "paddock: control plane ready (api {api_addr}, cluster {cluster_addr}, data {})",

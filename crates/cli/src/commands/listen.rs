@@ -41,11 +41,116 @@ impl ListenArgs {
     }
 }
 
-/// Serves the control plane's REST API (`control`'s router) on `listener` with `limits` until
-/// `stop` turns true, then lets requests in flight finish for 5 s.
+/// Flags of HTTPS on a client listener (the API's, the proxy's; for `serve` one pair covers
+/// both).
+#[derive(Args, Clone, Default)]
+pub struct TlsArgs {
+    /// PEM certificate chain (leaf first) to serve HTTPS with; needs `--tls-key`. With a
+    /// `--domain`, a certificate for `*.<domain>` (without its port) covers sandbox hosts
+    /// (`<port>-<id>.<domain>`) and `api.<domain>`. Loaded at start; SIGHUP reloads it.
+    #[arg(
+        long,
+        env = "PADDOCK_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub(crate) tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(
+        long,
+        env = "PADDOCK_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub(crate) tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The certificate and key, loaded and checked, when HTTPS is asked for.
+    pub(crate) fn load(&self) -> anyhow::Result<Option<paddock_proxy::ServerTls>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => paddock_proxy::ServerTls::load(cert, key)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}")),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Reloads `tls` (if any) from its files on every SIGHUP, until the process ends; a pair
+/// that fails to load is reported and the one in use stays.
+pub(crate) fn reload_on_sighup(tls: Option<&paddock_proxy::ServerTls>) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(tls) = tls.cloned() else {
+        return Ok(());
+    };
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => eprintln!(
+                    "paddock: SIGHUP: reloaded the TLS certificate {}",
+                    tls.cert_path().display()
+                ),
+                Err(e) => eprintln!("paddock: SIGHUP: keeping the TLS certificate in use: {e}"),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `scheme://host[:port]`, the port left out when it is the scheme's default.
+pub(crate) fn url(https: bool, host: &str, port: u16) -> String {
+    match (https, port) {
+        (true, 443) => format!("https://{host}"),
+        (false, 80) => format!("http://{host}"),
+        (true, _) => format!("https://{host}:{port}"),
+        (false, _) => format!("http://{host}:{port}"),
+    }
+}
+
+/// The host of a `--domain` (`host` or `host:port`), without its port.
+pub(crate) fn domain_host(domain: &str) -> &str {
+    match domain.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => domain,
+    }
+}
+
+/// The `export` lines (name, value) that point the SDKs at a server with its REST API on `api`
+/// and, if it has one here, its proxy on `proxy`. Over HTTPS with a domain the SDKs route to
+/// sandboxes by host (`https://<port>-<id>.<domain>`) and reach the API at
+/// `https://api.<domain host>:<api port>`, names a wildcard certificate for `*.<domain>`
+/// covers; otherwise they are given addresses (`E2B_SANDBOX_URL`, header routing).
+pub(crate) fn sdk_exports(
+    api: std::net::SocketAddr,
+    proxy: Option<std::net::SocketAddr>,
+    domain: Option<&str>,
+    https: bool,
+) -> Vec<(&'static str, String)> {
+    if let (true, Some(domain)) = (https, domain) {
+        let api_host = format!("api.{}", domain_host(domain));
+        return vec![
+            ("E2B_DOMAIN", domain.to_string()),
+            ("E2B_API_URL", url(true, &api_host, api.port())),
+        ];
+    }
+    let scheme = if https { "https" } else { "http" };
+    let mut lines = vec![("E2B_API_URL", format!("{scheme}://{api}"))];
+    if let Some(proxy) = proxy {
+        lines.push(("E2B_SANDBOX_URL", format!("{scheme}://{proxy}")));
+    }
+    lines
+}
+
+/// Serves the control plane's REST API (`control`'s router) on `listener` with `limits`, over
+/// TLS when `tls` is given, until `stop` turns true, then lets requests in flight finish for
+/// 5 s.
 pub(crate) async fn serve_api(
     listener: tokio::net::TcpListener,
     limits: paddock_proxy::listener::Limits,
+    tls: Option<paddock_proxy::ServerTls>,
     control: &paddock_api::ControlPlane,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -54,9 +159,10 @@ pub(crate) async fn serve_api(
         use tower::ServiceExt as _;
         router.clone().oneshot(req)
     };
-    paddock_proxy::listener::serve(
+    paddock_proxy::listener::serve_tls(
         listener,
         &limits,
+        tls.as_ref(),
         handler,
         async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -129,4 +235,66 @@ pub(crate) async fn spawn_metrics(
         listener.local_addr()?
     );
     Ok(Some(tokio::spawn(serve_metrics(listener, stop))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_over_https_with_a_domain_route_by_host() {
+        let api: std::net::SocketAddr = "127.0.0.1:3000".parse().expect("addr");
+        let proxy: std::net::SocketAddr = "127.0.0.1:3002".parse().expect("addr");
+        assert_eq!(
+            sdk_exports(api, Some(proxy), Some("paddock.test:3002"), true),
+            vec![
+                ("E2B_DOMAIN", "paddock.test:3002".to_string()),
+                ("E2B_API_URL", "https://api.paddock.test:3000".to_string()),
+            ]
+        );
+        let api443: std::net::SocketAddr = "0.0.0.0:443".parse().expect("addr");
+        assert_eq!(
+            sdk_exports(api443, None, Some("sb.example.com"), true)[1].1,
+            "https://api.sb.example.com"
+        );
+        assert_eq!(
+            sdk_exports(api, Some(proxy), Some("localhost:3002"), false),
+            vec![
+                ("E2B_API_URL", "http://127.0.0.1:3000".to_string()),
+                ("E2B_SANDBOX_URL", "http://127.0.0.1:3002".to_string()),
+            ]
+        );
+        assert_eq!(
+            sdk_exports(api, Some(proxy), None, true)[1].1,
+            "https://127.0.0.1:3002"
+        );
+        assert_eq!(sdk_exports(api, None, None, false).len(), 1);
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            tls: TlsArgs,
+        }
+        let parse =
+            |flags: &[&str]| Cli::try_parse_from(std::iter::once("x").chain(flags.iter().copied()));
+        assert!(parse(&["--tls-cert", "c.pem"]).is_err());
+        assert!(parse(&["--tls-key", "k.pem"]).is_err());
+        let none = parse(&[]).expect("no TLS");
+        assert!(none.tls.load().expect("nothing to load").is_none());
+        let both =
+            parse(&["--tls-cert", "/nonexistent/c.pem", "--tls-key", "k.pem"]).expect("pair");
+        let err = both.tls.load().expect_err("missing file").to_string();
+        assert!(err.contains("/nonexistent/c.pem"), "{err}");
+    }
+
+    #[test]
+    fn domain_host_drops_only_a_numeric_port() {
+        assert_eq!(domain_host("paddock.test:8443"), "paddock.test");
+        assert_eq!(domain_host("paddock.test"), "paddock.test");
+        assert_eq!(domain_host("paddock.test:"), "paddock.test:");
+    }
 }

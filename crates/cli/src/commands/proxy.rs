@@ -39,6 +39,9 @@ pub struct ProxyArgs {
     /// Slow-client limits of the listener.
     #[command(flatten)]
     limits: super::listen::ListenArgs,
+    /// HTTPS on the listener (a certificate for `*.<domain>`, the api's `--domain`).
+    #[command(flatten)]
+    tls: super::listen::TlsArgs,
     /// Where to serve `GET /metrics` (request durations, Prometheus text format; no key:
     /// bind it where only the scraper reaches it). Default: not served.
     #[arg(long, env = "PADDOCK_METRICS_LISTEN")]
@@ -122,6 +125,7 @@ async fn take_announcements(
 }
 
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let tls = args.tls.load()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let data_dir = args
@@ -161,18 +165,20 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = super::listen::spawn_metrics(args.metrics_listen, stop_rx.clone()).await?;
+    super::listen::reload_on_sighup(tls.as_ref())?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let serving = tokio::spawn({
         let proxy = proxy.clone();
         let mut rx = stop_rx;
         async move {
             proxy
-                .serve(listener, async move {
+                .serve_tls(listener, tls.as_ref(), async move {
                     let _ = rx.wait_for(|s| *s).await;
                 })
                 .await
         }
     });
-    println!("export E2B_SANDBOX_URL=http://{addr}");
+    println!("export E2B_SANDBOX_URL={scheme}://{addr}");
     eprintln!(
         "paddock: edge proxy {} ready on {addr} (control plane {})",
         id.as_str(),

@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// Slow-client limits of the API and proxy listeners.
     #[command(flatten)]
     pub(crate) limits: super::listen::ListenArgs,
+    /// HTTPS on the API and the proxy (one certificate for both).
+    #[command(flatten)]
+    pub(crate) tls: super::listen::TlsArgs,
     /// Let webhooks reach any address, loopback, link-local, private networks and the sandbox
     /// pool included (by default only globally routable addresses are delivered to). For tests
     /// and trusted single-user setups.
@@ -151,6 +154,8 @@ fn webhook_destinations(
 
 /// Runs `paddock serve` until SIGTERM or SIGINT.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Before anything starts: a bad certificate is a quick, clear failure.
+    let tls = args.tls.load()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let data_dir = args
@@ -172,7 +177,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let control = paddock_api::ControlPlane::open(
         paddock_api::ApiConfig {
             data_dir: data_dir.clone(),
-            domain,
+            domain: domain.clone(),
             admission: admission_limits(&args),
             webhook_destinations: webhook_destinations(&args, sandbox_pool),
             build_upload_limit: paddock_api::MAX_BUILD_UPLOAD_BYTES,
@@ -236,9 +241,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     });
+    super::listen::reload_on_sighup(tls.as_ref())?;
     let api = tokio::spawn({
-        let (control, rx) = (control.clone(), stop_rx.clone());
-        async move { super::listen::serve_api(api_listener, api_limits, &control, rx).await }
+        let (control, rx, tls) = (control.clone(), stop_rx.clone(), tls.clone());
+        async move { super::listen::serve_api(api_listener, api_limits, tls, &control, rx).await }
     });
     let proxy = tokio::spawn({
         let dir: Arc<dyn paddock_proxy::SandboxDirectory> = Arc::new(NodeDirectory {
@@ -253,7 +259,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 ..paddock_proxy::ProxyConfig::default()
             },
         );
-        async move { proxy.serve(proxy_listener, stopped(rx)).await }
+        let tls = tls.clone();
+        async move {
+            proxy
+                .serve_tls(proxy_listener, tls.as_ref(), stopped(rx))
+                .await
+        }
     });
 
     if generated {
@@ -262,11 +273,25 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             data_dir.join("api-key").display()
         );
     }
-    println!("export E2B_API_URL=http://{api_addr}");
-    println!("export E2B_SANDBOX_URL=http://{proxy_addr}");
+    let https = tls.is_some();
+    if let (true, Some(d)) = (https, args.domain.as_deref()) {
+        if d == super::listen::domain_host(d) && proxy_addr.port() != 443 {
+            eprintln!(
+                "paddock: note: --domain {d} has no port: SDKs reach sandboxes on port 443, \
+                 the proxy listens on {}",
+                proxy_addr.port()
+            );
+        }
+    }
+    let exports =
+        super::listen::sdk_exports(api_addr, Some(proxy_addr), args.domain.as_deref(), https);
+    for (name, value) in exports {
+        println!("export {name}={value}");
+    }
     println!("export E2B_API_KEY={api_key}");
     eprintln!(
-        "paddock: ready (api {api_addr}, proxy {proxy_addr}, data {})",
+        "paddock: ready (api {api_addr}, proxy {proxy_addr}{}, data {})",
+        if https { ", HTTPS" } else { "" },
         data_dir.display()
     );
 
