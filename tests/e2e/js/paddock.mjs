@@ -79,7 +79,9 @@ export function leakedCgroups(ids) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
 export class PaddockServer {
-  constructor() {
+  /** `extraArgs`: more flags for `paddock serve` (e.g. `--admin-token`). */
+  constructor({ extraArgs = [] } = {}) {
+    this.extraArgs = extraArgs
     this.binary = process.env.PADDOCK_BIN || path.join(repoRoot, 'target', 'release', 'paddock')
     this.templatesDir = process.env.PADDOCK_TEMPLATES_DIR || '/var/cache/paddock/templates'
     this.apiKey = 'e2b_' + randomBytes(20).toString('hex')
@@ -131,6 +133,7 @@ export class PaddockServer {
         '--listen', `127.0.0.1:${this.apiPort}`,
         '--proxy-listen', `127.0.0.1:${this.proxyPort}`,
         '--templates-dir', this.templatesDir,
+        ...this.extraArgs,
       ],
       { env, stdio: ['ignore', log, log] },
     )
