@@ -33,8 +33,9 @@
 //! Modules: [`store`] (the [`Store`] trait and [`SqliteStore`]), [`auth`] (key hashing and
 //! provisioning), [`routes`] (one file per endpoint), [`wire`] (JSON schemas), [`error`]
 //! ([`ApiError`]), [`logs`] (sandbox logs: sources, queries, wire shapes), [`cluster`] (the
-//! node registry and node health) and the private
-//! `lifecycle` core (one file per operation).
+//! node registry and node health), the private
+//! `lifecycle` core (one file per operation) and the private `dashboard` (the web dashboard's
+//! static bundle under `/dashboard/`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -45,6 +46,7 @@ use paddock_node_contract::Node;
 
 pub mod auth;
 pub mod cluster;
+mod dashboard;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -96,6 +98,10 @@ pub struct ApiConfig {
     /// [`system_templates`]). Off in [`ApiConfig::new`]; `paddock serve` and `paddock api`
     /// turn it on unless told not to.
     pub system_templates: bool,
+    /// The sandbox proxy's URL as a browser reaches it (what SDKs get as `E2B_SANDBOX_URL`):
+    /// the web dashboard's terminal talks to envd through it. `None`: `http://<domain>` when
+    /// a domain is set, else the dashboard has no terminal.
+    pub sandbox_url: Option<String>,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -111,6 +117,7 @@ impl std::fmt::Debug for ApiConfig {
                 &self.keep_sandboxes_on_shutdown,
             )
             .field("system_templates", &self.system_templates)
+            .field("sandbox_url", &self.sandbox_url)
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
@@ -132,6 +139,7 @@ impl ApiConfig {
             admin_token: None,
             keep_sandboxes_on_shutdown: false,
             system_templates: false,
+            sandbox_url: None,
         }
     }
 }

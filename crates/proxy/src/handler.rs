@@ -138,6 +138,9 @@ impl Proxy {
                 };
                 (kind, self.pass(route, req).instrument(span).await)
             }
+            Err(route::RouteError::Missing) if is_routing_preflight(&req) => {
+                ("preflight", reply::routing_preflight(req.headers()))
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "unroutable request");
                 ("unroutable", reply::bad_request(&e.to_string()))
@@ -428,6 +431,25 @@ impl std::fmt::Display for ErrorChain<'_> {
 }
 
 /// Whether a request may be sent a second time without its effect happening twice.
+/// Whether `req` is a browser's CORS preflight for a request routed by the `E2b-Sandbox-Id`
+/// header: the preflight itself carries no routing headers (browsers send only the names, in
+/// `Access-Control-Request-Headers`), so the proxy answers it, as envd would.
+fn is_routing_preflight<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
+    req.method() == http::Method::OPTIONS
+        && headers.contains_key(header::ORIGIN)
+        && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        && headers
+            .get_all(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|name| {
+                name.trim()
+                    .eq_ignore_ascii_case(paddock_envd_proto::headers::SANDBOX_ID)
+            })
+}
+
 fn is_safe_to_repeat(method: &http::Method) -> bool {
     matches!(
         *method,
@@ -509,6 +531,42 @@ mod tests {
         // Both timed by kind of route and status (other tests in the process may add more).
         assert!(timed(envd_502) > before.0);
         assert!(timed(unroutable) > before.1);
+    }
+
+    #[tokio::test]
+    async fn header_routed_preflights_are_answered_here() {
+        let proxy = Proxy::new(Arc::new(Nobody), ProxyConfig::default());
+        let preflight = |request_headers: &str| {
+            Request::builder()
+                .method(http::Method::OPTIONS)
+                .uri("/process.Process/Start")
+                .header("origin", "http://127.0.0.1:3000")
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", request_headers)
+                .body(Full::new(Bytes::new()))
+                .expect("request")
+        };
+        let names = "content-type,e2b-sandbox-id,e2b-sandbox-port,x-access-token";
+        let resp = proxy.handle(preflight(names)).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let h = resp.headers();
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_HEADERS], names);
+        assert!(h[header::ACCESS_CONTROL_ALLOW_METHODS]
+            .to_str()
+            .expect("ascii")
+            .contains("POST"));
+        // Not for the routing headers: unroutable as before.
+        let resp = proxy.handle(preflight("content-type")).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        // A plain OPTIONS without the routing headers is no preflight.
+        let req = Request::builder()
+            .method(http::Method::OPTIONS)
+            .uri("/")
+            .header("access-control-request-headers", "e2b-sandbox-id")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        assert_eq!(proxy.handle(req).await.status(), StatusCode::BAD_REQUEST);
     }
 
     /// Lists every sandbox as running, with sockets that do not exist.

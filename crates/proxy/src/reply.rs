@@ -108,6 +108,38 @@ pub fn bad_request(message: &str) -> Response<ProxyBody> {
     json_response(StatusCode::BAD_REQUEST, &ApiError { code: 400, message })
 }
 
+/// Methods a preflight answered by [`routing_preflight`] allows.
+const PREFLIGHT_METHODS: &str = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS";
+
+/// 204 for a browser's CORS preflight of a request routed by headers (see
+/// `handler::is_routing_preflight`): any origin (envd answers its own preflights the same
+/// way; the request itself still needs the sandbox's access token), the methods envd serves
+/// and the headers the browser asked for.
+pub fn routing_preflight(request: &http::HeaderMap) -> Response<ProxyBody> {
+    let body = Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(PREFLIGHT_METHODS),
+    );
+    if let Some(asked) = request.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("7200"),
+    );
+    response
+}
+
 fn edge_error(
     id: &SandboxId,
     message: &str,

@@ -108,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/nodes", get(nodes::list))
         .route("/nodes/events", get(nodes::events))
         .route("/nodes/{node_id}", get(nodes::get).post(nodes::set_status))
+        .merge(crate::dashboard::routes())
         .route_layer(axum::middleware::from_fn(track_request))
         .fallback(not_found)
         .with_state(state)

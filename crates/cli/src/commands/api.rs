@@ -33,6 +33,11 @@ pub struct ApiArgs {
     /// Domain returned to SDKs for `<port>-<sandboxID>.<domain>` hosts (the edge proxy's).
     #[arg(long)]
     domain: Option<String>,
+    /// The edge proxy's URL as browsers reach it (`E2B_SANDBOX_URL`, e.g.
+    /// `https://sandbox.example.com`): the web dashboard's terminal talks to envd through it.
+    /// Default `http://<domain>`.
+    #[arg(long, env = "PADDOCK_SANDBOX_URL")]
+    sandbox_url: Option<String>,
     /// Do not build the templates every server provides (`code-interpreter-v1`, built in the
     /// background from its first start after `base`, and rebuilt when its recipe changes).
     #[arg(long, env = "PADDOCK_NO_SYSTEM_TEMPLATES")]
@@ -122,6 +127,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
             admin_token: Some(admin),
             keep_sandboxes_on_shutdown: true,
             system_templates: !args.no_system_templates,
+            sandbox_url: args.sandbox_url.clone(),
             ..paddock_api::ApiConfig::new(&data_dir)
         },
         Arc::new(nodes.clone()),

@@ -184,6 +184,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             admin_token: args.admin_token.clone(),
             keep_sandboxes_on_shutdown: false,
             system_templates: !args.no_system_templates,
+            sandbox_url: Some(format!("http://{}", args.proxy_listen)),
         },
         node.clone() as Arc<dyn Node>,
     )
