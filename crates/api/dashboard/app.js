@@ -40,7 +40,13 @@ function route() {
     if (!m) continue
     for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.page === nav)
     fill(view)
-    Promise.resolve(page.render(view, { signal, params: m.slice(1).map(decodeURIComponent) })).catch(report)
+    let params
+    try {
+      params = m.slice(1).map(decodeURIComponent)
+    } catch {
+      break // a malformed escape (`#/templates/%`): the default page
+    }
+    Promise.resolve(page.render(view, { signal, params })).catch(report)
     return
   }
   location.replace('#/sandboxes')

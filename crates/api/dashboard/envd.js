@@ -143,4 +143,17 @@ export class Envd {
     return this.unary('Update', { process: { pid }, pty: { size: { cols, rows } } })
   }
 
+  /** SIGKILL to `pid`; with `keepalive` the request outlives the page (for `pagehide`). */
+  kill(pid, keepalive = false) {
+    if (keepalive) {
+      return fetch(`${this.base}/process.Process/SendSignal`, {
+        method: 'POST',
+        keepalive: true,
+        headers: { ...this.headers, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ process: { pid }, signal: 'SIGNAL_SIGKILL' }),
+      })
+    }
+    return this.unary('SendSignal', { process: { pid }, signal: 'SIGNAL_SIGKILL' })
+  }
+
 }

@@ -9,6 +9,10 @@ import { Envd } from './envd.js'
 import { Terminal } from './terminal.js'
 import { ago, badge, bytes, every, fill, h, report, time } from './ui.js'
 
+// Kept on the page: older log lines and events are dropped.
+const MAX_LOG_LINES = 2000
+const MAX_EVENTS = 200
+
 /** Seconds a resumed sandbox gets to live (the API's default would be 15). */
 const RESUME_TIMEOUT = 300
 
@@ -59,12 +63,23 @@ export async function render(view, { signal, params: [id] }) {
     showCharts(charts, samples)
   })
 
+  // The cursor is inclusive (milliseconds): the lines of the newest millisecond shown are asked
+  // for again and skipped, so none of that millisecond is lost.
   let cursor = 0
+  let shownAtCursor = new Set()
   every(3000, signal, async () => {
     const { logs: entries } = await api(`/v2/sandboxes/${id}/logs?direction=forward&limit=100&cursor=${cursor}`, { signal })
     for (const e of entries) {
+      const ms = new Date(e.timestamp).getTime()
+      const key = `${e.timestamp} ${e.level} ${e.message}`
+      if (ms === cursor && shownAtCursor.has(key)) continue
+      if (ms > cursor) {
+        cursor = ms
+        shownAtCursor = new Set()
+      }
+      shownAtCursor.add(key)
       logs.append(h('span', { class: e.level }, `${time(e.timestamp)} ${e.level.padEnd(5)} ${e.message}\n`))
-      cursor = Math.max(cursor, new Date(e.timestamp).getTime() + 1)
+      while (logs.childElementCount > MAX_LOG_LINES) logs.firstElementChild.remove()
     }
     if (entries.length) logs.scrollTop = logs.scrollHeight
     if (!logs.childElementCount) fill(logs, h('span', { class: 'debug' }, 'No log lines yet.'))
@@ -75,6 +90,7 @@ export async function render(view, { signal, params: [id] }) {
   const showEvent = (ev) => {
     if (seen.has(ev.id)) return
     seen.add(ev.id)
+    while (feed.childElementCount >= MAX_EVENTS) feed.lastElementChild.remove()
     feed.prepend(h('li', {}, badge(String(ev.type).replace('sandbox.lifecycle.', '')), h('span', { class: 'muted' }, time(ev.timestamp)), h('span', { class: 'mono muted' }, eventNote(ev))))
   }
   const stored = await api(`/events/sandboxes/${id}?orderAsc=true&limit=100`, { signal }).catch((err) => {
@@ -177,7 +193,32 @@ function showCharts(charts, samples) {
   fill(charts.disk, lineChart({ points: pts((m) => m.diskUsed), limit: last?.diskTotal, format: bytes, label: 'Disk used' }))
 }
 
-function openTerminal(box, detail, signal, closed) {
+/**
+ * Opens a shell on a PTY in `box`; returns `{ close }`. The shell is killed when the terminal
+ * closes (`close()`, the page's `signal`, or the browser leaving the page): envd keeps a
+ * process whose client went away, so nothing else would end it. `closed` is called once the
+ * terminal is gone for any reason.
+ */
+function openTerminal(box, detail, pageSignal, closed) {
+  const ctl = new AbortController()
+  const signal = ctl.signal
+  const close = () => ctl.abort()
+  pageSignal.addEventListener('abort', close, { once: true })
+  let ended = false
+  const kill = (keepalive) => {
+    if (ended || pid === null || !envd) return
+    ended = true
+    envd.kill(pid, keepalive).catch(() => {})
+  }
+  const onHide = () => kill(true)
+  window.addEventListener('pagehide', onHide, { once: true })
+  signal.addEventListener('abort', () => kill(false), { once: true })
+  const done = () => {
+    ended = true
+    window.removeEventListener('pagehide', onHide)
+    pageSignal.removeEventListener('abort', close)
+    closed()
+  }
   const status = h('p', { class: 'muted', id: 'terminal-status' }, 'Connecting…')
   const el = h('div', { id: 'terminal' })
   fill(box, el, status)
@@ -223,13 +264,14 @@ function openTerminal(box, detail, signal, closed) {
       onData: (bytes) => term.write(bytes),
     })
     status.textContent = end ? `The shell ended (${end.status ?? `exit ${end.exitCode ?? 0}`}).` : 'The shell’s stream ended.'
-    closed()
+    done()
   })().catch(async (err) => {
+    done()
     if (err.name === 'AbortError') return
-    closed()
     // A pause or kill ends the shell's stream: that is no failure of the terminal.
     const now = await api(`/sandboxes/${detail.sandboxID}`, { signal }).catch(() => null)
     if (now?.state === 'running') report(err)
     status.textContent = now?.state === 'running' ? 'The terminal is closed.' : 'The sandbox stopped running; the terminal reopens when it runs again.'
   })
+  return { close }
 }

@@ -92,7 +92,9 @@ export class Terminal {
           this.state = 'normal'
           return this.csi(this.params, ch)
         }
-        this.params += ch
+        // A sequence that never ends is dropped rather than grown without bound.
+        if (this.params.length >= 64) this.state = 'normal'
+        else this.params += ch
         return
       case 'osc':
         if (ch === '\x07') this.state = 'normal'
@@ -303,25 +305,26 @@ export class Terminal {
         break
       }
       case 'X':
-        this.erase(this.y, this.x, this.x + n())
+        this.erase(this.y, this.x, this.x + Math.min(n(), this.cols))
         break
       case 'L':
-        for (let i = 0; i < n(); i++) {
+        // Counts come from the sandbox's output: at most a screenful of work.
+        for (let i = 0, k = Math.min(n(), this.rows); i < k; i++) {
           this.grid.splice(this.y, 0, this.blankRow())
           this.grid.length = this.rows
         }
         break
       case 'M':
-        for (let i = 0; i < n(); i++) {
+        for (let i = 0, k = Math.min(n(), this.rows); i < k; i++) {
           this.grid.splice(this.y, 1)
           this.grid.push(this.blankRow())
         }
         break
       case 'S':
-        this.scrollUp(n())
+        this.scrollUp(Math.min(n(), this.rows))
         break
       case 'T':
-        this.scrollDown(n())
+        this.scrollDown(Math.min(n(), this.rows))
         break
       case 's':
         this.saved = { x: this.x, y: this.y }

@@ -182,6 +182,18 @@ fn admin_token_matches(expected: &str, presented: &[u8]) -> bool {
     expected.ct_eq(&presented).into()
 }
 
+/// Whether `headers` carry the configured admin token (false when none is configured): for a
+/// route that any team may call but that shows more to the operator.
+pub(crate) fn presents_admin_token(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    match (
+        state.core.config.admin_token.as_deref(),
+        headers.get("x-admin-token"),
+    ) {
+        (Some(expected), Some(presented)) => admin_token_matches(expected, presented.as_bytes()),
+        _ => false,
+    }
+}
+
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 

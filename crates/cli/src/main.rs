@@ -141,21 +141,26 @@ fn init_logging(
     let filter = tracing_subscriber::EnvFilter::try_from_env("PADDOCK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // `PADDOCK_LOG` filters the log lines only; spans are exported at `info` and above.
     let logs = match cli.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed(),
         // Every span the line is in (`spans`): the outermost (a request's) holds `trace_id`.
         LogFormat::Json => logs
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(true)
+            .with_filter(filter)
             .boxed(),
     };
     let config =
         paddock_telemetry::trace::OtlpConfig::resolve(cli.otlp_endpoint.as_deref(), |name| {
             std::env::var(name).ok()
         })?;
-    let registry = tracing_subscriber::registry().with(filter).with(logs);
+    let registry = tracing_subscriber::registry().with(logs);
     match config {
         None => {
             registry.init();
@@ -167,7 +172,9 @@ fn init_logging(
                 service_name(&cli.command),
                 runtime.clone(),
             )?;
-            registry.with(spans).init();
+            registry
+                .with(spans.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
+                .init();
             tracing::info!(
                 endpoint = %config.endpoint,
                 protocol = ?config.protocol,

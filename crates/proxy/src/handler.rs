@@ -430,7 +430,6 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
-/// Whether a request may be sent a second time without its effect happening twice.
 /// Whether `req` is a browser's CORS preflight for a request routed by the `E2b-Sandbox-Id`
 /// header: the preflight itself carries no routing headers (browsers send only the names, in
 /// `Access-Control-Request-Headers`), so the proxy answers it, as envd would.
@@ -450,6 +449,7 @@ fn is_routing_preflight<B>(req: &Request<B>) -> bool {
             })
 }
 
+/// Whether a request may be sent a second time without its effect happening twice.
 fn is_safe_to_repeat(method: &http::Method) -> bool {
     matches!(
         *method,

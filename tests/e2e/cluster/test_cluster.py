@@ -89,6 +89,13 @@ def test_every_role_serves_its_metrics(cluster: Cluster):
                              f'{{service="api",route="{r}",method="POST",status="201"}}')
                   for r in ("/sandboxes", "/v2/sandboxes"))
     assert created >= 1, api
+    # The nodes' capacity and use are the operator's: with the admin token only.
+    assert "paddock_node_up{" not in api
+    admin = requests.get(cluster.api_url + "/metrics", timeout=10,
+                         headers={"X-API-Key": cluster.env["E2B_API_KEY"], **cluster.admin()}).text
+    for name in cluster.node_names:
+        assert sample(admin, f'paddock_node_up{{node="{name}",status="ready"}}') == 1, admin
+        assert sample(admin, f'paddock_node_cpus{{node="{name}"}}') >= 1, admin
 
 
 def test_a_create_is_one_trace_from_the_api_to_the_node(cluster: Cluster, collector):

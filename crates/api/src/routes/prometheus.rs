@@ -13,9 +13,9 @@
 //! - `paddock_warm_pool_hits_total`, `paddock_warm_pool_misses_total`,
 //!   `paddock_warm_pool_fill_failures_total`: counters since the server started;
 //! - `paddock_team_sandboxes{state,template}`: the calling team's sandboxes that are not over;
-//! - the cluster's nodes (`paddock api` only): `paddock_node_up{node,status}` and each node's
-//!   capacity and use from its latest report (`paddock_node_sandboxes{node}`,
-//!   `paddock_node_cpu_load`, `paddock_node_memory_used_bytes`, ...);
+//! - the cluster's nodes (`paddock api` only, and only with `X-Admin-Token` as well, as
+//!   `GET /nodes`): `paddock_node_up{node,status}` and each node's capacity and use from its
+//!   latest report (`paddock_node_sandboxes{node}`, `paddock_node_cpu_load`, ...);
 //! - this process's histograms and counters ([`paddock_telemetry`]): request durations by
 //!   route (`paddock_http_request_duration_seconds`, the REST API's and, in `serve`, the
 //!   proxy's), create phases (`paddock_create_phase_seconds`) and create outcomes
@@ -44,6 +44,7 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub(super) async fn metrics(
     State(state): State<AppState>,
     team: Team,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let core = &state.core;
     let pools = core.node.pool_stats().await.map_err(LifecycleError::from)?;
@@ -171,7 +172,14 @@ pub(super) async fn metrics(
             label(&template)
         );
     }
-    write_nodes(&mut out, &state.nodes.list());
+    // The nodes (their ids, load and allocations) are the operator's to see, as `GET /nodes`:
+    // a team's key alone gets the series' descriptions and no samples.
+    let nodes = if crate::auth::presents_admin_token(&state, &headers) {
+        state.nodes.list()
+    } else {
+        Vec::new()
+    };
+    write_nodes(&mut out, &nodes);
     out.push_str(&paddock_telemetry::metrics::render(
         &paddock_telemetry::all(),
     ));

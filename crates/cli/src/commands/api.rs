@@ -35,7 +35,8 @@ pub struct ApiArgs {
     domain: Option<String>,
     /// The edge proxy's URL as browsers reach it (`E2B_SANDBOX_URL`, e.g.
     /// `https://sandbox.example.com`): the web dashboard's terminal talks to envd through it.
-    /// Default `http://<domain>`.
+    /// Default `https://api.<domain>` with `--tls-cert` (a name under the wildcard), else
+    /// `http://<domain>`.
     #[arg(long, env = "PADDOCK_SANDBOX_URL")]
     sandbox_url: Option<String>,
     /// Do not build the templates every server provides (`code-interpreter-v1`, built in the
@@ -127,7 +128,12 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
             admin_token: Some(admin),
             keep_sandboxes_on_shutdown: true,
             system_templates: !args.no_system_templates,
-            sandbox_url: args.sandbox_url.clone(),
+            // Over TLS the edge proxy answers under the wildcard certificate as `api.<domain>`.
+            sandbox_url: args.sandbox_url.clone().or_else(|| {
+                tls.as_ref()
+                    .and(args.domain.as_ref())
+                    .map(|d| format!("https://api.{d}"))
+            }),
             ..paddock_api::ApiConfig::new(&data_dir)
         },
         Arc::new(nodes.clone()),

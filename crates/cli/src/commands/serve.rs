@@ -184,7 +184,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             admin_token: args.admin_token.clone(),
             keep_sandboxes_on_shutdown: false,
             system_templates: !args.no_system_templates,
-            sandbox_url: Some(format!("http://{}", args.proxy_listen)),
+            // The proxy's address for the dashboard's browser: over TLS, a name under the
+            // wildcard certificate (`api.<domain>` on the proxy's port: not a sandbox host, so
+            // the proxy routes by the headers the dashboard sends), else the listen address.
+            sandbox_url: Some(match (&tls, &domain) {
+                (Some(_), Some(d)) => format!("https://api.{d}"),
+                (Some(_), None) => format!("https://{}", args.proxy_listen),
+                (None, _) => format!("http://{}", args.proxy_listen),
+            }),
         },
         node.clone() as Arc<dyn Node>,
     )

@@ -140,6 +140,17 @@ test('the sandbox page shows charts, logs and events; its terminal runs a comman
   await page.waitForFunction(() => /^hello-42 *$/m.test(document.getElementById('terminal').innerText), null, { timeout: 15_000 })
   const text = await page.innerText('#terminal')
   assert.ok(text.includes('echo hello-$((6*7))'), text)
+  // The page refreshes on each of the sandbox's events (a timeout change here): the terminal keeps
+  // its shell and opens no other; leaving the page ends the shell (envd keeps a process whose
+  // client went away, so the page kills it).
+  const shellPid = async () => (await page.textContent('#terminal-status')).match(/Shell pid (\d+)/)?.[1]
+  const pid = await shellPid()
+  const shells = async () => Number((await sbx.commands.run("pgrep -c -f '^/bin/bash -i -l$' || true")).stdout.trim())
+  await sbx.setTimeout(600_000)
+  await page.waitForFunction(() => /updated/.test(document.getElementById('sandbox-events').textContent), null, { timeout: 15_000 })
+  await new Promise((r) => setTimeout(r, 1500))
+  assert.equal(await shellPid(), pid)
+  assert.equal(await shells(), 1)
   // The sandbox's samples reach the charts; its creation is among its events.
   await page.waitForSelector('.chart .line', { timeout: 30_000 })
   assert.equal(await page.locator('svg.chart').count(), 3)
@@ -148,6 +159,12 @@ test('the sandbox page shows charts, logs and events; its terminal runs a comman
   await page.evaluate(() => window.scrollTo(0, 0))
   await shot(page, 'sandbox')
   assert.deepEqual(errors, [])
+  await page.goto(`${server.apiUrl}/dashboard/#/sandboxes`)
+  const deadline = Date.now() + 10_000
+  while ((await shells()) !== 0) {
+    assert.ok(Date.now() < deadline, 'the terminal\'s shell outlived the page')
+    await new Promise((r) => setTimeout(r, 250))
+  }
   await page.close()
 })
 
