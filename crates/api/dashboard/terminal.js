@@ -153,11 +153,10 @@ export class Terminal {
         this.state = 'charset'
         break
       case '7':
-        this.saved = { x: this.x, y: this.y }
+        this.saveCursor()
         break
       case '8':
-        this.x = this.saved.x
-        this.y = this.saved.y
+        this.restoreCursor()
         break
       case 'M':
         if (this.y === 0) this.scrollDown(1)
@@ -191,6 +190,15 @@ export class Terminal {
   lineFeed() {
     if (this.y === this.rows - 1) this.scrollUp(1)
     else this.y++
+  }
+
+  saveCursor() {
+    this.saved = { x: this.x, y: this.y }
+  }
+
+  restoreCursor() {
+    this.x = this.saved.x
+    this.y = this.saved.y
   }
 
   scrollUp(n) {
@@ -327,11 +335,10 @@ export class Terminal {
         this.scrollDown(Math.min(n(), this.rows))
         break
       case 's':
-        this.saved = { x: this.x, y: this.y }
+        this.saveCursor()
         break
       case 'u':
-        this.x = this.saved.x
-        this.y = this.saved.y
+        this.restoreCursor()
         break
       case 'n':
         if (n(0, 0) === 6) this.onInput(`\x1b[${this.y + 1};${this.x + 1}R`)

@@ -5,6 +5,10 @@
 //!
 //! Clients from "other hosts" connect from 127.0.0.2 (Linux routes all of 127/8 to `lo`).
 
+mod wire;
+
+use wire::until_closed;
+
 use std::convert::Infallible;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -74,20 +78,6 @@ async fn half_sent(addr: SocketAddr) -> TcpStream {
     let mut s = connect_from(LOCAL, addr).await;
     s.write_all(HALF_HEAD).await.expect("half head");
     s
-}
-
-/// Reads until the server closes; a reset counts as closed. Returns what was read.
-async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        match s.read(&mut buf).await {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("reading: {e}"),
-        }
-    }
 }
 
 /// `GET path` with `Connection: close` on a new connection from `src`; the raw answer.

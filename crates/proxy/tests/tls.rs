@@ -5,6 +5,10 @@
 //! plain HTTP gets a plain 400 saying the port is HTTPS, and upgrades (WebSocket-style tunnels)
 //! work over TLS.
 
+mod wire;
+
+use wire::until_closed;
+
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -132,20 +136,6 @@ async fn start(limits: Limits, tls: ServerTls) -> Server {
         .expect("listener")
     });
     Server { addr, _stop: stop }
-}
-
-/// Reads until the server closes; a reset counts as closed. Returns what was read.
-async fn until_closed(s: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        match s.read(&mut buf).await {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("reading: {e}"),
-        }
-    }
 }
 
 /// Hang guard only (generous, never a speed assertion).

@@ -404,11 +404,16 @@ impl Extractor for HeaderExtractor<'_> {
 /// Writes the current span's W3C trace context (`traceparent`, `tracestate`) into `headers`,
 /// for the next hop (a gRPC call's metadata are its HTTP/2 headers).
 pub fn inject(headers: &mut http::HeaderMap) {
+    inject_current(&mut HeaderInjector(headers));
+}
+
+/// Writes the current span's context through `injector`, while traces are exported.
+fn inject_current(injector: &mut dyn Injector) {
     if !enabled() {
         return;
     }
     let cx = tracing::Span::current().context();
-    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+    TraceContextPropagator::new().inject_context(&cx, injector);
 }
 
 /// gRPC metadata as the propagator writes them.
@@ -427,11 +432,7 @@ impl Injector for MetadataInjector<'_> {
 
 /// [`inject`] for an outgoing gRPC call.
 pub fn inject_metadata(metadata: &mut tonic::metadata::MetadataMap) {
-    if !enabled() {
-        return;
-    }
-    let cx = tracing::Span::current().context();
-    TraceContextPropagator::new().inject_context(&cx, &mut MetadataInjector(metadata));
+    inject_current(&mut MetadataInjector(metadata));
 }
 
 /// Makes `span` (new, not entered yet) the child of the trace context in `headers`, when they

@@ -167,6 +167,24 @@ def test_unknown_ids_and_bad_queries(new_sandbox, api, auth):
         assert r.json()["code"] == 400
 
 
+def _create_and_kill(s) -> str:
+    """Creates a sandbox on the server `s` over REST and kills it; its id."""
+    auth = {"X-API-Key": s.api_key}
+    r = requests.post(f"{s.api_url}/v2/sandboxes", json={"templateID": "base", "timeout": 60},
+                      headers=auth, timeout=60)
+    assert r.status_code == 201, r.text
+    sandbox_id = s.track(r.json()["sandboxID"])
+    assert requests.delete(f"{s.api_url}/sandboxes/{sandbox_id}", headers=auth, timeout=60).status_code == 204
+    return sandbox_id
+
+
+def _json_records(s) -> list:
+    """The server's log lines as JSON objects, the banner lines (for people) left out; a line
+    that is not JSON fails here."""
+    return [json.loads(line) for line in s.log_text().splitlines()
+            if line.strip() and not line.startswith(("paddock: ", "export "))]
+
+
 def test_the_servers_own_log_lines_are_json_on_request():
     """`--log-format json`: every log line of the server is one JSON object (level, target,
     message and fields flattened), ready for a log collector; the banner lines stay text."""
@@ -174,22 +192,12 @@ def test_the_servers_own_log_lines_are_json_on_request():
 
     s = PaddockServer(extra_args=["--log-format", "json", "--network", "none"]).start()
     try:
-        auth = {"X-API-Key": s.api_key}
-        r = requests.post(f"{s.api_url}/v2/sandboxes", json={"templateID": "base", "timeout": 60},
-                          headers=auth, timeout=60)
-        assert r.status_code == 201, r.text
-        sandbox_id = s.track(r.json()["sandboxID"])
-        assert requests.delete(f"{s.api_url}/sandboxes/{sandbox_id}", headers=auth, timeout=60).status_code == 204
+        sandbox_id = _create_and_kill(s)
     finally:
         assert s.stop() == 0, s.log_tail()
-    lines = [line for line in s.log_text().splitlines() if line.strip()]
-    records = []
-    for line in lines:
-        if line.startswith(("paddock: ", "export ")):
-            continue  # the banner, for people
-        record = json.loads(line)  # anything else that is not JSON fails here
+    records = _json_records(s)
+    for record in records:
         assert {"timestamp", "level", "target", "message"} <= record.keys(), record
-        records.append(record)
     created = [r for r in records if r["message"] == "creating sandbox"]
     assert created and created[0]["sandbox_id"] == sandbox_id, records[:20]
     assert any(r["message"] == "sandbox killed" and r.get("sandbox_id") == sandbox_id for r in records)
@@ -213,12 +221,7 @@ def test_with_traces_exported_json_log_lines_carry_the_trace_id():
     finally:
         del os.environ["OTEL_BSP_SCHEDULE_DELAY"]
     try:
-        auth = {"X-API-Key": s.api_key}
-        r = requests.post(f"{s.api_url}/v2/sandboxes", json={"templateID": "base", "timeout": 60},
-                          headers=auth, timeout=60)
-        assert r.status_code == 201, r.text
-        sandbox_id = s.track(r.json()["sandboxID"])
-        assert requests.delete(f"{s.api_url}/sandboxes/{sandbox_id}", headers=auth, timeout=60).status_code == 204
+        sandbox_id = _create_and_kill(s)
     finally:
         assert s.stop() == 0, s.log_tail()
         collector.stop()
@@ -230,8 +233,7 @@ def test_with_traces_exported_json_log_lines_carry_the_trace_id():
     trace = {x.name for x in spans if x.trace_id == create[0].trace_id}
     assert {"POST /v2/sandboxes", "create.node", "node.boot"} <= trace or \
         {"POST /v2/sandboxes", "create.node", "node.hand_over"} <= trace, trace
-    records = [json.loads(line) for line in s.log_text().splitlines()
-               if line.strip() and not line.startswith(("paddock: ", "export "))]
+    records = _json_records(s)
     created = [r for r in records if r["message"] == "creating sandbox"]
     assert created, records[:20]
     outermost = created[0]["spans"][0]

@@ -249,6 +249,16 @@ mod tests {
             .expect("infallible")
     }
 
+    async fn json_body(response: Response) -> serde_json::Value {
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        serde_json::from_slice(&body).expect("json")
+    }
+
     fn header(response: &Response, name: header::HeaderName) -> &str {
         response
             .headers()
@@ -320,13 +330,7 @@ mod tests {
         .await;
         assert_eq!(response.status(), StatusCode::OK);
         let csp = header(&response, header::CONTENT_SECURITY_POLICY).to_string();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let json = json_body(response).await;
         assert_eq!(json["sandboxUrl"], "http://box.lan:3002");
         assert!(
             csp.contains("connect-src 'self' http://box.lan:3002;"),
@@ -335,13 +339,7 @@ mod tests {
 
         let (_dir, router) = dashboard_router(None).await;
         let response = get(&router, "/dashboard/config.json", &[]).await;
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let json = json_body(response).await;
         assert_eq!(json["sandboxUrl"], serde_json::Value::Null);
     }
 
